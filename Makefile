@@ -1,0 +1,38 @@
+# Two entry points on a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Each creates .venv itself; torch comes from the pinned CPU wheel before anything can pull CUDA.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.saelab-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo demo-quick test test-slow test-compat bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,lm]"
+	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA packages were pulled in; refusing" >&2; exit 1; fi
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/saelab demo --out $(DEMO_OUT)
+
+demo-quick: $(STAMP)
+	$(BIN)/saelab demo --quick --out $(DEMO_OUT)-quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-compat: $(STAMP)
+	bash scripts/setup_saelens_venv.sh
+	$(BIN)/python -m pytest -q -m compat
+
+clean:
+	rm -rf $(VENV) .venv-saelens runs .pytest_cache .hypothesis

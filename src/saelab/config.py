@@ -1,0 +1,320 @@
+"""Typed configs for SAEs and training runs, validated at the edge, to and from JSON/TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saelab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NORMALIZATIONS = ("none", "unit", "scalar")
+B_DEC_INITS = ("geometric_median", "mean", "zero")
+ENCODER_INITS = ("decoder_transpose", "random")
+DECAYS = ("none", "linear", "cosine")
+
+
+@dataclass
+class SAEConfig:
+    """One sparse autoencoder: size, sparsity method, recipe options."""
+
+    n_latents: int
+    method: str = "relu"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    penalty: str | None = None
+    penalty_params: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 0.0
+    penalty_decoder_norm: bool = False
+    normalize: str = "none"
+    b_dec_init: str = "geometric_median"
+    encoder_init: str = "decoder_transpose"
+    decoder_unit_norm: bool = True
+    auxk: bool = False
+    k_aux: int = 512
+    aux_coef: float = 1.0 / 32.0
+    dead_tokens: int = 10_000_000
+    lr: float | None = None
+    name: str | None = None
+    # Filled in from the data when training starts.
+    d_in: int | None = None
+    normalization_factor: float | None = None
+
+    def validate(self) -> "SAEConfig":
+        """Check every field; raise ConfigError naming the first bad one."""
+        from saelab.methods.registry import activation_class, build_params, penalty_class
+
+        _positive_int("n_latents", self.n_latents)
+        act_cls = activation_class(self.method)
+        params = build_params(act_cls, self.method_params, "method")
+        k = getattr(params, "k", None)
+        if k is not None and k > self.n_latents:
+            raise ConfigError("k", k, f"larger than n_latents={self.n_latents}")
+        if self.penalty is not None:
+            pen_params = build_params(penalty_class(self.penalty), self.penalty_params, "penalty")
+            pk = getattr(pen_params, "k", None)
+            if pk is not None and pk > self.n_latents:
+                raise ConfigError("k", pk, f"larger than n_latents={self.n_latents}")
+        elif self.penalty_params:
+            raise ConfigError("penalty", None, f"parameters {sorted(self.penalty_params)} given without --penalty")
+        _finite("alpha", self.alpha, minimum=0.0)
+        _choice("normalize", self.normalize, NORMALIZATIONS)
+        _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        _choice("encoder_init", self.encoder_init, ENCODER_INITS)
+        _positive_int("k_aux", self.k_aux)
+        _finite("aux_coef", self.aux_coef, minimum=0.0)
+        _positive_int("dead_tokens", self.dead_tokens)
+        if self.lr is not None:
+            _finite("lr", self.lr, minimum=0.0, strict=True)
+        if self.d_in is not None:
+            _positive_int("d_in", self.d_in)
+        return self
+
+    def default_lr(self) -> float:
+        """2e-4 / sqrt(n / 2^14): the scaling paper's 1/sqrt(n) rule anchored at 16k latents."""
+        return 2e-4 / math.sqrt(self.n_latents / 2**14)
+
+    @property
+    def effective_lr(self) -> float:
+        """The configured learning rate, or the default rule."""
+        return self.lr if self.lr is not None else self.default_lr()
+
+    def display_name(self) -> str:
+        """`name`, or one made from the method and its parameters."""
+        if self.name:
+            return self.name
+        parts = [self.method] + [f"{k}{v}" for k, v in sorted(self.method_params.items())]
+        if self.penalty:
+            parts += [self.penalty] + [f"{k}{v}" for k, v in sorted(self.penalty_params.items())]
+            parts.append(f"a{self.alpha:g}")
+        return "-".join(str(p) for p in parts).replace("/", "_")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SAEConfig":
+        """Build from a dict written by `to_dict`; unknown keys are an error."""
+        return _from_dict(cls, data, "sae")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, budget, optimizer, logging and checkpoints."""
+
+    activations: str
+    out: str
+    eval_activations: str | None = None
+    eval_fraction: float = 0.05
+    batch_size: int = 4096
+    steps: int | None = None
+    tokens: int | None = None
+    epochs: float | None = None
+    seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    decay: str = "none"
+    decay_fraction: float = 0.2
+    grad_clip: float | None = None
+    log_every: int = 100
+    checkpoint_every: int = 0
+    shuffle_buffer_mb: int = 1024
+    scan: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ConfigError naming the first bad one."""
+        if not self.activations:
+            raise ConfigError("activations", self.activations, "a path is required")
+        if not self.out:
+            raise ConfigError("out", self.out, "an output folder is required")
+        _finite("eval_fraction", self.eval_fraction, minimum=0.0)
+        if self.eval_fraction >= 1.0:
+            raise ConfigError("eval_fraction", self.eval_fraction, "must be < 1")
+        _positive_int("batch_size", self.batch_size)
+        budgets = [b for b in ("steps", "tokens", "epochs") if getattr(self, b) is not None]
+        if len(budgets) > 1:
+            raise ConfigError(budgets[1], getattr(self, budgets[1]), f"give only one of steps / tokens / epochs (also got {budgets[0]})")
+        if self.steps is not None:
+            _positive_int("steps", self.steps)
+        if self.tokens is not None:
+            _positive_int("tokens", self.tokens)
+        if self.epochs is not None:
+            _finite("epochs", self.epochs, minimum=0.0, strict=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError("betas", self.betas, "must be two numbers in [0, 1)")
+        _finite("adam_eps", self.adam_eps, minimum=0.0, strict=True)
+        _nonneg_int("warmup_steps", self.warmup_steps)
+        _choice("decay", self.decay, DECAYS)
+        _finite("decay_fraction", self.decay_fraction, minimum=0.0)
+        if self.decay_fraction > 1:
+            raise ConfigError("decay_fraction", self.decay_fraction, "must be ≤ 1")
+        if self.grad_clip is not None:
+            _finite("grad_clip", self.grad_clip, minimum=0.0, strict=True)
+        _positive_int("log_every", self.log_every)
+        _nonneg_int("checkpoint_every", self.checkpoint_every)
+        _positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Build from a dict; unknown keys are an error."""
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return _from_dict(cls, data, "train")
+
+
+@dataclass
+class RunConfig:
+    """A training run: one data stream, one or more SAEs trained on the same batches."""
+
+    train: TrainConfig
+    saes: list[SAEConfig]
+
+    def validate(self) -> "RunConfig":
+        """Validate the training config and every SAE; names must be unique."""
+        self.train.validate()
+        if not self.saes:
+            raise ConfigError("sae", [], "at least one SAE is required")
+        for sae in self.saes:
+            sae.validate()
+        names = [s.display_name() for s in self.saes]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError("name", sorted(dup)[0], "two SAEs share this name; set `name` on each")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return {"train": self.train.to_dict(), "saes": [s.to_dict() for s in self.saes]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """Inverse of `to_dict`."""
+        return cls(TrainConfig.from_dict(data["train"]), [SAEConfig.from_dict(s) for s in data["saes"]])
+
+
+SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)} - {"method_params", "penalty_params", "d_in", "normalization_factor"}
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def split_method_params(method: str, penalty: str | None, flat: dict[str, Any]) -> tuple[dict, dict]:
+    """Assign flat parameters (--k, --eps, …) to the method or the penalty that declares them."""
+    from saelab.methods.registry import activation_class, penalty_class
+
+    act_fields = {f.name for f in dataclasses.fields(activation_class(method).Params)}
+    pen_fields = {f.name for f in dataclasses.fields(penalty_class(penalty).Params)} if penalty else set()
+    method_params, penalty_params = {}, {}
+    for key, value in flat.items():
+        if key in act_fields and key in pen_fields:
+            raise ConfigError(key, value, f"both method {method!r} and penalty {penalty!r} take it; use method_params / penalty_params in a TOML config")
+        if key in act_fields:
+            method_params[key] = value
+        elif key in pen_fields:
+            penalty_params[key] = value
+        else:
+            used = ", ".join(sorted(act_fields | pen_fields)) or "none"
+            owner = f"method {method!r}" + (f" or penalty {penalty!r}" if penalty else "")
+            raise ConfigError(key, value, f"not a parameter of {owner} (parameters: {used})")
+    return method_params, penalty_params
+
+
+def sae_from_flat(flat: dict[str, Any]) -> SAEConfig:
+    """Build an SAEConfig from flat keys: SAEConfig fields plus method/penalty parameters."""
+    flat = dict(flat)
+    if "n_latents" not in flat or flat["n_latents"] is None:
+        raise ConfigError("n_latents", None, "required")
+    core = {k: flat.pop(k) for k in list(flat) if k in SAE_FIELDS}
+    method_params = dict(flat.pop("method_params", {}) or {})
+    penalty_params = dict(flat.pop("penalty_params", {}) or {})
+    m, p = split_method_params(core.get("method", "relu"), core.get("penalty"), flat)
+    return SAEConfig(method_params={**method_params, **m}, penalty_params={**penalty_params, **p}, **core)
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    """Read a run config: top-level training keys and SAE defaults, plus a [[sae]] list."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", str(path), f"not valid TOML ({e})") from None
+    return run_from_mapping(data)
+
+
+def run_from_mapping(data: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from a TOML-shaped mapping (also used for JSON configs)."""
+    data = dict(data)
+    sae_tables = data.pop("sae", None)
+    train_keys = {k: data.pop(k) for k in list(data) if k in TRAIN_FIELDS}
+    shared = data  # whatever is left is an SAE default (n_latents, method, k, …)
+    if sae_tables is None:
+        sae_tables = [{}]
+    if isinstance(sae_tables, dict):
+        sae_tables = [sae_tables]
+    saes = [sae_from_flat({**shared, **table}) for table in sae_tables]
+    if "betas" in train_keys:
+        train_keys["betas"] = tuple(train_keys["betas"])
+    try:
+        train = TrainConfig(**train_keys)
+    except TypeError as e:
+        raise ConfigError("train", sorted(train_keys), str(e)) from None
+    return RunConfig(train, saes).validate()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically."""
+    from saelab.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _from_dict(cls, data: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}.{key}", data[key], "unknown key")
+    return cls(**data)
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(name, value, "must be an integer ≥ 1")
+
+
+def _nonneg_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(name, value, "must be an integer ≥ 0")
+
+
+def _finite(name: str, value, minimum: float | None = None, strict: bool = False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, value, "must be a number") from None
+    if not math.isfinite(v):
+        raise ConfigError(name, value, "must be finite")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        raise ConfigError(name, value, f"must be {'>' if strict else '≥'} {minimum:g}")
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(name, value, f"must be one of {', '.join(choices)}")

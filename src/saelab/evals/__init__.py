@@ -1,0 +1,1 @@
+"""Evaluations: one module per metric family, each returning a typed result."""

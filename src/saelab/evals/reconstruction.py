@@ -1,0 +1,163 @@
+"""Reconstruction and sparsity metrics, streamed over batches, in the SAE's normalized space."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
+DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density
+
+
+@dataclass
+class ReconstructionResult:
+    """Metrics of an SAE on a set of activations; computed in the SAE's normalized input space."""
+
+    l0: float  # mean number of non-zero latents per token
+    nmse: float  # Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
+    explained_variance: float  # 1 − nmse: variance explained around the mean, not around zero
+    mse: float  # mean over tokens of Σ_d (x − x̂)²
+    cos_sim: float  # mean cosine similarity of x̂ and x (over tokens with x ≠ 0)
+    l2_ratio: float  # mean ‖x̂‖ / ‖x‖ (over tokens with x ≠ 0)
+    relative_reconstruction_bias: float  # γ = E‖x̂‖² / E⟨x̂, x⟩ (1 = no shrinkage)
+    dead_fraction: float  # latents that never fire on these tokens
+    dense_fraction: float  # latents firing on more than 10% of tokens
+    tokens: int
+    normalization: str
+    firing_density_hist: dict = field(default_factory=dict)  # log10 density bin edges → counts
+    active_latents_hist: dict = field(default_factory=dict)  # number active → tokens
+    mmcs: float | None = None  # mean max cosine similarity to a true dictionary
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict; `mmcs` omitted when no dictionary was given."""
+        d = dataclasses.asdict(self)
+        if d["mmcs"] is None:
+            del d["mmcs"]
+        return d
+
+
+class ReconstructionAccumulator:
+    """Running sums from which every metric is exact at the end, whatever the batching."""
+
+    def __init__(self, n_latents: int, d_in: int):
+        self.n = 0
+        self.sq_err = 0.0
+        self.sum_x = torch.zeros(d_in, dtype=torch.float64)
+        self.sum_sq_x = 0.0
+        self.cos = 0.0
+        self.l2_ratio = 0.0
+        self.hat_sq = 0.0
+        self.hat_dot = 0.0
+        self.active_total = 0
+        self.n_nonzero = 0  # tokens with ‖x‖ > 0: the only ones where cosine and norm ratio mean anything
+        self.fires = torch.zeros(n_latents, dtype=torch.long)
+        self.active_counts: dict[int, int] = {}
+
+    @torch.no_grad()
+    def add(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
+        """Account for one batch (normalized x, its reconstruction, its code)."""
+        x, x_hat = x.double(), x_hat.double()
+        self.n += x.shape[0]
+        self.sq_err += (x - x_hat).pow(2).sum().item()
+        self.sum_x += x.sum(dim=0)
+        self.sum_sq_x += x.pow(2).sum().item()
+        xn, hn = x.norm(dim=-1), x_hat.norm(dim=-1)
+        dot = (x * x_hat).sum(dim=-1)
+        has_norm = xn > 0
+        self.n_nonzero += int(has_norm.sum())
+        self.cos += (dot / (xn * hn).clamp_min(1e-30))[has_norm].sum().item()
+        self.l2_ratio += (hn / xn.clamp_min(1e-30))[has_norm].sum().item()
+        self.hat_sq += hn.pow(2).sum().item()
+        self.hat_dot += dot.sum().item()
+        active = z != 0
+        per_token = active.sum(dim=-1)
+        self.active_total += int(per_token.sum())
+        self.fires += active.sum(dim=0)
+        counts = torch.bincount(per_token)
+        for k in counts.nonzero().flatten().tolist():
+            self.active_counts[k] = self.active_counts.get(k, 0) + int(counts[k])
+
+    def result(self, normalization: str) -> ReconstructionResult:
+        """Final metrics."""
+        n = max(self.n, 1)
+        mean = self.sum_x / n
+        total_var = self.sum_sq_x - n * mean.pow(2).sum().item()
+        nmse = self.sq_err / total_var if total_var > 0 else math.nan
+        density = self.fires.double() / n
+        alive = density[density > 0]
+        hist, _ = np.histogram(np.log10(alive.numpy()), bins=DENSITY_BINS) if alive.numel() else (np.zeros(len(DENSITY_BINS) - 1, int), None)
+        return ReconstructionResult(
+            l0=self.active_total / n,
+            nmse=nmse,
+            explained_variance=1.0 - nmse,
+            mse=self.sq_err / n,
+            cos_sim=self.cos / max(self.n_nonzero, 1),
+            l2_ratio=self.l2_ratio / max(self.n_nonzero, 1),
+            relative_reconstruction_bias=self.hat_sq / self.hat_dot if self.hat_dot != 0 else math.nan,
+            dead_fraction=float((density == 0).double().mean()),
+            dense_fraction=float((density > DENSE_THRESHOLD).double().mean()),
+            tokens=self.n,
+            normalization=normalization,
+            firing_density_hist={
+                "log10_bin_edges": DENSITY_BINS.tolist(),
+                "counts": hist.tolist(),
+                "dead": int((density == 0).sum()),
+            },
+            active_latents_hist={str(k): v for k, v in sorted(self.active_counts.items())},
+        )
+
+
+def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
+    """Mean over true features of the best cosine similarity with any learned decoder row."""
+    if decoder.shape[1] != dictionary.shape[1]:
+        from saelab.errors import DataError
+
+        raise DataError(f"true dictionary has dimension {dictionary.shape[1]}, the SAE's decoder {decoder.shape[1]}")
+    dec = torch.nn.functional.normalize(decoder.double(), dim=-1)
+    true = torch.nn.functional.normalize(dictionary.double(), dim=-1)
+    return (true @ dec.T).max(dim=1).values.mean().item()
+
+
+@torch.no_grad()
+def evaluate_batches(sae, batches: Iterable[Tensor], dictionary: Tensor | None = None) -> ReconstructionResult:
+    """Evaluate `sae` (in eval mode) on raw batches; metrics are in its normalized space."""
+    was_training = sae.training
+    sae.eval()
+    acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in)
+    try:
+        for x_raw in batches:
+            sae.check_input(x_raw, "activations")
+            x, _ = sae.normalizer.normalize(x_raw)
+            z = sae.encode_normalized(x)
+            acc.add(x, sae.decode_normalized(z), z)
+    finally:
+        sae.train(was_training)
+    result = acc.result(sae.cfg.normalize)
+    if dictionary is not None:
+        result.mmcs = mmcs(sae.W_dec, dictionary)
+    return result
+
+
+def reconstruction_metrics(x: Tensor, x_hat: Tensor, z: Tensor) -> dict:
+    """l0, nmse, explained_variance, cos_sim, l2_ratio of one batch (already in a common space)."""
+    acc = ReconstructionAccumulator(z.shape[-1], x.shape[-1])
+    acc.add(x, x_hat, z)
+    r = acc.result("as given")
+    return {k: getattr(r, k) for k in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "mse")}
+
+
+def evaluate_store(sae, store, row_range: tuple[int, int] | None = None, batch_size: int = 8192, dictionary: Tensor | None = None) -> ReconstructionResult:
+    """Evaluate on rows [lo, hi) of an ActivationStore, read in order in chunks."""
+    lo, hi = row_range if row_range is not None else (0, store.n_rows)
+
+    def chunks():
+        for start in range(lo, hi, batch_size):
+            yield torch.from_numpy(store.read_range(start, min(hi, start + batch_size)))
+
+    return evaluate_batches(sae, chunks(), dictionary)

@@ -1,0 +1,130 @@
+"""The two interfaces every sparsity method implements: Activation and Penalty."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from saelab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from saelab.sae import SparseAutoencoder
+
+
+@dataclass
+class Params:
+    """Base for a method's parameters; subclasses add fields and checks."""
+
+    def validate(self, field: str) -> None:
+        """Raise ConfigError naming `field.param` when a value is out of range."""
+
+    def to_dict(self) -> dict:
+        """Plain-JSON view of the parameters."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Parameter name → help text, taken from field metadata."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def param(default, help: str):
+    """A dataclass field with a default and a help string for `saelab methods`."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def require(cond: bool, field: str, value, reason: str) -> None:
+    """Raise ConfigError(field, value, reason) unless `cond` holds."""
+    if not cond:
+        raise ConfigError(field, value, reason)
+
+
+@dataclass
+class LossContext:
+    """What an activation may need to add its own loss terms."""
+
+    sae: "SparseAutoencoder"
+    x: Tensor  # normalized input [B, d_in]
+    pre: Tensor  # encoder pre-activations [B, n]
+    z: Tensor  # latent code [B, n]
+    x_hat: Tensor  # reconstruction in normalized space [B, d_in]
+
+
+class Activation(nn.Module):
+    """Maps pre-activations [B, n] to a sparse code [B, n]; may carry state and extra losses."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    description: ClassVar[str] = ""
+    # Members of the TopK family produce at most `k` non-zeros per row (used by sparse kernels).
+    topk_family: ClassVar[bool] = False
+
+    def __init__(self, params: Params, n_latents: int):
+        super().__init__()
+        self.params = params
+        self.n_latents = n_latents
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """The latent code for `pre`; training-mode behaviour when `self.training`."""
+        raise NotImplementedError
+
+    def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
+        """Loss terms this activation adds to the reconstruction loss (name → scalar)."""
+        return {}
+
+    def observe(self, pre: Tensor, z: Tensor) -> None:
+        """Update running statistics after a training forward (no gradient)."""
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """Tensors saved beside the weights (e.g. `threshold`), SAELens-named."""
+        return {}
+
+    def import_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what `export_tensors` saved."""
+
+    def saelens_architecture(self) -> tuple[str, dict] | None:
+        """(SAELens architecture name, extra cfg keys) if SAELens can run this activation."""
+        return None
+
+    def with_params(self, **changes) -> "Activation":
+        """A copy using changed parameters (e.g. evaluate a TopK at another k)."""
+        new_params = dataclasses.replace(self.params, **changes)
+        new_params.validate("method")
+        clone = type(self)(new_params, self.n_latents)
+        clone.load_state_dict(self.state_dict())
+        clone.train(self.training)
+        return clone
+
+
+class Penalty(nn.Module):
+    """A sparsity loss on the latent code: z [B, n] → scalar (mean over the batch)."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: Params, n_latents: int):
+        super().__init__()
+        self.params = params
+        self.n_latents = n_latents
+
+    def forward(self, z: Tensor) -> Tensor:
+        """The penalty of the batch `z`, averaged over rows."""
+        raise NotImplementedError
+
+
+def topk_mask_values(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Values and indices of the k largest entries of each row."""
+    if k > x.shape[-1]:
+        raise ConfigError("k", k, f"larger than the number of latents {x.shape[-1]}")
+    return torch.topk(x, k, dim=-1, sorted=False)
+
+
+def scatter_rows(values: Tensor, indices: Tensor, n: int) -> Tensor:
+    """Dense [B, n] tensor holding `values` at `indices` and zero elsewhere."""
+    out = values.new_zeros(values.shape[:-1] + (n,))
+    return out.scatter(-1, indices, values)

@@ -1,0 +1,79 @@
+"""BatchTopK (Bussmann et al.): top k·B over the flattened batch, a global threshold at inference."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.methods.base import Activation, param, require
+from saelab.methods.registry import register_activation
+from saelab.methods.topk import KParams
+
+
+@register_activation("batchtopk")
+class BatchTopK(Activation):
+    """Training: keep the k·B largest ReLU activations of the whole batch, so each sample averages k.
+
+    Inference: a single threshold T, the running average over training batches of the smallest
+    positive activation that was kept, gives z = pre · 1[pre > T] — independent of the batch.
+    """
+
+    description = "top k·B activations over the flattened batch in training; a learned global threshold at inference"
+    topk_family = True
+
+    @dataclass
+    class Params(KParams):
+        threshold_momentum: float = param(0.99, "running-average weight of the inference threshold (0 = last batch only)")
+
+        def validate(self, field):
+            super().validate(field)
+            m = self.threshold_momentum
+            require(0.0 <= m < 1.0, f"{field}.threshold_momentum", m, "must be in [0, 1)")
+
+    def __init__(self, params, n_latents):
+        super().__init__(params, n_latents)
+        # -1 marks "not estimated yet": inference then falls back to per-sample TopK.
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """Batch top-k in training, thresholded ReLU at inference."""
+        acts = torch.relu(pre)
+        if self.training:
+            flat = acts.flatten()
+            keep = min(self.params.k * pre.shape[0], flat.numel())
+            values, indices = torch.topk(flat, keep, sorted=False)
+            return torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
+        if self.threshold.item() < 0:
+            from saelab.methods.topk import topk_relu
+
+            return topk_relu(pre, self.params.k)
+        return acts * (acts > self.threshold)
+
+    @torch.no_grad()
+    def observe(self, pre: Tensor, z: Tensor) -> None:
+        """Fold this batch's smallest kept positive activation into the running threshold."""
+        positive = z[z > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min().to(self.threshold.dtype)
+        if self.threshold.item() < 0:
+            self.threshold.copy_(smallest)
+        else:
+            m = self.params.threshold_momentum
+            self.threshold.mul_(m).add_((1 - m) * smallest)
+
+    def export_tensors(self):
+        """SAELens JumpReLU form: the global threshold broadcast to every latent."""
+        t = self.threshold.clamp_min(0.0)
+        return {"threshold": t.expand(self.n_latents).clone()}
+
+    def import_tensors(self, tensors):
+        """Read the global threshold back from the per-latent vector."""
+        if "threshold" in tensors:
+            self.threshold.copy_(tensors["threshold"].max())
+
+    def saelens_architecture(self):
+        """Exported as JumpReLU with a uniform threshold (identical at inference) once one is estimated."""
+        if self.threshold.item() < 0:
+            return None  # inference is still per-sample TopK, which JumpReLU cannot express
+        return "jumprelu", {}

@@ -1,0 +1,33 @@
+"""Freshman's-dream penalty (OthelloGPT report): (Σx)^p / Σx^p / n; Hoyer-square at p = 2."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.methods.base import Params, Penalty, param, require
+from saelab.methods.registry import register_penalty
+
+
+@register_penalty("freshman")
+class FreshmansDream(Penalty):
+    """(1/n)·(Σ_i z_i)^p / Σ_i z_i^p per sample (1/n for a 1-sparse code, k/n for k equal entries)."""
+
+    description = "(Σz)^p / Σz^p / n; p=2 is the Hoyer-square"
+
+    @dataclass
+    class Params(Params):
+        p: float = param(2.0, "power (> 1)")
+
+        def validate(self, field):
+            require(float(self.p) > 1, f"{field}.p", self.p, "must be > 1")
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Batch mean; an all-zero row contributes 0."""
+        mag = z.abs()
+        p = self.params.p
+        num = mag.sum(dim=-1) ** p
+        den = (mag**p).sum(dim=-1)
+        alive = den > 0
+        ratio = torch.where(alive, num / torch.where(alive, den, torch.ones_like(den)), torch.zeros_like(den))
+        return (ratio / z.shape[-1]).mean()

@@ -1,0 +1,98 @@
+"""JumpReLU (Rajamanoharan et al.): a learned per-latent threshold trained through an L0 penalty."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.methods.base import Activation, LossContext, Params, param, require
+from saelab.methods.registry import register_activation
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLUFn(torch.autograd.Function):
+    """z = pre·H(pre − θ); ∂z/∂pre = H(pre − θ), ∂z/∂θ = −(θ/ε)·K((pre − θ)/ε) (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad * (pre > theta)
+        grad_theta = (-(theta / eps) * _rectangle((pre - theta) / eps) * grad).sum(dim=0)
+        return grad_pre, grad_theta, None
+
+
+class _StepFn(torch.autograd.Function):
+    """H(pre − θ); no gradient to pre, ∂H/∂θ = −(1/ε)·K((pre − θ)/ε) (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = (-(1.0 / eps) * _rectangle((pre - theta) / eps) * grad).sum(dim=0)
+        return torch.zeros_like(pre), grad_theta, None
+
+
+@register_activation("jumprelu")
+class JumpReLU(Activation):
+    """z_i = pre_i if pre_i > θ_i else 0; θ = exp(log θ) learned via pseudo-derivatives, L0 penalty added."""
+
+    description = "per-latent learned threshold (straight-through estimator) with an L0 penalty"
+
+    @dataclass
+    class Params(Params):
+        init_threshold: float = param(0.001, "initial threshold of every latent")
+        bandwidth: float = param(0.001, "width ε of the rectangle kernel in the pseudo-derivatives")
+        l0_coef: float = param(1e-3, "coefficient of the L0 penalty (mean active latents per sample)")
+
+        def validate(self, field):
+            require(float(self.init_threshold) > 0, f"{field}.init_threshold", self.init_threshold, "must be > 0")
+            require(float(self.bandwidth) > 0, f"{field}.bandwidth", self.bandwidth, "must be > 0")
+            require(float(self.l0_coef) >= 0, f"{field}.l0_coef", self.l0_coef, "must be ≥ 0")
+
+    def __init__(self, params, n_latents):
+        super().__init__(params, n_latents)
+        start = torch.log(torch.tensor(float(params.init_threshold)))
+        self.log_threshold = torch.nn.Parameter(start.repeat(n_latents))
+
+    @property
+    def threshold(self) -> Tensor:
+        """Per-latent threshold θ > 0."""
+        return self.log_threshold.exp()
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """Thresholded pre-activations."""
+        return _JumpReLUFn.apply(pre, self.threshold, float(self.params.bandwidth))
+
+    def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
+        """l0_coef · mean over samples of the number of latents above threshold."""
+        step = _StepFn.apply(ctx.pre, self.threshold, float(self.params.bandwidth))
+        return {"l0": self.params.l0_coef * step.sum(dim=-1).mean()}
+
+    def export_tensors(self):
+        """The threshold vector, as SAELens stores it."""
+        return {"threshold": self.threshold.detach().clone()}
+
+    def import_tensors(self, tensors):
+        """Read the threshold vector back."""
+        with torch.no_grad():
+            self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-30).log())
+
+    def saelens_architecture(self):
+        """SAELens 'jumprelu'."""
+        return "jumprelu", {}

@@ -1,0 +1,23 @@
+"""L1 penalty: Σ_i |z_i| per sample."""
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from saelab.methods.base import Params, Penalty
+from saelab.methods.registry import register_penalty
+
+
+@register_penalty("l1")
+class L1(Penalty):
+    """Mean over samples of Σ_i |z_i| (the standard SAE sparsity loss)."""
+
+    description = "Σ|z| per sample"
+
+    @dataclass
+    class Params(Params):
+        pass
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Batch-mean L1 norm."""
+        return z.abs().sum(dim=-1).mean()

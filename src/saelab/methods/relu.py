@@ -1,0 +1,28 @@
+"""ReLU activation: the baseline SAE, made sparse by a penalty."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.methods.base import Activation, Params
+from saelab.methods.registry import register_activation
+
+
+@register_activation("relu")
+class ReLU(Activation):
+    """z = ReLU(pre); pair it with a penalty (l1, lp, smoothed_l0, …) for sparsity."""
+
+    description = "z = ReLU(pre); sparsity comes from a penalty (--penalty)"
+
+    @dataclass
+    class Params(Params):
+        pass
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """ReLU of the pre-activations."""
+        return torch.relu(pre)
+
+    def saelens_architecture(self):
+        """SAELens calls this architecture 'standard'."""
+        return "standard", {}

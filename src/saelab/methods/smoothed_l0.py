@@ -1,0 +1,35 @@
+"""Smoothed-L0 penalty (OthelloGPT report): a sigmoid step with f(0) = ε and f(δ) = 1 − ε."""
+
+from dataclasses import dataclass
+import math
+
+import torch
+from torch import Tensor
+
+from saelab.methods.base import Params, Penalty, param, require
+from saelab.methods.registry import register_penalty
+
+
+@register_penalty("smoothed_l0")
+class SmoothedL0(Penalty):
+    """(1/n)·Σ_i f(z_i), f(x) = sigmoid(m·(x − δ/2)), m = (2/δ)·ln(1/ε − 1); batch mean."""
+
+    description = "(1/n)Σ sigmoid(m(z − δ/2)) with f(0)=ε, f(δ)=1−ε"
+
+    @dataclass
+    class Params(Params):
+        eps: float = param(0.01, "value of the step at 0 (and 1 − ε at δ)")
+        delta: float = param(1.0, "width of the transition from ε to 1 − ε")
+
+        def validate(self, field):
+            require(0.0 < float(self.eps) < 0.5, f"{field}.eps", self.eps, "must be in (0, 0.5)")
+            require(float(self.delta) > 0, f"{field}.delta", self.delta, "must be > 0")
+
+    def slope(self) -> float:
+        """m such that f(0) = ε and f(δ) = 1 − ε."""
+        return 2.0 / self.params.delta * math.log(1.0 / self.params.eps - 1.0)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Batch mean of the per-sample smoothed L0 / n."""
+        step = torch.sigmoid(self.slope() * (z - self.params.delta / 2))
+        return step.mean(dim=-1).mean()

@@ -1,0 +1,42 @@
+"""TopK activation (Makhzani & Frey; Gao et al.): keep the k largest pre-activations."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.methods.base import Activation, Params, param, require, scatter_rows, topk_mask_values
+from saelab.methods.registry import register_activation
+
+
+@dataclass
+class KParams(Params):
+    """Parameters of a method with a per-sample budget of k latents."""
+
+    k: int = param(32, "number of active latents per sample")
+
+    def validate(self, field):
+        require(isinstance(self.k, int) and self.k >= 1, f"{field}.k", self.k, "must be an integer ≥ 1")
+
+
+def topk_relu(pre: Tensor, k: int) -> Tensor:
+    """Dense code holding ReLU of each row's k largest pre-activations, zero elsewhere."""
+    values, indices = topk_mask_values(pre, k)
+    return scatter_rows(torch.relu(values), indices, pre.shape[-1])
+
+
+@register_activation("topk")
+class TopK(Activation):
+    """z = ReLU(TopK_k(pre)): exactly k candidates per sample, negatives dropped."""
+
+    description = "keep the k largest pre-activations per sample (ReLU after), the scaling paper's TopK"
+    topk_family = True
+    Params = KParams
+
+    def forward(self, pre: Tensor) -> Tensor:
+        """Per-row top-k code."""
+        return topk_relu(pre, self.params.k)
+
+    def saelens_architecture(self):
+        """SAELens 'topk' with the same k."""
+        return "topk", {"k": self.params.k}

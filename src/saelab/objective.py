@@ -1,0 +1,90 @@
+"""The training objective: reconstruction + penalty + the method's own terms + AuxK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.losses import normalized_squared_error, squared_error
+from saelab.methods.base import LossContext
+
+
+@dataclass
+class StepOutput:
+    """Everything one forward pass of the objective produced."""
+
+    losses: dict[str, Tensor]
+    x: Tensor
+    pre: Tensor
+    z: Tensor
+    x_hat: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        """Sum of all loss terms."""
+        return sum(self.losses.values())
+
+
+def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    """AuxK: reconstruct the detached residual x − x̂ from the top-k_aux dead pre-activations.
+
+    Normalized as the scaling paper's code does: the squared error of that reconstruction divided
+    by the squared error of predicting the residual's batch mean. The encoder and b_dec get this
+    gradient through `pre`, the dead decoder rows through the reconstruction.
+    """
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k = min(k_aux, n_dead)
+    masked = pre.masked_fill(~dead, float("-inf"))
+    values, indices = torch.topk(masked, k, dim=-1, sorted=False)
+    z_aux = pre.new_zeros(pre.shape).scatter(-1, indices, torch.relu(values))
+    residual = (x - x_hat).detach()
+    return normalized_squared_error(z_aux @ sae.W_dec, residual)
+
+
+def compute_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
+    """Forward the SAE on a raw batch and return every loss term (the trainer sums them)."""
+    cfg = sae.cfg
+    x, _ = sae.normalizer.normalize(x_raw)
+    pre = sae.pre_activations(x)
+    z = sae.activation(pre)
+    x_hat = sae.decode_normalized(z)
+    losses = {"mse": squared_error(x_hat, x)}
+    if sae.penalty is not None:
+        scored = z * sae.decoder_norms() if cfg.penalty_decoder_norm else z
+        losses["penalty"] = alpha * sae.penalty(scored)
+    losses.update(sae.activation.extra_losses(LossContext(sae=sae, x=x, pre=pre, z=z, x_hat=x_hat)))
+    if cfg.auxk and dead is not None:
+        losses["auxk"] = cfg.aux_coef * auxk_loss(sae, x, x_hat, pre, dead, cfg.k_aux)
+    return StepOutput(losses=losses, x=x, pre=pre, z=z, x_hat=x_hat)
+
+
+class DeadLatentTracker:
+    """Counts, per latent, the training tokens seen since it last fired."""
+
+    def __init__(self, n_latents: int, dead_tokens: int):
+        self.dead_tokens = dead_tokens
+        self.since_fired = torch.zeros(n_latents, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, z: Tensor) -> None:
+        """Account for one batch of codes."""
+        fired = (z > 0).any(dim=0)
+        self.since_fired += z.shape[0]
+        self.since_fired[fired] = 0
+
+    def dead_mask(self) -> Tensor:
+        """Latents silent for at least `dead_tokens` tokens."""
+        return self.since_fired >= self.dead_tokens
+
+    def state_dict(self) -> dict:
+        """Checkpointable state."""
+        return {"since_fired": self.since_fired.clone(), "dead_tokens": self.dead_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict`."""
+        self.since_fired = state["since_fired"].clone()
+        self.dead_tokens = state["dead_tokens"]

@@ -1,0 +1,136 @@
+"""The sparse autoencoder: SAELens-named weights, input normalization, a pluggable sparsity method."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from saelab.config import SAEConfig
+from saelab.errors import ConfigError, DataError
+from saelab.init import initial_b_dec, unit_rows
+from saelab.methods.base import Activation, Penalty
+from saelab.methods.registry import activation_class, build_params, penalty_class
+from saelab.normalize import Normalizer
+
+
+class SparseAutoencoder(nn.Module):
+    """z = act((x_n − b_dec) W_enc + b_enc), x̂_n = z W_dec + b_dec, with x_n the normalized input.
+
+    Shapes follow SAELens: W_enc [d_in, n], b_enc [n], W_dec [n, d_in], b_dec [d_in].
+    `encode`/`forward` take raw activations; `forward` returns them in raw space too. `decode`
+    returns raw space for `none` and `scalar` normalization and the normalized space for `unit`
+    (undoing a per-token normalization needs that token's own mean and norm).
+    """
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.d_in is None:
+            raise ConfigError("d_in", None, "unknown; it is read from the activations")
+        self.cfg = cfg
+        d, n = cfg.d_in, cfg.n_latents
+        self.W_enc = nn.Parameter(torch.empty(d, n))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(torch.empty(n, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        act_cls = activation_class(cfg.method)
+        self.activation: Activation = act_cls(build_params(act_cls, cfg.method_params, "method"), n)
+        self.penalty: Penalty | None = None
+        if cfg.penalty is not None:
+            pen_cls = penalty_class(cfg.penalty)
+            self.penalty = pen_cls(build_params(pen_cls, cfg.penalty_params, "penalty"), n)
+        self.normalizer = Normalizer(cfg.normalize, cfg.normalization_factor)
+        self.reset_weights(torch.Generator().manual_seed(0))
+
+    # ---- initialization -------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_weights(self, generator: torch.Generator, sample: Tensor | None = None) -> None:
+        """Unit-norm decoder rows, W_enc = W_dec.T (or independent), b_dec from a normalized sample."""
+        d, n = self.cfg.d_in, self.cfg.n_latents
+        self.W_dec.copy_(unit_rows(n, d, generator))
+        if self.cfg.encoder_init == "decoder_transpose":
+            self.W_enc.copy_(self.W_dec.T)
+        else:
+            self.W_enc.copy_(unit_rows(n, d, generator).T)
+        self.b_enc.zero_()
+        self.b_dec.copy_(initial_b_dec(self.cfg.b_dec_init, sample, d))
+
+    @torch.no_grad()
+    def initialize_from_data(self, sample: Tensor, generator: torch.Generator) -> None:
+        """Fit the normalizer on a raw sample, then initialize weights (b_dec from that sample)."""
+        self.check_input(sample, "activations")
+        factor = self.normalizer.fit(sample)
+        if factor is not None:
+            self.cfg.normalization_factor = factor
+        x_n, _ = self.normalizer.normalize(sample)
+        self.reset_weights(generator, x_n)
+
+    # ---- the map --------------------------------------------------------------------------
+    def check_input(self, x: Tensor, what: str = "x") -> None:
+        """Raise DataError when the last dimension is not d_in."""
+        if x.shape[-1] != self.cfg.d_in:
+            raise DataError(f"{what}: last dimension is {x.shape[-1]}, the SAE expects d_in={self.cfg.d_in}")
+
+    def pre_activations(self, x_n: Tensor) -> Tensor:
+        """(x_n − b_dec) W_enc + b_enc."""
+        return (x_n - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode_normalized(self, x_n: Tensor) -> Tensor:
+        """Latent code of an already-normalized input."""
+        return self.activation(self.pre_activations(x_n))
+
+    def decode_normalized(self, z: Tensor) -> Tensor:
+        """Reconstruction in the normalized space."""
+        return z @ self.W_dec + self.b_dec
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent code of raw activations x [..., d_in]."""
+        self.check_input(x)
+        x_n, _ = self.normalizer.normalize(x)
+        return self.encode_normalized(x_n)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Reconstruction from a code (raw space, except normalized space for `unit`)."""
+        return self.normalizer.denormalize(self.decode_normalized(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw activations → raw reconstruction."""
+        self.check_input(x)
+        x_n, ctx = self.normalizer.normalize(x)
+        return self.normalizer.denormalize(self.decode_normalized(self.encode_normalized(x_n)), ctx)
+
+    # ---- the unit-norm decoder constraint ---------------------------------------------------
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove from each decoder row's gradient its component along that row."""
+        if self.W_dec.grad is None:
+            return
+        w = self.W_dec
+        unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        g = self.W_dec.grad
+        g.sub_((g * unit).sum(dim=-1, keepdim=True) * unit)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    def decoder_norms(self) -> Tensor:
+        """‖W_dec[i]‖ for every latent."""
+        return self.W_dec.norm(dim=-1)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"d_in={c.d_in}, n_latents={c.n_latents}, method={c.method}, penalty={c.penalty}, normalize={c.normalize}"
+
+
+def n_parameters(sae: SparseAutoencoder) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in sae.parameters() if p.requires_grad)
+
+
+def approx_equal(a: float, b: float, rel: float = 1e-6) -> bool:
+    """Relative float comparison used when checking loaded metadata."""
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)

@@ -1,0 +1,299 @@
+"""The trainer: one shuffled activation stream, any number of SAEs, checkpoints that resume exactly.
+
+It knows the objective's interface (`compute_step`) and the SAE's, never a sparsity method's name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from saelab.config import RunConfig, SAEConfig
+from saelab.data.store import ActivationStore, split_rows
+from saelab.data.stream import BatchStream
+from saelab.errors import ConfigError, DataError
+from saelab.evals.reconstruction import evaluate_store
+from saelab.io import SAELAB_CFG, atomic_torch_save, atomic_write_json, atomic_write_text, save_sae
+from saelab.objective import DeadLatentTracker, compute_step
+from saelab.sae import SparseAutoencoder
+from saelab.schedule import lr_factor
+
+CHECKPOINT = "checkpoint.pt"
+RUN_CONFIG = "run.json"
+METRICS = "metrics.jsonl"
+INIT_SAMPLE_ROWS = 16384
+# Fields a resumed run may change without changing what is computed.
+RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan"}
+
+
+@dataclass
+class Member:
+    """One SAE being trained, with its optimizer, dead-latent tracker and output folder."""
+
+    cfg: SAEConfig
+    sae: SparseAutoencoder
+    optimizer: torch.optim.Optimizer
+    tracker: DeadLatentTracker
+    out: Path
+    base_lr: float
+
+
+def read_source_info(path: str | Path) -> dict | None:
+    """Provenance written beside the activations (source.json in a folder, X.source.json for X.npy)."""
+    path = Path(path)
+    candidates = [path / "source.json", path / "manifest.json"] if path.is_dir() else [path.with_suffix(".source.json")]
+    for c in candidates:
+        if c.exists():
+            try:
+                info = json.loads(c.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{c}: unreadable JSON ({e.msg})") from None
+            info.pop("shards", None)
+            return info
+    return None
+
+
+class Trainer:
+    """Trains every SAE of a RunConfig on the same batches."""
+
+    def __init__(self, run: RunConfig, progress: bool = True):
+        self.run = run.validate()
+        self.progress = progress
+        t = run.train
+        self.store = ActivationStore(t.activations)
+        if t.scan:
+            self.store.scan_finite()
+        if t.eval_activations:
+            self.eval_store = ActivationStore(t.eval_activations)
+            if self.eval_store.d_in != self.store.d_in:
+                raise DataError(f"eval_activations={t.eval_activations!r}: d_in {self.eval_store.d_in} differs from the training data's {self.store.d_in}")
+            if t.scan:
+                self.eval_store.scan_finite()
+            self.split = split_rows(self.store.n_rows, 0.0)
+            self.eval_range = (0, self.eval_store.n_rows)
+        else:
+            self.eval_store = self.store
+            self.split = split_rows(self.store.n_rows, t.eval_fraction)
+            self.eval_range = self.split.eval
+        buffer_rows = t.shuffle_buffer_mb * 2**20 // (4 * self.store.d_in)
+        self.stream = BatchStream(self.store, self.split.train, t.batch_size, t.seed, buffer_rows)
+        self.total_steps = self._budget()
+        self.out = Path(t.out)
+        self.source = read_source_info(t.activations)
+
+    def _budget(self) -> int:
+        t = self.run.train
+        if t.steps is not None:
+            return t.steps
+        if t.tokens is not None:
+            return math.ceil(t.tokens / t.batch_size)
+        epochs = t.epochs if t.epochs is not None else 1.0
+        return max(1, math.ceil(epochs * self.stream.steps_per_epoch))
+
+    # ---- setup ------------------------------------------------------------------------------
+    def _member_dirs(self) -> list[Path]:
+        if len(self.run.saes) == 1:
+            return [self.out]
+        return [self.out / cfg.display_name() for cfg in self.run.saes]
+
+    def _init_sample(self) -> torch.Tensor:
+        lo, hi = self.split.train
+        rng = np.random.default_rng([self.run.train.seed, 7])
+        rows = rng.choice(np.arange(lo, hi), size=min(INIT_SAMPLE_ROWS, hi - lo), replace=False)
+        return torch.from_numpy(self.store.read(rows))
+
+    def _build_members(self) -> list[Member]:
+        t = self.run.train
+        sample = self._init_sample()
+        members = []
+        for cfg, out in zip(self.run.saes, self._member_dirs()):
+            if cfg.d_in is not None and cfg.d_in != self.store.d_in:
+                raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
+            cfg.d_in = self.store.d_in
+            sae = SparseAutoencoder(cfg)
+            # Seeded by name, not position, so an SAE trained inside a sweep equals one trained alone.
+            init_seed = zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode())
+            sae.initialize_from_data(sample, torch.Generator().manual_seed(init_seed))
+            sae.train()
+            lr = cfg.effective_lr
+            opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(t.betas), eps=t.adam_eps)
+            members.append(Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens), out, lr))
+        return members
+
+    def _check_out(self, resume: bool, overwrite: bool) -> None:
+        ckpt = self.out / CHECKPOINT
+        occupied = ckpt.exists() or any((d / SAELAB_CFG).exists() for d in self._member_dirs())
+        if resume:
+            if not ckpt.exists():
+                raise ConfigError("resume", str(self.out), f"no {CHECKPOINT} in the output folder to resume from")
+            return
+        if occupied and not overwrite:
+            raise ConfigError("out", str(self.out), "already holds a run; pass --resume to continue it or --overwrite to replace it")
+        if occupied and overwrite:
+            for d in {self.out, *self._member_dirs()}:
+                for name in (CHECKPOINT, METRICS, SAELAB_CFG, "cfg.json", "sae_weights.safetensors", "eval.json", RUN_CONFIG):
+                    (d / name).unlink(missing_ok=True)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save_checkpoint(self, members: list[Member], step: int) -> None:
+        state = {
+            "step": step,
+            "run": self.run.to_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "members": [
+                {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict(), "cfg": m.cfg.to_dict()}
+                for m in members
+            ],
+        }
+        atomic_torch_save(self.out / CHECKPOINT, state)
+
+    def _load_checkpoint(self, members: list[Member]) -> int:
+        path = self.out / CHECKPOINT
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            saved_run = RunConfig.from_dict(state["run"])
+        except Exception as e:  # a truncated or foreign file: say which, not a torch traceback
+            raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+        mine, theirs = self.run.to_dict(), saved_run.to_dict()
+        for key in mine["train"]:
+            if key not in RESUMABLE_CHANGES and mine["train"][key] != theirs["train"].get(key):
+                raise ConfigError(key, mine["train"][key], f"differs from the checkpoint's {theirs['train'].get(key)!r}; resume needs the same run")
+        if len(members) != len(state["members"]):
+            raise ConfigError("sae", len(members), f"the checkpoint holds {len(state['members'])} SAEs")
+        for m, saved in zip(members, state["members"]):
+            saved_cfg = SAEConfig.from_dict(saved["cfg"])
+            m.cfg.normalization_factor = saved_cfg.normalization_factor
+            if saved_cfg.to_dict() != m.cfg.to_dict():
+                raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
+            m.sae.load_state_dict(saved["model"])
+            m.optimizer.load_state_dict(saved["optimizer"])
+            m.tracker.load_state_dict(saved["tracker"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return int(state["step"])
+
+    @staticmethod
+    def _truncate_log(path: Path, step: int) -> None:
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
+        t = self.run.train
+        lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
+        for group in m.optimizer.param_groups:
+            group["lr"] = lr
+        dead = m.tracker.dead_mask() if m.cfg.auxk else None
+        out = compute_step(m.sae, x, m.cfg.alpha, dead)
+        m.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        if m.cfg.decoder_unit_norm:
+            m.sae.project_decoder_grad()
+        if t.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), t.grad_clip)
+        m.optimizer.step()
+        if m.cfg.decoder_unit_norm:
+            m.sae.normalize_decoder()
+        z = out.z.detach()
+        m.sae.activation.observe(out.pre.detach(), z)
+        m.tracker.update(z)
+        return {"out": out, "lr": lr, "z": z}
+
+    @staticmethod
+    def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float) -> dict:
+        out = result["out"]
+        with torch.no_grad():
+            x, x_hat = out.x, out.x_hat.detach()
+            sq = (x - x_hat).pow(2).sum(dim=-1).mean().item()
+            var = (x - x.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
+        record = {"step": step, "tokens": tokens, "loss": float(out.total.detach())}
+        record.update({k: float(v.detach()) for k, v in out.losses.items()})
+        record.update(
+            {
+                "nmse": sq / var if var > 0 else math.nan,
+                "l0": float((result["z"] != 0).sum(dim=-1).double().mean()),
+                "dead_fraction": float((m.tracker.since_fired >= m.cfg.dead_tokens).double().mean()),
+                "lr": result["lr"],
+                "tokens_per_s": tokens_per_s,
+            }
+        )
+        return record
+
+    def fit(self, resume: bool = False, overwrite: bool = False) -> list[Member]:
+        """Train to the budget, writing logs, checkpoints and each SAE folder; return the members."""
+        t = self.run.train
+        self._check_out(resume, overwrite)
+        torch.manual_seed(t.seed)
+        members = self._build_members()
+        start = 0
+        if resume:
+            start = self._load_checkpoint(members)
+            for m in members:
+                self._truncate_log(m.out / METRICS, start)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / RUN_CONFIG, self.run.to_dict())
+        logs = []
+        for m in members:
+            m.out.mkdir(parents=True, exist_ok=True)
+            logs.append(open(m.out / METRICS, "a"))
+        bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
+        tick, tick_step = time.perf_counter(), start
+        try:
+            for step in range(start, self.total_steps):
+                x = torch.from_numpy(self.stream.batch(step)[0])
+                results = [self._train_step(m, x, step) for m in members]
+                done = step + 1
+                if done % t.log_every == 0 or done == self.total_steps:
+                    now = time.perf_counter()
+                    rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
+                    tick, tick_step = now, done
+                    records = [self._log_record(done, done * t.batch_size, r, m, rate) for m, r in zip(members, results)]
+                    for m, rec, log in zip(members, records, logs):
+                        if not math.isfinite(rec["loss"]):
+                            raise DataError(f"{m.cfg.display_name()}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data")
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    bar.set_postfix(loss=f"{records[0]['loss']:.4g}", nmse=f"{records[0]['nmse']:.3f}", l0=f"{records[0]['l0']:.1f}")
+                if t.checkpoint_every and done % t.checkpoint_every == 0 and done < self.total_steps:
+                    self._save_checkpoint(members, done)
+                bar.update(1)
+        finally:
+            bar.close()
+            for log in logs:
+                log.close()
+        self._save_checkpoint(members, self.total_steps)
+        self._finish(members)
+        return members
+
+    def _finish(self, members: list[Member]) -> None:
+        for m in members:
+            m.sae.eval()
+            result = evaluate_store(m.sae, self.eval_store, self.eval_range)
+            extra = {
+                "train": self.run.train.to_dict(),
+                "steps": self.total_steps,
+                "tokens": self.total_steps * self.run.train.batch_size,
+                "split": {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations},
+                "source": self.source,
+                "eval": result.to_dict(),
+            }
+            save_sae(m.sae, m.out, extra)
+            atomic_write_json(m.out / "eval.json", result.to_dict())
+
+
+def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
+    """Train every SAE of `run`; see Trainer."""
+    return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+

@@ -1,0 +1,27 @@
+"""Shared fixtures: small toy datasets written to temporary folders."""
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.data.toy import ToyConfig, write_toy
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory):
+    """A toy dataset: 32 features in 16 dims, ~3 active per sample, 8k samples."""
+    out = tmp_path_factory.mktemp("toy")
+    write_toy(ToyConfig(n_features=32, d=16, n_samples=8000, mean_active=3.0, seed=1), out)
+    return out
+
+
+def write_npy(path, array):
+    """Save an array and return its path (tests only)."""
+    np.save(path, array)
+    return path

@@ -1,0 +1,80 @@
+"""Evaluation metrics against hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saelab.evals.reconstruction import ReconstructionAccumulator, mmcs, reconstruction_metrics
+
+
+def test_metrics_match_hand_computation():
+    x = torch.tensor([[3.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
+    x_hat = torch.tensor([[2.0, 0.0], [1.0, 1.0], [2.0, 4.0]])
+    z = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
+    m = reconstruction_metrics(x, x_hat, z)
+    mean = x.mean(0)
+    var = ((x - mean) ** 2).sum()
+    assert m["nmse"] == pytest.approx(2.0 / var.item())
+    assert m["explained_variance"] == pytest.approx(1 - 2.0 / var.item())
+    assert m["l0"] == pytest.approx(1.0)
+    cos = [1.0, 3 / (np.sqrt(5) * np.sqrt(2)), 1.0]
+    assert m["cos_sim"] == pytest.approx(np.mean(cos))
+    assert m["l2_ratio"] == pytest.approx(np.mean([2 / 3, np.sqrt(2) / np.sqrt(5), 1.0]))
+    assert m["mse"] == pytest.approx(2.0 / 3)
+
+
+def test_explained_variance_is_measured_around_the_mean_not_zero():
+    torch.manual_seed(0)
+    x = torch.randn(500, 8) * 0.1 + 10.0  # a large offset: around zero almost everything looks explained
+    x_hat = x.mean(0).expand_as(x).clone()  # predicting the mean explains nothing
+    m = reconstruction_metrics(x, x_hat, torch.ones(500, 4))
+    assert m["explained_variance"] == pytest.approx(0.0, abs=1e-9)
+    around_zero = 1 - ((x - x_hat) ** 2).sum() / (x**2).sum()
+    assert around_zero > 0.99
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 7), st.integers(0, 1000))
+def test_streaming_is_independent_of_batching(parts, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 5, generator=g)
+    x_hat = x + 0.3 * torch.randn(64, 5, generator=g)
+    z = torch.relu(torch.randn(64, 9, generator=g))
+    whole = ReconstructionAccumulator(9, 5)
+    whole.add(x, x_hat, z)
+    split = ReconstructionAccumulator(9, 5)
+    for chunk in np.array_split(np.arange(64), parts):
+        if len(chunk):
+            split.add(x[chunk], x_hat[chunk], z[chunk])
+    a, b = whole.result("none"), split.result("none")
+    for key in ("nmse", "l0", "cos_sim", "l2_ratio", "dead_fraction", "dense_fraction", "relative_reconstruction_bias"):
+        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-9)
+
+
+def test_dead_dense_and_histograms():
+    z = torch.zeros(100, 4)
+    z[:, 0] = 1.0  # fires always: dense
+    z[:5, 1] = 1.0  # 5%: neither
+    z[:11, 2] = 1.0  # 11%: dense
+    acc = ReconstructionAccumulator(4, 2)
+    acc.add(torch.randn(100, 2), torch.randn(100, 2), z)
+    r = acc.result("none")
+    assert r.dead_fraction == 0.25 and r.dense_fraction == 0.5
+    assert r.active_latents_hist == {"1": 89, "2": 6, "3": 5}
+    assert sum(r.firing_density_hist["counts"]) == 3 and r.firing_density_hist["dead"] == 1
+
+
+def test_mmcs_is_one_for_a_permuted_scaled_dictionary_and_lower_otherwise():
+    d = torch.nn.functional.normalize(torch.randn(10, 6), dim=-1)
+    learned = torch.cat([d[torch.randperm(10)] * 3, torch.randn(5, 6)])
+    assert mmcs(learned, d) == pytest.approx(1.0)
+    assert mmcs(torch.randn(10, 6), d) < 0.95
+
+
+def test_relative_reconstruction_bias_detects_shrinkage():
+    x = torch.randn(200, 4)
+    acc = ReconstructionAccumulator(1, 4)
+    acc.add(x, 0.5 * x, torch.ones(200, 1))
+    assert acc.result("none").relative_reconstruction_bias == pytest.approx(0.5)
