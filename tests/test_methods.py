@@ -57,12 +57,12 @@ def test_batchtopk_averages_k_in_training_and_thresholds_at_inference():
     z = act(pre)
     assert (z != 0).sum().item() == 5 * 32  # k·B over the batch…
     assert (z != 0).sum(dim=-1).float().std() > 0  # …not k per sample
-    act.observe(pre, z)
+    act.observe(z)
     first = z[z > 0].min()
     assert act.threshold.item() == pytest.approx(first.item())
     pre2 = torch.randn(32, 50) + 1.0
     z2 = act(pre2)
-    act.observe(pre2, z2)
+    act.observe(z2)
     assert act.threshold.item() == pytest.approx(0.5 * first.item() + 0.5 * z2[z2 > 0].min().item())
     act.eval()
     x = torch.randn(16, 50) + 1.0

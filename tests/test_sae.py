@@ -68,7 +68,7 @@ def test_saved_folder_loads_to_the_same_function(tmp_path, normalize, method, pa
     if method == "batchtopk":
         sae.train()
         pre = sae.pre_activations(sae.normalizer.normalize(sample)[0])
-        sae.activation.observe(pre, sae.activation(pre))
+        sae.activation.observe(sae.activation(pre))
     sae.eval()
     save_sae(sae, tmp_path / "sae")
     loaded = saelab.load(tmp_path / "sae")

@@ -93,6 +93,7 @@ TRAIN_FLAGS = {
     "aux_coef": (float, "AuxK coefficient (default 1/32)"),
     "dead_tokens": (int, "tokens without firing after which a latent counts as dead"),
     "name": (str, "name of the SAE"),
+    "kernel": (str, "dense (reference) | sparse (TopK family) | auto"),
     "shuffle_buffer_mb": (int, "memory for the shuffle buffer (MiB)"),
 }
 TRAIN_SWITCHES = {

@@ -21,6 +21,7 @@ NORMALIZATIONS = ("none", "unit", "scalar")
 B_DEC_INITS = ("geometric_median", "mean", "zero")
 ENCODER_INITS = ("decoder_transpose", "random")
 DECAYS = ("none", "linear", "cosine")
+KERNELS = ("dense", "sparse", "auto")  # auto: sparse where the method has a sparse path
 
 
 @dataclass
@@ -44,6 +45,7 @@ class SAEConfig:
     dead_tokens: int = 10_000_000
     lr: float | None = None
     name: str | None = None
+    kernel: str = "dense"
     # Filled in from the data when training starts.
     d_in: int | None = None
     normalization_factor: float | None = None
@@ -69,6 +71,7 @@ class SAEConfig:
         _choice("normalize", self.normalize, NORMALIZATIONS)
         _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
         _choice("encoder_init", self.encoder_init, ENCODER_INITS)
+        _choice("kernel", self.kernel, KERNELS)
         _positive_int("k_aux", self.k_aux)
         _finite("aux_coef", self.aux_coef, minimum=0.0)
         _positive_int("dead_tokens", self.dead_tokens)

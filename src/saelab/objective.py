@@ -13,12 +13,17 @@ from saelab.methods.base import LossContext
 
 @dataclass
 class StepOutput:
-    """Everything one forward pass of the objective produced."""
+    """Everything one forward pass of the objective produced.
+
+    `z` is the latent code: a dense [B, n] tensor on the reference path, or a sparse code object
+    (from saelab.kernels) on the sparse path; read it through `fired_latents`, `active_per_row`
+    and `nonzero_values`, which accept both. `pre` is None when the sparse path kept no dense copy.
+    """
 
     losses: dict[str, Tensor]
     x: Tensor
-    pre: Tensor
-    z: Tensor
+    pre: Tensor | None
+    z: object
     x_hat: Tensor
 
     @property
@@ -45,8 +50,54 @@ def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: i
     return normalized_squared_error(z_aux @ sae.W_dec, residual)
 
 
+def fired_latents(z, n_latents: int) -> Tensor:
+    """Bool [n]: latents with a positive value anywhere in the batch."""
+    if isinstance(z, Tensor):
+        return (z > 0).any(dim=0)
+    return z.fired_latents(n_latents)
+
+
+def active_per_row(z) -> Tensor:
+    """Number of non-zero latents of each row."""
+    if isinstance(z, Tensor):
+        return (z != 0).sum(dim=-1)
+    return z.active_per_row()
+
+
+def nonzero_values(z) -> Tensor:
+    """The code's non-zero values (any order)."""
+    if isinstance(z, Tensor):
+        return z[z != 0]
+    return z.nonzero_values()
+
+
+def uses_sparse_kernel(sae) -> bool:
+    """Whether this SAE's step runs on the sparse TopK-family kernels."""
+    kernel = sae.cfg.kernel
+    if kernel == "dense":
+        return False
+    from saelab.kernels import supports
+
+    ok = supports(sae)
+    if kernel == "sparse" and not ok:
+        from saelab.errors import ConfigError
+
+        raise ConfigError("kernel", "sparse", f"method {sae.cfg.method!r} with these options has no sparse path")
+    return ok
+
+
 def compute_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
     """Forward the SAE on a raw batch and return every loss term (the trainer sums them)."""
+    cfg = sae.cfg
+    if uses_sparse_kernel(sae):
+        from saelab.kernels import sparse_step
+
+        return sparse_step(sae, x_raw, alpha, dead)
+    return dense_step(sae, x_raw, alpha, dead)
+
+
+def dense_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
+    """The reference path: plain autograd over dense [B, n] tensors."""
     cfg = sae.cfg
     x, _ = sae.normalizer.normalize(x_raw)
     pre = sae.pre_activations(x)
@@ -70,10 +121,9 @@ class DeadLatentTracker:
         self.since_fired = torch.zeros(n_latents, dtype=torch.long)
 
     @torch.no_grad()
-    def update(self, z: Tensor) -> None:
-        """Account for one batch of codes."""
-        fired = (z > 0).any(dim=0)
-        self.since_fired += z.shape[0]
+    def update(self, fired: Tensor, n_tokens: int) -> None:
+        """Account for one batch of `n_tokens` in which the latents `fired` were active."""
+        self.since_fired += n_tokens
         self.since_fired[fired] = 0
 
     def dead_mask(self) -> Tensor:

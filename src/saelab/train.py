@@ -23,7 +23,7 @@ from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError
 from saelab.evals.reconstruction import evaluate_store
 from saelab.io import SAELAB_CFG, atomic_torch_save, atomic_write_json, atomic_write_text, save_sae
-from saelab.objective import DeadLatentTracker, compute_step
+from saelab.objective import DeadLatentTracker, active_per_row, compute_step, fired_latents, nonzero_values
 from saelab.sae import SparseAutoencoder
 from saelab.schedule import lr_factor
 
@@ -206,10 +206,10 @@ class Trainer:
         m.optimizer.step()
         if m.cfg.decoder_unit_norm:
             m.sae.normalize_decoder()
-        z = out.z.detach()
-        m.sae.activation.observe(out.pre.detach(), z)
-        m.tracker.update(z)
-        return {"out": out, "lr": lr, "z": z}
+        with torch.no_grad():
+            m.sae.activation.observe(nonzero_values(out.z).detach())
+            m.tracker.update(fired_latents(out.z, m.cfg.n_latents), x.shape[0])
+        return {"out": out, "lr": lr}
 
     @staticmethod
     def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float) -> dict:
@@ -223,7 +223,7 @@ class Trainer:
         record.update(
             {
                 "nmse": sq / var if var > 0 else math.nan,
-                "l0": float((result["z"] != 0).sum(dim=-1).double().mean()),
+                "l0": float(active_per_row(out.z).double().mean()),
                 "dead_fraction": float((m.tracker.since_fired >= m.cfg.dead_tokens).double().mean()),
                 "lr": result["lr"],
                 "tokens_per_s": tokens_per_s,

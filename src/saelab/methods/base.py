@@ -76,8 +76,8 @@ class Activation(nn.Module):
         """Loss terms this activation adds to the reconstruction loss (name → scalar)."""
         return {}
 
-    def observe(self, pre: Tensor, z: Tensor) -> None:
-        """Update running statistics after a training forward (no gradient)."""
+    def observe(self, values: Tensor) -> None:
+        """Update running statistics from a training batch's non-zero code values (no gradient)."""
 
     def export_tensors(self) -> dict[str, Tensor]:
         """Tensors saved beside the weights (e.g. `threshold`), SAELens-named."""

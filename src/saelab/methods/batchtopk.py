@@ -50,9 +50,9 @@ class BatchTopK(Activation):
         return acts * (acts > self.threshold)
 
     @torch.no_grad()
-    def observe(self, pre: Tensor, z: Tensor) -> None:
+    def observe(self, values: Tensor) -> None:
         """Fold this batch's smallest kept positive activation into the running threshold."""
-        positive = z[z > 0]
+        positive = values[values > 0]
         if positive.numel() == 0:
             return
         smallest = positive.min().to(self.threshold.dtype)
