@@ -78,3 +78,21 @@ def test_relative_reconstruction_bias_detects_shrinkage():
     acc = ReconstructionAccumulator(1, 4)
     acc.add(x, 0.5 * x, torch.ones(200, 1))
     assert acc.result("none").relative_reconstruction_bias == pytest.approx(0.5)
+
+
+def test_python_evaluate_matches_the_cli(toy_dir, tmp_path, capsys):
+    import json
+
+    import saelab
+    from saelab.cli import main
+
+    out = tmp_path / "s"
+    assert main(["train", "--activations", str(toy_dir / "activations.npy"), "--method", "topk", "--k", "3", "--n-latents", "32",
+                 "--steps", "20", "--batch-size", "128", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    main(["eval", "--sae", str(out), "--activations", str(toy_dir / "activations.npy"), "--all-rows", "--json",
+          "--true-dictionary", str(toy_dir / "dictionary.npy")])
+    cli = json.loads(capsys.readouterr().out)
+    py = saelab.evaluate(out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy").to_dict()
+    for key in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "dead_fraction", "dense_fraction", "mmcs"):
+        assert cli[key] == pytest.approx(py[key])

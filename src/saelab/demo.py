@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,19 +55,99 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     return rows
 
 
+OTHELLO_COLUMNS = [
+    ("name", "SAE"),
+    ("l0", "L0"),
+    ("nmse", "NMSE"),
+    ("dead_fraction", "dead"),
+    ("found", "good classifiers / findable"),
+    ("good_classifier_latents", "good latents"),
+    ("coverage", "coverage"),
+]
+
+
+@dataclass
+class OthelloDemoPlan:
+    """Sizes of the OthelloGPT demo (quick: a smoke test; full: the README's main job)."""
+
+    train_games: int
+    eval_games: int
+    n_latents: int
+    k: int
+    l1_alphas: tuple[float, ...]
+    steps: int
+    batch_size: int
+
+
+QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=512, k=10, l1_alphas=(0.5,), steps=150, batch_size=1024)
+FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=1024, k=10, l1_alphas=(0.3, 1.0), steps=2500, batch_size=2048)
+
+
+def othello_suite(plan: OthelloDemoPlan) -> list[SAEConfig]:
+    """ReLU+L1 (one SAE per coefficient), TopK, BatchTopK and leaky TopK at the same k, all scalar-normalized."""
+    common = dict(n_latents=plan.n_latents, normalize="scalar", lr=1e-3)
+    saes = [SAEConfig(method="relu", penalty="l1", alpha=a, name=f"relu+l1 α={a:g}", **common) for a in plan.l1_alphas]
+    saes += [
+        SAEConfig(method="topk", method_params={"k": plan.k}, auxk=True, dead_tokens=200_000, name=f"topk k={plan.k}", **common),
+        SAEConfig(method="batchtopk", method_params={"k": plan.k}, auxk=True, dead_tokens=200_000, name=f"batchtopk k={plan.k}", **common),
+        SAEConfig(method="leaky_topk", method_params={"k": plan.k, "eps": 0.01}, name=f"leaky_topk k={plan.k}", **common),
+    ]
+    return saes
+
+
+def run_othello_demo(out: Path, quick: bool) -> list[dict]:
+    """Harvest the committed OthelloGPT, train the suite on one stream, score every SAE on held-out games."""
+    from saelab.sources.othello.boards import plot_boards
+    from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
+    from saelab.sources.othello.score import EVAL_SEED_OFFSET, findable_mask, score_sae
+    from saelab.train import Trainer
+
+    plan = QUICK if quick else FULL
+    say = lambda msg: print(f"[demo] {msg}", flush=True)
+    say(f"harvesting {plan.train_games} games from the committed OthelloGPT")
+    train_data = harvest(HarvestConfig(games=plan.train_games, seed=0))
+    write_harvest(train_data, out / "data")
+    say(f"{len(train_data.activations):,} positions × d_model {train_data.activations.shape[1]} (layer {train_data.source['layer']}); training {len(othello_suite(plan))} SAEs on one stream")
+    run = RunConfig(
+        TrainConfig(activations=str(out / "data"), out=str(out / "saes"), batch_size=plan.batch_size, steps=plan.steps, log_every=25, eval_fraction=0.02),
+        othello_suite(plan),
+    )
+    trainer = Trainer(run, progress=True)
+    members = trainer.fit(overwrite=True)
+    say(f"scoring on {plan.eval_games} held-out games")
+    eval_data = harvest(HarvestConfig(games=plan.eval_games, seed=EVAL_SEED_OFFSET))
+    findable = findable_mask(int(train_data.source["layer"]))
+    rows = []
+    for m in members:
+        score = score_sae(m.sae, trainer.source, data=eval_data, findable=findable)
+        row = {"name": m.cfg.display_name(), "method": m.cfg.method, "params": {**m.cfg.method_params, **m.cfg.penalty_params, **({"alpha": m.cfg.alpha} if m.cfg.penalty else {})}}
+        row.update(score.to_dict())
+        row["found"] = f"{score.good_classifiers} / {score.findable}"
+        rows.append(row)
+        say(f"{row['name']}: L0 {score.l0:.1f}, NMSE {score.nmse:.3f}, good classifiers {score.good_classifiers}/{score.findable}, coverage {score.coverage:.3f}")
+    plot_boards(rows, out / "boards.png")
+    return rows
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, toy: bool = False) -> list[dict]:
     """Run the comparison, write results.json, results.md and plots to `out`, print the table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    rows = run_toy_demo(out, quick)
-    columns = [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE"), ("explained_variance", "expl. var."), ("dead_fraction", "dead"), ("dense_fraction", "dense"), ("mmcs", "MMCS")]
+    if toy:
+        rows = run_toy_demo(out, quick)
+        columns = [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE"), ("explained_variance", "expl. var."), ("dead_fraction", "dead"), ("dense_fraction", "dense"), ("mmcs", "MMCS")]
+        title, pictures = "saelab demo (toy data, known dictionary)", "![frontier](frontier.png)\n"
+    else:
+        rows = run_othello_demo(out, quick)
+        columns = OTHELLO_COLUMNS
+        title, pictures = "saelab demo: SAEs on OthelloGPT, scored by board-state recovery", "![frontier](frontier.png)\n\n![boards](boards.png)\n"
     table = markdown_table(rows, columns)
     atomic_write_json(out / "results.json", rows)
-    write_markdown(out / "results.md", f"# saelab demo (toy data, known dictionary)\n\nMetrics on held-out rows; {time.time() - start:.0f} s.\n\n{table}\n![frontier](frontier.png)\n")
-    plot_frontier(rows, out / "frontier.png", label="name", title="Toy data: sparsity vs reconstruction")
+    note = "Metrics on held-out data, in each SAE's normalized input space"
+    write_markdown(out / "results.md", f"# {title}\n\n{note}; {time.time() - start:.0f} s on this machine.\n\n{table}\n{pictures}")
+    plot_frontier(rows, out / "frontier.png", label="name", title=title)
     print()
     print(table)
-    print(f"results in {out}/ (results.json, results.md, frontier.png)")
-    _ = json
+    print(f"results in {out}/ (results.json, results.md, frontier.png{'' if toy else ', boards.png'}) after {time.time() - start:.0f} s")
     return rows

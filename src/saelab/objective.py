@@ -124,7 +124,7 @@ class DeadLatentTracker:
     def update(self, fired: Tensor, n_tokens: int) -> None:
         """Account for one batch of `n_tokens` in which the latents `fired` were active."""
         self.since_fired += n_tokens
-        self.since_fired[fired] = 0
+        self.since_fired.masked_fill_(fired, 0)
 
     def dead_mask(self) -> Tensor:
         """Latents silent for at least `dead_tokens` tokens."""

@@ -75,6 +75,15 @@ def _open_file(path: Path) -> np.ndarray:
 
 
 def _shard_paths(folder: Path) -> list[Path]:
+    source = folder / "source.json"
+    if source.exists():
+        # A harvest folder (e.g. OthelloGPT) names its activation file beside labels and positions.
+        try:
+            named = json.loads(source.read_text()).get("files", {}).get("activations")
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source}: unreadable JSON ({e.msg})") from None
+        if named:
+            return [folder / named]
     if (folder / "manifest.json").exists():
         from saelab.data.cache import verify_cache
 
