@@ -97,9 +97,14 @@ class SparseAutoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Raw activations → raw reconstruction."""
+        return self.reconstruct(x)[0]
+
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(raw-space reconstruction, latent code) of raw activations in one pass."""
         self.check_input(x)
         x_n, ctx = self.normalizer.normalize(x)
-        return self.normalizer.denormalize(self.decode_normalized(self.encode_normalized(x_n)), ctx)
+        z = self.encode_normalized(x_n)
+        return self.normalizer.denormalize(self.decode_normalized(z), ctx), z
 
     # ---- the unit-norm decoder constraint ---------------------------------------------------
     @torch.no_grad()

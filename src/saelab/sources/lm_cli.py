@@ -1,0 +1,359 @@
+"""`saelab lm ...`: harvest activations of a Hugging Face causal LM, evaluate an SAE downstream, ablate lowest activations."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from saelab.errors import SaelabError
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """Everything `saelab lm activations` needs."""
+
+    model: str
+    layer: int
+    site: str
+    text: str
+    tokens: int
+    out: str
+    context: int = 64
+    dtype: str = "float32"  # dtype of the cache
+    model_dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 32
+    shard_rows: int = 65536
+    drop_first: bool = True
+    outlier_factor: float | None = None
+    prepend_bos: bool = True
+    text_field: str = "text"
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class HarvestResult:
+    """What a harvest wrote and how fast."""
+
+    out: str
+    rows: int
+    new_rows: int
+    complete: bool
+    exhausted: bool  # the text ran out before `tokens` rows
+    seconds: float
+    tokens_per_s: float  # model tokens (incl. dropped positions) through the forward per second
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise SaelabError(f"{name}={value}: must be positive")
+
+
+def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
+    """Write (or resume) an activation cache of cfg.tokens rows; validates all input before writing."""
+    from saelab.data.cache import CACHE_DTYPES, CacheMeta, CacheWriter, check_out_folder
+    from saelab.sources.hf import SITES, LMSpec, load_lm
+    from saelab.sources.text import TextConfig, iter_batches, iter_chunks, keep_mask
+
+    if cfg.site not in SITES:
+        raise SaelabError(f"site={cfg.site!r}: unknown site; choose one of {', '.join(SITES)}")
+    if cfg.dtype not in CACHE_DTYPES:
+        raise SaelabError(f"dtype={cfg.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
+    for name in ("tokens", "batch_size", "shard_rows", "context"):
+        _positive(name, getattr(cfg, name))
+    existing = check_out_folder(cfg.out)
+    text_cfg = TextConfig(cfg.text, cfg.context, cfg.prepend_bos, cfg.text_field, cfg.split)
+    iter_chunks(text_cfg)  # checks a local source now, before the slow model load (datasets open lazily)
+
+    lm = load_lm(LMSpec(cfg.model, cfg.device, cfg.model_dtype))
+    site = lm.site(cfg.layer, cfg.site)
+    options = {"drop_first": cfg.drop_first, "outlier_factor": cfg.outlier_factor, "prepend_bos": cfg.prepend_bos}
+    if cfg.text_field != "text":
+        options["text_field"] = cfg.text_field
+    meta = CacheMeta(
+        model=cfg.model,
+        site=cfg.site,
+        layer=cfg.layer,
+        dtype=cfg.dtype,
+        d_in=lm.d_model,
+        context=cfg.context,
+        tokenizer=lm.tokenizer_name(),
+        text_source=cfg.text if not cfg.split or cfg.split == "train" else f"{cfg.text} [{cfg.split}]",
+        options=options,
+    )
+    skip = int(existing.get("cursor", {}).get("windows", 0)) if existing else 0
+    batches = iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip)
+    first = next(batches, None)  # an empty source raises here, before anything is written
+
+    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows)
+    writer.manifest["target_rows"] = cfg.tokens
+    start_rows, windows = writer.n_rows, skip
+    t0, seen = time.perf_counter(), 0
+    try:
+        for ids in itertools.chain([first] if first is not None else [], batches):
+            if writer.n_rows >= cfg.tokens:
+                break
+            acts = lm.activations(ids, site)
+            rows = acts[keep_mask(acts, cfg.drop_first, cfg.outlier_factor)]
+            rows = rows[: cfg.tokens - writer.n_rows].float().cpu().numpy()
+            windows += ids.shape[0]
+            seen += ids.numel()
+            writer.append(rows, cursor={"windows": windows})
+            if log is not None and writer.n_rows // 50000 != (writer.n_rows - len(rows)) // 50000:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                log(f"{writer.n_rows}/{cfg.tokens} rows, {rate:.0f} tokens/s")
+    except KeyboardInterrupt:
+        writer.flush()  # the cursor matches the buffered rows: the saved state resumes exactly
+        raise
+    exhausted = writer.n_rows < cfg.tokens
+    writer.manifest["exhausted"] = exhausted
+    manifest = writer.close(complete=True)
+    seconds = time.perf_counter() - t0
+    return HarvestResult(
+        cfg.out, manifest["n_rows"], manifest["n_rows"] - start_rows, True, exhausted, seconds, seen / max(seconds, 1e-9)
+    )
+
+
+def _load_sae(path: str):
+    import saelab
+
+    sae = saelab.load(path)
+    sae.eval()
+    return sae
+
+
+def _recorded_source(sae_dir: str) -> dict[str, Any]:
+    """The activation provenance the trainer stored in saelab.json ("source": the cache manifest), if any."""
+    try:
+        with open(os.path.join(sae_dir, "saelab.json"), encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    source = record.get("source") if isinstance(record, dict) else None
+    return source if isinstance(source, dict) else {}
+
+
+@dataclass(frozen=True)
+class EvalSource:
+    """Where and how an SAE reads the LM: flags first, else what its folder records of its training cache."""
+
+    layer: int
+    site: str
+    context: int
+    outlier_factor: float | None
+    prepend_bos: bool
+
+
+def _eval_source(args: argparse.Namespace) -> EvalSource:
+    recorded = _recorded_source(args.sae)
+    options = recorded.get("options") if isinstance(recorded.get("options"), dict) else {}
+    layer = args.layer if args.layer is not None else recorded.get("layer")
+    site = args.site if args.site is not None else recorded.get("site")
+    if layer is None:
+        raise SaelabError(f"--layer is required: SAE folder {args.sae!r} does not record its layer")
+    if site is None:
+        raise SaelabError(f"--site is required: SAE folder {args.sae!r} does not record its site")
+    outliers = args.drop_outliers if args.drop_outliers is not None else options.get("outlier_factor")
+    return EvalSource(
+        layer=int(layer),
+        site=str(site),
+        context=int(args.context if args.context is not None else recorded.get("context", 64)),
+        outlier_factor=None if outliers is None else float(outliers),
+        prepend_bos=not args.no_bos and bool(options.get("prepend_bos", True)),
+    )
+
+
+def _eval_setup(args: argparse.Namespace):
+    """Validate inputs, load SAE and LM, and materialise the evaluation batches."""
+    from saelab.sources.hf import SITES, LMSpec, load_lm
+    from saelab.sources.text import TextConfig, iter_batches, iter_chunks
+
+    _positive("tokens", args.tokens)
+    _positive("batch_size", args.batch_size)
+    if not os.path.isdir(args.sae):
+        raise SaelabError(f"sae={args.sae!r}: no such SAE folder")
+    src = _eval_source(args)
+    if src.site not in SITES:
+        raise SaelabError(f"site={src.site!r}: unknown site; choose one of {', '.join(SITES)}")
+    _positive("context", src.context)
+    text_cfg = TextConfig(args.text, src.context, src.prepend_bos, args.text_field, args.split)
+    iter_chunks(text_cfg)  # a missing local source fails before the model loads
+    sae = _load_sae(args.sae)
+    lm = load_lm(LMSpec(args.model, args.device, args.model_dtype))
+    site = lm.site(src.layer, src.site)
+    d_in = getattr(getattr(sae, "cfg", None), "d_in", None)
+    if d_in is not None and int(d_in) != lm.d_model:
+        raise SaelabError(f"sae={args.sae!r}: d_in={d_in} does not match the model's width {lm.d_model}")
+    n_windows = max(1, args.tokens // src.context)
+    batches, have = [], 0
+    for ids in iter_batches(lm.tokenizer, text_cfg, args.batch_size, skip=args.skip_windows):
+        ids = ids[: n_windows - have]
+        batches.append(ids)
+        have += ids.shape[0]
+        if have >= n_windows:
+            break
+    if not batches:
+        raise SaelabError(f"text={args.text!r}: empty text source after skipping {args.skip_windows} windows")
+    return lm, site, sae, batches, src.outlier_factor
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    _threads(args)
+    cfg = HarvestConfig(
+        model=args.model,
+        layer=args.layer,
+        site=args.site,
+        text=args.text,
+        tokens=args.tokens,
+        out=args.out,
+        context=args.context,
+        dtype=args.dtype,
+        model_dtype=args.model_dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        drop_first=not args.keep_first,
+        outlier_factor=args.drop_outliers,
+        prepend_bos=not args.no_bos,
+        text_field=args.text_field,
+        split=args.split,
+    )
+    try:
+        res = harvest(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume into {args.out}", file=sys.stderr)
+        return 130
+    if res.exhausted:
+        print(f"warning: text {args.text!r} ran out after {res.rows} rows (asked {args.tokens})", file=sys.stderr)
+    print(
+        f"wrote {res.new_rows} rows ({res.rows} in all) to {res.out} in {res.seconds:.1f}s "
+        f"({res.tokens_per_s:.0f} tokens/s through the model)"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    _threads(args)
+    from saelab.evals.downstream import evaluate_downstream
+
+    lm, site, sae, batches, outliers = _eval_setup(args)
+    res = evaluate_downstream(lm, site, sae, batches, outliers).to_dict()
+    keys = (
+        "ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_recovered_zero", "ce_recovered_mean",
+        "kl", "l0", "nmse", "cos_sim", "l2_ratio", "tokens",
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({k: res[k] for k in keys}))
+    else:
+        print(f"{lm.name} {site}: {res['tokens']} predictions")
+        for k in keys[:-1] + ("explained_variance",):
+            v = res[k]
+            print(f"  {k:18s} {'n/a' if v is None else f'{v:.4f}'}")
+    return 0
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise SaelabError(f"{text!r}: expected comma-separated numbers") from exc
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    _threads(args)
+    from saelab.evals.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
+
+    for name in ("ablate_lowest.json", "ablate_lowest.png"):
+        if os.path.exists(os.path.join(args.out, name)) and not args.overwrite:
+            raise SaelabError(f"out={args.out!r}: already holds {name}; choose another folder or pass --overwrite")
+    defaults = SweepGrid()
+    ks = _floats(args.lowest_k)
+    grid = SweepGrid(
+        lowest_k=tuple(int(k) for k in ks) if ks else defaults.lowest_k,
+        frac_of_max=_floats(args.fractions) or defaults.frac_of_max,
+        quantile=_floats(args.quantiles) or defaults.quantile,
+        global_threshold=_floats(args.thresholds),
+        global_quantiles=_floats(args.global_quantiles) or defaults.global_quantiles,
+    )
+    lm, site, sae, batches, outliers = _eval_setup(args)
+    sweep = sweep_ablations(lm, site, sae, batches, grid, outliers)
+    json_path, png_path = write_sweep(sweep, args.out)
+    print(f"wrote {json_path} and {png_path} ({len(sweep.points)} points, {sweep.tokens} predictions)")
+    return 0
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _common(p: argparse.ArgumentParser, tokens: int, batch_size: int, context: int | None = 64) -> None:
+    p.add_argument("--model", required=True, help="hub name, local model folder, or path of a .gguf file")
+    p.add_argument("--text", required=True, help="local .txt/.jsonl file or folder, or a HF dataset NAME[:CONFIG]")
+    p.add_argument("--tokens", type=int, default=tokens, help="number of tokens (activation rows / eval tokens)")
+    p.add_argument("--context", type=int, default=context,
+                   help="tokens per window, BOS included (default 64, or the SAE's training context)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=batch_size, help="windows per forward pass")
+    p.add_argument("--text-field", default="text", help="JSONL key / dataset column holding the text")
+    p.add_argument("--split", default="train", help="dataset split (HF datasets)")
+    p.add_argument("--no-bos", action="store_true", help="do not start each window with BOS")
+    p.add_argument("--model-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--device", default="cpu", help="torch device for the LM (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _sae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", required=True, help="trained SAE folder")
+    p.add_argument("--layer", type=int, default=None, help="block index (default: recorded in the SAE folder)")
+    p.add_argument("--site", default=None, help="resid_pre|resid_post|mlp_out|attn_out (default: recorded)")
+    p.add_argument("--skip-windows", type=int, default=0, help="skip this many windows of the text (held-out data)")
+    p.add_argument("--drop-outliers", type=float, default=None, metavar="FACTOR",
+                   help="leave tokens with norm > FACTOR x batch median unspliced (default: as harvested)")  # fmt: skip
+
+
+def register(subparsers: Any) -> None:
+    """Add the `lm` command (activations, eval, ablate-lowest) to the top-level saelab subparsers."""
+    lm = subparsers.add_parser("lm", help="Hugging Face causal LMs: harvest activations, downstream eval")
+    sub = lm.add_subparsers(dest="lm_command", metavar="{activations,eval,ablate-lowest}")
+    sub.required = True
+
+    p = sub.add_parser("activations", help="write an activation cache (shards + manifest)")
+    _common(p, tokens=1_000_000, batch_size=32)
+    p.add_argument("--layer", type=int, required=True, help="block index, 0-based")
+    p.add_argument("--site", default="resid_post", help="resid_pre|resid_post|mlp_out|attn_out (default resid_post)")
+    p.add_argument("--out", required=True, help="cache folder (new, or an incomplete cache to resume)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="dtype of the cache")
+    p.add_argument("--shard-rows", type=int, default=65536, help="rows per shard (about)")
+    p.add_argument("--keep-first", action="store_true", help="keep position 0 (BOS); dropped by default")
+    p.add_argument("--drop-outliers", type=float, default=None, metavar="FACTOR",
+                   help="drop tokens whose norm exceeds FACTOR x the batch median norm")  # fmt: skip
+    p.set_defaults(func=_cmd_activations)
+
+    p = sub.add_parser("eval", help="downstream CE/KL with the SAE spliced in")
+    _common(p, tokens=4096, batch_size=8, context=None)
+    _sae_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("ablate-lowest", help="sweep the four lowest-activation ablation schemes")
+    _common(p, tokens=2048, batch_size=8, context=None)
+    _sae_args(p)
+    p.add_argument("--out", required=True, help="folder for ablate_lowest.json and ablate_lowest.png")
+    p.add_argument("--lowest-k", default=None, help="comma-separated k values")
+    p.add_argument("--fractions", default=None, help="comma-separated fractions of each feature's max")
+    p.add_argument("--quantiles", default=None, help="comma-separated per-feature quantiles")
+    p.add_argument("--thresholds", default=None, help="comma-separated global thresholds (default: quantiles of z)")
+    p.add_argument("--global-quantiles", default=None,
+                   help="quantiles of all positive latents that set the default global thresholds")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    p.set_defaults(func=_cmd_ablate)
