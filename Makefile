@@ -34,5 +34,8 @@ test-compat: $(STAMP)
 	bash scripts/setup_saelens_venv.sh
 	$(BIN)/python -m pytest -q -m compat
 
+bench: $(STAMP)
+	$(BIN)/python bench/train_step.py
+
 clean:
 	rm -rf $(VENV) .venv-saelens runs .pytest_cache .hypothesis

@@ -45,7 +45,7 @@ class SAEConfig:
     dead_tokens: int = 10_000_000
     lr: float | None = None
     name: str | None = None
-    kernel: str = "dense"
+    kernel: str = "auto"
     # Filled in from the data when training starts.
     d_in: int | None = None
     normalization_factor: float | None = None

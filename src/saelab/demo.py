@@ -79,8 +79,8 @@ class OthelloDemoPlan:
     batch_size: int
 
 
-QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=512, k=10, l1_alphas=(0.5,), steps=150, batch_size=1024)
-FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=1024, k=10, l1_alphas=(0.3, 1.0), steps=2500, batch_size=2048)
+QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=512, k=10, l1_alphas=(1.0,), steps=150, batch_size=1024)
+FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=1024, k=10, l1_alphas=(1.0, 3.0), steps=1500, batch_size=2048)
 
 
 def othello_suite(plan: OthelloDemoPlan) -> list[SAEConfig]:

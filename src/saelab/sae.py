@@ -112,10 +112,11 @@ class SparseAutoencoder(nn.Module):
         """Remove from each decoder row's gradient its component along that row."""
         if self.W_dec.grad is None:
             return
-        w = self.W_dec
-        unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        g = self.W_dec.grad
-        g.sub_((g * unit).sum(dim=-1, keepdim=True) * unit)
+        g, w = self.W_dec.grad, self.W_dec
+        # g −= (g·w / ‖w‖²) w, row by row, without [n, d_in] temporaries (they dominate at large n).
+        sq = torch.linalg.vector_norm(w, dim=-1).clamp_min(1e-12).square_()
+        coef = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1).div_(sq)
+        g.addcmul_(w, coef.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -125,7 +125,8 @@ class Trainer:
             sae.initialize_from_data(sample, torch.Generator().manual_seed(init_seed))
             sae.train()
             lr = cfg.effective_lr
-            opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(t.betas), eps=t.adam_eps)
+            # fused: one pass over the 2·n·d_in weights instead of a per-op loop (9× faster on CPU, bench/).
+            opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(t.betas), eps=t.adam_eps, fused=True)
             members.append(Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens), out, lr))
         return members
 

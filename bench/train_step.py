@@ -1,0 +1,423 @@
+"""Time one SAE training step against the floor (the encoder's forward product alone) and the peers.
+
+    .venv/bin/python bench/train_step.py                 # all shapes, AuxK off and on, peers found
+    .venv/bin/python bench/train_step.py --quick         # (768, 16384, 32) only, 3 reps, no AuxK
+    .venv/bin/python bench/train_step.py --json > r.jsonl
+
+Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
+  floor                x @ W_enc alone: the one dense product a TopK step cannot avoid
+  saelab-sparse        Trainer._train_step with kernel="sparse": forward + backward, decoder-gradient
+                       projection, Adam (built as the Trainer builds it), renormalization,
+                       dead-latent bookkeeping
+  saelab-sparse+       the same with the changes proposed in bench/README.md: Adam(fused=True) and
+                       an in-place decoder-gradient projection
+  saelab-dense         Trainer._train_step with kernel="dense" (the reference path)
+  torch-topk           a plain-PyTorch dense TopK SAE step written here, as a user would
+  saelens / sparsify / dictlearn
+                       the library's own step, in its own venv, driven through bench/peers.py
+Every repetition runs every implementation once, in turn (peers as long-lived subprocesses that
+step on request), so drifting load on a shared machine hits all of them alike; the table gives
+medians. With AuxK on, `--dead-fraction` of the latents are marked dead before every step
+(untimed) and k_aux = d_in // 2 for everyone, the peers' own choice. peak_rss_mb is the peak
+resident memory of a process that builds only that implementation and runs one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = [(512, 4096, 32), (768, 16384, 32), (768, 32768, 64)]
+IMPLS = ["floor", "saelab-sparse", "saelab-sparse+", "saelab-dense", "torch-topk"]
+PEERS = {"saelens": ".venv-saelens", "sparsify": ".venv-sparsify", "dictlearn": ".venv-dictlearn"}
+DEAD_TOKENS = 10_000_000
+
+
+@dataclass
+class Setup:
+    """One benchmark case."""
+
+    d: int
+    n: int
+    k: int
+    batch: int
+    dead_fraction: float  # 0 = AuxK off
+    seed: int = 0
+    x: torch.Tensor = field(init=False)
+    dead: torch.Tensor | None = field(init=False)
+
+    def __post_init__(self):
+        g = torch.Generator().manual_seed(self.seed + 1)
+        self.dead = torch.rand(self.n, generator=g) < self.dead_fraction if self.dead_fraction > 0 else None
+        self.x = torch.randn(self.batch, self.d, generator=g)
+
+    @property
+    def auxk(self) -> bool:
+        """Whether AuxK is active."""
+        return self.dead is not None
+
+
+# ---- in-process implementations ---------------------------------------------------------------
+def build_floor(s: Setup) -> Callable[[], None]:
+    """x @ W_enc alone."""
+    W_enc = torch.randn(s.d, s.n) / s.d**0.5
+
+    def step():
+        return s.x @ W_enc
+
+    return step
+
+
+def fused_projection(sae) -> None:
+    """The proposed SparseAutoencoder.project_decoder_grad: same math, in place, no [n, d] temporaries."""
+    g, w = sae.W_dec.grad, sae.W_dec
+    if g is None:
+        return
+    with torch.no_grad():
+        sq = torch.linalg.vector_norm(w, dim=-1).clamp_min(1e-12).square_()
+        coef = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1).div_(sq)
+        g.addcmul_(w, coef.unsqueeze(1), value=-1.0)
+
+
+def build_saelab(s: Setup, kernel: str, proposed: bool = False) -> Callable[[], None]:
+    """Trainer._train_step on one Member, built as Trainer._build_members builds it."""
+    from saelab.config import SAEConfig, TrainConfig
+    from saelab.objective import DeadLatentTracker
+    from saelab.sae import SparseAutoencoder
+    from saelab.train import Member, Trainer
+
+    cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
+                    auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
+    sae = SparseAutoencoder(cfg)
+    sae.initialize_from_data(s.x, torch.Generator().manual_seed(s.seed))
+    sae.train()
+    t = TrainConfig(activations="-", out="-")
+    extra = {"fused": True} if proposed else {}
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.effective_lr, betas=tuple(t.betas), eps=t.adam_eps, **extra)
+    if proposed:
+        sae.project_decoder_grad = types.MethodType(fused_projection, sae)
+    member = Member(cfg, sae, opt, DeadLatentTracker(s.n, cfg.dead_tokens), Path("-"), cfg.effective_lr)
+    trainer = types.SimpleNamespace(run=types.SimpleNamespace(train=t), total_steps=10**9)
+    counter = iter(range(10**9))
+
+    def step():
+        if s.dead is not None:  # impose the dead share (the bookkeeping itself stays in the step)
+            member.tracker.since_fired.copy_(torch.where(s.dead, DEAD_TOKENS, 0))
+        Trainer._train_step(trainer, member, s.x, next(counter))
+
+    step.member = member  # for --profile
+    return step
+
+
+def build_torch_topk(s: Setup) -> Callable[[], None]:
+    """A plain-PyTorch dense TopK SAE step (scaling-paper recipe), default Adam."""
+    g = torch.Generator().manual_seed(s.seed)
+    W_dec = torch.randn(s.n, s.d, generator=g)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    params = {"W_enc": W_dec.t().clone(), "b_enc": torch.zeros(s.n), "W_dec": W_dec, "b_dec": s.x.mean(0)}
+    params = {k: torch.nn.Parameter(v) for k, v in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=2e-4 / (s.n / 2**14) ** 0.5)
+    since_fired = torch.zeros(s.n, dtype=torch.long)
+    k_aux = s.d // 2
+
+    def step():
+        W_enc, b_enc, W_dec, b_dec = params["W_enc"], params["b_enc"], params["W_dec"], params["b_dec"]
+        x = s.x
+        pre = (x - b_dec) @ W_enc + b_enc
+        vals, idx = pre.topk(s.k, dim=-1, sorted=False)
+        z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        x_hat = z @ W_dec + b_dec
+        loss = (x_hat - x).pow(2).sum(-1).mean()
+        dead = s.dead
+        if dead is not None and bool(dead.any()):
+            ka = min(k_aux, int(dead.sum()))
+            av, ai = pre.masked_fill(~dead, float("-inf")).topk(ka, dim=-1, sorted=False)
+            e_hat = torch.zeros_like(pre).scatter(-1, ai, torch.relu(av)) @ W_dec
+            e = (x - x_hat).detach()
+            loss = loss + (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean() / 32
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            unit = W_dec / W_dec.norm(dim=1, keepdim=True)
+            W_dec.grad -= (W_dec.grad * unit).sum(1, keepdim=True) * unit
+        opt.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+            since_fired.add_(x.shape[0])
+            since_fired[(z > 0).any(0)] = 0
+
+    return step
+
+
+def build(impl: str, s: Setup) -> Callable[[], None]:
+    """The step function of an in-process implementation."""
+    if impl == "floor":
+        return build_floor(s)
+    if impl == "saelab-sparse":
+        return build_saelab(s, "sparse")
+    if impl == "saelab-sparse+":
+        return build_saelab(s, "sparse", proposed=True)
+    if impl == "saelab-dense":
+        return build_saelab(s, "dense")
+    if impl == "torch-topk":
+        return build_torch_topk(s)
+    raise ValueError(impl)
+
+
+# ---- peers ------------------------------------------------------------------------------------
+class Peer:
+    """A peer library's step, served by bench/peers.py in that library's venv."""
+
+    def __init__(self, lib: str, s: Setup, threads: int):
+        python = REPO / PEERS[lib] / "bin" / "python"
+        cmd = [str(python), str(REPO / "bench" / "peers.py"), "--lib", lib, "--d-in", str(s.d), "--n", str(s.n), "--k", str(s.k),
+               "--batch", str(s.batch), "--threads", str(threads), "--dead-fraction", str(s.dead_fraction), "--seed", str(s.seed), "--serve"]
+        self.lib = lib
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.version = self._read().get("version")
+
+    def _read(self) -> dict:
+        while True:  # libraries print notices of their own on stdout; replies are JSON objects
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.lib}: the peer process ended (rc={self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def step_ms(self) -> float:
+        """Run one step in the peer; its own timing of it."""
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._read()["ms"]
+
+    def close(self) -> float:
+        """Stop the peer; its peak RSS in MiB."""
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        rss = self._read()["peak_rss_mb"]
+        self.proc.wait()
+        return rss
+
+
+def available_peers() -> list[str]:
+    """Peers whose venv exists."""
+    return [lib for lib, venv in PEERS.items() if (REPO / venv / "bin" / "python").exists()]
+
+
+# ---- measurement --------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB): VmHWM, which exec resets (ru_maxrss would carry
+    the high-water mark of the parent this process was forked from)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+
+def child_peak_rss(impl: str, s: Setup, threads: int) -> float | None:
+    """Peak RSS (MiB) of a fresh process that builds `impl` and runs one step."""
+    cmd = [sys.executable, __file__, "--rss-child", impl, "--shapes", f"{s.d}x{s.n}x{s.k}", "--batch", str(s.batch),
+           "--threads", str(threads), "--dead-fraction", str(s.dead_fraction)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: int, rss: bool) -> list[dict]:
+    """Interleaved timing of every implementation on one case; one record per implementation."""
+    running: dict[str, Peer] = {}
+    for lib in peers:
+        try:
+            running[lib] = Peer(lib, s, threads)
+        except Exception as e:  # a peer that cannot run is reported, not fatal
+            print(f"# {lib}: not timed ({e})", file=sys.stderr)
+    steps = {impl: build(impl, s) for impl in impls}
+    for fn in steps.values():
+        fn()  # warm-up: optimizer state, scratch buffers
+    times: dict[str, list[float]] = {name: [] for name in [*steps, *running]}
+    for _ in range(reps):
+        for impl, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[impl].append((time.perf_counter() - t0) * 1e3)
+        for lib, peer in running.items():
+            times[lib].append(peer.step_ms())
+    peer_rss = {lib: peer.close() for lib, peer in running.items()}
+    versions = {lib: peer.version for lib, peer in running.items()}
+    del steps
+    gc.collect()
+    floor = statistics.median(times["floor"]) if "floor" in times else None
+    records = []
+    for name, ts in times.items():
+        ms = statistics.median(ts)
+        peak = peer_rss.get(name) if name in running else (child_peak_rss(name, s, threads) if rss else None)
+        rec = {"d_in": s.d, "n": s.n, "k": s.k, "impl": name, "ms_per_step": round(ms, 1),
+               "ratio_to_floor": round(ms / floor, 3) if floor else None, "peak_rss_mb": round(peak) if peak else None,
+               "auxk": s.auxk, "dead_fraction": s.dead_fraction, "batch": s.batch, "threads": threads, "reps": reps,
+               "min_ms": round(min(ts), 1), "max_ms": round(max(ts), 1)}
+        if name in versions:
+            rec["version"] = versions[name]
+        records.append(rec)
+    return records
+
+
+def print_table(records: list[dict], out) -> None:
+    """Human-readable table of one case, with the speed-ups the targets are stated in."""
+    r0 = records[0]
+    print(f"\n(d_in, n, k) = ({r0['d_in']}, {r0['n']}, {r0['k']})  batch {r0['batch']}  AuxK "
+          f"{'on, ' + format(r0['dead_fraction'], '.0%') + ' dead' if r0['auxk'] else 'off'}  threads {r0['threads']}  reps {r0['reps']}", file=out)
+    print(f"{'impl':<16}{'ms/step':>10}{'× floor':>9}{'min':>9}{'max':>9}{'peak RSS MB':>13}", file=out)
+    for r in records:
+        rss = "" if r["peak_rss_mb"] is None else str(r["peak_rss_mb"])
+        ratio = "" if r["ratio_to_floor"] is None else f"{r['ratio_to_floor']:.2f}"
+        print(f"{r['impl']:<16}{r['ms_per_step']:>10.1f}{ratio:>9}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}", file=out)
+    by = {r["impl"]: r["ms_per_step"] for r in records}
+    peers = {p: by[p] for p in PEERS if p in by}
+    for ours in ("saelab-sparse", "saelab-sparse+"):
+        if ours in by and peers:
+            fastest = min(peers, key=peers.get)
+            line = f"{ours}: {peers[fastest] / by[ours]:.2f}× faster than the fastest peer ({fastest})"
+            if "saelens" in peers:
+                line += f", {peers['saelens'] / by[ours]:.2f}× faster than SAELens"
+            print(line, file=out)
+
+
+def profile(s: Setup, threads: int, reps: int) -> None:
+    """Where a saelab-sparse+ step's time goes, next to the floor: phase timers around the same
+    calls Trainer._train_step makes, the top operators, and Adam's three CPU implementations."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from saelab.objective import compute_step, fired_latents, nonzero_values
+
+    floor = build_floor(s)
+    step = build_saelab(s, "sparse", proposed=True)
+    step()
+    member = step.member
+    sae, opt = member.sae, member.optimizer
+    phases: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        phases.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    for _ in range(reps):
+        timed("floor: x @ W_enc", floor)
+        dead = member.tracker.dead_mask() if member.cfg.auxk else None
+        out = timed("forward (compute_step)", lambda: compute_step(sae, s.x, 0.0, dead))
+        timed("zero_grad", lambda: opt.zero_grad(set_to_none=True))
+        timed("backward", lambda: out.total.backward())
+        timed("project decoder grad", sae.project_decoder_grad)
+        timed("Adam step (fused)", opt.step)
+        timed("normalize decoder", sae.normalize_decoder)
+        timed("bookkeeping", lambda: (sae.activation.observe(nonzero_values(out.z).detach()),
+                                      member.tracker.update(fired_latents(out.z, s.n), s.batch)))
+    print(f"\nphases of one saelab-sparse+ step (median of {reps}), ({s.d}, {s.n}, {s.k}) batch {s.batch} AuxK {s.auxk}")
+    for name, ts in phases.items():
+        print(f"  {name:<26}{statistics.median(ts):>9.1f} ms")
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+    params = [torch.nn.Parameter(p.detach().clone()) for p in sae.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    for label, kw in (("for-loop (CPU default)", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        adam = torch.optim.Adam(params, lr=1e-4, **kw)
+        adam.step()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            adam.step()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        print(f"  Adam {label:<24}{statistics.median(ts):>9.1f} ms over {sum(p.numel() for p in params) / 1e6:.1f}M parameters")
+
+
+def main() -> None:
+    """Parse options, run every case, print the table (and JSON records with --json)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(f"{d}x{n}x{k}" for d, n, k in SHAPES), help="comma-separated d_inxNxK")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="768x16384x32 only, 3 reps, AuxK off, no peers, no RSS")
+    p.add_argument("--json", action="store_true", help="one JSON record per line on stdout (table on stderr)")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--auxk", choices=["off", "on", "both"], default="both")
+    p.add_argument("--dead-fraction", type=float, default=0.3, help="share of latents dead when AuxK is on")
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--peers", default="found", help="comma-separated, 'found' (venvs present) or 'none'")
+    p.add_argument("--no-rss", action="store_true", help="skip the per-implementation peak-RSS child processes")
+    p.add_argument("--profile", action="store_true", help="phase timers and top operators of a saelab-sparse+ step, per shape")
+    p.add_argument("--rss-only", action="store_true", help="peak RSS per implementation only (no timing)")
+    p.add_argument("--rss-child", help=argparse.SUPPRESS)
+    a = p.parse_args()
+
+    torch.set_num_threads(a.threads)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    if a.rss_child:
+        d, n, k = shapes[0]
+        fn = build(a.rss_child, Setup(d, n, k, a.batch, a.dead_fraction))
+        fn()  # the first step allocates everything a step needs, optimizer state included
+        print(peak_rss_mb())
+        return
+    if a.profile:
+        for d, n, k in shapes:
+            profile(Setup(d, n, k, a.batch, a.dead_fraction if a.auxk == "on" else 0.0), a.threads, a.reps)
+        return
+    reps, auxk, rss = a.reps, a.auxk, not a.no_rss
+    peers = available_peers() if a.peers == "found" else ([] if a.peers == "none" else a.peers.split(","))
+    if a.quick:
+        shapes, reps, auxk, rss = [(768, 16384, 32)], min(reps, 3), "off", False
+        peers = [] if a.peers == "found" else peers
+    impls = a.impls.split(",")
+    out = sys.stderr if a.json else sys.stdout
+    print(f"# torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; peers: {', '.join(peers) or 'none'}", file=out)
+    fractions = {"off": [0.0], "on": [a.dead_fraction], "both": [0.0, a.dead_fraction]}[auxk]
+    if a.rss_only:
+        for d, n, k in shapes:
+            for frac in fractions:
+                s = Setup(d, n, k, a.batch, frac)
+                for impl in impls:
+                    rec = {"d_in": d, "n": n, "k": k, "impl": impl, "auxk": s.auxk, "peak_rss_mb": child_peak_rss(impl, s, a.threads)}
+                    print(json.dumps(rec), flush=True)
+                for lib in peers:
+                    cmd = [str(REPO / PEERS[lib] / "bin" / "python"), str(REPO / "bench" / "peers.py"), "--lib", lib, "--d-in", str(d), "--n", str(n),
+                           "--k", str(k), "--batch", str(a.batch), "--threads", str(a.threads), "--dead-fraction", str(frac), "--reps", "1"]
+                    out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()
+                    rec = json.loads(out[-1]) if out and out[-1].startswith("{") else {"impl": lib, "peak_rss_mb": None}
+                    print(json.dumps({"d_in": d, "n": n, "k": k, "impl": lib, "auxk": s.auxk, "peak_rss_mb": rec["peak_rss_mb"]}), flush=True)
+        return
+    for d, n, k in shapes:
+        for frac in fractions:
+            records = run_case(Setup(d, n, k, a.batch, frac), impls, peers, reps, a.threads, rss)
+            print_table(records, out)
+            out.flush()
+            if a.json:
+                for r in records:
+                    print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

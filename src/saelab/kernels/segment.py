@@ -1,0 +1,70 @@
+"""The sparse products every backward here is made of, over the entries of one or more codes.
+
+An EntrySet stacks the (row, latent) entries of several codes; code c's rows are offset by
+`offsets[c]` so that each code can index its own block of a stacked table. Sorted once by latent
+(stable, so each latent's entries keep row order and sums are reproducible), it gives
+  - `sum_rows`:  out[i] = Σ_{e: latent_e = i} w_e · table[row_e]   ([n, d], e.g. Zᵀ·dX̂, x_cᵀ·G)
+    as one `embedding_bag` over the latent-sorted entries: a gather-only loop over the output
+    rows, with no scatter-add races and no [nnz, d] intermediate;
+  - `dots`:      dot_e = ⟨by_latent[latent_e], by_row[row_e]⟩     (e.g. dX̂·W_decᵀ at Z's support)
+    as a sampled product over the latent-major pattern, so each `by_latent` row (a decoder row,
+    from a table too large for the cache) is read once and the `by_row` rows (the batch's, small)
+    are the ones gathered.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelab.kernels import threads
+from saelab.kernels.sparse_code import SparseCode
+
+
+class EntrySet:
+    """The entries of `codes`, concatenated in order, with their latent-major ordering."""
+
+    def __init__(self, codes: list[SparseCode], n_latents: int, offsets: list[int]):
+        self.n_latents = n_latents
+        self.sizes = [c.nnz for c in codes]
+        if len(codes) == 1:  # no copies for the common single-code case
+            self.latents = codes[0].latents
+            self.rows = codes[0].rows + offsets[0] if offsets[0] else codes[0].rows
+        else:
+            self.latents = torch.cat([c.latents for c in codes])
+            self.rows = torch.cat([c.rows + off if off else c.rows for c, off in zip(codes, offsets)])
+        self.order = torch.argsort(self.latents, stable=True)
+        counts = torch.bincount(self.latents, minlength=n_latents)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.sorted_rows = self.rows[self.order]
+
+    def sum_rows(self, table: Tensor, weights: Tensor) -> Tensor:
+        """out[i] = Σ_{e: latent_e = i} weights[e] · table[row_e], as [n, d] (weights in entry order)."""
+        with threads.single(table.device):
+            w = weights.reshape(-1)[self.order].to(table.dtype)
+        return F.embedding_bag(self.sorted_rows, table, self.crow[:-1], mode="sum", per_sample_weights=w)
+
+    def dots(self, by_latent: Tensor, by_row: Tensor) -> Tensor:
+        """dot_e = ⟨by_latent[latent_e], by_row[row_e]⟩ for every entry, in entry order."""
+        if self.order.numel() == 0:
+            return by_row.new_zeros(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta": sampled_addmm is what we need
+            pattern = torch.sparse_csr_tensor(self.crow, self.sorted_rows, self._zeros(by_row),
+                                              (self.n_latents, by_row.shape[0]), check_invariants=False)
+            by_latent_order = torch.sparse.sampled_addmm(pattern, by_latent, by_row.t(), beta=0.0).values()
+        with threads.single(by_row.device):
+            out = torch.empty_like(by_latent_order)
+            out[self.order] = by_latent_order
+        return out
+
+    def _zeros(self, like: Tensor) -> Tensor:
+        """Placeholder pattern values (sampled_addmm with beta=0 reads only the pattern)."""
+        return like.new_zeros(self.order.numel())
+
+    def split(self, per_entry: Tensor) -> list[Tensor]:
+        """Per-entry values cut back into one tensor per code."""
+        return list(per_entry.split(self.sizes))

@@ -1,0 +1,134 @@
+"""Residual-stream activations of OthelloGPT with the board state of every position, row-aligned."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab.errors import ConfigError
+
+DEFAULT_LAYER = 3
+
+
+@dataclass
+class HarvestConfig:
+    """Which games, which layer, which positions."""
+
+    layer: int = DEFAULT_LAYER
+    games: int = 20_000
+    seed: int = 0
+    trim_start: int = 5  # drop the first positions: the board is nearly the same in every game
+    trim_end: int = 5  # and the last ones: few games reach them
+    batch_games: int = 512
+    model: str = "default"  # "default" = the committed model, else a folder
+
+    def validate(self, n_layer: int) -> "HarvestConfig":
+        """Check ranges against the model; raise ConfigError naming the field."""
+        if not 0 <= self.layer <= n_layer:
+            raise ConfigError("layer", self.layer, f"must lie in 0..{n_layer} (0 = embeddings, i = after block i)")
+        if self.games < 1:
+            raise ConfigError("games", self.games, "must be ≥ 1")
+        if self.trim_start < 0 or self.trim_end < 0 or self.trim_start + self.trim_end >= 59:
+            raise ConfigError("trim_start", (self.trim_start, self.trim_end), "trims must be ≥ 0 and leave at least one of the 59 positions")
+        if self.batch_games < 1:
+            raise ConfigError("batch_games", self.batch_games, "must be ≥ 1")
+        return self
+
+
+@dataclass
+class Harvest:
+    """Activations [P, d_model] float32, labels [P, 64] uint8 (0 empty/1 mine/2 theirs), positions [P, 2] (game, move)."""
+
+    activations: np.ndarray
+    labels: np.ndarray
+    positions: np.ndarray
+    source: dict
+
+
+def load_model(name: str = "default"):
+    """The committed OthelloGPT, or one saved in a folder."""
+    from saelab.sources.othello.model import OthelloGPT, load_default_model
+
+    if name == "default":
+        return load_default_model()
+    if not Path(name).is_dir():
+        raise ConfigError("model", name, "not a folder holding an OthelloGPT (or 'default')")
+    return OthelloGPT.load(name)
+
+
+def model_fingerprint(model) -> str:
+    """Short hash of the weights, so an SAE's source names exactly which model it read."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> Harvest:
+    """Play (or take) games, run the model to `layer`, keep the trimmed positions of games still running.
+
+    Position t is the residual stream at token t (after move t was played), labelled with the
+    board after move t seen by the player about to move (replayed through passes).
+    """
+    from saelab.sources.othello.games import board_states, generate_games
+    from saelab.sources.othello.model import CONTEXT, games_to_tokens
+
+    model = model if model is not None else load_model(cfg.model)
+    cfg.validate(model.cfg.n_layer)
+    model.eval()
+    if games is None:
+        games = generate_games(cfg.games, cfg.seed)
+    labels_all, _ = board_states(games)
+    lo, hi = cfg.trim_start, CONTEXT - cfg.trim_end
+    acts, labels, positions = [], [], []
+    for g0 in range(0, len(games), cfg.batch_games):
+        chunk = games[g0 : g0 + cfg.batch_games]
+        tokens = games_to_tokens(chunk[:, :CONTEXT])
+        resid = model.residual_stream(tokens, cfg.layer)[:, lo:hi]  # [G, T', d]
+        alive = chunk[:, lo:hi] >= 0  # positions after the game ended hold padding
+        acts.append(resid[torch.from_numpy(alive)].numpy())
+        labels.append(labels_all[g0 : g0 + len(chunk), lo:hi][alive])
+        g_idx, t_idx = np.nonzero(alive)
+        positions.append(np.stack([g_idx + g0, t_idx + lo], axis=1))
+    source = {
+        "source": "othello",
+        "model": cfg.model,
+        "model_sha": model_fingerprint(model),
+        "layer": cfg.layer,
+        "trim_start": cfg.trim_start,
+        "trim_end": cfg.trim_end,
+        "games": int(len(games)),
+        "seed": cfg.seed,
+        "d_model": model.cfg.d_model,
+    }
+    return Harvest(np.concatenate(acts).astype(np.float32), np.concatenate(labels).astype(np.uint8), np.concatenate(positions).astype(np.int32), source)
+
+
+def write_harvest(h: Harvest, out: str | Path) -> Path:
+    """activations.npy, labels.npy, positions.npy and source.json in `out`, each written atomically."""
+    from saelab.io import atomic_write_bytes, atomic_write_json
+
+    out = Path(out)
+    for name, arr in (("activations", h.activations), ("labels", h.labels), ("positions", h.positions)):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(out / f"{name}.npy", buf.getvalue())
+    atomic_write_json(out / "source.json", {**h.source, "rows": int(len(h.activations)), "files": {"activations": "activations.npy", "labels": "labels.npy", "positions": "positions.npy"}})
+    return out
+
+
+def config_from_source(source: dict, games: int, seed: int) -> HarvestConfig:
+    """A HarvestConfig reading the same model, layer and trimming as a recorded source."""
+    return HarvestConfig(layer=int(source["layer"]), games=games, seed=seed, trim_start=int(source["trim_start"]), trim_end=int(source["trim_end"]), model=source.get("model", "default"))
+
+
+def cfg_dict(cfg: HarvestConfig) -> dict:
+    """Plain dict of a HarvestConfig."""
+    return asdict(cfg)

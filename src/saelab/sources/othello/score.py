@@ -1,0 +1,114 @@
+"""Score an SAE by the board-state features it recovers (the OthelloGPT report's good-classifier metric)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab.errors import ConfigError
+from saelab.sources.othello.harvest import Harvest, config_from_source, harvest
+
+EVAL_SEED_OFFSET = 1_000_003  # held-out games: a seed no training harvest uses by default
+
+
+@dataclass
+class OthelloScore:
+    """Board-state recovery of one SAE on held-out games (metrics in the SAE's normalized space)."""
+
+    good_classifiers: int  # distinct (square, state) pairs with some latent at AUROC ≥ 0.9
+    good_classifier_latents: int  # latents that are a good classifier of some pair
+    findable: int  # pairs a linear probe at this layer classifies with AUROC ≥ 0.9
+    good_classifiers_frac: float
+    good_classifier_latents_frac: float
+    coverage: float  # Karvonen et al.: mean over pairs of the best F1 of any latent and threshold
+    l0: float
+    nmse: float
+    dead_fraction: float
+    positions: int
+    games: int
+    good_pairs: list = field(default_factory=list)  # [square, state] pairs found
+    findable_pairs: list = field(default_factory=list)
+    best_auroc: list = field(default_factory=list)  # per pair 3·square + state: the best latent's AUROC
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+
+def findable_mask(layer: int, games: int = 3000) -> np.ndarray:
+    """Bool [64, 3]: pairs a linear probe at this layer finds (AUROC ≥ 0.9), from the committed probe table.
+
+    A model without a committed table (or a layer missing from it) gets probes fitted on fresh games.
+    """
+    from saelab.sources.othello.model import ASSETS_DIR
+    from saelab.sources.othello.probes import PROBES_FILE, load_probe_report, train_probes
+
+    if (ASSETS_DIR / PROBES_FILE).exists():
+        report = load_probe_report()
+        if layer in report.findable:
+            return report.findable[layer]
+    from saelab.sources.othello.games import generate_games
+    from saelab.sources.othello.harvest import load_model
+
+    return train_probes(load_model(), generate_games(games, seed=EVAL_SEED_OFFSET + 1), [layer]).findable[layer]
+
+
+@torch.no_grad()
+def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.Tensor, "object"]:
+    """Codes [P, n] of raw activations and the reconstruction metrics of the same pass."""
+    from saelab.evals.reconstruction import ReconstructionAccumulator
+
+    sae.eval()
+    acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in)
+    codes = torch.empty(len(acts), sae.cfg.n_latents)
+    for i in range(0, len(acts), batch):
+        x_raw = torch.from_numpy(acts[i : i + batch])
+        x, _ = sae.normalizer.normalize(x_raw)
+        z = sae.encode_normalized(x)
+        acc.add(x, sae.decode_normalized(z), z)
+        codes[i : i + batch] = z
+    return codes, acc.result(sae.cfg.normalize)
+
+
+def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, data: Harvest | None = None, findable: np.ndarray | None = None) -> OthelloScore:
+    """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers."""
+    from saelab.sources.othello.auroc import auroc_matrix, coverage, good_classifier_report
+
+    if source is None or source.get("source") != "othello":
+        raise ConfigError("sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)")
+    if data is None:
+        cfg = config_from_source(source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET)
+        data = harvest(cfg)
+    codes, recon = latent_activations(sae, data.activations)
+    mask = findable if findable is not None else findable_mask(int(source["layer"]))
+    auc = auroc_matrix(codes, data.labels)
+    report = good_classifier_report(auc, mask)
+    cov = coverage(codes, data.labels)
+    return OthelloScore(
+        good_classifiers=report["good_classifiers"],
+        good_classifier_latents=report["good_classifier_latents"],
+        findable=report["findable"],
+        good_classifiers_frac=report["good_classifiers_frac"],
+        good_classifier_latents_frac=report["good_classifier_latents_frac"],
+        coverage=float(cov["coverage"]),
+        l0=recon.l0,
+        nmse=recon.nmse,
+        dead_fraction=recon.dead_fraction,
+        positions=int(len(data.activations)),
+        games=int(data.source["games"]),
+        good_pairs=report["good_pairs"],
+        findable_pairs=[[int(s), int(t)] for s, t in zip(*np.nonzero(np.asarray(mask).reshape(64, 3)))],
+        best_auroc=report["best_auroc"],
+    )
+
+
+def score_folder(folder: str | Path, games: int = 2000, seed: int | None = None) -> OthelloScore:
+    """Score a saved SAE folder; the source (model, layer, trimming) comes from its saelab.json."""
+    from saelab.io import load_sae, read_saelab_record
+
+    record = read_saelab_record(folder)
+    return score_sae(load_sae(folder), record.get("source"), games=games, seed=seed)

@@ -1,0 +1,23 @@
+"""The README's main job, in its --quick form: every output a person looks at is there and consistent."""
+
+import json
+
+from saelab.cli import main
+
+
+def test_quick_othello_demo_writes_results_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"relu", "topk", "batchtopk", "leaky_topk"}
+    for r in rows:
+        assert {"method", "params", "good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse"} <= set(r)
+        assert 0 <= r["good_classifiers"] <= 192 and 0 < r["findable"] <= 192
+        assert 0.0 <= r["coverage"] <= 1.0 and 0.0 < r["nmse"] < 1.5
+    topk = next(r for r in rows if r["method"] == "topk")
+    assert topk["l0"] <= topk["params"]["k"]
+    table = (out / "results.md").read_text()
+    assert "good classifiers / findable" in table and "coverage" in table
+    for png in ("frontier.png", "boards.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "results in" in capsys.readouterr().out
