@@ -88,7 +88,6 @@ def uses_sparse_kernel(sae) -> bool:
 
 def compute_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
     """Forward the SAE on a raw batch and return every loss term (the trainer sums them)."""
-    cfg = sae.cfg
     if uses_sparse_kernel(sae):
         from saelab.kernels import sparse_step
 

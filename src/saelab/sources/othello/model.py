@@ -198,17 +198,10 @@ class OthelloGPT(nn.Module):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; committed assets must be world-readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write text atomically (saelab.io does the work)."""
+    from saelab.io import atomic_write_text as write
+
+    write(path, text)
 
 
 def load_default_model(device: str = "cpu") -> OthelloGPT:
