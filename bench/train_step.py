@@ -28,7 +28,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from peers import peak_rss_mb  # bench/ is on sys.path: both scripts run as `python bench/<script>.py`
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = [(512, 4096, 32), (768, 16384, 32), (768, 32768, 64)]
@@ -219,17 +220,6 @@ def available_peers() -> list[str]:
 
 
 # ---- measurement --------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MiB): VmHWM, which exec resets (ru_maxrss would carry
-    the high-water mark of the parent this process was forked from)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 

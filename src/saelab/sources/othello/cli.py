@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -202,7 +201,7 @@ def cmd_probes(args) -> int:
     model = _load_model(args.model)
     res = train_probes(model, generate_games(args.games, args.seed))
     if args.out:
-        from saelab.sources.othello.model import atomic_write_text
+        from saelab.io import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(dict(res.to_dict(), games=args.games, seed=args.seed)) + "\n")
     summary = {"layers": res.table(), "best_layer": res.best_layer(), "n_train_positions": res.n_train,

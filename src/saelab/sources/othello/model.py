@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -169,20 +168,11 @@ class OthelloGPT(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write model.safetensors and config.json into `directory`, each atomically."""
-        from safetensors.torch import save_file
+        from saelab.io import atomic_save_safetensors, atomic_write_text
 
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; committed assets must be world-readable
-            os.replace(tmp, d / WEIGHTS_FILE)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        atomic_save_safetensors(d / WEIGHTS_FILE, state)
         atomic_write_text(d / CONFIG_FILE, self.cfg.to_json() + "\n")
 
     @classmethod
@@ -195,13 +185,6 @@ class OthelloGPT(nn.Module):
         model = cls(cfg)
         model.load_state_dict(load_file(str(d / WEIGHTS_FILE), device=device))
         return model.to(device).eval()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically (saelab.io does the work)."""
-    from saelab.io import atomic_write_text as write
-
-    write(path, text)
 
 
 def load_default_model(device: str = "cpu") -> OthelloGPT:
