@@ -32,6 +32,7 @@ def _err(capsys):
         (["--method", "relu", "--normalize", "weird"], "normalize='weird'"),
         (["--method", "topk", "--steps", "0"], "steps=0"),
         (["--method", "topk", "--k", "2", "--batch-size", "100000"], "batch_size=100000"),
+        (["--method", "topk", "--k", "2", "--threads", "0"], "threads=0"),
     ],
 )
 def test_bad_config_values(toy_dir, tmp_path, capsys, extra, expected):
@@ -89,3 +90,16 @@ def test_console_script_runs_as_a_process(tmp_path):
     assert proc.returncode == 0
     names = {m["name"] for m in json.loads(proc.stdout)}
     assert {"relu", "topk", "batchtopk", "leaky_topk", "multi_topk", "dimred", "jumprelu", "l1", "lp", "smoothed_l0", "freshman", "without_topk"} <= names
+
+
+def test_documented_run_configs_are_valid():
+    from pathlib import Path
+
+    from saelab.config import load_toml
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    configs = sorted(docs.glob("*.toml"))
+    assert configs, "docs/ should hold the run configs the README quotes"
+    for path in configs:
+        run = load_toml(str(path)).validate()
+        assert run.saes and len({s.display_name() for s in run.saes}) == len(run.saes)

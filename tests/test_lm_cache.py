@@ -77,6 +77,30 @@ def test_resume_refuses_other_identity_and_complete_cache(tmp_path):
         CacheWriter(out, META)
 
 
+def test_extend_appends_to_a_complete_cache_and_keeps_old_shards(tmp_path):
+    out = str(tmp_path / "c")
+    first = _rows(8, 1)
+    w = CacheWriter(out, META, shard_rows=4)
+    w.append(first, cursor={"windows": 2})
+    w.close()
+    before = {s["file"]: s["sha256"] for s in verify_cache(out)["shards"]}
+    with pytest.raises(SaelabError, match="layer=1"):
+        CacheWriter(out, CacheMeta(**{**META.__dict__, "layer": 2}), extend=True)
+    w2 = CacheWriter(out, META, shard_rows=4, extend=True)
+    assert w2.n_rows == 8 and w2.cursor == {"windows": 2}
+    # Until it is closed the extended cache reads as incomplete: an interruption resumes without --extend.
+    with pytest.raises(DataError, match="incomplete"):
+        verify_cache(out)
+    second = _rows(4, 2)
+    w2.append(second, cursor={"windows": 3})
+    m = w2.close()
+    assert m["complete"] and m["n_rows"] == 12 and m["cursor"] == {"windows": 3}
+    after = {s["file"]: s["sha256"] for s in verify_cache(out)["shards"]}
+    assert {k: after[k] for k in before} == before
+    back = np.concatenate([np.load(os.path.join(out, s["file"])) for s in m["shards"]])
+    np.testing.assert_array_equal(back, np.concatenate([first, second]))
+
+
 def test_refuses_non_empty_foreign_folder(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("mine")

@@ -112,6 +112,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     for dest, (typ, text) in TRAIN_FLAGS.items():
         p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=text)
     p.add_argument("--betas", nargs=2, type=float, default=None, help="Adam betas")
@@ -129,7 +130,7 @@ def run_config_from_args(args):
     """Build the RunConfig a `saelab train` command line describes."""
     from saelab.config import run_from_mapping, load_toml
 
-    given = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in ("func", "command", "config", "resume", "overwrite", "no_progress")}
+    given = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in ("func", "command", "config", "resume", "overwrite", "no_progress", "threads")}
     params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_") and v is not None}
     if args.config:
         extra = sorted(set(given) - {"out"} | set(params))
@@ -148,11 +149,23 @@ def run_config_from_args(args):
     return run_from_mapping({**given, **params})
 
 
+def _set_threads(threads: int | None) -> None:
+    """Apply `--threads` (validated: a shared machine is the reason to set it, a typo must not go unnoticed)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError("threads", threads, "must be an integer ≥ 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def cmd_train(args) -> int:
     """Train and report where the SAEs were written."""
     from saelab.train import Trainer
 
     run = run_config_from_args(args)
+    _set_threads(args.threads)
     trainer = Trainer(run, progress=not args.no_progress)
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     for m in members:
@@ -172,6 +185,7 @@ def cmd_eval(args) -> int:
     from saelab.evals.reconstruction import evaluate_store
     from saelab.io import load_sae, read_saelab_record
 
+    _set_threads(args.threads)
     sae = load_sae(args.sae)
     record = read_saelab_record(args.sae)
     if args.k is not None:
@@ -248,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="evaluate a TopK-family SAE at another k")
     p.add_argument("--all-rows", action="store_true", help="use every row even when the file is the SAE's training file")
     p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job: train several methods on the default source and compare them")

@@ -120,12 +120,15 @@ def verify_cache(folder: str, checksums: bool = True, allow_incomplete: bool = F
     return manifest
 
 
-def check_out_folder(folder: str) -> dict[str, Any] | None:
-    """Refuse a folder a harvest must not write into; return its manifest when it is an incomplete cache."""
+def check_out_folder(folder: str, extend: bool = False) -> dict[str, Any] | None:
+    """Refuse a folder a harvest must not write into; return its manifest when it is a cache to resume or extend."""
     if os.path.exists(os.path.join(folder, MANIFEST)):
         manifest = read_manifest(folder)
-        if manifest["complete"]:
-            raise SaelabError(f"out={folder!r}: already holds a complete activation cache; choose another folder")
+        if manifest["complete"] and not extend:
+            raise SaelabError(
+                f"out={folder!r}: already holds a complete activation cache; choose another folder "
+                "(or pass --extend to append more rows to it)"
+            )
         return manifest
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise SaelabError(f"out={folder!r}: exists and is not a folder")
@@ -135,9 +138,16 @@ def check_out_folder(folder: str) -> dict[str, Any] | None:
 
 
 class CacheWriter:
-    """Appends activation rows to a cache folder; resumes an incomplete cache with the same identity."""
+    """Appends activation rows to a cache folder; resumes an incomplete cache (or extends a complete one) of the same identity."""
 
-    def __init__(self, folder: str, meta: CacheMeta, shard_rows: int = 65536, extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        folder: str,
+        meta: CacheMeta,
+        shard_rows: int = 65536,
+        extra: dict[str, Any] | None = None,
+        extend: bool = False,
+    ):
         if meta.dtype not in CACHE_DTYPES:
             raise SaelabError(f"dtype={meta.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
         self.folder = folder
@@ -146,7 +156,7 @@ class CacheWriter:
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self._cursor: dict[str, Any] = {}
-        if check_out_folder(folder) is not None:
+        if check_out_folder(folder, extend=extend) is not None:
             self.manifest = self._resume()
         else:
             os.makedirs(folder, exist_ok=True)
@@ -162,6 +172,11 @@ class CacheWriter:
                 raise SaelabError(
                     f"out={self.folder!r}: cannot resume, the cache has {key}={manifest[key]!r}, this run {value!r}"
                 )
+        if manifest["complete"]:
+            # Existing shards stay untouched; until close() the cache reads as incomplete, so an
+            # interrupted extension is resumed like any interrupted harvest.
+            manifest["complete"] = False
+            _write_manifest(self.folder, manifest)
         return manifest
 
     def _clean_strays(self) -> None:

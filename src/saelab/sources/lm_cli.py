@@ -35,6 +35,7 @@ class HarvestConfig:
     prepend_bos: bool = True
     text_field: str = "text"
     split: str = "train"
+    extend: bool = False  # append to a complete cache of the same identity up to `tokens` rows
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
         raise SaelabError(f"dtype={cfg.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
     for name in ("tokens", "batch_size", "shard_rows", "context"):
         _positive(name, getattr(cfg, name))
-    existing = check_out_folder(cfg.out)
+    existing = check_out_folder(cfg.out, extend=cfg.extend)
     text_cfg = TextConfig(cfg.text, cfg.context, cfg.prepend_bos, cfg.text_field, cfg.split)
     iter_chunks(text_cfg)  # checks a local source now, before the slow model load (datasets open lazily)
 
@@ -91,7 +92,7 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     batches = iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip)
     first = next(batches, None)  # an empty source raises here, before anything is written
 
-    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows)
+    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows, extend=cfg.extend)
     writer.manifest["target_rows"] = cfg.tokens
     start_rows, windows = writer.n_rows, skip
     t0, seen = time.perf_counter(), 0
@@ -223,6 +224,7 @@ def _cmd_activations(args: argparse.Namespace) -> int:
         prepend_bos=not args.no_bos,
         text_field=args.text_field,
         split=args.split,
+        extend=args.extend,
     )
     try:
         res = harvest(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -337,6 +339,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keep-first", action="store_true", help="keep position 0 (BOS); dropped by default")
     p.add_argument("--drop-outliers", type=float, default=None, metavar="FACTOR",
                    help="drop tokens whose norm exceeds FACTOR x the batch median norm")  # fmt: skip
+    p.add_argument("--extend", action="store_true",
+                   help="grow a complete cache of the same model/site/text to --tokens rows (old shards untouched)")  # fmt: skip
     p.set_defaults(func=_cmd_activations)
 
     p = sub.add_parser("eval", help="downstream CE/KL with the SAE spliced in")

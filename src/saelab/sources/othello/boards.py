@@ -20,7 +20,8 @@ def plot_boards(rows: Sequence[dict], path: str | Path) -> Path:
 
     from saelab.report import save_figure
 
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    # Constrained layout keeps row labels, titles and the colour bar from overlapping at any row count.
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows) + 0.8), squeeze=False, layout="constrained")
     image = None
     for r, row in enumerate(rows):
         best = np.array([np.nan if b is None else b for b in row["best_auroc"]], dtype=float).reshape(64, 3)
@@ -40,9 +41,9 @@ def plot_boards(rows: Sequence[dict], path: str | Path) -> Path:
                 ax.text(sq % 8, sq // 8, "✓", ha="center", va="center", color="white", fontsize=9, fontweight="bold")
             ax.set_xticks(range(8), list(FILES), fontsize=6)
             ax.set_yticks(range(8), [str(i + 1) for i in range(8)], fontsize=6)
-            title = f"{row['name']}: {STATES[s]}" if s == 0 else STATES[s]
-            ax.set_title(title, fontsize=8)
-        axes[r, 1].set_xlabel(f"{row['good_classifiers']} / {row['findable']} findable pairs found", fontsize=8)
+            ax.set_title(STATES[s], fontsize=8)
+        label = f"{row['name']}\n{row['good_classifiers']} / {row['findable']} found"
+        axes[r, 0].set_ylabel(label, fontsize=8, fontweight="bold")
     if image is not None:
-        fig.colorbar(image, ax=axes, orientation="horizontal", fraction=0.04, pad=0.06, label="best latent AUROC (✓ ≥ 0.9; grey: no probe finds the pair)")
+        fig.colorbar(image, ax=axes, orientation="horizontal", fraction=0.04, label="best latent AUROC (✓ ≥ 0.9; grey: no probe finds the pair)")
     return save_figure(fig, path)
