@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from saelab.config import require_positive_int
 from saelab.errors import ConfigError, SaelabError
 
 # Sub-command groups living in optional modules; each exposes register(subparsers).
@@ -153,8 +154,7 @@ def _set_threads(threads: int | None) -> None:
     """Apply `--threads` (validated: a shared machine is the reason to set it, a typo must not go unnoticed)."""
     if threads is None:
         return
-    if threads < 1:
-        raise ConfigError("threads", threads, "must be an integer ≥ 1")
+    require_positive_int("threads", threads)
     import torch
 
     torch.set_num_threads(threads)

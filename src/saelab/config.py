@@ -54,7 +54,7 @@ class SAEConfig:
         """Check every field; raise ConfigError naming the first bad one."""
         from saelab.methods.registry import activation_class, build_params, penalty_class
 
-        _positive_int("n_latents", self.n_latents)
+        require_positive_int("n_latents", self.n_latents)
         act_cls = activation_class(self.method)
         params = build_params(act_cls, self.method_params, "method")
         k = getattr(params, "k", None)
@@ -72,13 +72,13 @@ class SAEConfig:
         _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
         _choice("encoder_init", self.encoder_init, ENCODER_INITS)
         _choice("kernel", self.kernel, KERNELS)
-        _positive_int("k_aux", self.k_aux)
+        require_positive_int("k_aux", self.k_aux)
         _finite("aux_coef", self.aux_coef, minimum=0.0)
-        _positive_int("dead_tokens", self.dead_tokens)
+        require_positive_int("dead_tokens", self.dead_tokens)
         if self.lr is not None:
             _finite("lr", self.lr, minimum=0.0, strict=True)
         if self.d_in is not None:
-            _positive_int("d_in", self.d_in)
+            require_positive_int("d_in", self.d_in)
         return self
 
     def default_lr(self) -> float:
@@ -143,14 +143,14 @@ class TrainConfig:
         _finite("eval_fraction", self.eval_fraction, minimum=0.0)
         if self.eval_fraction >= 1.0:
             raise ConfigError("eval_fraction", self.eval_fraction, "must be < 1")
-        _positive_int("batch_size", self.batch_size)
+        require_positive_int("batch_size", self.batch_size)
         budgets = [b for b in ("steps", "tokens", "epochs") if getattr(self, b) is not None]
         if len(budgets) > 1:
             raise ConfigError(budgets[1], getattr(self, budgets[1]), f"give only one of steps / tokens / epochs (also got {budgets[0]})")
         if self.steps is not None:
-            _positive_int("steps", self.steps)
+            require_positive_int("steps", self.steps)
         if self.tokens is not None:
-            _positive_int("tokens", self.tokens)
+            require_positive_int("tokens", self.tokens)
         if self.epochs is not None:
             _finite("epochs", self.epochs, minimum=0.0, strict=True)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -163,9 +163,9 @@ class TrainConfig:
             raise ConfigError("decay_fraction", self.decay_fraction, "must be ≤ 1")
         if self.grad_clip is not None:
             _finite("grad_clip", self.grad_clip, minimum=0.0, strict=True)
-        _positive_int("log_every", self.log_every)
+        require_positive_int("log_every", self.log_every)
         _nonneg_int("checkpoint_every", self.checkpoint_every)
-        _positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)
+        require_positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)
         return self
 
     def to_dict(self) -> dict:
@@ -297,7 +297,8 @@ def _from_dict(cls, data: dict, where: str):
     return cls(**data)
 
 
-def _positive_int(name: str, value) -> None:
+def require_positive_int(name: str, value) -> None:
+    """Raise ConfigError naming `name` unless `value` is an integer ≥ 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(name, value, "must be an integer ≥ 1")
 

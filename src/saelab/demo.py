@@ -80,9 +80,10 @@ class OthelloDemoPlan:
     leaky_eps: float  # bound on leaky TopK's non-top entries (relative form: each stays below ε)
 
 
-# Sizes chosen by a sweep on this testbed (README): at 1,500 steps × 2,048 or k = 10 almost no
-# latent reaches AUROC 0.9; at 3,000 steps (≈ 6 epochs of 20k games) TopK/BatchTopK at k = 32 find
-# ~21 pairs, k = 20 finds 8, k = 64 finds 15, and 512 latents do as well as 1,024 in half the time.
+# Sizes chosen by a sweep on this testbed (README; run on the previous model checkpoint): at 1,500
+# steps × 2,048 or k = 10 almost no latent reaches AUROC 0.9; at 3,000 steps (≈ 6 epochs of 20k
+# games) TopK at k = 32 found ~21 pairs, k = 20 found 8, k = 64 found 15, and 512 latents did as
+# well as 1,024 in half the time.
 QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=256, k=32, l1_alphas=(0.5,), steps=150, batch_size=1024, leaky_eps=0.05)
 FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=512, k=32, l1_alphas=(0.5, 2.0), steps=3000, batch_size=2048, leaky_eps=0.05)
 

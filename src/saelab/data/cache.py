@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from saelab.errors import DataError, SaelabError
+from saelab.io import TEMP_PREFIX, atomic_write, atomic_write_bytes
 
 CACHE_FORMAT = "saelab-activation-cache/1"
 MANIFEST = "manifest.json"
@@ -48,26 +48,9 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: str, write) -> None:
-    """Write a file through a temp file in the same folder and os.replace, so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_manifest(folder: str, manifest: dict[str, Any]) -> None:
     data = (json.dumps(manifest, indent=2) + "\n").encode()
-    _atomic_write_bytes(os.path.join(folder, MANIFEST), lambda fh: fh.write(data))
+    atomic_write_bytes(os.path.join(folder, MANIFEST), data)
 
 
 def read_manifest(folder: str) -> dict[str, Any]:
@@ -132,7 +115,7 @@ def check_out_folder(folder: str, extend: bool = False) -> dict[str, Any] | None
         return manifest
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise SaelabError(f"out={folder!r}: exists and is not a folder")
-    if os.path.isdir(folder) and any(not n.startswith(".tmp-") for n in os.listdir(folder)):
+    if os.path.isdir(folder) and any(not n.startswith(TEMP_PREFIX) for n in os.listdir(folder)):
         raise SaelabError(f"out={folder!r}: folder is not empty and holds no activation cache")
     return None
 
@@ -183,7 +166,7 @@ class CacheWriter:
         # Temp files and shards not in the manifest come from an interrupted write: drop them.
         listed = {e["file"] for e in self.manifest["shards"]}
         for name in os.listdir(self.folder):
-            if name.startswith(".tmp-") or (name.startswith("shard-") and name not in listed):
+            if name.startswith(TEMP_PREFIX) or (name.startswith("shard-") and name not in listed):
                 os.unlink(os.path.join(self.folder, name))
 
     @property
@@ -216,7 +199,7 @@ class CacheWriter:
         index = len(self.manifest["shards"])
         name = shard_name(index)
         path = os.path.join(self.folder, name)
-        _atomic_write_bytes(path, lambda fh: np.save(fh, data, allow_pickle=False))
+        atomic_write(path, lambda fh: np.save(fh, data, allow_pickle=False))
         self.manifest["shards"].append({"file": name, "rows": int(len(data)), "sha256": _sha256(path)})
         self.manifest["n_rows"] += int(len(data))
         self.manifest["cursor"] = self._cursor

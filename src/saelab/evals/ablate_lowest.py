@@ -22,6 +22,7 @@ import torch
 
 from saelab.evals.downstream import replace_at, token_ce
 from saelab.evals.reconstruction import ReconstructionAccumulator
+from saelab.io import atomic_write_bytes
 from saelab.sources.hf import LanguageModel, Site
 from saelab.sources.text import keep_mask
 
@@ -180,12 +181,6 @@ def sweep_ablations(
     return sweep
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    from saelab.io import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
 def plot_sweep(sweep: AblationSweep) -> bytes:
     """PNG bytes of the L0-CE and L0-MSE curves, one line per scheme."""
     import matplotlib
@@ -223,6 +218,6 @@ def write_sweep(sweep: AblationSweep, out_dir: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "ablate_lowest.json")
     png_path = os.path.join(out_dir, "ablate_lowest.png")
-    _atomic_write(json_path, (json.dumps(sweep.to_dict(), indent=2) + "\n").encode())
-    _atomic_write(png_path, plot_sweep(sweep))
+    atomic_write_bytes(json_path, (json.dumps(sweep.to_dict(), indent=2) + "\n").encode())
+    atomic_write_bytes(png_path, plot_sweep(sweep))
     return json_path, png_path

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from saelab.config import require_positive_int
 from saelab.errors import SaelabError
 
 
@@ -51,11 +52,6 @@ class HarvestResult:
     tokens_per_s: float  # model tokens (incl. dropped positions) through the forward per second
 
 
-def _positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise SaelabError(f"{name}={value}: must be positive")
-
-
 def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     """Write (or resume) an activation cache of cfg.tokens rows; validates all input before writing."""
     from saelab.data.cache import CACHE_DTYPES, CacheMeta, CacheWriter, check_out_folder
@@ -67,7 +63,7 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     if cfg.dtype not in CACHE_DTYPES:
         raise SaelabError(f"dtype={cfg.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
     for name in ("tokens", "batch_size", "shard_rows", "context"):
-        _positive(name, getattr(cfg, name))
+        require_positive_int(name, getattr(cfg, name))
     existing = check_out_folder(cfg.out, extend=cfg.extend)
     text_cfg = TextConfig(cfg.text, cfg.context, cfg.prepend_bos, cfg.text_field, cfg.split)
     iter_chunks(text_cfg)  # checks a local source now, before the slow model load (datasets open lazily)
@@ -175,14 +171,14 @@ def _eval_setup(args: argparse.Namespace):
     from saelab.sources.hf import SITES, LMSpec, load_lm
     from saelab.sources.text import TextConfig, iter_batches, iter_chunks
 
-    _positive("tokens", args.tokens)
-    _positive("batch_size", args.batch_size)
+    require_positive_int("tokens", args.tokens)
+    require_positive_int("batch_size", args.batch_size)
     if not os.path.isdir(args.sae):
         raise SaelabError(f"sae={args.sae!r}: no such SAE folder")
     src = _eval_source(args)
     if src.site not in SITES:
         raise SaelabError(f"site={src.site!r}: unknown site; choose one of {', '.join(SITES)}")
-    _positive("context", src.context)
+    require_positive_int("context", src.context)
     text_cfg = TextConfig(args.text, src.context, src.prepend_bos, args.text_field, args.split)
     iter_chunks(text_cfg)  # a missing local source fails before the model loads
     sae = _load_sae(args.sae)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from saelab.config import require_positive_int
 from saelab.errors import SaelabError
+from saelab.io import atomic_write
 
 DEFAULT_EVAL_SEED = 1  # training draws its seeds from SeedSequence([seed, step]); see train_model
 
@@ -74,11 +74,6 @@ def register(subparsers) -> None:
     add_commands(sub)
 
 
-def _positive(name: str, value) -> None:
-    if value is None or value < 1:
-        raise SaelabError(f"{name}={value}: must be a positive integer")
-
-
 def load_games_file(path: str) -> np.ndarray:
     """Load and validate a games .npy file ([N, 60] ints, legal records, -1 padding)."""
     from saelab.sources.othello.games import replay_games
@@ -118,7 +113,7 @@ def cmd_games(args) -> int:
     """Write `--n` random games with `--seed` to `--out` (.npy), atomically."""
     from saelab.sources.othello.games import generate_games
 
-    _positive("--n", args.n)
+    require_positive_int("--n", args.n)
     if args.seed < 0:
         raise SaelabError(f"--seed={args.seed}: must be >= 0")
     out = Path(args.out)
@@ -128,15 +123,7 @@ def cmd_games(args) -> int:
         raise SaelabError(f"--out={args.out}: folder {out.parent} does not exist")
     t0 = time.time()
     games = generate_games(args.n, args.seed)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, games)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a user's output file should be readable
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, lambda f: np.save(f, games))
     dt = time.time() - t0
     print(f"wrote {args.n} games to {out} in {dt:.2f}s ({args.n / max(dt, 1e-9):.0f} games/s)", file=sys.stderr)
     return 0
@@ -174,7 +161,7 @@ def cmd_eval_model(args) -> int:
         games, source = load_games_file(args.games_file), {"games_file": args.games_file}
     else:
         n = 10_000 if args.games is None else args.games
-        _positive("--games", n)
+        require_positive_int("--games", n)
         games, source = generate_games(n, args.seed), {"seed": args.seed}
     model = _load_model(args.model)
     t0 = time.time()
@@ -197,7 +184,7 @@ def cmd_probes(args) -> int:
     from saelab.sources.othello.games import generate_games
     from saelab.sources.othello.probes import train_probes
 
-    _positive("--games", args.games)
+    require_positive_int("--games", args.games)
     model = _load_model(args.model)
     res = train_probes(model, generate_games(args.games, args.seed))
     if args.out:
