@@ -103,3 +103,14 @@ def test_documented_run_configs_are_valid():
     for path in configs:
         run = load_toml(str(path)).validate()
         assert run.saes and len({s.display_name() for s in run.saes}) == len(run.saes)
+
+
+def test_closed_output_pipe_ends_quietly():
+    # `saelab ... | head -c 10`: the reader leaves early; no traceback, exit status 141 (SIGPIPE).
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "saelab.cli", "methods", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the child writes: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -37,6 +37,16 @@ def test_average_ranks_match_scipy(values, k):
     assert np.allclose(got, rankdata(x, axis=0))
 
 
+@pytest.mark.parametrize("density", [0.05, 0.5, 0.95, 1.0])
+def test_sparse_and_dense_rank_paths_match_scipy(density):
+    # Below DENSE_FRACTION non-minimum entries the flat sort runs, above it the per-column sort.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 7)).round(1).astype(np.float32)  # coarse values: ties everywhere
+    x[rng.random(x.shape) > density] = -5.0
+    x[:, 3] = rng.normal(size=500).astype(np.float32)  # one column of distinct values
+    assert np.array_equal(average_ranks(torch.from_numpy(x)).numpy(), rankdata(x, axis=0))
+
+
 def test_auroc_matrix_matches_mann_whitney():
     acts, labels = _data()
     auc = auroc_matrix(acts, labels, chunk=4).numpy()

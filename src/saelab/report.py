@@ -13,10 +13,11 @@ from saelab.io import atomic_write_bytes, atomic_write_text
 
 
 def _fmt(value) -> str:
+    """Table cell text: fractions to 4 decimals, counts-like values (L0) to 1."""
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
 
 

@@ -71,32 +71,48 @@ def model_fingerprint(model) -> str:
 
 
 @torch.no_grad()
-def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> Harvest:
-    """Play (or take) games, run the model to `layer`, keep the trimmed positions of games still running.
+def residuals_by_layer(model, games: np.ndarray, layers: list[int], lo: int, hi: int,
+                       batch_games: int = 512) -> tuple[dict[int, torch.Tensor], np.ndarray, np.ndarray]:
+    """Residuals {layer: [P, d_model]}, labels [P, 64] and (game, move) [P, 2] of the real positions lo..hi-1.
 
     Position t is the residual stream at token t (after move t was played), labelled with the
-    board after move t seen by the player about to move (replayed through passes).
+    board after move t seen by the player about to move (replayed through passes). Positions
+    after a game ended hold padding and are skipped. One forward pass serves every layer and
+    stops at the deepest one asked for.
     """
-    from saelab.sources.othello.games import board_states, generate_games
+    from saelab.sources.othello.games import board_states
     from saelab.sources.othello.model import CONTEXT, games_to_tokens
 
-    model = model if model is not None else load_model(cfg.model)
-    cfg.validate(model.cfg.n_layer)
-    model.eval()
-    if games is None:
-        games = generate_games(cfg.games, cfg.seed)
     labels_all, _ = board_states(games)
-    lo, hi = cfg.trim_start, CONTEXT - cfg.trim_end
-    acts, labels, positions = [], [], []
-    for g0 in range(0, len(games), cfg.batch_games):
-        chunk = games[g0 : g0 + cfg.batch_games]
-        tokens = games_to_tokens(chunk[:, :CONTEXT])
-        resid = model.residual_stream(tokens, cfg.layer)[:, lo:hi]  # [G, T', d]
-        alive = chunk[:, lo:hi] >= 0  # positions after the game ended hold padding
-        acts.append(resid[torch.from_numpy(alive)].numpy())
+    deepest = max(layers)
+    model.eval()
+    acts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    labels, positions = [], []
+    for g0 in range(0, len(games), batch_games):
+        chunk = games[g0 : g0 + batch_games]
+        resid = model.all_residuals(games_to_tokens(chunk[:, :CONTEXT]), up_to=deepest)
+        alive = chunk[:, lo:hi] >= 0
+        mask = torch.from_numpy(alive)
+        for l in layers:
+            acts[l].append(resid[l][:, lo:hi][mask])
         labels.append(labels_all[g0 : g0 + len(chunk), lo:hi][alive])
         g_idx, t_idx = np.nonzero(alive)
         positions.append(np.stack([g_idx + g0, t_idx + lo], axis=1))
+    return ({l: torch.cat(v) for l, v in acts.items()}, np.concatenate(labels).astype(np.uint8),
+            np.concatenate(positions).astype(np.int32))
+
+
+def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> Harvest:
+    """Play (or take) games, run the model to `layer`, keep the trimmed positions of games still running."""
+    from saelab.sources.othello.games import generate_games
+    from saelab.sources.othello.model import CONTEXT
+
+    model = model if model is not None else load_model(cfg.model)
+    cfg.validate(model.cfg.n_layer)
+    if games is None:
+        games = generate_games(cfg.games, cfg.seed)
+    acts, labels, positions = residuals_by_layer(model, games, [cfg.layer], cfg.trim_start,
+                                                 CONTEXT - cfg.trim_end, cfg.batch_games)
     source = {
         "source": "othello",
         "model": cfg.model,
@@ -108,7 +124,7 @@ def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> 
         "seed": cfg.seed,
         "d_model": model.cfg.d_model,
     }
-    return Harvest(np.concatenate(acts).astype(np.float32), np.concatenate(labels).astype(np.uint8), np.concatenate(positions).astype(np.int32), source)
+    return Harvest(acts[cfg.layer].numpy().astype(np.float32), labels, positions, source)
 
 
 def write_harvest(h: Harvest, out: str | Path) -> Path:

@@ -157,11 +157,14 @@ class OthelloGPT(nn.Module):
             x = blk(x)
         return x
 
-    def all_residuals(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Return the residual stream at every layer 0..n_layer (one forward pass)."""
+    def all_residuals(self, tokens: torch.Tensor, up_to: int | None = None) -> list[torch.Tensor]:
+        """Return the residual stream at every layer 0..up_to (default n_layer) in one forward pass."""
+        up_to = self.cfg.n_layer if up_to is None else up_to
+        if not 0 <= up_to <= self.cfg.n_layer:
+            raise ValueError(f"up_to={up_to}: must lie in 0..{self.cfg.n_layer}")
         x = self.embed(tokens)
         out = [x]
-        for blk in self.blocks:
+        for blk in self.blocks[:up_to]:
             x = blk(x)
             out.append(x)
         return out

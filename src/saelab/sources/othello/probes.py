@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from saelab.sources.othello.auroc import GOOD_AUROC, auroc_columns, pair_indicators
-from saelab.sources.othello.games import board_states
-from saelab.sources.othello.model import ASSETS_DIR, CONTEXT, OthelloGPT, games_to_tokens
+from saelab.sources.othello.harvest import residuals_by_layer
+from saelab.sources.othello.model import ASSETS_DIR, CONTEXT, OthelloGPT
 
 STATE_NAMES = ("empty", "mine", "theirs")
 PROBES_FILE = "probes.json"  # per-layer AUROC and findable masks of the committed model
@@ -107,27 +107,6 @@ def load_probe_report(path: str | Path | None = None) -> ProbeResult:
     return ProbeResult.from_dict(json.loads(p.read_text()))
 
 
-@torch.no_grad()
-def harvest(model: OthelloGPT, games: np.ndarray, layers: list[int], first: int = 0,
-            last: int = CONTEXT - 1, batch_size: int = 500) -> tuple[dict[int, torch.Tensor], np.ndarray]:
-    """Return residuals {layer: [P, d_model]} and labels [P, 64] for real positions first..last."""
-    labels_all, _ = board_states(games)
-    tokens = games_to_tokens(games[:, :CONTEXT])
-    # A position is real when its input move exists (padding positions carry no board).
-    keep = (games[:, :CONTEXT] >= 0)
-    keep[:, :first] = False
-    keep[:, last + 1 :] = False
-    acts: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    model.eval()
-    for i in range(0, len(games), batch_size):
-        resid = model.all_residuals(tokens[i : i + batch_size])
-        k = torch.from_numpy(keep[i : i + batch_size])
-        for l in layers:
-            acts[l].append(resid[l][k])
-    labels = labels_all[:, :CONTEXT][keep]
-    return {l: torch.cat(v) for l, v in acts.items()}, labels
-
-
 def fit_probe(x: torch.Tensor, labels: np.ndarray, cfg: ProbeConfig) -> torch.nn.Linear:
     """Fit a [d_model -> 64*3] linear probe by minibatch AdamW on per-square cross-entropy."""
     g = torch.Generator().manual_seed(cfg.seed)
@@ -159,8 +138,9 @@ def train_probes(model: OthelloGPT, games: np.ndarray, layers: list[int] | None 
     n_train = int(round(len(games) * cfg.train_frac))
     if not 0 < n_train < len(games):
         raise ValueError(f"train_frac={cfg.train_frac}: leaves no train or test games of {len(games)}")
-    tr_x, tr_y = harvest(model, games[:n_train], layers, cfg.first_position, cfg.last_position)
-    te_x, te_y = harvest(model, games[n_train:], layers, cfg.first_position, cfg.last_position)
+    lo, hi = cfg.first_position, cfg.last_position + 1
+    tr_x, tr_y, _ = residuals_by_layer(model, games[:n_train], layers, lo, hi)
+    te_x, te_y, _ = residuals_by_layer(model, games[n_train:], layers, lo, hi)
     result = ProbeResult(layers=layers, n_train=len(tr_y), n_test=len(te_y))
     target = pair_indicators(te_y)
     for l in layers:
