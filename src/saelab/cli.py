@@ -151,7 +151,7 @@ def run_config_from_args(args):
     return run_from_mapping({**given, **params})
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     """Apply `--threads` (validated: a shared machine is the reason to set it, a typo must not go unnoticed)."""
     if threads is None:
         return
@@ -166,7 +166,7 @@ def cmd_train(args) -> int:
     from saelab.train import Trainer
 
     run = run_config_from_args(args)
-    _set_threads(args.threads)
+    set_threads(args.threads)
     trainer = Trainer(run, progress=not args.no_progress)
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     for m in members:
@@ -186,7 +186,7 @@ def cmd_eval(args) -> int:
     from saelab.evals.reconstruction import evaluate_store
     from saelab.io import load_sae, read_saelab_record
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     sae = load_sae(args.sae)
     record = read_saelab_record(args.sae)
     if args.k is not None:

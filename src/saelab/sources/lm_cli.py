@@ -289,10 +289,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
+    from saelab.cli import set_threads  # the host CLI's `--threads` check, shared by every command
 
-        torch.set_num_threads(args.threads)
+    set_threads(getattr(args, "threads", None))
 
 
 def _common(p: argparse.ArgumentParser, tokens: int, batch_size: int, context: int | None = 64) -> None:

@@ -152,10 +152,7 @@ class OthelloGPT(nn.Module):
         """Return the residual stream after block `layer` (0 = embeddings), running no further."""
         if not 0 <= layer <= self.cfg.n_layer:
             raise ValueError(f"layer={layer}: must lie in 0..{self.cfg.n_layer}")
-        x = self.embed(tokens)
-        for blk in self.blocks[:layer]:
-            x = blk(x)
-        return x
+        return self.all_residuals(tokens, up_to=layer)[layer]
 
     def all_residuals(self, tokens: torch.Tensor, up_to: int | None = None) -> list[torch.Tensor]:
         """Return the residual stream at every layer 0..up_to (default n_layer) in one forward pass."""
