@@ -6,12 +6,10 @@
 
 Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
   floor                x @ W_enc alone: the one dense product a TopK step cannot avoid
-  saelab-sparse        Trainer._train_step with kernel="sparse": forward + backward, decoder-gradient
-                       projection, Adam (built as the Trainer builds it), renormalization,
-                       dead-latent bookkeeping
-  saelab-sparse+       the same with the changes proposed in bench/README.md: Adam(fused=True) and
-                       an in-place decoder-gradient projection
-  saelab-dense         Trainer._train_step with kernel="dense" (the reference path)
+  saelab-sparse        saelab.train.train_step with kernel="sparse": forward + backward, decoder-gradient
+                       projection, fused Adam (built by saelab.train.build_member, as the Trainer
+                       builds it), renormalization, dead-latent bookkeeping
+  saelab-dense         the same with kernel="dense" (the reference path)
   torch-topk           a plain-PyTorch dense TopK SAE step written here, as a user would
   saelens / sparsify / dictlearn
                        the library's own step, in its own venv, driven through bench/peers.py
@@ -32,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,7 +40,7 @@ from peers import peak_rss_mb  # bench/ is on sys.path: both scripts run as `pyt
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = [(512, 4096, 32), (768, 16384, 32), (768, 32768, 64)]
-IMPLS = ["floor", "saelab-sparse", "saelab-sparse+", "saelab-dense", "torch-topk"]
+IMPLS = ["floor", "saelab-sparse", "saelab-dense", "torch-topk"]
 PEERS = {"saelens": ".venv-saelens", "sparsify": ".venv-sparsify", "dictlearn": ".venv-dictlearn"}
 DEAD_TOKENS = 10_000_000
 
@@ -83,42 +80,19 @@ def build_floor(s: Setup) -> Callable[[], None]:
     return step
 
 
-def fused_projection(sae) -> None:
-    """The proposed SparseAutoencoder.project_decoder_grad: same math, in place, no [n, d] temporaries."""
-    g, w = sae.W_dec.grad, sae.W_dec
-    if g is None:
-        return
-    with torch.no_grad():
-        sq = torch.linalg.vector_norm(w, dim=-1).clamp_min(1e-12).square_()
-        coef = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1).div_(sq)
-        g.addcmul_(w, coef.unsqueeze(1), value=-1.0)
-
-
-def build_saelab(s: Setup, kernel: str, proposed: bool = False) -> Callable[[], None]:
-    """Trainer._train_step on one Member, built as Trainer._build_members builds it."""
+def build_saelab(s: Setup, kernel: str) -> Callable[[], None]:
+    """saelab.train.train_step on one member built by saelab.train.build_member (as the Trainer builds them)."""
     from saelab.config import SAEConfig, TrainConfig
-    from saelab.objective import DeadLatentTracker
-    from saelab.sae import SparseAutoencoder
-    from saelab.train import Member, Trainer
+    from saelab.train import build_member, train_step
 
     cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
                     auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
-    sae = SparseAutoencoder(cfg)
-    sae.initialize_from_data(s.x, torch.Generator().manual_seed(s.seed))
-    sae.train()
-    t = TrainConfig(activations="-", out="-")
-    extra = {"fused": True} if proposed else {}
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.effective_lr, betas=tuple(t.betas), eps=t.adam_eps, **extra)
-    if proposed:
-        sae.project_decoder_grad = types.MethodType(fused_projection, sae)
-    member = Member(cfg, sae, opt, DeadLatentTracker(s.n, cfg.dead_tokens), Path("-"), cfg.effective_lr)
-    trainer = types.SimpleNamespace(run=types.SimpleNamespace(train=t), total_steps=10**9)
-    counter = iter(range(10**9))
+    member = build_member(cfg, TrainConfig(activations="-", out="-"), s.x, s.seed, Path("-"))
 
     def step():
         if s.dead is not None:  # impose the dead share (the bookkeeping itself stays in the step)
             member.tracker.since_fired.copy_(torch.where(s.dead, DEAD_TOKENS, 0))
-        Trainer._train_step(trainer, member, s.x, next(counter))
+        train_step(member, s.x, member.base_lr)
 
     step.member = member  # for --profile
     return step
@@ -170,8 +144,6 @@ def build(impl: str, s: Setup) -> Callable[[], None]:
         return build_floor(s)
     if impl == "saelab-sparse":
         return build_saelab(s, "sparse")
-    if impl == "saelab-sparse+":
-        return build_saelab(s, "sparse", proposed=True)
     if impl == "saelab-dense":
         return build_saelab(s, "dense")
     if impl == "torch-topk":
@@ -284,7 +256,7 @@ def print_table(records: list[dict], out) -> None:
         print(f"{r['impl']:<16}{r['ms_per_step']:>10.1f}{ratio:>9}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}", file=out)
     by = {r["impl"]: r["ms_per_step"] for r in records}
     peers = {p: by[p] for p in PEERS if p in by}
-    for ours in ("saelab-sparse", "saelab-sparse+"):
+    for ours in ("saelab-sparse",):
         if ours in by and peers:
             fastest = min(peers, key=peers.get)
             line = f"{ours}: {peers[fastest] / by[ours]:.2f}× faster than the fastest peer ({fastest})"
@@ -294,15 +266,15 @@ def print_table(records: list[dict], out) -> None:
 
 
 def profile(s: Setup, threads: int, reps: int) -> None:
-    """Where a saelab-sparse+ step's time goes, next to the floor: phase timers around the same
-    calls Trainer._train_step makes, the top operators, and Adam's three CPU implementations."""
+    """Where a saelab-sparse step's time goes, next to the floor: phase timers around the same
+    calls saelab.train.train_step makes, the top operators, and Adam's three CPU implementations."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     from saelab.objective import compute_step, fired_latents, nonzero_values
 
     floor = build_floor(s)
-    step = build_saelab(s, "sparse", proposed=True)
+    step = build_saelab(s, "sparse")
     step()
     member = step.member
     sae, opt = member.sae, member.optimizer
@@ -325,7 +297,7 @@ def profile(s: Setup, threads: int, reps: int) -> None:
         timed("normalize decoder", sae.normalize_decoder)
         timed("bookkeeping", lambda: (sae.activation.observe(nonzero_values(out.z).detach()),
                                       member.tracker.update(fired_latents(out.z, s.n), s.batch)))
-    print(f"\nphases of one saelab-sparse+ step (median of {reps}), ({s.d}, {s.n}, {s.k}) batch {s.batch} AuxK {s.auxk}")
+    print(f"\nphases of one saelab-sparse step (median of {reps}), ({s.d}, {s.n}, {s.k}) batch {s.batch} AuxK {s.auxk}")
     for name, ts in phases.items():
         print(f"  {name:<26}{statistics.median(ts):>9.1f} ms")
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -359,7 +331,7 @@ def main() -> None:
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--peers", default="found", help="comma-separated, 'found' (venvs present) or 'none'")
     p.add_argument("--no-rss", action="store_true", help="skip the per-implementation peak-RSS child processes")
-    p.add_argument("--profile", action="store_true", help="phase timers and top operators of a saelab-sparse+ step, per shape")
+    p.add_argument("--profile", action="store_true", help="phase timers and top operators of a saelab-sparse step, per shape")
     p.add_argument("--rss-only", action="store_true", help="peak RSS per implementation only (no timing)")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     a = p.parse_args()

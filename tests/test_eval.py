@@ -93,6 +93,6 @@ def test_python_evaluate_matches_the_cli(toy_dir, tmp_path, capsys):
     main(["eval", "--sae", str(out), "--activations", str(toy_dir / "activations.npy"), "--all-rows", "--json",
           "--true-dictionary", str(toy_dir / "dictionary.npy")])
     cli = json.loads(capsys.readouterr().out)
-    py = saelab.evaluate(out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy").to_dict()
+    py = saelab.evaluate(out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy", rows="all").to_dict()
     for key in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "dead_fraction", "dense_fraction", "mmcs"):
         assert cli[key] == pytest.approx(py[key])

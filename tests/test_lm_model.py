@@ -15,7 +15,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from saelab.errors import DataError, SaelabError  # noqa: E402
 from saelab.evals import ablate_lowest as al  # noqa: E402
 from saelab.evals.downstream import evaluate_downstream  # noqa: E402
-from saelab.sources import hf, lm_cli  # noqa: E402
+from saelab.commands import lm as lm_cli  # noqa: E402
+from saelab.sources import hf  # noqa: E402
 from saelab.sources.text import TextConfig, iter_batches  # noqa: E402
 
 WORDS = ("the a cat dog sat ran on under mat log and then it was big small red blue "

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import saelab
 from saelab.config import SAEConfig
 from saelab.init import geometric_median
-from saelab.io import save_sae
+from saelab.folder import save_sae
 from saelab.normalize import Normalizer
 from saelab.sae import SparseAutoencoder
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from saelab.errors import ConfigError
+from saelab.methods import activation_class, build_params, penalty_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,45 +25,58 @@ DECAYS = ("none", "linear", "cosine")
 KERNELS = ("dense", "sparse", "auto")  # auto: sparse where the method has a sparse path
 
 
+def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, cli: bool = True, factory=None):
+    """A config field whose metadata also describes its command-line flag (help, choices; cli=False hides it)."""
+    meta = {"help": help, "choices": choices, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class SAEConfig:
     """One sparse autoencoder: size, sparsity method, recipe options."""
 
-    n_latents: int
-    method: str = "relu"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    penalty: str | None = None
-    penalty_params: dict[str, Any] = field(default_factory=dict)
-    alpha: float = 0.0
-    penalty_decoder_norm: bool = False
-    normalize: str = "none"
-    b_dec_init: str = "geometric_median"
-    encoder_init: str = "decoder_transpose"
-    decoder_unit_norm: bool = True
-    auxk: bool = False
-    k_aux: int = 512
-    aux_coef: float = 1.0 / 32.0
-    dead_tokens: int = 10_000_000
-    lr: float | None = None
-    name: str | None = None
-    kernel: str = "auto"
+    n_latents: int = option(help="number of latents")
+    method: str = option("relu", "sparsity method (see `saelab methods`)")
+    method_params: dict[str, Any] = option(factory=dict, cli=False)
+    penalty: str | None = option(None, "sparsity penalty added to the loss (l1, lp, smoothed_l0, freshman, without_topk)")
+    penalty_params: dict[str, Any] = option(factory=dict, cli=False)
+    alpha: float = option(0.0, "penalty coefficient")
+    penalty_decoder_norm: bool = option(False, "weight the penalty by decoder row norms")
+    normalize: str = option("none", "input normalization", choices=NORMALIZATIONS)
+    b_dec_init: str = option("geometric_median", "b_dec initialization", choices=B_DEC_INITS)
+    encoder_init: str = option("decoder_transpose", "encoder initialization", choices=ENCODER_INITS)
+    decoder_unit_norm: bool = option(True, "unit-norm decoder rows with the radial gradient projected out")
+    auxk: bool = option(False, "enable the AuxK auxiliary loss on dead latents")
+    k_aux: int = option(512, "AuxK: number of dead latents used")
+    aux_coef: float = option(1.0 / 32.0, "AuxK coefficient")
+    dead_tokens: int = option(10_000_000, "tokens without firing after which a latent counts as dead")
+    lr: float | None = option(None, "learning rate (default 2e-4/sqrt(n/2^14))")
+    name: str | None = option(None, "name of the SAE")
+    kernel: str = option("auto", "training kernel: dense (reference), sparse (TopK family), auto", choices=KERNELS)
     # Filled in from the data when training starts.
-    d_in: int | None = None
-    normalization_factor: float | None = None
+    d_in: int | None = option(None, cli=False)
+    normalization_factor: float | None = option(None, cli=False)
 
     def validate(self) -> "SAEConfig":
         """Check every field; raise ConfigError naming the first bad one."""
-        from saelab.methods.registry import activation_class, build_params, penalty_class
-
         require_positive_int("n_latents", self.n_latents)
-        act_cls = activation_class(self.method)
-        params = build_params(act_cls, self.method_params, "method")
+        built = getattr(self, "_built", None)
+        if built is not None and built[0] == self._method_key():
+            (act_cls, params), pen = built[1], built[2]  # already built from these very settings
+        else:
+            act_cls = activation_class(self.method)
+            params = build_params(act_cls, self.method_params, "method")
+            pen = None
+            if self.penalty is not None:
+                pen_cls = penalty_class(self.penalty)
+                pen = (pen_cls, build_params(pen_cls, self.penalty_params, "penalty"))
         k = getattr(params, "k", None)
         if k is not None and k > self.n_latents:
             raise ConfigError("k", k, f"larger than n_latents={self.n_latents}")
-        if self.penalty is not None:
-            pen_params = build_params(penalty_class(self.penalty), self.penalty_params, "penalty")
-            pk = getattr(pen_params, "k", None)
+        if pen is not None:
+            pk = getattr(pen[1], "k", None)
             if pk is not None and pk > self.n_latents:
                 raise ConfigError("k", pk, f"larger than n_latents={self.n_latents}")
         elif self.penalty_params:
@@ -79,7 +93,26 @@ class SAEConfig:
             _finite("lr", self.lr, minimum=0.0, strict=True)
         if self.d_in is not None:
             require_positive_int("d_in", self.d_in)
+        # The built Params are kept, keyed by what they were built from, so the SAE does not build them again.
+        self._built = (self._method_key(), (act_cls, params), pen)
         return self
+
+    def _method_key(self) -> str:
+        return json.dumps([self.method, self.method_params, self.penalty, self.penalty_params], sort_keys=True, default=str)
+
+    def _resolved(self) -> tuple:
+        built = getattr(self, "_built", None)
+        if built is None or built[0] != self._method_key():
+            self.validate()  # first use, or the method fields changed since the last validation
+        return self._built
+
+    def activation_spec(self) -> tuple[type, Any]:
+        """(Activation class, its validated Params), built once per method setting."""
+        return self._resolved()[1]
+
+    def penalty_spec(self) -> tuple[type, Any] | None:
+        """(Penalty class, its validated Params), or None without a penalty."""
+        return self._resolved()[2]
 
     def default_lr(self) -> float:
         """2e-4 / sqrt(n / 2^14): the scaling paper's 1/sqrt(n) rule anchored at 16k latents."""
@@ -114,25 +147,25 @@ class SAEConfig:
 class TrainConfig:
     """How to train: data, budget, optimizer, logging and checkpoints."""
 
-    activations: str
-    out: str
-    eval_activations: str | None = None
-    eval_fraction: float = 0.05
-    batch_size: int = 4096
-    steps: int | None = None
-    tokens: int | None = None
-    epochs: float | None = None
-    seed: int = 0
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
-    decay: str = "none"
-    decay_fraction: float = 0.2
-    grad_clip: float | None = None
-    log_every: int = 100
-    checkpoint_every: int = 0
-    shuffle_buffer_mb: int = 1024
-    scan: bool = True
+    activations: str = option(help="activation file (.npy/.safetensors) or folder of shards")
+    out: str = option(help="output folder")
+    eval_activations: str | None = option(None, "held-out activations (default: the tail of --activations)")
+    eval_fraction: float = option(0.05, "fraction of rows held out for evaluation")
+    batch_size: int = option(4096, "rows per batch")
+    steps: int | None = option(None, "training steps")
+    tokens: int | None = option(None, "training tokens (rounded up to whole batches)")
+    epochs: float | None = option(None, "passes over the training rows (default 1 when no budget is given)")
+    seed: int = option(0, "random seed")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas")
+    adam_eps: float = option(1e-8, "Adam epsilon")
+    warmup_steps: int = option(0, "linear warm-up steps")
+    decay: str = option("none", "learning-rate decay", choices=DECAYS)
+    decay_fraction: float = option(0.2, "fraction of steps the decay spans")
+    grad_clip: float | None = option(None, "clip the gradient norm to this value")
+    log_every: int = option(100, "steps between metric log lines")
+    checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
+    shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
+    scan: bool = option(True, "scan the data for NaN/inf before training")
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -219,8 +252,6 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 def split_method_params(method: str, penalty: str | None, flat: dict[str, Any]) -> tuple[dict, dict]:
     """Assign flat parameters (--k, --eps, …) to the method or the penalty that declares them."""
-    from saelab.methods.registry import activation_class, penalty_class
-
     act_fields = {f.name for f in dataclasses.fields(activation_class(method).Params)}
     pen_fields = {f.name for f in dataclasses.fields(penalty_class(penalty).Params)} if penalty else set()
     method_params, penalty_params = {}, {}
@@ -280,13 +311,6 @@ def run_from_mapping(data: dict[str, Any]) -> RunConfig:
     except TypeError as e:
         raise ConfigError("train", sorted(train_keys), str(e)) from None
     return RunConfig(train, saes).validate()
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically."""
-    from saelab.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _from_dict(cls, data: dict, where: str):

@@ -10,8 +10,14 @@ import numpy as np
 import torch
 
 from saelab.config import RunConfig, SAEConfig, TrainConfig
+from saelab.data.toy import ToyConfig, write_toy
+from saelab.evals.evaluate import evaluate
 from saelab.io import atomic_write_json
+from saelab.othello.boards import plot_boards
+from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+from saelab.othello.score import EVAL_SEED_OFFSET, findable_mask, score_sae
 from saelab.report import markdown_table, plot_frontier, write_markdown
+from saelab.train import Trainer
 
 
 def toy_suite(k: int, n_latents: int) -> list[SAEConfig]:
@@ -32,10 +38,6 @@ def toy_suite(k: int, n_latents: int) -> list[SAEConfig]:
 
 def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     """Sparse-superposition data with a known dictionary; every method, one pass, MMCS against the truth."""
-    from saelab.data.toy import ToyConfig, write_toy
-    from saelab.evals.reconstruction import evaluate_store
-    from saelab.data.store import ActivationStore
-    from saelab.train import Trainer
 
     toy = ToyConfig(n_features=256, d=64, n_samples=40_000 if quick else 200_000, mean_active=5.0, decay=1.0, noise=0.02, seed=0)
     paths = write_toy(toy, out / "data")
@@ -47,10 +49,9 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     trainer = Trainer(run, progress=True)
     members = trainer.fit(overwrite=True)
     dictionary = torch.from_numpy(np.load(paths["dictionary"]))
-    store = ActivationStore(paths["activations"])
     rows = []
     for m in members:
-        r = evaluate_store(m.sae, store, trainer.eval_range, dictionary=dictionary).to_dict()
+        r = evaluate(m.sae, trainer.store, rows=trainer.eval_range, true_dictionary=dictionary, scan=False).to_dict()
         rows.append({"name": m.cfg.display_name(), "label": m.cfg.display_name(), "method": m.cfg.method, "params": {**m.cfg.method_params, **m.cfg.penalty_params}, **{k_: v for k_, v in r.items() if not isinstance(v, dict)}})
     return rows
 
@@ -102,10 +103,6 @@ def othello_suite(plan: OthelloDemoPlan) -> list[SAEConfig]:
 
 def run_othello_demo(out: Path, quick: bool) -> list[dict]:
     """Harvest the committed OthelloGPT, train the suite on one stream, score every SAE on held-out games."""
-    from saelab.sources.othello.boards import plot_boards
-    from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
-    from saelab.sources.othello.score import EVAL_SEED_OFFSET, findable_mask, score_sae
-    from saelab.train import Trainer
 
     plan = QUICK if quick else FULL
     say = lambda msg: print(f"[demo] {msg}", flush=True)

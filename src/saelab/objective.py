@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from saelab import kernels
+from saelab.errors import ConfigError
 from saelab.losses import normalized_squared_error, squared_error
 from saelab.methods.base import LossContext
+from saelab.step_output import StepOutput, active_per_row, fired_latents, nonzero_values
 
-
-@dataclass
-class StepOutput:
-    """Everything one forward pass of the objective produced.
-
-    `z` is the latent code: a dense [B, n] tensor on the reference path, or a sparse code object
-    (from saelab.kernels) on the sparse path; read it through `fired_latents`, `active_per_row`
-    and `nonzero_values`, which accept both. `pre` is None when the sparse path kept no dense copy.
-    """
-
-    losses: dict[str, Tensor]
-    x: Tensor
-    pre: Tensor | None
-    z: object
-    x_hat: Tensor
-
-    @property
-    def total(self) -> Tensor:
-        """Sum of all loss terms."""
-        return sum(self.losses.values())
+__all__ = ["StepOutput", "active_per_row", "fired_latents", "nonzero_values", "compute_step", "dense_step", "auxk_loss", "DeadLatentTracker"]
 
 
 def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
@@ -50,38 +32,13 @@ def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: i
     return normalized_squared_error(z_aux @ sae.W_dec, residual)
 
 
-def fired_latents(z, n_latents: int) -> Tensor:
-    """Bool [n]: latents with a positive value anywhere in the batch."""
-    if isinstance(z, Tensor):
-        return (z > 0).any(dim=0)
-    return z.fired_latents(n_latents)
-
-
-def active_per_row(z) -> Tensor:
-    """Number of non-zero latents of each row."""
-    if isinstance(z, Tensor):
-        return (z != 0).sum(dim=-1)
-    return z.active_per_row()
-
-
-def nonzero_values(z) -> Tensor:
-    """The code's non-zero values (any order)."""
-    if isinstance(z, Tensor):
-        return z[z != 0]
-    return z.nonzero_values()
-
-
 def uses_sparse_kernel(sae) -> bool:
     """Whether this SAE's step runs on the sparse TopK-family kernels."""
     kernel = sae.cfg.kernel
     if kernel == "dense":
         return False
-    from saelab.kernels import supports
-
-    ok = supports(sae)
+    ok = kernels.supports(sae)
     if kernel == "sparse" and not ok:
-        from saelab.errors import ConfigError
-
         raise ConfigError("kernel", "sparse", f"method {sae.cfg.method!r} with these options has no sparse path")
     return ok
 
@@ -89,9 +46,7 @@ def uses_sparse_kernel(sae) -> bool:
 def compute_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
     """Forward the SAE on a raw batch and return every loss term (the trainer sums them)."""
     if uses_sparse_kernel(sae):
-        from saelab.kernels import sparse_step
-
-        return sparse_step(sae, x_raw, alpha, dead)
+        return kernels.sparse_step(sae, x_raw, alpha, dead)
     return dense_step(sae, x_raw, alpha, dead)
 
 

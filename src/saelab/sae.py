@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -11,7 +9,6 @@ from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
 from saelab.init import initial_b_dec, unit_rows
 from saelab.methods.base import Activation, Penalty
-from saelab.methods.registry import activation_class, build_params, penalty_class
 from saelab.normalize import Normalizer
 
 
@@ -35,12 +32,13 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        act_cls = activation_class(cfg.method)
-        self.activation: Activation = act_cls(build_params(act_cls, cfg.method_params, "method"), n)
+        act_cls, act_params = cfg.activation_spec()
+        self.activation: Activation = act_cls(act_params, n)
         self.penalty: Penalty | None = None
-        if cfg.penalty is not None:
-            pen_cls = penalty_class(cfg.penalty)
-            self.penalty = pen_cls(build_params(pen_cls, cfg.penalty_params, "penalty"), n)
+        penalty = cfg.penalty_spec()
+        if penalty is not None:
+            pen_cls, pen_params = penalty
+            self.penalty = pen_cls(pen_params, n)
         self.normalizer = Normalizer(cfg.normalize, cfg.normalization_factor)
         self.reset_weights(torch.Generator().manual_seed(0))
 
@@ -130,13 +128,3 @@ class SparseAutoencoder(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return f"d_in={c.d_in}, n_latents={c.n_latents}, method={c.method}, penalty={c.penalty}, normalize={c.normalize}"
-
-
-def n_parameters(sae: SparseAutoencoder) -> int:
-    """Number of trainable scalars."""
-    return sum(p.numel() for p in sae.parameters() if p.requires_grad)
-
-
-def approx_equal(a: float, b: float, rel: float = 1e-6) -> bool:
-    """Relative float comparison used when checking loaded metadata."""
-    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)

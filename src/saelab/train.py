@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from saelab.config import RunConfig, SAEConfig
+from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError
-from saelab.evals.reconstruction import evaluate_store
-from saelab.io import SAELAB_CFG, atomic_torch_save, atomic_write_json, atomic_write_text, save_sae
-from saelab.objective import DeadLatentTracker, active_per_row, compute_step, fired_latents, nonzero_values
+from saelab.evals.evaluate import evaluate
+from saelab.folder import SAELAB_CFG, save_sae
+from saelab.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from saelab.objective import DeadLatentTracker, StepOutput, active_per_row, compute_step, fired_latents, nonzero_values
 from saelab.sae import SparseAutoencoder
 from saelab.schedule import lr_factor
 
@@ -45,6 +46,38 @@ class Member:
     tracker: DeadLatentTracker
     out: Path
     base_lr: float
+
+
+def build_member(cfg: SAEConfig, train: TrainConfig, sample: torch.Tensor, init_seed: int, out: Path) -> Member:
+    """An SAE initialized from a raw data sample, with its Adam optimizer and dead-latent tracker."""
+    sae = SparseAutoencoder(cfg)
+    sae.initialize_from_data(sample, torch.Generator().manual_seed(init_seed))
+    sae.train()
+    lr = cfg.effective_lr
+    # fused: one pass over the 2·n·d_in weights instead of a per-op loop (9× faster on CPU, bench/).
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
+    return Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens), out, lr)
+
+
+def train_step(m: Member, x: torch.Tensor, lr: float, grad_clip: float | None = None) -> StepOutput:
+    """One optimizer step of one SAE on a raw batch: loss, backward, decoder projection, Adam, renorm, bookkeeping."""
+    for group in m.optimizer.param_groups:
+        group["lr"] = lr
+    dead = m.tracker.dead_mask() if m.cfg.auxk else None
+    out = compute_step(m.sae, x, m.cfg.alpha, dead)
+    m.optimizer.zero_grad(set_to_none=True)
+    out.total.backward()
+    if m.cfg.decoder_unit_norm:
+        m.sae.project_decoder_grad()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(m.sae.parameters(), grad_clip)
+    m.optimizer.step()
+    if m.cfg.decoder_unit_norm:
+        m.sae.normalize_decoder()
+    with torch.no_grad():
+        m.sae.activation.observe(nonzero_values(out.z).detach())
+        m.tracker.update(fired_latents(out.z, m.cfg.n_latents), x.shape[0])
+    return out
 
 
 def read_source_info(path: str | Path) -> dict | None:
@@ -119,15 +152,9 @@ class Trainer:
             if cfg.d_in is not None and cfg.d_in != self.store.d_in:
                 raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
             cfg.d_in = self.store.d_in
-            sae = SparseAutoencoder(cfg)
             # Seeded by name, not position, so an SAE trained inside a sweep equals one trained alone.
             init_seed = zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode())
-            sae.initialize_from_data(sample, torch.Generator().manual_seed(init_seed))
-            sae.train()
-            lr = cfg.effective_lr
-            # fused: one pass over the 2·n·d_in weights instead of a per-op loop (9× faster on CPU, bench/).
-            opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(t.betas), eps=t.adam_eps, fused=True)
-            members.append(Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens), out, lr))
+            members.append(build_member(cfg, t, sample, init_seed, out))
         return members
 
     def _check_out(self, resume: bool, overwrite: bool) -> None:
@@ -194,23 +221,7 @@ class Trainer:
     def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
         t = self.run.train
         lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
-        for group in m.optimizer.param_groups:
-            group["lr"] = lr
-        dead = m.tracker.dead_mask() if m.cfg.auxk else None
-        out = compute_step(m.sae, x, m.cfg.alpha, dead)
-        m.optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        if m.cfg.decoder_unit_norm:
-            m.sae.project_decoder_grad()
-        if t.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), t.grad_clip)
-        m.optimizer.step()
-        if m.cfg.decoder_unit_norm:
-            m.sae.normalize_decoder()
-        with torch.no_grad():
-            m.sae.activation.observe(nonzero_values(out.z).detach())
-            m.tracker.update(fired_latents(out.z, m.cfg.n_latents), x.shape[0])
-        return {"out": out, "lr": lr}
+        return {"out": train_step(m, x, lr, t.grad_clip), "lr": lr}
 
     @staticmethod
     def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float) -> dict:
@@ -281,7 +292,8 @@ class Trainer:
     def _finish(self, members: list[Member]) -> None:
         for m in members:
             m.sae.eval()
-            result = evaluate_store(m.sae, self.eval_store, self.eval_range)
+            result = evaluate(m.sae, self.eval_store, rows=self.eval_range, scan=False)
+            result.rows = "held-out"
             extra = {
                 "train": self.run.train.to_dict(),
                 "steps": self.total_steps,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saelab.data.cache import verify_cache
 from saelab.errors import DataError
 
 DTYPES = {"F32": np.float32, "F16": np.float16}
@@ -85,7 +86,6 @@ def _shard_paths(folder: Path) -> list[Path]:
         if named:
             return [folder / named]
     if (folder / "manifest.json").exists():
-        from saelab.data.cache import verify_cache
 
         manifest = verify_cache(folder)
         return [folder / s["file"] for s in manifest["shards"]]
@@ -119,6 +119,27 @@ class ActivationStore:
         if self.n_rows == 0:
             raise DataError(f"activations={str(self.path)!r}: holds no rows (empty input)")
         self._starts = np.array([s.start for s in self.shards], dtype=np.int64)
+
+    @classmethod
+    def from_array(cls, array, name: str = "<array>") -> "ActivationStore":
+        """A store over an in-memory [N, d_in] array (numpy or a CPU tensor); same checks as a file."""
+        arr = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+        if arr.ndim != 2:
+            raise DataError(f"activations={name}: shape {tuple(arr.shape)}; expected [N, d_in]")
+        if arr.shape[0] == 0:
+            raise DataError(f"activations={name}: holds no rows (empty input)")
+        if arr.shape[1] == 0:
+            raise DataError(f"activations={name}: has zero columns (d_in = 0)")
+        if arr.dtype not in SUPPORTED:
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise DataError(f"activations={name}: dtype {arr.dtype}; expected floating point")
+            arr = arr.astype(np.float32)
+        store = cls.__new__(cls)
+        store.path = Path(name)
+        store.shards = [Shard(Path(name), arr, 0)]
+        store.n_rows, store.d_in = int(arr.shape[0]), int(arr.shape[1])
+        store._starts = np.zeros(1, dtype=np.int64)
+        return store
 
     @property
     def dtype(self) -> np.dtype:

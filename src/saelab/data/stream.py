@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -91,8 +90,3 @@ class BatchStream:
             lo += take
             b += 1
         return np.concatenate(parts), np.concatenate(rows)
-
-    def iterate(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (position, batch) for positions start..stop−1."""
-        for pos in range(start, stop):
-            yield pos, self.batch(pos)[0]

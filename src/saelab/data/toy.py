@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from saelab.errors import ConfigError
+from saelab.io import atomic_write_bytes, atomic_write_json
 
 
 @dataclass
@@ -62,8 +64,6 @@ def make_toy(cfg: ToyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def write_toy(cfg: ToyConfig, out: str | Path) -> dict[str, Path]:
     """Write activations.npy, dictionary.npy and codes.npy (atomically) into `out`."""
-    from saelab.io import atomic_write_bytes, atomic_write_json
-    import io
 
     out = Path(out)
     x, dictionary, codes = make_toy(cfg)

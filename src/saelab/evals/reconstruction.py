@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from saelab.errors import DataError
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density
@@ -33,6 +35,8 @@ class ReconstructionResult:
     firing_density_hist: dict = field(default_factory=dict)  # log10 density bin edges → counts
     active_latents_hist: dict = field(default_factory=dict)  # number active → tokens
     mmcs: float | None = None  # mean max cosine similarity to a true dictionary
+    rows: str = "given"  # which rows: "held-out", "all", "lo:hi", or "given" (batches passed directly)
+    method: str | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict; `mmcs` omitted when no dictionary was given."""
@@ -116,8 +120,6 @@ class ReconstructionAccumulator:
 def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
     """Mean over true features of the best cosine similarity with any learned decoder row."""
     if decoder.shape[1] != dictionary.shape[1]:
-        from saelab.errors import DataError
-
         raise DataError(f"true dictionary has dimension {dictionary.shape[1]}, the SAE's decoder {decoder.shape[1]}")
     dec = torch.nn.functional.normalize(decoder.double(), dim=-1)
     true = torch.nn.functional.normalize(dictionary.double(), dim=-1)
@@ -125,17 +127,26 @@ def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_batches(sae, batches: Iterable[Tensor], dictionary: Tensor | None = None) -> ReconstructionResult:
-    """Evaluate `sae` (in eval mode) on raw batches; metrics are in its normalized space."""
+def evaluate_batches(
+    sae, batches: Iterable[Tensor], dictionary: Tensor | None = None, on_codes: Callable[[Tensor, int], None] | None = None
+) -> ReconstructionResult:
+    """Evaluate `sae` (in eval mode) on raw batches; metrics are in its normalized space.
+
+    `on_codes(z, first_row)` receives each batch's code, first_row counting from the first batch.
+    """
     was_training = sae.training
     sae.eval()
     acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in)
+    seen = 0
     try:
         for x_raw in batches:
             sae.check_input(x_raw, "activations")
             x, _ = sae.normalizer.normalize(x_raw)
             z = sae.encode_normalized(x)
             acc.add(x, sae.decode_normalized(z), z)
+            if on_codes is not None:
+                on_codes(z, seen)
+            seen += x_raw.shape[0]
     finally:
         sae.train(was_training)
     result = acc.result(sae.cfg.normalize)
@@ -150,14 +161,3 @@ def reconstruction_metrics(x: Tensor, x_hat: Tensor, z: Tensor) -> dict:
     acc.add(x, x_hat, z)
     r = acc.result("as given")
     return {k: getattr(r, k) for k in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "mse")}
-
-
-def evaluate_store(sae, store, row_range: tuple[int, int] | None = None, batch_size: int = 8192, dictionary: Tensor | None = None) -> ReconstructionResult:
-    """Evaluate on rows [lo, hi) of an ActivationStore, read in order in chunks."""
-    lo, hi = row_range if row_range is not None else (0, store.n_rows)
-
-    def chunks():
-        for start in range(lo, hi, batch_size):
-            yield torch.from_numpy(store.read_range(start, min(hi, start + batch_size)))
-
-    return evaluate_batches(sae, chunks(), dictionary)

@@ -12,41 +12,43 @@ selection touches only the k (or k·multiple, k_aux) selected entries per row. T
   workspace.py    reused memory for P and for W_enc's gradient (no page faults every step)
   threads.py      thread counts for the sparse passes (SAELAB_SPARSE_THREADS)
 
-Covered: topk, batchtopk (training mode), multi_topk, leaky_topk with ε = 0, each with or
-without AuxK, with any input normalization and the unit-norm decoder. leaky_topk with ε = 0 is
-TopK exactly (non-top entries are scaled by 0, and the gradient through the threshold b is
-0·x_i), so it runs TopK's kernel. With ε > 0 it does not: its non-top entries are all non-zero (each ε·x_i/b), so its decode is a dense product and
-no sparse form is exact — `supports` says no and `kernel="auto"` trains it on the dense path
-(`kernel="sparse"` is refused by objective.uses_sparse_kernel), never a silently changed function.
+Which activations run here is each method's own fact: `Activation.sparse_plan()` returns the
+selection (per-row k, batch k·B, an extra Multi-TopK-style decode) or None, so a new TopK-family
+method is one file and its registration. Today topk, batchtopk (training mode), multi_topk and
+leaky_topk with ε = 0 return plans (each with or without AuxK, any input normalization, the
+unit-norm decoder); leaky_topk with ε > 0 and batchtopk at inference return None, and
+`kernel="auto"` then trains on the dense path (`kernel="sparse"` is refused by
+objective.uses_sparse_kernel), never a silently changed function.
 """
 
 from __future__ import annotations
 
+from saelab.kernels.step import sparse_step
 from saelab.kernels.workspace import release as release_workspace
-from saelab.methods.registry import activation_class
+from saelab.methods.base import Activation, SparsePlan
 
-_METHODS = ("topk", "batchtopk", "multi_topk", "leaky_topk")
+
+def _defining_class(cls: type, attr: str) -> type:
+    return next(c for c in cls.__mro__ if attr in c.__dict__)
+
+
+def sparse_plan(sae) -> SparsePlan | None:
+    """The sparse plan `sae`'s training step can use (same losses and gradients), or None."""
+    if sae.penalty is not None:
+        return None  # penalties read the dense code
+    act = sae.activation
+    if not isinstance(act, Activation):
+        return None
+    cls = type(act)
+    # A subclass that redefines forward but inherits its parent's plan computes something else.
+    if not issubclass(_defining_class(cls, "sparse_plan"), _defining_class(cls, "forward")):
+        return None
+    return act.sparse_plan()
 
 
 def supports(sae) -> bool:
-    """Whether `sae`'s training step has an exact sparse path (same losses and gradients)."""
-    if sae.penalty is not None:
-        return False  # penalties read the dense code; none of these methods uses one by default
-    act = sae.activation
-    if getattr(act, "name", None) not in _METHODS or type(act) is not activation_class(act.name):
-        return False  # a subclass may compute something else
-    if act.name == "batchtopk" and not act.training:
-        return False  # inference is a dense threshold, not a selection
-    if act.name == "leaky_topk" and float(act.params.eps) != 0.0:
-        return False
-    return True
+    """Whether `sae`'s training step has an exact sparse path."""
+    return sparse_plan(sae) is not None
 
 
-def sparse_step(sae, x_raw, alpha, dead):
-    """The sparse-path counterpart of objective.dense_step."""
-    from saelab.kernels.step import sparse_step as step
-
-    return step(sae, x_raw, alpha, dead)
-
-
-__all__ = ["supports", "sparse_step", "release_workspace"]
+__all__ = ["sparse_plan", "supports", "sparse_step", "release_workspace"]

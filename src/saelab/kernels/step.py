@@ -1,13 +1,13 @@
 """The training objective on the sparse path: objective.dense_step's losses from sparse codes.
 
-Per method (all ReLU'd, as the dense activations are):
-  topk        z = ReLU(P at the per-row top-k)
-  leaky_topk  the same, for ε = 0 only (see kernels.supports)
-  batchtopk   z = P at the k·B largest positive entries of the batch (ragged rows)
-  multi_topk  top-(multiple·k) sorted: its first k columns are the k code (the k largest of the
-              4k largest are the k largest), both decoded; mse + aux_weight · L(4k)
-  AuxK        top-k_aux among the dead latents of P, decoded without bias against the detached
-              residual, normalized as objective.auxk_loss.
+Per SparsePlan (all ReLU'd, as the dense activations are):
+  k per row           z = ReLU(P at the per-row top-k)                       (topk, leaky_topk ε=0)
+  batch               z = P at the k·B largest positive entries of the batch (batchtopk; ragged rows)
+  extra_multiple m    top-(m·k) sorted: its first k columns are the k code (the k largest of the
+                      m·k largest are the k largest), both decoded; mse + extra_weight · L(m·k)
+                      under the name extra_name                              (multi_topk)
+  AuxK                top-k_aux among the dead latents of P, decoded without bias against the
+                      detached residual, normalized as objective.auxk_loss.
 Loss terms keep the dense path's names and order, so `StepOutput.total` sums them the same way.
 """
 
@@ -18,23 +18,26 @@ from torch import Tensor
 from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.topk_encode import EncodePlan, encode
 from saelab.losses import normalized_squared_error, squared_error
-from saelab.objective import StepOutput
+from saelab.methods.base import SparsePlan
+from saelab.step_output import StepOutput
 
 
-def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
+def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: SparsePlan | None = None) -> StepOutput:
     """The sparse-path counterpart of objective.dense_step (same losses, same gradients)."""
     cfg = sae.cfg
-    act = sae.activation
-    method = act.name
-    k = act.params.k
+    spec = spec if spec is not None else sae.activation.sparse_plan()
+    if spec is None:
+        raise ValueError(f"method {cfg.method!r} has no sparse plan in this mode")  # callers check kernels.supports first
+    k = spec.k
     x, _ = sae.normalizer.normalize(x_raw)
     n = cfg.n_latents
 
+    extra = spec.extra_multiple is not None
     plan = EncodePlan()
-    if method == "batchtopk":
+    if spec.batch:
         plan.batch_k = k
-    elif method == "multi_topk":
-        plan.k = min(k * act.params.multiple, n)
+    elif extra:
+        plan.k = min(k * spec.extra_multiple, n)
         plan.sorted = True
     else:
         plan.k = k
@@ -45,7 +48,7 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOu
 
     z_main, z_aux = encode(x, sae.W_enc, sae.b_enc, sae.b_dec, plan)
     items, values = [], []
-    if method == "multi_topk":
+    if extra:
         # The k code is the first k columns of the sorted multiple·k code.
         cols = plan.main.latents.view(x.shape[0], -1)
         items += [DecodeItem(plan.main.fixed_width(cols[:, :k].contiguous(), z_main[:, :k].detach())), DecodeItem(plan.main)]
@@ -61,9 +64,9 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOu
 
     x_hat = decoded[0] + sae.b_dec
     losses = {"mse": squared_error(x_hat, x)}
-    if method == "multi_topk":
+    if extra:
         x_big = decoded[1] + sae.b_dec
-        losses["multi_topk"] = act.params.aux_weight * squared_error(x_big, x)
+        losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)
     if use_aux:
         if plan.aux is None:
             losses["auxk"] = cfg.aux_coef * x.new_zeros(())

@@ -14,7 +14,19 @@ from saelab.methods import (  # noqa: F401  (importing registers each method)
     topk,
     without_topk,
 )
-from saelab.methods.base import Activation, LossContext, Penalty
-from saelab.methods.registry import ACTIVATIONS, PENALTIES, activation_class, penalty_class
+from saelab.methods.base import Activation, LossContext, Penalty, SparsePlan
+from saelab.methods.registry import (
+    ACTIVATIONS,
+    PENALTIES,
+    activation_class,
+    build_params,
+    param_names,
+    penalty_class,
+    register_activation,
+    register_penalty,
+)
 
-__all__ = ["Activation", "Penalty", "LossContext", "ACTIVATIONS", "PENALTIES", "activation_class", "penalty_class"]
+__all__ = [
+    "Activation", "Penalty", "LossContext", "SparsePlan", "ACTIVATIONS", "PENALTIES", "activation_class",
+    "penalty_class", "build_params", "param_names", "register_activation", "register_penalty",
+]  # fmt: skip

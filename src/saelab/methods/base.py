@@ -26,11 +26,6 @@ class Params:
         """Plain-JSON view of the parameters."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def describe(cls) -> dict[str, str]:
-        """Parameter name → help text, taken from field metadata."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
 
 def param(default, help: str):
     """A dataclass field with a default and a help string for `saelab methods`."""
@@ -41,6 +36,23 @@ def require(cond: bool, field: str, value, reason: str) -> None:
     """Raise ConfigError(field, value, reason) unless `cond` holds."""
     if not cond:
         raise ConfigError(field, value, reason)
+
+
+@dataclass(frozen=True)
+class SparsePlan:
+    """How the sparse kernels compute an activation exactly: a selection of pre-activations, ReLU'd.
+
+    `k` entries per row (or k·B over the flattened batch when `batch`); with `extra_multiple` the
+    kernels also decode each row's top min(k·extra_multiple, n) entries and add `extra_weight` ×
+    their squared error as the loss term `extra_name` (Multi-TopK). An activation that returns a
+    plan promises its dense forward equals this selection in training mode.
+    """
+
+    k: int
+    batch: bool = False
+    extra_multiple: int | None = None
+    extra_weight: float = 0.0
+    extra_name: str = ""
 
 
 @dataclass
@@ -60,8 +72,6 @@ class Activation(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     description: ClassVar[str] = ""
-    # Members of the TopK family produce at most `k` non-zeros per row (used by sparse kernels).
-    topk_family: ClassVar[bool] = False
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()
@@ -71,6 +81,10 @@ class Activation(nn.Module):
     def forward(self, pre: Tensor) -> Tensor:
         """The latent code for `pre`; training-mode behaviour when `self.training`."""
         raise NotImplementedError
+
+    def sparse_plan(self) -> SparsePlan | None:
+        """The selection the sparse kernels can compute exactly for the current mode and parameters, or None."""
+        return None
 
     def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
         """Loss terms this activation adds to the reconstruction loss (name → scalar)."""

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, param, require
+from saelab.methods.base import Activation, SparsePlan, param, require
 from saelab.methods.registry import register_activation
-from saelab.methods.topk import KParams
+from saelab.methods.topk import KParams, topk_relu
 
 
 @register_activation("batchtopk")
@@ -19,7 +19,6 @@ class BatchTopK(Activation):
     """
 
     description = "top k·B activations over the flattened batch in training; a learned global threshold at inference"
-    topk_family = True
 
     @dataclass
     class Params(KParams):
@@ -44,10 +43,12 @@ class BatchTopK(Activation):
             values, indices = torch.topk(flat, keep, sorted=False)
             return torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
         if self.threshold.item() < 0:
-            from saelab.methods.topk import topk_relu
-
             return topk_relu(pre, self.params.k)
         return acts * (acts > self.threshold)
+
+    def sparse_plan(self) -> SparsePlan | None:
+        """Batch top-k in training; inference is a dense threshold, not a selection."""
+        return SparsePlan(k=self.params.k, batch=True) if self.training else None
 
     @torch.no_grad()
     def observe(self, values: Tensor) -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, param, require, topk_mask_values
+from saelab.methods.base import Activation, SparsePlan, param, require, topk_mask_values
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams
 
@@ -22,7 +22,6 @@ class LeakyTopK(Activation):
     """
 
     description = "k largest ReLU activations kept, others scaled by ε/b (b = k-th largest) or by ε"
-    topk_family = True
 
     @dataclass
     class Params(KParams):
@@ -46,3 +45,10 @@ class LeakyTopK(Activation):
         else:
             factor = torch.full_like(b, self.params.eps)
         return torch.where(top, x, factor * x)
+
+    def sparse_plan(self) -> SparsePlan | None:
+        """At ε = 0 this is TopK exactly (non-top entries × 0, and the gradient through b is 0·x_i).
+
+        With ε > 0 every non-top entry is non-zero (ε·x_i/b), so no sparse form is exact.
+        """
+        return SparsePlan(k=self.params.k) if float(self.params.eps) == 0.0 else None

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from saelab.methods.base import Activation, LossContext, param, require
+from saelab.losses import squared_error
+from saelab.methods.base import Activation, LossContext, SparsePlan, param, require
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams, topk_relu
-from saelab.losses import squared_error
 
 
 @register_activation("multi_topk")
@@ -18,7 +18,6 @@ class MultiTopK(Activation):
     """
 
     description = "TopK at k plus a 1/8-weighted reconstruction loss at 4k; evaluate at any k'"
-    topk_family = True
 
     @dataclass
     class Params(KParams):
@@ -33,6 +32,10 @@ class MultiTopK(Activation):
     def forward(self, pre: Tensor) -> Tensor:
         """Per-row top-k code at the main k."""
         return topk_relu(pre, self.params.k)
+
+    def sparse_plan(self) -> SparsePlan:
+        """Top-k, plus the weighted reconstruction at multiple·k as the loss `multi_topk`."""
+        return SparsePlan(k=self.params.k, extra_multiple=self.params.multiple, extra_weight=self.params.aux_weight, extra_name="multi_topk")
 
     def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
         """The weighted reconstruction loss of the code at multiple·k."""

@@ -1,4 +1,8 @@
-"""Name → class registry for sparsity methods (activations and penalties)."""
+"""Name → class registry for sparsity methods (activations and penalties).
+
+The built-in methods register themselves when `saelab.methods` is imported (importing this module
+imports that package first), so a lookup always sees them.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,6 @@ def register_penalty(name: str) -> Callable[[T], T]:
 
 
 def _lookup(table: dict[str, type], name: str, field: str) -> type:
-    _ensure_loaded()
     if name not in table:
         raise ConfigError(field, name, f"unknown; choose one of {', '.join(sorted(table))}")
     return table[name]
@@ -70,15 +73,9 @@ def build_params(cls: type, given: dict[str, Any], field: str):
 
 def param_names() -> dict[str, list[str]]:
     """Every parameter name used by any method, with the methods that use it."""
-    _ensure_loaded()
     out: dict[str, list[str]] = {}
     for table in (ACTIVATIONS, PENALTIES):
         for name, cls in table.items():
             for f in dataclasses.fields(cls.Params):
                 out.setdefault(f.name, []).append(name)
     return out
-
-
-def _ensure_loaded() -> None:
-    # Importing the package registers every built-in method exactly once.
-    import saelab.methods  # noqa: F401

@@ -1,7 +1,7 @@
 """Smoothed-L0 penalty (OthelloGPT report): a sigmoid step with f(0) = ε and f(δ) = 1 − ε."""
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, Params, param, require, scatter_rows, topk_mask_values
+from saelab.methods.base import Activation, Params, SparsePlan, param, require, scatter_rows, topk_mask_values
 from saelab.methods.registry import register_activation
 
 
@@ -30,12 +30,15 @@ class TopK(Activation):
     """z = ReLU(TopK_k(pre)): exactly k candidates per sample, negatives dropped."""
 
     description = "keep the k largest pre-activations per sample (ReLU after), the scaling paper's TopK"
-    topk_family = True
     Params = KParams
 
     def forward(self, pre: Tensor) -> Tensor:
         """Per-row top-k code."""
         return topk_relu(pre, self.params.k)
+
+    def sparse_plan(self) -> SparsePlan:
+        """The per-row top-k selection."""
+        return SparsePlan(k=self.params.k)
 
     def saelens_architecture(self):
         """SAELens 'topk' with the same k."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saelab.sources.othello.engine import MAX_MOVES
+from saelab.othello.engine import MAX_MOVES
 
 BLACK_TO_MOVE, WHITE_TO_MOVE, NO_POSITION = 0, 1, -1
 LABEL_EMPTY, LABEL_MINE, LABEL_THEIRS = 0, 1, 2
@@ -74,10 +74,6 @@ def bits_to_bool(b: np.ndarray) -> np.ndarray:
     b = np.ascontiguousarray(b, dtype="<u8")
     by = b.view(np.uint8).reshape(*b.shape, 8)
     return np.unpackbits(by, axis=-1, bitorder="little").astype(bool)
-
-
-def _popcount(b: np.ndarray) -> np.ndarray:
-    return bits_to_bool(b).sum(-1)
 
 
 def _generate_chunk(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,138 +1,33 @@
-"""`saelab lm ...`: harvest activations of a Hugging Face causal LM, evaluate an SAE downstream, ablate lowest activations."""
+"""`saelab lm ...`: harvest a Hugging Face causal LM's activations, evaluate an SAE downstream, ablate lowest activations."""
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
+import saelab
+from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
-from saelab.errors import SaelabError
-
-
-@dataclass(frozen=True)
-class HarvestConfig:
-    """Everything `saelab lm activations` needs."""
-
-    model: str
-    layer: int
-    site: str
-    text: str
-    tokens: int
-    out: str
-    context: int = 64
-    dtype: str = "float32"  # dtype of the cache
-    model_dtype: str = "float32"
-    device: str = "cpu"
-    batch_size: int = 32
-    shard_rows: int = 65536
-    drop_first: bool = True
-    outlier_factor: float | None = None
-    prepend_bos: bool = True
-    text_field: str = "text"
-    split: str = "train"
-    extend: bool = False  # append to a complete cache of the same identity up to `tokens` rows
-
-
-@dataclass(frozen=True)
-class HarvestResult:
-    """What a harvest wrote and how fast."""
-
-    out: str
-    rows: int
-    new_rows: int
-    complete: bool
-    exhausted: bool  # the text ran out before `tokens` rows
-    seconds: float
-    tokens_per_s: float  # model tokens (incl. dropped positions) through the forward per second
-
-
-def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
-    """Write (or resume) an activation cache of cfg.tokens rows; validates all input before writing."""
-    from saelab.data.cache import CACHE_DTYPES, CacheMeta, CacheWriter, check_out_folder
-    from saelab.sources.hf import SITES, LMSpec, load_lm
-    from saelab.sources.text import TextConfig, iter_batches, iter_chunks, keep_mask
-
-    if cfg.site not in SITES:
-        raise SaelabError(f"site={cfg.site!r}: unknown site; choose one of {', '.join(SITES)}")
-    if cfg.dtype not in CACHE_DTYPES:
-        raise SaelabError(f"dtype={cfg.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
-    for name in ("tokens", "batch_size", "shard_rows", "context"):
-        require_positive_int(name, getattr(cfg, name))
-    existing = check_out_folder(cfg.out, extend=cfg.extend)
-    text_cfg = TextConfig(cfg.text, cfg.context, cfg.prepend_bos, cfg.text_field, cfg.split)
-    iter_chunks(text_cfg)  # checks a local source now, before the slow model load (datasets open lazily)
-
-    lm = load_lm(LMSpec(cfg.model, cfg.device, cfg.model_dtype))
-    site = lm.site(cfg.layer, cfg.site)
-    options = {"drop_first": cfg.drop_first, "outlier_factor": cfg.outlier_factor, "prepend_bos": cfg.prepend_bos}
-    if cfg.text_field != "text":
-        options["text_field"] = cfg.text_field
-    meta = CacheMeta(
-        model=cfg.model,
-        site=cfg.site,
-        layer=cfg.layer,
-        dtype=cfg.dtype,
-        d_in=lm.d_model,
-        context=cfg.context,
-        tokenizer=lm.tokenizer_name(),
-        text_source=cfg.text if not cfg.split or cfg.split == "train" else f"{cfg.text} [{cfg.split}]",
-        options=options,
-    )
-    skip = int(existing.get("cursor", {}).get("windows", 0)) if existing else 0
-    batches = iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip)
-    first = next(batches, None)  # an empty source raises here, before anything is written
-
-    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows, extend=cfg.extend)
-    writer.manifest["target_rows"] = cfg.tokens
-    start_rows, windows = writer.n_rows, skip
-    t0, seen = time.perf_counter(), 0
-    try:
-        for ids in itertools.chain([first] if first is not None else [], batches):
-            if writer.n_rows >= cfg.tokens:
-                break
-            acts = lm.activations(ids, site)
-            rows = acts[keep_mask(acts, cfg.drop_first, cfg.outlier_factor)]
-            rows = rows[: cfg.tokens - writer.n_rows].float().cpu().numpy()
-            windows += ids.shape[0]
-            seen += ids.numel()
-            writer.append(rows, cursor={"windows": windows})
-            if log is not None and writer.n_rows // 50000 != (writer.n_rows - len(rows)) // 50000:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                log(f"{writer.n_rows}/{cfg.tokens} rows, {rate:.0f} tokens/s")
-    except KeyboardInterrupt:
-        writer.flush()  # the cursor matches the buffered rows: the saved state resumes exactly
-        raise
-    exhausted = writer.n_rows < cfg.tokens
-    writer.manifest["exhausted"] = exhausted
-    manifest = writer.close(complete=True)
-    seconds = time.perf_counter() - t0
-    return HarvestResult(
-        cfg.out, manifest["n_rows"], manifest["n_rows"] - start_rows, True, exhausted, seconds, seen / max(seconds, 1e-9)
-    )
-
-
-def _load_sae(path: str):
-    import saelab
-
-    sae = saelab.load(path)
-    sae.eval()
-    return sae
+from saelab.errors import DataError, SaelabError
+from saelab.evals.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
+from saelab.evals.downstream import evaluate_downstream
+from saelab.folder import read_saelab_record
+from saelab.sources.hf import SITES, LMSpec, load_lm
+from saelab.sources.lm_harvest import HarvestConfig, harvest
+from saelab.sources.text import TextConfig, iter_batches, iter_chunks
 
 
 def _recorded_source(sae_dir: str) -> dict[str, Any]:
     """The activation provenance the trainer stored in saelab.json ("source": the cache manifest), if any."""
     try:
-        with open(os.path.join(sae_dir, "saelab.json"), encoding="utf-8") as fh:
-            record = json.load(fh)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    source = record.get("source") if isinstance(record, dict) else None
+        record = read_saelab_record(sae_dir)
+    except DataError:
+        return {}  # a folder without saelab's record (e.g. written by SAELens): flags must say everything
+    source = record.get("source")
     return source if isinstance(source, dict) else {}
 
 
@@ -168,8 +63,6 @@ def _eval_source(args: argparse.Namespace) -> EvalSource:
 
 def _eval_setup(args: argparse.Namespace):
     """Validate inputs, load SAE and LM, and materialise the evaluation batches."""
-    from saelab.sources.hf import SITES, LMSpec, load_lm
-    from saelab.sources.text import TextConfig, iter_batches, iter_chunks
 
     require_positive_int("tokens", args.tokens)
     require_positive_int("batch_size", args.batch_size)
@@ -181,7 +74,7 @@ def _eval_setup(args: argparse.Namespace):
     require_positive_int("context", src.context)
     text_cfg = TextConfig(args.text, src.context, src.prepend_bos, args.text_field, args.split)
     iter_chunks(text_cfg)  # a missing local source fails before the model loads
-    sae = _load_sae(args.sae)
+    sae = saelab.load(args.sae).eval()  # the public loader (tests stand in a tiny SAE through it)
     lm = load_lm(LMSpec(args.model, args.device, args.model_dtype))
     site = lm.site(src.layer, src.site)
     d_in = getattr(getattr(sae, "cfg", None), "d_in", None)
@@ -201,7 +94,6 @@ def _eval_setup(args: argparse.Namespace):
 
 
 def _cmd_activations(args: argparse.Namespace) -> int:
-    _threads(args)
     cfg = HarvestConfig(
         model=args.model,
         layer=args.layer,
@@ -237,8 +129,6 @@ def _cmd_activations(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    _threads(args)
-    from saelab.evals.downstream import evaluate_downstream
 
     lm, site, sae, batches, outliers = _eval_setup(args)
     res = evaluate_downstream(lm, site, sae, batches, outliers).to_dict()
@@ -266,8 +156,6 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    _threads(args)
-    from saelab.evals.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
 
     for name in ("ablate_lowest.json", "ablate_lowest.png"):
         if os.path.exists(os.path.join(args.out, name)) and not args.overwrite:
@@ -288,12 +176,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threads(args: argparse.Namespace) -> None:
-    from saelab.cli import set_threads  # the host CLI's `--threads` check, shared by every command
-
-    set_threads(getattr(args, "threads", None))
-
-
 def _common(p: argparse.ArgumentParser, tokens: int, batch_size: int, context: int | None = 64) -> None:
     p.add_argument("--model", required=True, help="hub name, local model folder, or path of a .gguf file")
     p.add_argument("--text", required=True, help="local .txt/.jsonl file or folder, or a HF dataset NAME[:CONFIG]")
@@ -306,7 +188,7 @@ def _common(p: argparse.ArgumentParser, tokens: int, batch_size: int, context: i
     p.add_argument("--no-bos", action="store_true", help="do not start each window with BOS")
     p.add_argument("--model-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default="cpu", help="torch device for the LM (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads(p)
 
 
 def _sae_args(p: argparse.ArgumentParser) -> None:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saelab.sources.othello.games import generate_games, replay_games
-from saelab.sources.othello.model import (
+from saelab.othello.games import generate_games, replay_games
+from saelab.othello.model import (
     CONTEXT,
-    SQUARE_TO_TOKEN,
     TOKEN_TO_SQUARE,
     OthelloGPT,
     OthelloGPTConfig,

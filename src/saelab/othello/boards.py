@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from saelab.report import save_figure
+
 STATES = ("empty", "mine", "theirs")
 FILES = "abcdefgh"
 
@@ -17,8 +19,6 @@ def plot_boards(rows: Sequence[dict], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from saelab.report import save_figure
 
     # Constrained layout keeps row labels, titles and the colour bar from overlapping at any row count.
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows) + 0.8), squeeze=False, layout="constrained")

@@ -1,4 +1,4 @@
-"""`saelab othello ...` sub-commands: games, train-model, eval-model, probes."""
+"""`saelab othello ...`: games, train-model, eval-model, probes, activations, score."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from saelab.config import require_positive_int
-from saelab.errors import SaelabError
-from saelab.io import atomic_write
+from saelab.errors import ConfigError, SaelabError
+from saelab.io import atomic_write, atomic_write_text
+from saelab.othello.games import generate_games, replay_games
+from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+from saelab.othello.model import OthelloGPT, OthelloGPTConfig, load_default_model
+from saelab.othello.probes import train_probes
+from saelab.othello.score import score_folder
+from saelab.othello.train_model import TrainConfig, evaluate_legal, train
 
 DEFAULT_EVAL_SEED = 1  # training draws its seeds from SeedSequence([seed, step]); see train_model
 
@@ -69,14 +75,11 @@ def register(subparsers) -> None:
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_probes)
 
-    from saelab.sources.othello.sae_cli import add_commands
-
-    add_commands(sub)
+    add_sae_commands(sub)
 
 
 def load_games_file(path: str) -> np.ndarray:
     """Load and validate a games .npy file ([N, 60] ints, legal records, -1 padding)."""
-    from saelab.sources.othello.games import replay_games
 
     p = Path(path)
     if not p.is_file():
@@ -97,7 +100,6 @@ def load_games_file(path: str) -> np.ndarray:
 
 
 def _load_model(folder):
-    from saelab.sources.othello.model import OthelloGPT, load_default_model
 
     if folder is None:
         try:
@@ -111,7 +113,6 @@ def _load_model(folder):
 
 def cmd_games(args) -> int:
     """Write `--n` random games with `--seed` to `--out` (.npy), atomically."""
-    from saelab.sources.othello.games import generate_games
 
     require_positive_int("--n", args.n)
     if args.seed < 0:
@@ -131,8 +132,6 @@ def cmd_games(args) -> int:
 
 def cmd_train_model(args) -> int:
     """Train OthelloGPT with the given hyper-parameters into `--out`."""
-    from saelab.sources.othello.model import OthelloGPTConfig
-    from saelab.sources.othello.train_model import TrainConfig, train
 
     if args.games_file:
         load_games_file(args.games_file)
@@ -154,8 +153,6 @@ def cmd_train_model(args) -> int:
 
 def cmd_eval_model(args) -> int:
     """Print legal_move_accuracy (and per-position figures) of a model on fresh or given games."""
-    from saelab.sources.othello.games import generate_games
-    from saelab.sources.othello.train_model import evaluate_legal
 
     if args.games_file:
         games, source = load_games_file(args.games_file), {"games_file": args.games_file}
@@ -181,17 +178,61 @@ def cmd_eval_model(args) -> int:
 
 def cmd_probes(args) -> int:
     """Fit per-layer probes and print the findable-pairs table."""
-    from saelab.sources.othello.games import generate_games
-    from saelab.sources.othello.probes import train_probes
 
     require_positive_int("--games", args.games)
     model = _load_model(args.model)
     res = train_probes(model, generate_games(args.games, args.seed))
     if args.out:
-        from saelab.io import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(dict(res.to_dict(), games=args.games, seed=args.seed)) + "\n")
     summary = {"layers": res.table(), "best_layer": res.best_layer(), "n_train_positions": res.n_train,
                "n_test_positions": res.n_test}
     print(json.dumps(summary) if args.json else res.markdown())
+    return 0
+
+def add_sae_commands(sub) -> None:
+    """Register the harvest and score sub-commands on the `othello` sub-parser group."""
+    a = sub.add_parser("activations", help="harvest residual-stream activations with aligned board-state labels")
+    a.add_argument("--layer", type=int, default=3, help="residual stream after block L (0 = embeddings)")
+    a.add_argument("--games", type=int, default=20_000)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--trim-start", type=int, default=5, help="drop this many first positions of each game")
+    a.add_argument("--trim-end", type=int, default=5, help="drop this many last positions of the 59")
+    a.add_argument("--model", default="default", help="'default' (the committed model) or a model folder")
+    a.add_argument("--out", required=True)
+    a.set_defaults(func=cmd_activations)
+
+    s = sub.add_parser("score", help="good classifiers, coverage, L0 and NMSE of an SAE trained on OthelloGPT activations")
+    s.add_argument("--sae", required=True)
+    s.add_argument("--games", type=int, default=2000, help="held-out games to harvest")
+    s.add_argument("--seed", type=int, default=None, help="their seed (default: the training seed + 1000003)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+
+def cmd_activations(args) -> int:
+    """Harvest and write activations.npy, labels.npy, positions.npy and source.json."""
+
+    out = Path(args.out)
+    if (out / "source.json").exists():
+        raise ConfigError("out", args.out, "already holds a harvest; choose another folder")
+    cfg = HarvestConfig(layer=args.layer, games=args.games, seed=args.seed, trim_start=args.trim_start, trim_end=args.trim_end, model=args.model)
+    h = harvest(cfg)
+    write_harvest(h, out)
+    print(json.dumps({"out": str(out), "rows": int(len(h.activations)), "d_model": int(h.activations.shape[1]), **{k: h.source[k] for k in ("layer", "trim_start", "trim_end", "games")}}))
+    return 0
+
+
+def cmd_score(args) -> int:
+    """Print the board-state score of an SAE folder."""
+
+    if args.games < 1:
+        raise ConfigError("games", args.games, "must be ≥ 1")
+    result = score_folder(args.sae, games=args.games, seed=args.seed).to_dict()
+    if args.json:
+        keys = ("good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse")
+        print(json.dumps({**{k: result[k] for k in keys}, **{k: v for k, v in result.items() if k not in keys}}))
+    else:
+        print(f"good classifiers {result['good_classifiers']} / {result['findable']} findable, good latents {result['good_classifier_latents']}, "
+              f"coverage {result['coverage']:.3f}, L0 {result['l0']:.2f}, NMSE {result['nmse']:.4f} ({result['positions']} positions, {result['games']} games)")
     return 0

@@ -9,7 +9,14 @@ import numpy as np
 import torch
 
 from saelab.errors import ConfigError
-from saelab.sources.othello.harvest import Harvest, config_from_source, harvest
+from saelab.evals.evaluate import evaluate
+from saelab.evals.reconstruction import ReconstructionResult
+from saelab.folder import load_sae, read_saelab_record
+from saelab.othello.auroc import auroc_matrix, coverage, good_classifier_report
+from saelab.othello.games import generate_games
+from saelab.othello.harvest import Harvest, config_from_source, harvest, load_model
+from saelab.othello.model import ASSETS_DIR
+from saelab.othello.probes import PROBES_FILE, load_probe_report, train_probes
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out games: a seed no training harvest uses by default
 
@@ -43,39 +50,28 @@ def findable_mask(layer: int, games: int = 3000) -> np.ndarray:
 
     A model without a committed table (or a layer missing from it) gets probes fitted on fresh games.
     """
-    from saelab.sources.othello.model import ASSETS_DIR
-    from saelab.sources.othello.probes import PROBES_FILE, load_probe_report, train_probes
 
     if (ASSETS_DIR / PROBES_FILE).exists():
         report = load_probe_report()
         if layer in report.findable:
             return report.findable[layer]
-    from saelab.sources.othello.games import generate_games
-    from saelab.sources.othello.harvest import load_model
 
     return train_probes(load_model(), generate_games(games, seed=EVAL_SEED_OFFSET + 1), [layer]).findable[layer]
 
 
-@torch.no_grad()
-def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.Tensor, "object"]:
-    """Codes [P, n] of raw activations and the reconstruction metrics of the same pass."""
-    from saelab.evals.reconstruction import ReconstructionAccumulator
-
-    sae.eval()
-    acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in)
+def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.Tensor, ReconstructionResult]:
+    """Codes [P, n] of raw activations and the reconstruction metrics of the same pass (evals.evaluate)."""
     codes = torch.empty(len(acts), sae.cfg.n_latents)
-    for i in range(0, len(acts), batch):
-        x_raw = torch.from_numpy(acts[i : i + batch])
-        x, _ = sae.normalizer.normalize(x_raw)
-        z = sae.encode_normalized(x)
-        acc.add(x, sae.decode_normalized(z), z)
-        codes[i : i + batch] = z
-    return codes, acc.result(sae.cfg.normalize)
+
+    def keep(z, first):
+        codes[first : first + z.shape[0]] = z.cpu()
+
+    result = evaluate(sae, acts, rows="all", batch_size=batch, scan=False, on_codes=keep)
+    return codes, result
 
 
 def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, data: Harvest | None = None, findable: np.ndarray | None = None) -> OthelloScore:
     """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers."""
-    from saelab.sources.othello.auroc import auroc_matrix, coverage, good_classifier_report
 
     if source is None or source.get("source") != "othello":
         raise ConfigError("sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)")
@@ -107,7 +103,5 @@ def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, dat
 
 def score_folder(folder: str | Path, games: int = 2000, seed: int | None = None) -> OthelloScore:
     """Score a saved SAE folder; the source (model, layer, trimming) comes from its saelab.json."""
-    from saelab.io import load_sae, read_saelab_record
-
     record = read_saelab_record(folder)
     return score_sae(load_sae(folder), record.get("source"), games=games, seed=seed)

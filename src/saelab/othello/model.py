@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saelab.sources.othello.engine import START_SQUARES
+from saelab.io import atomic_save_safetensors, atomic_write_text
+from saelab.othello.engine import START_SQUARES
 
 PAD_TOKEN = 0
 VOCAB_SIZE = 61
@@ -168,7 +169,6 @@ class OthelloGPT(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write model.safetensors and config.json into `directory`, each atomically."""
-        from saelab.io import atomic_save_safetensors, atomic_write_text
 
         d = Path(directory)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from saelab.errors import ConfigError
+from saelab.io import atomic_write_bytes, atomic_write_json
+from saelab.othello.games import board_states, generate_games
+from saelab.othello.model import CONTEXT, OthelloGPT, games_to_tokens, load_default_model
 
 DEFAULT_LAYER = 3
 
@@ -52,7 +55,6 @@ class Harvest:
 
 def load_model(name: str = "default"):
     """The committed OthelloGPT, or one saved in a folder."""
-    from saelab.sources.othello.model import OthelloGPT, load_default_model
 
     if name == "default":
         return load_default_model()
@@ -80,8 +82,6 @@ def residuals_by_layer(model, games: np.ndarray, layers: list[int], lo: int, hi:
     after a game ended hold padding and are skipped. One forward pass serves every layer and
     stops at the deepest one asked for.
     """
-    from saelab.sources.othello.games import board_states
-    from saelab.sources.othello.model import CONTEXT, games_to_tokens
 
     labels_all, _ = board_states(games)
     deepest = max(layers)
@@ -104,8 +104,6 @@ def residuals_by_layer(model, games: np.ndarray, layers: list[int], lo: int, hi:
 
 def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> Harvest:
     """Play (or take) games, run the model to `layer`, keep the trimmed positions of games still running."""
-    from saelab.sources.othello.games import generate_games
-    from saelab.sources.othello.model import CONTEXT
 
     model = model if model is not None else load_model(cfg.model)
     cfg.validate(model.cfg.n_layer)
@@ -129,7 +127,6 @@ def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> 
 
 def write_harvest(h: Harvest, out: str | Path) -> Path:
     """activations.npy, labels.npy, positions.npy and source.json in `out`, each written atomically."""
-    from saelab.io import atomic_write_bytes, atomic_write_json
 
     out = Path(out)
     for name, arr in (("activations", h.activations), ("labels", h.labels), ("positions", h.positions)):
@@ -143,8 +140,3 @@ def write_harvest(h: Harvest, out: str | Path) -> Path:
 def config_from_source(source: dict, games: int, seed: int) -> HarvestConfig:
     """A HarvestConfig reading the same model, layer and trimming as a recorded source."""
     return HarvestConfig(layer=int(source["layer"]), games=games, seed=seed, trim_start=int(source["trim_start"]), trim_end=int(source["trim_end"]), model=source.get("model", "default"))
-
-
-def cfg_dict(cfg: HarvestConfig) -> dict:
-    """Plain dict of a HarvestConfig."""
-    return asdict(cfg)

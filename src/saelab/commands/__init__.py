@@ -1,0 +1,1 @@
+"""Command-line groups: one module per group, each with register(subparsers); cli.py assembles them."""

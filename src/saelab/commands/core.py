@@ -1,0 +1,182 @@
+"""`saelab methods`, `toy`, `train` and `eval`: the core commands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from saelab.commands.common import add_threads, scalar
+from saelab.config import SAEConfig, TrainConfig, load_toml, run_from_mapping
+from saelab.data.toy import ToyConfig, write_toy
+from saelab.errors import ConfigError
+from saelab.evals.evaluate import evaluate
+from saelab.methods import ACTIVATIONS, PENALTIES, param_names
+from saelab.train import Trainer
+
+# Options of `saelab train` that are not config fields.
+COMMAND_OPTIONS = ("func", "command", "config", "resume", "overwrite", "no_progress", "threads")
+
+
+def register(sub) -> None:
+    """Add methods, toy, train and eval to the top-level subparsers."""
+    p = sub.add_parser("methods", help="list sparsity methods and their parameters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("toy", help="write sparse-superposition toy data with its true dictionary")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-features", type=int, default=256)
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--n-samples", type=int, default=50_000)
+    p.add_argument("--mean-active", type=float, default=5.0)
+    p.add_argument("--noise", type=float, default=0.0)
+    p.add_argument("--decay", type=float, default=0.0, help="feature-frequency decay (0: all equally frequent)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_toy)
+
+    add_train_parser(sub)
+
+    p = sub.add_parser("eval", help="evaluate a trained SAE")
+    p.add_argument("--sae", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--true-dictionary", help=".npy [F, d_in] of true feature directions (adds mmcs)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--k", type=int, help="evaluate a TopK-family SAE at another k")
+    p.add_argument("--all-rows", action="store_true", help="use every row even when the file is the SAE's training file")
+    p.add_argument("--batch-size", type=int, default=8192)
+    add_threads(p)
+    p.set_defaults(func=cmd_eval)
+
+
+# ---- methods ------------------------------------------------------------------------------
+
+def cmd_methods(args) -> int:
+    """List every sparsity method with its parameters and description."""
+    rows = []
+    for kind, table in (("activation", ACTIVATIONS), ("penalty", PENALTIES)):
+        for name in sorted(table):
+            cls = table[name]
+            params = {f.name: {"default": f.default, "help": f.metadata.get("help", "")} for f in dataclasses.fields(cls.Params)}
+            rows.append({"name": name, "kind": kind, "description": cls.description, "params": params})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<13} {r['kind']:<10} {r['description']}")
+        for p, info in r["params"].items():
+            print(f"{'':<13} --{p.replace('_', '-')} (default {info['default']}): {info['help']}")
+    return 0
+
+
+# ---- toy ----------------------------------------------------------------------------------
+
+def cmd_toy(args) -> int:
+    """Write sparse-superposition toy data and its true dictionary."""
+
+    cfg = ToyConfig(n_features=args.n_features, d=args.d, n_samples=args.n_samples, mean_active=args.mean_active, noise=args.noise, seed=args.seed, decay=args.decay)
+    paths = write_toy(cfg, args.out)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0
+
+
+# ---- train --------------------------------------------------------------------------------
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per config field marked for the command line, from the field's type and metadata.
+
+    Booleans become switches: `--name` when the default is False, `--no-name` when it is True.
+    """
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        if not meta.get("cli", False) or f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = meta.get("help", "")
+        type_name = str(f.type).replace(" | None", "").strip()
+        if type_name == "bool":
+            if f.default is True:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None, help="do not " + text)
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+        elif type_name.startswith("tuple["):
+            parser.add_argument(flag, dest=f.name, nargs=2, type=float, default=None, help=text)
+        elif meta.get("choices"):
+            # Shown, not enforced here: the config's own check names the field in its one-line error.
+            choices = meta["choices"]
+            parser.add_argument(flag, dest=f.name, type=_TYPES[type_name], metavar="{" + ",".join(choices) + "}", default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_TYPES[type_name], default=None, help=text)
+
+
+def add_train_parser(sub) -> None:
+    """`saelab train`: flags for every config field and every method parameter."""
+    p = sub.add_parser("train", help="train one SAE (flags) or several (--config FILE.toml)")
+    p.add_argument("--config", help="TOML run config; [[sae]] tables train together")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads(p)
+    add_config_flags(p, TrainConfig)
+    add_config_flags(p, SAEConfig)
+    group = p.add_argument_group("method parameters (see `saelab methods`)")
+    for name, users in sorted(param_names().items()):
+        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=None, help="used by " + ", ".join(users))
+    p.set_defaults(func=cmd_train)
+
+
+def run_config_from_args(args):
+    """Build the RunConfig a `saelab train` command line describes."""
+    given = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in COMMAND_OPTIONS}
+    params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_") and v is not None}
+    if args.config:
+        extra = sorted(set(given) - {"out"} | set(params))
+        if extra:
+            raise ConfigError(extra[0], given.get(extra[0], params.get(extra[0])), "put it in the --config file (only --out, --resume, --overwrite combine with --config)")
+        run = load_toml(args.config)
+        if args.out:
+            run.train.out = args.out
+        return run.validate()
+    if "activations" not in given:
+        raise ConfigError("activations", None, "required (or use --config FILE.toml)")
+    if "out" not in given:
+        raise ConfigError("out", None, "required")
+    if "n_latents" not in given:
+        raise ConfigError("n_latents", None, "required")
+    return run_from_mapping({**given, **params})
+
+
+def cmd_train(args) -> int:
+    """Train and report where the SAEs were written."""
+
+    run = run_config_from_args(args)
+    trainer = Trainer(run, progress=not args.no_progress)
+    members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    for m in members:
+        ev = json.loads((m.out / "eval.json").read_text())
+        print(f"{m.cfg.display_name()}: L0 {ev['l0']:.2f}  NMSE {ev['nmse']:.4f}  dead {ev['dead_fraction']:.3f}  → {m.out}")
+    return 0
+
+
+# ---- eval ---------------------------------------------------------------------------------
+
+EVAL_KEYS = ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction", "mmcs")
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a saved SAE on activations; print a table or one JSON object."""
+
+    result = evaluate(args.sae, args.activations, true_dictionary=args.true_dictionary, rows="all" if args.all_rows else "auto",
+                      k=args.k, batch_size=args.batch_size)
+    out = result.to_dict()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.sae} on {args.activations} ({result.rows} rows, {result.tokens} tokens, metrics in {result.normalization}-normalized space)")
+        for key in EVAL_KEYS:
+            if key in out:
+                print(f"  {key:<30} {out[key]:.4f}")
+    return 0

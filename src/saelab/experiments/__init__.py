@@ -1,0 +1,1 @@
+"""Experiments: sweeps, matched sparsity, intervals, scaling fits, reproductions of the papers."""

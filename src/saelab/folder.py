@@ -1,0 +1,114 @@
+"""The SAE folder: SAELens cfg.json + sae_weights.safetensors, plus saelab.json (full config, provenance, metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from saelab.config import SAEConfig
+from saelab.errors import DataError
+from saelab.io import atomic_save_safetensors, atomic_write_json
+from saelab.sae import SparseAutoencoder
+from saelab.version import __version__
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_CFG = "cfg.json"
+SAELAB_CFG = "saelab.json"
+SAELENS_FORMAT_VERSION = "6.54.12"
+
+
+def saelens_cfg(sae) -> dict:
+    """SAELens-readable cfg.json for this SAE (architecture from its activation)."""
+    cfg = sae.cfg
+    arch = sae.activation.saelens_architecture()
+    architecture, extra = arch if arch is not None else ("saelab", {})
+    out = {
+        "architecture": architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.n_latents,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        # A scalar factor is folded into the saved weights; `unit` has no SAELens equivalent,
+        # so those weights act on unit-normalized inputs (see saelab.json).
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            # The SAELens config format this file follows (SAELens reads configs without it as pre-6.0).
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "saelab_method": cfg.method,
+            "saelab_normalize": cfg.normalize,
+            "saelab_saelens_compatible": arch is not None and cfg.normalize != "unit",
+        },
+    }
+    out.update(extra)
+    return out
+
+
+def raw_space_tensors(sae) -> dict[str, torch.Tensor]:
+    """Weights acting on raw activations: a scalar normalization factor s is folded in."""
+    s = float(sae.normalizer.factor) if sae.cfg.normalize == "scalar" else 1.0
+    tensors = {
+        "W_enc": sae.W_enc.detach() * s,
+        "b_enc": sae.b_enc.detach().clone(),
+        "W_dec": sae.W_dec.detach() / s,
+        "b_dec": sae.b_dec.detach() / s,
+    }
+    tensors.update({k: v.detach() for k, v in sae.activation.export_tensors().items()})
+    return {k: v.float().contiguous() for k, v in tensors.items()}
+
+
+def save_sae(sae, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write cfg.json, sae_weights.safetensors and saelab.json (full config + `extra`) atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(folder / WEIGHTS_FILE, raw_space_tensors(sae))
+    atomic_write_json(folder / SAELENS_CFG, saelens_cfg(sae))
+    record = {"saelab_version": __version__, "sae": sae.cfg.to_dict(), **(extra or {})}
+    atomic_write_json(folder / SAELAB_CFG, record)
+    return folder
+
+
+def read_saelab_record(folder: str | Path) -> dict:
+    """The saelab.json of an SAE folder (DataError if missing or unreadable)."""
+    path = Path(folder) / SAELAB_CFG
+    if not Path(folder).is_dir():
+        raise DataError(f"sae={str(folder)!r}: not a folder")
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"sae={str(folder)!r}: no {SAELAB_CFG} (not a saelab SAE folder)") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: unreadable JSON ({e.msg} at line {e.lineno})") from None
+
+
+def load_sae(folder: str | Path, device: str = "cpu"):
+    """Rebuild a SparseAutoencoder from its folder, in eval mode."""
+    record = read_saelab_record(folder)
+    try:
+        cfg = SAEConfig.from_dict(record["sae"])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{Path(folder) / SAELAB_CFG}: bad 'sae' entry ({e})") from None
+    try:
+        tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise DataError(f"{Path(folder) / WEIGHTS_FILE}: unreadable weights ({e})") from None
+    sae = SparseAutoencoder(cfg)
+    s = float(sae.normalizer.factor) if cfg.normalize == "scalar" else 1.0
+    expected = {"W_enc": (cfg.d_in, cfg.n_latents), "b_enc": (cfg.n_latents,), "W_dec": (cfg.n_latents, cfg.d_in), "b_dec": (cfg.d_in,)}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise DataError(f"{Path(folder) / WEIGHTS_FILE}: missing tensor {name!r}")
+        if tuple(tensors[name].shape) != shape:
+            raise DataError(f"{Path(folder) / WEIGHTS_FILE}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
+    with torch.no_grad():
+        sae.W_enc.copy_(tensors["W_enc"] / s)
+        sae.b_enc.copy_(tensors["b_enc"])
+        sae.W_dec.copy_(tensors["W_dec"] * s)
+        sae.b_dec.copy_(tensors["b_dec"] * s)
+    sae.activation.import_tensors({k: v for k, v in tensors.items() if k not in expected})
+    return sae.to(device).eval()

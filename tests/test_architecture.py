@@ -1,0 +1,256 @@
+"""The shape of the house: no import circles, commands only in commands/, methods own their sparse plans."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "saelab"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every saelab module `path` imports, anywhere in the file (TYPE_CHECKING blocks excepted)."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node) for n in ast.walk(node)}
+    found = set()
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in modules else base)
+    return {m for m in found if m in modules and m != me}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, on_stack, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_has_no_circles():
+    assert _cycles(_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_planted_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_loads_another_by_string():
+    for path in PACKAGE.rglob("*.py"):
+        assert "importlib" not in path.read_text(), f"{path} imports by string"
+
+
+def test_sources_hold_no_command_code_and_othello_is_its_own_package():
+    for path in (PACKAGE / "sources").rglob("*.py"):
+        text = path.read_text()
+        assert "argparse" not in text and "def register(" not in text, f"{path} holds command-line code"
+    assert (PACKAGE / "othello" / "score.py").exists() and not (PACKAGE / "sources" / "othello").exists()
+    graph = _graph()
+    for name, deps in graph.items():
+        if name.startswith("saelab.evals"):
+            assert not any(d.startswith("saelab.othello") for d in deps), f"{name} imports the testbed"
+        if not name.startswith(("saelab.commands", "saelab.cli")):
+            assert not any(d.startswith("saelab.commands") for d in deps), f"{name} imports command code"
+
+
+def test_atomic_writes_are_a_leaf():
+    assert _graph()["saelab.io"] == set()
+
+
+def test_python_dash_m_saelab_works_like_the_script():
+    out = subprocess.run([sys.executable, "-m", "saelab", "methods", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert any(m["name"] == "topk" for m in __import__("json").loads(out.stdout))
+
+
+# ---- a new TopK-family method is one file plus one registration ---------------------------------
+
+def test_a_new_topk_family_method_needs_one_class_and_one_registration(tmp_path):
+    """Register a throwaway method (TopK at k, scaled by 1 — a stand-in for a new member) and train it on the sparse path."""
+    from saelab import kernels
+    from saelab.config import RunConfig, SAEConfig, TrainConfig
+    from saelab.methods import ACTIVATIONS, Activation, SparsePlan, register_activation
+    from saelab.methods.base import Params, param, scatter_rows, topk_mask_values
+    from saelab.objective import dense_step
+    from saelab.sae import SparseAutoencoder
+    from saelab.train import Trainer
+
+    @dataclasses.dataclass
+    class ThrowawayParams(Params):
+        k: int = param(4, "active latents")
+
+    @register_activation("throwaway_topk")
+    class ThrowawayTopK(Activation):
+        description = "test-only TopK"
+        Params = ThrowawayParams
+
+        def forward(self, pre):
+            values, idx = topk_mask_values(pre, self.params.k)
+            return scatter_rows(torch.relu(values), idx, pre.shape[-1])
+
+        def sparse_plan(self):
+            return SparsePlan(k=self.params.k)
+
+    try:
+        cfg = SAEConfig(n_latents=64, method="throwaway_topk", method_params={"k": 4}, d_in=16, kernel="sparse")
+        sae = SparseAutoencoder(cfg)
+        assert kernels.supports(sae)
+        x = torch.randn(128, 16, generator=torch.Generator().manual_seed(0))
+        # Same loss and gradients as the dense reference.
+        sparse = kernels.sparse_step(sae, x, 0.0, None)
+        sparse.total.backward()
+        g_sparse = [p.grad.clone() for p in sae.parameters()]
+        sae.zero_grad()
+        dense = dense_step(sae, x, 0.0, None)
+        dense.total.backward()
+        assert sparse.total.item() == pytest.approx(dense.total.item(), rel=1e-5)
+        for a, p in zip(g_sparse, sae.parameters()):
+            torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
+
+        # And it trains through the ordinary trainer on the sparse kernel, learning something.
+        data = torch.randn(4096, 16, generator=torch.Generator().manual_seed(1)).numpy().astype(np.float32)
+        np.save(tmp_path / "x.npy", data)
+        run = RunConfig(TrainConfig(activations=str(tmp_path / "x.npy"), out=str(tmp_path / "run"), batch_size=256, steps=60, log_every=20),
+                        [SAEConfig(n_latents=64, method="throwaway_topk", method_params={"k": 4}, kernel="sparse", lr=3e-3)])
+        (member,) = Trainer(run, progress=False).fit()
+        log = [__import__("json").loads(line) for line in (member.out / "metrics.jsonl").read_text().splitlines()]
+        assert log[-1]["nmse"] < log[0]["nmse"] and log[-1]["l0"] == pytest.approx(4.0)
+    finally:
+        ACTIVATIONS.pop("throwaway_topk", None)
+
+
+def test_a_subclass_that_redefines_forward_does_not_inherit_the_sparse_plan():
+    from saelab import kernels
+    from saelab.config import SAEConfig
+    from saelab.methods.topk import TopK
+    from saelab.sae import SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(n_latents=32, method="topk", method_params={"k": 2}, d_in=8))
+    assert kernels.supports(sae)
+
+    class Doubled(TopK):
+        def forward(self, pre):
+            return 2 * super().forward(pre)
+
+    sae.activation = Doubled(sae.activation.params, 32)
+    assert not kernels.supports(sae)
+
+
+def test_method_params_are_built_once_per_setting():
+    from saelab.config import SAEConfig
+    from saelab.sae import SparseAutoencoder
+
+    cfg = SAEConfig(n_latents=32, method="topk", method_params={"k": 3}, d_in=8).validate()
+    cls, params = cfg.activation_spec()
+    assert cfg.activation_spec()[1] is params  # cached, not rebuilt
+    assert SparseAutoencoder(cfg).activation.params is params
+    cfg.method_params = {"k": 5}
+    assert cfg.activation_spec()[1].k == 5  # a changed setting is rebuilt (and validated)
+
+
+# ---- one evaluation path -----------------------------------------------------------------------
+
+def test_evaluate_on_a_tensor_equals_the_eval_command_on_the_same_rows(tmp_path, capsys):
+    import json
+
+    import saelab
+    from saelab.cli import main
+
+    data = np.random.default_rng(0).standard_normal((3000, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    out = tmp_path / "s"
+    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--method", "topk", "--k", "3", "--n-latents", "32",
+                 "--steps", "20", "--batch-size", "128", "--normalize", "scalar", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--sae", str(out), "--activations", str(tmp_path / "x.npy"), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["rows"] == "held-out"
+    record = json.loads((out / "saelab.json").read_text())
+    lo, hi = record["split"]["eval_rows"]
+    sae = saelab.load(out)
+    py = saelab.evaluate(sae, torch.from_numpy(data[lo:hi])).to_dict()
+    py_np = saelab.evaluate(sae, data[lo:hi]).to_dict()
+    py_path = saelab.evaluate(out, tmp_path / "x.npy").to_dict()  # the folder form picks the held-out rows itself
+    assert py["tokens"] == cli["tokens"] == hi - lo
+    for key in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction"):
+        assert py[key] == pytest.approx(cli[key], rel=1e-9, abs=1e-12)
+        assert py_np[key] == pytest.approx(cli[key], rel=1e-9, abs=1e-12)
+        assert py_path[key] == pytest.approx(cli[key], rel=1e-9, abs=1e-12)
+
+
+def test_evaluate_rejects_bad_data_with_one_line_errors():
+    import saelab
+    from saelab.config import SAEConfig
+    from saelab.errors import SaelabError
+    from saelab.sae import SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(n_latents=8, d_in=4))
+    with pytest.raises(SaelabError, match="d_in is 3"):
+        saelab.evaluate(sae, np.zeros((5, 3), np.float32))
+    with pytest.raises(SaelabError, match="non-finite"):
+        saelab.evaluate(sae, np.full((5, 4), np.nan, np.float32))
+    with pytest.raises(SaelabError, match="expected \\[N, d_in\\]"):
+        saelab.evaluate(sae, np.zeros(4, np.float32))
+    with pytest.raises(SaelabError, match="no held-out rows"):
+        saelab.evaluate(sae, np.zeros((5, 4), np.float32), rows="held-out")
