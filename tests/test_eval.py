@@ -96,3 +96,36 @@ def test_python_evaluate_matches_the_cli(toy_dir, tmp_path, capsys):
     py = saelab.evaluate(out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy", rows="all").to_dict()
     for key in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "dead_fraction", "dense_fraction", "mmcs"):
         assert cli[key] == pytest.approx(py[key])
+
+
+def test_l0_eps_counts_entries_above_eps_by_hand():
+    x = torch.zeros(3, 2)
+    z = torch.tensor([[0.5, 0.005, -0.02, 0.0], [0.0, 0.0, 0.0, 0.001], [1.0, 2.0, 3.0, 0.01]])
+    acc = ReconstructionAccumulator(4, 2, eps=0.01)
+    acc.add(x + torch.tensor([1.0, 0.0]) * torch.arange(3.0)[:, None], x, z)
+    r = acc.result("none")
+    assert r.l0 == pytest.approx((3 + 1 + 4) / 3)
+    assert r.l0_eps == pytest.approx((2 + 0 + 3) / 3)  # |z| > eps, so 0.01 itself is not counted
+    assert r.eps_l0 == 0.01
+
+
+def test_block_bootstrap_interval_matches_the_standard_error_of_block_means():
+    g = torch.Generator().manual_seed(0)
+    n = 64 * 400
+    x = torch.randn(n, 6, generator=g)
+    x_hat = x + 0.5 * torch.randn(n, 6, generator=g)
+    # L0 varies by block, so the interval must reflect between-block spread, not the per-row one.
+    level = torch.repeat_interleave(torch.rand(n // 64, generator=g) * 8, 64)
+    z = (torch.rand(n, 16, generator=g) < (level[:, None] / 16)).float()
+    acc = ReconstructionAccumulator(16, 6)
+    for chunk in torch.split(torch.arange(n), 1000):  # chunks that cut blocks in two: blocks are global rows
+        acc.add(x[chunk], x_hat[chunk], z[chunk])
+    r = acc.result("none")
+    ci = r.ci["l0"]
+    assert ci["lo"] < r.l0 < ci["hi"]
+    block_means = z.sum(1).view(-1, 64).mean(1)
+    se = float(block_means.std() / np.sqrt(len(block_means)))
+    assert (ci["hi"] - ci["lo"]) / 2 == pytest.approx(1.96 * se, rel=0.25)
+    for key in ("nmse", "mse", "explained_variance", "cos_sim", "l2_ratio", "l0_eps"):
+        assert r.ci[key]["lo"] <= getattr(r, key) <= r.ci[key]["hi"], key
+    assert r.ci["explained_variance"]["lo"] == pytest.approx(1 - r.ci["nmse"]["hi"], abs=1e-9)

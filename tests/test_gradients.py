@@ -36,7 +36,9 @@ def _reference_loss(W_enc, b_enc, W_dec, b_dec, x, k, dead=None, k_aux=0, aux_co
         dead_pre = pre.masked_fill(~dead, float("-inf"))
         e_hat = _topk_code(dead_pre, min(k_aux, int(dead.sum()))) @ W_dec
         aux = ((e_hat - e) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean()
-        loss = loss + aux_coef * aux
+        # The paper's NMSE(aux, e) on the raw-squared-error scale of the reconstruction term: × var(x).
+        var_x = ((x - x.mean(0)) ** 2).sum(-1).mean()
+        loss = loss + aux_coef * aux * var_x
     return loss
 
 
@@ -64,6 +66,30 @@ def test_auxk_and_multi_topk_gradients_match_autograd_and_reach_the_encoder(meth
         assert g_enc is not None and g_enc.abs().sum() > 0, term
         assert g_benc.abs().sum() > 0, term
         assert g_bdec is not None and g_bdec.abs().sum() > 0, term
+
+
+def test_total_over_batch_variance_is_the_scaling_papers_objective():
+    """L/var(x) = NMSE(x̂, x) + c·NMSE(ê, e): the paper's ratio between the two terms, under any input scale."""
+    for scale in (0.01, 1.0, 30.0):
+        torch.manual_seed(1)
+        sae = _sae("topk", {"k": 4}, auxk=True, k_aux=6, aux_coef=1 / 32)
+        x = torch.randn(64, 12) * scale
+        with torch.no_grad():
+            sae.b_dec.mul_(scale)
+            sae.W_dec.mul_(scale)
+            sae.W_enc.div_(scale)
+        dead = torch.zeros(48, dtype=torch.bool)
+        dead[1::4] = True
+        out = compute_step(sae, x, alpha=0.0, dead=dead)
+        with torch.no_grad():
+            pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+            x_hat = _topk_code(pre, 4) @ sae.W_dec + sae.b_dec
+            e = x - x_hat
+            e_hat = _topk_code(pre.masked_fill(~dead, float("-inf")), 6) @ sae.W_dec
+            var = lambda v: ((v - v.mean(0)) ** 2).sum(-1).mean()
+            nmse = ((x_hat - x) ** 2).sum(-1).mean() / var(x)
+            nmse_aux = ((e_hat - e) ** 2).sum(-1).mean() / var(e)
+        assert torch.allclose(out.total.detach() / var(x), nmse + nmse_aux / 32, rtol=1e-4), scale
 
 
 def test_auxk_only_touches_dead_latents_in_the_encoder():

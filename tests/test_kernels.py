@@ -112,7 +112,8 @@ def _autograd_reference(W_enc, b_enc, W_dec, b_dec, x, k, dead, k_aux, aux_coef,
         loss = loss + multi[1] * ((x_big - x) ** 2).sum(-1).mean()
     e = (x - x_hat).detach()
     e_hat = _topk_code(pre.masked_fill(~dead, float("-inf")), min(k_aux, int(dead.sum()))) @ W_dec
-    return loss + aux_coef * ((e_hat - e) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean()
+    var_x = ((x - x.mean(0)) ** 2).sum(-1).mean()  # AuxK sits on the raw-squared-error scale: × var(x)
+    return loss + aux_coef * var_x * ((e_hat - e) ** 2).sum(-1).mean() / ((e - e.mean(0)) ** 2).sum(-1).mean()
 
 
 @pytest.mark.parametrize("method,params,multi", [("topk", {"k": 4}, None), ("multi_topk", {"k": 3}, (4, 0.125))])

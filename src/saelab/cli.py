@@ -6,17 +6,26 @@ import argparse
 import os
 import sys
 
-from saelab.commands import core, demo, lm, othello
+from saelab.commands import core, demo, features, lm, othello, report, scaling, sweep
 from saelab.commands.common import set_threads
 from saelab.errors import SaelabError
+from saelab.interrupt import TrainingInterrupted
 
 # Each group module exposes register(subparsers); the order is the order of `saelab --help`.
-GROUPS = (core, demo, othello, lm)
+GROUPS = (core, sweep, report, scaling, features, demo, othello, lm)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one `saelab: error:` line (exit 2), like every other user error."""
+
+    def error(self, message: str):
+        """Print one line naming the problem and where help is, then exit 2."""
+        self.exit(2, f"saelab: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `saelab` parser."""
-    parser = argparse.ArgumentParser(prog="saelab", description="Train, compare and evaluate sparse autoencoders.")
+    parser = OneLineParser(prog="saelab", description="Train, compare and evaluate sparse autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
@@ -31,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except SaelabError as e:
-        print(f"saelab: error: {e}", file=sys.stderr)
+        print(f"saelab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"saelab: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("saelab: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,8 @@ from typing import Any
 
 from saelab.errors import ConfigError
 from saelab.methods import activation_class, build_params, penalty_class
+from saelab.names import check_member_names
+from saelab.typecheck import build, check_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +57,8 @@ class SAEConfig:
     lr: float | None = option(None, "learning rate (default 2e-4/sqrt(n/2^14))")
     name: str | None = option(None, "name of the SAE")
     kernel: str = option("auto", "training kernel: dense (reference), sparse (TopK family), auto", choices=KERNELS)
+    target_l0: float | None = option(None, "adapt the sparsity coefficient (penalty α, JumpReLU's l0_coef, dimred's p) to this L0 during a warm phase, then hold it; sets k for the TopK family")
+    target_l0_warmup: float = option(0.8, "fraction of training steps during which target_l0 adapts the coefficient")
     # Filled in from the data when training starts.
     d_in: int | None = option(None, cli=False)
     normalization_factor: float | None = option(None, cli=False)
@@ -62,6 +66,8 @@ class SAEConfig:
     def validate(self) -> "SAEConfig":
         """Check every field; raise ConfigError naming the first bad one."""
         require_positive_int("n_latents", self.n_latents)
+        if self.target_l0 is not None:
+            self._apply_target_l0()
         built = getattr(self, "_built", None)
         if built is not None and built[0] == self._method_key():
             (act_cls, params), pen = built[1], built[2]  # already built from these very settings
@@ -96,6 +102,30 @@ class SAEConfig:
         # The built Params are kept, keyed by what they were built from, so the SAE does not build them again.
         self._built = (self._method_key(), (act_cls, params), pen)
         return self
+
+    def _apply_target_l0(self) -> None:
+        """Check target_l0 against the method; for a method with a k (the TopK family) it sets k."""
+        _finite("target_l0", self.target_l0, minimum=0.0, strict=True)
+        _finite("target_l0_warmup", self.target_l0_warmup, minimum=0.0, strict=True)
+        if self.target_l0_warmup > 1:
+            raise ConfigError("target_l0_warmup", self.target_l0_warmup, "must be ≤ 1")
+        if self.target_l0 > self.n_latents:
+            raise ConfigError("target_l0", self.target_l0, f"larger than n_latents={self.n_latents}")
+        if self.sparsity_knob() is not None:
+            return
+        fields = {f.name for f in dataclasses.fields(activation_class(self.method).Params)}
+        if "k" not in fields:
+            raise ConfigError("target_l0", self.target_l0, f"method {self.method!r} without a penalty has no coefficient, threshold or k that sets its sparsity")
+        k = max(1, int(round(self.target_l0)))
+        if self.method_params.get("k", k) != k:
+            raise ConfigError("k", self.method_params["k"], f"conflicts with target_l0={self.target_l0:g} (which sets k={k}); give one of them")
+        self.method_params = {**self.method_params, "k": k}
+
+    def sparsity_knob(self):
+        """The SparsityKnob target_l0 adapts: the penalty's alpha, the method's own, or None (k-budgeted methods)."""
+        if self.penalty is not None:
+            return penalty_class(self.penalty).sparsity_knob
+        return activation_class(self.method).sparsity_knob
 
     def _method_key(self) -> str:
         return json.dumps([self.method, self.method_params, self.penalty, self.penalty_params], sort_keys=True, default=str)
@@ -166,6 +196,7 @@ class TrainConfig:
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
     scan: bool = option(True, "scan the data for NaN/inf before training")
+    eps_l0: float = option(0.01, "l0_eps counts latents above this per token (reported beside l0; target_l0 uses it for leaky codes)")
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -199,6 +230,8 @@ class TrainConfig:
         require_positive_int("log_every", self.log_every)
         _nonneg_int("checkpoint_every", self.checkpoint_every)
         require_positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)
+        _nonneg_int("seed", self.seed)
+        _finite("eps_l0", self.eps_l0, minimum=0.0)
         return self
 
     def to_dict(self) -> dict:
@@ -210,9 +243,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Build from a dict; unknown keys are an error."""
-        data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
         return _from_dict(cls, data, "train")
 
 
@@ -230,10 +260,7 @@ class RunConfig:
             raise ConfigError("sae", [], "at least one SAE is required")
         for sae in self.saes:
             sae.validate()
-        names = [s.display_name() for s in self.saes]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ConfigError("name", sorted(dup)[0], "two SAEs share this name; set `name` on each")
+        check_member_names([s.display_name() for s in self.saes])
         return self
 
     def to_dict(self) -> dict:
@@ -243,6 +270,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         """Inverse of `to_dict`."""
+        if not isinstance(data, dict) or not isinstance(data.get("train"), dict) or not isinstance(data.get("saes"), list):
+            raise ConfigError("run", type(data).__name__, "must be a table with `train` (a table) and `saes` (a list of tables)")
+        for key in set(data) - {"train", "saes"}:
+            raise ConfigError(f"run.{key}", data[key], "unknown key")
         return cls(TrainConfig.from_dict(data["train"]), [SAEConfig.from_dict(s) for s in data["saes"]])
 
 
@@ -271,30 +302,59 @@ def split_method_params(method: str, penalty: str | None, flat: dict[str, Any]) 
 
 def sae_from_flat(flat: dict[str, Any]) -> SAEConfig:
     """Build an SAEConfig from flat keys: SAEConfig fields plus method/penalty parameters."""
-    flat = dict(flat)
-    if "n_latents" not in flat or flat["n_latents"] is None:
+    flat = check_fields(SAEConfig, dict(flat))  # method parameters pass through; build_params checks them
+    if flat.get("n_latents") is None:
         raise ConfigError("n_latents", None, "required")
     core = {k: flat.pop(k) for k in list(flat) if k in SAE_FIELDS}
-    method_params = dict(flat.pop("method_params", {}) or {})
-    penalty_params = dict(flat.pop("penalty_params", {}) or {})
-    m, p = split_method_params(core.get("method", "relu"), core.get("penalty"), flat)
-    return SAEConfig(method_params={**method_params, **m}, penalty_params={**penalty_params, **p}, **core)
+    method_params = flat.pop("method_params", None) or {}
+    penalty_params = flat.pop("penalty_params", None) or {}
+    method, penalty = core.get("method", "relu"), core.get("penalty")
+    m, p = split_method_params(method, penalty, flat)
+    # Checked here as well as when built, so the recorded config holds None where the file said "none".
+    method_params = check_fields(activation_class(method).Params, {**method_params, **m}, "method")
+    penalty_params = check_fields(penalty_class(penalty).Params, {**penalty_params, **p}, "penalty") if penalty else {**penalty_params, **p}
+    cfg = build(SAEConfig, {**core, "method_params": method_params, "penalty_params": penalty_params})
+    _check_no_effect(cfg, SAE_NEEDS, core)
+    return cfg
 
 
-def load_toml(path: str | Path) -> RunConfig:
-    """Read a run config: top-level training keys and SAE defaults, plus a [[sae]] list."""
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The mapping a run config file holds: TOML, or JSON (such as the run.json every run writes)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("config", str(path), "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("config", str(path), f"unreadable ({type(e).__name__}: {e})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("config", str(path), f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, dict):
+            raise ConfigError("config", str(path), "must hold a JSON object")
+        return data
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", str(path), f"not valid TOML ({e})") from None
+
+
+def load_toml(path: str | Path, out: str | None = None) -> RunConfig:
+    """Read a run config (TOML keys plus [[sae]] tables, or a run's run.json); `out` replaces the file's output folder."""
+    data = read_config(path)
+    if out is not None:
+        (data["train"] if isinstance(data.get("train"), dict) else data)["out"] = out
     return run_from_mapping(data)
 
 
 def run_from_mapping(data: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from a TOML-shaped mapping (also used for JSON configs)."""
+    """Build a RunConfig from a TOML-shaped mapping, or from the {train, saes} record a run writes as run.json."""
+    if not isinstance(data, dict):
+        raise ConfigError("config", type(data).__name__, "must be a table of settings")
+    if "train" in data and "saes" in data:
+        return RunConfig.from_dict(data).validate()
     data = dict(data)
     sae_tables = data.pop("sae", None)
     train_keys = {k: data.pop(k) for k in list(data) if k in TRAIN_FIELDS}
@@ -303,22 +363,31 @@ def run_from_mapping(data: dict[str, Any]) -> RunConfig:
         sae_tables = [{}]
     if isinstance(sae_tables, dict):
         sae_tables = [sae_tables]
+    if not isinstance(sae_tables, list) or not all(isinstance(t, dict) for t in sae_tables):
+        raise ConfigError("sae", sae_tables, "must be a [sae] table or a list of [[sae]] tables")
+    train = build(TrainConfig, train_keys)
+    _check_no_effect(train, TRAIN_NEEDS, train_keys)
     saes = [sae_from_flat({**shared, **table}) for table in sae_tables]
-    if "betas" in train_keys:
-        train_keys["betas"] = tuple(train_keys["betas"])
-    try:
-        train = TrainConfig(**train_keys)
-    except TypeError as e:
-        raise ConfigError("train", sorted(train_keys), str(e)) from None
     return RunConfig(train, saes).validate()
 
 
 def _from_dict(cls, data: dict, where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"{where}.{key}", data[key], "unknown key")
-    return cls(**data)
+    return build(cls, data, where)
+
+
+# Settings that act only through another one: given (a flag or a config-file key) while that one is
+# off, they have no effect, which is refused. Only the builders of flags and TOML check this; the
+# Python API and a run's own run.json may carry an unused setting (a sweep varying auxk keeps k_aux).
+SAE_NEEDS = {"alpha": "penalty", "penalty_decoder_norm": "penalty", "k_aux": "auxk", "aux_coef": "auxk"}
+TRAIN_NEEDS = {"decay_fraction": "decay"}
+
+
+def _check_no_effect(cfg, needs: dict[str, str], given: dict[str, Any]) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name, switch in needs.items():
+        value = getattr(cfg, name)
+        if name in given and getattr(cfg, switch) in (None, False, "none") and value != defaults[name]:
+            raise ConfigError(name, value, f"has no effect without {switch}; set {switch} or leave {name} out")
 
 
 def require_positive_int(name: str, value) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +14,13 @@ import torch
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.toy import ToyConfig, write_toy
 from saelab.evals.evaluate import evaluate
+from saelab.experiments.sweep import OTHELLO_SCORE, run_sweep
+from saelab.intervals import format_interval
 from saelab.io import atomic_write_json
 from saelab.othello.boards import plot_boards
 from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
-from saelab.othello.score import EVAL_SEED_OFFSET, findable_mask, score_sae
-from saelab.report import markdown_table, plot_frontier, write_markdown
+from saelab.report import build_report, markdown_table, plot_frontier, write_markdown
+from saelab.report.summary import matched_comparisons, summarize
 from saelab.train import Trainer
 
 
@@ -56,17 +60,6 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     return rows
 
 
-OTHELLO_COLUMNS = [
-    ("name", "SAE"),
-    ("l0", "L0"),
-    ("nmse", "NMSE"),
-    ("dead_fraction", "dead"),
-    ("found", "good classifiers / findable"),
-    ("good_classifier_latents", "good latents"),
-    ("coverage", "coverage"),
-]
-
-
 @dataclass
 class OthelloDemoPlan:
     """Sizes of the OthelloGPT demo (quick: a smoke test; full: the README's main job)."""
@@ -74,82 +67,118 @@ class OthelloDemoPlan:
     train_games: int
     eval_games: int
     n_latents: int
-    k: int
-    l1_alphas: tuple[float, ...]
+    target_l0: int
     steps: int
     batch_size: int
     leaky_eps: float  # bound on leaky TopK's non-top entries (relative form: each stays below ε)
+    n_boot: int = 200
 
 
-# Sizes chosen by a sweep on this testbed (README; run on the previous model checkpoint): at 1,500
+# Sizes chosen by a sweep on this testbed (README; run on an earlier model checkpoint): at 1,500
 # steps × 2,048 or k = 10 almost no latent reaches AUROC 0.9; at 3,000 steps (≈ 6 epochs of 20k
 # games) TopK at k = 32 found ~21 pairs, k = 20 found 8, k = 64 found 15, and 512 latents did as
 # well as 1,024 in half the time.
-QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=256, k=32, l1_alphas=(0.5,), steps=150, batch_size=1024, leaky_eps=0.05)
-FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=512, k=32, l1_alphas=(0.5, 2.0), steps=3000, batch_size=2048, leaky_eps=0.05)
+QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=256, target_l0=32, steps=150, batch_size=1024, leaky_eps=0.05, n_boot=50)
+FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=512, target_l0=32, steps=3000, batch_size=2048, leaky_eps=0.05)
 
 
-def othello_suite(plan: OthelloDemoPlan) -> list[SAEConfig]:
-    """ReLU+L1 (one SAE per coefficient), TopK, BatchTopK and leaky TopK at the same k, all scalar-normalized."""
-    common = dict(n_latents=plan.n_latents, normalize="scalar", lr=1e-3)
-    saes = [SAEConfig(method="relu", penalty="l1", alpha=a, name=f"relu+l1 α={a:g}", **common) for a in plan.l1_alphas]
-    saes += [
-        SAEConfig(method="topk", method_params={"k": plan.k}, auxk=True, dead_tokens=200_000, name=f"topk k={plan.k}", **common),
-        SAEConfig(method="batchtopk", method_params={"k": plan.k}, auxk=True, dead_tokens=200_000, name=f"batchtopk k={plan.k}", **common),
-        SAEConfig(method="leaky_topk", method_params={"k": plan.k, "eps": plan.leaky_eps}, name=f"leaky_topk k={plan.k} ε={plan.leaky_eps:g}", **common),
-    ]
-    return saes
+def othello_sweep(plan: OthelloDemoPlan, data: Path, seeds: int) -> dict:
+    """The demo as a sweep config: ReLU+L1, TopK, BatchTopK and leaky TopK at one matched L0, `seeds` seeds each."""
+    return {
+        "activations": str(data),
+        "batch_size": plan.batch_size,
+        "steps": plan.steps,
+        "log_every": 25,
+        "eval_fraction": 0.02,
+        "seed": list(range(seeds)),
+        "n_latents": plan.n_latents,
+        "normalize": "scalar",
+        "lr": 1e-3,
+        "target_l0": plan.target_l0,  # α for ReLU+L1 (adapted, then held), k for the TopK family
+        "eval": {"games": plan.eval_games, "n_boot": plan.n_boot},
+        "sae": [
+            {"name": "relu+l1", "method": "relu", "penalty": "l1"},
+            {"name": "topk", "method": "topk", "auxk": True, "dead_tokens": 200_000},
+            {"name": "batchtopk", "method": "batchtopk", "auxk": True, "dead_tokens": 200_000},
+            {"name": f"leaky_topk ε={plan.leaky_eps:g}", "method": "leaky_topk", "eps": plan.leaky_eps},
+        ],
+    }
 
 
-def run_othello_demo(out: Path, quick: bool) -> list[dict]:
-    """Harvest the committed OthelloGPT, train the suite on one stream, score every SAE on held-out games."""
-
+def run_othello_demo(out: Path, quick: bool, seeds: int = 1) -> tuple[list[dict], str]:
+    """Harvest the committed OthelloGPT, sweep the suite at matched L0, score on held-out games; (rows, Markdown table)."""
     plan = QUICK if quick else FULL
     say = lambda msg: print(f"[demo] {msg}", flush=True)
     say(f"harvesting {plan.train_games} games from the committed OthelloGPT")
     train_data = harvest(HarvestConfig(games=plan.train_games, seed=0))
     write_harvest(train_data, out / "data")
-    say(f"{len(train_data.activations):,} positions × d_model {train_data.activations.shape[1]} (layer {train_data.source['layer']}); training {len(othello_suite(plan))} SAEs on one stream")
-    run = RunConfig(
-        TrainConfig(activations=str(out / "data"), out=str(out / "saes"), batch_size=plan.batch_size, steps=plan.steps, log_every=25, eval_fraction=0.02),
-        othello_suite(plan),
-    )
-    trainer = Trainer(run, progress=True)
-    members = trainer.fit(overwrite=True)
-    say(f"scoring on {plan.eval_games} held-out games")
-    eval_data = harvest(HarvestConfig(games=plan.eval_games, seed=EVAL_SEED_OFFSET))
-    findable = findable_mask(int(train_data.source["layer"]))
-    rows = []
-    for m in members:
-        score = score_sae(m.sae, trainer.source, data=eval_data, findable=findable)
-        row = {"name": m.cfg.display_name(), "method": m.cfg.method, "params": {**m.cfg.method_params, **m.cfg.penalty_params, **({"alpha": m.cfg.alpha} if m.cfg.penalty else {})}}
-        row.update(score.to_dict())
-        row["found"] = f"{score.good_classifiers} / {score.findable}"
-        rows.append(row)
-        say(f"{row['name']}: L0 {score.l0:.1f}, NMSE {score.nmse:.3f}, good classifiers {score.good_classifiers}/{score.findable}, coverage {score.coverage:.3f}")
-    plot_boards(rows, out / "boards.png")
-    return rows
+    say(f"{len(train_data.activations):,} positions × d_model {train_data.activations.shape[1]} (layer {train_data.source['layer']}); "
+        f"4 methods at target L0 {plan.target_l0}, {seeds} seed(s), on one stream per seed")
+    sweep_dir = out / "sweep"
+    if sweep_dir.exists():
+        shutil.rmtree(sweep_dir)  # the demo always starts over: its data was just harvested anew
+    rows = run_sweep(othello_sweep(plan, out / "data", seeds), sweep_dir, say=say, report=False)
+    plot_boards(rows_with_pairs(rows, sweep_dir), out / "boards.png")
+    build_report([sweep_dir], out, title="saelab demo: SAEs on OthelloGPT at matched L0", command="saelab demo" + (" --quick" if quick else ""))
+    shutil.copyfile(out / "frontier-nmse.png", out / "frontier.png")  # the README's name for the report's NMSE frontier
+    return rows, demo_markdown(rows)
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, toy: bool = False) -> list[dict]:
-    """Run the comparison, write results.json, results.md and plots to `out`, print the table."""
+def rows_with_pairs(rows: list[dict], root: Path) -> list[dict]:
+    """First-seed rows with the good pairs each found (for the boards figure)."""
+    out, seen = [], set()
+    for r in rows:
+        if r["group"] in seen:
+            continue
+        seen.add(r["group"])
+        score = json.loads((root / r["folder"] / OTHELLO_SCORE).read_text())
+        out.append({**score, "name": r["group"]})
+    return out
+
+
+def demo_markdown(rows: list[dict]) -> str:
+    """The demo's table (mean ± 95% CI across seeds, or over games/rows with one seed) and its matched-L0 verdicts."""
+    groups = summarize(rows)
+    columns = [("l0", "L0"), ("l0_eps", "L0 (>ε)"), ("nmse", "NMSE"), ("dead_fraction", "dead"),
+               ("good_findable", "good classifiers / findable"), ("coverage", "coverage")]
+    head = "| SAE | seeds | " + " | ".join(h for _, h in columns) + " |\n|---|---|" + "---|" * len(columns) + "\n"
+    body = ""
+    for g in groups:
+        cells = []
+        for key, _ in columns:
+            iv = g.metrics.get(key)
+            cells.append(format_interval(iv) if iv is not None else "–")
+        findable = g.metrics.get("findable")
+        if findable is not None:
+            cells[4] += f" / {findable.estimate:.0f}"
+        body += f"| {g.group} | {g.n_seeds} | " + " | ".join(cells) + " |\n"
+    verdicts = [c for c in matched_comparisons(groups) if c.metric in ("nmse", "good_findable", "coverage")]
+    lines = ["", "Matched-L0 comparisons (95% interval of the difference; a difference is only called when it excludes 0):", ""]
+    lines += [f"- {c.metric}: {c.comparison.a} − {c.comparison.b} = {c.comparison.diff:+.4g} [{c.comparison.lo:+.4g}, {c.comparison.hi:+.4g}] → **{c.comparison.verdict}**"
+              for c in verdicts]
+    return head + body + "\n".join(lines) + "\n"
+
+
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, toy: bool = False, seeds: int = 1) -> list[dict]:
+    """Run the comparison, write results.json, results.md, report.html and plots to `out`, print the table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if toy:
         rows = run_toy_demo(out, quick)
         columns = [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE"), ("explained_variance", "expl. var."), ("dead_fraction", "dead"), ("dense_fraction", "dense"), ("mmcs", "MMCS")]
-        title, pictures = "saelab demo (toy data, known dictionary)", "![frontier](frontier.png)\n"
+        title = "saelab demo (toy data, known dictionary)"
+        table = markdown_table(rows, columns)
+        plot_frontier(rows, out / "frontier.png", label="name", title=title)
+        pictures = "![frontier](frontier.png)\n"
     else:
-        rows = run_othello_demo(out, quick)
-        columns = OTHELLO_COLUMNS
-        title, pictures = "saelab demo: SAEs on OthelloGPT, scored by board-state recovery", "![frontier](frontier.png)\n\n![boards](boards.png)\n"
-    table = markdown_table(rows, columns)
+        rows, table = run_othello_demo(out, quick, seeds)
+        title = "saelab demo: SAEs on OthelloGPT at matched L0, scored by board-state recovery"
+        pictures = "![frontier](frontier.png)\n\n![boards](boards.png)\n\nFull report: report.html\n"
     atomic_write_json(out / "results.json", rows)
-    note = "Metrics on held-out data, in each SAE's normalized input space"
+    note = "Metrics on held-out data, in each SAE's normalized input space; ± is a 95% interval"
     write_markdown(out / "results.md", f"# {title}\n\n{note}; {time.time() - start:.0f} s on this machine.\n\n{table}\n{pictures}")
-    plot_frontier(rows, out / "frontier.png", label="name", title=title)
     print()
     print(table)
-    print(f"results in {out}/ (results.json, results.md, frontier.png{'' if toy else ', boards.png'}) after {time.time() - start:.0f} s")
+    print(f"results in {out}/ (results.json, results.md, {'frontier.png' if toy else 'report.html, boards.png'}) after {time.time() - start:.0f} s")
     return rows

@@ -84,6 +84,8 @@ def read_saelab_record(folder: str | Path) -> dict:
         raise DataError(f"sae={str(folder)!r}: no {SAELAB_CFG} (not a saelab SAE folder)") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: unreadable JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError, OSError) as e:  # not UTF-8, nested beyond reason, a folder
+        raise DataError(f"{path}: unreadable JSON ({type(e).__name__})") from None
 
 
 def load_sae(folder: str | Path, device: str = "cpu"):

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from saelab import kernels
 from saelab.errors import ConfigError
-from saelab.losses import normalized_squared_error, squared_error
+from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import LossContext
 from saelab.step_output import StepOutput, active_per_row, fired_latents, nonzero_values
 
@@ -17,9 +17,9 @@ __all__ = ["StepOutput", "active_per_row", "fired_latents", "nonzero_values", "c
 def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
     """AuxK: reconstruct the detached residual x − x̂ from the top-k_aux dead pre-activations.
 
-    Normalized as the scaling paper's code does: the squared error of that reconstruction divided
-    by the squared error of predicting the residual's batch mean. The encoder and b_dec get this
-    gradient through `pre`, the dead decoder rows through the reconstruction.
+    Scaled as losses.auxk_term says (the paper's NMSE of the residual's reconstruction, times the
+    batch variance of x so it sits on the scale of the raw reconstruction term). The encoder and
+    b_dec get this gradient through `pre`, the dead decoder rows through the reconstruction.
     """
     n_dead = int(dead.sum())
     if n_dead == 0:
@@ -29,7 +29,7 @@ def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: i
     values, indices = torch.topk(masked, k, dim=-1, sorted=False)
     z_aux = pre.new_zeros(pre.shape).scatter(-1, indices, torch.relu(values))
     residual = (x - x_hat).detach()
-    return normalized_squared_error(z_aux @ sae.W_dec, residual)
+    return auxk_term(z_aux @ sae.W_dec, residual, x)
 
 
 def uses_sparse_kernel(sae) -> bool:

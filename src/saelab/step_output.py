@@ -42,6 +42,13 @@ def active_per_row(z) -> Tensor:
     return z.active_per_row()
 
 
+def active_above(z, eps: float) -> Tensor:
+    """Number of entries above ε in each row (dense), or their mean count per row (sparse code)."""
+    if isinstance(z, Tensor):
+        return (z.abs() > eps).sum(dim=-1)
+    return (z.nonzero_values().abs() > eps).sum().reshape(1) / max(int(z.active_per_row().numel()), 1)
+
+
 def nonzero_values(z) -> Tensor:
     """The code's non-zero values (any order)."""
     if isinstance(z, Tensor):

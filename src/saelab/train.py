@@ -17,20 +17,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from saelab.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, load_checkpoint, refuse_legacy, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
-from saelab.errors import ConfigError, DataError
+from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.evals.evaluate import evaluate
+from saelab.fingerprint import check_same_data, data_fingerprint
 from saelab.folder import SAELAB_CFG, save_sae
-from saelab.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from saelab.interrupt import StopSignals, TrainingInterrupted, signal_name
+from saelab.io import atomic_write_json, atomic_write_text, dumps_json
 from saelab.objective import DeadLatentTracker, StepOutput, active_per_row, compute_step, fired_latents, nonzero_values
+from saelab.step_output import active_above
 from saelab.sae import SparseAutoencoder
+from saelab.run_lock import RunLock
+from saelab.runfolder import check_folders, clean_temp_files, existing_run, remove_run_files
 from saelab.schedule import lr_factor
+from saelab.sparsity_control import L0Controller
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = CHECKPOINT_FILE
 RUN_CONFIG = "run.json"
 METRICS = "metrics.jsonl"
+# Everything a run writes into its folders: any of them present means a run is there.
+RUN_FILES = (CHECKPOINT, LEGACY_CHECKPOINT, METRICS, RUN_CONFIG, SAELAB_CFG, "cfg.json", "sae_weights.safetensors", "eval.json")
+# Where the run and its data live: a moved run or data is the same run when the data's fingerprint matches.
+LOCATION_FIELDS = {"out", "activations", "eval_activations"}
 INIT_SAMPLE_ROWS = 16384
 # Fields a resumed run may change without changing what is computed.
 RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan"}
@@ -46,6 +57,17 @@ class Member:
     tracker: DeadLatentTracker
     out: Path
     base_lr: float
+    control: L0Controller | None = None  # target_l0's coefficient controller, when the config asks for one
+
+
+def training_flops(cfg: SAEConfig, tokens: int) -> int:
+    """Training compute, the dense rule 6 × parameters × tokens with parameters = 2·d_in·n_latents.
+
+    Forward (2 FLOPs per weight per token) plus backward (4) over encoder and decoder weights; the
+    sparse TopK path does less decoder work, so this is the dense upper bound, the same for every
+    method, which is what a compute axis across sweeps needs.
+    """
+    return 6 * 2 * int(cfg.d_in) * int(cfg.n_latents) * int(tokens)
 
 
 def build_member(cfg: SAEConfig, train: TrainConfig, sample: torch.Tensor, init_seed: int, out: Path) -> Member:
@@ -88,8 +110,10 @@ def read_source_info(path: str | Path) -> dict | None:
         if c.exists():
             try:
                 info = json.loads(c.read_text())
-            except json.JSONDecodeError as e:
-                raise DataError(f"{c}: unreadable JSON ({e.msg})") from None
+            except (ValueError, RecursionError, OSError) as e:  # bad JSON, not UTF-8, a folder
+                raise DataError(f"{c}: unreadable JSON ({getattr(e, 'msg', type(e).__name__)})") from None
+            if not isinstance(info, dict):
+                raise DataError(f"{c}: expected a JSON object, found {type(info).__name__}")
             info.pop("shards", None)
             return info
     return None
@@ -130,7 +154,10 @@ class Trainer:
         if t.tokens is not None:
             return math.ceil(t.tokens / t.batch_size)
         epochs = t.epochs if t.epochs is not None else 1.0
-        return max(1, math.ceil(epochs * self.stream.steps_per_epoch))
+        steps = epochs * self.stream.steps_per_epoch
+        if not math.isfinite(steps):
+            raise ConfigError("epochs", epochs, "asks for more steps than can be counted")
+        return max(1, math.ceil(steps))
 
     # ---- setup ------------------------------------------------------------------------------
     def _member_dirs(self) -> list[Path]:
@@ -157,19 +184,42 @@ class Trainer:
             members.append(build_member(cfg, t, sample, init_seed, out))
         return members
 
+    def _run_dirs(self) -> list[Path]:
+        return list(dict.fromkeys([self.out, *self._member_dirs()]))
+
     def _check_out(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to clobber a run (every member folder is checked before anything trains); clean temp leftovers."""
+        dirs = self._run_dirs()
+        check_folders(dirs)
+        clean_temp_files(dirs)  # left by an atomic write that was interrupted
         ckpt = self.out / CHECKPOINT
-        occupied = ckpt.exists() or any((d / SAELAB_CFG).exists() for d in self._member_dirs())
+        self._replacing = False
         if resume:
+            refuse_legacy(self.out)
             if not ckpt.exists():
                 raise ConfigError("resume", str(self.out), f"no {CHECKPOINT} in the output folder to resume from")
             return
-        if occupied and not overwrite:
-            raise ConfigError("out", str(self.out), "already holds a run; pass --resume to continue it or --overwrite to replace it")
-        if occupied and overwrite:
-            for d in {self.out, *self._member_dirs()}:
-                for name in (CHECKPOINT, METRICS, SAELAB_CFG, "cfg.json", "sae_weights.safetensors", "eval.json", RUN_CONFIG):
-                    (d / name).unlink(missing_ok=True)
+        found = existing_run(dirs, RUN_FILES, CHECKPOINT)
+        if found and not overwrite:
+            hint = "pass --resume to continue it or --overwrite to replace it" if ckpt.exists() else "pass --overwrite to replace it"
+            raise ConfigError("out", str(self.out), f"already holds {found}; {hint}")
+        self._replacing = found is not None
+
+    def _replace_old_run(self, members: list[Member]) -> None:
+        """--overwrite: the new run's step-0 checkpoint replaces the old one before any other old file goes.
+
+        Until that rename the old run is whole; after it the new run resumes. Never neither.
+        """
+        self._save_checkpoint(members, 0)
+        remove_run_files(self._run_dirs(), RUN_FILES, keep=[self.out / CHECKPOINT])
+
+    def _fingerprints(self) -> dict:
+        if getattr(self, "_data_fp", None) is None:
+            fp = {"activations": data_fingerprint(self.store)}
+            if self.run.train.eval_activations:
+                fp["eval_activations"] = data_fingerprint(self.eval_store)
+            self._data_fp = fp
+        return self._data_fp
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, members: list[Member], step: int) -> None:
@@ -178,26 +228,47 @@ class Trainer:
             "run": self.run.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "members": [
-                {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict(), "cfg": m.cfg.to_dict()}
+                {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict(), "cfg": m.cfg.to_dict(),
+                 "control": m.control.state_dict() if m.control is not None else None}
                 for m in members
             ],
+            "data": self._fingerprints(),
         }
-        atomic_torch_save(self.out / CHECKPOINT, state)
+        save_checkpoint(self.out / CHECKPOINT, state)
+        self._checkpointed = True
 
     def _load_checkpoint(self, members: list[Member]) -> int:
         path = self.out / CHECKPOINT
+        state = load_checkpoint(path)  # safetensors + JSON: nothing in it can run code
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            saved_run = RunConfig.from_dict(state["run"])
-        except Exception as e:  # a truncated or foreign file: say which, not a torch traceback
+            return self._restore(state, members)
+        except SaelabError:
+            raise
+        except Exception as e:  # a well-formed file holding the wrong things: say which, not a torch traceback
             raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+
+    def _restore(self, state: dict, members: list[Member]) -> int:
+        saved_run = RunConfig.from_dict(state["run"])
         mine, theirs = self.run.to_dict(), saved_run.to_dict()
         for key in mine["train"]:
-            if key not in RESUMABLE_CHANGES and mine["train"][key] != theirs["train"].get(key):
+            if key not in RESUMABLE_CHANGES | LOCATION_FIELDS and mine["train"][key] != theirs["train"].get(key):
                 raise ConfigError(key, mine["train"][key], f"differs from the checkpoint's {theirs['train'].get(key)!r}; resume needs the same run")
+        if (mine["train"]["eval_activations"] is None) != (theirs["train"].get("eval_activations") is None):
+            raise ConfigError("eval_activations", mine["train"]["eval_activations"], f"differs from the checkpoint's {theirs['train'].get('eval_activations')!r}; resume needs the same run")
+        saved_data = state.get("data") if isinstance(state.get("data"), dict) else {}
+        for field, now in self._fingerprints().items():
+            check_same_data(field, getattr(self.run.train, field), saved_data.get(field), now)
+        step = int(state["step"])
+        if step > self.total_steps:
+            t = self.run.train
+            budget = next((b for b in ("steps", "tokens", "epochs") if getattr(t, b) is not None), "steps")
+            raise ConfigError(budget, getattr(t, budget), f"the checkpoint already holds {step} steps, more than the {self.total_steps} this asks for; "
+                              "ask for at least as many (or start a new run)")
         if len(members) != len(state["members"]):
             raise ConfigError("sae", len(members), f"the checkpoint holds {len(state['members'])} SAEs")
         for m, saved in zip(members, state["members"]):
+            if m.control is not None and saved.get("control") is not None:
+                m.control.load_state_dict(m.sae, saved["control"])  # the coefficient it had reached is part of the config
             saved_cfg = SAEConfig.from_dict(saved["cfg"])
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
@@ -208,23 +279,33 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
-        return int(state["step"])
+        return step
 
     @staticmethod
     def _truncate_log(path: Path, step: int) -> None:
         if not path.exists():
             return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill or a full disk
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
+                keep.append(line)
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     # ---- the loop ---------------------------------------------------------------------------
     def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
         t = self.run.train
         lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
-        return {"out": train_step(m, x, lr, t.grad_clip), "lr": lr}
+        out = train_step(m, x, lr, t.grad_clip)
+        if m.control is not None:
+            m.control.update(m.sae, out.z, step)
+        return {"out": out, "lr": lr}
 
     @staticmethod
-    def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float) -> dict:
+    def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float, eps_l0: float) -> dict:
         out = result["out"]
         with torch.no_grad():
             x, x_hat = out.x, out.x_hat.detach()
@@ -236,6 +317,7 @@ class Trainer:
             {
                 "nmse": sq / var if var > 0 else math.nan,
                 "l0": float(active_per_row(out.z).double().mean()),
+                "l0_eps": float(active_above(out.z, eps_l0).double().mean()),
                 "dead_fraction": float((m.tracker.since_fired >= m.cfg.dead_tokens).double().mean()),
                 "lr": result["lr"],
                 "tokens_per_s": tokens_per_s,
@@ -244,16 +326,48 @@ class Trainer:
         return record
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> list[Member]:
-        """Train to the budget, writing logs, checkpoints and each SAE folder; return the members."""
+        """Train to the budget, writing logs, checkpoints and each SAE folder; return the members.
+
+        The output folder is locked for the run. SIGINT/SIGTERM end the loop after the current step
+        with a checkpoint and raise TrainingInterrupted; a failed write is a DataError naming its path.
+        """
+        with RunLock(self.out), StopSignals() as self._stop:
+            try:
+                return self._fit(resume, overwrite)
+            except TrainingInterrupted as e:
+                if getattr(e, "checkpointed", False):
+                    raise
+                raise TrainingInterrupted(e.signum, f"{e}; {self._resume_hint()}") from None
+            except OSError as e:
+                raise DataError(f"{e.filename or self.out}: {e.strerror or e}; {self._resume_hint()}") from None
+
+    def _resume_hint(self) -> str:
+        if getattr(self, "_replacing", False) and not getattr(self, "_checkpointed", False):
+            return f"nothing was replaced: the old run in {self.out} is as it was"
+        if (self.out / CHECKPOINT).exists():
+            return f"the last checkpoint in {self.out} is intact: run the same command with --resume to continue"
+        return "no checkpoint was written: run the command again (with --overwrite if it reports a partial run)"
+
+    def _interrupted(self, signum: int, step: int) -> TrainingInterrupted:
+        e = TrainingInterrupted(signum, f"interrupted by {signal_name(signum)} at step {step}; checkpoint saved in {self.out}; "
+                                        "run the same command with --resume to continue")
+        e.checkpointed = True
+        return e
+
+    def _fit(self, resume: bool, overwrite: bool) -> list[Member]:
         t = self.run.train
         self._check_out(resume, overwrite)
         torch.manual_seed(t.seed)
         members = self._build_members()
+        for m in members:
+            m.control = L0Controller.for_member(m.sae, self.total_steps, t.eps_l0)
         start = 0
         if resume:
             start = self._load_checkpoint(members)
             for m in members:
                 self._truncate_log(m.out / METRICS, start)
+        elif self._replacing:
+            self._replace_old_run(members)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / RUN_CONFIG, self.run.to_dict())
         logs = []
@@ -262,6 +376,7 @@ class Trainer:
             logs.append(open(m.out / METRICS, "a"))
         bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
         tick, tick_step = time.perf_counter(), start
+        self._stop.armed = True  # from here a signal ends the loop after the current step, with a checkpoint
         try:
             for step in range(start, self.total_steps):
                 x = torch.from_numpy(self.stream.batch(step)[0])
@@ -271,17 +386,21 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, done
-                    records = [self._log_record(done, done * t.batch_size, r, m, rate) for m, r in zip(members, results)]
+                    records = [self._log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)]
                     for m, rec, log in zip(members, records, logs):
                         if not math.isfinite(rec["loss"]):
                             raise DataError(f"{m.cfg.display_name()}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data")
-                        log.write(json.dumps(rec) + "\n")
+                        log.write(dumps_json(rec) + "\n")
                         log.flush()
                     bar.set_postfix(loss=f"{records[0]['loss']:.4g}", nmse=f"{records[0]['nmse']:.3f}", l0=f"{records[0]['l0']:.1f}")
                 if t.checkpoint_every and done % t.checkpoint_every == 0 and done < self.total_steps:
                     self._save_checkpoint(members, done)
                 bar.update(1)
+                if self._stop.signum is not None:
+                    self._save_checkpoint(members, done)
+                    raise self._interrupted(self._stop.signum, done)
         finally:
+            self._stop.armed = False
             bar.close()
             for log in logs:
                 log.close()
@@ -292,16 +411,20 @@ class Trainer:
     def _finish(self, members: list[Member]) -> None:
         for m in members:
             m.sae.eval()
-            result = evaluate(m.sae, self.eval_store, rows=self.eval_range, scan=False)
+            result = evaluate(m.sae, self.eval_store, rows=self.eval_range, scan=False, eps_l0=self.run.train.eps_l0)
             result.rows = "held-out"
+            tokens = self.total_steps * self.run.train.batch_size
             extra = {
                 "train": self.run.train.to_dict(),
                 "steps": self.total_steps,
-                "tokens": self.total_steps * self.run.train.batch_size,
+                "tokens": tokens,
+                "flops": training_flops(m.cfg, tokens),
                 "split": {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations},
                 "source": self.source,
                 "eval": result.to_dict(),
             }
+            if m.control is not None:
+                extra["target_l0"] = m.control.record()
             save_sae(m.sae, m.out, extra)
             atomic_write_json(m.out / "eval.json", result.to_dict())
 

@@ -11,6 +11,8 @@ from saelab.config import SAEConfig, TrainConfig, load_toml, run_from_mapping
 from saelab.data.toy import ToyConfig, write_toy
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
+from saelab.evals.reconstruction import EPS_L0
+from saelab.io import dumps_json
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
 from saelab.train import Trainer
 
@@ -45,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, help="evaluate a TopK-family SAE at another k")
     p.add_argument("--all-rows", action="store_true", help="use every row even when the file is the SAE's training file")
     p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--eps-l0", type=float, default=EPS_L0, help="l0_eps counts latents above this per token")
     add_threads(p)
     p.set_defaults(func=cmd_eval)
 
@@ -124,22 +127,20 @@ def add_train_parser(sub) -> None:
     add_config_flags(p, SAEConfig)
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name, users in sorted(param_names().items()):
-        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=None, help="used by " + ", ".join(users))
+        # SUPPRESS: a flag not given leaves no attribute, so `--k none` reaches the method as None instead of vanishing.
+        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=argparse.SUPPRESS, help="used by " + ", ".join(users))
     p.set_defaults(func=cmd_train)
 
 
 def run_config_from_args(args):
     """Build the RunConfig a `saelab train` command line describes."""
     given = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in COMMAND_OPTIONS}
-    params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_") and v is not None}
+    params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_")}
     if args.config:
         extra = sorted(set(given) - {"out"} | set(params))
         if extra:
             raise ConfigError(extra[0], given.get(extra[0], params.get(extra[0])), "put it in the --config file (only --out, --resume, --overwrite combine with --config)")
-        run = load_toml(args.config)
-        if args.out:
-            run.train.out = args.out
-        return run.validate()
+        return load_toml(args.config, out=args.out)
     if "activations" not in given:
         raise ConfigError("activations", None, "required (or use --config FILE.toml)")
     if "out" not in given:
@@ -147,6 +148,11 @@ def run_config_from_args(args):
     if "n_latents" not in given:
         raise ConfigError("n_latents", None, "required")
     return run_from_mapping({**given, **params})
+
+
+def _num(value, spec: str) -> str:
+    # eval.json holds null where a metric is undefined (zero-variance data): say so instead of failing.
+    return "n/a" if value is None else format(value, spec)
 
 
 def cmd_train(args) -> int:
@@ -157,23 +163,23 @@ def cmd_train(args) -> int:
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     for m in members:
         ev = json.loads((m.out / "eval.json").read_text())
-        print(f"{m.cfg.display_name()}: L0 {ev['l0']:.2f}  NMSE {ev['nmse']:.4f}  dead {ev['dead_fraction']:.3f}  → {m.out}")
+        print(f"{m.cfg.display_name()}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}")
     return 0
 
 
 # ---- eval ---------------------------------------------------------------------------------
 
-EVAL_KEYS = ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction", "mmcs")
+EVAL_KEYS = ("l0", "l0_eps", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction", "mmcs")
 
 
 def cmd_eval(args) -> int:
     """Evaluate a saved SAE on activations; print a table or one JSON object."""
 
     result = evaluate(args.sae, args.activations, true_dictionary=args.true_dictionary, rows="all" if args.all_rows else "auto",
-                      k=args.k, batch_size=args.batch_size)
+                      k=args.k, batch_size=args.batch_size, eps_l0=args.eps_l0)
     out = result.to_dict()
     if args.json:
-        print(json.dumps(out))
+        print(dumps_json(out))
     else:
         print(f"{args.sae} on {args.activations} ({result.rows} rows, {result.tokens} tokens, metrics in {result.normalization}-normalized space)")
         for key in EVAL_KEYS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from saelab.config import require_positive_int
 from saelab.demo import run_demo
 
 
@@ -11,11 +12,13 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a short version for smoke tests")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--toy", action="store_true", help="use sparse toy data instead of OthelloGPT")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per method (intervals across seeds from 2 on)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     """Run the comparison and print its table."""
 
-    run_demo(out=args.out, quick=args.quick, toy=args.toy)
+    require_positive_int("seeds", args.seeds)
+    run_demo(out=args.out, quick=args.quick, toy=args.toy, seeds=args.seeds)
     return 0

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import saelab
+from saelab.commands import features
 from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import DataError, SaelabError
 from saelab.evals.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
 from saelab.evals.downstream import evaluate_downstream
 from saelab.folder import read_saelab_record
+from saelab.io import dumps_json
 from saelab.sources.hf import SITES, LMSpec, load_lm
 from saelab.sources.lm_harvest import HarvestConfig, harvest
 from saelab.sources.text import TextConfig, iter_batches, iter_chunks
@@ -137,7 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "kl", "l0", "nmse", "cos_sim", "l2_ratio", "tokens",
     )  # fmt: skip
     if args.json:
-        print(json.dumps({k: res[k] for k in keys}))
+        print(dumps_json({k: res[k] for k in keys}))
     else:
         print(f"{lm.name} {site}: {res['tokens']} predictions")
         for k in keys[:-1] + ("explained_variance",):
@@ -201,9 +202,9 @@ def _sae_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add the `lm` command (activations, eval, ablate-lowest) to the top-level saelab subparsers."""
-    lm = subparsers.add_parser("lm", help="Hugging Face causal LMs: harvest activations, downstream eval")
-    sub = lm.add_subparsers(dest="lm_command", metavar="{activations,eval,ablate-lowest}")
+    """Add the `lm` command (activations, eval, ablate-lowest, examples, explain, ablation-sparsity) to the top-level saelab subparsers."""
+    lm = subparsers.add_parser("lm", help="Hugging Face causal LMs: harvest activations, downstream eval, readable features")
+    sub = lm.add_subparsers(dest="lm_command", metavar="{activations,eval,ablate-lowest,examples,explain,ablation-sparsity}")
     sub.required = True
 
     p = sub.add_parser("activations", help="write an activation cache (shards + manifest)")
@@ -238,3 +239,6 @@ def register(subparsers: Any) -> None:
                    help="quantiles of all positive latents that set the default global thresholds")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     p.set_defaults(func=_cmd_ablate)
+
+    # examples, explain, ablation-sparsity live in commands/features.py; they reuse this module's flag helpers.
+    features.register_lm(sub, _common, _sae_args, _eval_setup)

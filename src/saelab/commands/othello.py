@@ -11,7 +11,7 @@ import numpy as np
 
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, SaelabError
-from saelab.io import atomic_write, atomic_write_text
+from saelab.io import atomic_write, atomic_write_text, dumps_json
 from saelab.othello.games import generate_games, replay_games
 from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
 from saelab.othello.model import OthelloGPT, OthelloGPTConfig, load_default_model
@@ -167,7 +167,7 @@ def cmd_eval_model(args) -> int:
     res["model"] = args.model or "committed"
     res["eval_seconds"] = round(time.time() - t0, 2)
     if args.json:
-        print(json.dumps(res))
+        print(dumps_json(res))
     else:
         print(f"legal_move_accuracy {res['legal_move_accuracy']:.4%} over {res['n_positions']} positions "
               f"of {res['n_games']} games")
@@ -184,10 +184,10 @@ def cmd_probes(args) -> int:
     res = train_probes(model, generate_games(args.games, args.seed))
     if args.out:
 
-        atomic_write_text(args.out, json.dumps(dict(res.to_dict(), games=args.games, seed=args.seed)) + "\n")
+        atomic_write_text(args.out, dumps_json(dict(res.to_dict(), games=args.games, seed=args.seed)) + "\n")
     summary = {"layers": res.table(), "best_layer": res.best_layer(), "n_train_positions": res.n_train,
                "n_test_positions": res.n_test}
-    print(json.dumps(summary) if args.json else res.markdown())
+    print(dumps_json(summary) if args.json else res.markdown())
     return 0
 
 def add_sae_commands(sub) -> None:
@@ -231,7 +231,7 @@ def cmd_score(args) -> int:
     result = score_folder(args.sae, games=args.games, seed=args.seed).to_dict()
     if args.json:
         keys = ("good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse")
-        print(json.dumps({**{k: result[k] for k in keys}, **{k: v for k, v in result.items() if k not in keys}}))
+        print(dumps_json({**{k: result[k] for k in keys}, **{k: v for k, v in result.items() if k not in keys}}))
     else:
         print(f"good classifiers {result['good_classifiers']} / {result['findable']} findable, good latents {result['good_classifier_latents']}, "
               f"coverage {result['coverage']:.3f}, L0 {result['l0']:.2f}, NMSE {result['nmse']:.4f} ({result['positions']} positions, {result['games']} games)")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from saelab.data.cache import verify_cache
+from saelab.data.cache import NPY_LOAD_ERRORS, contained, verify_cache
 from saelab.errors import DataError
 
 DTYPES = {"F32": np.float32, "F16": np.float16}
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
 SUPPORTED = (np.dtype(np.float32), np.dtype(np.float16))
 
 
@@ -28,18 +29,43 @@ class Shard:
 def _open_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except NPY_LOAD_ERRORS as e:
         raise DataError(f"{path}: unreadable .npy ({e})") from None
+
+
+def _read_safetensors_header(path: Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file, with every entry checked against the file's size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
+                raise DataError(f"{path}: malformed .safetensors header (declares {header_len} header bytes in a {size}-byte file)")
+            header = json.loads(f.read(header_len))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: unreadable .safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise DataError(f"{path}: malformed .safetensors header (not a JSON object)")
+    data_bytes = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        ints = lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)  # noqa: E731
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or not ints(shape) or not ints(offsets) or len(offsets) != 2:
+            raise DataError(f"{path}: malformed .safetensors header (entry {name!r} lacks a dtype, shape or data_offsets)")
+        begin, end = offsets
+        if not begin <= end <= data_bytes:
+            raise DataError(f"{path}: malformed .safetensors header (tensor {name!r} spans bytes {begin}..{end}, the file holds {data_bytes})")
+        if info["dtype"] in DTYPES and end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[info["dtype"]]).itemsize:
+            raise DataError(f"{path}: malformed .safetensors header (tensor {name!r} has shape {shape} but {end - begin} bytes)")
+    return header_len, header
 
 
 def _open_safetensors(path: Path) -> np.ndarray:
     """Memory-map the single tensor of a safetensors file (or the one named 'activations')."""
-    try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable .safetensors header ({e})") from None
+    header_len, header = _read_safetensors_header(path)
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     if not tensors:
         raise DataError(f"{path}: holds no tensor")
@@ -56,7 +82,7 @@ def _open_safetensors(path: Path) -> np.ndarray:
     shape = tuple(info["shape"])
     if len(shape) != 2:
         raise DataError(f"{path}: tensor {name!r} has shape {shape}; expected [N, d_in]")
-    if shape[0] == 0:
+    if 0 in shape:  # nothing to map; the store names the empty side
         return np.zeros(shape, dtype=DTYPES[info["dtype"]])
     return np.memmap(path, dtype=DTYPES[info["dtype"]], mode="r", offset=8 + header_len + begin, shape=shape)
 
@@ -80,11 +106,13 @@ def _shard_paths(folder: Path) -> list[Path]:
     if source.exists():
         # A harvest folder (e.g. OthelloGPT) names its activation file beside labels and positions.
         try:
-            named = json.loads(source.read_text()).get("files", {}).get("activations")
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source}: unreadable JSON ({e.msg})") from None
+            info = json.loads(source.read_text())
+        except (ValueError, RecursionError, OSError) as e:  # bad JSON, not UTF-8, a folder
+            raise DataError(f"{source}: unreadable JSON ({getattr(e, 'msg', type(e).__name__)})") from None
+        files = info.get("files") if isinstance(info, dict) else None
+        named = files.get("activations") if isinstance(files, dict) else None
         if named:
-            return [folder / named]
+            return [Path(contained(str(folder), named, str(source)))]
     if (folder / "manifest.json").exists():
 
         manifest = verify_cache(folder)
@@ -108,6 +136,8 @@ class ActivationStore:
         d_in = None
         for p in paths:
             arr = _open_file(p)
+            if arr.shape[1] == 0:
+                raise DataError(f"{p}: has zero columns (d_in = 0)")
             if d_in is None:
                 d_in = arr.shape[1]
             elif arr.shape[1] != d_in:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from saelab.errors import ConfigError
+from saelab.errors import ConfigError, DataError
 from saelab.io import atomic_write_bytes, atomic_write_json
 
 
@@ -30,6 +31,12 @@ class ToyConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(name, v, "must be an integer ≥ 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", self.seed, "must be an integer ≥ 0")
+        for name in ("mean_active", "noise", "decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ConfigError(name, v, "must be a finite number")
         if not 0 < self.mean_active <= self.n_features:
             raise ConfigError("mean_active", self.mean_active, f"must be in (0, n_features={self.n_features}]")
         if self.noise < 0:
@@ -66,12 +73,17 @@ def write_toy(cfg: ToyConfig, out: str | Path) -> dict[str, Path]:
     """Write activations.npy, dictionary.npy and codes.npy (atomically) into `out`."""
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", str(out), "exists and is not a folder")
     x, dictionary, codes = make_toy(cfg)
     paths = {}
-    for name, arr in (("activations", x), ("dictionary", dictionary), ("codes", codes)):
-        buf = io.BytesIO()
-        np.save(buf, arr)
-        paths[name] = out / f"{name}.npy"
-        atomic_write_bytes(paths[name], buf.getvalue())
-    atomic_write_json(out / "toy.json", {"config": cfg.__dict__, "files": {k: v.name for k, v in paths.items()}})
+    try:
+        for name, arr in (("activations", x), ("dictionary", dictionary), ("codes", codes)):
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            paths[name] = out / f"{name}.npy"
+            atomic_write_bytes(paths[name], buf.getvalue())
+        atomic_write_json(out / "toy.json", {"config": cfg.__dict__, "files": {k: v.name for k, v in paths.items()}})
+    except OSError as e:
+        raise DataError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
     return paths

@@ -12,7 +12,6 @@ spliced and counted are those of saelab.evals.downstream (position 0 and norm ou
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -22,7 +21,7 @@ import torch
 
 from saelab.evals.downstream import replace_at, token_ce
 from saelab.evals.reconstruction import ReconstructionAccumulator
-from saelab.io import atomic_write_bytes
+from saelab.io import atomic_write_bytes, dumps_json
 from saelab.sources.hf import LanguageModel, Site
 from saelab.sources.text import keep_mask
 
@@ -218,6 +217,6 @@ def write_sweep(sweep: AblationSweep, out_dir: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "ablate_lowest.json")
     png_path = os.path.join(out_dir, "ablate_lowest.png")
-    atomic_write_bytes(json_path, (json.dumps(sweep.to_dict(), indent=2) + "\n").encode())
+    atomic_write_bytes(json_path, (dumps_json(sweep.to_dict(), indent=2) + "\n").encode())
     atomic_write_bytes(png_path, plot_sweep(sweep))
     return json_path, png_path

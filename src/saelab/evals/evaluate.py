@@ -15,7 +15,7 @@ from torch import Tensor
 
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
-from saelab.evals.reconstruction import ReconstructionResult, evaluate_batches
+from saelab.evals.reconstruction import EPS_L0, ReconstructionResult, evaluate_batches
 from saelab.folder import load_sae, read_saelab_record
 
 ROW_CHOICES = ("auto", "all", "held-out")
@@ -83,6 +83,7 @@ def evaluate(
     k: int | None = None,
     batch_size: int = 8192,
     scan: bool = True,
+    eps_l0: float = EPS_L0,
     on_codes: Callable[[Tensor, int], None] | None = None,
 ) -> ReconstructionResult:
     """Reconstruction and sparsity metrics of `sae` on `data` (see the module docstring for the accepted forms).
@@ -92,6 +93,8 @@ def evaluate(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be an integer ≥ 1")
+    if not (isinstance(eps_l0, (int, float)) and eps_l0 >= 0 and eps_l0 == eps_l0):
+        raise ConfigError("eps_l0", eps_l0, "must be a number ≥ 0")
     module, record = as_sae(sae)
     if k is not None:
         if not hasattr(module.activation.params, "k"):
@@ -114,7 +117,7 @@ def evaluate(
         for start in range(lo, hi, batch_size):
             yield torch.from_numpy(store.read_range(start, min(hi, start + batch_size))).to(device)
 
-    result = evaluate_batches(module, batches(), dictionary, on_codes=(lambda z, i: on_codes(z, lo + i)) if on_codes else None)
+    result = evaluate_batches(module, batches(), dictionary, on_codes=(lambda z, i: on_codes(z, lo + i)) if on_codes else None, eps_l0=eps_l0)
     result.rows = label
     result.method = module.cfg.method
     return result

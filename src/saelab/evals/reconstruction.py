@@ -11,10 +11,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelab.errors import DataError
+from saelab.errors import DataError, SaelabError
+from saelab.intervals import bootstrap_sums
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density
+EPS_L0 = 0.01  # l0_eps counts latents above this: leaky codes leave tiny non-zeros everywhere
+BLOCK_ROWS = 64  # bootstrap unit: contiguous rows, so a game's or a document's positions stay together
+N_BOOT = 500
 
 
 @dataclass
@@ -22,6 +26,7 @@ class ReconstructionResult:
     """Metrics of an SAE on a set of activations; computed in the SAE's normalized input space."""
 
     l0: float  # mean number of non-zero latents per token
+    l0_eps: float  # mean number of latents above eps_l0 per token
     nmse: float  # Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
     explained_variance: float  # 1 − nmse: variance explained around the mean, not around zero
     mse: float  # mean over tokens of Σ_d (x − x̂)²
@@ -35,6 +40,8 @@ class ReconstructionResult:
     firing_density_hist: dict = field(default_factory=dict)  # log10 density bin edges → counts
     active_latents_hist: dict = field(default_factory=dict)  # number active → tokens
     mmcs: float | None = None  # mean max cosine similarity to a true dictionary
+    eps_l0: float = EPS_L0
+    ci: dict = field(default_factory=dict)  # metric → 95% bootstrap interval over blocks of BLOCK_ROWS rows
     rows: str = "given"  # which rows: "held-out", "all", "lo:hi", or "given" (batches passed directly)
     method: str | None = None
 
@@ -49,7 +56,10 @@ class ReconstructionResult:
 class ReconstructionAccumulator:
     """Running sums from which every metric is exact at the end, whatever the batching."""
 
-    def __init__(self, n_latents: int, d_in: int):
+    def __init__(self, n_latents: int, d_in: int, eps: float = EPS_L0):
+        self.eps = eps
+        self.blocks: dict[str, list[np.ndarray]] = {k: [] for k in ("err", "sq", "l0", "l0_eps", "cos", "ratio", "has_norm", "rows")}
+        self.block_sum_x: list[np.ndarray] = []
         self.n = 0
         self.sq_err = 0.0
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
@@ -67,6 +77,7 @@ class ReconstructionAccumulator:
     def add(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
         """Account for one batch (normalized x, its reconstruction, its code)."""
         x, x_hat = x.double(), x_hat.double()
+        self._add_blocks(x, x_hat, z)
         self.n += x.shape[0]
         self.sq_err += (x - x_hat).pow(2).sum().item()
         self.sum_x += x.sum(dim=0)
@@ -87,6 +98,70 @@ class ReconstructionAccumulator:
         for k in counts.nonzero().flatten().tolist():
             self.active_counts[k] = self.active_counts.get(k, 0) + int(counts[k])
 
+    def _add_blocks(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
+        """Per-block sums of every per-row quantity, for the bootstrap (blocks of BLOCK_ROWS global rows)."""
+        xn, hn = x.norm(dim=-1), x_hat.norm(dim=-1)
+        has_norm = xn > 0
+        per_row = {
+            "err": (x - x_hat).pow(2).sum(dim=-1),
+            "sq": x.pow(2).sum(dim=-1),
+            "l0": (z != 0).sum(dim=-1).double(),
+            "l0_eps": (z.abs() > self.eps).sum(dim=-1).double(),
+            "cos": torch.where(has_norm, (x * x_hat).sum(dim=-1) / (xn * hn).clamp_min(1e-30), 0.0),
+            "ratio": torch.where(has_norm, hn / xn.clamp_min(1e-30), 0.0),
+            "has_norm": has_norm.double(),
+            "rows": torch.ones_like(xn),
+        }
+        ids = (self.n + torch.arange(x.shape[0], device=x.device)) // BLOCK_ROWS
+        first = int(ids[0])
+        local = ids - first
+        nb = int(local[-1]) + 1
+        for key, v in per_row.items():
+            sums = torch.zeros(nb, dtype=torch.float64, device=x.device).index_add_(0, local, v).cpu().numpy()
+            self._merge(self.blocks[key], sums, first)
+        sx = torch.zeros(nb, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, local, x).cpu().numpy()
+        self._merge(self.block_sum_x, sx, first)
+
+    def _merge(self, chunks: list[np.ndarray], sums: np.ndarray, first_block: int) -> None:
+        # A batch may start inside the block the previous batch ended in: add into it.
+        done = sum(len(c) for c in chunks)
+        if done > first_block:
+            chunks[-1] = chunks[-1].copy()
+            chunks[-1][-1] += sums[0]
+            sums = sums[1:]
+        if len(sums):
+            chunks.append(sums)
+
+    def intervals(self, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+        """95% bootstrap intervals (over blocks of contiguous rows) of the per-token metrics."""
+        if self.n == 0 or not self.block_sum_x:
+            return {}
+        parts = {k: np.concatenate(v) for k, v in self.blocks.items()}
+        parts["sum_x"] = np.concatenate(self.block_sum_x)
+        if len(parts["rows"]) < 2:
+            return {}
+
+        def nmse(s):
+            var = s["sq"] - (s["sum_x"] ** 2).sum(axis=-1) / s["rows"]
+            return s["err"] / np.where(var > 0, var, np.nan)
+
+        stats = {
+            "l0": lambda s: s["l0"] / s["rows"],
+            "l0_eps": lambda s: s["l0_eps"] / s["rows"],
+            "mse": lambda s: s["err"] / s["rows"],
+            "nmse": nmse,
+            "explained_variance": lambda s: 1.0 - nmse(s),
+            "cos_sim": lambda s: s["cos"] / np.maximum(s["has_norm"], 1),
+            "l2_ratio": lambda s: s["ratio"] / np.maximum(s["has_norm"], 1),
+        }
+        out = {}
+        for name, stat in stats.items():
+            try:
+                out[name] = bootstrap_sums(parts, stat, n_boot=n_boot, seed=seed, method="bootstrap-blocks").to_dict()
+            except SaelabError:
+                out[name] = None  # degenerate data (e.g. zero variance): no interval rather than a wrong one
+        return out
+
     def result(self, normalization: str) -> ReconstructionResult:
         """Final metrics."""
         n = max(self.n, 1)
@@ -98,6 +173,9 @@ class ReconstructionAccumulator:
         hist, _ = np.histogram(np.log10(alive.numpy()), bins=DENSITY_BINS) if alive.numel() else (np.zeros(len(DENSITY_BINS) - 1, int), None)
         return ReconstructionResult(
             l0=self.active_total / n,
+            l0_eps=float(sum(c.sum() for c in self.blocks["l0_eps"])) / n,
+            eps_l0=self.eps,
+            ci=self.intervals(),
             nmse=nmse,
             explained_variance=1.0 - nmse,
             mse=self.sq_err / n,
@@ -128,7 +206,8 @@ def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_batches(
-    sae, batches: Iterable[Tensor], dictionary: Tensor | None = None, on_codes: Callable[[Tensor, int], None] | None = None
+    sae, batches: Iterable[Tensor], dictionary: Tensor | None = None, on_codes: Callable[[Tensor, int], None] | None = None,
+    eps_l0: float = EPS_L0,
 ) -> ReconstructionResult:
     """Evaluate `sae` (in eval mode) on raw batches; metrics are in its normalized space.
 
@@ -136,7 +215,7 @@ def evaluate_batches(
     """
     was_training = sae.training
     sae.eval()
-    acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in)
+    acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in, eps=eps_l0)
     seen = 0
     try:
         for x_raw in batches:

@@ -7,7 +7,7 @@ Per SparsePlan (all ReLU'd, as the dense activations are):
                       m·k largest are the k largest), both decoded; mse + extra_weight · L(m·k)
                       under the name extra_name                              (multi_topk)
   AuxK                top-k_aux among the dead latents of P, decoded without bias against the
-                      detached residual, normalized as objective.auxk_loss.
+                      detached residual, scaled as objective.auxk_loss (losses.auxk_term).
 Loss terms keep the dense path's names and order, so `StepOutput.total` sums them the same way.
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.topk_encode import EncodePlan, encode
-from saelab.losses import normalized_squared_error, squared_error
+from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import SparsePlan
 from saelab.step_output import StepOutput
 
@@ -72,6 +72,6 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
             losses["auxk"] = cfg.aux_coef * x.new_zeros(())
         else:
             residual = (x - x_hat).detach()
-            losses["auxk"] = cfg.aux_coef * normalized_squared_error(decoded[-1], residual)
+            losses["auxk"] = cfg.aux_coef * auxk_term(decoded[-1], residual, x)
     code = items[0].code.with_values(values[0])
     return StepOutput(losses=losses, x=x, pre=None, z=code, x_hat=x_hat)

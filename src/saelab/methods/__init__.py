@@ -14,7 +14,13 @@ from saelab.methods import (  # noqa: F401  (importing registers each method)
     topk,
     without_topk,
 )
-from saelab.methods.base import Activation, LossContext, Penalty, SparsePlan
+from saelab.methods.base import (
+    Activation,
+    LossContext,
+    Penalty,
+    SparsePlan,
+    SparsityKnob,
+)
 from saelab.methods.registry import (
     ACTIVATIONS,
     PENALTIES,
@@ -27,6 +33,6 @@ from saelab.methods.registry import (
 )
 
 __all__ = [
-    "Activation", "Penalty", "LossContext", "SparsePlan", "ACTIVATIONS", "PENALTIES", "activation_class",
+    "Activation", "Penalty", "LossContext", "SparsePlan", "SparsityKnob", "ACTIVATIONS", "PENALTIES", "activation_class",
     "penalty_class", "build_params", "param_names", "register_activation", "register_penalty",
 ]  # fmt: skip

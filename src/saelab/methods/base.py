@@ -55,6 +55,24 @@ class SparsePlan:
     extra_name: str = ""
 
 
+@dataclass(frozen=True)
+class SparsityKnob:
+    """The parameter that sets how sparse a method's code is, for `target_l0`'s controller.
+
+    `param` names a Params field (or "alpha", the SAE's penalty coefficient); raising it lowers L0
+    when `more_is_sparser`. The controller moves it in log space within [low, high], starting at
+    `initial` when the configured value is not positive, and measures L0 as `measure`: "l0"
+    (non-zero entries) or "l0_eps" (entries above ε, for codes that leak tiny values everywhere).
+    """
+
+    param: str
+    more_is_sparser: bool = True
+    low: float = 1e-8
+    high: float = 1e4
+    initial: float = 1e-2
+    measure: str = "l0"
+
+
 @dataclass
 class LossContext:
     """What an activation may need to add its own loss terms."""
@@ -72,6 +90,8 @@ class Activation(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     description: ClassVar[str] = ""
+    # The parameter a target L0 adapts, for methods whose sparsity comes from a coefficient or threshold.
+    sparsity_knob: ClassVar[SparsityKnob | None] = None
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()
@@ -104,6 +124,12 @@ class Activation(nn.Module):
         """(SAELens architecture name, extra cfg keys) if SAELens can run this activation."""
         return None
 
+    def set_param(self, name: str, value) -> None:
+        """Change one parameter in place (the target-L0 controller's knob); subclasses refresh what depends on it."""
+        new_params = dataclasses.replace(self.params, **{name: value})
+        new_params.validate("method")
+        self.params = new_params
+
     def with_params(self, **changes) -> "Activation":
         """A copy using changed parameters (e.g. evaluate a TopK at another k)."""
         new_params = dataclasses.replace(self.params, **changes)
@@ -120,6 +146,9 @@ class Penalty(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     description: ClassVar[str] = ""
+    # Every penalty's strength is the SAE's coefficient alpha; starting small approaches the target
+    # from the dense side, where no latent has been killed yet.
+    sparsity_knob: ClassVar[SparsityKnob] = SparsityKnob(param="alpha", initial=1e-4)
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, Params, param, require
+from saelab.methods.base import Activation, Params, SparsityKnob, param, require
 from saelab.methods.registry import register_activation
 
 
@@ -90,6 +90,8 @@ class DimensionReduction(Activation):
     """
 
     description = "leaky code on an input-dependent support S_x (report appendix; a_k from p or a p_k schedule)"
+    # A larger p makes a_k grow faster, so the support S_x shrinks; entries outside it stay below ε.
+    sparsity_knob = SparsityKnob(param="p", low=1e-4, high=0.999, initial=0.15, measure="l0_eps")
 
     @dataclass
     class Params(Params):
@@ -108,6 +110,11 @@ class DimensionReduction(Activation):
     def __init__(self, params, n_latents):
         super().__init__(params, n_latents)
         self.register_buffer("a", a_sequence(n_latents, float(params.p), params.p_threshold), persistent=False)
+
+    def set_param(self, name: str, value) -> None:
+        """Change a parameter; a_k depends on p and p_threshold, so it is rebuilt."""
+        super().set_param(name, value)
+        self.a = a_sequence(self.n_latents, float(self.params.p), self.params.p_threshold).to(self.a.device)
 
     def forward(self, pre: Tensor) -> Tensor:
         """Leaky code on the adaptive support."""

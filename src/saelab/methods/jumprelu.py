@@ -5,7 +5,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, LossContext, Params, param, require
+from saelab.methods.base import (
+    Activation,
+    LossContext,
+    Params,
+    SparsityKnob,
+    param,
+    require,
+)
 from saelab.methods.registry import register_activation
 
 
@@ -53,6 +60,7 @@ class JumpReLU(Activation):
     """z_i = pre_i if pre_i > θ_i else 0; θ = exp(log θ) learned via pseudo-derivatives, L0 penalty added."""
 
     description = "per-latent learned threshold (straight-through estimator) with an L0 penalty"
+    sparsity_knob = SparsityKnob(param="l0_coef", initial=1e-3)
 
     @dataclass
     class Params(Params):

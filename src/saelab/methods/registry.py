@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable, TypeVar
 
 from saelab.errors import ConfigError
+from saelab.typecheck import check_fields
 
 ACTIVATIONS: dict[str, type] = {}
 PENALTIES: dict[str, type] = {}
@@ -66,7 +67,7 @@ def build_params(cls: type, given: dict[str, Any], field: str):
         if key not in known:
             listed = ", ".join(known) or "none"
             raise ConfigError(f"{field}.{key}", given[key], f"not a parameter of {cls.name!r} (its parameters: {listed})")
-    params = cls.Params(**given)
+    params = cls.Params(**check_fields(cls.Params, given, field))
     params.validate(f"{field}")
     return params
 

@@ -5,7 +5,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, Params, SparsePlan, param, require, scatter_rows, topk_mask_values
+from saelab.methods.base import (
+    Activation,
+    Params,
+    SparsePlan,
+    param,
+    require,
+    scatter_rows,
+    topk_mask_values,
+)
 from saelab.methods.registry import register_activation
 
 

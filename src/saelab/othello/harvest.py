@@ -13,7 +13,12 @@ import torch
 from saelab.errors import ConfigError
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.othello.games import board_states, generate_games
-from saelab.othello.model import CONTEXT, OthelloGPT, games_to_tokens, load_default_model
+from saelab.othello.model import (
+    CONTEXT,
+    OthelloGPT,
+    games_to_tokens,
+    load_default_model,
+)
 
 DEFAULT_LAYER = 3
 

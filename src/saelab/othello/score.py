@@ -13,6 +13,7 @@ from saelab.evals.evaluate import evaluate
 from saelab.evals.reconstruction import ReconstructionResult
 from saelab.folder import load_sae, read_saelab_record
 from saelab.othello.auroc import auroc_matrix, coverage, good_classifier_report
+from saelab.othello.bootstrap import N_BOOT, findable_on_positions, good_count_intervals
 from saelab.othello.games import generate_games
 from saelab.othello.harvest import Harvest, config_from_source, harvest, load_model
 from saelab.othello.model import ASSETS_DIR
@@ -28,7 +29,7 @@ class OthelloScore:
     good_classifiers: int  # distinct (square, state) pairs with some latent at AUROC ≥ 0.9
     good_classifier_latents: int  # latents that are a good classifier of some pair
     findable: int  # pairs a linear probe at this layer classifies with AUROC ≥ 0.9
-    good_classifiers_frac: float
+    good_classifiers_frac: float  # good_findable / findable
     good_classifier_latents_frac: float
     coverage: float  # Karvonen et al.: mean over pairs of the best F1 of any latent and threshold
     l0: float
@@ -36,6 +37,9 @@ class OthelloScore:
     dead_fraction: float
     positions: int
     games: int
+    good_findable: int = 0  # good pairs that are also findable (the numerator of good_classifiers_frac)
+    l0_eps: float = 0.0
+    ci: dict = field(default_factory=dict)  # metric → 95% interval (rows: blocks of positions; counts: games)
     good_pairs: list = field(default_factory=list)  # [square, state] pairs found
     findable_pairs: list = field(default_factory=list)
     best_auroc: list = field(default_factory=list)  # per pair 3·square + state: the best latent's AUROC
@@ -70,8 +74,13 @@ def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.
     return codes, result
 
 
-def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, data: Harvest | None = None, findable: np.ndarray | None = None) -> OthelloScore:
-    """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers."""
+def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, data: Harvest | None = None,
+              findable: np.ndarray | None = None, n_boot: int = N_BOOT) -> OthelloScore:
+    """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers.
+
+    `findable` defaults to probes cross-fitted on these same positions; `n_boot` game-bootstrap
+    replicates give the counts' intervals (0: none).
+    """
 
     if source is None or source.get("source") != "othello":
         raise ConfigError("sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)")
@@ -79,20 +88,28 @@ def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, dat
         cfg = config_from_source(source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET)
         data = harvest(cfg)
     codes, recon = latent_activations(sae, data.activations)
-    mask = findable if findable is not None else findable_mask(int(source["layer"]))
+    games = data.positions[:, 0]
+    mask = findable if findable is not None else findable_on_positions(data.activations, data.labels, games)
     auc = auroc_matrix(codes, data.labels)
     report = good_classifier_report(auc, mask)
     cov = coverage(codes, data.labels)
+    n_findable = report["findable"]
+    ci = {k: v for k, v in recon.ci.items() if k in ("l0", "l0_eps", "nmse")}
+    if n_boot:
+        ci.update(good_count_intervals(codes, data.labels, games, auc, mask, n_boot=n_boot))
     return OthelloScore(
         good_classifiers=report["good_classifiers"],
         good_classifier_latents=report["good_classifier_latents"],
-        findable=report["findable"],
-        good_classifiers_frac=report["good_classifiers_frac"],
+        findable=n_findable,
+        good_classifiers_frac=report["good_findable"] / n_findable if n_findable else float("nan"),
         good_classifier_latents_frac=report["good_classifier_latents_frac"],
         coverage=float(cov["coverage"]),
         l0=recon.l0,
         nmse=recon.nmse,
         dead_fraction=recon.dead_fraction,
+        good_findable=report["good_findable"],
+        l0_eps=recon.l0_eps,
+        ci=ci,
         positions=int(len(data.activations)),
         games=int(data.source["games"]),
         good_pairs=report["good_pairs"],

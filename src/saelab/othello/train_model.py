@@ -10,7 +10,6 @@ optimum as plain next-move prediction (``target="next"``) with less gradient noi
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saelab.io import dumps_json
 from saelab.othello.games import generate_games, replay_games
 from saelab.othello.model import (
     CONTEXT,
@@ -139,7 +139,7 @@ def evaluate_legal(model: OthelloGPT, games: np.ndarray, batch_size: int = 500) 
 
 def _append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(dumps_json(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> OthelloGPT
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_FILE
-    dataset = np.load(cfg.games_file) if cfg.games_file else None
+    dataset = np.load(cfg.games_file, allow_pickle=False) if cfg.games_file else None
     if cfg.init_from:
         # Loaded before the log is reset, so init_from may be out_dir itself.
         model = OthelloGPT.load(cfg.init_from)
@@ -225,4 +225,4 @@ def _checkpoint(model, eval_games, out, log_path, step, t0, log, final=False) ->
            "legal_move_accuracy": round(ev["legal_move_accuracy"], 6),
            "eval_games": ev["n_games"]}
     _append_jsonl(log_path, row)
-    log(json.dumps(row))
+    log(dumps_json(row))

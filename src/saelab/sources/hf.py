@@ -108,6 +108,19 @@ def load_lm(spec: LMSpec | str) -> "LanguageModel":
     return LanguageModel(model, tokenizer, spec)
 
 
+def load_tokenizer(model: str) -> Any:
+    """Only the tokenizer of --model (hub name, folder or .gguf), for reading token ids back as text."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SaelabError("transformers is not installed; install saelab[lm]") from exc
+    source, extra = _resolve(model)
+    try:
+        return AutoTokenizer.from_pretrained(source, **extra)
+    except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot load this tokenizer"
+        raise SaelabError(f"model={model!r}: cannot load its tokenizer ({_first_line(exc)})") from exc
+
+
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """Return the ModuleList of transformer blocks, by known path or by a generic search."""
     for path in _KNOWN_BLOCK_PATHS:

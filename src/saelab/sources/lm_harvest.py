@@ -7,10 +7,13 @@ import time
 from dataclasses import dataclass
 
 from saelab.config import require_positive_int
-from saelab.data.cache import CACHE_DTYPES, CacheMeta, CacheWriter, check_out_folder
+import numpy as np
+import torch
+
+from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, CacheWriter, check_out_folder
 from saelab.errors import SaelabError
 from saelab.sources.hf import SITES, LMSpec, load_lm
-from saelab.sources.text import TextConfig, iter_batches, iter_chunks, keep_mask
+from saelab.sources.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ class HarvestResult:
     tokens_per_s: float  # model tokens (incl. dropped positions) through the forward per second
 
 
+def row_index(ids: torch.Tensor, keep: torch.Tensor, first_window: int) -> np.ndarray:
+    """int32 [n_kept, 3]: (token id, window index in the text, position) of each kept position, in row order."""
+    batch, seq = ids.shape
+    window = torch.arange(first_window, first_window + batch).unsqueeze(1).expand(batch, seq)
+    position = torch.arange(seq).unsqueeze(0).expand(batch, seq)
+    keep = keep.cpu()
+    return torch.stack([ids.cpu()[keep], window[keep], position[keep]], dim=1).numpy().astype(np.int32)
+
+
 def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     """Write (or resume) an activation cache of cfg.tokens rows; validates all input before writing."""
 
@@ -83,7 +95,9 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     batches = iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip)
     first = next(batches, None)  # an empty source raises here, before anything is written
 
-    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows, extend=cfg.extend)
+    # Which token, window and position each row is, so contexts can be read back without the model.
+    index_info = {"columns": list(INDEX_COLUMNS), "first_token_id": first_token_id(lm.tokenizer) if cfg.prepend_bos else None}
+    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows, extra={"row_index": index_info}, extend=cfg.extend)
     writer.manifest["target_rows"] = cfg.tokens
     start_rows, windows = writer.n_rows, skip
     t0, seen = time.perf_counter(), 0
@@ -92,11 +106,13 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
             if writer.n_rows >= cfg.tokens:
                 break
             acts = lm.activations(ids, site)
-            rows = acts[keep_mask(acts, cfg.drop_first, cfg.outlier_factor)]
-            rows = rows[: cfg.tokens - writer.n_rows].float().cpu().numpy()
+            keep = keep_mask(acts, cfg.drop_first, cfg.outlier_factor)
+            take = cfg.tokens - writer.n_rows
+            rows = acts[keep][:take].float().cpu().numpy()
+            index = row_index(ids, keep, windows)[:take]
             windows += ids.shape[0]
             seen += ids.numel()
-            writer.append(rows, cursor={"windows": windows})
+            writer.append(rows, cursor={"windows": windows}, index=index)
             if log is not None and writer.n_rows // 50000 != (writer.n_rows - len(rows)) // 50000:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 log(f"{writer.n_rows}/{cfg.tokens} rows, {rate:.0f} tokens/s")

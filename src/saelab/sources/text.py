@@ -118,6 +118,11 @@ def _special_ids(tokenizer: Any) -> tuple[int | None, int | None]:
     return (bos if bos is not None else eos), eos
 
 
+def first_token_id(tokenizer: Any) -> int | None:
+    """The id every window starts with when cfg.prepend_bos (BOS, or EOS without one)."""
+    return _special_ids(tokenizer)[0]
+
+
 def iter_windows(tokenizer: Any, cfg: TextConfig, skip: int = 0) -> Iterator[list[int]]:
     """Token windows of exactly cfg.context ids: [BOS] + the running token stream, documents joined by EOS."""
     if cfg.context < 2:

@@ -1,0 +1,28 @@
+"""`saelab sweep CONFIG.toml --out DIR [--resume]`: a grid of SAEs trained on shared batches, evaluated, reported."""
+
+from __future__ import annotations
+
+import sys
+
+from saelab.experiments.sweep import run_sweep
+
+
+def register(sub) -> None:
+    """Add `sweep` to the top-level subparsers."""
+    p = sub.add_parser("sweep", help="train a grid of SAEs (lists in a train config expand), evaluate each, write results.jsonl and a report")
+    p.add_argument("config", help="TOML in the format of `saelab train --config`; SAE parameters and `seed` may be lists")
+    p.add_argument("--out", required=True, help="sweep folder: runs/, results.jsonl, report/")
+    p.add_argument("--resume", action="store_true", help="continue a killed sweep: finished SAEs are kept, a killed run resumes from its checkpoint")
+    p.add_argument("--max-memory-gb", type=float, default=None, help="memory budget for SAEs trained together (default: half of free RAM)")
+    p.add_argument("--no-report", action="store_true", help="skip building report/ at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    """Run the sweep and say where its results are."""
+    rows = run_sweep(args.config, args.out, resume=args.resume, max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
+                     say=lambda m: print(f"[sweep] {m}", file=sys.stderr, flush=True), report=not args.no_report)
+    print(f"{len(rows)} SAEs → {args.out}/results.jsonl")
+    return 0

@@ -1,0 +1,254 @@
+"""Run a sweep: train the planned SAEs seed by seed on shared batches, evaluate each on held-out
+data, append one row per SAE to DIR/results.jsonl, and build the report.
+
+Layout of DIR: `sweep.json` (the config and the expanded plan; a resumed sweep must match it),
+`runs/seed{S}[-part{i}]/` (one multi-SAE training run per seed and memory-sized part; the SAE
+folders inside), `results.jsonl` and `report/`. A killed sweep continues with `resume=True`:
+parts whose SAEs all have their eval.json are not retrained, a part killed mid-training resumes
+from its checkpoint (sweeps checkpoint every tenth of training unless told otherwise), and SAEs
+already in results.jsonl are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from saelab.config import RunConfig, TrainConfig, read_config
+from saelab.data.store import ActivationStore
+from saelab.errors import ConfigError, DataError
+from saelab.experiments.grid import PlannedSAE, SweepPlan, pack_by_memory, plan_sweep
+from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
+from saelab.io import atomic_write_json, atomic_write_text
+from saelab.train import CHECKPOINT, Trainer
+
+RESULTS = "results.jsonl"
+OTHELLO_SCORE = "othello_score.json"
+PLAN = "sweep.json"
+EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model")
+CHECKPOINTS_PER_RUN = 10
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (8 GiB where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def _finite(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[str, Any]:
+    """The results.jsonl row of one trained SAE from its saelab.json record (reconstruction part)."""
+    cfg = planned.cfg
+    saved = record.get("sae", {})
+    ev = record.get("eval", {})
+    params = {**saved.get("method_params", {}), **saved.get("penalty_params", {})}
+    if saved.get("penalty"):
+        params.update(penalty=saved["penalty"], alpha=saved.get("alpha"))
+    row = {
+        "name": planned.name,
+        "group": planned.group,
+        "method": cfg.method,  # the activation; a penalty and its alpha are in params
+        "params": params,
+        "n_latents": cfg.n_latents,
+        "seed": planned.seed,
+        "varied": planned.varied,
+        "target_l0": cfg.target_l0,
+        "lr": saved.get("lr") or cfg.effective_lr,
+        "l0": ev.get("l0"),
+        "l0_eps": ev.get("l0_eps"),
+        "eps_l0": ev.get("eps_l0"),
+        "nmse": ev.get("nmse"),
+        "mse": ev.get("mse"),
+        "explained_variance": ev.get("explained_variance"),
+        "cos_sim": ev.get("cos_sim"),
+        "dead_fraction": ev.get("dead_fraction"),
+        "dense_fraction": ev.get("dense_fraction"),
+        "tokens": record.get("tokens"),
+        "steps": record.get("steps"),
+        "flops": record.get("flops"),
+        "folder": str(folder.relative_to(root)),
+        "ci": dict(ev.get("ci") or {}),
+    }
+    if record.get("target_l0"):
+        row["coefficient"] = record["target_l0"]
+    return {k: _finite(v) for k, v in row.items()}
+
+
+class Evaluators:
+    """The held-out evaluations a source allows, set up once per sweep and shared by every SAE."""
+
+    def __init__(self, source: dict | None, options: dict[str, Any], say: Callable[[str], None]):
+        self.source = source or {}
+        self.options = options
+        self.say = say
+        self._othello = None
+        self._lm = None
+
+    def othello(self, sae, folder: Path) -> dict[str, Any]:
+        """Board-state score on held-out games (harvested once, findable pairs fitted once)."""
+        from saelab.othello.bootstrap import findable_on_positions
+        from saelab.othello.harvest import config_from_source, harvest
+        from saelab.othello.score import EVAL_SEED_OFFSET, score_sae
+
+        if self._othello is None:
+            games = int(self.options.get("games", 2000))
+            self.say(f"harvesting {games} held-out games for the board-state score")
+            data = harvest(config_from_source(self.source, games=games, seed=int(self.source.get("seed", 0)) + EVAL_SEED_OFFSET))
+            self._othello = (data, findable_on_positions(data.activations, data.labels, data.positions[:, 0]))
+        data, findable = self._othello
+        s = score_sae(sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))).to_dict()
+        atomic_write_json(folder / OTHELLO_SCORE, s)  # the full score (per-pair AUROC, pairs found) beside the SAE
+        keys = ("good_classifiers", "good_findable", "findable", "good_classifier_latents", "coverage", "good_classifiers_frac")
+        return {**{k: s[k] for k in keys}, "ci": {k: v for k, v in s["ci"].items() if k.startswith("good")}}
+
+    def lm(self, sae) -> dict[str, Any]:
+        """Downstream CE/KL with the SAE spliced into the recorded model, on text after the harvested windows."""
+        from saelab.evals.downstream import evaluate_downstream
+        from saelab.sources.hf import LMSpec, load_lm
+        from saelab.sources.text import TextConfig, iter_batches
+
+        src = self.source
+        if self._lm is None:
+            model = self.options.get("model", src.get("model"))
+            text = self.options.get("text", str(src.get("text_source", "")).split(" [")[0])
+            if not model or not text:
+                raise ConfigError("eval.text", text, "downstream evaluation needs the model and text (recorded in the cache, or [eval] model/text)")
+            lm = load_lm(LMSpec(model))
+            opts = src.get("options") or {}
+            context = int(src.get("context", 64))
+            skip = int(self.options.get("skip_windows", (src.get("cursor") or {}).get("windows", 0)))
+            n_windows = max(1, int(self.options.get("tokens", 4096)) // context)
+            batches, have = [], 0
+            for ids in iter_batches(lm.tokenizer, TextConfig(text, context, bool(opts.get("prepend_bos", True))), int(self.options.get("batch_size", 8)), skip=skip):
+                ids = ids[: n_windows - have]
+                batches.append(ids)
+                have += ids.shape[0]
+                if have >= n_windows:
+                    break
+            if not batches:
+                raise DataError(f"text={text!r}: no held-out windows after skipping {skip}")
+            self._lm = (lm, lm.site(int(src["layer"]), src["site"]), batches, opts.get("outlier_factor"))
+        lm, site, batches, outliers = self._lm
+        r = evaluate_downstream(lm, site, sae, batches, outliers).to_dict()
+        out = {k: r.get(k) for k in ("ce_clean", "ce_sae", "ce_zero", "ce_recovered_zero", "ce_recovered_mean", "kl")}
+        if out["ce_sae"] is not None and out["ce_clean"] is not None:
+            out["ce_delta"] = out["ce_sae"] - out["ce_clean"]
+        return out
+
+    def extra(self, sae, folder: Path) -> dict[str, Any]:
+        """Every evaluation beyond reconstruction that this source and the [eval] options call for."""
+        if self.source.get("source") == "othello":
+            return self.othello(sae, folder)
+        if self.options.get("downstream") and self.source.get("site"):
+            return self.lm(sae)
+        return {}
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    rows = {}
+    if path.exists():
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i}: unreadable JSON ({e.msg})") from None
+                rows[row["name"]] = row
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+
+
+def _member_folders(run_dir: Path, part: list[PlannedSAE]) -> list[Path]:
+    # The trainer writes a single SAE into the run folder itself, several into named subfolders.
+    return [run_dir] if len(part) == 1 else [run_dir / p.name for p in part]
+
+
+def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, max_memory_gb: float | None = None,
+              progress: bool = True, say: Callable[[str], None] = print, report: bool = True) -> list[dict]:
+    """Train and evaluate every SAE of a sweep config into `out`; return the results rows."""
+    data = read_config(config) if isinstance(config, (str, Path)) else dict(config)
+    data.pop("out", None)  # the sweep chooses each run's folder
+    plan: SweepPlan = plan_sweep({**data, "out": str(out)})
+    if "activations" not in plan.train:
+        raise ConfigError("activations", None, "required in the sweep config")
+    root = Path(out)
+    plan_record = {"config": data, "saes": [s.name for s in plan.saes]}
+    if (root / PLAN).exists():
+        if not resume:
+            raise ConfigError("out", str(root), "already holds a sweep; pass --resume to continue it or choose another folder")
+        saved = json.loads((root / PLAN).read_text())
+        if saved.get("saes") != plan_record["saes"] or saved.get("config") != json.loads(json.dumps(data)):
+            raise ConfigError("config", str(config), f"differs from the sweep in {root} (its {PLAN}); resume needs the same config")
+    elif root.exists() and any(root.iterdir()) and not resume:
+        raise ConfigError("out", str(root), "is not empty; choose a new folder for the sweep")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / PLAN, plan_record)
+
+    store = ActivationStore(plan.train["activations"])
+    budget = int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2)
+    batch_size = int(plan.train.get("batch_size", TrainConfig.__dataclass_fields__["batch_size"].default))
+    unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
+    if unknown:
+        raise ConfigError(f"eval.{unknown[0]}", plan.eval[unknown[0]], f"unknown [eval] option (known: {', '.join(EVAL_KEYS)})")
+    done = _read_rows(root / RESULTS) if resume else {}
+    rows: list[dict] = []
+    evaluators = None
+    for seed, saes in plan.by_seed().items():
+        parts = pack_by_memory(saes, store.d_in, batch_size, budget)
+        for i, part in enumerate(parts):
+            run_dir = root / "runs" / (f"seed{seed}" + (f"-part{i}" if len(parts) > 1 else ""))
+            folders = _member_folders(run_dir, part)
+            finished = all((f / "eval.json").exists() and (f / SAELAB_CFG).exists() for f in folders)
+            if not finished:
+                say(f"training {len(part)} SAE(s) with seed {seed} into {run_dir}")
+                train = TrainConfig.from_dict({**plan.train, "seed": seed, "out": str(run_dir)})
+                trainer = Trainer(RunConfig(train, [dataclasses.replace(p.cfg) for p in part]), progress=progress)
+                if train.checkpoint_every == 0:
+                    trainer.run.train.checkpoint_every = max(1, trainer.total_steps // CHECKPOINTS_PER_RUN)
+                # A part that never reached its first checkpoint leaves a partial folder: start it over.
+                has_ckpt = (run_dir / CHECKPOINT).exists()
+                trainer.fit(resume=resume and has_ckpt, overwrite=not has_ckpt)
+            for planned, folder in zip(part, folders):
+                if planned.name in done and (root / done[planned.name]["folder"]).exists():
+                    rows.append(done[planned.name])
+                    continue
+                record = read_saelab_record(folder)
+                row = _row(planned, folder, root, record)
+                if evaluators is None:
+                    evaluators = Evaluators(record.get("source"), plan.eval, say)
+                extra = evaluators.extra(load_sae(folder), folder)
+                row["ci"].update(extra.pop("ci", {}))
+                row.update({k: _finite(v) for k, v in extra.items()})
+                rows.append(row)
+                _write_rows(root / RESULTS, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
+                say(_summary(row))
+    _write_rows(root / RESULTS, rows)
+    if report:
+        from saelab.report import build_report
+
+        paths = build_report([root], root / "report", command=f"saelab sweep {config} --out {out}")
+        say(f"report: {paths.html}")
+    return rows
+
+
+def _summary(row: dict) -> str:
+    parts = [f"{row['name']}: L0 {row['l0']:.1f}", f"NMSE {row['nmse']:.4f}"]
+    if row.get("good_findable") is not None:
+        parts.append(f"good classifiers {row['good_findable']}/{row['findable']}")
+    if row.get("kl") is not None:
+        parts.append(f"KL {row['kl']:.3f}")
+    return ", ".join(parts)

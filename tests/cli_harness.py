@@ -1,0 +1,66 @@
+"""Helpers shared by the reliability and fuzz tests: run `saelab` in this process and read what it said."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+from saelab.cli import main
+
+
+def cli(*args) -> tuple[int, str, list[str]]:
+    """(exit status, stdout, non-empty stderr lines) of `saelab ARGS`, run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library warnings are not saelab's messages
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse exits on its own
+            code = e.code if isinstance(e.code, int) else 2
+    return code, out.getvalue(), [line for line in err.getvalue().splitlines() if line.strip()]
+
+
+def error_line(result: tuple[int, str, list[str]]) -> str:
+    """The single `saelab: error:` line of a refused command (asserts exit status 2 and exactly one line)."""
+    code, _, err = result
+    assert code == 2, (code, err)
+    assert len(err) == 1 and err[0].startswith("saelab: error: "), err
+    return err[0]
+
+
+def ok_or_one_line_error(result: tuple[int, str, list[str]]) -> None:
+    """Every CLI entry point either succeeds or exits 2 with one `saelab: error:` line."""
+    if result[0] != 0:
+        error_line(result)
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as a strict reader (JavaScript, jq) would."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """{relative path: sha256} of every file under `root`, except those under `skip`."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        if skip is not None and (here == skip or skip in here.parents):
+            dirnames[:] = []
+            continue
+        for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+            p = here / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        out.update({str((here / d).relative_to(root)) + "/": "dir" for d in dirnames if here / d != skip})
+    return out
