@@ -8,11 +8,11 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: demo demo-quick test test-slow test-compat bench install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,lm]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,lm]"
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA packages were pulled in; refusing" >&2; exit 1; fi
 	touch $(STAMP)
 
@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 
 test-compat: $(STAMP)
 	bash scripts/setup_saelens_venv.sh
+	bash scripts/setup_saebench_venv.sh
 	$(BIN)/python -m pytest -q -m compat
 
 bench: $(STAMP)

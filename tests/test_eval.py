@@ -51,6 +51,7 @@ def test_streaming_is_independent_of_batching(parts, seed):
     a, b = whole.result("none"), split.result("none")
     for key in ("nmse", "l0", "cos_sim", "l2_ratio", "dead_fraction", "dense_fraction", "relative_reconstruction_bias"):
         assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-9)
+    assert a.activation_value_hist == b.activation_value_hist and sum(a.activation_value_hist["counts"]) > 0
 
 
 def test_dead_dense_and_histograms():

@@ -213,8 +213,16 @@ def test_a_kept_gradient_is_never_overwritten_by_the_next_step():
     first = sae.W_enc.grad.data_ptr()
     sae.W_enc.grad = None  # dropped, as zero_grad(set_to_none=True) does: its memory is reused
     sparse_step(sae, torch.randn(16, 8), 0.0, None).total.backward()
-    if workspace._storage_users(sae.W_enc.grad) is not None:
-        assert sae.W_enc.grad.data_ptr() == first
+    assert sae.W_enc.grad.data_ptr() == first
+    part = sae.W_enc.grad[:2]  # a slice keeps the gradient's memory as much as the gradient does
+    snapshot = part.clone()
+    sae.W_enc.grad = None
+    sparse_step(sae, torch.randn(16, 8), 0.0, None).total.backward()
+    assert torch.equal(part, snapshot)
+    (returned,) = torch.autograd.grad(sparse_step(sae, torch.randn(16, 8), 0.0, None).total, [sae.W_enc])
+    snapshot = returned.clone()  # handed to the caller, not to .grad: never known to be gone, never reused
+    sparse_step(sae, torch.randn(16, 8), 0.0, None).total.backward()
+    assert torch.equal(returned, snapshot)
     workspace.release()
 
 

@@ -6,13 +6,13 @@ import argparse
 import os
 import sys
 
-from saelab.commands import core, demo, features, lm, othello, report, scaling, sweep
+from saelab.commands import core, demo, features, hub, lm, othello, report, reproduce, scaling, sweep
 from saelab.commands.common import set_threads
 from saelab.errors import SaelabError
 from saelab.interrupt import TrainingInterrupted
 
 # Each group module exposes register(subparsers); the order is the order of `saelab --help`.
-GROUPS = (core, sweep, report, scaling, features, demo, othello, lm)
+GROUPS = (core, sweep, report, scaling, features, demo, othello, lm, reproduce, hub)
 
 
 class OneLineParser(argparse.ArgumentParser):

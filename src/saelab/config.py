@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saelab.devices import DEVICES, DTYPES, check_device, check_dtype
 from saelab.errors import ConfigError
+from saelab.logging_backends import LOGGERS, check_logger
 from saelab.methods import activation_class, build_params, penalty_class
+from saelab.model_site import SAELensNames
 from saelab.names import check_member_names
 from saelab.typecheck import build, check_fields
 
@@ -36,8 +39,8 @@ def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple | None
 
 
 @dataclass
-class SAEConfig:
-    """One sparse autoencoder: size, sparsity method, recipe options."""
+class SAEConfig(SAELensNames):
+    """One sparse autoencoder: size, sparsity method, recipe options (plus SAELens-named read-only views, see SAELensNames)."""
 
     n_latents: int = option(help="number of latents")
     method: str = option("relu", "sparsity method (see `saelab methods`)")
@@ -186,6 +189,9 @@ class TrainConfig:
     tokens: int | None = option(None, "training tokens (rounded up to whole batches)")
     epochs: float | None = option(None, "passes over the training rows (default 1 when no budget is given)")
     seed: int = option(0, "random seed")
+    device: str = option("cpu", "where to train (batches and SAEs move there)", choices=DEVICES)
+    dtype: str = option("float32", "compute precision: bfloat16 autocasts the forward pass, weights and saved folders stay float32", choices=DTYPES)
+    log: str | None = option(None, "also send the metrics.jsonl records to an experiment logger (pip install 'saelab[log]' for wandb and tensorboard, 'saelab[trackio]' for trackio)", choices=LOGGERS)
     betas: tuple[float, float] = option((0.9, 0.999), "Adam betas")
     adam_eps: float = option(1e-8, "Adam epsilon")
     warmup_steps: int = option(0, "linear warm-up steps")
@@ -197,6 +203,9 @@ class TrainConfig:
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
     scan: bool = option(True, "scan the data for NaN/inf before training")
     eps_l0: float = option(0.01, "l0_eps counts latents above this per token (reported beside l0; target_l0 uses it for leaky codes)")
+    until_converged: bool = option(False, "stop once every SAE's held-out NMSE improves by less than converge_tol (relative) over converge_window tokens; the budget is the cap")
+    converge_tol: float = option(0.01, "until_converged: relative held-out NMSE improvement below which an SAE has converged")
+    converge_window: int = option(1_000_000, "until_converged: tokens over which the improvement is measured (held-out NMSE is measured 4 times per window)")
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -231,7 +240,15 @@ class TrainConfig:
         _nonneg_int("checkpoint_every", self.checkpoint_every)
         require_positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)
         _nonneg_int("seed", self.seed)
+        check_device(self.device)
+        check_dtype(self.dtype, self.device)
+        if self.log is not None:
+            check_logger(self.log)  # unknown, or its package missing: refused before anything trains
         _finite("eps_l0", self.eps_l0, minimum=0.0)
+        if not isinstance(self.until_converged, bool):
+            raise ConfigError("until_converged", self.until_converged, "must be true or false")
+        _finite("converge_tol", self.converge_tol, minimum=0.0, strict=True)
+        require_positive_int("converge_window", self.converge_window)
         return self
 
     def to_dict(self) -> dict:
@@ -260,6 +277,9 @@ class RunConfig:
             raise ConfigError("sae", [], "at least one SAE is required")
         for sae in self.saes:
             sae.validate()
+            if sae.kernel == "sparse" and self.train.dtype != "float32":
+                # The sparse kernels compute in the weights' float32; autocast reaches only the dense path.
+                raise ConfigError("kernel", "sparse", f"the sparse kernels compute in float32; with dtype={self.train.dtype} use kernel auto or dense")
         check_member_names([s.display_name() for s in self.saes])
         return self
 
@@ -379,7 +399,7 @@ def _from_dict(cls, data: dict, where: str):
 # off, they have no effect, which is refused. Only the builders of flags and TOML check this; the
 # Python API and a run's own run.json may carry an unused setting (a sweep varying auxk keeps k_aux).
 SAE_NEEDS = {"alpha": "penalty", "penalty_decoder_norm": "penalty", "k_aux": "auxk", "aux_coef": "auxk"}
-TRAIN_NEEDS = {"decay_fraction": "decay"}
+TRAIN_NEEDS = {"decay_fraction": "decay", "converge_tol": "until_converged", "converge_window": "until_converged"}
 
 
 def _check_no_effect(cfg, needs: dict[str, str], given: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
 from saelab.errors import DataError
+from saelab.foreign import foreign_format, load_foreign
 from saelab.io import atomic_save_safetensors, atomic_write_json
+from saelab.model_site import ModelSite, site_from_source
 from saelab.sae import SparseAutoencoder
 from saelab.version import __version__
 
@@ -21,8 +23,8 @@ SAELAB_CFG = "saelab.json"
 SAELENS_FORMAT_VERSION = "6.54.12"
 
 
-def saelens_cfg(sae) -> dict:
-    """SAELens-readable cfg.json for this SAE (architecture from its activation)."""
+def saelens_cfg(sae, site: ModelSite | None = None) -> dict:
+    """SAELens-readable cfg.json for this SAE (architecture from its activation; the model hook when known)."""
     cfg = sae.cfg
     arch = sae.activation.saelens_architecture()
     architecture, extra = arch if arch is not None else ("saelab", {})
@@ -43,6 +45,8 @@ def saelens_cfg(sae) -> dict:
             "saelab_method": cfg.method,
             "saelab_normalize": cfg.normalize,
             "saelab_saelens_compatible": arch is not None and cfg.normalize != "unit",
+            # Where SAELens's HookedSAETransformer.add_sae and SAEBench place the SAE (absent: not from a harvested model).
+            **({**site.to_dict(), "hook_head_index": None} if site is not None else {}),
         },
     }
     out.update(extra)
@@ -59,15 +63,17 @@ def raw_space_tensors(sae) -> dict[str, torch.Tensor]:
         "b_dec": sae.b_dec.detach() / s,
     }
     tensors.update({k: v.detach() for k, v in sae.activation.export_tensors().items()})
-    return {k: v.float().contiguous() for k, v in tensors.items()}
+    return {k: v.float().cpu().contiguous() for k, v in tensors.items()}  # float32 on disk whatever the device and dtype trained
 
 
 def save_sae(sae, folder: str | Path, extra: dict | None = None) -> Path:
     """Write cfg.json, sae_weights.safetensors and saelab.json (full config + `extra`) atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    site = site_from_source((extra or {}).get("source")) or sae.cfg.site
+    sae.cfg.site = site
     atomic_save_safetensors(folder / WEIGHTS_FILE, raw_space_tensors(sae))
-    atomic_write_json(folder / SAELENS_CFG, saelens_cfg(sae))
+    atomic_write_json(folder / SAELENS_CFG, saelens_cfg(sae, site))
     record = {"saelab_version": __version__, "sae": sae.cfg.to_dict(), **(extra or {})}
     atomic_write_json(folder / SAELAB_CFG, record)
     return folder
@@ -89,7 +95,9 @@ def read_saelab_record(folder: str | Path) -> dict:
 
 
 def load_sae(folder: str | Path, device: str = "cpu"):
-    """Rebuild a SparseAutoencoder from its folder, in eval mode."""
+    """Rebuild a SparseAutoencoder from its folder (saelab's, or one SAELens or sparsify wrote), in eval mode."""
+    if Path(folder).is_dir() and not (Path(folder) / SAELAB_CFG).exists() and foreign_format(folder) is not None:
+        return load_foreign(folder).to(device)
     record = read_saelab_record(folder)
     try:
         cfg = SAEConfig.from_dict(record["sae"])
@@ -113,4 +121,5 @@ def load_sae(folder: str | Path, device: str = "cpu"):
         sae.W_dec.copy_(tensors["W_dec"] * s)
         sae.b_dec.copy_(tensors["b_dec"] * s)
     sae.activation.import_tensors({k: v for k, v in tensors.items() if k not in expected})
+    sae.cfg.site = site_from_source(record.get("source"))
     return sae.to(device).eval()

@@ -2,6 +2,8 @@
 
 from torch import Tensor
 
+from saelab import distributed
+
 
 def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
     """Σ_d (x̂ − x)², averaged over rows: the per-token squared error every loss term uses."""
@@ -11,7 +13,9 @@ def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
 def batch_variance(x: Tensor) -> Tensor:
     """Squared error of predicting the batch mean of x: mean over rows of ‖x − mean(x)‖² (no gradient)."""
     x = x.detach()
-    return (x - x.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean()
+    # Data-parallel: the global batch's mean and variance (two passes, as in one process), not this slice's.
+    mean = distributed.batch_mean(x.mean(dim=0, keepdim=True))
+    return distributed.batch_mean((x - mean).pow(2).sum(dim=-1).mean())
 
 
 def normalized_squared_error(x_hat: Tensor, x: Tensor) -> Tensor:

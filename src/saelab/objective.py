@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 from saelab import kernels
+from saelab.devices import autocasting
 from saelab.errors import ConfigError
+from saelab.kernels.device_check import runs_on
 from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import LossContext
 from saelab.step_output import StepOutput, active_per_row, fired_latents, nonzero_values
@@ -40,7 +42,9 @@ def uses_sparse_kernel(sae) -> bool:
     ok = kernels.supports(sae)
     if kernel == "sparse" and not ok:
         raise ConfigError("kernel", "sparse", f"method {sae.cfg.method!r} with these options has no sparse path")
-    return ok
+    if ok and autocasting(sae.W_enc.device):
+        return False  # bfloat16 runs: autocast computes the dense path in bfloat16, the kernels would stay float32
+    return ok and runs_on(sae)
 
 
 def compute_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
@@ -70,9 +74,9 @@ def dense_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOut
 class DeadLatentTracker:
     """Counts, per latent, the training tokens seen since it last fired."""
 
-    def __init__(self, n_latents: int, dead_tokens: int):
+    def __init__(self, n_latents: int, dead_tokens: int, device: torch.device | str = "cpu"):
         self.dead_tokens = dead_tokens
-        self.since_fired = torch.zeros(n_latents, dtype=torch.long)
+        self.since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)  # beside the codes it is updated from
 
     @torch.no_grad()
     def update(self, fired: Tensor, n_tokens: int) -> None:
@@ -90,5 +94,5 @@ class DeadLatentTracker:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state_dict`."""
-        self.since_fired = state["since_fired"].clone()
+        self.since_fired = state["since_fired"].to(self.since_fired.device).clone()  # a checkpoint is read onto the CPU
         self.dead_tokens = state["dead_tokens"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -16,9 +18,11 @@ class SparseAutoencoder(nn.Module):
     """z = act((x_n − b_dec) W_enc + b_enc), x̂_n = z W_dec + b_dec, with x_n the normalized input.
 
     Shapes follow SAELens: W_enc [d_in, n], b_enc [n], W_dec [n, d_in], b_dec [d_in].
-    `encode`/`forward` take raw activations; `forward` returns them in raw space too. `decode`
-    returns raw space for `none` and `scalar` normalization and the normalized space for `unit`
-    (undoing a per-token normalization needs that token's own mean and norm).
+    `encode`/`forward` take raw activations; `forward` returns them in raw space too, and so does
+    `decode`, so that decode(encode(x)) == forward(x) (SAEBench checks it). Undoing `unit`
+    normalization needs each token's own mean and norm: `decode` takes them from the latest
+    `encode` when the codes have that call's leading shape (codes of those tokens, edited or not),
+    and otherwise returns the normalized space with a warning.
     """
 
     def __init__(self, cfg: SAEConfig):
@@ -86,12 +90,37 @@ class SparseAutoencoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Latent code of raw activations x [..., d_in]."""
         self.check_input(x)
-        x_n, _ = self.normalizer.normalize(x)
+        x_n, ctx = self.normalizer.normalize(x)
+        if ctx is not None:  # `unit`: kept so that decode can return these tokens to raw space
+            self._unit_context = (ctx[0].detach(), ctx[1].detach())
         return self.encode_normalized(x_n)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstruction from a code (raw space, except normalized space for `unit`)."""
-        return self.normalizer.denormalize(self.decode_normalized(z))
+        """Raw-space reconstruction from a code (see the class docstring for `unit` normalization)."""
+        ctx = None
+        if self.normalizer.mode == "unit":
+            ctx = getattr(self, "_unit_context", None)
+            if ctx is None or ctx[0].shape[:-1] != z.shape[:-1] or ctx[0].device != z.device:
+                warnings.warn("decode: with unit normalization the codes are not of the tokens last encoded, so the "
+                              "reconstruction stays in the normalized space (use forward/reconstruct for raw space)", stacklevel=2)
+                ctx = None
+        return self.normalizer.denormalize(self.decode_normalized(z), ctx)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights (SAEBench reads it)."""
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the weights (SAEBench reads it)."""
+        return self.W_enc.dtype
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() all pass here: keep the SAELens-style cfg.dtype/cfg.device in step.
+        out = super()._apply(fn, *args, **kwargs)
+        self.cfg.dtype, self.cfg.device = self.dtype, self.device
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """Raw activations → raw reconstruction."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from saelab import distributed
 from saelab.methods.base import SparsityKnob
 from saelab.step_output import active_above, active_per_row
 
@@ -66,8 +67,10 @@ class L0Controller:
     def measure(self, z) -> float:
         """The batch L0 this knob targets: non-zeros, or entries above ε."""
         if self.knob.measure == "l0_eps":
-            return float(active_above(z, self.eps).double().mean())
-        return float(active_per_row(z).double().mean())
+            l0 = float(active_above(z, self.eps).double().mean())
+        else:
+            l0 = float(active_per_row(z).double().mean())
+        return distributed.rank_mean([l0])[0]  # data-parallel: every rank moves the knob by the global L0
 
     @torch.no_grad()
     def update(self, sae, z, step: int) -> None:

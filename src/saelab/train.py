@@ -5,9 +5,13 @@ It knows the objective's interface (`compute_step`) and the SAE's, never a spars
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
+import signal
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -17,8 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from saelab import devices, distributed
 from saelab.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, load_checkpoint, refuse_legacy, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
+from saelab.convergence import MAX_ROWS as CONVERGE_ROWS, ConvergenceMonitor, held_out_nmse
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError, SaelabError
@@ -26,6 +32,7 @@ from saelab.evals.evaluate import evaluate
 from saelab.fingerprint import check_same_data, data_fingerprint
 from saelab.folder import SAELAB_CFG, save_sae
 from saelab.interrupt import StopSignals, TrainingInterrupted, signal_name
+from saelab.logging_backends import LogTarget, RunLoggers
 from saelab.io import atomic_write_json, atomic_write_text, dumps_json
 from saelab.objective import DeadLatentTracker, StepOutput, active_per_row, compute_step, fired_latents, nonzero_values
 from saelab.step_output import active_above
@@ -44,7 +51,8 @@ RUN_FILES = (CHECKPOINT, LEGACY_CHECKPOINT, METRICS, RUN_CONFIG, SAELAB_CFG, "cf
 LOCATION_FIELDS = {"out", "activations", "eval_activations"}
 INIT_SAMPLE_ROWS = 16384
 # Fields a resumed run may change without changing what is computed.
-RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan"}
+# `device` moves the same computation (bitwise equal only on the same device); `dtype` changes the arithmetic, so it may not.
+RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan", "device", "log"}
 
 
 @dataclass
@@ -58,6 +66,8 @@ class Member:
     out: Path
     base_lr: float
     control: L0Controller | None = None  # target_l0's coefficient controller, when the config asks for one
+    convergence: ConvergenceMonitor | None = None  # until_converged: its held-out NMSE history
+    compute_dtype: str = "float32"  # bfloat16: the forward pass autocasts; weights and Adam state stay float32
 
 
 def training_flops(cfg: SAEConfig, tokens: int) -> int:
@@ -74,11 +84,12 @@ def build_member(cfg: SAEConfig, train: TrainConfig, sample: torch.Tensor, init_
     """An SAE initialized from a raw data sample, with its Adam optimizer and dead-latent tracker."""
     sae = SparseAutoencoder(cfg)
     sae.initialize_from_data(sample, torch.Generator().manual_seed(init_seed))
+    sae.to(train.device)  # initialized on the CPU first, so every device starts from the same weights
     sae.train()
     lr = cfg.effective_lr
     # fused: one pass over the 2·n·d_in weights instead of a per-op loop (9× faster on CPU, bench/).
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
-    return Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens), out, lr)
+    return Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens, train.device), out, lr, compute_dtype=train.dtype)
 
 
 def train_step(m: Member, x: torch.Tensor, lr: float, grad_clip: float | None = None) -> StepOutput:
@@ -86,9 +97,11 @@ def train_step(m: Member, x: torch.Tensor, lr: float, grad_clip: float | None = 
     for group in m.optimizer.param_groups:
         group["lr"] = lr
     dead = m.tracker.dead_mask() if m.cfg.auxk else None
-    out = compute_step(m.sae, x, m.cfg.alpha, dead)
+    with devices.autocast(x.device, m.compute_dtype):  # forward only: backward and Adam run on the float32 weights
+        out = compute_step(m.sae, x, m.cfg.alpha, dead)
     m.optimizer.zero_grad(set_to_none=True)
     out.total.backward()
+    distributed.average_gradients(m.sae.parameters())  # data-parallel: the global batch's gradient from here on
     if m.cfg.decoder_unit_norm:
         m.sae.project_decoder_grad()
     if grad_clip is not None:
@@ -98,7 +111,8 @@ def train_step(m: Member, x: torch.Tensor, lr: float, grad_clip: float | None = 
         m.sae.normalize_decoder()
     with torch.no_grad():
         m.sae.activation.observe(nonzero_values(out.z).detach())
-        m.tracker.update(fired_latents(out.z, m.cfg.n_latents), x.shape[0])
+        # Data-parallel: a latent fired if it fired on any rank, and the global batch's tokens passed.
+        m.tracker.update(distributed.any_rank(fired_latents(out.z, m.cfg.n_latents)), distributed.global_rows(x.shape[0]))
     return out
 
 
@@ -124,7 +138,10 @@ class Trainer:
 
     def __init__(self, run: RunConfig, progress: bool = True):
         self.run = run.validate()
-        self.progress = progress
+        self.world = distributed.init_from_env()  # one process unless launched by torchrun
+        self.world.check_batch(run.train.batch_size)
+        # A bar redrawn with \r fills a log file or a pipe with fragments: draw it on a terminal only.
+        self.progress = progress and self.world.is_main and sys.stderr.isatty()
         t = run.train
         self.store = ActivationStore(t.activations)
         if t.scan:
@@ -211,7 +228,8 @@ class Trainer:
         Until that rename the old run is whole; after it the new run resumes. Never neither.
         """
         self._save_checkpoint(members, 0)
-        remove_run_files(self._run_dirs(), RUN_FILES, keep=[self.out / CHECKPOINT])
+        if self.world.is_main:
+            remove_run_files(self._run_dirs(), RUN_FILES, keep=[self.out / CHECKPOINT])
 
     def _fingerprints(self) -> dict:
         if getattr(self, "_data_fp", None) is None:
@@ -223,13 +241,20 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, members: list[Member], step: int) -> None:
+        # Every rank holds the same (global) state: rank 0 writes it, and no rank goes on before it is on disk.
+        if self.world.is_main:
+            self._write_checkpoint(members, step)
+        self.world.barrier()
+
+    def _write_checkpoint(self, members: list[Member], step: int) -> None:
         state = {
             "step": step,
             "run": self.run.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "members": [
                 {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict(), "cfg": m.cfg.to_dict(),
-                 "control": m.control.state_dict() if m.control is not None else None}
+                 "control": m.control.state_dict() if m.control is not None else None,
+                 "convergence": m.convergence.state_dict() if m.convergence is not None else None}
                 for m in members
             ],
             "data": self._fingerprints(),
@@ -269,6 +294,8 @@ class Trainer:
         for m, saved in zip(members, state["members"]):
             if m.control is not None and saved.get("control") is not None:
                 m.control.load_state_dict(m.sae, saved["control"])  # the coefficient it had reached is part of the config
+            if m.convergence is not None and saved.get("convergence") is not None:
+                m.convergence.load_state_dict(saved["convergence"])
             saved_cfg = SAEConfig.from_dict(saved["cfg"])
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
@@ -299,10 +326,23 @@ class Trainer:
     def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
         t = self.run.train
         lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
-        out = train_step(m, x, lr, t.grad_clip)
-        if m.control is not None:
-            m.control.update(m.sae, out.z, step)
+        with distributed.global_batch(self.world):  # x is this rank's slice; collectives see the whole batch
+            out = train_step(m, x, lr, t.grad_clip)
+            if m.control is not None:
+                m.control.update(m.sae, out.z, step)
         return {"out": out, "lr": lr}
+
+    def _global_record(self, record: dict) -> dict:
+        """Data-parallel: the loss terms, NMSE and L0 of a record as means over ranks (each measured its slice).
+
+        Loss terms and L0 are then the global batch's; NMSE is the mean of the per-rank NMSEs.
+        """
+        if not self.world.parallel:
+            return record
+        keys = [k for k in record if k not in ("step", "tokens", "dead_fraction", "lr", "tokens_per_s")]
+        with distributed.global_batch(self.world):
+            values = distributed.rank_mean([float(record[k]) for k in keys])
+        return {**record, **dict(zip(keys, values))}
 
     @staticmethod
     def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float, eps_l0: float) -> dict:
@@ -331,7 +371,8 @@ class Trainer:
         The output folder is locked for the run. SIGINT/SIGTERM end the loop after the current step
         with a checkpoint and raise TrainingInterrupted; a failed write is a DataError naming its path.
         """
-        with RunLock(self.out), StopSignals() as self._stop:
+        lock = RunLock(self.out) if self.world.is_main else contextlib.nullcontext()  # only rank 0 writes the folder
+        with lock, StopSignals() as self._stop:
             try:
                 return self._fit(resume, overwrite)
             except TrainingInterrupted as e:
@@ -356,57 +397,97 @@ class Trainer:
 
     def _fit(self, resume: bool, overwrite: bool) -> list[Member]:
         t = self.run.train
-        self._check_out(resume, overwrite)
+        # Rank 0 checks and cleans the folder; every rank learns the outcome, or stops with its error.
+        self._replacing = self.world.on_main(lambda: self._check_out(resume, overwrite) or self._replacing)
         torch.manual_seed(t.seed)
         members = self._build_members()
         for m in members:
             m.control = L0Controller.for_member(m.sae, self.total_steps, t.eps_l0)
+            m.convergence = ConvergenceMonitor.for_run(t, self.eval_range)
         start = 0
         if resume:
             start = self._load_checkpoint(members)
-            for m in members:
+            for m in members if self.world.is_main else []:
                 self._truncate_log(m.out / METRICS, start)
         elif self._replacing:
             self._replace_old_run(members)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / RUN_CONFIG, self.run.to_dict())
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / RUN_CONFIG, self.run.to_dict())
         logs = []
         for m in members:
-            m.out.mkdir(parents=True, exist_ok=True)
-            logs.append(open(m.out / METRICS, "a"))
+            if self.world.is_main:
+                m.out.mkdir(parents=True, exist_ok=True)
+            # Other ranks compute the same (global) records, and stop on the same non-finite loss, but write nowhere.
+            logs.append(open(m.out / METRICS if self.world.is_main else os.devnull, "a"))
+        loggers = self._open_loggers(members)
         bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
         tick, tick_step = time.perf_counter(), start
         self._stop.armed = True  # from here a signal ends the loop after the current step, with a checkpoint
         try:
-            for step in range(start, self.total_steps):
-                x = torch.from_numpy(self.stream.batch(step)[0])
+            stop = self._all_converged(members)  # a resumed run that had converged trains no further
+            for step in range(start, start if stop else self.total_steps):
+                x = self.world.shard(torch.from_numpy(self.stream.batch(step)[0])).to(t.device)
                 results = [self._train_step(m, x, step) for m in members]
                 done = step + 1
-                if done % t.log_every == 0 or done == self.total_steps:
+                stop = self._check_convergence(members, done)  # before any checkpoint of this step, which then holds it
+                if done % t.log_every == 0 or done == self.total_steps or stop:
                     now = time.perf_counter()
                     rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, done
                     records = [self._log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)]
+                    records = [self._global_record(rec) for rec in records]
                     for m, rec, log in zip(members, records, logs):
                         if not math.isfinite(rec["loss"]):
                             raise DataError(f"{m.cfg.display_name()}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data")
                         log.write(dumps_json(rec) + "\n")
                         log.flush()
+                        loggers.log(m.out, rec)
                     bar.set_postfix(loss=f"{records[0]['loss']:.4g}", nmse=f"{records[0]['nmse']:.3f}", l0=f"{records[0]['l0']:.1f}")
-                if t.checkpoint_every and done % t.checkpoint_every == 0 and done < self.total_steps:
+                if t.checkpoint_every and done % t.checkpoint_every == 0 and done < self.total_steps and not stop:
                     self._save_checkpoint(members, done)
                 bar.update(1)
-                if self._stop.signum is not None:
+                if self.world.any_flag(self._stop.signum is not None):  # a signal to any rank stops all at the same step
                     self._save_checkpoint(members, done)
-                    raise self._interrupted(self._stop.signum, done)
+                    raise self._interrupted(self._stop.signum or signal.SIGTERM, done)
+                if stop:
+                    break
         finally:
             self._stop.armed = False
             bar.close()
+            loggers.close()
             for log in logs:
                 log.close()
+        if stop:  # the run is what was trained: its checkpoint, saelab.json and a resume all end here
+            self.total_steps = max(m.convergence.converged_at for m in members) // t.batch_size
         self._save_checkpoint(members, self.total_steps)
-        self._finish(members)
+        self.world.on_main(lambda: self._finish(members))
         return members
+
+    def _open_loggers(self, members: list[Member]) -> RunLoggers:
+        """--log: one experiment-logger run per SAE, grouped by the run folder, its config logged once (rank 0 only)."""
+        t = self.run.train
+        if t.log is None or not self.world.is_main:
+            return RunLoggers()
+        targets = [(LogTarget(m.cfg.display_name(), self.out.resolve().name, m.out), {"train": t.to_dict(), "sae": m.cfg.to_dict()}) for m in members]
+        return RunLoggers.open(t.log, targets)
+
+    # ---- until_converged ----------------------------------------------------------------------
+    @staticmethod
+    def _all_converged(members: list[Member]) -> bool:
+        return all(m.convergence is not None and m.convergence.converged for m in members)
+
+    def _check_convergence(self, members: list[Member], done: int) -> bool:
+        """Measure held-out NMSE when due (until_converged); True once every SAE has converged."""
+        monitors = [m.convergence for m in members if m.convergence is not None]
+        if not monitors or not monitors[0].due(done):
+            return self._all_converged(members)
+        if getattr(self, "_converge_rows", None) is None:
+            lo, hi = self.eval_range
+            self._converge_rows = torch.from_numpy(self.eval_store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(self.run.train.device)
+        for m in members:
+            m.convergence.observe(done * self.run.train.batch_size, held_out_nmse(m.sae, self._converge_rows))
+        return self._all_converged(members)
 
     def _finish(self, members: list[Member]) -> None:
         for m in members:
@@ -425,6 +506,9 @@ class Trainer:
             }
             if m.control is not None:
                 extra["target_l0"] = m.control.record()
+            if m.convergence is not None:
+                extra["convergence"] = m.convergence.record()
+                extra["tokens_to_convergence"] = m.convergence.converged_at
             save_sae(m.sae, m.out, extra)
             atomic_write_json(m.out / "eval.json", result.to_dict())
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
+from saelab.api import sparsity_warning
 from saelab.commands.common import add_threads, scalar
 from saelab.config import SAEConfig, TrainConfig, load_toml, run_from_mapping
 from saelab.data.toy import ToyConfig, write_toy
+from saelab.devices import DEVICES
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
+from saelab.evals.k_sweep import TOPK_FAMILY, k_sweep, parse_ks
+from saelab.evals.refine import refine
+from saelab.folder import load_sae
 from saelab.evals.reconstruction import EPS_L0
 from saelab.io import dumps_json
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
@@ -48,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--all-rows", action="store_true", help="use every row even when the file is the SAE's training file")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--eps-l0", type=float, default=EPS_L0, help="l0_eps counts latents above this per token")
+    p.add_argument("--refine", action="store_true", help="also re-fit non-negative activations on each token's active set with the decoder fixed (refine_* keys)")
+    p.add_argument("--k-sweep", help="comma-separated k' values: NMSE and L0 of a TopK-family SAE at each (k_sweep key)")
+    p.add_argument("--device", metavar="{" + ",".join(DEVICES) + "}", default=None, help="where the SAE runs; batches follow it (default: cpu)")
     add_threads(p)
     p.set_defaults(func=cmd_eval)
 
@@ -88,18 +97,29 @@ def cmd_toy(args) -> int:
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
+def _with_default(text: str, f: dataclasses.Field) -> str:
+    """The help text plus "(default: X)" where the field has a default worth showing (None means unset)."""
+    if f.default is dataclasses.MISSING or f.default is None or isinstance(f.default, bool) or "default" in text:
+        return text
+    value = " ".join(str(v) for v in f.default) if isinstance(f.default, tuple) else f.default
+    return f"{text} (default: {value})"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = (), registry_choices: dict[str, tuple] | None = None) -> None:
     """One flag per config field marked for the command line, from the field's type and metadata.
 
     Booleans become switches: `--name` when the default is False, `--no-name` when it is True.
+    `registry_choices` adds choices to fields whose values live in a registry (method, penalty).
     """
     for f in dataclasses.fields(config_cls):
         meta = f.metadata
         if not meta.get("cli", False) or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        text = meta.get("help", "")
+        text = _with_default(meta.get("help", ""), f)
         type_name = str(f.type).replace(" | None", "").strip()
+        if (registry_choices or {}).get(f.name):
+            meta = {**meta, "choices": registry_choices[f.name]}
         if type_name == "bool":
             if f.default is True:
                 parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None, help="do not " + text)
@@ -124,12 +144,19 @@ def add_train_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
     add_config_flags(p, TrainConfig)
-    add_config_flags(p, SAEConfig)
+    add_config_flags(p, SAEConfig, registry_choices={"method": tuple(sorted(ACTIVATIONS)), "penalty": tuple(sorted(PENALTIES))})
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name, users in sorted(param_names().items()):
         # SUPPRESS: a flag not given leaves no attribute, so `--k none` reaches the method as None instead of vanishing.
-        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=argparse.SUPPRESS, help="used by " + ", ".join(users))
+        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=argparse.SUPPRESS,
+                           help="used by " + ", ".join(f"{u} (default {_param_default(u, name)})" for u in users))
     p.set_defaults(func=cmd_train)
+
+
+def _param_default(method: str, name: str):
+    """The default of parameter `name` in the method or penalty called `method`."""
+    cls = ACTIVATIONS.get(method) or PENALTIES[method]
+    return next(f.default for f in dataclasses.fields(cls.Params) if f.name == name)
 
 
 def run_config_from_args(args):
@@ -160,8 +187,13 @@ def cmd_train(args) -> int:
 
     run = run_config_from_args(args)
     trainer = Trainer(run, progress=not args.no_progress)
+    # Warned once the data has been read and checked, so a run that fails on its input says one line only.
+    for cfg in run.saes:
+        message = sparsity_warning(cfg.method, cfg.penalty, cfg.target_l0)
+        if message is not None:
+            print(f"saelab: warning: {cfg.display_name()}: {message}", file=sys.stderr)
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
-    for m in members:
+    for m in members if trainer.world.is_main else []:  # torchrun: one summary, from the rank that wrote it
         ev = json.loads((m.out / "eval.json").read_text())
         print(f"{m.cfg.display_name()}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}")
     return 0
@@ -169,20 +201,41 @@ def cmd_train(args) -> int:
 
 # ---- eval ---------------------------------------------------------------------------------
 
+REFINE_KEYS = ("refine_nmse_before", "refine_nmse_after", "refine_scale", "refine_scale_sum", "refine_zeroed_fraction")
 EVAL_KEYS = ("l0", "l0_eps", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction", "mmcs")
 
 
 def cmd_eval(args) -> int:
     """Evaluate a saved SAE on activations; print a table or one JSON object."""
 
-    result = evaluate(args.sae, args.activations, true_dictionary=args.true_dictionary, rows="all" if args.all_rows else "auto",
-                      k=args.k, batch_size=args.batch_size, eps_l0=args.eps_l0)
+    rows = "all" if args.all_rows else "auto"
+    ks = parse_ks(args.k_sweep) if args.k_sweep is not None else None
+    if ks is not None and args.k is not None:
+        raise ConfigError("k_sweep", args.k_sweep, "give either --k or --k-sweep")
+    if ks is not None:
+        # Checked before the (longer) main evaluation, so a non-TopK SAE fails at once.
+        module = load_sae(args.sae)
+        method = module.cfg.method
+        if not hasattr(module.activation.params, "k"):
+            raise ConfigError("k_sweep", args.k_sweep, f"method {method!r} has no k; --k-sweep needs a TopK-family SAE ({', '.join(TOPK_FAMILY)})")
+    result = evaluate(args.sae, args.activations, true_dictionary=args.true_dictionary, rows=rows,
+                      k=args.k, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)
     out = result.to_dict()
+    if args.refine:
+        out.update(refine(args.sae, args.activations, rows=rows, device=args.device).to_dict())
+    if ks is not None:
+        out["k_sweep"] = [p.to_dict() for p in k_sweep(args.sae, args.activations, ks, rows=rows, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)]
     if args.json:
         print(dumps_json(out))
     else:
         print(f"{args.sae} on {args.activations} ({result.rows} rows, {result.tokens} tokens, metrics in {result.normalization}-normalized space)")
-        for key in EVAL_KEYS:
+        for key in EVAL_KEYS + (REFINE_KEYS if args.refine else ()):
             if key in out:
-                print(f"  {key:<30} {out[key]:.4f}")
+                print(f"  {key:<30} {_num(out[key], '.4f')}")
+        if args.refine:
+            print(f"  refinement: {out['refine_iterations']} iterations, max KKT residual {out['refine_max_residual']:.2e}"
+                  f" ({'converged' if out['refine_converged'] else 'NOT converged'})")
+        for p in out.get("k_sweep", ()):
+            where = f" (top k'·B over batches of {p['batch_rows']} rows)" if "batch_rows" in p else ""
+            print(f"  k'={p['k']:<8.4g} {p['mode']:<10} L0 {p['l0']:.2f}  NMSE {_num(p['nmse'], '.4f')}{where}")
     return 0

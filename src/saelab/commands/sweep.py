@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from saelab import distributed
+from saelab.devices import DEVICES, DTYPES
 from saelab.experiments.sweep import run_sweep
+from saelab.logging_backends import LOGGERS
 
 
 def register(sub) -> None:
@@ -17,12 +20,17 @@ def register(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="skip building report/ at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", metavar="{" + ",".join(DEVICES) + "}", default=None, help="where every run trains (default: the config's, else cpu)")
+    p.add_argument("--dtype", metavar="{" + ",".join(DTYPES) + "}", default=None, help="compute precision of every run (default: the config's, else float32)")
+    p.add_argument("--log", metavar="{" + ",".join(LOGGERS) + "}", default=None, help="also send each SAE's metrics to an experiment logger")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
     """Run the sweep and say where its results are."""
     rows = run_sweep(args.config, args.out, resume=args.resume, max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
-                     say=lambda m: print(f"[sweep] {m}", file=sys.stderr, flush=True), report=not args.no_report)
-    print(f"{len(rows)} SAEs → {args.out}/results.jsonl")
+                     say=lambda m: print(f"[sweep] {m}", file=sys.stderr, flush=True), report=not args.no_report,
+                     device=args.device, dtype=args.dtype, log=args.log)
+    if distributed.current().is_main:  # torchrun: rank 0 wrote the results
+        print(f"{len(rows)} SAEs → {args.out}/results.jsonl")
     return 0

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from saelab.data.store import ActivationStore
+from saelab.devices import check_device
 from saelab.errors import ConfigError, DataError
 from saelab.evals.reconstruction import EPS_L0, ReconstructionResult, evaluate_batches
-from saelab.folder import load_sae, read_saelab_record
+from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
 
 ROW_CHOICES = ("auto", "all", "held-out")
 
@@ -32,12 +33,20 @@ def as_store(data, name: str = "activations") -> ActivationStore:
     raise ConfigError(name, type(data).__name__, "expected a path, an ActivationStore, a numpy array or a tensor")
 
 
-def as_sae(sae) -> tuple[torch.nn.Module, dict | None]:
-    """(module, its saelab.json record or None) from a module or a folder path."""
+def as_sae(sae, device: str | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """(module, its saelab.json record or None) from a module or a folder path; `device` moves it there (a module in place)."""
+    if device is not None:
+        check_device(device)
     if isinstance(sae, torch.nn.Module):
-        return sae, None
+        return (sae.to(device) if device is not None else sae), None
+    if isinstance(sae, str) and sae.startswith("hf://"):
+        from saelab.hub import download  # the Hub client is imported only for hf:// addresses
+
+        sae = download(sae)
     if isinstance(sae, (str, Path)):
-        return load_sae(sae), read_saelab_record(sae)
+        module = load_sae(sae, device or "cpu")
+        # A folder SAELens or sparsify wrote has no saelab.json: no training split to hold out.
+        return module, read_saelab_record(sae) if (Path(sae) / SAELAB_CFG).exists() else None
     raise ConfigError("sae", type(sae).__name__, "expected an SAE module or a folder path")
 
 
@@ -85,17 +94,19 @@ def evaluate(
     scan: bool = True,
     eps_l0: float = EPS_L0,
     on_codes: Callable[[Tensor, int], None] | None = None,
+    device: str | None = None,
 ) -> ReconstructionResult:
     """Reconstruction and sparsity metrics of `sae` on `data` (see the module docstring for the accepted forms).
 
     `k` evaluates a TopK-family SAE at another k; `on_codes(z, first_row)` sees every batch's code
-    (the OthelloGPT score collects them from the same pass).
+    (the OthelloGPT score collects them from the same pass). `device` moves the SAE there first;
+    batches always go to the SAE's device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be an integer ≥ 1")
     if not (isinstance(eps_l0, (int, float)) and eps_l0 >= 0 and eps_l0 == eps_l0):
         raise ConfigError("eps_l0", eps_l0, "must be a number ≥ 0")
-    module, record = as_sae(sae)
+    module, record = as_sae(sae, device)
     if k is not None:
         if not hasattr(module.activation.params, "k"):
             raise ConfigError("k", k, f"method {module.cfg.method!r} has no k")

@@ -16,6 +16,8 @@ from saelab.intervals import bootstrap_sums
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density
+# log10 of non-zero activation values, 0.2-decade bins; fixed edges make the counts independent of batching.
+VALUE_BINS = np.linspace(-6.0, 3.0, 46)
 EPS_L0 = 0.01  # l0_eps counts latents above this: leaky codes leave tiny non-zeros everywhere
 BLOCK_ROWS = 64  # bootstrap unit: contiguous rows, so a game's or a document's positions stay together
 N_BOOT = 500
@@ -39,6 +41,7 @@ class ReconstructionResult:
     normalization: str
     firing_density_hist: dict = field(default_factory=dict)  # log10 density bin edges → counts
     active_latents_hist: dict = field(default_factory=dict)  # number active → tokens
+    activation_value_hist: dict = field(default_factory=dict)  # log10 |non-zero activation| bin edges → counts
     mmcs: float | None = None  # mean max cosine similarity to a true dictionary
     eps_l0: float = EPS_L0
     ci: dict = field(default_factory=dict)  # metric → 95% bootstrap interval over blocks of BLOCK_ROWS rows
@@ -72,6 +75,8 @@ class ReconstructionAccumulator:
         self.n_nonzero = 0  # tokens with ‖x‖ > 0: the only ones where cosine and norm ratio mean anything
         self.fires = torch.zeros(n_latents, dtype=torch.long)
         self.active_counts: dict[int, int] = {}
+        self.value_counts = np.zeros(len(VALUE_BINS) - 1, dtype=np.int64)
+        self.value_outside = {"below": 0, "above": 0, "negative": 0}
 
     @torch.no_grad()
     def add(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
@@ -80,7 +85,7 @@ class ReconstructionAccumulator:
         self._add_blocks(x, x_hat, z)
         self.n += x.shape[0]
         self.sq_err += (x - x_hat).pow(2).sum().item()
-        self.sum_x += x.sum(dim=0)
+        self.sum_x += x.sum(dim=0).cpu()  # the sums live on the CPU, batches on the SAE's device
         self.sum_sq_x += x.pow(2).sum().item()
         xn, hn = x.norm(dim=-1), x_hat.norm(dim=-1)
         dot = (x * x_hat).sum(dim=-1)
@@ -93,10 +98,20 @@ class ReconstructionAccumulator:
         active = z != 0
         per_token = active.sum(dim=-1)
         self.active_total += int(per_token.sum())
-        self.fires += active.sum(dim=0)
-        counts = torch.bincount(per_token)
+        self.fires += active.sum(dim=0).cpu()
+        counts = torch.bincount(per_token).cpu()
         for k in counts.nonzero().flatten().tolist():
             self.active_counts[k] = self.active_counts.get(k, 0) + int(counts[k])
+        self._add_values(z)
+
+    def _add_values(self, z: Tensor) -> None:
+        """Histogram of log10 |z| over non-zero entries; `negative` says how many of them were below zero."""
+        values = z[z != 0].detach().double().cpu().numpy()
+        self.value_outside["negative"] += int((values < 0).sum())
+        logs = np.log10(np.abs(values))
+        self.value_outside["below"] += int((logs < VALUE_BINS[0]).sum())
+        self.value_outside["above"] += int((logs > VALUE_BINS[-1]).sum())
+        self.value_counts += np.histogram(logs, bins=VALUE_BINS)[0]
 
     def _add_blocks(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
         """Per-block sums of every per-row quantity, for the bootstrap (blocks of BLOCK_ROWS global rows)."""
@@ -192,6 +207,7 @@ class ReconstructionAccumulator:
                 "dead": int((density == 0).sum()),
             },
             active_latents_hist={str(k): v for k, v in sorted(self.active_counts.items())},
+            activation_value_hist={"log10_bin_edges": VALUE_BINS.tolist(), "counts": self.value_counts.tolist(), **self.value_outside},
         )
 
 
@@ -199,7 +215,7 @@ def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
     """Mean over true features of the best cosine similarity with any learned decoder row."""
     if decoder.shape[1] != dictionary.shape[1]:
         raise DataError(f"true dictionary has dimension {dictionary.shape[1]}, the SAE's decoder {decoder.shape[1]}")
-    dec = torch.nn.functional.normalize(decoder.double(), dim=-1)
+    dec = torch.nn.functional.normalize(decoder.detach().double().cpu(), dim=-1)
     true = torch.nn.functional.normalize(dictionary.double(), dim=-1)
     return (true @ dec.T).max(dim=1).values.mean().item()
 

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from saelab import distributed
 from saelab.config import RunConfig, TrainConfig, read_config
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
@@ -28,7 +29,7 @@ from saelab.train import CHECKPOINT, Trainer
 RESULTS = "results.jsonl"
 OTHELLO_SCORE = "othello_score.json"
 PLAN = "sweep.json"
-EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model")
+EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board")
 CHECKPOINTS_PER_RUN = 10
 
 
@@ -82,6 +83,8 @@ def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[st
     }
     if record.get("target_l0"):
         row["coefficient"] = record["target_l0"]
+    if record.get("convergence"):
+        row["tokens_to_convergence"] = record.get("tokens_to_convergence")  # None: the budget ran out first
     return {k: _finite(v) for k, v in row.items()}
 
 
@@ -149,7 +152,8 @@ class Evaluators:
     def extra(self, sae, folder: Path) -> dict[str, Any]:
         """Every evaluation beyond reconstruction that this source and the [eval] options call for."""
         if self.source.get("source") == "othello":
-            return self.othello(sae, folder)
+            # `board = false`: a sweep that claims only reconstruction skips the costly board-state score.
+            return self.othello(sae, folder) if self.options.get("board", True) else {}
         if self.options.get("downstream") and self.source.get("site"):
             return self.lm(sae)
         return {}
@@ -177,16 +181,8 @@ def _member_folders(run_dir: Path, part: list[PlannedSAE]) -> list[Path]:
     return [run_dir] if len(part) == 1 else [run_dir / p.name for p in part]
 
 
-def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, max_memory_gb: float | None = None,
-              progress: bool = True, say: Callable[[str], None] = print, report: bool = True) -> list[dict]:
-    """Train and evaluate every SAE of a sweep config into `out`; return the results rows."""
-    data = read_config(config) if isinstance(config, (str, Path)) else dict(config)
-    data.pop("out", None)  # the sweep chooses each run's folder
-    plan: SweepPlan = plan_sweep({**data, "out": str(out)})
-    if "activations" not in plan.train:
-        raise ConfigError("activations", None, "required in the sweep config")
-    root = Path(out)
-    plan_record = {"config": data, "saes": [s.name for s in plan.saes]}
+def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> None:
+    """Check that `root` is new, or holds this sweep when resuming; write its plan."""
     if (root / PLAN).exists():
         if not resume:
             raise ConfigError("out", str(root), "already holds a sweep; pass --resume to continue it or choose another folder")
@@ -198,8 +194,37 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / PLAN, plan_record)
 
+
+def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, max_memory_gb: float | None = None,
+              progress: bool = True, say: Callable[[str], None] = print, report: bool = True,
+              device: str | None = None, dtype: str | None = None, log: str | None = None) -> list[dict]:
+    """Train and evaluate every SAE of a sweep config into `out`; return the results rows.
+
+    `device`, `dtype` and `log` override the config's train fields of the same names. `dtype`
+    changes what is trained, so it is part of the sweep's config (a resume must match it);
+    `device` and `log` only place and watch the training, so a resume may change them.
+    """
+    data = read_config(config) if isinstance(config, (str, Path)) else dict(config)
+    data.pop("out", None)  # the sweep chooses each run's folder
+    if dtype is not None:
+        data["dtype"] = dtype
+    placement = {k: v for k, v in (("device", device), ("log", log)) if v is not None}
+    # Checked before the sweep folder is claimed: a machine without the device leaves nothing behind.
+    TrainConfig.from_dict({**{k: v for k, v in data.items() if k in ("device", "dtype", "log")}, **placement, "activations": "-", "out": "-"}).validate()
+    plan: SweepPlan = plan_sweep({**data, "out": str(out)})
+    if "activations" not in plan.train:
+        raise ConfigError("activations", None, "required in the sweep config")
+    root = Path(out)
+    plan_record = {"config": data, "saes": [s.name for s in plan.saes]}
+    # torchrun: every part trains data-parallel on all ranks; rank 0 alone claims the folder, evaluates and writes.
+    world = distributed.init_from_env()
+    if not world.is_main:
+        say = lambda message: None  # noqa: E731 — rank 0 reports
+    world.on_main(lambda: _claim(root, plan_record, data, config, resume))
+
     store = ActivationStore(plan.train["activations"])
-    budget = int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2)
+    # Rank 0's budget on every rank: the SAEs must be packed into the same parts everywhere.
+    budget = world.on_main(lambda: int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2))
     batch_size = int(plan.train.get("batch_size", TrainConfig.__dataclass_fields__["batch_size"].default))
     unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
     if unknown:
@@ -215,14 +240,14 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
             finished = all((f / "eval.json").exists() and (f / SAELAB_CFG).exists() for f in folders)
             if not finished:
                 say(f"training {len(part)} SAE(s) with seed {seed} into {run_dir}")
-                train = TrainConfig.from_dict({**plan.train, "seed": seed, "out": str(run_dir)})
+                train = TrainConfig.from_dict({**plan.train, "seed": seed, "out": str(run_dir), **placement})
                 trainer = Trainer(RunConfig(train, [dataclasses.replace(p.cfg) for p in part]), progress=progress)
                 if train.checkpoint_every == 0:
                     trainer.run.train.checkpoint_every = max(1, trainer.total_steps // CHECKPOINTS_PER_RUN)
                 # A part that never reached its first checkpoint leaves a partial folder: start it over.
                 has_ckpt = (run_dir / CHECKPOINT).exists()
                 trainer.fit(resume=resume and has_ckpt, overwrite=not has_ckpt)
-            for planned, folder in zip(part, folders):
+            for planned, folder in zip(part, folders) if world.is_main else []:
                 if planned.name in done and (root / done[planned.name]["folder"]).exists():
                     rows.append(done[planned.name])
                     continue
@@ -236,6 +261,8 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
                 rows.append(row)
                 _write_rows(root / RESULTS, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
                 say(_summary(row))
+    if not world.is_main:
+        return rows
     _write_rows(root / RESULTS, rows)
     if report:
         from saelab.report import build_report

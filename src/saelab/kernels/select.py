@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saelab import distributed
+
 # Candidate groups must outnumber k by this factor for the grouped path to pay off.
 _GROUPS_PER_K = 8
 _GROUP_SIZES = (16, 8, 4)
@@ -52,8 +54,10 @@ def batch_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     ReLU(pre) over the whole batch, sorted row-major. Zeros are dropped: they add nothing to the
     code and get no gradient through the ReLU, so leaving them out changes neither."""
     rows, n = pre.shape
-    budget = min(k * rows, rows * n)
-    m = min(2 * k, n)
+    # Data-parallel: this rank's winners of the global batch are among its own k·B_global largest.
+    global_budget = k * distributed.global_rows(rows)  # ≤ B_global·n since k ≤ n
+    budget = min(global_budget, rows * n)
+    m = min(2 * -(-budget // rows), n)  # twice the mean winners per row: 2k in one process
     cand_vals, cand_cols = row_topk(pre, m)
     cand_rows = torch.arange(rows, device=pre.device).unsqueeze(1).expand(rows, m)
     cand_vals, cand_cols, cand_rows = cand_vals.reshape(-1), cand_cols.reshape(-1), cand_rows.reshape(-1)
@@ -69,6 +73,10 @@ def batch_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         cand_rows = torch.cat([cand_rows[keep], sat_rows.repeat_interleave(n)])
         win = _largest_positive(cand_vals, budget)
     r, c, v = cand_rows[win], cand_cols[win], cand_vals[win]
+    threshold = distributed.kth_largest(v, global_budget)  # the global batch's k·B-th largest (None in one process)
+    if threshold is not None:
+        kept = v >= threshold
+        r, c, v = r[kept], c[kept], v[kept]
     order = torch.argsort(r * n + c)
     return r[order], c[order], v[order]
 

@@ -8,6 +8,7 @@ from saelab.methods import (  # noqa: F401  (importing registers each method)
     l1,
     leaky_topk,
     lp,
+    matryoshka,
     multi_topk,
     relu,
     smoothed_l0,

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saelab import distributed
 from saelab.methods.base import Activation, SparsePlan, param, require
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams, topk_relu
@@ -40,6 +41,9 @@ class BatchTopK(Activation):
         if self.training:
             flat = acts.flatten()
             keep = min(self.params.k * pre.shape[0], flat.numel())
+            threshold = distributed.kth_largest(flat, self.params.k * distributed.global_rows(pre.shape[0]))
+            if threshold is not None:  # this rank's slice of a data-parallel batch: the global k·B largest
+                return acts * (acts >= threshold)
             values, indices = torch.topk(flat, keep, sorted=False)
             return torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
         if self.threshold.item() < 0:
@@ -54,9 +58,11 @@ class BatchTopK(Activation):
     def observe(self, values: Tensor) -> None:
         """Fold this batch's smallest kept positive activation into the running threshold."""
         positive = values[values > 0]
-        if positive.numel() == 0:
+        # +inf stands for "none on this rank", so every rank takes part in the minimum over ranks.
+        smallest = positive.min() if positive.numel() else values.new_tensor(float("inf"))
+        smallest = distributed.batch_min(smallest.to(self.threshold.dtype))
+        if not torch.isfinite(smallest):
             return
-        smallest = positive.min().to(self.threshold.dtype)
         if self.threshold.item() < 0:
             self.threshold.copy_(smallest)
         else:

@@ -273,6 +273,46 @@ def active_section(data: ReportData) -> Section:
     return Section.from_blocks("active", title, blocks)
 
 
+def values_section(data: ReportData) -> Section:
+    """Histograms of the non-zero activation values (log10), one panel per group's first seed."""
+    from saelab.report.plots import HistPanel, histogram_grid_png
+
+    panels, missing = [], []
+    for g in data.groups:
+        row = data.first_seed(g)
+        hist = (read_eval(row) or {}).get("activation_value_hist")
+        if not hist:
+            missing.append(g.group)
+            continue
+        edges, counts = hist.get("log10_bin_edges"), hist.get("counts")
+        if not isinstance(edges, list) or not isinstance(counts, list) or len(edges) != len(counts) + 1:
+            raise DataError(f"{row.folder() / EVAL}: activation_value_hist needs log10_bin_edges with one more entry than counts")
+        outside = {k: int(hist.get(k) or 0) for k in ("below", "above", "negative")}
+        total = sum(counts) + outside["below"] + outside["above"]
+        if total <= 0:
+            missing.append(g.group)
+            continue
+        # Shares, so SAEs evaluated on different numbers of tokens or with different L0 compare by shape.
+        shares = tuple(float(c) / total for c in counts)
+        note = ", ".join(f"{k}: {v}" for k, v in outside.items() if v)
+        panels.append(HistPanel(f"{g.group} ({row.name})", tuple(map(float, edges)), shares, g.method, note))
+    title = "Activation values"
+    if not panels:
+        return Section.from_blocks("values", title, [Note("Activation-value histograms: not present (no SAE folder has an eval.json with activation_value_hist).")])
+    png = histogram_grid_png(panels, "log10 activation value (normalized space)", "share of non-zero activations",
+                             "Non-zero activation values (first seed of each group)")
+    blocks: list = [
+        Paragraph("Share of the non-zero activations at each log10 value (0.2-decade bins, in the SAE's normalized input "
+                  "space), for the first seed of each group. A penalty such as L1 pulls mass toward small values "
+                  "(shrinkage); leaky codes show their leaked entries as a second mode far below the top-k ones. Values "
+                  "outside the axis (below, above) and negative ones (counted by magnitude) are noted in the panel."),
+        Figure("values.png", png, "Activation-value histograms per group"),
+    ]
+    if missing:
+        blocks.append(_missing_note("Activation-value histogram", missing))
+    return Section.from_blocks("values", title, blocks)
+
+
 def curves_section(data: ReportData) -> Section:
     """Training curves (NMSE and L0 against tokens) from each SAE's metrics.jsonl, one line per SAE."""
     from saelab.report.plots import Curve, curves_png
@@ -311,7 +351,7 @@ def curves_section(data: ReportData) -> Section:
 
 
 DEFAULT_SECTIONS: tuple[SectionHook, ...] = (
-    summary_section, frontiers_section, comparisons_section, dead_section, density_section, active_section, curves_section,
+    summary_section, frontiers_section, comparisons_section, dead_section, density_section, active_section, values_section, curves_section,
 )
 
 

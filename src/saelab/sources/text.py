@@ -83,7 +83,7 @@ def _dataset_chunks(source: str, split: str, text_field: str) -> Iterator[tuple[
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SaelabError(f"text={source!r}: the datasets package is needed for Hugging Face datasets") from exc
+        raise SaelabError(f"text={source!r}: streaming a Hugging Face dataset needs the `datasets` extra: pip install 'saelab[datasets]' (a local file or folder needs nothing)") from exc
     name, _, config = source.partition(":")
     try:
         rows = datasets.load_dataset(name, config or None, split=split, streaming=True)

@@ -1,0 +1,95 @@
+"""The Python API: `saelab.train(activations, …)` and `saelab.evaluate(sae, data)` on paths, arrays or tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab.config import SAE_FIELDS, TRAIN_FIELDS, run_from_mapping
+from saelab.errors import ConfigError
+from saelab.evals.evaluate import evaluate
+from saelab.folder import load_sae
+from saelab.io import atomic_write
+from saelab.methods import activation_class, penalty_class
+from saelab.train import Trainer
+
+__all__ = ["evaluate", "sparsity_warning", "train"]
+
+
+class _DefaultK(int):
+    """The default k (32): a method without a k ignores it, while an explicit k there is an error."""
+
+
+DEFAULT_K = _DefaultK(32)
+# Keys that are neither config fields nor method parameters but are fine in a config mapping.
+_MAPPING_KEYS = {"method_params", "penalty_params"}
+
+
+def sparsity_warning(method: str, penalty: str | None, target_l0: float | None) -> str | None:
+    """The warning for a method that is not sparse by itself trained without a penalty (None when something makes it sparse)."""
+    cls = activation_class(method)
+    # Only ReLU has neither a k, a threshold nor its own sparsity coefficient: without a penalty it is a dense autoencoder.
+    if penalty is None and target_l0 is None and cls.sparsity_knob is None and not {f.name for f in dataclasses.fields(cls.Params)}:
+        return (f"method {method!r} without a penalty: nothing makes the code sparse "
+                "(add --penalty l1 --alpha A, or --target-l0 L, or use a TopK-family method)")
+    return None
+
+
+def _option_names(method: str, penalty: str | None) -> set[str]:
+    names = set(TRAIN_FIELDS) | set(SAE_FIELDS) | _MAPPING_KEYS
+    names |= {f.name for f in dataclasses.fields(activation_class(method).Params)}
+    if penalty is not None:
+        names |= {f.name for f in dataclasses.fields(penalty_class(penalty).Params)}
+    return names
+
+
+def _activations_path(activations, scratch: Path) -> str:
+    """A path the trainer can stream: paths as given, arrays and tensors written to `scratch` first."""
+    if isinstance(activations, (str, Path)):
+        return str(activations)
+    if isinstance(activations, torch.Tensor):
+        activations = activations.detach().cpu().numpy()
+    if isinstance(activations, np.ndarray):
+        path = scratch / "activations.npy"
+        array = np.ascontiguousarray(activations, dtype=np.float32)
+        atomic_write(path, lambda fh: np.save(fh, array))
+        return str(path)
+    raise ConfigError("activations", type(activations).__name__, "expected a path, a numpy array or a tensor")
+
+
+def train(activations, method: str = "topk", k: int = DEFAULT_K, n_latents: int = 4096, out=None, *,
+          overwrite: bool = False, resume: bool = False, progress: bool = True, **options):
+    """Train one SAE on `activations` (path, numpy array [N, d_in] or tensor) and return it loaded, as `saelab.load` does.
+
+    `options` are SAEConfig / TrainConfig fields and method or penalty parameters (`steps`,
+    `batch_size`, `lr`, `normalize`, `penalty`, `alpha`, `auxk`, `eps`, …); an unknown one is a
+    ConfigError naming it. With `out` the run folder is written there (as `saelab train --out`);
+    without, training runs in a temporary folder that is removed. An array or tensor is written to
+    a temporary .npy first, which is the path saelab.json then records.
+    """
+    penalty = options.get("penalty")
+    for name, value in options.items():
+        if name not in _option_names(method, penalty):
+            raise ConfigError(name, value, "unknown option (expected a SAEConfig or TrainConfig field or a parameter of "
+                                           f"method {method!r}" + (f" or penalty {penalty!r})" if penalty else ")"))
+    takes_k = "k" in _option_names(method, penalty)
+    if not takes_k and not isinstance(k, _DefaultK):
+        raise ConfigError("k", k, f"method {method!r}" + (f" and penalty {penalty!r} take" if penalty else " takes") + " no k")
+    mapping = {**options, "method": method, "n_latents": n_latents}
+    if takes_k and "k" not in options:
+        mapping["k"] = int(k)
+    message = sparsity_warning(method, penalty, options.get("target_l0"))
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    with tempfile.TemporaryDirectory(prefix="saelab-train-") as scratch:
+        mapping["activations"] = _activations_path(activations, Path(scratch))
+        folder = Path(out) if out is not None else Path(scratch) / "sae"
+        mapping["out"] = str(folder)
+        run = run_from_mapping(mapping)
+        Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+        return load_sae(folder)

@@ -1,0 +1,217 @@
+"""Data-parallel training on torch.distributed: the process group, and reductions over the global batch.
+
+`torchrun --nproc-per-node N -m saelab train …` starts N processes with RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR / MASTER_PORT set; `init_from_env` joins them into one process group
+(gloo for CPU tensors, NCCL for CUDA ones). Without those variables it returns the one-process
+World and nothing here communicates.
+
+Every rank builds the same global batch (same stream, same seed) and trains on its contiguous
+slice of B/N rows (`World.shard`). Each loss term is a mean over rows, so the mean over ranks of
+the per-rank gradients is the gradient of the global batch (`average_gradients`). Inside
+`global_batch(world)` the few quantities of a step that are not means over rows see the whole
+batch: `batch_mean` (AuxK's batch variances), `kth_largest` (BatchTopK's threshold), `batch_min`
+(BatchTopK's inference threshold), `any_rank` (the dead-latent counters) and `rank_mean` (logged
+metrics, the target-L0 controller's L0). Outside that context they are local and free, so
+evaluation, which only rank 0 runs, never waits for a peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from saelab.errors import ConfigError, SaelabError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        """Whether there is more than one process."""
+        return self.size > 1
+
+    def shard(self, x: Tensor) -> Tensor:
+        """This rank's contiguous slice of a global batch (all of it in one process)."""
+        if not self.parallel:
+            return x
+        rows = x.shape[0] // self.size
+        return x[self.rank * rows : (self.rank + 1) * rows]
+
+    def check_batch(self, batch_size: int) -> None:
+        """ConfigError unless the global batch splits into equal slices (unequal ones would weight rows unequally)."""
+        if batch_size % self.size:
+            raise ConfigError("batch_size", batch_size, f"must be a multiple of the {self.size} processes (each trains on an equal slice)")
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in one process)."""
+        if self.parallel:
+            dist.barrier()
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if it is True on any rank (e.g. a stop signal one rank received)."""
+        if not self.parallel:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def on_main(self, fn):
+        """Run `fn` on rank 0 only; every rank returns its result or raises its error.
+
+        Rank 0 re-raises the original exception; the others raise a SaelabError quoting it, so no
+        rank is left waiting at a collective that rank 0 will never reach.
+        """
+        if not self.parallel:
+            return fn()
+        result, error, exc = None, None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as e:  # noqa: BLE001 — re-raised below after the others are told
+                exc, error = e, f"{type(e).__name__}: {e}"
+        box = [result, error]
+        dist.broadcast_object_list(box, src=0)
+        if exc is not None:
+            raise exc
+        if box[1] is not None:
+            raise SaelabError(f"rank 0 stopped: {box[1]}")
+        return box[0]
+
+
+_world = World()
+_active: World | None = None  # set while a training step runs on a slice of a global batch
+
+
+def init_from_env() -> World:
+    """Join the process group torchrun described in the environment, once; the one-process World otherwise."""
+    global _world
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return _world
+    if not dist.is_initialized():
+        # The trainer keeps its tensors on the CPU; NCCL needs CUDA tensors, so gloo unless asked.
+        backend = os.environ.get("SAELAB_DIST_BACKEND", "gloo")
+        dist.init_process_group(backend=backend)
+    _world = World(rank=dist.get_rank(), size=dist.get_world_size())
+    return _world
+
+
+def current() -> World:
+    """The World set by the last `init_from_env` (one process before it)."""
+    return _world
+
+
+def shutdown() -> None:
+    """Leave the process group (after training), so the process exits without gloo's warnings."""
+    global _world
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _world = World()
+
+
+@contextlib.contextmanager
+def global_batch(world: World):
+    """Context: the batch in hand is this rank's slice of `world`'s global batch (no-op in one process)."""
+    global _active
+    before = _active
+    _active = world if world.parallel else None
+    try:
+        yield
+    finally:
+        _active = before
+
+
+def _reduce(t: Tensor, op=None) -> Tensor:
+    dist.all_reduce(t, op=op if op is not None else dist.ReduceOp.SUM)
+    return t
+
+
+def average_gradients(params) -> None:
+    """Replace every .grad by its mean over ranks: one all-reduce of one flat buffer.
+
+    Called after backward and before anything reads the gradient (decoder projection, clipping,
+    Adam), which therefore all see the global-batch gradient. Parameters without a gradient on
+    this rank take part as zeros, so every rank sends the same buffer layout.
+    """
+    world = _active
+    if world is None:
+        return
+    params = [p for p in params]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    _reduce(flat).div_(world.size)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        chunk = flat[offset : offset + n].view(p.shape)
+        if p.grad is None:
+            p.grad = chunk.clone()
+        else:
+            p.grad.copy_(chunk)
+        offset += n
+
+
+def batch_mean(t: Tensor) -> Tensor:
+    """Mean over ranks of a per-rank mean over rows: the global batch's mean (equal slices)."""
+    world = _active
+    if world is None:
+        return t
+    return _reduce(t.detach().clone()).div_(world.size)
+
+
+def global_rows(rows: int) -> int:
+    """Rows in the global batch, given this rank's slice."""
+    return rows * _active.size if _active is not None else rows
+
+
+def any_rank(mask: Tensor) -> Tensor:
+    """Bool mask true where it is true on any rank (a latent fired if it fired on any rank)."""
+    if _active is None:
+        return mask
+    return _reduce(mask.to(torch.uint8), dist.ReduceOp.MAX).bool()
+
+
+def batch_min(value: Tensor) -> Tensor:
+    """Minimum over ranks of a scalar (+inf stands for "none here")."""
+    if _active is None:
+        return value
+    return _reduce(value.detach().reshape(1).clone(), dist.ReduceOp.MIN).reshape(())
+
+
+def rank_mean(values: list[float]) -> list[float]:
+    """Mean over ranks of per-rank numbers (each a mean over an equal slice: the global mean)."""
+    if _active is None:
+        return values
+    t = _reduce(torch.tensor(values, dtype=torch.float64))
+    return (t / _active.size).tolist()
+
+
+def kth_largest(values: Tensor, k: int) -> Tensor | None:
+    """The k-th largest of all ranks' `values` together (None in one process, or when fewer than k exist).
+
+    Each rank sends its own k largest (padded with −inf): the global k largest are among them.
+    """
+    if _active is None:
+        return None
+    top = torch.full((k,), float("-inf"), dtype=values.dtype, device=values.device)
+    m = min(k, values.numel())
+    if m:
+        top[:m] = torch.topk(values, m, sorted=False).values
+    parts = [torch.empty_like(top) for _ in range(_active.size)]
+    dist.all_gather(parts, top)
+    kth = torch.topk(torch.cat(parts), k, sorted=False).values.min()
+    return kth if torch.isfinite(kth) else None

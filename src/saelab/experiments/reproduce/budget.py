@@ -1,0 +1,134 @@
+"""How much each reproduction trains: `quick` (a smoke version, ≤ 15 minutes on 2 cores) and `full`
+(the OthelloGPT report's data budget: 100,000 games, 4 epochs, Adam at lr 1e-3; hours, resumable)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from saelab.errors import ConfigError
+from saelab.io import atomic_write_json
+
+BUDGETS = ("quick", "full")
+
+# Starting coefficients for penalties whose α the target-L0 controller adapts. From the default start
+# the controller raises α by ×4 per period while L0 lags, overshoots, and the code collapses (latents
+# die for good): on the quick budget ReLU+L1 ended at L0 0.7–10 for a target of 32. A pilot at the
+# quick sizes with α held fixed (400 steps × 512, 256 latents, OthelloGPT layer 3) ended near L0 32
+# around these values (L1: α 0.3 → L0 127; L1(sqrt): 1 → 49, 3 → 4.6; smoothed-L0: 1000 → 67,
+# 3000 → 8; freshman: 1000 → 18). They do not rescue 400-step runs — L0 falls below target within
+# 100 steps and the collapsed code never recovers (quick, seed 0: L1 3.4, smoothed-L0 48, freshman
+# 18 for a target of 32) — but they spare a longer run's warm phase the climb from α ≈ 0. Claims
+# whose side missed its target say so instead of comparing (measures.check_target_reached).
+PILOT_ALPHA = {"l1": 1.0, "lp": 1.3, "smoothed_l0": 1500.0, "freshman": 700.0}
+PILOT_L0 = 32
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes shared by every paper's sweeps at one budget."""
+
+    name: str
+    train_games: int  # OthelloGPT games harvested for training (after layer `layer`)
+    eval_games: int  # held-out games for the board-state score
+    n_latents: int  # dictionary size of the method comparisons
+    target_l0: int  # the matched L0 of the method comparisons
+    steps: int | None  # training steps (None: `epochs` passes)
+    epochs: float | None
+    batch_size: int
+    seeds: int  # seeds per configuration (≥ 2 for an interval over seeds)
+    sizes: tuple[int, ...]  # dictionary sizes of the scaling fits
+    n_boot: int  # bootstrap replicates of the board-state intervals
+    layer: int = 3  # the report trained after layer 3 (of its 8); ours has 4, layer 3 finds 180/188 pairs
+    lr: float = 1e-3
+    lm_tokens: int = 40_000  # rows harvested from --model when it names a model, not a cache
+    lm_latents: int = 1024  # dictionary size of the --model sweeps
+    lm_steps: int = 150
+
+    def validate(self) -> "Budget":
+        """Check the sizes (ConfigError naming the field)."""
+        for f in ("train_games", "eval_games", "n_latents", "target_l0", "batch_size", "seeds", "n_boot", "lm_tokens", "lm_latents", "lm_steps"):
+            if int(getattr(self, f)) < 1:
+                raise ConfigError(f, getattr(self, f), "must be ≥ 1")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError("steps", self.steps, "give exactly one of steps / epochs")
+        if len(self.sizes) < 3 or sorted(self.sizes) != list(self.sizes):
+            raise ConfigError("sizes", self.sizes, "need ≥ 3 increasing dictionary sizes for a power-law fit")
+        return self
+
+    def training(self) -> dict:
+        """The sweep's shared training keys."""
+        length = {"steps": self.steps} if self.steps is not None else {"epochs": self.epochs}
+        return {**length, "batch_size": self.batch_size, "lr": self.lr, "normalize": "scalar", "log_every": 50,
+                "eval_fraction": 0.02, "seed": list(range(self.seeds))}
+
+    def lm_training(self, cache: Path) -> dict:
+        """The shared keys of a sweep on a language-model activation cache (`--model`)."""
+        return {"activations": str(cache), "steps": self.lm_steps, "batch_size": self.batch_size, "lr": self.lr, "normalize": "scalar",
+                "log_every": 50, "eval_fraction": 0.02, "seed": list(range(self.seeds)), "n_latents": self.lm_latents}
+
+
+QUICK = Budget("quick", train_games=1500, eval_games=300, n_latents=256, target_l0=32, steps=400, epochs=None, batch_size=512,
+               seeds=3, sizes=(64, 128, 256, 512), n_boot=100).validate()
+FULL = Budget("full", train_games=100_000, eval_games=2000, n_latents=1024, target_l0=32, steps=None, epochs=4.0, batch_size=2048,
+              seeds=3, sizes=(256, 512, 1024, 2048, 4096), n_boot=200, lm_tokens=2_000_000, lm_latents=4608,
+              lm_steps=4000).validate()
+
+
+def start_alpha(penalty: str, target_l0: float) -> dict:
+    """{"alpha": a starting coefficient} for a penalty the pilot measured (a sparser target starts higher), else {}."""
+    if penalty not in PILOT_ALPHA:
+        return {}
+    return {"alpha": round(PILOT_ALPHA[penalty] * (PILOT_L0 / float(target_l0)) ** 0.5, 6)}
+
+
+def budget(name: str) -> Budget:
+    """The Budget called `name` (ConfigError for an unknown one)."""
+    if name not in BUDGETS:
+        raise ConfigError("budget", name, f"must be one of {', '.join(BUDGETS)}")
+    return QUICK if name == "quick" else FULL
+
+
+def othello_data(b: Budget, out: Path, say=print) -> Path:
+    """Harvest the budget's training games from the committed OthelloGPT into `out`, or reuse a finished harvest there."""
+    from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+
+    source = out / "source.json"
+    if source.exists():
+        recorded = json.loads(source.read_text())
+        if recorded.get("games") == b.train_games and recorded.get("layer") == b.layer:
+            say(f"reusing {recorded.get('rows', '?')} harvested positions in {out}")
+            return out
+    say(f"harvesting {b.train_games:,} games from the committed OthelloGPT (layer {b.layer})")
+    h = harvest(HarvestConfig(games=b.train_games, layer=b.layer, seed=0))
+    write_harvest(h, out)  # source.json is written last: its presence marks a finished harvest
+    return out
+
+
+def lm_data(b: Budget, model: str, text: str, out: Path, say=print) -> Path:
+    """`--model`: an activation cache folder is used as it is; a model name or path is harvested (resumably) into `out`."""
+    if (Path(model) / "manifest.json").exists():
+        return Path(model)
+    from saelab.sources.lm_harvest import HarvestConfig, harvest
+
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        say(f"reusing the finished activation cache in {out}")
+        return out
+    if not Path(text).exists():
+        raise ConfigError("text", text, "no such text file for harvesting --model (see docs/offline_lm.md, step 2)")
+    say(f"harvesting {b.lm_tokens:,} tokens of {model} (3/4 deep) into {out}")
+    cfg = HarvestConfig(model=model, layer=lm_layer(model), site="resid_post", text=text, tokens=b.lm_tokens, out=str(out),
+                        context=64, outlier_factor=10.0)
+    harvest(cfg, log=say)
+    atomic_write_json(out / "reproduce.json", {"model": model, "text": text, "tokens": b.lm_tokens})
+    return out
+
+
+def lm_layer(model: str) -> int:
+    """The layer 3/4 of the way into the model (the scaling paper's choice; 22 of 30 for SmolLM2)."""
+    from saelab.sources.hf import LMSpec, load_lm
+
+    n = load_lm(LMSpec(model)).n_layers
+    return min(n - 1, int(0.75 * n))

@@ -1,0 +1,105 @@
+"""Run one paper's reproduction: prepare the data, run (or resume) its sweeps, judge its claims, write
+DIR/claims.md and DIR/claims.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from saelab.errors import ConfigError
+from saelab.experiments.reproduce import batchtopk, l1_sqrt, scaling_laws, sparsity_methods
+from saelab.experiments.reproduce.budget import Budget
+from saelab.experiments.reproduce.budget import budget as get_budget
+from saelab.experiments.reproduce.budget import lm_data, othello_data
+from saelab.experiments.reproduce.claims import ClaimResult, Evidence, claims_markdown, evaluate_claim
+from saelab.experiments.sweep import run_sweep
+from saelab.folder import read_saelab_record
+from saelab.intervals import format_interval
+from saelab.io import atomic_write_json, atomic_write_text
+from saelab.report.summary import summarize
+
+PAPERS: dict[str, ModuleType] = {m.NAME: m for m in (sparsity_methods, scaling_laws, l1_sqrt, batchtopk)}
+DEFAULT_TEXT = "data/sword.txt"  # docs/offline_lm.md, step 2
+SUMMARY_COLUMNS = (("l0", "L0"), ("l0_eps", "L0 (>ε)"), ("nmse", "NMSE"), ("dead_fraction", "dead"),
+                   ("good_findable", "good / findable"), ("coverage", "coverage"), ("l2_ratio", "L2 ratio"))
+
+
+def paper(name: str) -> ModuleType:
+    """The paper module called `name` (ConfigError naming the choices otherwise)."""
+    if name not in PAPERS:
+        raise ConfigError("name", name, f"must be one of {', '.join(PAPERS)}")
+    return PAPERS[name]
+
+
+def _with_l2_ratio(rows: list[dict], root: Path) -> list[dict]:
+    """Rows with the held-out L2 ratio (in saelab.json, not in results.jsonl) added."""
+    out = []
+    for r in rows:
+        ev = read_saelab_record(root / r["folder"]).get("eval") or {}
+        out.append({**r, "l2_ratio": ev.get("l2_ratio")})
+    return out
+
+
+def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | None = None, model: str | None = None,
+                  text: str = DEFAULT_TEXT, say: Callable[[str], None] = print, progress: bool = False) -> list[ClaimResult]:
+    """Run (or resume) paper `name` at `budget` into `out`; write claims.md / claims.json; return the judged claims."""
+    mod = paper(name)
+    b = budget.validate() if isinstance(budget, Budget) else get_budget(budget)  # a Budget object: tests' smaller sizes
+    root = Path(out) if out is not None else Path("runs") / "reproduce" / f"{name}-{b.name}"
+    if model and not hasattr(mod, "LM_SWEEP"):
+        lm_papers = ", ".join(n for n, m in PAPERS.items() if hasattr(m, "LM_SWEEP"))
+        raise ConfigError("model", model, f"{name} makes no language-model claim; --model applies to {lm_papers}")
+    if model and not (Path(model) / "manifest.json").exists() and not Path(text).exists():
+        # Checked before any harvesting or training, so a typo costs nothing.
+        raise ConfigError("text", text, "no such text file to harvest --model on (docs/offline_lm.md, step 2)")
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    data = othello_data(b, root / "data" / "othello", say)
+    lm = lm_data(b, model, text, root / "data" / "lm", say) if model else None
+    rows, roots = {}, {}
+    for sweep_name, cfg in mod.sweeps(b, data, lm).items():
+        roots[sweep_name] = root / "sweeps" / sweep_name
+        say(f"sweep {sweep_name}: {len(cfg['sae'])} configurations × {b.seeds} seeds")
+        # resume=True both starts a new sweep and continues a killed one (same config, same folder).
+        got = run_sweep(cfg, roots[sweep_name], resume=True, progress=progress, say=say, report=False)
+        rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name])
+    evidence = Evidence(rows, roots, data)
+    results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
+    seconds = time.time() - start
+    command = f"saelab reproduce {name} --budget {b.name}" + (f" --model {model}" if model else "")
+    write_claims(root, mod, b.name, results, rows, seconds, command)
+    return results
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    """Per-configuration table: mean ± 95% CI over seeds of the metrics the claims read."""
+    groups = summarize(rows)
+    cols = [(k, h) for k, h in SUMMARY_COLUMNS if any(k in g.metrics for g in groups)]
+    lines = ["| SAE | seeds | " + " | ".join(h for _, h in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for g in groups:
+        lines.append(f"| {g.group} | {g.n_seeds} | " + " | ".join(format_interval(g.metrics.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimResult], rows: dict[str, list[dict]],
+                 seconds: float, command: str) -> None:
+    """DIR/claims.md (the claims table, then each sweep's per-configuration table) and DIR/claims.json."""
+    md = [f"# {mod.TITLE}: claims at the {budget} budget", "",
+          f"`{command}` — {seconds:.0f} s on this machine. Ours is the mean ± the larger side of a 95% interval "
+          "(Welch t over seeds for a difference between configurations; a case bootstrap for a fitted exponent; "
+          "a paired block bootstrap for an ablation). A claim *holds* when the interval lies wholly on the paper's side of "
+          "the null value, *does not hold* when wholly on the other side, and is *not separable at this budget* otherwise.", "",
+          claims_markdown(results)]
+    for sweep_name, sweep_rows in rows.items():
+        md += [f"## Sweep `{sweep_name}`", "", summary_markdown(sweep_rows)]
+    atomic_write_text(root / "claims.md", "\n".join(md))
+    atomic_write_json(root / "claims.json", {"paper": mod.TITLE, "name": mod.NAME, "budget": budget, "command": command,
+                                             "seconds": round(seconds, 1), "claims": [r.to_record() for r in results]})
+
+
+def claims_json(results: list[ClaimResult]) -> str:
+    """The --json output: a list of {claim, paper, ours, ci, verdict}."""
+    return json.dumps([r.to_json() for r in results], indent=2, allow_nan=False)

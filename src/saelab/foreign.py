@@ -1,0 +1,184 @@
+"""SAE folders written by SAELens or EleutherAI sparsify, rebuilt as saelab SparseAutoencoders.
+
+Both libraries' inference maps are saelab's for the architectures read here (standard = ReLU,
+topk, jumprelu, batchtopk; sparsify's TopK), so the weights are copied as they are, except where a
+library option has an exact algebraic equivalent that is folded into them (SAELens's
+`apply_b_dec_to_input=False` and `rescale_acts_by_decoder_norm`). Anything else is refused with a
+DataError that names the option, never loaded approximately.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from saelab.config import SAEConfig
+from saelab.errors import ConfigError, DataError
+from saelab.model_site import ModelSite
+from saelab.sae import SparseAutoencoder
+
+CFG_FILE = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+# SAELens input normalizations whose inference map is the identity (the factor is folded into the weights).
+IDENTITY_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+@dataclass
+class Imported:
+    """What a foreign folder holds, in saelab's terms: config, SAELens-shaped weights, hook."""
+
+    cfg: SAEConfig
+    W_enc: torch.Tensor  # [d_in, n]
+    b_enc: torch.Tensor  # [n]
+    W_dec: torch.Tensor  # [n, d_in]
+    b_dec: torch.Tensor  # [d_in]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's own tensors (threshold)
+    site: ModelSite | None = None
+    source_format: str = ""
+
+
+def foreign_format(folder: str | Path) -> str | None:
+    """"saelens", "sparsify", or None when the folder holds neither library's files."""
+    folder = Path(folder)
+    if not (folder / CFG_FILE).is_file():
+        return None
+    if (folder / SAELENS_WEIGHTS).is_file():
+        return "saelens"
+    if (folder / SPARSIFY_WEIGHTS).is_file():
+        return "sparsify"
+    return None
+
+
+def load_foreign(folder: str | Path) -> SparseAutoencoder:
+    """A SparseAutoencoder (eval mode, float32, CPU) equal to the SAELens or sparsify SAE in `folder`."""
+    kind = foreign_format(folder)
+    if kind is None:
+        raise DataError(f"sae={str(folder)!r}: neither a saelab folder (saelab.json) nor a SAELens ({CFG_FILE} + {SAELENS_WEIGHTS}) "
+                        f"or sparsify ({CFG_FILE} + {SPARSIFY_WEIGHTS}) folder")
+    imported = read_saelens(folder) if kind == "saelens" else read_sparsify(folder)
+    return build_sae(imported)
+
+
+def build_sae(imp: Imported) -> SparseAutoencoder:
+    """The SparseAutoencoder holding `imp`'s weights, with its hook recorded on cfg.site."""
+    try:
+        sae = SparseAutoencoder(imp.cfg)
+    except ConfigError as e:
+        raise DataError(f"{imp.source_format} folder: its config has no saelab equivalent ({e})") from None
+    expected = {"W_enc": (imp.cfg.d_in, imp.cfg.n_latents), "b_enc": (imp.cfg.n_latents,), "W_dec": (imp.cfg.n_latents, imp.cfg.d_in), "b_dec": (imp.cfg.d_in,)}
+    with torch.no_grad():
+        for name, shape in expected.items():
+            value = getattr(imp, name)
+            if tuple(value.shape) != shape:
+                raise DataError(f"{imp.source_format} folder: {name} has shape {tuple(value.shape)}, its config says {shape}")
+            getattr(sae, name).copy_(value.float())
+    sae.activation.import_tensors({k: v.float() for k, v in imp.extra.items()})
+    sae.cfg.site = imp.site
+    return sae.eval()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, RecursionError, OSError) as e:
+        raise DataError(f"{path}: unreadable JSON ({getattr(e, 'msg', type(e).__name__)})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise DataError(f"{path}: unreadable weights ({e})") from None
+
+
+def _need(tensors: dict, name: str, path: Path) -> torch.Tensor:
+    if name not in tensors:
+        raise DataError(f"{path}: missing tensor {name!r}")
+    return tensors[name].float()
+
+
+def _int(cfg: dict, key: str, path: Path) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise DataError(f"{path}: {key}={value!r} must be an integer ≥ 1")
+    return int(value)
+
+
+# ---- SAELens ----------------------------------------------------------------------------------
+
+def read_saelens(folder: str | Path) -> Imported:
+    """A SAELens folder: architecture standard / topk / batchtopk / jumprelu (SAELens 6, or 5's flat cfg)."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG_FILE, folder / SAELENS_WEIGHTS
+    cfg = _read_json(cfg_path)
+    tensors = _read_tensors(w_path)
+    arch = cfg.get("architecture", "standard")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in IDENTITY_NORMALIZATIONS:
+        raise DataError(f"{cfg_path}: normalize_activations={norm!r} is not supported (saelab reads {', '.join(IDENTITY_NORMALIZATIONS)})")
+    d_in, n = _int(cfg, "d_in", cfg_path), _int(cfg, "d_sae", cfg_path)
+    W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, "b_enc", w_path)
+    W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
+    # SAELens 5 wrote TopK as architecture "standard" with activation_fn "topk".
+    if arch == "standard" and cfg.get("activation_fn_str", cfg.get("activation_fn")) == "topk":
+        arch, cfg = "topk", {**cfg, "k": (cfg.get("activation_fn_kwargs") or {}).get("k")}
+    extra: dict[str, torch.Tensor] = {}
+    if arch == "standard":
+        method, params = "relu", {}
+    elif arch == "topk":
+        method, params = "topk", {"k": _int(cfg, "k", cfg_path)}
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            # SAELens ranks pre·‖W_dec row‖ and decodes with unit rows: the same map as these weights.
+            norms = W_dec.norm(dim=-1)
+            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms.clamp_min(1e-12).unsqueeze(1)
+    elif arch == "batchtopk":  # a SAELens training save: TopK at k per sample until a threshold is estimated
+        method, params = "batchtopk", {"k": _int(cfg, "k", cfg_path)}
+        if "topk_threshold" in tensors:
+            extra["threshold"] = tensors["topk_threshold"].float().reshape(1)
+    elif arch == "jumprelu":
+        method, params = "jumprelu", {}
+        extra["threshold"] = _need(tensors, "threshold", w_path)
+    else:
+        raise DataError(f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu)")
+    if not cfg.get("apply_b_dec_to_input", True):
+        # SAELens encodes x·W_enc + b_enc; saelab (x − b_dec)·W_enc + b_enc', so b_enc' = b_enc + b_dec·W_enc.
+        b_enc = b_enc + b_dec @ W_enc
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg  # SAELens 5 kept these at the top level
+    sae_cfg = SAEConfig(n_latents=n, method=method, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None)
+    return Imported(sae_cfg, W_enc, b_enc, W_dec, b_dec, extra, ModelSite.from_metadata(meta), "SAELens")
+
+
+# ---- EleutherAI sparsify ----------------------------------------------------------------------
+
+def read_sparsify(folder: str | Path) -> Imported:
+    """A sparsify SparseCoder folder: encoder.weight [n, d], encoder.bias [n], W_dec [n, d], b_dec [d]; TopK at cfg k."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG_FILE, folder / SPARSIFY_WEIGHTS
+    cfg = _read_json(cfg_path)
+    tensors = _read_tensors(w_path)
+    for option, why in (("transcode", "a transcoder predicts another site, it is not an autoencoder"),
+                        ("skip_connection", "its W_skip term has no saelab equivalent")):
+        if cfg.get(option):
+            raise DataError(f"{cfg_path}: {option}=true is not supported ({why})")
+    if cfg.get("activation", "topk") != "topk":
+        raise DataError(f"{cfg_path}: activation={cfg.get('activation')!r} is not supported (saelab reads topk)")
+    enc_w, enc_b = _need(tensors, "encoder.weight", w_path), _need(tensors, "encoder.bias", w_path)
+    W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
+    n, d_in = enc_w.shape
+    if "d_in" in cfg and cfg["d_in"] != d_in:
+        raise DataError(f"{cfg_path}: d_in={cfg['d_in']!r}, but encoder.weight has shape {tuple(enc_w.shape)}")
+    k = _int(cfg, "k", cfg_path)
+    # Multi-TopK was trained with a second loss at 4k; its inference is TopK at k, as saelab's multi_topk.
+    method = "multi_topk" if cfg.get("multi_topk") else "topk"
+    sae_cfg = SAEConfig(n_latents=n, method=method, method_params={"k": k}, d_in=d_in, decoder_unit_norm=False, name=folder.name or None)
+    # sparsify encodes relu((x − b_dec)·encoder.weightᵀ + encoder.bias) then keeps the top k: saelab's TopK map.
+    return Imported(sae_cfg, enc_w.T.contiguous(), enc_b, W_dec, b_dec, {}, None, "sparsify")
