@@ -208,3 +208,11 @@ def test_frontiers_are_compared_at_the_target_l0_by_interpolation():
     assert got.interval.estimate == pytest.approx(0.2 - 0.4, abs=0.01)  # b interpolated log-log: sqrt(0.2 · 0.8) = 0.4
     beyond = evaluate_claim(_claim(frontier_difference("s", names_a, names_b, "nmse", 200)), ev)
     assert beyond.interval is None and "does not bracket" in beyond.error
+
+
+def test_equal_k_with_unequal_measured_l0_is_not_matched():
+    rows = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0=23.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0=32.0)
+    got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True)), Evidence({"s": rows}))
+    assert got.verdict == NOT_SEPARABLE and "differ by more than 10%" in got.error
+    near = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0=30.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0=32.0)
+    assert evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True)), Evidence({"s": near})).verdict == DOES_NOT_HOLD

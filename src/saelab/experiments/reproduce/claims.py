@@ -26,11 +26,10 @@ JSON_KEYS = ("claim", "paper", "ours", "ci", "verdict")
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the measures read: the results rows of each sweep, its folder, and the training data."""
+    """What the measures read: the results rows of each sweep and its folder."""
 
     rows: Mapping[str, list[dict]]
     roots: Mapping[str, Path] = field(default_factory=dict)
-    data: Path | None = None
 
     def sweep(self, name: str) -> list[dict]:
         """The rows of one sweep (DataError when the sweep did not run)."""

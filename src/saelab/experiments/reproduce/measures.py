@@ -10,6 +10,7 @@ interpolation, per seed) and compared paired by seed; an ablation has a paired b
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ from saelab.experiments.reproduce.claims import Evidence, comparison_interval
 from saelab.experiments.scaling import fit_power
 from saelab.folder import load_sae, read_saelab_record
 from saelab.intervals import Interval, block_parts, compare_intervals, paired_bootstrap, seeds_interval
-from saelab.report.summary import GroupSummary, MetricSpec, compare_metric, summarize
+from saelab.report.summary import L0_TOLERANCE, GroupSummary, MetricSpec, compare_metric, l0_match, summarize
 
 L0_MATCH = 0.25  # an adapted coefficient counts as matched when the mean L0 ends within ±25% of its target
 
@@ -47,18 +48,22 @@ def metric(sweep: str, name: str, key: str) -> Callable[[Evidence], Interval]:
     return measure
 
 
-def difference(sweep: str, a: str, b: str, key: str) -> Callable[[Evidence], Interval]:
-    """A measure: metric(a) − metric(b) between two configurations of one sweep."""
+def difference(sweep: str, a: str, b: str, key: str, match_l0: bool = False) -> Callable[[Evidence], Interval]:
+    """A measure: metric(a) − metric(b) between two configurations of one sweep (match_l0: their measured L0 must agree)."""
     def measure(ev: Evidence) -> Interval:
-        return group_difference(ev.sweep(sweep), a, b, key)
+        return group_difference(ev.sweep(sweep), a, b, key, match_l0)
     return measure
 
 
-def group_difference(rows: list[dict], a: str, b: str, key: str) -> Interval:
+def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool = False) -> Interval:
     """metric(a) − metric(b) with its 95% interval (Welch over seeds, or the rows' bootstrap intervals)."""
     for name in (a, b):
         check_target_reached([r for r in rows if r.get("group") == name], name)
     ga, gb = group(rows, a), group(rows, b)
+    if match_l0 and l0_match(replace(ga, target_l0=None), replace(gb, target_l0=None)) is None:
+        # Same k is not same L0 for BatchTopK at inference (one global threshold): compare only measured-L0 matches.
+        raise DataError(f"L0 {ga.estimate('l0'):.3g} ({a!r}) vs {gb.estimate('l0'):.3g} ({b!r}) differ by more than "
+                        f"{L0_TOLERANCE:.0%}: not matched at this budget")
     c = compare_metric(ga, gb, MetricSpec(key, key, True))  # the direction only words the Comparison's verdict
     if c is None:
         raise DataError(f"{key!r} is missing for {a!r} or {b!r}")

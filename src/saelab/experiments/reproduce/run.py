@@ -66,7 +66,7 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         # resume=True both starts a new sweep and continues a killed one (same config, same folder).
         got = run_sweep(cfg, roots[sweep_name], resume=True, progress=progress, say=say, report=False)
         rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name])
-    evidence = Evidence(rows, roots, data)
+    evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
     seconds = time.time() - start
     command = f"saelab reproduce {name} --budget {b.name}" + (f" --model {model}" if model else "")
