@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import save_file
 
 from saelab.data.store import ActivationStore, split_rows

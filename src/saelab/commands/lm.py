@@ -19,7 +19,7 @@ from saelab.folder import read_saelab_record
 from saelab.io import dumps_json
 from saelab.sources.hf import SITES, LMSpec, load_lm
 from saelab.sources.lm_harvest import HarvestConfig, harvest
-from saelab.sources.text import TextConfig, iter_batches, iter_chunks
+from saelab.sources.text import TextConfig, iter_chunks, take_windows
 
 
 def _recorded_source(sae_dir: str) -> dict[str, Any]:
@@ -82,15 +82,7 @@ def _eval_setup(args: argparse.Namespace):
     if d_in is not None and int(d_in) != lm.d_model:
         raise SaelabError(f"sae={args.sae!r}: d_in={d_in} does not match the model's width {lm.d_model}")
     n_windows = max(1, args.tokens // src.context)
-    batches, have = [], 0
-    for ids in iter_batches(lm.tokenizer, text_cfg, args.batch_size, skip=args.skip_windows):
-        ids = ids[: n_windows - have]
-        batches.append(ids)
-        have += ids.shape[0]
-        if have >= n_windows:
-            break
-    if not batches:
-        raise SaelabError(f"text={args.text!r}: empty text source after skipping {args.skip_windows} windows")
+    batches = take_windows(lm.tokenizer, text_cfg, args.batch_size, n_windows, skip=args.skip_windows)
     return lm, site, sae, batches, src.outlier_factor
 
 

@@ -119,7 +119,7 @@ class Evaluators:
         """Downstream CE/KL with the SAE spliced into the recorded model, on text after the harvested windows."""
         from saelab.evals.downstream import evaluate_downstream
         from saelab.sources.hf import LMSpec, load_lm
-        from saelab.sources.text import TextConfig, iter_batches
+        from saelab.sources.text import TextConfig, take_windows
 
         src = self.source
         if self._lm is None:
@@ -132,15 +132,8 @@ class Evaluators:
             context = int(src.get("context", 64))
             skip = int(self.options.get("skip_windows", (src.get("cursor") or {}).get("windows", 0)))
             n_windows = max(1, int(self.options.get("tokens", 4096)) // context)
-            batches, have = [], 0
-            for ids in iter_batches(lm.tokenizer, TextConfig(text, context, bool(opts.get("prepend_bos", True))), int(self.options.get("batch_size", 8)), skip=skip):
-                ids = ids[: n_windows - have]
-                batches.append(ids)
-                have += ids.shape[0]
-                if have >= n_windows:
-                    break
-            if not batches:
-                raise DataError(f"text={text!r}: no held-out windows after skipping {skip}")
+            text_cfg = TextConfig(text, context, bool(opts.get("prepend_bos", True)))
+            batches = take_windows(lm.tokenizer, text_cfg, int(self.options.get("batch_size", 8)), n_windows, skip=skip)
             self._lm = (lm, lm.site(int(src["layer"]), src["site"]), batches, opts.get("outlier_factor"))
         lm, site, batches, outliers = self._lm
         r = evaluate_downstream(lm, site, sae, batches, outliers).to_dict()

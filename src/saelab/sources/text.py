@@ -185,3 +185,17 @@ def keep_mask(acts: torch.Tensor, drop_first: bool = True, outlier_factor: float
         # The median of the kept positions of this batch: robust to the outliers it screens out.
         keep &= norms <= outlier_factor * norms[keep].median()
     return keep
+
+
+def take_windows(tokenizer: Any, cfg: TextConfig, batch_size: int, n_windows: int, skip: int = 0) -> list[torch.Tensor]:
+    """The first `n_windows` windows after `skip`, as batches of at most `batch_size` (SaelabError when there are none)."""
+    batches, have = [], 0
+    for ids in iter_batches(tokenizer, cfg, batch_size, skip=skip):
+        ids = ids[: n_windows - have]
+        batches.append(ids)
+        have += ids.shape[0]
+        if have >= n_windows:
+            break
+    if not batches:
+        raise SaelabError(f"text={cfg.source!r}: empty text source after skipping {skip} windows (no windows left)")
+    return batches
