@@ -35,6 +35,7 @@ import numpy as np
 
 from saelab.errors import ConfigError, DataError
 from saelab.intervals import Interval
+from saelab.jsonl import jsonl_objects
 
 FORMS = ("power", "power+const", "joint")
 # Command-line names of a quantity -> the key rows store it under.
@@ -537,21 +538,7 @@ def read_results(paths: Sequence[str | Path]) -> list[dict]:
     rows: list[dict] = []
     for path in paths:
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"{p}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{p}: cannot read ({e})") from None
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for lineno, row in jsonl_objects(p):
             row["_source"] = f"{p}:{lineno}"
             rows.append(row)
     if not rows:

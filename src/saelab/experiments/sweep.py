@@ -20,10 +20,11 @@ from typing import Any, Callable
 from saelab import distributed
 from saelab.config import RunConfig, TrainConfig, read_config
 from saelab.data.store import ActivationStore
-from saelab.errors import ConfigError, DataError
+from saelab.errors import ConfigError
 from saelab.experiments.grid import PlannedSAE, SweepPlan, pack_by_memory, plan_sweep
 from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
 from saelab.io import atomic_write_json, atomic_write_text
+from saelab.jsonl import jsonl_objects
 from saelab.train import CHECKPOINT, Trainer
 
 RESULTS = "results.jsonl"
@@ -153,16 +154,7 @@ class Evaluators:
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
-    rows = {}
-    if path.exists():
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: unreadable JSON ({e.msg})") from None
-                rows[row["name"]] = row
-    return rows
+    return {row["name"]: row for _, row in jsonl_objects(path)} if path.exists() else {}
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

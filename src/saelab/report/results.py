@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from saelab.errors import DataError
+from saelab.jsonl import jsonl_objects
 
 RESULTS = "results.jsonl"
 EVAL = "eval.json"
@@ -45,27 +46,18 @@ def read_results(result_dir: str | Path) -> list[ResultRow]:
         raise DataError(f"{result_dir}: no {RESULTS} in this folder (not a sweep output folder?)")
     rows = []
     names: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(data, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
-            for key in REQUIRED:
-                if data.get(key) in (None, ""):
-                    raise DataError(f"{path}:{lineno}: missing {key!r}")
-            bad = _non_finite(data)
-            if bad:
-                raise DataError(f"{path}:{lineno}: {bad} is not finite (results store missing values as null)")
-            name = str(data["name"])
-            if name in names:
-                raise DataError(f"{path}:{lineno}: name {name!r} repeats line {names[name]} (names must be unique)")
-            names[name] = lineno
-            rows.append(ResultRow(data, path, lineno))
+    for lineno, data in jsonl_objects(path):
+        for key in REQUIRED:
+            if data.get(key) in (None, ""):
+                raise DataError(f"{path}:{lineno}: missing {key!r}")
+        bad = _non_finite(data)
+        if bad:
+            raise DataError(f"{path}:{lineno}: {bad} is not finite (results store missing values as null)")
+        name = str(data["name"])
+        if name in names:
+            raise DataError(f"{path}:{lineno}: name {name!r} repeats line {names[name]} (names must be unique)")
+        names[name] = lineno
+        rows.append(ResultRow(data, path, lineno))
     if not rows:
         raise DataError(f"{path}: no result rows")
     return rows
