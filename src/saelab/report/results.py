@@ -101,20 +101,7 @@ def read_curve(row: ResultRow) -> list[dict] | None:
     folder = row.folder()
     if folder is None or not (folder / CURVE).is_file():
         return None
-    path = folder / CURVE
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                step = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(step, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(step).__name__}")
-            out.append(step)
-    return out
+    return [step for _, step in jsonl_objects(folder / CURVE)]
 
 
 def _non_finite(data: dict, prefix: str = "") -> str | None:
