@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         from sae_lens import (
             BatchTopKTrainingSAE,
             BatchTopKTrainingSAEConfig,
+            GatedSAE,
+            GatedSAEConfig,
             JumpReLUSAE,
             JumpReLUSAEConfig,
             StandardSAE,
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             "topk_rescaled": TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=n, k=6, rescale_acts_by_decoder_norm=True)),
             "jumprelu": JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=n)),
             "batchtopk": BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=n, k=6)),
+            "gated": GatedSAE(GatedSAEConfig(d_in=d_in, d_sae=n)),
+            "gated_no_bdec": GatedSAE(GatedSAEConfig(d_in=d_in, d_sae=n, apply_b_dec_to_input=False)),
         }
         out = Path(args.out)
         written = []

@@ -97,8 +97,8 @@ def test_unsupported_saelens_options_are_refused_by_name(tmp_path):
     w = _weights()
     with pytest.raises(DataError, match="normalize_activations='layer_norm'"):
         saelab.load(_write_saelens(tmp_path / "ln", "standard", w, normalize_activations="layer_norm"))
-    with pytest.raises(DataError, match="architecture='gated'"):
-        saelab.load(_write_saelens(tmp_path / "g", "gated", w))
+    with pytest.raises(DataError, match="architecture='matching_pursuit'"):
+        saelab.load(_write_saelens(tmp_path / "mp", "matching_pursuit", w))
     with pytest.raises(DataError, match="W_enc has shape"):
         saelab.load(_write_saelens(tmp_path / "bad", "standard", w, d_sae=N + 1))
 

@@ -303,6 +303,23 @@ def test_eval_command_prints_one_json_object(model_dirs, text_file, monkeypatch,
     assert data["tokens"] == 4 * (CTX - 2)
 
 
+def test_eval_refine_splices_the_refined_reconstruction(model_dirs, text_file, monkeypatch, capsys):
+    import saelab
+
+    monkeypatch.setattr(saelab, "load", lambda path, device="cpu": TinySAE(32, n_latents=24))
+    argv = ["eval", "--sae", text_file.rsplit("/", 1)[0], "--model", model_dirs["gpt2"], "--text", text_file,
+            "--layer", "1", "--site", "resid_post", "--tokens", "64", "--context", str(CTX), "--json", "--refine"]  # fmt: skip
+    assert _run(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["refine_converged"] is True
+    # The plain splice is the "before"; the refined code is the best on each token's active set, so
+    # its reconstruction error can only fall, and the LM sees a different (closer) activation.
+    assert data["refine_ce_before"] == data["ce_sae"] and data["refine_kl_before"] == data["kl"]
+    assert data["refine_nmse_after"] < data["refine_nmse_before"]
+    assert data["refine_ce_after"] != data["refine_ce_before"]
+    assert data["refine_kl_after"] >= 0
+
+
 def test_eval_reads_layer_site_context_from_sae_folder(model_dirs, text_file, monkeypatch, tmp_path, capsys):
     import saelab
 

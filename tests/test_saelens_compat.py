@@ -23,6 +23,7 @@ CASES = [
     ("batchtopk", SAEConfig(n_latents=48, method="batchtopk", method_params={"k": 4}), "none"),
     ("jumprelu", SAEConfig(n_latents=48, method="jumprelu", method_params={"l0_coef": 0.01}), "scalar"),
     ("multi_topk", SAEConfig(n_latents=48, method="multi_topk", method_params={"k": 3}), "none"),
+    ("gated", SAEConfig(n_latents=48, method="gated", alpha=0.3), "scalar"),
 ]
 
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.compat,
               pytest.mark.skipif(not SAELENS_PYTHON.exists(), reason="run scripts/setup_saelens_venv.sh (make test-compat does)")]
 
 EXPECTED = {"standard": "relu", "standard_no_bdec": "relu", "topk": "topk", "topk_rescaled": "topk", "jumprelu": "jumprelu",
-            "batchtopk_inference": "jumprelu"}
+            "batchtopk_inference": "jumprelu", "gated": "gated", "gated_no_bdec": "gated"}
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ class _FakeSAE:
     """An SAE stand-in whose L0 is a known power law of alpha: L0 = 40 · alpha^-0.8."""
 
     def __init__(self):
-        self.cfg = SAEConfig(n_latents=64, method="relu", penalty="l1", alpha=1e-4, target_l0=5.0).validate()
+        self.cfg = SAEConfig(n_latents=64, method="relu", penalty="l1", alpha=1.0, target_l0=5.0).validate()
 
 
 def test_controller_converges_on_a_known_power_law():
@@ -81,3 +81,103 @@ def test_controller_converges_on_a_known_power_law():
     before = sae.cfg.alpha
     ctl.update(sae, torch.ones(4, 64), ctl.warm_steps + 5)
     assert sae.cfg.alpha == before
+
+
+def _l1_sae(alpha=0.0, target=6.0):
+    from saelab.sae import SparseAutoencoder
+
+    cfg = SAEConfig(n_latents=16, method="relu", penalty="l1", alpha=alpha, target_l0=target, d_in=4).validate()
+    sae = SparseAutoencoder(cfg)
+    sae.initialize_from_data(torch.randn(256, 4, generator=torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    return sae
+
+
+def test_calibrated_start_makes_the_penalty_a_fixed_share_of_the_reconstruction_loss():
+    from saelab.objective import dense_step
+    from saelab.sparsity_control import START_SHARE
+
+    sae = _l1_sae()
+    ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
+    assert ctl.calibrate
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        first = dense_step(sae, x, sae.cfg.alpha, None)  # the first step runs at the knob's tiny initial α
+    ctl.update(sae, first.z, 0, first.losses)
+    # By hand: L1 is the batch mean of Σ|z|, and α is START_SHARE · mse / L1.
+    l1 = float(first.z.abs().sum(dim=-1).mean())
+    assert sae.cfg.alpha == pytest.approx(START_SHARE * float(first.losses["mse"]) / l1, rel=1e-5)
+    with torch.no_grad():
+        again = dense_step(sae, x, sae.cfg.alpha, None)  # same weights, same batch
+    assert float(again.losses["penalty"]) / float(again.losses["mse"]) == pytest.approx(START_SHARE, rel=1e-5)
+
+
+def test_calibration_reads_the_step_that_ran_and_happens_once():
+    sae = _l1_sae()
+    ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
+    alpha0 = ctl.value
+    # mse 8 and an unweighted penalty of 2 (the step weighted it by alpha0): α = 0.2 · 8 / 2.
+    ctl.update(sae, torch.ones(2, 16), 0, {"mse": torch.tensor(8.0), "penalty": torch.tensor(2.0 * alpha0)})
+    assert sae.cfg.alpha == pytest.approx(0.8)
+    ctl.update(sae, torch.ones(2, 16), 1, {"mse": torch.tensor(80.0), "penalty": torch.tensor(2.0)})
+    assert sae.cfg.alpha == pytest.approx(0.8)
+
+
+def test_an_explicit_alpha_is_kept_as_the_start():
+    sae = _l1_sae(alpha=0.5)
+    ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
+    assert not ctl.calibrate
+    ctl.update(sae, torch.ones(2, 16), 0, {"mse": torch.tensor(8.0), "penalty": torch.tensor(1.0)})
+    assert sae.cfg.alpha == 0.5
+
+
+def test_normalised_penalties_can_reach_far_larger_alpha_than_l1():
+    knob = lambda p: SAEConfig(n_latents=8, penalty=p).sparsity_knob()
+    assert knob("smoothed_l0").high >= 1e4 * knob("l1").high
+    assert knob("freshman").high >= 1e4 * knob("l1").high
+
+
+def _drive(values, target=32.0, start=1.0):
+    """Feed the controller one period per L0 value (constant within the period); return the coefficient after each."""
+    sae = _FakeSAE()
+    sae.cfg.alpha = start
+    ctl = L0Controller.for_member(sae, total_steps=10_000, eps=0.01)
+    ctl.target = target
+    out = []
+    for i, l0 in enumerate(values):
+        z = torch.zeros(2, 64)
+        z[:, : int(l0)] = 1.0
+        for phase in range(ctl.period):
+            ctl.update(sae, z, i * ctl.period + phase)
+        out.append(sae.cfg.alpha)
+    return out
+
+
+def test_pushes_towards_sparsity_at_most_by_the_push_factor_and_eases_faster():
+    from saelab.sparsity_control import EASE_FACTOR, PUSH_FACTOR
+
+    up = _drive([64], target=2.0)  # 32× too dense: α rises by PUSH_FACTOR, no more
+    assert up[0] == pytest.approx(PUSH_FACTOR)
+    down = _drive([1], target=60.0)  # 60× too sparse: α falls by more than a push may move it, within EASE_FACTOR
+    assert 1.0 / EASE_FACTOR <= down[0] < 1.0 / PUSH_FACTOR
+
+
+def test_no_push_while_l0_is_already_falling_onto_the_target():
+    sae = _FakeSAE()
+    sae.cfg.alpha = 1.0
+    ctl = L0Controller.for_member(sae, total_steps=10_000, eps=0.01)
+    ctl.target = 32.0
+    # L0 above target but halving within the period: it will cross the target on its own.
+    for phase in range(ctl.period):
+        z = torch.zeros(2, 64)
+        z[:, : 64 if phase < ctl.period // 2 else 40] = 1.0
+        ctl.update(sae, z, phase)
+    assert sae.cfg.alpha <= 1.0
+
+
+def test_short_l1_run_from_the_default_start_lands_near_the_target_without_collapse(toy_dir, tmp_path):
+    # 300 steps: the old controller ramped α ×4 per period from 1e-4 here and drove the code towards L0 ≈ 0.
+    folder = _train(toy_dir, tmp_path, 300, method="relu", penalty="l1", target_l0=6.0)
+    result = evaluate(load_sae(folder), str(toy_dir / "activations.npy"), rows="all")
+    assert abs(result.l0 - 6.0) / 6.0 < 0.25, result.l0
+    assert result.dead_fraction < 0.25, result.dead_fraction
+    assert result.nmse < 0.8, result.nmse  # a collapsed code reconstructs nothing (NMSE ≈ 1)

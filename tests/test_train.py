@@ -92,6 +92,7 @@ METHOD_ARGS = [
     ["--method", "multi_topk", "--k", "3"],
     ["--method", "dimred", "--p", "0.15", "--p-threshold", "10"],
     ["--method", "jumprelu", "--l0-coef", "0.01", "--normalize", "unit"],
+    ["--method", "gated", "--alpha", "0.5"],
 ]
 
 

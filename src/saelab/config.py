@@ -47,7 +47,7 @@ class SAEConfig(SAELensNames):
     method_params: dict[str, Any] = option(factory=dict, cli=False)
     penalty: str | None = option(None, "sparsity penalty added to the loss (l1, lp, smoothed_l0, freshman, without_topk)")
     penalty_params: dict[str, Any] = option(factory=dict, cli=False)
-    alpha: float = option(0.0, "penalty coefficient")
+    alpha: float = option(0.0, "sparsity coefficient: the penalty's, or gated's L1 on its gate")
     penalty_decoder_norm: bool = option(False, "weight the penalty by decoder row norms")
     normalize: str = option("none", "input normalization", choices=NORMALIZATIONS)
     b_dec_init: str = option("geometric_median", "b_dec initialization", choices=B_DEC_INITS)
@@ -60,7 +60,7 @@ class SAEConfig(SAELensNames):
     lr: float | None = option(None, "learning rate (default 2e-4/sqrt(n/2^14))")
     name: str | None = option(None, "name of the SAE")
     kernel: str = option("auto", "training kernel: dense (reference), sparse (TopK family), auto", choices=KERNELS)
-    target_l0: float | None = option(None, "adapt the sparsity coefficient (penalty α, JumpReLU's l0_coef, dimred's p) to this L0 during a warm phase, then hold it; sets k for the TopK family")
+    target_l0: float | None = option(None, "adapt the sparsity coefficient (penalty or gated α, JumpReLU's l0_coef, dimred's p) to this L0 during a warm phase, then hold it; sets k for the TopK family")
     target_l0_warmup: float = option(0.8, "fraction of training steps during which target_l0 adapts the coefficient")
     # Filled in from the data when training starts.
     d_in: int | None = option(None, cli=False)
@@ -90,6 +90,8 @@ class SAEConfig(SAELensNames):
                 raise ConfigError("k", pk, f"larger than n_latents={self.n_latents}")
         elif self.penalty_params:
             raise ConfigError("penalty", None, f"parameters {sorted(self.penalty_params)} given without --penalty")
+        if pen is not None and method_reads_alpha(self.method):
+            raise ConfigError("penalty", self.penalty, f"method {self.method!r} weights its own sparsity loss by alpha; it takes no penalty")
         _finite("alpha", self.alpha, minimum=0.0)
         _choice("normalize", self.normalize, NORMALIZATIONS)
         _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
@@ -163,6 +165,8 @@ class SAEConfig(SAELensNames):
         parts = [self.method] + [f"{k}{v}" for k, v in sorted(self.method_params.items())]
         if self.penalty:
             parts += [self.penalty] + [f"{k}{v}" for k, v in sorted(self.penalty_params.items())]
+            parts.append(f"a{self.alpha:g}")
+        elif method_reads_alpha(self.method):
             parts.append(f"a{self.alpha:g}")
         return "-".join(str(p) for p in parts).replace("/", "_")
 
@@ -334,8 +338,15 @@ def sae_from_flat(flat: dict[str, Any]) -> SAEConfig:
     method_params = check_fields(activation_class(method).Params, {**method_params, **m}, "method")
     penalty_params = check_fields(penalty_class(penalty).Params, {**penalty_params, **p}, "penalty") if penalty else {**penalty_params, **p}
     cfg = build(SAEConfig, {**core, "method_params": method_params, "penalty_params": penalty_params})
-    _check_no_effect(cfg, SAE_NEEDS, core)
+    needs = {k: v for k, v in SAE_NEEDS.items() if k != "alpha"} if method_reads_alpha(method) else SAE_NEEDS
+    _check_no_effect(cfg, needs, core)
     return cfg
+
+
+def method_reads_alpha(method: str) -> bool:
+    """Whether the activation `method` weights its own sparsity loss by alpha (Gated), so alpha acts without a penalty."""
+    knob = activation_class(method).sparsity_knob
+    return knob is not None and knob.param == "alpha"
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -62,6 +63,20 @@ class World:
         if self.parallel:
             dist.barrier()
 
+    def wait_for_all(self, timeout: timedelta = timedelta(days=7)) -> None:
+        """Wait up to `timeout` for every rank: for ranks that finish uneven shares of work far apart.
+
+        A plain barrier gives up after the process group's timeout (30 minutes for gloo); gloo's
+        monitored barrier takes its own, and names a rank that never arrives. Other backends keep
+        their process group's timeout.
+        """
+        if not self.parallel:
+            return
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+        else:
+            dist.barrier()
+
     def any_flag(self, flag: bool) -> bool:
         """True on every rank if it is True on any rank (e.g. a stop signal one rank received)."""
         if not self.parallel:
@@ -69,6 +84,14 @@ class World:
         t = torch.tensor([int(flag)], dtype=torch.int32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def all_gather(self, obj) -> list:
+        """Every rank's picklable `obj`, in rank order, on every rank ([obj] in one process)."""
+        if not self.parallel:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
 
     def on_main(self, fn):
         """Run `fn` on rank 0 only; every rank returns its result or raises its error.

@@ -54,11 +54,11 @@ def saelens_cfg(sae, site: ModelSite | None = None) -> dict:
 
 
 def raw_space_tensors(sae) -> dict[str, torch.Tensor]:
-    """Weights acting on raw activations: a scalar normalization factor s is folded in."""
+    """Weights acting on raw activations, SAELens-named: a scalar normalization factor s is folded in."""
     s = float(sae.normalizer.factor) if sae.cfg.normalize == "scalar" else 1.0
     tensors = {
         "W_enc": sae.W_enc.detach() * s,
-        "b_enc": sae.b_enc.detach().clone(),
+        sae.activation.saelens_encoder_bias: sae.b_enc.detach().clone(),  # Gated's b_gate
         "W_dec": sae.W_dec.detach() / s,
         "b_dec": sae.b_dec.detach() / s,
     }
@@ -109,7 +109,8 @@ def load_sae(folder: str | Path, device: str = "cpu"):
         raise DataError(f"{Path(folder) / WEIGHTS_FILE}: unreadable weights ({e})") from None
     sae = SparseAutoencoder(cfg)
     s = float(sae.normalizer.factor) if cfg.normalize == "scalar" else 1.0
-    expected = {"W_enc": (cfg.d_in, cfg.n_latents), "b_enc": (cfg.n_latents,), "W_dec": (cfg.n_latents, cfg.d_in), "b_dec": (cfg.d_in,)}
+    b_enc = sae.activation.saelens_encoder_bias
+    expected = {"W_enc": (cfg.d_in, cfg.n_latents), b_enc: (cfg.n_latents,), "W_dec": (cfg.n_latents, cfg.d_in), "b_dec": (cfg.d_in,)}
     for name, shape in expected.items():
         if name not in tensors:
             raise DataError(f"{Path(folder) / WEIGHTS_FILE}: missing tensor {name!r}")
@@ -117,7 +118,7 @@ def load_sae(folder: str | Path, device: str = "cpu"):
             raise DataError(f"{Path(folder) / WEIGHTS_FILE}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
     with torch.no_grad():
         sae.W_enc.copy_(tensors["W_enc"] / s)
-        sae.b_enc.copy_(tensors["b_enc"])
+        sae.b_enc.copy_(tensors[b_enc])
         sae.W_dec.copy_(tensors["W_dec"] * s)
         sae.b_dec.copy_(tensors["b_dec"] * s)
     sae.activation.import_tensors({k: v for k, v in tensors.items() if k not in expected})

@@ -1,7 +1,7 @@
 """SAE folders written by SAELens or EleutherAI sparsify, rebuilt as saelab SparseAutoencoders.
 
 Both libraries' inference maps are saelab's for the architectures read here (standard = ReLU,
-topk, jumprelu, batchtopk; sparsify's TopK), so the weights are copied as they are, except where a
+topk, jumprelu, batchtopk, gated; sparsify's TopK), so the weights are copied as they are, except where a
 library option has an exact algebraic equivalent that is folded into them (SAELens's
 `apply_b_dec_to_input=False` and `rescale_acts_by_decoder_norm`). Anything else is refused with a
 DataError that names the option, never loaded approximately.
@@ -38,7 +38,7 @@ class Imported:
     b_enc: torch.Tensor  # [n]
     W_dec: torch.Tensor  # [n, d_in]
     b_dec: torch.Tensor  # [d_in]
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's own tensors (threshold)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's own tensors (threshold, r_mag, b_mag)
     site: ModelSite | None = None
     source_format: str = ""
 
@@ -116,7 +116,7 @@ def _int(cfg: dict, key: str, path: Path) -> int:
 # ---- SAELens ----------------------------------------------------------------------------------
 
 def read_saelens(folder: str | Path) -> Imported:
-    """A SAELens folder: architecture standard / topk / batchtopk / jumprelu (SAELens 6, or 5's flat cfg)."""
+    """A SAELens folder: architecture standard / topk / batchtopk / jumprelu / gated (SAELens 6, or 5's flat cfg)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / SAELENS_WEIGHTS
     cfg = _read_json(cfg_path)
@@ -126,7 +126,8 @@ def read_saelens(folder: str | Path) -> Imported:
     if norm not in IDENTITY_NORMALIZATIONS:
         raise DataError(f"{cfg_path}: normalize_activations={norm!r} is not supported (saelab reads {', '.join(IDENTITY_NORMALIZATIONS)})")
     d_in, n = _int(cfg, "d_in", cfg_path), _int(cfg, "d_sae", cfg_path)
-    W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, "b_enc", w_path)
+    # A gated SAE's gate bias plays saelab's b_enc (see methods/gated.py).
+    W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, "b_gate" if arch == "gated" else "b_enc", w_path)
     W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
     # SAELens 5 wrote TopK as architecture "standard" with activation_fn "topk".
     if arch == "standard" and cfg.get("activation_fn_str", cfg.get("activation_fn")) == "topk":
@@ -147,11 +148,17 @@ def read_saelens(folder: str | Path) -> Imported:
     elif arch == "jumprelu":
         method, params = "jumprelu", {}
         extra["threshold"] = _need(tensors, "threshold", w_path)
+    elif arch == "gated":
+        method, params = "gated", {}
+        extra["r_mag"], extra["b_mag"] = _need(tensors, "r_mag", w_path), _need(tensors, "b_mag", w_path)
     else:
-        raise DataError(f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu)")
+        raise DataError(f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu, gated)")
     if not cfg.get("apply_b_dec_to_input", True):
         # SAELens encodes x·W_enc + b_enc; saelab (x − b_dec)·W_enc + b_enc', so b_enc' = b_enc + b_dec·W_enc.
-        b_enc = b_enc + b_dec @ W_enc
+        shift = b_dec @ W_enc
+        b_enc = b_enc + shift
+        if arch == "gated":  # the magnitude path sees the same shift through exp(r_mag)
+            extra["b_mag"] = extra["b_mag"] + extra["r_mag"].exp() * shift
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg  # SAELens 5 kept these at the top level
     sae_cfg = SAEConfig(n_latents=n, method=method, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None)
     return Imported(sae_cfg, W_enc, b_enc, W_dec, b_dec, extra, ModelSite.from_metadata(meta), "SAELens")

@@ -59,13 +59,13 @@ def dense_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOut
     cfg = sae.cfg
     x, _ = sae.normalizer.normalize(x_raw)
     pre = sae.pre_activations(x)
-    z = sae.activation(pre)
+    z = sae.activate(pre)
     x_hat = sae.decode_normalized(z)
     losses = {"mse": squared_error(x_hat, x)}
     if sae.penalty is not None:
         scored = z * sae.decoder_norms() if cfg.penalty_decoder_norm else z
         losses["penalty"] = alpha * sae.penalty(scored)
-    losses.update(sae.activation.extra_losses(LossContext(sae=sae, x=x, pre=pre, z=z, x_hat=x_hat)))
+    losses.update(sae.activation.extra_losses(LossContext(sae=sae, x=x, pre=pre, z=z, x_hat=x_hat, alpha=alpha)))
     if cfg.auxk and dead is not None:
         losses["auxk"] = cfg.aux_coef * auxk_loss(sae, x, x_hat, pre, dead, cfg.k_aux)
     return StepOutput(losses=losses, x=x, pre=pre, z=z, x_hat=x_hat)

@@ -79,9 +79,15 @@ class SparseAutoencoder(nn.Module):
         """(x_n − b_dec) W_enc + b_enc."""
         return (x_n - self.b_dec) @ self.W_enc + self.b_enc
 
+    def activate(self, pre: Tensor) -> Tensor:
+        """The activation applied to pre-activations (handed b_enc too when it reads the bias-free projection)."""
+        if self.activation.takes_encoder_bias:
+            return self.activation(pre, self.b_enc)
+        return self.activation(pre)
+
     def encode_normalized(self, x_n: Tensor) -> Tensor:
         """Latent code of an already-normalized input."""
-        return self.activation(self.pre_activations(x_n))
+        return self.activate(self.pre_activations(x_n))
 
     def decode_normalized(self, z: Tensor) -> Tensor:
         """Reconstruction in the normalized space."""

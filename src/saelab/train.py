@@ -136,9 +136,10 @@ def read_source_info(path: str | Path) -> dict | None:
 class Trainer:
     """Trains every SAE of a RunConfig on the same batches."""
 
-    def __init__(self, run: RunConfig, progress: bool = True):
+    def __init__(self, run: RunConfig, progress: bool = True, world: distributed.World | None = None):
         self.run = run.validate()
-        self.world = distributed.init_from_env()  # one process unless launched by torchrun
+        # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
+        self.world = world if world is not None else distributed.init_from_env()
         self.world.check_batch(run.train.batch_size)
         # A bar redrawn with \r fills a log file or a pipe with fragments: draw it on a terminal only.
         self.progress = progress and self.world.is_main and sys.stderr.isatty()
@@ -329,7 +330,7 @@ class Trainer:
         with distributed.global_batch(self.world):  # x is this rank's slice; collectives see the whole batch
             out = train_step(m, x, lr, t.grad_clip)
             if m.control is not None:
-                m.control.update(m.sae, out.z, step)
+                m.control.update(m.sae, out.z, step, out.losses)
         return {"out": out, "lr": lr}
 
     def _global_record(self, record: dict) -> dict:

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import saelab
+from saelab import distributed
 from saelab.commands import features
 from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import DataError, SaelabError
 from saelab.evals.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
 from saelab.evals.downstream import evaluate_downstream
+from saelab.evals.refine import RefinedSAE
 from saelab.folder import read_saelab_record
 from saelab.io import dumps_json
 from saelab.sources.hf import SITES, LMSpec, load_lm
@@ -112,6 +114,8 @@ def _cmd_activations(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume into {args.out}", file=sys.stderr)
         return 130
+    if not distributed.current().is_main:  # torchrun: rank 0 wrote the manifest and reports
+        return 0
     if res.exhausted:
         print(f"warning: text {args.text!r} ran out after {res.rows} rows (asked {args.tokens})", file=sys.stderr)
     print(
@@ -119,6 +123,12 @@ def _cmd_activations(args: argparse.Namespace) -> int:
         f"({res.tokens_per_s:.0f} tokens/s through the model)"
     )
     return 0
+
+
+REFINE_LM_KEYS = (
+    "refine_ce_before", "refine_ce_after", "refine_kl_before", "refine_kl_after",
+    "refine_nmse_before", "refine_nmse_after", "refine_converged",
+)  # fmt: skip
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -129,11 +139,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_recovered_zero", "ce_recovered_mean",
         "kl", "l0", "nmse", "cos_sim", "l2_ratio", "tokens",
     )  # fmt: skip
+    if args.refine:
+        # The same windows with each token's active set re-fitted: what shrinkage costs downstream.
+        refined_sae = RefinedSAE(sae)
+        ref = evaluate_downstream(lm, site, refined_sae, batches, outliers).to_dict()
+        res.update({
+            "refine_ce_before": res["ce_sae"], "refine_ce_after": ref["ce_sae"],
+            "refine_kl_before": res["kl"], "refine_kl_after": ref["kl"],
+            "refine_nmse_before": res["nmse"], "refine_nmse_after": ref["nmse"],
+            "refine_converged": refined_sae.stats.max_residual <= refined_sae.config.tol,
+        })  # fmt: skip
+        keys = keys + REFINE_LM_KEYS
     if args.json:
         print(dumps_json({k: res[k] for k in keys}))
     else:
         print(f"{lm.name} {site}: {res['tokens']} predictions")
-        for k in keys[:-1] + ("explained_variance",):
+        for k in tuple(key for key in keys if key != "tokens") + ("explained_variance",):
             v = res[k]
             print(f"  {k:18s} {'n/a' if v is None else f'{v:.4f}'}")
     return 0
@@ -217,6 +238,8 @@ def register(subparsers: Any) -> None:
     _common(p, tokens=4096, batch_size=8, context=None)
     _sae_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--refine", action="store_true",
+                   help="also splice in the refined reconstruction (active set kept, values re-fitted): refine_ce_before/after")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ablate-lowest", help="sweep the four lowest-activation ablation schemes")

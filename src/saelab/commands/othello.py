@@ -18,6 +18,7 @@ from saelab.othello.model import OthelloGPT, OthelloGPTConfig, load_default_mode
 from saelab.othello.probes import train_probes
 from saelab.othello.score import score_folder
 from saelab.othello.train_model import TrainConfig, evaluate_legal, train
+from saelab.othello.unfound import CANDIDATES, diagnose_folder
 
 DEFAULT_EVAL_SEED = 1  # training draws its seeds from SeedSequence([seed, step]); see train_model
 
@@ -209,6 +210,14 @@ def add_sae_commands(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
 
+    u = sub.add_parser("unfound", help="why findable board-state pairs have no single-latent classifier: split over two latents, near, or absent")
+    u.add_argument("--sae", required=True)
+    u.add_argument("--games", type=int, default=2000, help="held-out games to harvest")
+    u.add_argument("--seed", type=int, default=None, help="their seed (default: the training seed + 1000003)")
+    u.add_argument("--candidates", type=int, default=CANDIDATES, help="best single latents per pair whose sums of two are tried")
+    u.add_argument("--json", action="store_true", help="print one JSON object")
+    u.set_defaults(func=cmd_unfound)
+
 
 def cmd_activations(args) -> int:
     """Harvest and write activations.npy, labels.npy, positions.npy and source.json."""
@@ -235,4 +244,16 @@ def cmd_score(args) -> int:
     else:
         print(f"good classifiers {result['good_classifiers']} / {result['findable']} findable, good latents {result['good_classifier_latents']}, "
               f"coverage {result['coverage']:.3f}, L0 {result['l0']:.2f}, NMSE {result['nmse']:.4f} ({result['positions']} positions, {result['games']} games)")
+    return 0
+
+
+def cmd_unfound(args) -> int:
+    """Print the diagnosis of the findable pairs no single latent of an SAE classifies."""
+
+    if args.games < 1:
+        raise ConfigError("games", args.games, "must be ≥ 1")
+    if args.candidates < 2:
+        raise ConfigError("candidates", args.candidates, "must be ≥ 2 (sums of two latents)")
+    report = diagnose_folder(args.sae, games=args.games, seed=args.seed, candidates=args.candidates)
+    print(dumps_json(report.to_dict()) if args.json else report.markdown())
     return 0

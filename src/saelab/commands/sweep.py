@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--device", metavar="{" + ",".join(DEVICES) + "}", default=None, help="where every run trains (default: the config's, else cpu)")
     p.add_argument("--dtype", metavar="{" + ",".join(DTYPES) + "}", default=None, help="compute precision of every run (default: the config's, else float32)")
     p.add_argument("--log", metavar="{" + ",".join(LOGGERS) + "}", default=None, help="also send each SAE's metrics to an experiment logger")
+    p.add_argument("--spread-over-ranks", action="store_true",
+                   help="under torchrun: each rank trains its own share of the SAEs on the same batches, instead of every part data-parallel")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -30,7 +32,7 @@ def cmd_sweep(args) -> int:
     """Run the sweep and say where its results are."""
     rows = run_sweep(args.config, args.out, resume=args.resume, max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
                      say=lambda m: print(f"[sweep] {m}", file=sys.stderr, flush=True), report=not args.no_report,
-                     device=args.device, dtype=args.dtype, log=args.log)
+                     device=args.device, dtype=args.dtype, log=args.log, spread=args.spread_over_ranks)
     if distributed.current().is_main:  # torchrun: rank 0 wrote the results
         print(f"{len(rows)} SAEs → {args.out}/results.jsonl")
     return 0

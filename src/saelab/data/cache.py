@@ -220,6 +220,7 @@ class CacheWriter:
         shard_rows: int = 65536,
         extra: dict[str, Any] | None = None,
         extend: bool = False,
+        owner: bool = True,
     ):
         if meta.dtype not in CACHE_DTYPES:
             raise SaelabError(f"dtype={meta.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
@@ -230,7 +231,12 @@ class CacheWriter:
         self._index: list[np.ndarray] = []
         self._buffered = 0
         self._cursor: dict[str, Any] = {}
-        if check_out_folder(folder, extend=extend) is not None:
+        # A writer that is not the owner (a torchrun rank other than 0) writes shards only: the owner
+        # created or resumed the cache before it opens, and alone writes manifest.json.
+        self.owner = owner
+        if not owner:
+            self.manifest = read_manifest(folder)
+        elif check_out_folder(folder, extend=extend) is not None:
             self.manifest = self._resume()
         else:
             os.makedirs(folder, exist_ok=True)
@@ -240,7 +246,8 @@ class CacheWriter:
         # A cache created with a row index keeps one per shard; an older one being resumed or
         # extended stays without (its readers then say how to rebuild it).
         self.indexed = "row_index" in self.manifest
-        self._clean_strays()
+        if owner:
+            self._clean_strays()
 
     def _resume(self) -> dict[str, Any]:
         manifest = verify_cache(self.folder, allow_incomplete=True)
@@ -293,10 +300,20 @@ class CacheWriter:
 
     def flush(self) -> None:
         """Write the buffered rows as one shard and rewrite the manifest."""
+        entry = self.write_shard(len(self.manifest["shards"]))
+        if entry is not None:
+            self.commit([entry], self._cursor)
+
+    @property
+    def buffered(self) -> int:
+        """Rows appended but not yet in a shard."""
+        return self._buffered
+
+    def write_shard(self, index: int) -> dict[str, Any] | None:
+        """Write the buffered rows as shard number `index`, leaving the manifest alone; its manifest entry (None if nothing is buffered)."""
         if not self._buffered:
-            return
+            return None
         data = np.concatenate(self._buffer)
-        index = len(self.manifest["shards"])
         name = shard_name(index)
         path = os.path.join(self.folder, name)
         atomic_write(path, lambda fh: np.save(fh, data, allow_pickle=False))
@@ -306,14 +323,21 @@ class CacheWriter:
             index_path = os.path.join(self.folder, index_name(index))
             atomic_write(index_path, lambda fh: np.save(fh, index_rows, allow_pickle=False))
             entry.update(index_file=os.path.basename(index_path), index_sha256=_sha256(index_path))
-        self.manifest["shards"].append(entry)
-        self.manifest["n_rows"] += int(len(data))
-        self.manifest["cursor"] = self._cursor
-        _write_manifest(self.folder, self.manifest)
         self._buffer, self._index, self._buffered = [], [], 0
+        return entry
+
+    def commit(self, entries: list[dict[str, Any]], cursor: dict[str, Any]) -> None:
+        """List written shards (in row order) with the cursor they reach; only the owner rewrites manifest.json."""
+        self.manifest["shards"].extend(entries)
+        self.manifest["n_rows"] += sum(int(e["rows"]) for e in entries)
+        self.manifest["cursor"] = dict(cursor)
+        if self.owner:
+            _write_manifest(self.folder, self.manifest)
 
     def close(self, complete: bool = True) -> dict[str, Any]:
         """Flush and mark the cache complete; returns the final manifest."""
+        if not self.owner:
+            raise SaelabError(f"out={self.folder!r}: only the owning writer (rank 0) closes the cache")
         self.flush()
         self.manifest["complete"] = bool(complete)
         _write_manifest(self.folder, self.manifest)

@@ -257,3 +257,36 @@ def refine(sae, data, *, rows="auto", config: RefineConfig | None = None, device
     result = refine_batches(module, batches(), config)
     result.refine_rows = label
     return result
+
+
+class RefinedSAE(torch.nn.Module):
+    """`sae` with each token's encoder activations replaced by the refined ones (for downstream CE/KL).
+
+    `reconstruct` keeps the encoder's active set and re-fits the values with the decoder fixed, so
+    splicing this module into a language model measures what shrinkage costs downstream.
+    """
+
+    def __init__(self, sae, config: RefineConfig | None = None):
+        super().__init__()
+        self.sae = sae
+        self.config = (config or RefineConfig()).validate()
+        self.stats = SolveStats(0, 0.0)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(raw-space reconstruction from the refined code, refined code) of raw activations."""
+        self.sae.check_input(x)
+        x_n, ctx = self.sae.normalizer.normalize(x)
+        z = self.sae.encode_normalized(x_n)
+        z_ref, stats = refine_active(self.sae.W_dec, x_n - self.sae.b_dec, z, self.config.max_iter, self.config.tol)
+        self.stats = SolveStats(max(self.stats.iterations, stats.iterations), max(self.stats.max_residual, stats.max_residual))
+        z_ref = z_ref.to(x_n.dtype)
+        return self.sae.normalizer.denormalize(self.sae.decode_normalized(z_ref), ctx), z_ref
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Refined code of raw activations."""
+        return self.reconstruct(x)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw-space reconstruction from the refined code."""
+        return self.reconstruct(x)[0]

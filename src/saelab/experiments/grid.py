@@ -155,3 +155,17 @@ def pack_by_memory(saes: list[PlannedSAE], d_in: int, batch_size: int, budget: i
             groups.append([s])
             used = need
     return groups
+
+
+def spread_over_ranks(saes: list[PlannedSAE], d_in: int, batch_size: int, ranks: int) -> list[list[PlannedSAE]]:
+    """Deal SAEs to `ranks` lists of about equal estimated memory (a proxy for step time), each in plan order."""
+    if ranks < 1:
+        raise ConfigError("ranks", ranks, "must be ≥ 1")
+    load, dealt = [0] * ranks, [[] for _ in range(ranks)]
+    # Largest first, each to the least-loaded rank (ties: the lower rank), so big SAEs do not pile up.
+    order = sorted(range(len(saes)), key=lambda i: -memory_estimate(saes[i].cfg, d_in, batch_size))
+    for i in order:
+        r = min(range(ranks), key=lambda j: (load[j], j))
+        load[r] += memory_estimate(saes[i].cfg, d_in, batch_size)
+        dealt[r].append(i)
+    return [[saes[i] for i in sorted(idx)] for idx in dealt]

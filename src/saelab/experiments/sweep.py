@@ -7,6 +7,12 @@ folders inside), `results.jsonl` and `report/`. A killed sweep continues with `r
 parts whose SAEs all have their eval.json are not retrained, a part killed mid-training resumes
 from its checkpoint (sweeps checkpoint every tenth of training unless told otherwise), and SAEs
 already in results.jsonl are not evaluated again.
+
+Under torchrun every part trains data-parallel on all ranks. With `spread_over_ranks` each rank
+instead trains its own share of each seed's SAEs (`runs/seed{S}-rank{r}[-part{i}]/`), alone, on the
+same batches as every other rank (same stream, same seed; no gradient exchange), so each SAE ends
+with the weights a one-process sweep gives it; after all ranks are done rank 0 evaluates every SAE
+and writes results.jsonl and the report. Such a sweep resumes with the same number of ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +28,13 @@ from saelab import distributed
 from saelab.config import RunConfig, TrainConfig, read_config
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
-from saelab.experiments.grid import PlannedSAE, SweepPlan, pack_by_memory, plan_sweep
+from saelab.experiments.grid import (
+    PlannedSAE,
+    SweepPlan,
+    pack_by_memory,
+    plan_sweep,
+    spread_over_ranks,
+)
 from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
 from saelab.io import atomic_write_json, atomic_write_text
 from saelab.jsonl import jsonl_objects
@@ -32,6 +45,7 @@ OTHELLO_SCORE = "othello_score.json"
 PLAN = "sweep.json"
 EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board")
 CHECKPOINTS_PER_RUN = 10
+SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread sweep's SAEs were dealt to
 
 
 def available_memory_bytes() -> int:
@@ -174,6 +188,11 @@ def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> N
         saved = json.loads((root / PLAN).read_text())
         if saved.get("saes") != plan_record["saes"] or saved.get("config") != json.loads(json.dumps(data)):
             raise ConfigError("config", str(config), f"differs from the sweep in {root} (its {PLAN}); resume needs the same config")
+        if saved.get(SPREAD) != plan_record.get(SPREAD):
+            # Which rank trains which SAE, and so each run's folder, depends on the number of ranks.
+            was, now = saved.get(SPREAD), plan_record.get(SPREAD)
+            how = lambda n: f"spread over {n} ranks" if n else "not spread over ranks"  # noqa: E731
+            raise ConfigError(SPREAD, now, f"the sweep in {root} was {how(was)}, this run is {how(now)}; resume it as it started")
     elif root.exists() and any(root.iterdir()) and not resume:
         raise ConfigError("out", str(root), "is not empty; choose a new folder for the sweep")
     root.mkdir(parents=True, exist_ok=True)
@@ -182,8 +201,12 @@ def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> N
 
 def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, max_memory_gb: float | None = None,
               progress: bool = True, say: Callable[[str], None] = print, report: bool = True,
-              device: str | None = None, dtype: str | None = None, log: str | None = None) -> list[dict]:
+              device: str | None = None, dtype: str | None = None, log: str | None = None,
+              spread: bool = False) -> list[dict]:
     """Train and evaluate every SAE of a sweep config into `out`; return the results rows.
+
+    `spread`: under torchrun, each rank trains a share of the SAEs alone instead of every part
+    data-parallel (the module docstring says how); in one process it changes nothing.
 
     `device`, `dtype` and `log` override the config's train fields of the same names. `dtype`
     changes what is trained, so it is part of the sweep's config (a resume must match it);
@@ -201,15 +224,21 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         raise ConfigError("activations", None, "required in the sweep config")
     root = Path(out)
     plan_record = {"config": data, "saes": [s.name for s in plan.saes]}
-    # torchrun: every part trains data-parallel on all ranks; rank 0 alone claims the folder, evaluates and writes.
+    # torchrun: every part trains data-parallel on all ranks, or (spread) each rank trains its share;
+    # rank 0 alone claims the folder, evaluates and writes.
     world = distributed.init_from_env()
+    spread = spread and world.parallel
+    if spread:
+        plan_record[SPREAD] = world.size
     if not world.is_main:
         say = lambda message: None  # noqa: E731 — rank 0 reports
     world.on_main(lambda: _claim(root, plan_record, data, config, resume))
 
     store = ActivationStore(plan.train["activations"])
-    # Rank 0's budget on every rank: the SAEs must be packed into the same parts everywhere.
-    budget = world.on_main(lambda: int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2))
+    # Rank 0's budget on every rank: the SAEs must be packed into the same parts everywhere. Spread
+    # ranks train at once, so those on one machine share its budget.
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", world.size)) if spread else 1
+    budget = world.on_main(lambda: int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2) // sharing)
     batch_size = int(plan.train.get("batch_size", TrainConfig.__dataclass_fields__["batch_size"].default))
     unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
     if unknown:
@@ -217,35 +246,53 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
     done = _read_rows(root / RESULTS) if resume else {}
     rows: list[dict] = []
     evaluators = None
-    for seed, saes in plan.by_seed().items():
-        parts = pack_by_memory(saes, store.d_in, batch_size, budget)
-        for i, part in enumerate(parts):
-            run_dir = root / "runs" / (f"seed{seed}" + (f"-part{i}" if len(parts) > 1 else ""))
+
+    def collect(part: list[PlannedSAE], run_dir: Path) -> None:
+        """Rank 0: the results row of each SAE of a trained part (evaluated unless results.jsonl has it)."""
+        nonlocal evaluators
+        for planned, folder in zip(part, _member_folders(run_dir, part)):
+            if planned.name in done and (root / done[planned.name]["folder"]).exists():
+                rows.append(done[planned.name])
+                continue
+            record = read_saelab_record(folder)
+            row = _row(planned, folder, root, record)
+            if evaluators is None:
+                evaluators = Evaluators(record.get("source"), plan.eval, say)
+            extra = evaluators.extra(load_sae(folder), folder)
+            row["ci"].update(extra.pop("ci", {}))
+            row.update({k: _finite(v) for k, v in extra.items()})
+            rows.append(row)
+            _write_rows(root / RESULTS, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
+            say(_summary(row))
+
+    runs = _runs(plan, root, store.d_in, batch_size, budget, world.size if spread else 1)
+    if spread:
+        shares = [sum(len(part) for owner, _, _, part in runs if owner == r) for r in range(world.size)]
+        say(f"spreading {len(plan.saes)} SAEs over {world.size} ranks: {', '.join(map(str, shares))} SAE(s) each")
+    for owner, seed, run_dir, part in runs:
+        if owner in (None, world.rank):
             folders = _member_folders(run_dir, part)
             finished = all((f / "eval.json").exists() and (f / SAELAB_CFG).exists() for f in folders)
             if not finished:
                 say(f"training {len(part)} SAE(s) with seed {seed} into {run_dir}")
                 train = TrainConfig.from_dict({**plan.train, "seed": seed, "out": str(run_dir), **placement})
-                trainer = Trainer(RunConfig(train, [dataclasses.replace(p.cfg) for p in part]), progress=progress)
+                # Spread: this rank trains the part alone (its own one-process World), on the batches every rank reads.
+                trainer = Trainer(RunConfig(train, [dataclasses.replace(p.cfg) for p in part]),
+                                  progress=progress and world.is_main, world=distributed.World() if spread else None)
                 if train.checkpoint_every == 0:
                     trainer.run.train.checkpoint_every = max(1, trainer.total_steps // CHECKPOINTS_PER_RUN)
                 # A part that never reached its first checkpoint leaves a partial folder: start it over.
                 has_ckpt = (run_dir / CHECKPOINT).exists()
                 trainer.fit(resume=resume and has_ckpt, overwrite=not has_ckpt)
-            for planned, folder in zip(part, folders) if world.is_main else []:
-                if planned.name in done and (root / done[planned.name]["folder"]).exists():
-                    rows.append(done[planned.name])
-                    continue
-                record = read_saelab_record(folder)
-                row = _row(planned, folder, root, record)
-                if evaluators is None:
-                    evaluators = Evaluators(record.get("source"), plan.eval, say)
-                extra = evaluators.extra(load_sae(folder), folder)
-                row["ci"].update(extra.pop("ci", {}))
-                row.update({k: _finite(v) for k, v in extra.items()})
-                rows.append(row)
-                _write_rows(root / RESULTS, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
-                say(_summary(row))
+        if world.is_main and not spread:
+            collect(part, run_dir)
+    if spread:
+        world.wait_for_all()  # ranks finish their shares at different times, possibly hours apart
+        for _, _, run_dir, part in runs if world.is_main else []:
+            collect(part, run_dir)
+        # The one-process sweep's row order: seed by seed, each seed's SAEs in plan order.
+        order = {s.name: i for i, s in enumerate(s for saes in plan.by_seed().values() for s in saes)}
+        rows.sort(key=lambda r: order[r["name"]])
     if not world.is_main:
         return rows
     _write_rows(root / RESULTS, rows)
@@ -255,6 +302,20 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         paths = build_report([root], root / "report", command=f"saelab sweep {config} --out {out}")
         say(f"report: {paths.html}")
     return rows
+
+
+def _runs(plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int,
+          ranks: int) -> list[tuple[int | None, int, Path, list[PlannedSAE]]]:
+    """Every training run of the sweep: (the rank that trains it, None for all together; seed; folder; SAEs)."""
+    runs: list[tuple[int | None, int, Path, list[PlannedSAE]]] = []
+    for seed, saes in plan.by_seed().items():
+        shares = [saes] if ranks == 1 else spread_over_ranks(saes, d_in, batch_size, ranks)
+        for rank, share in enumerate(shares):
+            parts = pack_by_memory(share, d_in, batch_size, budget)
+            name = f"seed{seed}" + (f"-rank{rank}" if ranks > 1 else "")
+            for i, part in enumerate(parts):
+                runs.append((rank if ranks > 1 else None, seed, root / "runs" / (name + (f"-part{i}" if len(parts) > 1 else "")), part))
+    return runs
 
 
 def _summary(row: dict) -> str:

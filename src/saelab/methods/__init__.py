@@ -4,6 +4,7 @@ from saelab.methods import (  # noqa: F401  (importing registers each method)
     batchtopk,
     dimred,
     freshman,
+    gated,
     jumprelu,
     l1,
     leaky_topk,

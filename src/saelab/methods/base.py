@@ -59,10 +59,13 @@ class SparsePlan:
 class SparsityKnob:
     """The parameter that sets how sparse a method's code is, for `target_l0`'s controller.
 
-    `param` names a Params field (or "alpha", the SAE's penalty coefficient); raising it lowers L0
+    `param` names a Params field (or "alpha", the SAE's sparsity coefficient: its penalty's, or that of
+    an activation's own sparsity loss, read from LossContext.alpha, as Gated's); raising it lowers L0
     when `more_is_sparser`. The controller moves it in log space within [low, high], starting at
     `initial` when the configured value is not positive, and measures L0 as `measure`: "l0"
     (non-zero entries) or "l0_eps" (entries above ε, for codes that leak tiny values everywhere).
+    `weights` names the loss term the knob multiplies (e.g. "penalty"); an unset α then starts
+    calibrated against the first batch's reconstruction loss (see saelab.sparsity_control).
     """
 
     param: str
@@ -71,6 +74,7 @@ class SparsityKnob:
     high: float = 1e4
     initial: float = 1e-2
     measure: str = "l0"
+    weights: str | None = None
 
 
 @dataclass
@@ -82,6 +86,7 @@ class LossContext:
     pre: Tensor  # encoder pre-activations [B, n]
     z: Tensor  # latent code [B, n]
     x_hat: Tensor  # reconstruction in normalized space [B, d_in]
+    alpha: float = 0.0  # the SAE's sparsity coefficient, for activations whose sparsity loss it weights (Gated)
 
 
 class Activation(nn.Module):
@@ -92,6 +97,11 @@ class Activation(nn.Module):
     description: ClassVar[str] = ""
     # The parameter a target L0 adapts, for methods whose sparsity comes from a coefficient or threshold.
     sparsity_knob: ClassVar[SparsityKnob | None] = None
+    # An activation that needs the bias-free projection (x − b_dec)·W_enc beside `pre` (Gated's magnitude
+    # path) sets this; the SAE then calls forward(pre, b_enc) and the projection is pre − b_enc.
+    takes_encoder_bias: ClassVar[bool] = False
+    # What SAELens calls the SAE's b_enc in this architecture's weights file (Gated: "b_gate").
+    saelens_encoder_bias: ClassVar[str] = "b_enc"
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()
@@ -99,7 +109,7 @@ class Activation(nn.Module):
         self.n_latents = n_latents
 
     def forward(self, pre: Tensor) -> Tensor:
-        """The latent code for `pre`; training-mode behaviour when `self.training`."""
+        """The latent code for `pre`; training-mode behaviour when `self.training` (plus b_enc with takes_encoder_bias)."""
         raise NotImplementedError
 
     def sparse_plan(self) -> SparsePlan | None:
@@ -148,7 +158,7 @@ class Penalty(nn.Module):
     description: ClassVar[str] = ""
     # Every penalty's strength is the SAE's coefficient alpha; starting small approaches the target
     # from the dense side, where no latent has been killed yet.
-    sparsity_knob: ClassVar[SparsityKnob] = SparsityKnob(param="alpha", initial=1e-4)
+    sparsity_knob: ClassVar[SparsityKnob] = SparsityKnob(param="alpha", initial=1e-4, weights="penalty")
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Params, Penalty, param, require
+from saelab.methods.base import Params, Penalty, SparsityKnob, param, require
 from saelab.methods.registry import register_penalty
 
 
@@ -15,6 +15,10 @@ class SmoothedL0(Penalty):
     """(1/n)·Σ_i f(z_i), f(x) = sigmoid(m·(x − δ/2)), m = (2/δ)·ln(1/ε − 1); batch mean."""
 
     description = "(1/n)Σ sigmoid(m(z − δ/2)) with f(0)=ε, f(δ)=1−ε"
+    # Bounded by 1 and divided by n, this penalty is ~n times weaker per unit α than L1, and its step
+    # saturates past δ (large activations feel no pull), so the α that holds an L0 keeps rising with
+    # training: at 512 latents × 3,000 steps it passed L1's bound of 1e4 before L0 reached 32.
+    sparsity_knob = SparsityKnob(param="alpha", initial=1e-2, high=1e8, weights="penalty")
 
     @dataclass
     class Params(Params):

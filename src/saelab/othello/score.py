@@ -74,6 +74,14 @@ def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.
     return codes, result
 
 
+def held_out_games(source: dict | None, games: int = 2000, seed: int | None = None) -> Harvest:
+    """Harvest `games` held-out games from an SAE's recorded OthelloGPT source (model, layer, trimming)."""
+    if source is None or source.get("source") != "othello":
+        raise ConfigError("sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)")
+    cfg = config_from_source(source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET)
+    return harvest(cfg)
+
+
 def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, data: Harvest | None = None,
               findable: np.ndarray | None = None, n_boot: int = N_BOOT) -> OthelloScore:
     """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers.
@@ -82,11 +90,7 @@ def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, dat
     replicates give the counts' intervals (0: none).
     """
 
-    if source is None or source.get("source") != "othello":
-        raise ConfigError("sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)")
-    if data is None:
-        cfg = config_from_source(source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET)
-        data = harvest(cfg)
+    data = data if data is not None else held_out_games(source, games, seed)
     codes, recon = latent_activations(sae, data.activations)
     games = data.positions[:, 0]
     mask = findable if findable is not None else findable_on_positions(data.activations, data.labels, games)

@@ -1,8 +1,14 @@
-"""Harvest a Hugging Face causal LM's activations at one site into an activation cache (resumable)."""
+"""Harvest a Hugging Face causal LM's activations at one site into an activation cache (resumable).
+
+Under `torchrun --nproc-per-node N` every rank runs the model on every N-th batch of windows and
+writes its own shards of the one cache (data/ranked_cache.py); rank 0 writes the manifest. Each
+rank tokenizes the whole text to find its batches (cheap beside the model's forward).
+"""
 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass
 
@@ -10,7 +16,9 @@ from saelab.config import require_positive_int
 import numpy as np
 import torch
 
-from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, CacheWriter, check_out_folder
+from saelab import distributed
+from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, check_out_folder
+from saelab.data.ranked_cache import RankedCacheWriter
 from saelab.errors import SaelabError
 from saelab.sources.hf import SITES, LMSpec, load_lm
 from saelab.sources.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
@@ -71,11 +79,16 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
         raise SaelabError(f"dtype={cfg.dtype!r}: cache dtype must be one of {', '.join(CACHE_DTYPES)}")
     for name in ("tokens", "batch_size", "shard_rows", "context"):
         require_positive_int(name, getattr(cfg, name))
-    existing = check_out_folder(cfg.out, extend=cfg.extend)
+    world = distributed.init_from_env()  # one process unless launched by torchrun
+    # Rank 0 reads the folder before anyone writes into it; an error there stops every rank.
+    existing = world.on_main(lambda: check_out_folder(cfg.out, extend=cfg.extend))
     text_cfg = TextConfig(cfg.text, cfg.context, cfg.prepend_bos, cfg.text_field, cfg.split)
     iter_chunks(text_cfg)  # checks a local source now, before the slow model load (datasets open lazily)
 
-    lm = load_lm(LMSpec(cfg.model, cfg.device, cfg.model_dtype))
+    device = cfg.device
+    if world.parallel and device == "cuda":  # one GPU per rank on a multi-GPU machine
+        device = f"cuda:{os.environ.get('LOCAL_RANK', world.rank)}"
+    lm = load_lm(LMSpec(cfg.model, device, cfg.model_dtype))
     site = lm.site(cfg.layer, cfg.site)
     options = {"drop_first": cfg.drop_first, "outlier_factor": cfg.outlier_factor, "prepend_bos": cfg.prepend_bos}
     if cfg.text_field != "text":
@@ -92,37 +105,43 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
         options=options,
     )
     skip = int(existing.get("cursor", {}).get("windows", 0)) if existing else 0
-    batches = iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip)
-    first = next(batches, None)  # an empty source raises here, before anything is written
+    # Batch b goes to rank b mod N: the batches a single process forms, dealt out in turn.
+    mine = itertools.islice(iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip), world.rank, None, world.size)
+    first = next(mine, None)  # an empty source raises here, before anything is written
 
     # Which token, window and position each row is, so contexts can be read back without the model.
     index_info = {"columns": list(INDEX_COLUMNS), "first_token_id": first_token_id(lm.tokenizer) if cfg.prepend_bos else None}
-    writer = CacheWriter(cfg.out, meta, shard_rows=cfg.shard_rows, extra={"row_index": index_info}, extend=cfg.extend)
+    writer = RankedCacheWriter(world, cfg.out, meta, cfg.tokens, shard_rows=cfg.shard_rows, extra={"row_index": index_info},
+                               extend=cfg.extend)
     writer.manifest["target_rows"] = cfg.tokens
-    start_rows, windows = writer.n_rows, skip
-    t0, seen = time.perf_counter(), 0
+    start_rows = writer.n_rows
+    t0 = time.perf_counter()
+    log = log if world.is_main else None
     try:
-        for ids in itertools.chain([first] if first is not None else [], batches):
-            if writer.n_rows >= cfg.tokens:
+        # A rank whose text ran out still takes part in every round (with None) until all stop.
+        for round_, ids in enumerate(itertools.chain([first], mine, itertools.repeat(None))):
+            if writer.full:
                 break
-            acts = lm.activations(ids, site)
-            keep = keep_mask(acts, cfg.drop_first, cfg.outlier_factor)
-            take = cfg.tokens - writer.n_rows
-            rows = acts[keep][:take].float().cpu().numpy()
-            index = row_index(ids, keep, windows)[:take]
-            windows += ids.shape[0]
-            seen += ids.numel()
-            writer.append(rows, cursor={"windows": windows}, index=index)
-            if log is not None and writer.n_rows // 50000 != (writer.n_rows - len(rows)) // 50000:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
+            rows = index = None
+            if ids is not None:
+                acts = lm.activations(ids, site)
+                keep = keep_mask(acts, cfg.drop_first, cfg.outlier_factor)
+                rows = acts[keep].float().cpu().numpy()
+                index = row_index(ids, keep, skip + (round_ * world.size + world.rank) * cfg.batch_size)
+            before = writer.n_rows
+            going = writer.add(0 if ids is None else ids.shape[0], rows, index)
+            if log is not None and writer.n_rows // 50000 != before // 50000:
+                rate = (writer.windows - skip) * cfg.context / max(time.perf_counter() - t0, 1e-9)
                 log(f"{writer.n_rows}/{cfg.tokens} rows, {rate:.0f} tokens/s")
+            if not going:
+                break
     except KeyboardInterrupt:
-        writer.flush()  # the cursor matches the buffered rows: the saved state resumes exactly
+        writer.interrupted()  # one process: the cursor matches the buffered rows, so the saved state resumes exactly
         raise
     exhausted = writer.n_rows < cfg.tokens
-    writer.manifest["exhausted"] = exhausted
-    manifest = writer.close(complete=True)
+    manifest = writer.close(exhausted=exhausted)
     seconds = time.perf_counter() - t0
+    seen = (writer.windows - skip) * cfg.context  # every rank's windows through the model, dropped positions included
     return HarvestResult(
         cfg.out, manifest["n_rows"], manifest["n_rows"] - start_rows, True, exhausted, seconds, seen / max(seconds, 1e-9)
     )

@@ -1,0 +1,428 @@
+"""Latent-sharded dictionaries: each rank holds a contiguous block of the latents, for SAEs that do not fit one device.
+
+With N ranks and n latents, rank r holds W_enc[:, r·n/N : (r+1)·n/N], the same slice of b_enc and
+the same rows of W_dec; b_dec (the scaling paper's b_pre), the normalizer and the method's state
+(k, BatchTopK's threshold) are replicated. Every rank sees the whole batch. One step:
+
+1. each rank computes its pre-activations (x − b_dec) W_enc_r + b_enc_r  [B, n/N];
+2. the TopK family selects globally: each rank sends its k largest per row (B·k values, padded
+   with −inf), and the k largest of the N·k gathered candidates win; a rank keeps the winners that
+   came from it. The union of the local top-k's holds the global top-k, so the selection equals the
+   one-process TopK (up to ties). BatchTopK does the same with each rank's k·B largest of the batch;
+3. x̂ = Σ_r z_r W_dec_r + b_dec, one all-reduce of B·d_in floats (`_SumOverShards`);
+4. backward: the loss is computed identically on every rank from the same x̂, so each partial
+   decode receives the full dL/dx̂ without communication, and the gradient of the encoder input
+   x − b_dec (each rank's holds only its latents' part) is summed over ranks (`_CopyToShards`,
+   one all-reduce of B·d_in floats). b_dec's gradient is then the same on every rank, and so is
+   its Adam update.
+
+AuxK selects its top-k_aux dead latents globally, the same way as TopK (not per shard), so a
+sharded run computes the one-process loss: a per-shard top-(k_aux/N) is only equal in expectation
+when the dead latents are spread evenly, which nothing guarantees. The dead-latent counters are per
+shard (each rank counts its own latents' firing: every rank has the whole batch, so nothing is
+exchanged). Every shard needs the same number of latents (n a multiple of N).
+
+torch.distributed.nn.functional.all_reduce is not used for step 3: its backward all-reduces the
+gradient again, which suits N different losses summed, not one loss replicated on N ranks (it
+would give N × the gradient). The two autograd functions below are the replicated-loss pair.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from saelab import distributed
+from saelab.config import SAEConfig, TrainConfig
+from saelab.distributed import World
+from saelab.errors import ConfigError, DataError
+from saelab.folder import save_sae
+from saelab.init import initial_b_dec, unit_rows
+from saelab.losses import auxk_term, squared_error
+from saelab.normalize import Normalizer
+from saelab.objective import DeadLatentTracker
+from saelab.sae import SparseAutoencoder
+from saelab.step_output import StepOutput, fired_latents, nonzero_values
+
+SHARDABLE_METHODS = ("topk", "batchtopk")
+SHARDED_PARAMS = ("W_enc", "b_enc", "W_dec")  # split by latents; every other tensor is replicated
+
+
+# ---- the two collectives of a step, with their backward --------------------------------------
+
+class _CopyToShards(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over ranks (each rank's covers only its own latents)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _SumOverShards(torch.autograd.Function):
+    """Forward sums the ranks' partial decodes; backward passes dL/dx̂ through (the loss is the same on every rank)."""
+
+    @staticmethod
+    def forward(ctx, partial: Tensor) -> Tensor:
+        total = partial.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def copy_to_shards(x: Tensor, world: World) -> Tensor:
+    """x, whose gradient will be summed over the latent shards."""
+    return _CopyToShards.apply(x) if world.parallel else x
+
+
+def sum_over_shards(partial: Tensor, world: World) -> Tensor:
+    """Σ over ranks of `partial`, with the gradient of a loss replicated on every rank."""
+    return _SumOverShards.apply(partial) if world.parallel else partial
+
+
+# ---- global selection -------------------------------------------------------------------------
+
+def _gather_candidates(cand: Tensor, world: World) -> Tensor:
+    """Every rank's candidates stacked along a new first dimension [N, …] (no gradient)."""
+    if not world.parallel:
+        return cand.unsqueeze(0)
+    parts = [torch.empty_like(cand) for _ in range(world.size)]
+    dist.all_gather(parts, cand.contiguous())
+    return torch.stack(parts)
+
+
+def winning_candidates(candidates: Tensor, k: int, rank: int) -> Tensor:
+    """Bool [B, k]: which of rank `rank`'s candidates are among each row's k largest of all ranks'.
+
+    `candidates` is [N, B, k], rank r's k candidates per row (−inf where it has none). A −inf
+    winner (fewer than k real candidates in all) is no winner.
+    """
+    n_ranks, rows, per_rank = candidates.shape
+    if per_rank != k:
+        raise ValueError(f"candidates: {per_rank} per rank, expected k={k}")
+    flat = candidates.permute(1, 0, 2).reshape(rows, n_ranks * k)
+    values, positions = torch.topk(flat, k, dim=-1, sorted=False)
+    mine = (positions // k == rank) & torch.isfinite(values)
+    won = torch.zeros(rows, k, dtype=torch.bool, device=candidates.device)
+    row = torch.arange(rows, device=candidates.device).unsqueeze(1).expand_as(positions)
+    won[row[mine], (positions % k)[mine]] = True
+    return won
+
+
+def global_topk_mask(pre: Tensor, k: int, world: World) -> Tensor:
+    """Bool [B, n_local]: this shard's entries among each row's k largest over all shards' latents.
+
+    One all-gather of B·k candidate values per rank; indices never travel, since a candidate's
+    position in the gathered tensor names its rank and that rank kept its own local indices.
+    """
+    rows, n_local = pre.shape
+    m = min(k, n_local)
+    values, indices = torch.topk(pre.detach(), m, dim=-1, sorted=False)
+    cand = torch.full((rows, k), float("-inf"), dtype=pre.dtype, device=pre.device)
+    cand[:, :m] = values
+    won = winning_candidates(_gather_candidates(cand, world), k, world.rank)[:, :m]
+    mask = torch.zeros_like(pre, dtype=torch.bool)
+    return mask.scatter_(1, indices, won)
+
+
+def global_batch_threshold(acts: Tensor, keep: int, world: World) -> Tensor | None:
+    """The keep-th largest of all shards' `acts` together (None when fewer than `keep` exist anywhere)."""
+    flat = acts.detach().flatten()
+    m = min(keep, flat.numel())
+    cand = torch.full((keep,), float("-inf"), dtype=flat.dtype, device=flat.device)
+    if m:
+        cand[:m] = torch.topk(flat, m, sorted=False).values
+    kth = torch.topk(_gather_candidates(cand, world).flatten(), keep, sorted=False).values.min()
+    return kth if torch.isfinite(kth) else None
+
+
+# ---- the sharded model ------------------------------------------------------------------------
+
+def check_shardable(cfg: SAEConfig, world: World) -> None:
+    """ConfigError unless `cfg` can be split into `world.size` latent shards."""
+    if cfg.method not in SHARDABLE_METHODS:
+        raise ConfigError("method", cfg.method, f"latent sharding supports {', '.join(SHARDABLE_METHODS)} (a global top-k selection)")
+    if cfg.penalty is not None:
+        raise ConfigError("penalty", cfg.penalty, "latent sharding supports no penalty (a TopK-family method sets the sparsity)")
+    if cfg.n_latents % world.size:
+        raise ConfigError("n_latents", cfg.n_latents, f"must be a multiple of the {world.size} latent shards (equal shards)")
+    if cfg.d_in is None:
+        raise ConfigError("d_in", None, "unknown; it is read from the activations")
+
+
+class ShardedSAE(nn.Module):
+    """This rank's block of a SparseAutoencoder's latents, with b_dec, the normalizer and the method replicated.
+
+    Shapes: W_enc [d_in, n/N], b_enc [n/N], W_dec [n/N, d_in], b_dec [d_in]; this rank's latents
+    are [lo, hi) of the full SAE's. `reconstruct` returns the full x̂ and this shard's code.
+    """
+
+    def __init__(self, cfg: SAEConfig, world: World):
+        super().__init__()
+        cfg.validate()
+        check_shardable(cfg, world)
+        self.cfg, self.world = cfg, world
+        n_local = cfg.n_latents // world.size
+        self.lo, self.hi = world.rank * n_local, (world.rank + 1) * n_local
+        d = cfg.d_in
+        self.W_enc = nn.Parameter(torch.zeros(d, n_local))
+        self.b_enc = nn.Parameter(torch.zeros(n_local))
+        self.W_dec = nn.Parameter(torch.zeros(n_local, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        act_cls, act_params = cfg.activation_spec()
+        self.activation = act_cls(act_params, cfg.n_latents)  # holds k and BatchTopK's replicated threshold
+        self.normalizer = Normalizer(cfg.normalize, cfg.normalization_factor)
+
+    @property
+    def n_local(self) -> int:
+        """Latents held by this rank."""
+        return self.hi - self.lo
+
+    @torch.no_grad()
+    def initialize_from_data(self, sample: Tensor, seed: int) -> None:
+        """Fit the normalizer and draw this shard's weights directly, never materializing the full dictionary.
+
+        The rows come from a generator seeded by (seed, rank): the same distribution as
+        SparseAutoencoder's init, not the same numbers (split_sae gives those).
+        """
+        factor = self.normalizer.fit(sample)
+        if factor is not None:
+            self.cfg.normalization_factor = factor
+        x_n, _ = self.normalizer.normalize(sample)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + self.world.rank)
+        self.W_dec.copy_(unit_rows(self.n_local, self.cfg.d_in, gen))
+        self.W_enc.copy_(self.W_dec.T if self.cfg.encoder_init == "decoder_transpose" else unit_rows(self.n_local, self.cfg.d_in, gen).T)
+        self.b_enc.zero_()
+        self.b_dec.copy_(initial_b_dec(self.cfg.b_dec_init, x_n, self.cfg.d_in))  # the same sample on every rank: the same b_dec
+
+    def pre_activations(self, x_n: Tensor) -> Tensor:
+        """This shard's (x_n − b_dec) W_enc + b_enc."""
+        return copy_to_shards(x_n - self.b_dec, self.world) @ self.W_enc + self.b_enc
+
+    def code(self, pre: Tensor) -> Tensor:
+        """This shard's part of the code, selected over all shards' latents."""
+        k = self.activation.params.k
+        acts = torch.relu(pre)
+        if self.cfg.method == "batchtopk":
+            if self.training:
+                threshold = global_batch_threshold(acts, k * pre.shape[0], self.world)
+                return acts if threshold is None else acts * (acts >= threshold)
+            if self.activation.threshold.item() >= 0:
+                return acts * (acts > self.activation.threshold)  # per latent: no exchange at inference
+        return acts * global_topk_mask(pre, k, self.world)
+
+    def decode_normalized(self, z: Tensor) -> Tensor:
+        """The full reconstruction in the normalized space, from this shard's code (one all-reduce)."""
+        return sum_over_shards(z @ self.W_dec, self.world) + self.b_dec
+
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(raw-space reconstruction, this shard's code) of raw activations."""
+        if x.shape[-1] != self.cfg.d_in:
+            raise DataError(f"x: last dimension is {x.shape[-1]}, the SAE expects d_in={self.cfg.d_in}")
+        x_n, ctx = self.normalizer.normalize(x)
+        z = self.code(self.pre_activations(x_n))
+        return self.normalizer.denormalize(self.decode_normalized(z), ctx), z
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw activations → raw reconstruction (the same on every rank)."""
+        return self.reconstruct(x)[0]
+
+    @torch.no_grad()
+    def observe(self, values: Tensor) -> None:
+        """Update the method's replicated statistics from this shard's non-zero code values."""
+        # BatchTopK folds in the minimum over ranks of the smallest kept value; inside
+        # global_batch its batch_min is exactly that minimum, so every rank keeps one threshold.
+        with distributed.global_batch(self.world):
+            self.activation.observe(values)
+
+    # Both are row-wise, so a shard's rows are treated exactly as in the full SAE.
+    project_decoder_grad = SparseAutoencoder.project_decoder_grad
+    normalize_decoder = SparseAutoencoder.normalize_decoder
+
+
+# ---- split and gather ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def split_sae(sae: SparseAutoencoder, world: World) -> ShardedSAE:
+    """Rank `world.rank`'s shard of a full SAE (local slicing: no process group needed)."""
+    shard = ShardedSAE(copy.deepcopy(sae.cfg), world)
+    lo, hi = shard.lo, shard.hi
+    shard.W_enc.copy_(sae.W_enc[:, lo:hi])
+    shard.b_enc.copy_(sae.b_enc[lo:hi])
+    shard.W_dec.copy_(sae.W_dec[lo:hi])
+    shard.b_dec.copy_(sae.b_dec)
+    shard.normalizer.load_state_dict(sae.normalizer.state_dict())
+    shard.activation.load_state_dict(sae.activation.state_dict())
+    shard.train(sae.training)
+    return shard.to(sae.device)
+
+
+@torch.no_grad()
+def join_shards(shards: list[ShardedSAE]) -> SparseAutoencoder:
+    """The full SAE whose shards, in rank order, are `shards` (replicated tensors taken from the first)."""
+    if not shards:
+        raise ValueError("shards: empty")
+    ranks = [s.world.rank for s in shards]
+    if ranks != list(range(shards[0].world.size)):
+        raise ValueError(f"shards: ranks {ranks}, expected 0..{shards[0].world.size - 1} in order")
+    return _assemble(shards[0], [s.W_enc for s in shards], [s.b_enc for s in shards], [s.W_dec for s in shards])
+
+
+def _assemble(first: ShardedSAE, w_enc: list[Tensor], b_enc: list[Tensor], w_dec: list[Tensor]) -> SparseAutoencoder:
+    sae = SparseAutoencoder(copy.deepcopy(first.cfg))
+    sae.W_enc.copy_(torch.cat(list(w_enc), dim=1))
+    sae.b_enc.copy_(torch.cat(list(b_enc)))
+    sae.W_dec.copy_(torch.cat(list(w_dec)))
+    sae.b_dec.copy_(first.b_dec)
+    sae.normalizer.load_state_dict(first.normalizer.state_dict())
+    sae.activation.load_state_dict(first.activation.state_dict())
+    sae.train(first.training)
+    return sae
+
+
+@torch.no_grad()
+def gather_sae(shard: ShardedSAE, dst: int = 0) -> SparseAutoencoder | None:
+    """The full SAE on rank `dst` (on the CPU), None on the others; every rank must call it."""
+    world = shard.world
+    if not world.parallel:
+        return join_shards([shard])
+    parts = []
+    for name in SHARDED_PARAMS:
+        local = getattr(shard, name).detach().contiguous()
+        if world.rank != dst:
+            dist.send(local, dst=dst)
+            continue
+        # One shard at a time through one buffer on the shard's device (NCCL needs it there), so
+        # rank dst's device never holds more than its own shard twice; the whole lands on the CPU.
+        buffer, bucket = torch.empty_like(local), []
+        for r in range(world.size):
+            if r == dst:
+                bucket.append(local.cpu())
+            else:
+                dist.recv(buffer, src=r)
+                bucket.append(buffer.to("cpu", copy=True))  # a copy: the next recv overwrites the buffer
+        parts.append(bucket)
+    if world.rank != dst:
+        return None
+    return _assemble(shard, *parts)
+
+
+# ---- the objective and one training step ------------------------------------------------------
+
+def sharded_auxk_loss(shard: ShardedSAE, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    """AuxK over all shards' dead latents: the global top-k_aux, reconstructed through the summed partial decodes."""
+    n_dead = dead.sum().reshape(1).long()
+    if shard.world.parallel:
+        dist.all_reduce(n_dead)  # every rank must take the same branch (the other one exchanges)
+    if int(n_dead) == 0:
+        return pre.new_zeros(())
+    k = min(k_aux, int(n_dead))
+    masked = pre.masked_fill(~dead, float("-inf"))
+    z_aux = torch.relu(pre) * global_topk_mask(masked, k, shard.world)
+    residual = (x - x_hat).detach()
+    return auxk_term(sum_over_shards(z_aux @ shard.W_dec, shard.world), residual, x)
+
+
+def sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -> StepOutput:
+    """Every loss term of a raw batch, equal on every rank; `pre` and `z` are this shard's [B, n/N]."""
+    cfg = shard.cfg
+    x, _ = shard.normalizer.normalize(x_raw)
+    pre = shard.pre_activations(x)
+    z = shard.code(pre)
+    x_hat = shard.decode_normalized(z)
+    losses = {"mse": squared_error(x_hat, x)}
+    if cfg.auxk and dead is not None:
+        losses["auxk"] = cfg.aux_coef * sharded_auxk_loss(shard, x, x_hat, pre, dead, cfg.k_aux)
+    return StepOutput(losses=losses, x=x, pre=pre, z=z, x_hat=x_hat)
+
+
+@dataclass
+class ShardedMember:
+    """One latent-sharded SAE being trained: this rank's shard, its Adam state and its dead-latent counters."""
+
+    shard: ShardedSAE
+    optimizer: torch.optim.Optimizer
+    tracker: DeadLatentTracker  # this shard's latents only
+
+
+def sharded_member(shard: ShardedSAE, train: TrainConfig) -> ShardedMember:
+    """A shard with the trainer's Adam settings and a tracker of its own latents."""
+    opt = torch.optim.Adam(shard.parameters(), lr=shard.cfg.effective_lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
+    return ShardedMember(shard, opt, DeadLatentTracker(shard.n_local, shard.cfg.dead_tokens, shard.W_enc.device))
+
+
+def clip_sharded_grad_norm(shard: ShardedSAE, max_norm: float) -> Tensor:
+    """Clip to the full SAE's gradient norm: the sharded squares summed over ranks, b_dec's counted once."""
+    grads = [getattr(shard, n).grad for n in SHARDED_PARAMS if getattr(shard, n).grad is not None]
+    local = sum((g.double().pow(2).sum() for g in grads), torch.zeros((), dtype=torch.float64, device=shard.W_enc.device))
+    if shard.world.parallel:
+        dist.all_reduce(local)
+    if shard.b_dec.grad is not None:
+        local = local + shard.b_dec.grad.double().pow(2).sum()
+    total = local.sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # torch's clip_grad_norm_ rule
+    for p in shard.parameters():
+        if p.grad is not None:
+            p.grad.mul_(scale.to(p.grad.dtype))
+    return total
+
+
+def sharded_train_step(m: ShardedMember, x: Tensor, lr: float, grad_clip: float | None = None) -> StepOutput:
+    """One optimizer step of a sharded SAE on a raw batch (every rank passes the same batch)."""
+    for group in m.optimizer.param_groups:
+        group["lr"] = lr
+    shard = m.shard
+    dead = m.tracker.dead_mask() if shard.cfg.auxk else None
+    out = sharded_step(shard, x, dead)
+    m.optimizer.zero_grad(set_to_none=True)
+    out.total.backward()
+    if shard.cfg.decoder_unit_norm:
+        shard.project_decoder_grad()
+    if grad_clip is not None:
+        clip_sharded_grad_norm(shard, grad_clip)
+    m.optimizer.step()
+    if shard.cfg.decoder_unit_norm:
+        shard.normalize_decoder()
+    with torch.no_grad():
+        shard.observe(nonzero_values(out.z).detach())
+        m.tracker.update(fired_latents(out.z, shard.n_local), x.shape[0])
+    return out
+
+
+def train_sharded(cfg: SAEConfig, train: TrainConfig, batches: Iterable[Tensor], sample: Tensor,
+                  world: World | None = None, out: str | Path | None = None, seed: int = 0) -> SparseAutoencoder | None:
+    """Train a latent-sharded SAE on `batches` (the same raw batches on every rank); the full SAE on rank 0.
+
+    Every rank initializes its own shard from `sample` (see ShardedSAE.initialize_from_data), so
+    no rank ever holds the whole dictionary until the end, when rank 0 gathers it and, given
+    `out`, saves a normal saelab folder. The learning rate is cfg.effective_lr (constant).
+    """
+    world = world if world is not None else distributed.init_from_env()
+    cfg = copy.deepcopy(cfg)
+    cfg.d_in = sample.shape[-1] if cfg.d_in is None else cfg.d_in
+    shard = ShardedSAE(cfg, world)
+    shard.initialize_from_data(sample, seed)
+    shard.to(train.device).train()
+    m = sharded_member(shard, train)
+    steps = 0
+    for x in batches:
+        sharded_train_step(m, x.to(train.device), cfg.effective_lr, train.grad_clip)
+        steps += 1
+    full = gather_sae(shard)
+    if full is not None and out is not None:
+        save_sae(full.eval(), out, {"latent_shards": world.size, "steps": steps})
+    return full

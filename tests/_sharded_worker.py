@@ -1,0 +1,94 @@
+"""The 2-rank side of tests/test_sharded.py: `torchrun --nproc-per-node 2 _sharded_worker.py OUT.safetensors FOLDER`.
+
+Each rank trains its latent shard of the same SAE on the same batches; rank 0 writes what the
+one-process reference is compared with. `build_case` is shared with the test, so both start equal.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from saelab import distributed
+from saelab.config import SAEConfig, TrainConfig
+from saelab.latent_sharding import (
+    SHARDED_PARAMS,
+    gather_sae,
+    sharded_member,
+    sharded_train_step,
+    split_sae,
+    train_sharded,
+)
+from saelab.sae import SparseAutoencoder
+
+METHODS = ("topk", "batchtopk")
+D_IN, N_LATENTS, K, ROWS, STEPS, LR = 16, 64, 4, 64, 3, 1e-3
+# topk also clips (to a norm below the gradient's, so the global norm is what scales it).
+GRAD_CLIP = {"topk": 0.05, "batchtopk": None}
+
+
+def build_case(method: str) -> tuple[SparseAutoencoder, TrainConfig, list[torch.Tensor], torch.Tensor]:
+    """(full SAE, train config, raw batches, initial since-fired counts with 20 of 64 latents dead)."""
+    gen = torch.Generator().manual_seed(1)
+    cfg = SAEConfig(n_latents=N_LATENTS, method=method, method_params={"k": K}, auxk=True, k_aux=8,
+                    dead_tokens=10_000, normalize="scalar", kernel="dense", lr=LR, d_in=D_IN)
+    batches = [torch.randn(ROWS, D_IN, generator=gen) * 3 + 1 for _ in range(STEPS)]
+    sae = SparseAutoencoder(cfg)
+    sae.initialize_from_data(torch.cat(batches), torch.Generator().manual_seed(2))
+    sae.b_enc.data.normal_(0, 0.1, generator=gen)  # not all zero, so a wrong slice of it shows
+    since = torch.zeros(N_LATENTS, dtype=torch.long)
+    since[torch.randperm(N_LATENTS, generator=gen)[:20]] = cfg.dead_tokens
+    train = TrainConfig(activations="-", out="-", grad_clip=GRAD_CLIP[method])
+    return sae.train(), train, batches, since
+
+
+def _all_gather_cat(t: torch.Tensor, dim: int) -> torch.Tensor:
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def main(out: str, folder: str) -> None:
+    """Train each method's shards STEPS steps; rank 0 saves step 1's outputs, gradients and the weights; then train_sharded into `folder`."""
+    world = distributed.init_from_env()
+    saved = {}
+    for method in METHODS:
+        sae, train, batches, since = build_case(method)
+        shard = split_sae(copy.deepcopy(sae), world)
+        m = sharded_member(shard, train)
+        m.tracker.since_fired.copy_(since[shard.lo : shard.hi])
+        for step, x in enumerate(batches):
+            result = sharded_train_step(m, x, LR, train.grad_clip)
+            if step == 0:
+                saved[f"{method}/x_hat"] = result.x_hat.detach()
+                for name, value in result.losses.items():
+                    saved[f"{method}/loss/{name}"] = value.detach().reshape(1)
+                for name in SHARDED_PARAMS:
+                    g = getattr(shard, name).grad
+                    saved[f"{method}/grad/{name}"] = _all_gather_cat(g, dim=1 if name == "W_enc" else 0)
+                saved[f"{method}/grad/b_dec"] = shard.b_dec.grad.clone()
+                # Replicated: b_dec's gradient must be bitwise the same on every rank, or the copies drift.
+                others = _all_gather_cat(shard.b_dec.grad.unsqueeze(0), dim=0)
+                saved[f"{method}/b_dec_grad_spread"] = (others - others[0]).abs().max().reshape(1)
+                full = gather_sae(shard)
+                if full is not None:
+                    for k, v in full.state_dict().items():
+                        saved[f"{method}/step1/{k}"] = v.clone()
+        full = gather_sae(shard)
+        if full is not None:
+            for k, v in full.state_dict().items():
+                saved[f"{method}/final/{k}"] = v.clone()
+        saved[f"{method}/dead_since"] = _all_gather_cat(m.tracker.since_fired, dim=0)
+    if world.is_main:
+        save_file({k: v.contiguous() for k, v in saved.items()}, out)
+    sae, train, batches, _ = build_case("topk")
+    train_sharded(sae.cfg, train, batches, torch.cat(batches), world, out=folder)
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

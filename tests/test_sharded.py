@@ -1,0 +1,206 @@
+"""Latent-sharded dictionaries: 2 gloo ranks holding half the latents each reproduce the one-process SAE.
+
+Tolerance 1e-5 of each tensor's largest entry. The sharded forward sums two 32-latent partial
+decodes with an all-reduce where one process sums 64 latents in one matmul, and b_dec's encoder
+gradient is likewise summed in two parts, so float32 sums are rounded in another order (~1e-7
+relative). After Adam's first steps (updates ≈ lr·sign(g)) that rounding stays at that level
+(measured: ≤ 3.1e-7 over x̂, every loss term, every gradient and the weights after 1 and 3 steps).
+A wrong exchange moves them by far more: without the backward all-reduce of the encoder input's
+gradient the largest difference was 0.92, with dL/dx̂ counted twice 3.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _sharded_worker import LR, METHODS, N_LATENTS, build_case
+from safetensors.torch import load_file
+
+from saelab.config import SAEConfig
+from saelab.distributed import World
+from saelab.errors import ConfigError
+from saelab.folder import load_sae
+from saelab.latent_sharding import (
+    ShardedSAE,
+    global_topk_mask,
+    join_shards,
+    split_sae,
+    train_sharded,
+    winning_candidates,
+)
+from saelab.methods.topk import topk_relu
+from saelab.objective import DeadLatentTracker
+from saelab.sae import SparseAutoencoder
+from saelab.train import Member, train_step
+
+TOLERANCE = 1e-5
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+WORKER = Path(__file__).with_name("_sharded_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """What rank 0 of a 2-rank latent-sharded run saved."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    out = tmp / "ranks.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out), str(tmp / "trained")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"tensors": load_file(str(out)), "folder": tmp / "trained"}
+
+
+def _reference(method: str) -> dict[str, torch.Tensor]:
+    """The same run in one process on the full SAE, through the trainer's own step."""
+    sae, train, batches, since = build_case(method)
+    opt = torch.optim.Adam(sae.parameters(), lr=LR, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
+    tracker = DeadLatentTracker(N_LATENTS, sae.cfg.dead_tokens)
+    tracker.since_fired.copy_(since)
+    m = Member(sae.cfg, sae, opt, tracker, Path("."), LR)
+    ref = {}
+    for step, x in enumerate(batches):
+        out = train_step(m, x, LR, train.grad_clip)
+        if step == 0:
+            ref["x_hat"] = out.x_hat.detach()
+            ref.update({f"loss/{k}": v.detach().reshape(1) for k, v in out.losses.items()})
+            ref.update({f"grad/{k}": p.grad.clone() for k, p in sae.named_parameters()})
+            ref.update({f"step1/{k}": v.clone() for k, v in sae.state_dict().items()})
+    ref.update({f"final/{k}": v.clone() for k, v in sae.state_dict().items()})
+    ref["dead_since"] = tracker.since_fired
+    return ref
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_shards_equal_the_unsharded_sae(two_ranks, method):
+    ref = _reference(method)
+    assert float(ref["loss/auxk"]) > 0  # AuxK ran over dead latents of both shards
+    diffs = {}
+    for key, want in ref.items():
+        got = two_ranks["tensors"][f"{method}/{key}"]
+        assert got.shape == want.shape, key
+        diffs[key] = 0.0 if key == "dead_since" else _rel(got, want)
+    print(method, "max relative difference", max(diffs.values()), max(diffs, key=diffs.get))
+    assert torch.equal(two_ranks["tensors"][f"{method}/dead_since"], ref["dead_since"])
+    assert max(diffs.values()) <= TOLERANCE, diffs
+    assert float(two_ranks["tensors"][f"{method}/b_dec_grad_spread"]) == 0.0  # replicated b_dec: one gradient on every rank
+
+
+def _check_trained_folder(folder: Path, steps: int) -> None:
+    sae = load_sae(folder)
+    assert tuple(sae.W_dec.shape) == (N_LATENTS, 16)
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(N_LATENTS), atol=1e-5)
+    assert json.loads((folder / "saelab.json").read_text())["steps"] == steps
+    z = sae.encode(torch.randn(8, 16))
+    assert torch.equal((z != 0).sum(dim=-1), torch.full((8,), 4))
+
+
+def test_a_sharded_run_saves_a_normal_folder_from_rank_zero(two_ranks):
+    _check_trained_folder(two_ranks["folder"], steps=3)
+    assert json.loads((two_ranks["folder"] / "saelab.json").read_text())["latent_shards"] == 2
+
+
+def test_train_sharded_in_one_process(tmp_path):
+    sae, train, batches, _ = build_case("topk")
+    full = train_sharded(sae.cfg, train, batches, torch.cat(batches), World(), out=tmp_path / "one")
+    assert isinstance(full, SparseAutoencoder)
+    _check_trained_folder(tmp_path / "one", steps=3)
+
+
+def _sae(method: str = "topk") -> torch.nn.Module:
+    sae, *_ = build_case(method)
+    return sae
+
+
+def test_split_then_join_is_the_same_sae():
+    sae = _sae("batchtopk")
+    sae.activation.threshold.fill_(0.25)
+    shards = [split_sae(sae, World(rank=r, size=4)) for r in range(4)]
+    assert [tuple(s.W_dec.shape) for s in shards] == [(16, 16)] * 4
+    back = join_shards(shards)
+    for key, value in sae.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    assert back.cfg.to_dict() == sae.cfg.to_dict()
+
+
+def test_shards_joined_from_any_order_are_refused():
+    sae = _sae()
+    shards = [split_sae(sae, World(rank=r, size=2)) for r in (1, 0)]
+    with pytest.raises(ValueError, match="ranks"):
+        join_shards(shards)
+
+
+def test_one_shard_is_the_plain_sae():
+    sae = _sae()
+    shard = split_sae(sae, World())
+    x = torch.randn(32, 16)
+    with torch.no_grad():
+        want_hat, want_z = sae.reconstruct(x)
+        got_hat, got_z = shard.reconstruct(x)
+    assert torch.equal(got_z, want_z)
+    assert torch.allclose(got_hat, want_hat, atol=1e-6)
+
+
+def test_global_topk_over_simulated_shards_is_the_row_topk():
+    pre = torch.randn(40, 60)
+    k, n_ranks = 7, 3
+    blocks = pre.chunk(n_ranks, dim=1)
+    # Each simulated rank's candidates as global_topk_mask would send them, padded to k.
+    cands = torch.stack([torch.topk(b, k, dim=-1, sorted=False).values for b in blocks])
+    masks = []
+    for r, block in enumerate(blocks):
+        won = winning_candidates(cands, k, r)
+        values, idx = torch.topk(block, k, dim=-1, sorted=False)
+        assert torch.equal(values, cands[r])
+        masks.append(torch.zeros_like(block, dtype=torch.bool).scatter_(1, idx, won))
+    want = topk_relu(pre, k) != 0
+    assert torch.equal(torch.cat(masks, dim=1) & (pre > 0), want)
+    assert torch.equal(torch.cat(masks, dim=1).sum(dim=-1), torch.full((40,), k))
+
+
+def test_one_process_global_topk_is_torch_topk():
+    pre = torch.randn(10, 20)
+    mask = global_topk_mask(pre, 5, World())
+    assert torch.equal(torch.relu(pre) * mask, topk_relu(pre, 5))
+    dead_only = pre.masked_fill(torch.arange(20) >= 3, float("-inf"))
+    assert torch.equal(global_topk_mask(dead_only, 5, World()).sum(dim=-1), torch.full((10,), 3))  # −inf never wins
+
+
+@pytest.mark.parametrize("field, changes", [
+    ("method", {"method": "relu", "method_params": {}}),
+    ("n_latents", {"n_latents": 63}),
+    ("penalty", {"penalty": "l1", "alpha": 0.1}),
+])
+def test_unshardable_configs_are_refused(field, changes):
+    cfg = SAEConfig(**{"n_latents": 64, "method": "topk", "method_params": {"k": 4}, "d_in": 16, **changes})
+    with pytest.raises(ConfigError, match=field):
+        ShardedSAE(cfg, World(rank=0, size=2))
+
+
+def test_per_shard_init_draws_only_its_own_rows():
+    cfg = SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, d_in=16)
+    sample = torch.randn(256, 16)
+    a, b = (ShardedSAE(copy.deepcopy(cfg), World(rank=r, size=2)) for r in range(2))
+    a.initialize_from_data(sample, seed=0)
+    b.initialize_from_data(sample, seed=0)
+    assert a.W_dec.shape == (32, 16)
+    assert torch.allclose(a.W_dec.norm(dim=-1), torch.ones(32))
+    assert not torch.allclose(a.W_dec, b.W_dec)  # different rows per shard
+    assert torch.equal(a.b_dec, b.b_dec)  # replicated

@@ -1,0 +1,116 @@
+"""Sweeps spread over ranks: 2 gloo ranks under torchrun each train a share of the SAEs, and every SAE
+ends with the weights the one-process sweep gives it (each is trained alone on the batches its seed
+draws, initialized by its name; nothing is exchanged between ranks, so nothing is rounded differently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saelab.errors import ConfigError
+from saelab.experiments.grid import plan_sweep, spread_over_ranks
+from saelab.experiments.sweep import RESULTS, run_sweep
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# 2 seeds × 3 SAEs of two sizes: each seed's SAEs are dealt to the two ranks.
+CONFIG = """
+activations = "{data}"
+steps = 40
+batch_size = 64
+seed = [0, 1]
+[[sae]]
+method = "topk"
+k = [2, 4]
+n_latents = 32
+[[sae]]
+method = "topk"
+k = 3
+n_latents = 96
+"""
+
+
+def _config(tmp_path: Path, toy_dir: Path) -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(CONFIG.format(data=toy_dir / "activations.npy"))
+    return path
+
+
+def _torchrun_sweep(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "saelab",
+           "sweep", str(config), "--out", str(out), "--spread-over-ranks", "--no-progress", *extra]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / RESULTS).read_text().splitlines()]
+
+
+def _weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {r["name"]: load_file(out / r["folder"] / "sae_weights.safetensors") for r in _rows(out)}
+
+
+def test_deal_balances_memory_and_keeps_plan_order(toy_dir):
+    plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-",
+                       "sae": [{"method": "topk", "k": 2, "n_latents": [512, 64, 80, 96, 112, 256]}]})
+    shares = spread_over_ranks(plan.saes, 16, 32, 2)
+    assert sorted(s.name for share in shares for s in share) == sorted(s.name for s in plan.saes)
+    # Largest first to the lighter rank: 512 | 256, 112, 96, 80 | then 64 to the 512; each share in plan order.
+    assert [[s.cfg.n_latents for s in share] for share in shares] == [[512, 64], [80, 96, 112, 256]]
+    assert spread_over_ranks(plan.saes[:1], 16, 32, 3)[1:] == [[], []]  # more ranks than SAEs: some idle
+    with pytest.raises(ConfigError, match="ranks"):
+        spread_over_ranks(plan.saes, 16, 32, 0)
+
+
+@pytest.mark.slow  # two torchrun launches (a spread sweep and its resume) and a one-process sweep: ~60 s here
+def test_two_ranks_spread_a_sweep_to_the_one_process_weights(toy_dir, tmp_path):
+    config = _config(tmp_path, toy_dir)
+    done = _torchrun_sweep(config, tmp_path / "two")
+    torch.set_num_threads(1)
+    run_sweep(config, tmp_path / "one", progress=False, say=lambda m: None, report=False)
+    two, one = _rows(tmp_path / "two"), _rows(tmp_path / "one")
+    # Every SAE trained exactly once, each rank trained some, and rank 0 wrote the rows in the one-process order.
+    assert [r["name"] for r in two] == [r["name"] for r in one]
+    assert len({r["folder"] for r in two}) == 6
+    assert len(list((tmp_path / "two" / "runs").rglob("sae_weights.safetensors"))) == 6
+    assert sorted(p.name for p in (tmp_path / "two" / "runs").iterdir()) == ["seed0-rank0", "seed0-rank1", "seed1-rank0", "seed1-rank1"]
+    assert (tmp_path / "two" / "report" / "report.html").exists()
+    assert done.stdout.count("SAEs →") == 1
+    wt, wo = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    for name in wo:
+        assert wt[name].keys() == wo[name].keys()
+        for key in wo[name]:
+            torch.testing.assert_close(wt[name][key], wo[name][key], rtol=0, atol=1e-6, msg=f"{name} {key}")
+    for a, b in zip(two, one):
+        assert a["nmse"] == pytest.approx(b["nmse"], rel=1e-5)
+
+    # Resume: killed before rank 1's last part finished and before the results were collected.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    (resumed / RESULTS).unlink()
+    shutil.rmtree(resumed / "report")
+    part = resumed / "runs" / "seed1-rank1"
+    for eval_json in part.rglob("eval.json"):
+        eval_json.unlink()
+    _torchrun_sweep(config, resumed, "--resume", "--no-report")
+    assert [r["name"] for r in _rows(resumed)] == [r["name"] for r in two]
+    for name, tensors in _weights(resumed).items():
+        for key, t in tensors.items():
+            torch.testing.assert_close(t, wt[name][key], rtol=0, atol=0)
+    # A spread sweep resumes only as it started (which rank trains what depends on the number of ranks).
+    with pytest.raises(ConfigError, match="spread_over_ranks"):
+        run_sweep(config, resumed, resume=True, progress=False, say=lambda m: None, report=False)
