@@ -108,3 +108,16 @@ def test_resume_keeps_the_monitor_and_stops_at_the_same_point(toy_dir, tmp_path)
     # Resuming the converged run trains nothing more.
     Trainer(_run(toy_dir, tmp_path / "parts", cap, ["topk"]), progress=False).fit(resume=True)
     assert _record(tmp_path / "parts")["steps"] == steps
+
+
+def test_issue_spelling_tol_and_window_set_the_convergence_fields():
+    import argparse
+
+    from saelab.commands.core import add_config_flags
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, TrainConfig)
+    args = parser.parse_args(["--until-converged", "--tol", "0.02", "--window", "500000"])
+    assert (args.until_converged, args.converge_tol, args.converge_window) == (True, 0.02, 500000)
+    args = parser.parse_args(["--converge-tol", "0.03"])
+    assert args.converge_tol == 0.03

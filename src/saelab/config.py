@@ -30,9 +30,10 @@ DECAYS = ("none", "linear", "cosine")
 KERNELS = ("dense", "sparse", "auto")  # auto: sparse where the method has a sparse path
 
 
-def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, cli: bool = True, factory=None):
-    """A config field whose metadata also describes its command-line flag (help, choices; cli=False hides it)."""
-    meta = {"help": help, "choices": choices, "cli": cli}
+def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, cli: bool = True, factory=None,
+           aliases: tuple[str, ...] = ()):
+    """A config field whose metadata also describes its command-line flag (help, choices, extra flag aliases; cli=False hides it)."""
+    meta = {"help": help, "choices": choices, "cli": cli, "aliases": aliases}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -208,8 +209,8 @@ class TrainConfig:
     scan: bool = option(True, "scan the data for NaN/inf before training")
     eps_l0: float = option(0.01, "l0_eps counts latents above this per token (reported beside l0; target_l0 uses it for leaky codes)")
     until_converged: bool = option(False, "stop once every SAE's held-out NMSE improves by less than converge_tol (relative) over converge_window tokens; the budget is the cap")
-    converge_tol: float = option(0.01, "until_converged: relative held-out NMSE improvement below which an SAE has converged")
-    converge_window: int = option(1_000_000, "until_converged: tokens over which the improvement is measured (held-out NMSE is measured 4 times per window)")
+    converge_tol: float = option(0.01, aliases=("--tol",), help="until_converged: relative held-out NMSE improvement below which an SAE has converged")
+    converge_window: int = option(1_000_000, aliases=("--window",), help="until_converged: tokens over which the improvement is measured (held-out NMSE is measured 4 times per window)")
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""

@@ -115,7 +115,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tu
         meta = f.metadata
         if not meta.get("cli", False) or f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ("--" + f.name.replace("_", "-"), *meta.get("aliases", ()))
         text = _with_default(meta.get("help", ""), f)
         type_name = str(f.type).replace(" | None", "").strip()
         if (registry_choices or {}).get(f.name):
@@ -124,15 +124,15 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tu
             if f.default is True:
                 parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None, help="do not " + text)
             else:
-                parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+                parser.add_argument(*flags, dest=f.name, action="store_true", default=None, help=text)
         elif type_name.startswith("tuple["):
-            parser.add_argument(flag, dest=f.name, nargs=2, type=float, default=None, help=text)
+            parser.add_argument(*flags, dest=f.name, nargs=2, type=float, default=None, help=text)
         elif meta.get("choices"):
             # Shown, not enforced here: the config's own check names the field in its one-line error.
             choices = meta["choices"]
-            parser.add_argument(flag, dest=f.name, type=_TYPES[type_name], metavar="{" + ",".join(choices) + "}", default=None, help=text)
+            parser.add_argument(*flags, dest=f.name, type=_TYPES[type_name], metavar="{" + ",".join(choices) + "}", default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_TYPES[type_name], default=None, help=text)
+            parser.add_argument(*flags, dest=f.name, type=_TYPES[type_name], default=None, help=text)
 
 
 def add_train_parser(sub) -> None:
