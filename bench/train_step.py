@@ -195,15 +195,31 @@ def available_peers() -> list[str]:
 
 
 
-def child_peak_rss(impl: str, s: Setup, threads: int) -> float | None:
-    """Peak RSS (MiB) of a fresh process that builds `impl` and runs one step."""
+def child_peak_rss(impl: str, s: Setup, threads: int) -> dict | None:
+    """{"peak": peak RSS, "base": RSS before building} (MiB) of a fresh process that builds `impl` and runs one step."""
     cmd = [sys.executable, __file__, "--rss-child", impl, "--shapes", f"{s.d}x{s.n}x{s.k}", "--batch", str(s.batch),
            "--threads", str(threads), "--dead-fraction", str(s.dead_fraction)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     try:
-        return float(out.stdout.strip().splitlines()[-1])
+        return json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (MiB), VmRSS."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def state_mb(s: Setup, grads: bool) -> float:
+    """What a training step must hold (MiB): weights, Adam's two moments, one fp32 batch (and the gradients)."""
+    params = 2 * s.n * s.d + s.n + s.d
+    copies = 3 + (1 if grads else 0)
+    return (copies * params + s.batch * s.d) * 4 / 2**20
 
 
 def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: int, rss: bool) -> list[dict]:
@@ -233,13 +249,20 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
     records = []
     for name, ts in times.items():
         ms = statistics.median(ts)
-        peak = peer_rss.get(name) if name in running else (child_peak_rss(name, s, threads) if rss else None)
+        child = None if name in running or not rss else child_peak_rss(name, s, threads)
+        peak = peer_rss.get(name) if name in running else (child["peak"] if child else None)
         rec = {"d_in": s.d, "n": s.n, "k": s.k, "impl": name, "ms_per_step": round(ms, 1),
                "ratio_to_floor": round(ms / floor, 3) if floor else None, "peak_rss_mb": round(peak) if peak else None,
                "auxk": s.auxk, "dead_fraction": s.dead_fraction, "batch": s.batch, "threads": threads, "reps": reps,
                "min_ms": round(min(ts), 1), "max_ms": round(max(ts), 1)}
         if name in versions:
             rec["version"] = versions[name]
+        if child and name != "floor":
+            # Memory the step added beyond the process it runs in, against what it must hold.
+            added = child["peak"] - child["base"]
+            rec.update(base_rss_mb=round(child["base"]), state_mb=round(state_mb(s, grads=False)),
+                       memory_ratio=round(added / state_mb(s, grads=False), 3),
+                       memory_ratio_with_grads=round(added / state_mb(s, grads=True), 3))
         records.append(rec)
     return records
 
@@ -249,11 +272,16 @@ def print_table(records: list[dict], out) -> None:
     r0 = records[0]
     print(f"\n(d_in, n, k) = ({r0['d_in']}, {r0['n']}, {r0['k']})  batch {r0['batch']}  AuxK "
           f"{'on, ' + format(r0['dead_fraction'], '.0%') + ' dead' if r0['auxk'] else 'off'}  threads {r0['threads']}  reps {r0['reps']}", file=out)
-    print(f"{'impl':<16}{'ms/step':>10}{'× floor':>9}{'min':>9}{'max':>9}{'peak RSS MB':>13}", file=out)
+    print(f"{'impl':<16}{'ms/step':>10}{'× floor':>9}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}", file=out)
     for r in records:
         rss = "" if r["peak_rss_mb"] is None else str(r["peak_rss_mb"])
         ratio = "" if r["ratio_to_floor"] is None else f"{r['ratio_to_floor']:.2f}"
-        print(f"{r['impl']:<16}{r['ms_per_step']:>10.1f}{ratio:>9}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}", file=out)
+        mem = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
+        mem_g = f"{r['memory_ratio_with_grads']:.2f}" if "memory_ratio_with_grads" in r else ""
+        print(f"{r['impl']:<16}{r['ms_per_step']:>10.1f}{ratio:>9}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}", file=out)
+    if any("memory_ratio" in r for r in records):
+        print(f"mem ×: (peak RSS − RSS before building) / (weights + Adam state + one batch = {next(r['state_mb'] for r in records if 'state_mb' in r)} MB);"
+              " +grads: the same with the gradients in the denominator", file=out)
     by = {r["impl"]: r["ms_per_step"] for r in records}
     peers = {p: by[p] for p in PEERS if p in by}
     for ours in ("saelab-sparse",):
@@ -340,9 +368,12 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     if a.rss_child:
         d, n, k = shapes[0]
+        import saelab.train  # noqa: F401  (imported before the baseline, as a user's process would have it)
+        base = current_rss_mb()
         fn = build(a.rss_child, Setup(d, n, k, a.batch, a.dead_fraction))
         fn()  # the first step allocates everything a step needs, optimizer state included
-        print(peak_rss_mb())
+        fn()  # the second reuses what the first allocated (scratch, gradient buffers), or shows it does not
+        print(json.dumps({"peak": peak_rss_mb(), "base": base}))
         return
     if a.profile:
         for d, n, k in shapes:
@@ -362,7 +393,12 @@ def main() -> None:
             for frac in fractions:
                 s = Setup(d, n, k, a.batch, frac)
                 for impl in impls:
-                    rec = {"d_in": d, "n": n, "k": k, "impl": impl, "auxk": s.auxk, "peak_rss_mb": child_peak_rss(impl, s, a.threads)}
+                    child = child_peak_rss(impl, s, a.threads)
+                    rec = {"d_in": d, "n": n, "k": k, "impl": impl, "auxk": s.auxk, "peak_rss_mb": child and round(child["peak"]),
+                           "base_rss_mb": child and round(child["base"])}
+                    if child and impl != "floor":
+                        rec["memory_ratio"] = round((child["peak"] - child["base"]) / state_mb(s, grads=False), 3)
+                        rec["memory_ratio_with_grads"] = round((child["peak"] - child["base"]) / state_mb(s, grads=True), 3)
                     print(json.dumps(rec), flush=True)
                 for lib in peers:
                     cmd = [str(REPO / PEERS[lib] / "bin" / "python"), str(REPO / "bench" / "peers.py"), "--lib", lib, "--d-in", str(d), "--n", str(n),

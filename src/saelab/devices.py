@@ -60,3 +60,12 @@ def autocast(device: torch.device | str, dtype: str):
 def autocasting(device: torch.device | str) -> bool:
     """Whether an autocast context is active for `device`'s type (the sparse kernels compute in float32 and step aside then)."""
     return torch.is_autocast_enabled(torch.device(device).type)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on `device` (nothing to wait for on the CPU), so a timer around it measures the work."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()

@@ -25,6 +25,7 @@ from saelab import devices, distributed
 from saelab.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, load_checkpoint, refuse_legacy, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.convergence import MAX_ROWS as CONVERGE_ROWS, ConvergenceMonitor, held_out_nmse
+from saelab.data.prefetch import DEPTH as PREFETCH_DEPTH, Prefetcher
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError, SaelabError
@@ -53,6 +54,8 @@ INIT_SAMPLE_ROWS = 16384
 # Fields a resumed run may change without changing what is computed.
 # `device` moves the same computation (bitwise equal only on the same device); `dtype` changes the arithmetic, so it may not.
 RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan", "device", "log"}
+# saelab.json: end-to-end tokens/s, tokens/s inside the steps alone, and the first over the second.
+THROUGHPUT_KEYS = ("tokens_per_s", "step_tokens_per_s", "throughput_ratio")
 
 
 @dataclass
@@ -68,6 +71,47 @@ class Member:
     control: L0Controller | None = None  # target_l0's coefficient controller, when the config asks for one
     convergence: ConvergenceMonitor | None = None  # until_converged: its held-out NMSE history
     compute_dtype: str = "float32"  # bfloat16: the forward pass autocasts; weights and Adam state stay float32
+
+
+@dataclass
+class Throughput:
+    """Tokens/s of one training loop: end to end (its wall time) and inside the steps alone (the bare step loop).
+
+    The wall time runs from asking for the first batch to the end of the last step's bookkeeping:
+    waiting for data, moving it to the device, logging, checkpoints and convergence checks, not the
+    final evaluation. Tokens are the global batch's (data-parallel: every rank steps through all of
+    them together, each measured on its own clock).
+    """
+
+    tokens: int
+    wall_s: float
+    step_s: float
+    wait_s: float  # blocked waiting for a batch (and moving it to the device)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens per second of wall time."""
+        return self.tokens / max(self.wall_s, 1e-9)
+
+    @property
+    def step_tokens_per_s(self) -> float:
+        """Tokens per second inside the steps alone."""
+        return self.tokens / max(self.step_s, 1e-9)
+
+    @property
+    def ratio(self) -> float:
+        """End-to-end tokens/s as a fraction of the steps' own (1.0: nothing outside the steps costs time)."""
+        return self.step_s / max(self.wall_s, 1e-9)
+
+    def record(self) -> dict:
+        """The saelab.json keys (THROUGHPUT_KEYS)."""
+        values = (round(self.tokens_per_s, 1), round(self.step_tokens_per_s, 1), round(self.ratio, 4))
+        return dict(zip(THROUGHPUT_KEYS, values))
+
+    def summary(self) -> str:
+        """One line for the end of `saelab train`."""
+        return (f"throughput: {self.tokens_per_s:,.0f} tokens/s end to end, {self.ratio:.2f}× the bare step loop "
+                f"({self.step_tokens_per_s:,.0f} tokens/s in the steps alone)")
 
 
 def training_flops(cfg: SAEConfig, tokens: int) -> int:
@@ -161,6 +205,8 @@ class Trainer:
             self.eval_range = self.split.eval
         buffer_rows = t.shuffle_buffer_mb * 2**20 // (4 * self.store.d_in)
         self.stream = BatchStream(self.store, self.split.train, t.batch_size, t.seed, buffer_rows)
+        self.prefetch_depth = PREFETCH_DEPTH  # batches read ahead of the steps; 0 reads each one when its step starts
+        self.throughput: Throughput | None = None  # set by fit when it ran at least one step
         self.total_steps = self._budget()
         self.out = Path(t.out)
         self.source = read_source_info(t.activations)
@@ -423,13 +469,23 @@ class Trainer:
             logs.append(open(m.out / METRICS if self.world.is_main else os.devnull, "a"))
         loggers = self._open_loggers(members)
         bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
+        stop = self._all_converged(members)  # a resumed run that had converged trains no further
+        end = start if stop else self.total_steps
+        # The thread reads, shuffles and slices the batches ahead; they are the ones stream.batch(step) gives.
+        batches = Prefetcher(lambda p: self.stream.batch(p)[0], start, end, self.prefetch_depth)
         tick, tick_step = time.perf_counter(), start
+        loop_start, step_s, wait_s, done = tick, 0.0, 0.0, start
         self._stop.armed = True  # from here a signal ends the loop after the current step, with a checkpoint
         try:
-            stop = self._all_converged(members)  # a resumed run that had converged trains no further
-            for step in range(start, start if stop else self.total_steps):
-                x = self.world.shard(torch.from_numpy(self.stream.batch(step)[0])).to(t.device)
+            for step in range(start, end):
+                before = time.perf_counter()
+                x = self.world.shard(torch.from_numpy(batches.get(step))).to(t.device)
+                began = time.perf_counter()
                 results = [self._train_step(m, x, step) for m in members]
+                devices.synchronize(t.device)  # queued device work belongs to the step it was queued by
+                finished = time.perf_counter()
+                wait_s += began - before
+                step_s += finished - began
                 done = step + 1
                 stop = self._check_convergence(members, done)  # before any checkpoint of this step, which then holds it
                 if done % t.log_every == 0 or done == self.total_steps or stop:
@@ -453,8 +509,11 @@ class Trainer:
                     raise self._interrupted(self._stop.signum or signal.SIGTERM, done)
                 if stop:
                     break
+            if done > start:
+                self.throughput = Throughput((done - start) * t.batch_size, time.perf_counter() - loop_start, step_s, wait_s)
         finally:
             self._stop.armed = False
+            batches.close()  # on every way out: the thread never outlives the loop
             bar.close()
             loggers.close()
             for log in logs:
@@ -510,6 +569,8 @@ class Trainer:
             if m.convergence is not None:
                 extra["convergence"] = m.convergence.record()
                 extra["tokens_to_convergence"] = m.convergence.converged_at
+            # This process's loop (a resumed run: the steps since the resume); null when it ran none.
+            extra.update(self.throughput.record() if self.throughput is not None else dict.fromkeys(THROUGHPUT_KEYS))
             save_sae(m.sae, m.out, extra)
             atomic_write_json(m.out / "eval.json", result.to_dict())
 

@@ -196,6 +196,8 @@ def cmd_train(args) -> int:
     for m in members if trainer.world.is_main else []:  # torchrun: one summary, from the rank that wrote it
         ev = json.loads((m.out / "eval.json").read_text())
         print(f"{m.cfg.display_name()}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}")
+    if trainer.world.is_main and not args.no_progress and trainer.throughput is not None:
+        print(trainer.throughput.summary())
     return 0
 
 

@@ -27,7 +27,8 @@ from saelab.kernels.sparse_code import SparseCode
 class EntrySet:
     """The entries of `codes`, concatenated in order, with their latent-major ordering."""
 
-    def __init__(self, codes: list[SparseCode], n_latents: int, offsets: list[int]):
+    def __init__(self, codes: list[SparseCode], n_latents: int, offsets: list[int], like: "EntrySet | None" = None):
+        """`like`: an EntrySet of the same codes (other offsets) whose latent sort is reused."""
         self.n_latents = n_latents
         self.sizes = [c.nnz for c in codes]
         if len(codes) == 1:  # no copies for the common single-code case
@@ -36,16 +37,32 @@ class EntrySet:
         else:
             self.latents = torch.cat([c.latents for c in codes])
             self.rows = torch.cat([c.rows + off if off else c.rows for c, off in zip(codes, offsets)])
-        self.order = torch.argsort(self.latents, stable=True)
-        counts = torch.bincount(self.latents, minlength=n_latents)
-        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        if like is not None:  # the order depends on the latents only, not on the row offsets
+            self.order, self.crow = like.order, like.crow
+        else:
+            self.order = torch.argsort(self.latents, stable=True)
+            counts = torch.bincount(self.latents, minlength=n_latents)
+            self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self.sorted_rows = self.rows[self.order]
 
     def sum_rows(self, table: Tensor, weights: Tensor) -> Tensor:
         """out[i] = Σ_{e: latent_e = i} weights[e] · table[row_e], as [n, d] (weights in entry order)."""
-        with threads.single(table.device):
+        (_, _, out), = self.sum_rows_blocks(table, weights, self.n_latents)
+        return out
+
+    def sum_rows_blocks(self, table: Tensor, weights: Tensor, block: int):
+        """sum_rows in blocks of `block` latents: yields (lo, hi, out[lo:hi]), each a fresh [hi − lo, d] tensor."""
+        block = max(1, block)
+        with threads.for_entries(self.order.numel(), table.device):
             w = weights.reshape(-1)[self.order].to(table.dtype)
-        return F.embedding_bag(self.sorted_rows, table, self.crow[:-1], mode="sum", per_sample_weights=w)
+        if block >= self.n_latents:  # one bag per latent over all the entries: no slicing
+            yield 0, self.n_latents, F.embedding_bag(self.sorted_rows, table, self.crow[:-1], mode="sum", per_sample_weights=w)
+            return
+        for lo in range(0, self.n_latents, block):
+            hi = min(lo + block, self.n_latents)
+            start, end = int(self.crow[lo]), int(self.crow[hi])
+            offsets = self.crow[lo:hi] - start
+            yield lo, hi, F.embedding_bag(self.sorted_rows[start:end], table, offsets, mode="sum", per_sample_weights=w[start:end])
 
     def dots(self, by_latent: Tensor, by_row: Tensor) -> Tensor:
         """dot_e = ⟨by_latent[latent_e], by_row[row_e]⟩ for every entry, in entry order."""
@@ -56,7 +73,7 @@ class EntrySet:
             pattern = torch.sparse_csr_tensor(self.crow, self.sorted_rows, self._zeros(by_row),
                                               (self.n_latents, by_row.shape[0]), check_invariants=False)
             by_latent_order = torch.sparse.sampled_addmm(pattern, by_latent, by_row.t(), beta=0.0).values()
-        with threads.single(by_row.device):
+        with threads.for_entries(self.order.numel(), by_row.device):
             out = torch.empty_like(by_latent_order)
             out[self.order] = by_latent_order
         return out

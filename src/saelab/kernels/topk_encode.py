@@ -1,7 +1,8 @@
 """Encoder + selection + ReLU in one autograd Function that keeps no dense [B, n] tensor for backward.
 
-Forward, with x_c = x − b_dec:  P = x_c·W_enc + b_enc  ([B, n], in reused scratch memory), then
-while P is alive every code the step needs is selected from it:
+Forward, with x_c = x − b_dec:  P = x_c·W_enc + b_enc  ([B, n], in reused scratch memory; for
+per-row selections one chunk of rows at a time, at most PRE_BUDGET_BYTES), then while P is alive
+every code the step needs is selected from it:
   - main:  per-row top-K (TopK; Multi-TopK's larger K, sorted so its first k columns are the k
            code), or BatchTopK's k·B largest positive entries of the batch (ragged rows);
   - aux:   AuxK's per-row top-k_aux among the dead latents.
@@ -14,8 +15,8 @@ with G the sparse [B, n] matrix of the g_e:
   ∂L/∂b_enc = 1ᵀ·G            — per latent i: Σ_e g_e              (index_add over the entries)
   ∂L/∂b_dec = −W_enc·(1ᵀ·G)   — since ∂P[b, i]/∂b_dec = −W_enc[:, i]: one [d, n]·[n] product
   ∂L/∂x     =  G·W_encᵀ       — only if x requires grad (never in training)
-An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ AUX_BLOCK_DENSITY) adds
-x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density a blocked product beats
+An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ AUX_BLOCK_DENSITY, set by
+the CPU's vector width) adds x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density a blocked product beats
 per-entry row gathers. Both give the same sums.
 """
 
@@ -32,9 +33,32 @@ from saelab.kernels.segment import EntrySet
 from saelab.kernels.select import batch_topk, row_topk
 from saelab.kernels.sparse_code import SparseCode, dense_block
 
-# Above this share of dead latents selected per row, AuxK runs on dense [B, |D|] blocks: on this
-# kind of CPU one gathered 768-wide row costs about as much as 16 multiply-adds of a blocked product.
-AUX_BLOCK_DENSITY = 1 / 16
+
+def _aux_block_density() -> float:
+    """The share of dead latents per row above which AuxK's CPU products run on dense [B, |D|] blocks.
+
+    Where the blocked product is fast relative to row gathers, the block wins early. Measured at
+    (B, d) = (4096, 768), k_aux 384: with AVX-512 one gathered row cost about as much as 16
+    multiply-adds of a blocked product (break-even near 1/16); on an AVX2 CPU the gathers won up to
+    a share of about 0.4 (at 0.078 the block took 451 ms a product, the gathers 174 ms). GPUs'
+    blocked products are faster still (EncodePlan.aux_block uses 1/16 there). The choice follows the
+    machine, not the run, so results are reproducible on one machine; both layouts give the same
+    sums up to rounding.
+    """
+    return 1 / 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 3 / 8
+
+
+AUX_BLOCK_DENSITY = _aux_block_density()
+
+# The pre-activations of a per-row selection are computed in chunks of rows of at most this size, so
+# the step's largest temporary stays bounded however large the dictionary (at n = 65,536 and a batch
+# of 4,096, P whole would be 1 GiB). Chunks keep at least MIN_CHUNK_ROWS rows: measured at
+# (d, n) = (768, 65,536) on 2 threads, 4,096 rows as chunks of 256 took 1.19× the whole product,
+# chunks of 1,024 1.04×, of 2,048 0.98×. BatchTopK's batch-wide selection needs P whole.
+PRE_BUDGET_BYTES = 1 << 28
+MIN_CHUNK_ROWS = 1024
+# W_enc's gradient is summed this many bytes of [n, d] rows at a time before its transposing copy.
+SUM_BLOCK_BYTES = 1 << 25
 
 
 @dataclass
@@ -54,13 +78,19 @@ class EncodePlan:
     @property
     def aux_block(self) -> bool:
         """Whether the aux code is handled as a dense block over the dead latents."""
-        return self.aux is not None and self.aux.width >= AUX_BLOCK_DENSITY * self.dead.numel()
+        if self.aux is None:
+            return False
+        density = AUX_BLOCK_DENSITY if self.dead.device.type == "cpu" else 1 / 16
+        return self.aux.width >= density * self.dead.numel()
 
     def entries(self, codes: list[SparseCode], n_latents: int, offsets: list[int]) -> EntrySet:
         """The (cached) EntrySet of these codes: encoder and decoder backward share one sort."""
-        key = (tuple(id(c) for c in codes), tuple(offsets))
+        ids = tuple(id(c) for c in codes)
+        key = (ids, tuple(offsets))
         if key not in self._entry_sets:
-            self._entry_sets[key] = EntrySet(codes, n_latents, offsets)
+            like = next((s for (other, _), s in self._entry_sets.items() if other == ids), None)
+            with threads.for_entries(sum(c.nnz for c in codes), codes[0].latents.device):
+                self._entry_sets[key] = EntrySet(codes, n_latents, offsets, like)
         return self._entry_sets[key]
 
 
@@ -72,14 +102,11 @@ def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, plan: EncodeP
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, plan):
-        rows, n = x.shape[0], W_enc.shape[1]
         x_c = x - b_dec
-        pre = workspace.scratch("pre", (rows, n), W_enc.dtype, W_enc.device)
-        # mm then add (not addmm) so P is bit-identical to the dense path's and picks the same top-k.
-        torch.mm(x_c, W_enc, out=pre)
-        with threads.parallel(pre.device):
-            pre.add_(b_enc)
-            z_main, z_aux = _select(pre, plan)
+        if plan.batch_k is not None:
+            z_main, z_aux = _encode_batch(x_c, W_enc, b_enc, plan)
+        else:
+            z_main, z_aux = _encode_by_rows(x_c, W_enc, b_enc, plan)
         ctx.plan = plan
         ctx.save_for_backward(x_c, W_enc, z_main, z_aux)
         ctx.set_materialize_grads(False)
@@ -92,29 +119,75 @@ class _TopKEncode(torch.autograd.Function):
             return _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux)
 
 
-def _select(pre: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
-    """Fill plan.main / plan.aux from P; return ReLU(P) at their entries."""
+def _pre_activations(x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """P = x_c·W_enc + b_enc for these rows, in scratch memory (valid until the next call)."""
+    pre = workspace.scratch("pre", (x_c.shape[0], W_enc.shape[1]), W_enc.dtype, W_enc.device)
+    # mm then add (not addmm) so P is bit-identical to the dense path's and picks the same top-k.
+    torch.mm(x_c, W_enc, out=pre)
+    with threads.parallel(pre.device):
+        pre.add_(b_enc)
+    return pre
+
+
+def row_chunks(rows: int, n: int, element_size: int) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) whose [rows, n] pre-activations fit PRE_BUDGET_BYTES (at least MIN_CHUNK_ROWS rows each)."""
+    step = max(MIN_CHUNK_ROWS, PRE_BUDGET_BYTES // (n * element_size))
+    return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+
+def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
+    """Per-row selections (TopK, Multi-TopK, AuxK), chunk of rows by chunk so P stays within budget."""
+    main_v, main_c, aux_v, aux_l = [], [], [], []
+    for lo, hi in row_chunks(x_c.shape[0], W_enc.shape[1], W_enc.element_size()):
+        pre = _pre_activations(x_c[lo:hi], W_enc, b_enc)
+        with threads.parallel(pre.device):
+            v, cols = row_topk(pre, plan.k, sorted=plan.sorted)
+            main_v.append(v)
+            main_c.append(cols)
+            if plan.dead is not None:
+                v, local = _aux_topk(pre, plan)
+                aux_v.append(v)
+                aux_l.append(local)
+    with threads.single(x_c.device):
+        z_main = torch.relu_(_cat(main_v))
+        plan.main = SparseCode.fixed_width(_cat(main_c), z_main.detach())
+        z_aux = _select_aux(plan, _cat(aux_v), _cat(aux_l)) if plan.dead is not None else x_c.new_zeros(0)
+    return z_main, z_aux
+
+
+def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
+    """BatchTopK (and AuxK) from the whole batch's P: the selection is batch-wide, so P is not chunked."""
+    pre = _pre_activations(x_c, W_enc, b_enc)
     rows = pre.shape[0]
-    if plan.batch_k is not None:
+    with threads.parallel(pre.device):
         r, c, v = batch_topk(pre, plan.batch_k)  # positive entries only: ReLU is the identity there
         # Positions only (values detached): the plan lives on ctx, holding outputs would make a cycle.
         plan.main = SparseCode(rows, c, v.detach(), rows=r)
-        z_main = v
-    else:
-        v, cols = row_topk(pre, plan.k, sorted=plan.sorted)
-        with threads.single(pre.device):
-            z_main = torch.relu_(v)
-        plan.main = SparseCode.fixed_width(cols, z_main.detach())
-    z_aux = pre.new_zeros(0)
-    if plan.dead is not None:
-        dead_pre = workspace.scratch("block", (rows, plan.dead.numel()), pre.dtype, pre.device)
-        torch.index_select(pre, 1, plan.dead, out=dead_pre)
-        v, local = row_topk(dead_pre, min(plan.k_aux, plan.dead.numel()))
-        with threads.single(pre.device):
-            z_aux = torch.relu_(v)
-            plan.aux = SparseCode.fixed_width(plan.dead[local], z_aux.detach())
-        plan.aux_local = local
-    return z_main, z_aux
+        z_aux = pre.new_zeros(0)
+        if plan.dead is not None:
+            aux_v, aux_l = _aux_topk(pre, plan)
+            with threads.single(pre.device):
+                z_aux = _select_aux(plan, aux_v, aux_l)
+    return v, z_aux
+
+
+def _aux_topk(pre: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
+    """Each row's top-k_aux among the dead latents: (values, columns within plan.dead)."""
+    dead_pre = workspace.scratch("block", (pre.shape[0], plan.dead.numel()), pre.dtype, pre.device)
+    torch.index_select(pre, 1, plan.dead, out=dead_pre)
+    return row_topk(dead_pre, min(plan.k_aux, plan.dead.numel()))
+
+
+def _select_aux(plan: EncodePlan, values: Tensor, local: Tensor) -> Tensor:
+    """ReLU of the aux values; their positions go into plan.aux / plan.aux_local."""
+    z_aux = torch.relu_(values)
+    plan.aux = SparseCode.fixed_width(plan.dead[local], z_aux.detach())
+    plan.aux_local = local
+    return z_aux
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
@@ -140,18 +213,22 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
 
     d_x = d_W_enc = d_b_enc = d_b_dec = None
     if ctx.needs_input_grad[1]:
-        if listed:
-            d_W_enc_t = entries.sum_rows(x_c, weights)
-        else:
-            d_W_enc_t = x_c.new_zeros(n, x_c.shape[1])
-        for c, g in block:
-            g_dead = dense_block(c, plan.aux_local, g, plan.dead.numel())
-            d_W_enc_t.index_add_(0, plan.dead, g_dead.t() @ x_c)
         if W_enc.stride(0) == 1 and W_enc.stride(1) == W_enc.shape[0]:
-            d_W_enc = d_W_enc_t.t()  # W_enc stored column-major: [n, d] rows are its columns, no copy
+            # W_enc stored column-major: [n, d] rows are its columns, no copy.
+            d_W_enc_t = entries.sum_rows(x_c, weights) if listed else x_c.new_zeros(n, x_c.shape[1])
+            d_W_enc = d_W_enc_t.t()
         else:
             d_W_enc = workspace.gradient_buffer(W_enc)
-            d_W_enc.copy_(d_W_enc_t.t())
+            if listed:
+                # Block by block of latents into W_enc's [d, n] layout: the transposing copy then
+                # needs a small temporary, not a second [n, d] gradient (201 MB at n = 65,536).
+                for lo, hi, part in entries.sum_rows_blocks(x_c, weights, SUM_BLOCK_BYTES // (x_c.shape[1] * x_c.element_size())):
+                    d_W_enc[:, lo:hi].copy_(part.t())
+            else:
+                d_W_enc.zero_()
+        for c, g in block:
+            g_dead = dense_block(c, plan.aux_local, g, plan.dead.numel())
+            d_W_enc.index_add_(1, plan.dead, (g_dead.t() @ x_c).t())
     if col_sums is not None:
         d_b_enc = col_sums if ctx.needs_input_grad[2] else None
         d_b_dec = -(W_enc @ col_sums) if ctx.needs_input_grad[3] else None

@@ -12,17 +12,12 @@ from saelab.io import atomic_write_json
 
 BUDGETS = ("quick", "full")
 
-# Starting coefficients for penalties whose α the target-L0 controller adapts, from a pilot at the
-# quick sizes with α held fixed (400 steps × 512, 256 latents, OthelloGPT layer 3): L1: α 0.3 → L0
-# 127; L1(sqrt): 1 → 49, 3 → 4.6; smoothed-L0: 1000 → 67, 3000 → 8; freshman: 1000 → 18. With the
-# earlier controller (×4 per period, no calibration) they were needed and still did not rescue
-# 400-step runs (L1 3.4 for a target of 32). The current controller calibrates an unset α on the
-# first batch and steps asymmetrically, and from these starts lands where the calibrated start does
-# (L1 31.2, smoothed-L0 55.6, freshman 45.1 at 400 steps); they are kept so that the reproductions'
-# recorded runs stay comparable. Claims whose side missed its target say so instead of comparing
-# (measures.check_target_reached).
-PILOT_ALPHA = {"l1": 1.0, "lp": 1.3, "smoothed_l0": 1500.0, "freshman": 700.0}
-PILOT_L0 = 32
+# Penalties whose α the target-L0 controller adapts start from its calibrated α (none is set here):
+# the penalty term starts as a fixed share of the first batch's loss, whatever the dictionary size.
+# Fixed pilot starts (L1 α 1.0, measured at 256 latents) were used until 2026-12-01; at 512 latents
+# that start drove ReLU+L1 past its target (L0 228 → 14 in 100 steps, ending at 10 for a target of
+# 32, seeds 0/1) where the calibrated start ended at 33.4 / 31.9 (400 × 512, OthelloGPT layer 3).
+# Claims whose side missed its target say so instead of comparing (measures.check_target_reached).
 
 
 @dataclass(frozen=True)
@@ -74,13 +69,6 @@ QUICK = Budget("quick", train_games=1500, eval_games=300, n_latents=256, target_
 FULL = Budget("full", train_games=100_000, eval_games=2000, n_latents=1024, target_l0=32, steps=None, epochs=4.0, batch_size=2048,
               seeds=3, sizes=(256, 512, 1024, 2048, 4096), n_boot=200, lm_tokens=2_000_000, lm_latents=4608,
               lm_steps=4000).validate()
-
-
-def start_alpha(penalty: str, target_l0: float) -> dict:
-    """{"alpha": a starting coefficient} for a penalty the pilot measured (a sparser target starts higher), else {}."""
-    if penalty not in PILOT_ALPHA:
-        return {}
-    return {"alpha": round(PILOT_ALPHA[penalty] * (PILOT_L0 / float(target_l0)) ** 0.5, 6)}
 
 
 def budget(name: str) -> Budget:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saelab.experiments.reproduce.budget import Budget, start_alpha
+from saelab.experiments.reproduce.budget import Budget
 from saelab.experiments.reproduce.claims import Claim
 from saelab.experiments.reproduce.measures import difference, exponent, exponent_difference, gap_change
 
@@ -35,8 +35,7 @@ def sweeps(b: Budget, data: Path, lm: Path | None = None) -> dict[str, dict]:
     small, big = b.sizes[0], b.sizes[-1]
     tables = [{"name": topk_name(k, n), "method": "topk", "k": k, "n_latents": n, "auxk": True, "dead_tokens": 200_000}
               for k in ks(b) for n in b.sizes if k < n]
-    tables += [{"name": relu_name(b.target_l0, n), "method": "relu", "penalty": "l1", "target_l0": b.target_l0, "n_latents": n,
-                **start_alpha("l1", b.target_l0)}
+    tables += [{"name": relu_name(b.target_l0, n), "method": "relu", "penalty": "l1", "target_l0": b.target_l0, "n_latents": n}
                for n in (small, big)]
     # Only reconstruction is claimed: the board-state score would cost time and say nothing here.
     return {SWEEP: {"activations": str(data), **b.training(), "eval": {"board": False}, "sae": tables}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saelab.experiments.reproduce.budget import Budget, start_alpha
+from saelab.experiments.reproduce.budget import Budget
 from saelab.experiments.reproduce.claims import Claim
 from saelab.experiments.reproduce.measures import difference
 
@@ -29,9 +29,9 @@ def sweeps(b: Budget, data: Path, lm: Path | None = None) -> dict[str, dict]:
     n, t = names(b), b.target_l0
     tables = [
         {"name": n["none"], "method": "relu"},
-        {"name": n["l1"], "method": "relu", "penalty": "l1", "target_l0": t, **start_alpha("l1", t)},
-        {"name": n["sl0"], "method": "relu", "penalty": "smoothed_l0", "eps": 0.01, "target_l0": t, **start_alpha("smoothed_l0", t)},
-        {"name": n["fresh"], "method": "relu", "penalty": "freshman", "p": 2.0, "target_l0": t, **start_alpha("freshman", t)},
+        {"name": n["l1"], "method": "relu", "penalty": "l1", "target_l0": t},
+        {"name": n["sl0"], "method": "relu", "penalty": "smoothed_l0", "eps": 0.01, "target_l0": t},
+        {"name": n["fresh"], "method": "relu", "penalty": "freshman", "p": 2.0, "target_l0": t},
         {"name": n["wtk"], "method": "relu", "penalty": "without_topk", "k": t, "p": 1, "target_l0": t},
         {"name": n["leaky"], "method": "leaky_topk", "eps": LEAKY_EPS, "target_l0": t},
         {"name": n["topk"], "method": "topk", "target_l0": t},  # ε = 0 without AuxK, as the report trained it
