@@ -16,8 +16,8 @@ with G the sparse [B, n] matrix of the g_e:
   ∂L/∂b_dec = −W_enc·(1ᵀ·G)   — since ∂P[b, i]/∂b_dec = −W_enc[:, i]: one [d, n]·[n] product
   ∂L/∂x     =  G·W_encᵀ       — only if x requires grad (never in training)
 An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ AUX_BLOCK_DENSITY, set by
-the CPU's vector width) adds x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density a blocked product beats
-per-entry row gathers. Both give the same sums.
+the CPU's vector width) adds x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density
+a blocked product beats per-entry row gathers. Both give the same sums.
 """
 
 from __future__ import annotations
