@@ -110,17 +110,23 @@ def build_dictlearn(d, n, k, batch, dead):
 BUILDERS = {"saelens": build_saelens, "sparsify": build_sparsify, "dictlearn": build_dictlearn}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MiB): VmHWM, which exec resets (ru_maxrss would carry
-    the high-water mark of the parent this process was forked from)."""
+def status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status in MiB (e.g. "VmHWM", "VmRSS"); None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB): VmHWM, which exec resets (ru_maxrss would carry
+    the high-water mark of the parent this process was forked from)."""
+    peak = status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

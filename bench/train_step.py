@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from peers import peak_rss_mb  # bench/ is on sys.path: both scripts run as `python bench/<script>.py`
+from peers import peak_rss_mb, status_mb  # bench/ is on sys.path: both scripts run as `python bench/<script>.py`
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = [(512, 4096, 32), (768, 16384, 32), (768, 32768, 64)]
@@ -206,15 +206,6 @@ def child_peak_rss(impl: str, s: Setup, threads: int) -> dict | None:
         return None
 
 
-def current_rss_mb() -> float:
-    """Resident memory of this process now (MiB), VmRSS."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def state_mb(s: Setup, grads: bool) -> float:
     """What a training step must hold (MiB): weights, Adam's two moments, one fp32 batch (and the gradients)."""
     params = 2 * s.n * s.d + s.n + s.d
@@ -369,7 +360,7 @@ def main() -> None:
     if a.rss_child:
         d, n, k = shapes[0]
         import saelab.train  # noqa: F401  (imported before the baseline, as a user's process would have it)
-        base = current_rss_mb()
+        base = status_mb("VmRSS")
         fn = build(a.rss_child, Setup(d, n, k, a.batch, a.dead_fraction))
         fn()  # the first step allocates everything a step needs, optimizer state included
         fn()  # the second reuses what the first allocated (scratch, gradient buffers), or shows it does not

@@ -55,9 +55,6 @@ class EntrySet:
         block = max(1, block)
         with threads.for_entries(self.order.numel(), table.device):
             w = weights.reshape(-1)[self.order].to(table.dtype)
-        if block >= self.n_latents:  # one bag per latent over all the entries: no slicing
-            yield 0, self.n_latents, F.embedding_bag(self.sorted_rows, table, self.crow[:-1], mode="sum", per_sample_weights=w)
-            return
         for lo in range(0, self.n_latents, block):
             hi = min(lo + block, self.n_latents)
             start, end = int(self.crow[lo]), int(self.crow[hi])
