@@ -10,6 +10,9 @@ Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
                        projection, fused Adam (built by saelab.train.build_member, as the Trainer
                        builds it), renormalization, dead-latent bookkeeping
   saelab-dense         the same with kernel="dense" (the reference path)
+  saelab-lean          saelab-sparse with lean_memory (Adam steps each parameter inside backward, no
+                       buffers kept between steps, smaller pre-activation chunks): not in the default
+                       list, ask for it with --impls
   torch-topk           a plain-PyTorch dense TopK SAE step written here, as a user would
   saelens / sparsify / dictlearn
                        the library's own step, in its own venv, driven through bench/peers.py
@@ -80,14 +83,14 @@ def build_floor(s: Setup) -> Callable[[], None]:
     return step
 
 
-def build_saelab(s: Setup, kernel: str) -> Callable[[], None]:
+def build_saelab(s: Setup, kernel: str, lean: bool = False) -> Callable[[], None]:
     """saelab.train.train_step on one member built by saelab.train.build_member (as the Trainer builds them)."""
     from saelab.config import SAEConfig, TrainConfig
     from saelab.train import build_member, train_step
 
     cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
                     auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
-    member = build_member(cfg, TrainConfig(activations="-", out="-"), s.x, s.seed, Path("-"))
+    member = build_member(cfg, TrainConfig(activations="-", out="-", lean_memory=lean), s.x, s.seed, Path("-"))
 
     def step():
         if s.dead is not None:  # impose the dead share (the bookkeeping itself stays in the step)
@@ -146,6 +149,8 @@ def build(impl: str, s: Setup) -> Callable[[], None]:
         return build_saelab(s, "sparse")
     if impl == "saelab-dense":
         return build_saelab(s, "dense")
+    if impl == "saelab-lean":
+        return build_saelab(s, "sparse", lean=True)
     if impl == "torch-topk":
         return build_torch_topk(s)
     raise ValueError(impl)

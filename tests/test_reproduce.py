@@ -137,6 +137,8 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
     assert "text=" in capsys.readouterr().err and not out.exists()
     assert main(["reproduce", "scaling", "--model", "gpt2", "--out", str(out)]) == 2
     assert "no language-model claim" in capsys.readouterr().err and not out.exists()
+    assert main(["reproduce", "scaling", "--layer", "9", "--out", str(out)]) == 2  # the committed model has 4 blocks
+    assert "layer=9" in capsys.readouterr().err and not out.exists()
 
 
 MICRO = dataclasses.replace(QUICK, name="micro", train_games=60, eval_games=40, n_latents=64, target_l0=8, steps=20,

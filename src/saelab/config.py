@@ -203,6 +203,7 @@ class TrainConfig:
     decay: str = option("none", "learning-rate decay", choices=DECAYS)
     decay_fraction: float = option(0.2, "fraction of steps the decay spans")
     grad_clip: float | None = option(None, "clip the gradient norm to this value")
+    lean_memory: bool = option(False, "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks; somewhat slower; one process, no grad_clip")
     log_every: int = option(100, "steps between metric log lines")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
@@ -241,6 +242,11 @@ class TrainConfig:
             raise ConfigError("decay_fraction", self.decay_fraction, "must be ≤ 1")
         if self.grad_clip is not None:
             _finite("grad_clip", self.grad_clip, minimum=0.0, strict=True)
+        if not isinstance(self.lean_memory, bool):
+            raise ConfigError("lean_memory", self.lean_memory, "must be true or false")
+        if self.lean_memory and self.grad_clip is not None:
+            raise ConfigError("grad_clip", self.grad_clip, "lean_memory steps each parameter as soon as its gradient is complete; "
+                              "clipping the global norm needs every gradient at once (drop one of the two)")
         require_positive_int("log_every", self.log_every)
         _nonneg_int("checkpoint_every", self.checkpoint_every)
         require_positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)

@@ -1,4 +1,4 @@
-"""`saelab reproduce NAME [--budget quick|full] [--model PATH_OR_NAME] [--out DIR] [--json]`: check a paper's claims."""
+"""`saelab reproduce NAME [--budget quick|full] [--model PATH_OR_NAME] [--out DIR] [--json] [--layer L]`: check a paper's claims."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def register(sub) -> None:
                         "or on an activation cache folder from `saelab lm activations`")
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"text to harvest --model on (default {DEFAULT_TEXT}, docs/offline_lm.md step 2)")
     p.add_argument("--out", default=None, help="folder for data, sweeps and claims (default runs/reproduce/NAME-BUDGET); rerun to resume")
+    p.add_argument("--layer", type=int, default=None,
+                   help="OthelloGPT residual stream after this block (default 3, the report's choice; 2 finds the most pairs here)")
     p.add_argument("--json", action="store_true", help="print the claims as JSON: a list of {claim, paper, ours, ci, verdict}")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -29,6 +31,7 @@ def register(sub) -> None:
 def cmd_reproduce(args) -> int:
     """Run the reproduction and print its claims table (or JSON)."""
     results = run_reproduce(args.name, budget=args.budget, out=args.out, model=args.model, text=args.text,
-                            say=lambda m: print(f"[reproduce] {m}", file=sys.stderr, flush=True), progress=args.progress)
+                            say=lambda m: print(f"[reproduce] {m}", file=sys.stderr, flush=True), progress=args.progress,
+                            layer=args.layer)
     print(claims_json(results) if args.json else claims_markdown(results))
     return 0

@@ -57,8 +57,13 @@ AUX_BLOCK_DENSITY = _aux_block_density()
 # chunks of 1,024 1.04×, of 2,048 0.98×. BatchTopK's batch-wide selection needs P whole.
 PRE_BUDGET_BYTES = 1 << 28
 MIN_CHUNK_ROWS = 1024
-# W_enc's gradient is summed this many bytes of [n, d] rows at a time before its transposing copy.
+# Lean mode (workspace.lean) halves the budget and allows chunks of 256 rows: 128 MiB at n = 65,536.
+LEAN_PRE_BUDGET_BYTES = 1 << 27
+LEAN_MIN_CHUNK_ROWS = 256
+# W_enc's gradient is summed this many bytes of [n, d] rows at a time before its transposing copy
+# (lean mode: 8 MiB, a smaller peak for more, shorter passes).
 SUM_BLOCK_BYTES = 1 << 25
+LEAN_SUM_BLOCK_BYTES = 1 << 23
 
 
 @dataclass
@@ -130,8 +135,10 @@ def _pre_activations(x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
 
 
 def row_chunks(rows: int, n: int, element_size: int) -> list[tuple[int, int]]:
-    """Row ranges [lo, hi) whose [rows, n] pre-activations fit PRE_BUDGET_BYTES (at least MIN_CHUNK_ROWS rows each)."""
-    step = max(MIN_CHUNK_ROWS, PRE_BUDGET_BYTES // (n * element_size))
+    """Row ranges [lo, hi) whose [rows, n] pre-activations fit the chunk budget (at least its minimum rows each)."""
+    lean = workspace.is_lean()
+    budget, min_rows = (LEAN_PRE_BUDGET_BYTES, LEAN_MIN_CHUNK_ROWS) if lean else (PRE_BUDGET_BYTES, MIN_CHUNK_ROWS)
+    step = max(min_rows, budget // (n * element_size))
     return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
@@ -222,7 +229,8 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
             if listed:
                 # Block by block of latents into W_enc's [d, n] layout: the transposing copy then
                 # needs a small temporary, not a second [n, d] gradient (201 MB at n = 65,536).
-                for lo, hi, part in entries.sum_rows_blocks(x_c, weights, SUM_BLOCK_BYTES // (x_c.shape[1] * x_c.element_size())):
+                block_bytes = LEAN_SUM_BLOCK_BYTES if workspace.is_lean() else SUM_BLOCK_BYTES
+                for lo, hi, part in entries.sum_rows_blocks(x_c, weights, block_bytes // (x_c.shape[1] * x_c.element_size())):
                     d_W_enc[:, lo:hi].copy_(part.t())
             else:
                 d_W_enc.zero_()

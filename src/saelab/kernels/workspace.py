@@ -8,10 +8,20 @@ W_enc's gradient, which the backward writes in one transposing copy anyway, goes
 kept per parameter and handed out again only once the gradient made from it is known to be gone
 (it became param.grad, which was then dropped, e.g. by zero_grad(set_to_none=True), watched through
 public hooks and weak references); otherwise a new one is made.
+
+Lean mode (`with lean():`, what TrainConfig.lean_memory turns on) trades those page faults for
+memory: gradients are never cached, the trainer drops the scratch buffers between the forward
+and the backward pass (`release_scratch`), the pre-activations come in smaller chunks
+(topk_encode.LEAN_PRE_BUDGET_BYTES), and blocks of memory above LEAN_MMAP_BYTES go back to the OS when freed instead
+of staying in the allocator's heap (glibc's M_MMAP_THRESHOLD: without it, a step's freed
+temporaries stay resident, about 330 MiB at (768, 65,536)).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import math
 import weakref
 from dataclasses import dataclass
@@ -23,6 +33,49 @@ _scratch: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 # id(param) → its gradient memory; an entry goes when its parameter is collected.
 _grads: dict[int, "_Grad"] = {}
 _hooks: dict[int, object] = {}  # id(param) → the handle of its post-accumulate hook
+_lean = 0  # depth of nested lean() blocks
+LEAN_MMAP_BYTES = 1 << 20
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_mmap_set = False
+
+
+@contextlib.contextmanager
+def lean():
+    """Inside: no cached gradients, smaller pre-activation chunks, freed large blocks returned to the OS."""
+    global _lean
+    _return_large_frees()
+    _lean += 1
+    try:
+        yield
+    finally:
+        _lean -= 1
+
+
+def is_lean() -> bool:
+    """Whether a lean() block is active."""
+    return _lean > 0
+
+
+def _return_large_frees() -> None:
+    """Set glibc's mmap threshold so freed blocks above LEAN_MMAP_BYTES leave the process (once; no-op elsewhere).
+
+    Process-wide and kept afterwards: allocations above 1 MiB then cost an mmap and page faults,
+    which the cached buffers of the normal mode mostly avoid.
+    """
+    global _mmap_set
+    if _mmap_set:
+        return
+    _mmap_set = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(M_MMAP_THRESHOLD, LEAN_MMAP_BYTES)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator keeps its own policy
+        pass
+
+
+def release_scratch() -> None:
+    """Drop the scratch buffers (lean mode, between the forward and the backward pass)."""
+    _scratch.clear()
 
 
 def scratch(tag: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -82,7 +135,10 @@ def gradient_buffer(param: Tensor) -> Tensor:
     Otherwise (a kept gradient, torch.autograd.grad, a sum into an existing .grad) a new
     buffer replaces it in the cache, so a kept gradient is never overwritten. Aliases that are not
     views (.detach(), .numpy()) are not seen: clone a gradient to keep it past the next backward.
+    In lean mode nothing is cached: the memory goes when the gradient does.
     """
+    if is_lean():
+        return torch.empty_like(param, memory_format=torch.preserve_format)
     entry = _grads.get(id(param))
     if entry is not None and entry.reusable(param):
         buf = param.new_empty(0).set_(entry.storage, 0, entry.shape, entry.stride)

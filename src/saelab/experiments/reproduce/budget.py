@@ -11,6 +11,7 @@ from saelab.errors import ConfigError
 from saelab.io import atomic_write_json
 
 BUDGETS = ("quick", "full")
+DEFAULT_LAYER = 3  # the report trained after layer 3 (of its 8); ours has 4, layer 3 finds 180/188 pairs
 
 # Penalties whose α the target-L0 controller adapts start from its calibrated α (none is set here):
 # the penalty term starts as a fixed share of the first batch's loss, whatever the dictionary size.
@@ -35,11 +36,14 @@ class Budget:
     seeds: int  # seeds per configuration (≥ 2 for an interval over seeds)
     sizes: tuple[int, ...]  # dictionary sizes of the scaling fits
     n_boot: int  # bootstrap replicates of the board-state intervals
-    layer: int = 3  # the report trained after layer 3 (of its 8); ours has 4, layer 3 finds 180/188 pairs
+    layer: int = DEFAULT_LAYER  # `saelab reproduce --layer` changes it (layer 2 finds the most pairs by single latents)
     lr: float = 1e-3
     lm_tokens: int = 40_000  # rows harvested from --model when it names a model, not a cache
     lm_latents: int = 1024  # dictionary size of the --model sweeps
     lm_steps: int = 150
+    screen_fraction: float = 1.0  # the search's screen trains each candidate this share of the training length
+    finalists: int = 2  # candidates per method that the search scores on the board state
+    search_levels: tuple[float, ...] = (1.0, 2.0)  # candidate sparsities, as multiples of target_l0
 
     def validate(self) -> "Budget":
         """Check the sizes (ConfigError naming the field)."""
@@ -48,6 +52,12 @@ class Budget:
                 raise ConfigError(f, getattr(self, f), "must be ≥ 1")
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError("steps", self.steps, "give exactly one of steps / epochs")
+        if not 0 < float(self.screen_fraction) <= 1:
+            raise ConfigError("screen_fraction", self.screen_fraction, "must be in (0, 1]")
+        if int(self.finalists) < 1:
+            raise ConfigError("finalists", self.finalists, "must be ≥ 1")
+        if not self.search_levels or any(not (float(v) > 0) for v in self.search_levels):
+            raise ConfigError("search_levels", self.search_levels, "need ≥ 1 positive multiple of target_l0")
         if len(self.sizes) < 3 or sorted(self.sizes) != list(self.sizes):
             raise ConfigError("sizes", self.sizes, "need ≥ 3 increasing dictionary sizes for a power-law fit")
         return self
@@ -57,6 +67,12 @@ class Budget:
         length = {"steps": self.steps} if self.steps is not None else {"epochs": self.epochs}
         return {**length, "batch_size": self.batch_size, "lr": self.lr, "normalize": "scalar", "log_every": 50,
                 "eval_fraction": 0.02, "seed": list(range(self.seeds))}
+
+    def screen_training(self) -> dict:
+        """The search screen's shared training keys: one seed, `screen_fraction` of the training length."""
+        length = ({"steps": max(1, round(self.steps * self.screen_fraction))} if self.steps is not None
+                  else {"epochs": self.epochs * self.screen_fraction})
+        return {**self.training(), **length, "seed": [0]}
 
     def lm_training(self, cache: Path) -> dict:
         """The shared keys of a sweep on a language-model activation cache (`--model`)."""
@@ -68,7 +84,7 @@ QUICK = Budget("quick", train_games=1500, eval_games=300, n_latents=256, target_
                seeds=3, sizes=(64, 128, 256, 512), n_boot=100).validate()
 FULL = Budget("full", train_games=100_000, eval_games=2000, n_latents=1024, target_l0=32, steps=None, epochs=4.0, batch_size=2048,
               seeds=3, sizes=(256, 512, 1024, 2048, 4096), n_boot=200, lm_tokens=2_000_000, lm_latents=4608,
-              lm_steps=4000).validate()
+              lm_steps=4000, screen_fraction=0.25, finalists=2, search_levels=(0.5, 1.0, 2.0, 3.0)).validate()
 
 
 def budget(name: str) -> Budget:

@@ -48,16 +48,20 @@ def metric(sweep: str, name: str, key: str) -> Callable[[Evidence], Interval]:
     return measure
 
 
-def difference(sweep: str, a: str, b: str, key: str, match_l0: bool = False) -> Callable[[Evidence], Interval]:
-    """A measure: metric(a) − metric(b) between two configurations of one sweep (match_l0: their measured L0 must agree)."""
+def difference(sweep: str, a: str, b: str, key: str, match_l0: bool = False, targets: bool = True) -> Callable[[Evidence], Interval]:
+    """A measure: metric(a) − metric(b) between two configurations of one sweep (match_l0: their measured L0 must agree).
+
+    targets=False: the two are compared wherever their adapted coefficients ended (settings chosen
+    by a search, not a comparison at one L0), so a missed target_l0 is no reason to abstain.
+    """
     def measure(ev: Evidence) -> Interval:
-        return group_difference(ev.sweep(sweep), a, b, key, match_l0)
+        return group_difference(ev.sweep(sweep), a, b, key, match_l0, targets)
     return measure
 
 
-def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool = False) -> Interval:
+def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool = False, targets: bool = True) -> Interval:
     """metric(a) − metric(b) with its 95% interval (Welch over seeds, or the rows' bootstrap intervals)."""
-    for name in (a, b):
+    for name in (a, b) if targets else ():
         check_target_reached([r for r in rows if r.get("group") == name], name)
     ga, gb = group(rows, a), group(rows, b)
     if match_l0 and l0_match(replace(ga, target_l0=None), replace(gb, target_l0=None)) is None:
@@ -223,3 +227,76 @@ def nearest_to_target(rows: list[dict], names: list[str], target: float, toleran
     if abs(means[best] - target) > tolerance * target:
         raise DataError(f"no configuration of {names} reached L0 {target:g} ± {tolerance:.0%} (nearest: {best!r} at {means[best]:.3g})")
     return best
+
+
+def against_extreme_other(sweep: str, a: str, others: list[str], key: str, pick: str) -> Callable[[Evidence], Interval]:
+    """A measure: metric(a) − metric(o), o the other configuration with the largest (pick "max") or smallest ("min") mean.
+
+    "a has the most good classifiers of all" is a − (the best of the rest) > 0; "a is the sparsest"
+    is L0(a) − (the sparsest of the rest) < 0. Welch t over seeds between a and that one. Meant for
+    searched settings: wherever their coefficients ended, nothing abstains for a missed target L0.
+    """
+    if pick not in ("max", "min"):
+        raise DataError(f"pick must be 'max' or 'min', got {pick!r}")
+
+    def measure(ev: Evidence) -> Interval:
+        rows = ev.sweep(sweep)
+        means = {}
+        for name in others:
+            est = group(rows, name).estimate(key)
+            if est is None:
+                raise DataError(f"{name!r} has no {key!r}")
+            means[name] = est
+        other = (max if pick == "max" else min)(means, key=means.get)
+        return group_difference(rows, a, other, key, targets=False)
+    return measure
+
+
+def rank_correlation(sweep: str, reference: dict[str, float], key: str, n_boot: int = 2000, seed: int = 0) -> Callable[[Evidence], Interval]:
+    """A measure: Spearman correlation between a paper's figure per configuration and our mean `key` per configuration.
+
+    The interval resamples each configuration's seeds with replacement (a percentile bootstrap of
+    the correlation of the means); with one seed per configuration it has no spread.
+    """
+    names = list(reference)
+    if len(names) < 3:
+        raise DataError(f"a rank correlation needs ≥ 3 configurations, got {len(names)}")
+
+    def measure(ev: Evidence) -> Interval:
+        rows = ev.sweep(sweep)
+        per = []
+        for name in names:
+            g = group(rows, name)
+            vals = g.values.get(key)
+            if not vals:
+                raise DataError(f"{name!r} has no {key!r}")
+            per.append(np.asarray(vals, dtype=np.float64))
+        ref = np.asarray([reference[n] for n in names], dtype=np.float64)
+        est = spearman(ref, np.asarray([v.mean() for v in per]))
+        if min(len(v) for v in per) < 2:
+            return Interval(est, est, est, len(names), "single")
+        rng = np.random.default_rng(seed)
+        boots = [spearman(ref, np.asarray([rng.choice(v, size=len(v)).mean() for v in per])) for _ in range(n_boot)]
+        lo, hi = np.percentile(boots, [2.5, 97.5])
+        return Interval(est, float(min(lo, est)), float(max(hi, est)), len(names), "bootstrap-seeds")
+    return measure
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their average rank; 0 when either side is constant)."""
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties averaged."""
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v), dtype=np.float64)
+    ranks[order] = np.arange(1, len(v) + 1, dtype=np.float64)
+    for value in np.unique(v):
+        tied = v == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks

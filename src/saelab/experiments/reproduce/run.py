@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 from saelab.errors import ConfigError
 from saelab.experiments.reproduce import batchtopk, l1_sqrt, scaling_laws, sparsity_methods
-from saelab.experiments.reproduce.budget import Budget
+from saelab.experiments.reproduce.budget import DEFAULT_LAYER, Budget
 from saelab.experiments.reproduce.budget import budget as get_budget
 from saelab.experiments.reproduce.budget import lm_data, othello_data
 from saelab.experiments.reproduce.claims import ClaimResult, Evidence, claims_markdown, evaluate_claim
@@ -44,11 +45,19 @@ def _with_l2_ratio(rows: list[dict], root: Path) -> list[dict]:
 
 
 def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | None = None, model: str | None = None,
-                  text: str = DEFAULT_TEXT, say: Callable[[str], None] = print, progress: bool = False) -> list[ClaimResult]:
-    """Run (or resume) paper `name` at `budget` into `out`; write claims.md / claims.json; return the judged claims."""
+                  text: str = DEFAULT_TEXT, say: Callable[[str], None] = print, progress: bool = False,
+                  layer: int | None = None) -> list[ClaimResult]:
+    """Run (or resume) paper `name` at `budget` into `out`; write claims.md / claims.json; return the judged claims.
+
+    `layer`: harvest OthelloGPT after this block instead of the budget's (the report's layer 3).
+    """
     mod = paper(name)
     b = budget.validate() if isinstance(budget, Budget) else get_budget(budget)  # a Budget object: tests' smaller sizes
-    root = Path(out) if out is not None else Path("runs") / "reproduce" / f"{name}-{b.name}"
+    if layer is not None and layer != b.layer:
+        check_layer(layer)
+        b = replace(b, layer=int(layer))
+    suffix = f"-layer{b.layer}" if b.layer != DEFAULT_LAYER else ""
+    root = Path(out) if out is not None else Path("runs") / "reproduce" / f"{name}-{b.name}{suffix}"
     if model and not hasattr(mod, "LM_SWEEP"):
         lm_papers = ", ".join(n for n, m in PAPERS.items() if hasattr(m, "LM_SWEEP"))
         raise ConfigError("model", model, f"{name} makes no language-model claim; --model applies to {lm_papers}")
@@ -60,7 +69,11 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
     data = othello_data(b, root / "data" / "othello", say)
     lm = lm_data(b, model, text, root / "data" / "lm", say) if model else None
     rows, roots = {}, {}
-    for sweep_name, cfg in mod.sweeps(b, data, lm).items():
+    # A paper whose settings were searched for (the OthelloGPT report) runs its search first; the
+    # chosen settings become one more sweep over every seed.
+    found = mod.search(b, data, root / "search", say=say, progress=progress) if hasattr(mod, "search") else None
+    plans = mod.sweeps(b, data, lm, search=found) if found is not None else mod.sweeps(b, data, lm)
+    for sweep_name, cfg in plans.items():
         roots[sweep_name] = root / "sweeps" / sweep_name
         say(f"sweep {sweep_name}: {len(cfg['sae'])} configurations × {b.seeds} seeds")
         # resume=True both starts a new sweep and continues a killed one (same config, same folder).
@@ -69,9 +82,19 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
     evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
     seconds = time.time() - start
-    command = f"saelab reproduce {name} --budget {b.name}" + (f" --model {model}" if model else "")
-    write_claims(root, mod, b.name, results, rows, seconds, command)
+    command = (f"saelab reproduce {name} --budget {b.name}" + (f" --layer {b.layer}" if suffix else "")
+               + (f" --model {model}" if model else ""))
+    write_claims(root, mod, b.name, results, rows, seconds, command, found)
     return results
+
+
+def check_layer(layer: int) -> None:
+    """ConfigError unless `layer` is a residual-stream site of the committed OthelloGPT (0 = embeddings … n_layer)."""
+    from saelab.othello.model import load_default_model
+
+    n_layer = load_default_model().cfg.n_layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layer:
+        raise ConfigError("layer", layer, f"must lie in 0..{n_layer} (0 = embeddings, i = after block i of the committed OthelloGPT)")
 
 
 def summary_markdown(rows: list[dict]) -> str:
@@ -85,8 +108,8 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimResult], rows: dict[str, list[dict]],
-                 seconds: float, command: str) -> None:
-    """DIR/claims.md (the claims table, then each sweep's per-configuration table) and DIR/claims.json."""
+                 seconds: float, command: str, search=None) -> None:
+    """DIR/claims.md (the claims table, each sweep's per-configuration table, the search's table) and DIR/claims.json."""
     md = [f"# {mod.TITLE}: claims at the {budget} budget", "",
           f"`{command}` — {seconds:.0f} s on this machine. Ours is the mean ± the larger side of a 95% interval "
           "(Welch t over seeds for a difference between configurations; a case bootstrap for a fitted exponent; "
@@ -95,9 +118,15 @@ def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimRe
           claims_markdown(results)]
     for sweep_name, sweep_rows in rows.items():
         md += [f"## Sweep `{sweep_name}`", "", summary_markdown(sweep_rows)]
+    if search is not None:
+        md += ["## Search", "", "Each candidate trained once (seed 0) for the screen, then judged on held-out L0 and NMSE: "
+               "collapsed codes and Pareto-dominated settings drop out, the rest (at most the budget's finalists per method) "
+               "get the board-state score, and the best-scoring finalist is the method's setting in sweep `best`.", "",
+               search.markdown()]
     atomic_write_text(root / "claims.md", "\n".join(md))
     atomic_write_json(root / "claims.json", {"paper": mod.TITLE, "name": mod.NAME, "budget": budget, "command": command,
-                                             "seconds": round(seconds, 1), "claims": [r.to_record() for r in results]})
+                                             "seconds": round(seconds, 1), "claims": [r.to_record() for r in results],
+                                             **({"search": search.to_record()} if search is not None else {})})
 
 
 def claims_json(results: list[ClaimResult]) -> str:

@@ -1,0 +1,129 @@
+"""The OthelloGPT report's search, automated: the screen's verdicts, the choice, the claims it feeds, a real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from saelab.errors import ConfigError, DataError
+from saelab.experiments.reproduce.claims import DOES_NOT_HOLD, HOLDS, Claim, Evidence, evaluate_claim
+from saelab.experiments.reproduce.measures import against_extreme_other, rank_correlation, spearman
+from saelab.experiments.reproduce.search import COLLAPSED_NMSE, Candidate, choose_best, run_search, select_finalists
+
+
+def _cands(spec: dict[str, list[str]]) -> list[Candidate]:
+    return [Candidate(m, {"name": n, "method": "topk", "target_l0": 8}) for m, names in spec.items() for n in names]
+
+
+def _screen(points: dict[str, tuple[float, float]]) -> list[dict]:
+    return [{"group": n, "l0": l0, "nmse": nmse, "folder": f"runs/seed0/{n}"} for n, (l0, nmse) in points.items()]
+
+
+def test_collapsed_and_dominated_candidates_drop_out_and_the_front_is_kept():
+    cands = _cands({"a": ["a1", "a2", "a3", "a4"], "b": ["b1"]})
+    rows = _screen({"a1": (10, 0.30), "a2": (20, 0.20), "a3": (25, 0.25), "a4": (0.0, 1.0), "b1": (5, 0.5)})
+    got = {s.candidate.name: s for s in select_finalists(cands, rows, per_method=3)}
+    assert got["a1"].finalist and got["a2"].finalist and got["b1"].finalist
+    assert got["a3"].status == "dominated by a2"  # a2 is sparser and more accurate
+    assert got["a4"].status == "collapsed"
+    with pytest.raises(DataError, match="no result for candidate"):
+        select_finalists(cands, rows[:-1], 3)
+    with pytest.raises(ConfigError, match="finalists"):
+        select_finalists(cands, rows, 0)
+
+
+def test_a_long_front_keeps_finalists_spread_from_sparsest_to_densest():
+    pts = {f"a{i}": (10.0 * (i + 1), 0.5 - 0.05 * i) for i in range(7)}  # every point on the front
+    got = select_finalists(_cands({"a": list(pts)}), _screen(pts), per_method=3)
+    assert [s.candidate.name for s in got if s.finalist] == ["a0", "a3", "a6"]
+    assert all(s.status.startswith("not kept") for s in got if not s.finalist)
+
+
+@given(st.lists(st.tuples(st.floats(0.5, 100), st.floats(0.0, 1.2)), min_size=1, max_size=8), st.integers(1, 4))
+def test_finalists_are_never_dominated_nor_collapsed_and_each_live_method_has_one(points, per_method):
+    pts = {f"c{i}": p for i, p in enumerate(points)}
+    got = select_finalists(_cands({"m": list(pts)}), _screen(pts), per_method)
+    fin = [s for s in got if s.finalist]
+    assert len(fin) <= per_method
+    assert all(s.nmse < COLLAPSED_NMSE for s in fin)
+    for s in fin:
+        assert not any(o.l0 <= s.l0 and o.nmse <= s.nmse and (o.l0 < s.l0 or o.nmse < s.nmse)
+                       for o in got if o.status != "collapsed" and o is not s)
+    assert bool(fin) == any(nmse < COLLAPSED_NMSE for _, nmse in points)
+
+
+def test_the_best_finalist_has_the_most_good_classifiers_ties_to_the_lower_nmse():
+    cands = _cands({"a": ["a1", "a2", "a3"]})
+    screened = select_finalists(cands, _screen({"a1": (10, 0.3), "a2": (20, 0.2), "a3": (30, 0.1)}), 3)
+    scores = {"a1": {"good_findable": 5}, "a2": {"good_findable": 9}, "a3": {"good_findable": 9}}
+    assert choose_best(screened, scores)["a"].name == "a3"
+    with pytest.raises(DataError, match="no board-state score"):
+        choose_best(screened, {"a1": {"good_findable": 5}})
+
+
+def _rows(values: dict[str, list[float]], key: str) -> list[dict]:
+    return [{"name": f"{g}-s{s}", "group": g, "method": "topk", "seed": s, key: v, "ci": {}} for g, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_against_the_best_other_compares_with_the_strongest_rival():
+    rows = _rows({"leaky": [40, 41, 42], "dimred": [30, 31, 32], "l1": [20, 21, 22]}, "good_findable")
+    measure = against_extreme_other("s", "leaky", ["dimred", "l1"], "good_findable", "max")
+    got = evaluate_claim(Claim("a", "b", "c", measure, ">"), Evidence({"s": rows}))
+    assert got.verdict == HOLDS and got.interval.estimate == pytest.approx(10.0)  # against dimred, not l1
+    rows = _rows({"leaky": [25, 26, 27], "dimred": [30, 31, 32], "l1": [20, 21, 22]}, "good_findable")
+    got = evaluate_claim(Claim("a", "b", "c", measure, ">"), Evidence({"s": rows}))
+    assert got.verdict == DOES_NOT_HOLD and got.interval.estimate == pytest.approx(-5.0)
+    sparsest = against_extreme_other("s", "dimred", ["leaky", "l1"], "good_findable", "min")
+    assert evaluate_claim(Claim("a", "b", "c", sparsest, "<"), Evidence({"s": rows})).interval.estimate == pytest.approx(10.0)
+
+
+def test_spearman_matches_hand_computed_ranks():
+    assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-1.0)
+    # ranks x (1, 2, 3), y (1, 3, 2): ρ = 1 − 6·Σd²/(n(n²−1)) = 1 − 6·2/24 = 0.5
+    assert spearman(np.array([1, 2, 3]), np.array([1, 3, 2])) == pytest.approx(0.5)
+    # ties average: y ranks (1.5, 1.5, 3) against (1, 2, 3): Pearson of the ranks
+    r = np.corrcoef([1, 2, 3], [1.5, 1.5, 3])[0, 1]
+    assert spearman(np.array([1, 2, 3]), np.array([5, 5, 9])) == pytest.approx(r)
+    assert spearman(np.array([1, 2, 3]), np.array([7, 7, 7])) == 0.0
+
+
+def test_the_ranking_claim_holds_when_our_order_follows_the_papers():
+    ref = {"a": 45, "b": 30, "c": 10, "d": 1}
+    agree = _rows({"a": [20, 21, 22], "b": [15, 16, 14], "c": [8, 9, 10], "d": [0, 1, 0]}, "good_findable")
+    got = evaluate_claim(Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": agree}))
+    assert got.verdict == HOLDS and got.interval.estimate == pytest.approx(1.0)
+    reverse = _rows({"a": [0, 1, 0], "b": [8, 9, 10], "c": [15, 16, 14], "d": [20, 21, 22]}, "good_findable")
+    got = evaluate_claim(Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": reverse}))
+    assert got.verdict == DOES_NOT_HOLD and got.interval.estimate == pytest.approx(-1.0)
+
+
+def test_a_search_screens_scores_finalists_and_resumes(tmp_path):
+    from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+
+    data = tmp_path / "data"
+    write_harvest(harvest(HarvestConfig(games=40, layer=3, seed=0)), data)
+    cands = [Candidate("topk", {"name": f"cand topk L0 {k}", "method": "topk", "target_l0": k}) for k in (4, 8)]
+    cands.append(Candidate("none", {"name": "cand none", "method": "relu"}))
+    shared = {"activations": str(data), "steps": 10, "batch_size": 128, "lr": 1e-3, "normalize": "scalar", "n_latents": 32,
+              "eval_fraction": 0.1}
+    said: list[str] = []
+    got = run_search(cands, shared, tmp_path / "search", 2, {"games": 20, "n_boot": 10}, say=said.append)
+    assert set(got.chosen) == {"topk", "none"}
+    record = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert [c["name"] for c in record["candidates"]] == [c.name for c in cands]
+    scored = [c for c in record["candidates"] if c["status"] == "finalist"]
+    assert scored and all("score" in c and c["score"]["findable"] >= 0 for c in scored)
+    assert record["chosen"]["topk"] in {c["name"] for c in scored}
+    assert "| topk | cand topk L0 4 |" in got.markdown()
+    # The screen SAEs have no board score of their own (the screen is cheap); finalists do, and a rerun reuses all.
+    rows = [json.loads(line) for line in (tmp_path / "search" / "screen" / "results.jsonl").read_text().splitlines()]
+    assert all("good_findable" not in r for r in rows)
+    said.clear()
+    again = run_search(cands, shared, tmp_path / "search", 2, {"games": 20, "n_boot": 10}, say=said.append)
+    assert not any(m.startswith("training") or m.startswith("harvesting") for m in said)
+    assert {m: c.name for m, c in again.chosen.items()} == {m: c.name for m, c in got.chosen.items()}
