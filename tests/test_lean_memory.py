@@ -61,6 +61,16 @@ def test_no_two_parameter_gradients_are_alive_at_once(monkeypatch):
     assert order == [1, 1, 1, 1] and seen == [0, 0, 0, 0]  # W_dec, W_enc, b_enc, b_dec: each alone, then gone
 
 
+def test_a_backward_outside_the_training_step_leaves_the_weights_alone():
+    x = torch.randn(256, 16)
+    m = _member(CONFIGS[0], True, x)
+    train_step(m, x, 1e-3)
+    before = [p.detach().clone() for p in m.sae.parameters()]
+    m.sae(x).pow(2).sum().backward()  # e.g. a gradient attribution on the trained SAE
+    assert all(torch.equal(a, p) for a, p in zip(before, m.sae.parameters()))
+    assert m.sae.W_dec.grad is not None  # the user's gradient is kept for them
+
+
 def test_lean_mode_keeps_no_buffers_and_chunks_smaller(monkeypatch):
     workspace.release()
     chunks = []

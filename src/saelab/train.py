@@ -73,6 +73,7 @@ class Member:
     convergence: ConvergenceMonitor | None = None  # until_converged: its held-out NMSE history
     compute_dtype: str = "float32"  # bfloat16: the forward pass autocasts; weights and Adam state stay float32
     lean: bool = False  # lean_memory: Adam steps each parameter from its post-accumulate hook (step_in_backward)
+    stepping: bool = False  # lean: inside train_step's backward, the only time the hooks may step
 
 
 @dataclass
@@ -149,11 +150,14 @@ def step_in_backward(m: Member) -> None:
     steps only parameters that have a gradient, and each hook leaves just its own, so one
     optimizer (its state and checkpoints unchanged) serves every hook. When W_dec's hook runs, every
     node that reads W_dec has finished its backward, so projecting its gradient, stepping and
-    renormalizing it in place is safe.
+    renormalizing it in place is safe. Outside train_step (a user's own backward through the trained
+    SAE, e.g. an attribution) the hooks do nothing.
     """
     W_dec = m.sae.W_dec
 
     def hook(p: torch.Tensor) -> None:
+        if not m.stepping:
+            return
         if p is W_dec and m.cfg.decoder_unit_norm:
             m.sae.project_decoder_grad()
         m.optimizer.step()
@@ -190,7 +194,11 @@ def _lean_step(m: Member, x: torch.Tensor, dead: torch.Tensor | None) -> StepOut
         with devices.autocast(x.device, m.compute_dtype):
             out = compute_step(m.sae, x, m.cfg.alpha, dead)
         workspace.release_scratch()
-        out.total.backward()
+        m.stepping = True
+        try:
+            out.total.backward()
+        finally:
+            m.stepping = False
         workspace.release_scratch()
     return out
 
