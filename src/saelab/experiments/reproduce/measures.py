@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from saelab.data.store import ActivationStore
 from saelab.errors import DataError
@@ -284,19 +285,8 @@ def rank_correlation(sweep: str, reference: dict[str, float], key: str, n_boot: 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rank correlation (ties get their average rank; 0 when either side is constant)."""
-    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    rx, ry = rankdata(np.asarray(x, dtype=np.float64)), rankdata(np.asarray(y, dtype=np.float64))
     sx, sy = rx.std(), ry.std()
     if sx == 0 or sy == 0:
         return 0.0
     return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
-
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties averaged."""
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v), dtype=np.float64)
-    ranks[order] = np.arange(1, len(v) + 1, dtype=np.float64)
-    for value in np.unique(v):
-        tied = v == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
