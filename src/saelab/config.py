@@ -203,7 +203,7 @@ class TrainConfig:
     decay: str = option("none", "learning-rate decay", choices=DECAYS)
     decay_fraction: float = option(0.2, "fraction of steps the decay spans")
     grad_clip: float | None = option(None, "clip the gradient norm to this value")
-    lean_memory: bool = option(False, "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks; somewhat slower; one process, no grad_clip")
+    lean_memory: bool = option(False, "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks (no slowdown measured at 768×65,536 on CPU); one process, no grad_clip")
     log_every: int = option(100, "steps between metric log lines")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")

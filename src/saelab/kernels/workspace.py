@@ -12,9 +12,9 @@ public hooks and weak references); otherwise a new one is made.
 Lean mode (`with lean():`, what TrainConfig.lean_memory turns on) trades those page faults for
 memory: gradients are never cached, the trainer drops the scratch buffers between the forward
 and the backward pass (`release_scratch`), the pre-activations come in smaller chunks
-(topk_encode.LEAN_PRE_BUDGET_BYTES), and blocks of memory above LEAN_MMAP_BYTES go back to the OS when freed instead
-of staying in the allocator's heap (glibc's M_MMAP_THRESHOLD: without it, a step's freed
-temporaries stay resident, about 330 MiB at (768, 65,536)).
+(topk_encode.LEAN_PRE_BUDGET_BYTES), and blocks of memory above LEAN_MMAP_BYTES go back to the OS
+when freed instead of staying in the allocator's heap (glibc's M_MMAP_THRESHOLD: without it, a
+step's freed temporaries stay resident, about 330 MiB at (768, 65,536)).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from scipy.stats import rankdata
 
 from saelab.data.store import ActivationStore
-from saelab.errors import DataError
+from saelab.errors import ConfigError, DataError
 from saelab.evals.ablate_lowest import ablate_below
 from saelab.experiments.reproduce.claims import Evidence, comparison_interval
 from saelab.experiments.scaling import fit_power
@@ -238,7 +238,7 @@ def against_extreme_other(sweep: str, a: str, others: list[str], key: str, pick:
     searched settings: wherever their coefficients ended, nothing abstains for a missed target L0.
     """
     if pick not in ("max", "min"):
-        raise DataError(f"pick must be 'max' or 'min', got {pick!r}")
+        raise ConfigError("pick", pick, "must be 'max' or 'min'")
 
     def measure(ev: Evidence) -> Interval:
         rows = ev.sweep(sweep)

@@ -180,13 +180,11 @@ def run_search(candidates: list[Candidate], shared: dict, root: Path, per_method
     for s in finalists:
         folder = screen_root / str(s.folder)
         path = folder / OTHELLO_SCORE
-        if path.exists():  # scored before a kill: the score is a pure function of the saved SAE
-            full = json.loads(path.read_text())
-        else:
+        if not path.exists():  # one scored before a kill is kept: the score is a pure function of the saved SAE
             if evaluators is None:
                 evaluators = Evaluators(read_saelab_record(folder).get("source"), eval_opts, say)
             evaluators.othello(load_sae(folder), folder)  # writes OTHELLO_SCORE beside the SAE
-            full = json.loads(path.read_text())
+        full = json.loads(path.read_text())
         scores[s.candidate.name] = {k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")}
     result = SearchResult(screened, scores, choose_best(screened, scores))
     atomic_write_json(root / SEARCH_FILE, result.to_record())
