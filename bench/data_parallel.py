@@ -4,7 +4,8 @@
     .venv/bin/python bench/data_parallel.py --n-latents 16384 --steps 40 --json
 
 Modes: 1 process × 1 thread, 1 process × P threads, P processes × 1 thread (torchrun, gloo) — on
-a CPU-bound box of P cores the last two are the fair comparison. Each run trains on toy data
+a CPU-bound box of P cores the last two are the fair comparison — and the latent-sharded run
+(`--shard-latents`) on 1 rank (its dense step alone) and on P ranks × 1 thread. Each run trains on toy data
 (written once under --work) and reports the tokens/s of its last `--log-every` steps, read back
 from metrics.jsonl (so start-up, the first steps' allocation and the final evaluation are excluded).
 """
@@ -29,7 +30,7 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def run(mode: str, procs: int, threads: int, args, data: Path) -> dict:
+def run(mode: str, procs: int, threads: int, args, data: Path, sharded: bool = False) -> dict:
     """Train once in `mode`; return its tokens/s over the last logged interval."""
     out = Path(args.work) / f"run-{mode}"
     train = ["train", "--activations", str(data), "--method", args.method, "--k", str(args.k), "--n-latents", str(args.n_latents),
@@ -37,6 +38,8 @@ def run(mode: str, procs: int, threads: int, args, data: Path) -> dict:
              "--out", str(out), "--overwrite", "--no-progress", "--threads", str(threads), "--eval-fraction", "0.01"]
     if args.auxk:
         train += ["--auxk", "--dead-tokens", "20000"]
+    if sharded:
+        train += ["--shard-latents"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if procs == 1:
         cmd = [str(PY), "-m", "saelab", *train]
@@ -66,15 +69,20 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=30)
     p.add_argument("--auxk", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--only", default="", help="comma-separated modes to run (default: all)")
     args = p.parse_args()
     data_dir = Path(args.work) / "toy"
     if not (data_dir / "activations.npy").exists():
         subprocess.run([str(PY), "-m", "saelab", "toy", "--out", str(data_dir), "--d", str(args.d), "--n-features", str(4 * args.d),
                         "--n-samples", str(args.rows), "--mean-active", "8"], check=True, capture_output=True)
-    modes = [("1proc-1thread", 1, 1), (f"1proc-{args.procs}threads", 1, args.procs), (f"{args.procs}procs-1thread", args.procs, 1)]
-    for mode, procs, threads in modes:
-        r = run(mode, procs, threads, args, data_dir / "activations.npy")
-        print(json.dumps(r) if args.json else f"{mode:<16} {r['tokens_per_s']:>10.0f} tokens/s  (wall {r['wall_s']} s, load {r['load_avg']:.2f})", flush=True)
+    modes = [("1proc-1thread", 1, 1, False), (f"1proc-{args.procs}threads", 1, args.procs, False), (f"{args.procs}procs-1thread", args.procs, 1, False),
+             ("1proc-1thread-sharded", 1, 1, True), (f"1proc-{args.procs}threads-sharded", 1, args.procs, True),
+             (f"{args.procs}procs-1thread-sharded", args.procs, 1, True)]
+    for mode, procs, threads, sharded in modes:
+        if args.only and mode not in args.only.split(","):
+            continue
+        r = run(mode, procs, threads, args, data_dir / "activations.npy", sharded)
+        print(json.dumps(r) if args.json else f"{mode:<28} {r['tokens_per_s']:>10.0f} tokens/s  (wall {r['wall_s']} s, load {r['load_avg']:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ one-process reference is compared with. `build_case` is shared with the test, so
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 
 from saelab import distributed
 from saelab.config import SAEConfig, TrainConfig
+from saelab.kernels import topk_encode
 from saelab.latent_sharding import (
     SHARDED_PARAMS,
     gather_sae,
@@ -26,16 +28,31 @@ from saelab.latent_sharding import (
 from saelab.sae import SparseAutoencoder
 
 METHODS = ("topk", "batchtopk")
+# The sharded step's reference path, its sparse-kernel path and that path with AuxK's code as
+# gathered rows instead of a dense block over the dead latents (which one a CPU picks depends on it).
+KERNELS = ("dense", "sparse", "sparse-rows")
+CASES = [(m, kern) for m in METHODS for kern in KERNELS]
+
+
+@contextlib.contextmanager
+def kernel_path(kernel: str):
+    """Inside: AuxK's sparse code is decoded by rows when `kernel` is sparse-rows."""
+    saved = topk_encode.AUX_BLOCK_DENSITY
+    topk_encode.AUX_BLOCK_DENSITY = 2.0 if kernel == "sparse-rows" else saved  # a density no code reaches
+    try:
+        yield
+    finally:
+        topk_encode.AUX_BLOCK_DENSITY = saved
 D_IN, N_LATENTS, K, ROWS, STEPS, LR = 16, 64, 4, 64, 3, 1e-3
 # topk also clips (to a norm below the gradient's, so the global norm is what scales it).
 GRAD_CLIP = {"topk": 0.05, "batchtopk": None}
 
 
-def build_case(method: str) -> tuple[SparseAutoencoder, TrainConfig, list[torch.Tensor], torch.Tensor]:
+def build_case(method: str, kernel: str = "dense") -> tuple[SparseAutoencoder, TrainConfig, list[torch.Tensor], torch.Tensor]:
     """(full SAE, train config, raw batches, initial since-fired counts with 20 of 64 latents dead)."""
     gen = torch.Generator().manual_seed(1)
     cfg = SAEConfig(n_latents=N_LATENTS, method=method, method_params={"k": K}, auxk=True, k_aux=8,
-                    dead_tokens=10_000, normalize="scalar", kernel="dense", lr=LR, d_in=D_IN)
+                    dead_tokens=10_000, normalize="scalar", kernel=kernel.split("-")[0], lr=LR, d_in=D_IN)
     batches = [torch.randn(ROWS, D_IN, generator=gen) * 3 + 1 for _ in range(STEPS)]
     sae = SparseAutoencoder(cfg)
     sae.initialize_from_data(torch.cat(batches), torch.Generator().manual_seed(2))
@@ -56,33 +73,35 @@ def main(out: str, folder: str) -> None:
     """Train each method's shards STEPS steps; rank 0 saves step 1's outputs, gradients and the weights; then train_sharded into `folder`."""
     world = distributed.init_from_env()
     saved = {}
-    for method in METHODS:
-        sae, train, batches, since = build_case(method)
+    for method, kernel in CASES:
+        sae, train, batches, since = build_case(method, kernel)
+        case = f"{method}-{kernel}"
         shard = split_sae(copy.deepcopy(sae), world)
         m = sharded_member(shard, train)
         m.tracker.since_fired.copy_(since[shard.lo : shard.hi])
         for step, x in enumerate(batches):
-            result = sharded_train_step(m, x, LR, train.grad_clip)
+            with kernel_path(kernel):
+                result = sharded_train_step(m, x, LR, train.grad_clip)
             if step == 0:
-                saved[f"{method}/x_hat"] = result.x_hat.detach()
+                saved[f"{case}/x_hat"] = result.x_hat.detach()
                 for name, value in result.losses.items():
-                    saved[f"{method}/loss/{name}"] = value.detach().reshape(1)
+                    saved[f"{case}/loss/{name}"] = value.detach().reshape(1)
                 for name in SHARDED_PARAMS:
                     g = getattr(shard, name).grad
-                    saved[f"{method}/grad/{name}"] = _all_gather_cat(g, dim=1 if name == "W_enc" else 0)
-                saved[f"{method}/grad/b_dec"] = shard.b_dec.grad.clone()
+                    saved[f"{case}/grad/{name}"] = _all_gather_cat(g, dim=1 if name == "W_enc" else 0)
+                saved[f"{case}/grad/b_dec"] = shard.b_dec.grad.clone()
                 # Replicated: b_dec's gradient must be bitwise the same on every rank, or the copies drift.
                 others = _all_gather_cat(shard.b_dec.grad.unsqueeze(0), dim=0)
-                saved[f"{method}/b_dec_grad_spread"] = (others - others[0]).abs().max().reshape(1)
+                saved[f"{case}/b_dec_grad_spread"] = (others - others[0]).abs().max().reshape(1)
                 full = gather_sae(shard)
                 if full is not None:
                     for k, v in full.state_dict().items():
-                        saved[f"{method}/step1/{k}"] = v.clone()
+                        saved[f"{case}/step1/{k}"] = v.clone()
         full = gather_sae(shard)
         if full is not None:
             for k, v in full.state_dict().items():
-                saved[f"{method}/final/{k}"] = v.clone()
-        saved[f"{method}/dead_since"] = _all_gather_cat(m.tracker.since_fired, dim=0)
+                saved[f"{case}/final/{k}"] = v.clone()
+        saved[f"{case}/dead_since"] = _all_gather_cat(m.tracker.since_fired, dim=0)
     if world.is_main:
         save_file({k: v.contiguous() for k, v in saved.items()}, out)
     sae, train, batches, _ = build_case("topk")

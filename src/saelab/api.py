@@ -16,7 +16,7 @@ from saelab.evals.evaluate import evaluate
 from saelab.folder import load_sae
 from saelab.io import atomic_write
 from saelab.methods import activation_class, penalty_class
-from saelab.train import Trainer
+from saelab.train import make_trainer
 
 __all__ = ["evaluate", "sparsity_warning", "train"]
 
@@ -91,5 +91,5 @@ def train(activations, method: str = "topk", k: int = DEFAULT_K, n_latents: int 
         folder = Path(out) if out is not None else Path(scratch) / "sae"
         mapping["out"] = str(folder)
         run = run_from_mapping(mapping)
-        Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+        make_trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
         return load_sae(folder)

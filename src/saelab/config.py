@@ -204,6 +204,7 @@ class TrainConfig:
     decay_fraction: float = option(0.2, "fraction of steps the decay spans")
     grad_clip: float | None = option(None, "clip the gradient norm to this value")
     lean_memory: bool = option(False, "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks (no slowdown measured at 768×65,536 on CPU); one process, no grad_clip")
+    shard_latents: bool = option(False, "split the SAE's latents over the torchrun ranks (dictionaries that do not fit one device): each rank holds n/N latents and reads every whole batch; topk or batchtopk, one SAE")
     log_every: int = option(100, "steps between metric log lines")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
@@ -247,6 +248,12 @@ class TrainConfig:
         if self.lean_memory and self.grad_clip is not None:
             raise ConfigError("grad_clip", self.grad_clip, "lean_memory steps each parameter as soon as its gradient is complete; "
                               "clipping the global norm needs every gradient at once (drop one of the two)")
+        if not isinstance(self.shard_latents, bool):
+            raise ConfigError("shard_latents", self.shard_latents, "must be true or false")
+        if self.shard_latents and self.lean_memory:
+            raise ConfigError("lean_memory", True, "steps a whole SAE inside its backward; a latent-sharded step all-reduces across ranks first (drop one of the two)")
+        if self.shard_latents and self.until_converged:
+            raise ConfigError("until_converged", True, "measures the whole SAE's held-out NMSE between steps; a latent-sharded run has no whole SAE until the end (give a fixed budget)")
         require_positive_int("log_every", self.log_every)
         _nonneg_int("checkpoint_every", self.checkpoint_every)
         require_positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)

@@ -44,6 +44,8 @@ from saelab.distributed import World
 from saelab.errors import ConfigError, DataError
 from saelab.folder import save_sae
 from saelab.init import initial_b_dec, unit_rows
+from saelab.kernels.decode import DecodeItem, decode
+from saelab.kernels.topk_encode import EncodePlan, encode
 from saelab.losses import auxk_term, squared_error
 from saelab.normalize import Normalizer
 from saelab.objective import DeadLatentTracker
@@ -52,6 +54,8 @@ from saelab.step_output import StepOutput, fired_latents, nonzero_values
 
 SHARDABLE_METHODS = ("topk", "batchtopk")
 SHARDED_PARAMS = ("W_enc", "b_enc", "W_dec")  # split by latents; every other tensor is replicated
+LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}  # the dimension each sharded tensor is split along
+INIT_BLOCK_LATENTS = 4096  # the init's unit of random draws: at most one block beyond a shard is ever drawn
 
 
 # ---- the two collectives of a step, with their backward --------------------------------------
@@ -196,16 +200,24 @@ class ShardedSAE(nn.Module):
     def initialize_from_data(self, sample: Tensor, seed: int) -> None:
         """Fit the normalizer and draw this shard's weights directly, never materializing the full dictionary.
 
-        The rows come from a generator seeded by (seed, rank): the same distribution as
-        SparseAutoencoder's init, not the same numbers (split_sae gives those).
+        Latents are drawn in blocks of INIT_BLOCK_LATENTS, block i from a generator seeded by
+        (seed, i), so latent j starts the same however many shards there are (a run on N ranks
+        equals one on 1 rank): the same distribution as SparseAutoencoder's init, not the same
+        numbers (split_sae gives those).
         """
         factor = self.normalizer.fit(sample)
         if factor is not None:
             self.cfg.normalization_factor = factor
         x_n, _ = self.normalizer.normalize(sample)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + self.world.rank)
-        self.W_dec.copy_(unit_rows(self.n_local, self.cfg.d_in, gen))
-        self.W_enc.copy_(self.W_dec.T if self.cfg.encoder_init == "decoder_transpose" else unit_rows(self.n_local, self.cfg.d_in, gen).T)
+        transpose = self.cfg.encoder_init == "decoder_transpose"
+        for first in range(self.lo - self.lo % INIT_BLOCK_LATENTS, self.hi, INIT_BLOCK_LATENTS):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + first // INIT_BLOCK_LATENTS)
+            size = min(INIT_BLOCK_LATENTS, self.cfg.n_latents - first)
+            dec = unit_rows(size, self.cfg.d_in, gen)
+            enc = dec if transpose else unit_rows(size, self.cfg.d_in, gen)
+            lo, hi = max(first, self.lo), min(first + size, self.hi)  # this block's latents that are this shard's
+            self.W_dec[lo - self.lo:hi - self.lo] = dec[lo - first:hi - first]
+            self.W_enc[:, lo - self.lo:hi - self.lo] = enc[lo - first:hi - first].T
         self.b_enc.zero_()
         self.b_dec.copy_(initial_b_dec(self.cfg.b_dec_init, x_n, self.cfg.d_in))  # the same sample on every rank: the same b_dec
 
@@ -325,20 +337,91 @@ def gather_sae(shard: ShardedSAE, dst: int = 0) -> SparseAutoencoder | None:
 
 def sharded_auxk_loss(shard: ShardedSAE, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
     """AuxK over all shards' dead latents: the global top-k_aux, reconstructed through the summed partial decodes."""
-    n_dead = dead.sum().reshape(1).long()
-    if shard.world.parallel:
-        dist.all_reduce(n_dead)  # every rank must take the same branch (the other one exchanges)
-    if int(n_dead) == 0:
+    n_dead = _global_dead_count(dead, shard.world)
+    if n_dead == 0:
         return pre.new_zeros(())
-    k = min(k_aux, int(n_dead))
+    k = min(k_aux, n_dead)
     masked = pre.masked_fill(~dead, float("-inf"))
     z_aux = torch.relu(pre) * global_topk_mask(masked, k, shard.world)
     residual = (x - x_hat).detach()
     return auxk_term(sum_over_shards(z_aux @ shard.W_dec, shard.world), residual, x)
 
 
+def uses_sparse_kernels(shard: ShardedSAE) -> bool:
+    """Whether this shard's training step runs on the sparse kernels (kernel auto or sparse; dense is the reference)."""
+    return shard.cfg.kernel != "dense"
+
+
+def _global_dead_count(dead: Tensor, world: World) -> int:
+    n_dead = dead.sum().reshape(1).long()
+    if world.parallel:
+        dist.all_reduce(n_dead)  # every rank must take the same branch (the other one exchanges)
+    return int(n_dead)
+
+
+def _won_per_row(values: Tensor, k: int, world: World) -> Tensor:
+    """Bool like `values` [B, m ≤ k]: which of this rank's per-row candidates are among each row's k largest of all ranks'."""
+    rows, m = values.shape
+    cand = torch.full((rows, k), float("-inf"), dtype=values.dtype, device=values.device)
+    cand[:, :m] = values.detach()
+    return winning_candidates(_gather_candidates(cand, world), k, world.rank)[:, :m]
+
+
+def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -> StepOutput:
+    """sharded_step on the sparse kernels: this shard's local top-k as candidates, the global winners decoded.
+
+    Each rank encodes its latents with the one-process sparse encoder (`kernels.topk_encode`):
+    its k largest per row (BatchTopK: its k·B largest of the batch), and AuxK's top-k_aux of its
+    dead latents. The losing candidates keep their place in the code with value 0 (inactive, no
+    gradient), so the one-process decoder and backward run unchanged on this shard's rows of
+    W_dec. b_dec enters the encoder through copy_to_shards: its encoder-side gradient covers this
+    shard's latents only and is summed over ranks ([d] floats, where the dense path sums [B, d]).
+    """
+    cfg, world = shard.cfg, shard.world
+    x, _ = shard.normalizer.normalize(x_raw)
+    rows, k = x.shape[0], shard.activation.params.k
+    plan = EncodePlan()
+    if cfg.method == "batchtopk":
+        plan.batch_k = k
+    else:
+        plan.k = min(k, shard.n_local)
+    n_dead = _global_dead_count(dead, world) if cfg.auxk and dead is not None else 0
+    if n_dead and bool(dead.any()):
+        plan.dead = dead.nonzero().squeeze(1).to(x.device)
+        plan.k_aux = min(cfg.k_aux, n_dead)
+    z_main, z_aux = encode(x, shard.W_enc, shard.b_enc, copy_to_shards(shard.b_dec, world), plan)
+    if cfg.method == "batchtopk":
+        threshold = global_batch_threshold(z_main, k * rows, world)
+        z = z_main if threshold is None else z_main * (z_main.detach() >= threshold)
+    else:
+        z = z_main * _won_per_row(z_main.view(rows, -1), k, world).view_as(z_main)
+    items, values = [DecodeItem(plan.main)], [z]
+    if n_dead:
+        k_aux = min(cfg.k_aux, n_dead)
+        if plan.aux is not None:
+            z_aux = z_aux * _won_per_row(z_aux.view(rows, -1), k_aux, world).view_as(z_aux)
+            block = plan.dead if plan.aux_block else None
+            items.append(DecodeItem(plan.aux, block, plan.aux_local if block is not None else None))
+            values.append(z_aux)
+        else:  # no dead latent here: this rank still offers (no) candidates to the others' selection
+            _won_per_row(x.new_empty(rows, 0), k_aux, world)
+    decoded = decode(shard.W_dec, items, values, plan)
+    x_hat = sum_over_shards(decoded[0], world) + shard.b_dec
+    losses = {"mse": squared_error(x_hat, x)}
+    if cfg.auxk and dead is not None:
+        if n_dead:
+            aux_partial = decoded[1] if len(decoded) > 1 else x.new_zeros(x.shape)
+            residual = (x - x_hat).detach()
+            losses["auxk"] = cfg.aux_coef * auxk_term(sum_over_shards(aux_partial, world), residual, x)
+        else:
+            losses["auxk"] = cfg.aux_coef * x.new_zeros(())
+    return StepOutput(losses=losses, x=x, pre=None, z=plan.main.with_values(z), x_hat=x_hat)
+
+
 def sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -> StepOutput:
     """Every loss term of a raw batch, equal on every rank; `pre` and `z` are this shard's [B, n/N]."""
+    if uses_sparse_kernels(shard):
+        return sparse_sharded_step(shard, x_raw, dead)
     cfg = shard.cfg
     x, _ = shard.normalizer.normalize(x_raw)
     pre = shard.pre_activations(x)

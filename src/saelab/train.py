@@ -241,11 +241,7 @@ class Trainer:
         self.run = run.validate()
         # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
         self.world = world if world is not None else distributed.init_from_env()
-        self.world.check_batch(run.train.batch_size)
-        if run.train.lean_memory and self.world.parallel:
-            # Its hooks step each parameter mid-backward, before any all-reduce of the gradients could run.
-            raise ConfigError("lean_memory", True, f"trains in one process; this run has {self.world.size} ranks (drop --lean-memory, "
-                              "or shard the latents: saelab.latent_sharding)")
+        self._check_world(run)
         # A bar redrawn with \r fills a log file or a pipe with fragments: draw it on a terminal only.
         self.progress = progress and self.world.is_main and sys.stderr.isatty()
         t = run.train
@@ -271,6 +267,21 @@ class Trainer:
         self.total_steps = self._budget()
         self.out = Path(t.out)
         self.source = read_source_info(t.activations)
+
+    def _check_world(self, run: RunConfig) -> None:
+        """Refuse what this trainer cannot do with these ranks (data-parallel: every rank an equal slice of each batch)."""
+        if run.train.shard_latents:
+            raise ConfigError("shard_latents", True, "needs the latent-sharded trainer (saelab train, saelab.train.make_trainer), "
+                              "which trains one SAE; sweeps do not shard latents")
+        self.world.check_batch(run.train.batch_size)
+        if run.train.lean_memory and self.world.parallel:
+            # Its hooks step each parameter mid-backward, before any all-reduce of the gradients could run.
+            raise ConfigError("lean_memory", True, f"trains in one process; this run has {self.world.size} ranks (drop --lean-memory, "
+                              "or shard the latents: --shard-latents)")
+
+    def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch (data-parallel: its slice of the rows)."""
+        return self.world.shard(x)
 
     def _budget(self) -> int:
         t = self.run.train
@@ -354,21 +365,26 @@ class Trainer:
             self._write_checkpoint(members, step)
         self.world.barrier()
 
-    def _write_checkpoint(self, members: list[Member], step: int) -> None:
+    def _write_checkpoint(self, members: list[Member], step: int, **extra) -> None:
         state = {
             "step": step,
             "run": self.run.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "members": [
-                {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict(), "cfg": m.cfg.to_dict(),
-                 "control": m.control.state_dict() if m.control is not None else None,
-                 "convergence": m.convergence.state_dict() if m.convergence is not None else None}
-                for m in members
-            ],
+            "members": [{**self._member_tensors(m),
+                         "cfg": m.cfg.to_dict(),
+                         "control": m.control.state_dict() if m.control is not None else None,
+                         "convergence": m.convergence.state_dict() if m.convergence is not None else None}
+                        for m in members],
             "data": self._fingerprints(),
+            **extra,
         }
         save_checkpoint(self.out / CHECKPOINT, state)
         self._checkpointed = True
+
+    @staticmethod
+    def _member_tensors(m: Member) -> dict:
+        """What the checkpoint file holds of one SAE's trained state (weights, Adam, dead-latent counters)."""
+        return {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict()}
 
     def _load_checkpoint(self, members: list[Member]) -> int:
         path = self.out / CHECKPOINT
@@ -381,6 +397,30 @@ class Trainer:
             raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
 
     def _restore(self, state: dict, members: list[Member]) -> int:
+        step = self._check_saved_run(state, members)
+        for i, (m, saved) in enumerate(zip(members, state["members"])):
+            if m.control is not None and saved.get("control") is not None:
+                m.control.load_state_dict(m.sae, saved["control"])  # the coefficient it had reached is part of the config
+            if m.convergence is not None and saved.get("convergence") is not None:
+                m.convergence.load_state_dict(saved["convergence"])
+            saved_cfg = SAEConfig.from_dict(saved["cfg"])
+            m.cfg.normalization_factor = saved_cfg.normalization_factor
+            if saved_cfg.to_dict() != m.cfg.to_dict():
+                raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
+            self._load_member_tensors(m, saved, state, i)
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return step
+
+    def _load_member_tensors(self, m: Member, saved: dict, state: dict, index: int) -> None:
+        """Load the trained state _member_tensors wrote (`state` is the whole checkpoint, `index` the SAE's place)."""
+        m.sae.load_state_dict(saved["model"])
+        m.optimizer.load_state_dict(saved["optimizer"])
+        m.tracker.load_state_dict(saved["tracker"])
+
+    def _check_saved_run(self, state: dict, members: list[Member]) -> int:
+        """The checkpoint's step, after checking it holds this run (config, data, budget, number of SAEs)."""
         saved_run = RunConfig.from_dict(state["run"])
         mine, theirs = self.run.to_dict(), saved_run.to_dict()
         for key in mine["train"]:
@@ -399,21 +439,6 @@ class Trainer:
                               "ask for at least as many (or start a new run)")
         if len(members) != len(state["members"]):
             raise ConfigError("sae", len(members), f"the checkpoint holds {len(state['members'])} SAEs")
-        for m, saved in zip(members, state["members"]):
-            if m.control is not None and saved.get("control") is not None:
-                m.control.load_state_dict(m.sae, saved["control"])  # the coefficient it had reached is part of the config
-            if m.convergence is not None and saved.get("convergence") is not None:
-                m.convergence.load_state_dict(saved["convergence"])
-            saved_cfg = SAEConfig.from_dict(saved["cfg"])
-            m.cfg.normalization_factor = saved_cfg.normalization_factor
-            if saved_cfg.to_dict() != m.cfg.to_dict():
-                raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
-            m.sae.load_state_dict(saved["model"])
-            m.optimizer.load_state_dict(saved["optimizer"])
-            m.tracker.load_state_dict(saved["tracker"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
         return step
 
     @staticmethod
@@ -540,7 +565,7 @@ class Trainer:
         try:
             for step in range(start, end):
                 before = time.perf_counter()
-                x = self.world.shard(torch.from_numpy(batches.get(step))).to(t.device)
+                x = self._local_batch(torch.from_numpy(batches.get(step))).to(t.device)
                 began = time.perf_counter()
                 results = [self._train_step(m, x, step) for m in members]
                 devices.synchronize(t.device)  # queued device work belongs to the step it was queued by
@@ -582,8 +607,16 @@ class Trainer:
         if stop:  # the run is what was trained: its checkpoint, saelab.json and a resume all end here
             self.total_steps = max(m.convergence.converged_at for m in members) // t.batch_size
         self._save_checkpoint(members, self.total_steps)
+        return self._complete(members)
+
+    def _complete(self, members: list[Member]) -> list[Member]:
+        """Evaluate and write each SAE's folder (rank 0); the members, as the caller sees them."""
         self.world.on_main(lambda: self._finish(members))
         return members
+
+    def _folder_extra(self) -> dict:
+        """Keys this trainer adds to each saelab.json."""
+        return {}
 
     def _open_loggers(self, members: list[Member]) -> RunLoggers:
         """--log: one experiment-logger run per SAE, grouped by the run folder, its config logged once (rank 0 only)."""
@@ -624,6 +657,7 @@ class Trainer:
                 "split": {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations},
                 "source": self.source,
                 "eval": result.to_dict(),
+                **self._folder_extra(),
             }
             if m.control is not None:
                 extra["target_l0"] = m.control.record()
@@ -636,7 +670,16 @@ class Trainer:
             atomic_write_json(m.out / "eval.json", result.to_dict())
 
 
+def make_trainer(run: RunConfig, progress: bool = True, world: distributed.World | None = None) -> Trainer:
+    """The trainer `run` asks for: latent-sharded (train.shard_latents) or one process / data-parallel."""
+    if run.train.shard_latents:
+        from saelab.sharded_training import ShardedTrainer  # it builds on this module
+
+        return ShardedTrainer(run, progress=progress, world=world)
+    return Trainer(run, progress=progress, world=world)
+
+
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
-    """Train every SAE of `run`; see Trainer."""
-    return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+    """Train every SAE of `run`; see Trainer and make_trainer."""
+    return make_trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
 

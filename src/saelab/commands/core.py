@@ -20,7 +20,7 @@ from saelab.folder import load_sae
 from saelab.evals.reconstruction import EPS_L0
 from saelab.io import dumps_json
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
-from saelab.train import Trainer
+from saelab.train import make_trainer
 
 # Options of `saelab train` that are not config fields.
 COMMAND_OPTIONS = ("func", "command", "config", "resume", "overwrite", "no_progress", "threads")
@@ -186,7 +186,7 @@ def cmd_train(args) -> int:
     """Train and report where the SAEs were written."""
 
     run = run_config_from_args(args)
-    trainer = Trainer(run, progress=not args.no_progress)
+    trainer = make_trainer(run, progress=not args.no_progress)
     # Warned once the data has been read and checked, so a run that fails on its input says one line only.
     for cfg in run.saes:
         message = sparsity_warning(cfg.method, cfg.penalty, cfg.target_l0)

@@ -1,0 +1,184 @@
+"""The trainer of latent-sharded SAEs: `torchrun --nproc-per-node N -m saelab train --shard-latents …`.
+
+It is the Trainer (the same stream, schedule, logs, signals, checkpoints, resume and final
+evaluation) with four things changed:
+
+- every rank reads each whole batch (no slicing by rows) and holds n/N latents of the one SAE
+  (`latent_sharding.ShardedSAE`, initialized shard by shard, so no rank ever holds the whole
+  dictionary until the end);
+- a step is `latent_sharding.sharded_train_step`; logged L0 and dead fraction are summed over the
+  shards' latents (the loss terms and NMSE are the same on every rank already);
+- a checkpoint is one file per rank under `checkpoint.shards/<tag>/` plus rank 0's
+  `checkpoint.safetensors`, which names the tag. The tag is new at every checkpoint and the old
+  tag's folder goes only after the new `checkpoint.safetensors` is on disk, so a kill at any point
+  leaves a complete set. Resume re-slices the saved shards, so it works with any number of ranks
+  that divides n (latent j's weights, Adam moments and dead counter move with it);
+- at the end rank 0 gathers the shards into a normal SparseAutoencoder, evaluates it and writes
+  the folder (`latent_shards` in saelab.json says how it was trained).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import shutil
+import zlib
+
+import torch
+
+from saelab import distributed
+from saelab.config import RunConfig
+from saelab.errors import ConfigError, DataError
+from saelab.checkpoint import load_checkpoint, save_checkpoint
+from saelab.latent_sharding import (
+    LATENT_DIM,
+    ShardedMember,
+    ShardedSAE,
+    check_shardable,
+    gather_sae,
+    sharded_member,
+    sharded_train_step,
+)
+from saelab.schedule import lr_factor
+from saelab.train import Member, Trainer
+
+SHARD_DIR = "checkpoint.shards"
+
+
+def shard_file(rank: int, size: int) -> str:
+    """The file name of rank `rank`'s part of a checkpoint written by `size` ranks."""
+    return f"rank{rank}-of-{size}.safetensors"
+
+
+def _latent_slice(parts: list[dict], key, name: str, first: int, lo: int, hi: int) -> torch.Tensor:
+    """Latents [lo, hi) of a tensor whose consecutive saved shards are `parts` (the first starting at latent `first`)."""
+    dim = LATENT_DIM.get(name, 0)
+    whole = torch.cat([key(p) for p in parts], dim=dim)
+    return whole.narrow(dim, lo - first, hi - lo).clone()
+
+
+class ShardedTrainer(Trainer):
+    """Trains one SAE whose latents are split over the torchrun ranks; see the module docstring."""
+
+    def _check_world(self, run: RunConfig) -> None:
+        if len(run.saes) != 1:
+            raise ConfigError("sae", len(run.saes), "a latent-sharded run trains one SAE (train several one after another, or drop --shard-latents)")
+        cfg = run.saes[0]
+        check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), self.world)  # method, penalty, n a multiple of N
+        if run.train.dtype != "float32":
+            raise ConfigError("dtype", run.train.dtype, "latent-sharded steps run in float32")
+
+    def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # every shard encodes every row
+
+    def _build_members(self) -> list[Member]:
+        t = self.run.train
+        cfg = self.run.saes[0]
+        if cfg.d_in is not None and cfg.d_in != self.store.d_in:
+            raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
+        cfg.d_in = self.store.d_in
+        shard = ShardedSAE(cfg, self.world)  # holds cfg itself: the normalizer's fitted factor lands in it
+        shard.initialize_from_data(self._init_sample(), zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode()))
+        shard.to(t.device).train()
+        sm = sharded_member(shard, t)
+        return [Member(cfg, shard, sm.optimizer, sm.tracker, self._member_dirs()[0], cfg.effective_lr)]
+
+    def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
+        t = self.run.train
+        lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
+        out = sharded_train_step(ShardedMember(m.sae, m.optimizer, m.tracker), x, lr, t.grad_clip)
+        return {"out": out, "lr": lr}
+
+    def _global_record(self, record: dict) -> dict:
+        """L0 is the sum of the shards' (each counted its own latents); the dead fraction their mean (equal shards)."""
+        if not self.world.parallel:
+            return record
+        with distributed.global_batch(self.world):
+            l0, l0_eps, dead = distributed.rank_mean([record["l0"], record["l0_eps"], record["dead_fraction"]])
+        return {**record, "l0": l0 * self.world.size, "l0_eps": l0_eps * self.world.size, "dead_fraction": dead}
+
+    # ---- checkpoints: one file per rank, named by rank 0's checkpoint -------------------------
+    def _save_checkpoint(self, members: list[Member], step: int) -> None:
+        world = self.world
+        tag = world.on_main(lambda: f"step{step}-{secrets.token_hex(4)}")
+        folder = self.out / SHARD_DIR / tag
+        failure = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(folder / shard_file(world.rank, world.size), self._shard_state(members[0], step))
+        except OSError as e:
+            failure = f"{e.filename or folder}: {e.strerror or e}"
+        if world.any_flag(failure is not None):  # no rank goes on, and rank 0 names nothing, unless every shard is on disk
+            raise DataError(failure or f"{folder}: another rank could not write its shard of the checkpoint")
+
+        def commit() -> None:
+            self._write_checkpoint(members, step, latent_shards={"ranks": world.size, "tag": tag})
+            for old in (self.out / SHARD_DIR).iterdir():
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+
+        world.on_main(commit)
+
+    @staticmethod
+    def _member_tensors(m: Member) -> dict:
+        return {}  # rank 0's file holds the run; each rank's shard file holds its tensors
+
+    @staticmethod
+    def _shard_state(m: Member, step: int) -> dict:
+        shard: ShardedSAE = m.sae
+        names = [name for name, _ in shard.named_parameters()]
+        opt = m.optimizer.state_dict()
+        adam = {names[i]: state for i, state in opt["state"].items()}
+        return {"step": step, "lo": shard.lo, "hi": shard.hi, "model": shard.state_dict(), "adam": adam,
+                "param_groups": opt["param_groups"], "tracker": m.tracker.state_dict()}
+
+    def _load_member_tensors(self, m: Member, saved: dict, state: dict, index: int) -> None:
+        info = state.get("latent_shards")
+        if not isinstance(info, dict):
+            raise DataError(f"{self.out}: the checkpoint holds an unsharded run; resume it without --shard-latents")
+        saved_ranks, folder = int(info["ranks"]), self.out / SHARD_DIR / str(info["tag"])
+        shard: ShardedSAE = m.sae
+        per = m.cfg.n_latents // saved_ranks
+        ranks = range(shard.lo // per, (shard.hi - 1) // per + 1)  # the saved shards that hold this rank's latents
+        parts = []
+        for r in ranks:
+            part = load_checkpoint(folder / shard_file(r, saved_ranks))
+            if (part.get("lo"), part.get("hi"), part.get("step")) != (r * per, (r + 1) * per, state["step"]):
+                raise DataError(f"{folder / shard_file(r, saved_ranks)}: holds latents [{part.get('lo')}, {part.get('hi')}) at step "
+                                f"{part.get('step')}, not [{r * per}, {(r + 1) * per}) at step {state['step']}")
+            parts.append(part)
+        first = ranks[0] * per
+
+        def cut(key, name: str) -> torch.Tensor:
+            return _latent_slice(parts, key, name, first, shard.lo, shard.hi)
+
+        model = dict(parts[0]["model"])  # the replicated tensors: the same in every part
+        for name in LATENT_DIM:
+            model[name] = cut(lambda p, name=name: p["model"][name], name)
+        shard.load_state_dict(model)
+        names = [name for name, _ in shard.named_parameters()]
+        adam = {}
+        for i, name in enumerate(names):
+            if name not in parts[0]["adam"]:
+                continue  # never stepped (a step-0 checkpoint)
+            entry = dict(parts[0]["adam"][name])
+            if name in LATENT_DIM:
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    entry[moment] = cut(lambda p, name=name, moment=moment: p["adam"][name][moment], name)
+            adam[i] = entry
+        m.optimizer.load_state_dict({"state": adam, "param_groups": parts[0]["param_groups"]})
+        since = cut(lambda p: p["tracker"]["since_fired"], "since_fired")
+        m.tracker.load_state_dict({**parts[0]["tracker"], "since_fired": since})
+
+    # ---- the end: one normal folder, from rank 0 -----------------------------------------------
+    def _complete(self, members: list[Member]) -> list[Member]:
+        full = gather_sae(members[0].sae)  # every rank sends; rank 0 receives the whole SAE on the CPU
+        whole = [dataclasses.replace(members[0], sae=full)] if full is not None else members
+        self.world.on_main(lambda: self._finish(whole))
+        return whole
+
+    def _folder_extra(self) -> dict:
+        return {"latent_shards": self.world.size}
+
+
+__all__ = ["ShardedTrainer", "SHARD_DIR", "shard_file"]
