@@ -3,7 +3,9 @@
 The init draws latents in blocks (not per rank), so a run on N ranks starts from the weights of a
 run on 1 rank; they then differ only by float rounding of the split sums (the same 1e-5 bound as
 tests/test_distributed.py, measured here ≈ 4e-7). A checkpoint written by 2 ranks resumes on 1 and
-one written by 1 resumes on 2, re-slicing weights, Adam moments and dead-latent counters.
+one written by 1 resumes on 2, re-slicing weights, Adam moments and dead-latent counters. On a
+grid of 4 ranks (2 data-parallel replicas × 2 latent shards) BatchTopK with AuxK — whose threshold
+spans every row and latent of the global batch — trains the 1-rank weights too (measured 5.1e-7).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ FLAGS = ["--method", "topk", "--k", "4", "--auxk", "--k-aux", "16", "--dead-toke
          "--batch-size", "256", "--log-every", "50", "--grad-clip", "5", "--no-progress", "--shard-latents"]
 
 
-def _run(toy_dir: Path, out: Path, steps: int, resume: bool = False) -> RunConfig:
+def _run(toy_dir: Path, out: Path, steps: int, resume: bool = False, method: str = "topk") -> RunConfig:
     train = TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(out), steps=steps, batch_size=256, log_every=50,
                         grad_clip=5.0, shard_latents=True)
-    sae = SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, auxk=True, k_aux=16, dead_tokens=256)
+    sae = SAEConfig(n_latents=64, method=method, method_params={"k": 4}, auxk=True, k_aux=16, dead_tokens=256)
     run = RunConfig(train, [sae])
     make_trainer(run, progress=False).fit(resume=resume)
     return run
@@ -38,6 +40,10 @@ def _run(toy_dir: Path, out: Path, steps: int, resume: bool = False) -> RunConfi
 
 def _cli(toy_dir: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["train", "--activations", str(toy_dir / "activations.npy"), *FLAGS, "--steps", str(steps), "--out", str(out), *extra]
+
+
+def _metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def _max_rel_diff(a: Path, b: Path) -> float:
@@ -90,6 +96,48 @@ def test_resume_reslices_for_another_number_of_ranks(runs, resumed):
     assert _max_rel_diff(tmp / resumed, tmp / "one250") <= TOLERANCE
     steps = [json.loads(line)["step"] for line in (tmp / resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [50, 100, 150, 200, 250]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, toy_dir):
+    """BatchTopK on 4 ranks as 2 replicas × 2 latent shards for 200 steps, resumed on 1 rank to 250; the 1-rank runs."""
+    tmp = tmp_path_factory.mktemp("grid")
+    cli = _cli(toy_dir, tmp / "grid", 200, "--latent-shards", "2")
+    cli[cli.index("topk")] = "batchtopk"
+    done = _torchrun(cli, nproc=4)
+    _run(toy_dir, tmp / "one200", 200, method="batchtopk")
+    _run(toy_dir, tmp / "one250", 250, method="batchtopk")
+    shutil.copytree(tmp / "grid", tmp / "grid-then-one")
+    _run(toy_dir, tmp / "grid-then-one", 250, resume=True, method="batchtopk")
+    return {"tmp": tmp, "done": done}
+
+
+def test_a_grid_of_replicas_and_shards_trains_the_one_rank_weights(grid):
+    tmp = grid["tmp"]
+    assert _max_rel_diff(tmp / "grid", tmp / "one200") <= TOLERANCE
+    saved = json.loads((tmp / "grid" / "saelab.json").read_text())
+    assert (saved["latent_shards"], saved["data_replicas"]) == (2, 2)
+    logged, one = _metrics(tmp / "grid"), _metrics(tmp / "one200")
+    assert [r["step"] for r in logged] == [50, 100, 150, 200]
+    assert any(r["auxk"] > 0 for r in logged)
+    for a, b in zip(logged, one):  # L0 summed over a replica's shards, averaged over replicas: the 1-rank L0
+        assert a["l0"] == pytest.approx(b["l0"], rel=1e-4) and a["dead_fraction"] == b["dead_fraction"]
+    (tag,) = list((tmp / "grid" / SHARD_DIR).iterdir())  # one file per shard, not per rank
+    assert sorted(p.name for p in tag.iterdir()) == [shard_file(0, 2), shard_file(1, 2)]
+    assert _max_rel_diff(tmp / "grid-then-one", tmp / "one250") <= TOLERANCE
+    assert grid["done"].stdout.count("batchtopk-k4: L0") == 1
+
+
+def test_latent_shards_must_divide_the_ranks_and_the_replicas_the_batch(toy_dir):
+    run = _sharded_run(toy_dir)
+    run.train.latent_shards = 3
+    with pytest.raises(ConfigError, match="latent_shards"):
+        ShardedTrainer(run, progress=False, world=World(rank=0, size=4))
+    run.train.latent_shards, run.train.batch_size = 1, 4098
+    with pytest.raises(ConfigError, match="batch_size"):
+        ShardedTrainer(run, progress=False, world=World(rank=0, size=4))
+    with pytest.raises(ConfigError, match="shard_latents"):
+        TrainConfig(activations="x.npy", out="o", steps=1, latent_shards=2).validate()
 
 
 def test_missing_shard_file_is_a_clear_error(runs, toy_dir):

@@ -205,6 +205,7 @@ class TrainConfig:
     grad_clip: float | None = option(None, "clip the gradient norm to this value")
     lean_memory: bool = option(False, "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks (no slowdown measured at 768×65,536 on CPU); one process, no grad_clip")
     shard_latents: bool = option(False, "split the SAE's latents over the torchrun ranks (dictionaries that do not fit one device): each rank holds n/N latents and reads every whole batch; topk or batchtopk, one SAE")
+    latent_shards: int = option(0, "shard_latents on a grid: ranks per latent group (each holds n/latent_shards latents); the world size / latent_shards groups are data-parallel replicas, each on its slice of every batch (0: one group of all ranks)")
     log_every: int = option(100, "steps between metric log lines")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
@@ -250,6 +251,9 @@ class TrainConfig:
                               "clipping the global norm needs every gradient at once (drop one of the two)")
         if not isinstance(self.shard_latents, bool):
             raise ConfigError("shard_latents", self.shard_latents, "must be true or false")
+        _nonneg_int("latent_shards", self.latent_shards)
+        if self.latent_shards and not self.shard_latents:
+            raise ConfigError("latent_shards", self.latent_shards, "sets the latent groups of a latent-sharded run; add shard_latents (--shard-latents)")
         if self.shard_latents and self.lean_memory:
             raise ConfigError("lean_memory", True, "steps a whole SAE inside its backward; a latent-sharded step all-reduces across ranks first (drop one of the two)")
         if self.shard_latents and self.until_converged:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -35,6 +35,14 @@ class World:
 
     rank: int = 0
     size: int = 1
+    # A subset of the processes (latent sharding on a grid): its process group and the members'
+    # global ranks, in group-rank order. None: the default group, whose ranks are the global ones.
+    group: object | None = field(default=None, compare=False, repr=False)
+    members: tuple[int, ...] | None = None
+
+    def global_rank(self, rank: int) -> int:
+        """The global rank of this world's rank `rank`."""
+        return rank if self.members is None else self.members[rank]
 
     @property
     def is_main(self) -> bool:
@@ -61,7 +69,7 @@ class World:
     def barrier(self) -> None:
         """Wait for every rank (no-op in one process)."""
         if self.parallel:
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def wait_for_all(self, timeout: timedelta = timedelta(days=7)) -> None:
         """Wait up to `timeout` for every rank: for ranks that finish uneven shares of work far apart.
@@ -73,16 +81,16 @@ class World:
         if not self.parallel:
             return
         if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            dist.monitored_barrier(group=self.group, timeout=timeout, wait_all_ranks=True)
         else:
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def any_flag(self, flag: bool) -> bool:
         """True on every rank if it is True on any rank (e.g. a stop signal one rank received)."""
         if not self.parallel:
             return flag
         t = torch.tensor([int(flag)], dtype=torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return bool(t.item())
 
     def all_gather(self, obj) -> list:
@@ -90,7 +98,7 @@ class World:
         if not self.parallel:
             return [obj]
         out = [None] * self.size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def on_main(self, fn):
@@ -108,7 +116,7 @@ class World:
             except BaseException as e:  # noqa: BLE001 — re-raised below after the others are told
                 exc, error = e, f"{type(e).__name__}: {e}"
         box = [result, error]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=self.global_rank(0), group=self.group)
         if exc is not None:
             raise exc
         if box[1] is not None:
@@ -139,6 +147,29 @@ def current() -> World:
     return _world
 
 
+def grid(world: World, latent_shards: int) -> tuple[World, World]:
+    """(latent world, data world) of this rank on a grid of world.size / latent_shards replicas × latent_shards shards.
+
+    Global rank g is shard g mod G of replica g // G: a latent group is G consecutive ranks (put
+    them on one node, where the per-step exchanges are), a data group the ranks holding the same
+    shard in every replica. Every rank creates every group, in the same order, as torch requires.
+    """
+    if latent_shards < 1 or world.size % latent_shards:
+        raise ConfigError("latent_shards", latent_shards, f"must divide the {world.size} processes (replicas × shards)")
+    replicas = world.size // latent_shards
+    if replicas == 1:
+        return world, World()
+    if latent_shards == 1:
+        return World(), world
+    latent_groups = [tuple(range(r * latent_shards, (r + 1) * latent_shards)) for r in range(replicas)]
+    data_groups = [tuple(range(s, world.size, latent_shards)) for s in range(latent_shards)]
+    made = {ranks: dist.new_group(list(ranks)) for ranks in latent_groups + data_groups}
+    replica, shard = divmod(world.rank, latent_shards)
+    latent = World(rank=shard, size=latent_shards, group=made[latent_groups[replica]], members=latent_groups[replica])
+    data = World(rank=replica, size=replicas, group=made[data_groups[shard]], members=data_groups[shard])
+    return latent, data
+
+
 def shutdown() -> None:
     """Leave the process group (after training), so the process exits without gloo's warnings."""
     global _world
@@ -160,7 +191,7 @@ def global_batch(world: World):
 
 
 def _reduce(t: Tensor, op=None) -> Tensor:
-    dist.all_reduce(t, op=op if op is not None else dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op if op is not None else dist.ReduceOp.SUM, group=_active.group)
     return t
 
 
@@ -235,6 +266,6 @@ def kth_largest(values: Tensor, k: int) -> Tensor | None:
     if m:
         top[:m] = torch.topk(values, m, sorted=False).values
     parts = [torch.empty_like(top) for _ in range(_active.size)]
-    dist.all_gather(parts, top)
+    dist.all_gather(parts, top, group=_active.group)
     kth = torch.topk(torch.cat(parts), k, sorted=False).values.min()
     return kth if torch.isfinite(kth) else None

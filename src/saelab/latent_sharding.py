@@ -64,38 +64,39 @@ class _CopyToShards(torch.autograd.Function):
     """Identity forward; backward sums the gradient over ranks (each rank's covers only its own latents)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 class _SumOverShards(torch.autograd.Function):
     """Forward sums the ranks' partial decodes; backward passes dL/dx̂ through (the loss is the same on every rank)."""
 
     @staticmethod
-    def forward(ctx, partial: Tensor) -> Tensor:
+    def forward(ctx, partial: Tensor, group) -> Tensor:
         total = partial.contiguous().clone()
-        dist.all_reduce(total)
+        dist.all_reduce(total, group=group)
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
 def copy_to_shards(x: Tensor, world: World) -> Tensor:
     """x, whose gradient will be summed over the latent shards."""
-    return _CopyToShards.apply(x) if world.parallel else x
+    return _CopyToShards.apply(x, world.group) if world.parallel else x
 
 
 def sum_over_shards(partial: Tensor, world: World) -> Tensor:
     """Σ over ranks of `partial`, with the gradient of a loss replicated on every rank."""
-    return _SumOverShards.apply(partial) if world.parallel else partial
+    return _SumOverShards.apply(partial, world.group) if world.parallel else partial
 
 
 # ---- global selection -------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def _gather_candidates(cand: Tensor, world: World) -> Tensor:
     if not world.parallel:
         return cand.unsqueeze(0)
     parts = [torch.empty_like(cand) for _ in range(world.size)]
-    dist.all_gather(parts, cand.contiguous())
+    dist.all_gather(parts, cand.contiguous(), group=world.group)
     return torch.stack(parts)
 
 
@@ -175,11 +176,13 @@ class ShardedSAE(nn.Module):
     are [lo, hi) of the full SAE's. `reconstruct` returns the full x̂ and this shard's code.
     """
 
-    def __init__(self, cfg: SAEConfig, world: World):
+    def __init__(self, cfg: SAEConfig, world: World, data: World | None = None):
         super().__init__()
         cfg.validate()
         check_shardable(cfg, world)
-        self.cfg, self.world = cfg, world
+        # world: the ranks that split the latents (the same rows); data: the replicas of this shard
+        # that train on the other slices of each batch (a 2-D grid; one process when not).
+        self.cfg, self.world, self.data = cfg, world, data if data is not None else World()
         n_local = cfg.n_latents // world.size
         self.lo, self.hi = world.rank * n_local, (world.rank + 1) * n_local
         d = cfg.d_in
@@ -190,6 +193,20 @@ class ShardedSAE(nn.Module):
         act_cls, act_params = cfg.activation_spec()
         self.activation = act_cls(act_params, cfg.n_latents)  # holds k and BatchTopK's replicated threshold
         self.normalizer = Normalizer(cfg.normalize, cfg.normalization_factor)
+
+    @property
+    def everyone(self) -> World:
+        """All ranks of the grid, for what spans both latents and rows (BatchTopK's batch-wide selection)."""
+        if not self.data.parallel:
+            return self.world
+        if not self.world.parallel:
+            return self.data
+        return World(rank=dist.get_rank(), size=dist.get_world_size())
+
+    @property
+    def rows_factor(self) -> int:
+        """Global batch rows per rows in hand (the number of data replicas)."""
+        return self.data.size
 
     @property
     def n_local(self) -> int:
@@ -231,7 +248,7 @@ class ShardedSAE(nn.Module):
         acts = torch.relu(pre)
         if self.cfg.method == "batchtopk":
             if self.training:
-                threshold = global_batch_threshold(acts, k * pre.shape[0], self.world)
+                threshold = global_batch_threshold(acts, k * pre.shape[0] * self.rows_factor, self.everyone)
                 return acts if threshold is None else acts * (acts >= threshold)
             if self.activation.threshold.item() >= 0:
                 return acts * (acts > self.activation.threshold)  # per latent: no exchange at inference
@@ -258,7 +275,7 @@ class ShardedSAE(nn.Module):
         """Update the method's replicated statistics from this shard's non-zero code values."""
         # BatchTopK folds in the minimum over ranks of the smallest kept value; inside
         # global_batch its batch_min is exactly that minimum, so every rank keeps one threshold.
-        with distributed.global_batch(self.world):
+        with distributed.global_batch(self.everyone):
             self.activation.observe(values)
 
     # Both are row-wise, so a shard's rows are treated exactly as in the full SAE.
@@ -269,9 +286,9 @@ class ShardedSAE(nn.Module):
 # ---- split and gather ---------------------------------------------------------------------------
 
 @torch.no_grad()
-def split_sae(sae: SparseAutoencoder, world: World) -> ShardedSAE:
+def split_sae(sae: SparseAutoencoder, world: World, data: World | None = None) -> ShardedSAE:
     """Rank `world.rank`'s shard of a full SAE (local slicing: no process group needed)."""
-    shard = ShardedSAE(copy.deepcopy(sae.cfg), world)
+    shard = ShardedSAE(copy.deepcopy(sae.cfg), world, data)
     lo, hi = shard.lo, shard.hi
     shard.W_enc.copy_(sae.W_enc[:, lo:hi])
     shard.b_enc.copy_(sae.b_enc[lo:hi])
@@ -316,7 +333,7 @@ def gather_sae(shard: ShardedSAE, dst: int = 0) -> SparseAutoencoder | None:
     for name in SHARDED_PARAMS:
         local = getattr(shard, name).detach().contiguous()
         if world.rank != dst:
-            dist.send(local, dst=dst)
+            dist.send(local, dst=world.global_rank(dst))
             continue
         # One shard at a time through one buffer on the shard's device (NCCL needs it there), so
         # rank dst's device never holds more than its own shard twice; the whole lands on the CPU.
@@ -325,7 +342,7 @@ def gather_sae(shard: ShardedSAE, dst: int = 0) -> SparseAutoencoder | None:
             if r == dst:
                 bucket.append(local.cpu())
             else:
-                dist.recv(buffer, src=r)
+                dist.recv(buffer, src=world.global_rank(r))
                 bucket.append(buffer.to("cpu", copy=True))  # a copy: the next recv overwrites the buffer
         parts.append(bucket)
     if world.rank != dst:
@@ -355,7 +372,7 @@ def uses_sparse_kernels(shard: ShardedSAE) -> bool:
 def _global_dead_count(dead: Tensor, world: World) -> int:
     n_dead = dead.sum().reshape(1).long()
     if world.parallel:
-        dist.all_reduce(n_dead)  # every rank must take the same branch (the other one exchanges)
+        dist.all_reduce(n_dead, group=world.group)  # every rank must take the same branch (the other one exchanges)
     return int(n_dead)
 
 
@@ -391,7 +408,7 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
         plan.k_aux = min(cfg.k_aux, n_dead)
     z_main, z_aux = encode(x, shard.W_enc, shard.b_enc, copy_to_shards(shard.b_dec, world), plan)
     if cfg.method == "batchtopk":
-        threshold = global_batch_threshold(z_main, k * rows, world)
+        threshold = global_batch_threshold(z_main, k * rows * shard.rows_factor, shard.everyone)
         z = z_main if threshold is None else z_main * (z_main.detach() >= threshold)
     else:
         z = z_main * _won_per_row(z_main.view(rows, -1), k, world).view_as(z_main)
@@ -453,7 +470,7 @@ def clip_sharded_grad_norm(shard: ShardedSAE, max_norm: float) -> Tensor:
     grads = [getattr(shard, n).grad for n in SHARDED_PARAMS if getattr(shard, n).grad is not None]
     local = sum((g.double().pow(2).sum() for g in grads), torch.zeros((), dtype=torch.float64, device=shard.W_enc.device))
     if shard.world.parallel:
-        dist.all_reduce(local)
+        dist.all_reduce(local, group=shard.world.group)
     if shard.b_dec.grad is not None:
         local = local + shard.b_dec.grad.double().pow(2).sum()
     total = local.sqrt()
@@ -465,24 +482,28 @@ def clip_sharded_grad_norm(shard: ShardedSAE, max_norm: float) -> Tensor:
 
 
 def sharded_train_step(m: ShardedMember, x: Tensor, lr: float, grad_clip: float | None = None) -> StepOutput:
-    """One optimizer step of a sharded SAE on a raw batch (every rank passes the same batch)."""
+    """One optimizer step of a sharded SAE on a raw batch (the shard's ranks pass the same batch; replicas their slices)."""
     for group in m.optimizer.param_groups:
         group["lr"] = lr
     shard = m.shard
     dead = m.tracker.dead_mask() if shard.cfg.auxk else None
-    out = sharded_step(shard, x, dead)
-    m.optimizer.zero_grad(set_to_none=True)
-    out.total.backward()
-    if shard.cfg.decoder_unit_norm:
-        shard.project_decoder_grad()
-    if grad_clip is not None:
-        clip_sharded_grad_norm(shard, grad_clip)
-    m.optimizer.step()
-    if shard.cfg.decoder_unit_norm:
-        shard.normalize_decoder()
-    with torch.no_grad():
-        shard.observe(nonzero_values(out.z).detach())
-        m.tracker.update(fired_latents(out.z, shard.n_local), x.shape[0])
+    # On a grid x is this replica's slice: batch variances, the gradient and the dead-latent
+    # counters are the global batch's (means over the data group, a latent fired in any replica).
+    with distributed.global_batch(shard.data):
+        out = sharded_step(shard, x, dead)
+        m.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        distributed.average_gradients(shard.parameters())
+        if shard.cfg.decoder_unit_norm:
+            shard.project_decoder_grad()
+        if grad_clip is not None:
+            clip_sharded_grad_norm(shard, grad_clip)
+        m.optimizer.step()
+        if shard.cfg.decoder_unit_norm:
+            shard.normalize_decoder()
+        with torch.no_grad():
+            shard.observe(nonzero_values(out.z).detach())
+            m.tracker.update(distributed.any_rank(fired_latents(out.z, shard.n_local)), distributed.global_rows(x.shape[0]))
     return out
 
 

@@ -3,12 +3,14 @@
 It is the Trainer (the same stream, schedule, logs, signals, checkpoints, resume and final
 evaluation) with four things changed:
 
-- every rank reads each whole batch (no slicing by rows) and holds n/N latents of the one SAE
-  (`latent_sharding.ShardedSAE`, initialized shard by shard, so no rank ever holds the whole
-  dictionary until the end);
+- the ranks of a latent group read each whole batch (no slicing by rows) and hold n/G latents each
+  of the one SAE (`latent_sharding.ShardedSAE`, initialized shard by shard, so no rank ever holds
+  the whole dictionary until the end). With `latent_shards` G < N the N/G groups are data-parallel
+  replicas on a grid (`distributed.grid`): each trains on its slice of every batch, and the ranks
+  holding the same shard average their gradients;
 - a step is `latent_sharding.sharded_train_step`; logged L0 and dead fraction are summed over the
   shards' latents (the loss terms and NMSE are the same on every rank already);
-- a checkpoint is one file per rank under `checkpoint.shards/<tag>/` plus rank 0's
+- a checkpoint is one file per shard (written by the first replica) under `checkpoint.shards/<tag>/` plus rank 0's
   `checkpoint.safetensors`, which names the tag. The tag is new at every checkpoint and the old
   tag's folder goes only after the new `checkpoint.safetensors` is on disk, so a kill at any point
   leaves a complete set. Resume re-slices the saved shards, so it works with any number of ranks
@@ -28,6 +30,7 @@ import torch
 
 from saelab import distributed
 from saelab.config import RunConfig
+from saelab.distributed import World
 from saelab.errors import ConfigError, DataError
 from saelab.checkpoint import load_checkpoint, save_checkpoint
 from saelab.latent_sharding import (
@@ -63,13 +66,21 @@ class ShardedTrainer(Trainer):
     def _check_world(self, run: RunConfig) -> None:
         if len(run.saes) != 1:
             raise ConfigError("sae", len(run.saes), "a latent-sharded run trains one SAE (train several one after another, or drop --shard-latents)")
-        cfg = run.saes[0]
-        check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), self.world)  # method, penalty, n a multiple of N
-        if run.train.dtype != "float32":
-            raise ConfigError("dtype", run.train.dtype, "latent-sharded steps run in float32")
+        t, cfg = run.train, run.saes[0]
+        if t.dtype != "float32":
+            raise ConfigError("dtype", t.dtype, "latent-sharded steps run in float32")
+        shards = t.latent_shards or self.world.size
+        if self.world.size % shards:
+            raise ConfigError("latent_shards", shards, f"must divide the {self.world.size} processes (replicas × shards)")
+        replicas = self.world.size // shards
+        if t.batch_size % replicas:
+            raise ConfigError("batch_size", t.batch_size, f"must be a multiple of the {replicas} data-parallel replicas (each trains on an equal slice)")
+        # Checked on the latent group's size before any process group is made.
+        check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), World(0, shards))
+        self.latent, self.data = distributed.grid(self.world, shards)
 
     def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return x  # every shard encodes every row
+        return self.data.shard(x)  # every shard of a replica encodes the replica's rows
 
     def _build_members(self) -> list[Member]:
         t = self.run.train
@@ -77,7 +88,7 @@ class ShardedTrainer(Trainer):
         if cfg.d_in is not None and cfg.d_in != self.store.d_in:
             raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
         cfg.d_in = self.store.d_in
-        shard = ShardedSAE(cfg, self.world)  # holds cfg itself: the normalizer's fitted factor lands in it
+        shard = ShardedSAE(cfg, self.latent, self.data)  # holds cfg itself: the normalizer's fitted factor lands in it
         shard.initialize_from_data(self._init_sample(), zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode()))
         shard.to(t.device).train()
         sm = sharded_member(shard, t)
@@ -90,12 +101,15 @@ class ShardedTrainer(Trainer):
         return {"out": out, "lr": lr}
 
     def _global_record(self, record: dict) -> dict:
-        """L0 is the sum of the shards' (each counted its own latents); the dead fraction their mean (equal shards)."""
+        """Means over all ranks: loss terms and NMSE over the replicas; L0 × G the sum of a replica's shards; dead fraction over the shards."""
         if not self.world.parallel:
             return record
+        keys = [k for k in record if k not in ("step", "tokens", "lr", "tokens_per_s")]
         with distributed.global_batch(self.world):
-            l0, l0_eps, dead = distributed.rank_mean([record["l0"], record["l0_eps"], record["dead_fraction"]])
-        return {**record, "l0": l0 * self.world.size, "l0_eps": l0_eps * self.world.size, "dead_fraction": dead}
+            values = dict(zip(keys, distributed.rank_mean([float(record[k]) for k in keys])))
+        for k in ("l0", "l0_eps"):
+            values[k] *= self.latent.size  # each shard counted its own latents
+        return {**record, **values}
 
     # ---- checkpoints: one file per rank, named by rank 0's checkpoint -------------------------
     def _save_checkpoint(self, members: list[Member], step: int) -> None:
@@ -104,15 +118,16 @@ class ShardedTrainer(Trainer):
         folder = self.out / SHARD_DIR / tag
         failure = None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(folder / shard_file(world.rank, world.size), self._shard_state(members[0], step))
+            if self.data.rank == 0:  # the replicas hold the same shards: the first one writes them
+                folder.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(folder / shard_file(self.latent.rank, self.latent.size), self._shard_state(members[0], step))
         except OSError as e:
             failure = f"{e.filename or folder}: {e.strerror or e}"
         if world.any_flag(failure is not None):  # no rank goes on, and rank 0 names nothing, unless every shard is on disk
             raise DataError(failure or f"{folder}: another rank could not write its shard of the checkpoint")
 
         def commit() -> None:
-            self._write_checkpoint(members, step, latent_shards={"ranks": world.size, "tag": tag})
+            self._write_checkpoint(members, step, latent_shards={"ranks": self.latent.size, "tag": tag})
             for old in (self.out / SHARD_DIR).iterdir():
                 if old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
@@ -172,13 +187,14 @@ class ShardedTrainer(Trainer):
 
     # ---- the end: one normal folder, from rank 0 -----------------------------------------------
     def _complete(self, members: list[Member]) -> list[Member]:
-        full = gather_sae(members[0].sae)  # every rank sends; rank 0 receives the whole SAE on the CPU
+        # The first replica's shards send, its rank 0 (global rank 0) receives the whole SAE on the CPU.
+        full = gather_sae(members[0].sae) if self.data.rank == 0 else None
         whole = [dataclasses.replace(members[0], sae=full)] if full is not None else members
         self.world.on_main(lambda: self._finish(whole))
         return whole
 
     def _folder_extra(self) -> dict:
-        return {"latent_shards": self.world.size}
+        return {"latent_shards": self.latent.size, "data_replicas": self.data.size}
 
 
 __all__ = ["ShardedTrainer", "SHARD_DIR", "shard_file"]

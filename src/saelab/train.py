@@ -54,7 +54,7 @@ LOCATION_FIELDS = {"out", "activations", "eval_activations"}
 INIT_SAMPLE_ROWS = 16384
 # Fields a resumed run may change without changing what is computed.
 # `device` moves the same computation (bitwise equal only on the same device); `dtype` changes the arithmetic, so it may not.
-RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan", "device", "log"}
+RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan", "device", "log", "latent_shards"}
 # saelab.json: end-to-end tokens/s, tokens/s inside the steps alone, and the first over the second.
 THROUGHPUT_KEYS = ("tokens_per_s", "step_tokens_per_s", "throughput_ratio")
 
