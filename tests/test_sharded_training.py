@@ -177,3 +177,13 @@ def test_sharding_trains_one_sae_and_the_plain_trainer_refuses_it(toy_dir):
 def test_shard_latents_refuses_what_needs_the_whole_sae_between_steps(field, changes):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(activations="x.npy", out="o", steps=1, shard_latents=True, **changes).validate()
+
+
+def test_an_unsharded_run_replacing_a_sharded_one_removes_its_shards(toy_dir, tmp_path):
+    folder = tmp_path / "run"
+    run = _run(toy_dir, folder, 20)
+    assert (folder / SHARD_DIR).is_dir()
+    run.train.shard_latents = False
+    Trainer(run, progress=False).fit(overwrite=True)
+    assert not (folder / SHARD_DIR).exists()
+    assert "latent_shards" not in json.loads((folder / "saelab.json").read_text())

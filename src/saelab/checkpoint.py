@@ -26,6 +26,8 @@ from saelab.errors import DataError
 from saelab.io import atomic_save_safetensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# A latent-sharded run's per-shard files, in one folder per checkpoint that CHECKPOINT_FILE names.
+SHARD_CHECKPOINT_DIR = "checkpoint.shards"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # saelab ≤ 0.1: a pickle, refused unread
 FORMAT = "saelab-checkpoint/1"
 _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}

@@ -32,7 +32,7 @@ from saelab import distributed
 from saelab.config import RunConfig
 from saelab.distributed import World
 from saelab.errors import ConfigError, DataError
-from saelab.checkpoint import load_checkpoint, save_checkpoint
+from saelab.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from saelab.latent_sharding import (
     LATENT_DIM,
     ShardedMember,
@@ -43,9 +43,9 @@ from saelab.latent_sharding import (
     sharded_train_step,
 )
 from saelab.schedule import lr_factor
-from saelab.train import Member, Trainer
+from saelab.train import CHECKPOINT, Member, Trainer
 
-SHARD_DIR = "checkpoint.shards"
+SHARD_DIR = SHARD_CHECKPOINT_DIR
 
 
 def shard_file(rank: int, size: int) -> str:
@@ -134,6 +134,9 @@ class ShardedTrainer(Trainer):
 
         world.on_main(commit)
 
+    def _remove_old_shards(self) -> None:
+        pass  # the step-0 checkpoint that replaced the old run already pruned every other shard folder
+
     @staticmethod
     def _member_tensors(m: Member) -> dict:
         return {}  # rank 0's file holds the run; each rank's shard file holds its tensors
@@ -152,6 +155,8 @@ class ShardedTrainer(Trainer):
         if not isinstance(info, dict):
             raise DataError(f"{self.out}: the checkpoint holds an unsharded run; resume it without --shard-latents")
         saved_ranks, folder = int(info["ranks"]), self.out / SHARD_DIR / str(info["tag"])
+        if saved_ranks < 1 or m.cfg.n_latents % saved_ranks:
+            raise DataError(f"{self.out / CHECKPOINT}: names {saved_ranks} latent shards, which do not split {m.cfg.n_latents} latents")
         shard: ShardedSAE = m.sae
         per = m.cfg.n_latents // saved_ranks
         ranks = range(shard.lo // per, (shard.hi - 1) // per + 1)  # the saved shards that hold this rank's latents

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from saelab import devices, distributed
-from saelab.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, load_checkpoint, refuse_legacy, save_checkpoint
+from saelab.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, SHARD_CHECKPOINT_DIR, load_checkpoint, refuse_legacy, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.convergence import MAX_ROWS as CONVERGE_ROWS, ConvergenceMonitor, held_out_nmse
 from saelab.data.prefetch import DEPTH as PREFETCH_DEPTH, Prefetcher
@@ -349,6 +350,11 @@ class Trainer:
         self._save_checkpoint(members, 0)
         if self.world.is_main:
             remove_run_files(self._run_dirs(), RUN_FILES, keep=[self.out / CHECKPOINT])
+            self._remove_old_shards()
+
+    def _remove_old_shards(self) -> None:
+        """Delete a replaced latent-sharded run's shard files (this run's checkpoint does not name them)."""
+        shutil.rmtree(self.out / SHARD_CHECKPOINT_DIR, ignore_errors=True)
 
     def _fingerprints(self) -> dict:
         if getattr(self, "_data_fp", None) is None:
