@@ -206,3 +206,22 @@ def test_per_shard_init_draws_only_its_own_rows():
     assert torch.allclose(a.W_dec.norm(dim=-1), torch.ones(32))
     assert not torch.allclose(a.W_dec, b.W_dec)  # different rows per shard
     assert torch.equal(a.b_dec, b.b_dec)  # replicated
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_shard_init_is_the_same_dictionary_for_any_number_of_shards(monkeypatch, ranks):
+    import saelab.latent_sharding as ls
+
+    monkeypatch.setattr(ls, "INIT_BLOCK_LATENTS", 24)  # blocks that straddle shard boundaries (64 latents)
+    cfg = SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, d_in=16, encoder_init="random")
+    sample = torch.randn(256, 16)
+    whole = ShardedSAE(copy.deepcopy(cfg), World())
+    whole.initialize_from_data(sample, seed=5)
+    parts = []
+    for r in range(ranks):
+        shard = ShardedSAE(copy.deepcopy(cfg), World(rank=r, size=ranks))
+        shard.initialize_from_data(sample, seed=5)
+        parts.append(shard)
+    assert torch.equal(torch.cat([p.W_dec for p in parts]), whole.W_dec)
+    assert torch.equal(torch.cat([p.W_enc for p in parts], dim=1), whole.W_enc)
+    assert not torch.allclose(whole.W_enc, whole.W_dec.T)  # encoder_init random: a second draw, not the transpose
