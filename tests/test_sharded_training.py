@@ -21,7 +21,8 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.distributed import World
 from saelab.errors import ConfigError, DataError
 from saelab.sharded_training import SHARD_DIR, ShardedTrainer, shard_file
-from saelab.train import Trainer, make_trainer
+from saelab.train import Trainer
+from saelab.trainers import make_trainer
 
 from test_distributed import TOLERANCE, _torchrun
 

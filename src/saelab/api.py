@@ -16,7 +16,7 @@ from saelab.evals.evaluate import evaluate
 from saelab.folder import load_sae
 from saelab.io import atomic_write
 from saelab.methods import activation_class, penalty_class
-from saelab.train import make_trainer
+from saelab.trainers import make_trainer
 
 __all__ = ["evaluate", "sparsity_warning", "train"]
 

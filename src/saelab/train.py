@@ -272,7 +272,7 @@ class Trainer:
     def _check_world(self, run: RunConfig) -> None:
         """Refuse what this trainer cannot do with these ranks (data-parallel: every rank an equal slice of each batch)."""
         if run.train.shard_latents:
-            raise ConfigError("shard_latents", True, "needs the latent-sharded trainer (saelab train, saelab.train.make_trainer), "
+            raise ConfigError("shard_latents", True, "needs the latent-sharded trainer (saelab train, saelab.trainers.make_trainer), "
                               "which trains one SAE; sweeps do not shard latents")
         self.world.check_batch(run.train.batch_size)
         if run.train.lean_memory and self.world.parallel:
@@ -676,16 +676,7 @@ class Trainer:
             atomic_write_json(m.out / "eval.json", result.to_dict())
 
 
-def make_trainer(run: RunConfig, progress: bool = True, world: distributed.World | None = None) -> Trainer:
-    """The trainer `run` asks for: latent-sharded (train.shard_latents) or one process / data-parallel."""
-    if run.train.shard_latents:
-        from saelab.sharded_training import ShardedTrainer  # it builds on this module
-
-        return ShardedTrainer(run, progress=progress, world=world)
-    return Trainer(run, progress=progress, world=world)
-
-
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
-    """Train every SAE of `run`; see Trainer and make_trainer."""
-    return make_trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+    """Train every SAE of `run`; see Trainer (saelab.trainers.train also takes latent-sharded runs)."""
+    return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
 

@@ -20,7 +20,7 @@ from saelab.folder import load_sae
 from saelab.evals.reconstruction import EPS_L0
 from saelab.io import dumps_json
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
-from saelab.train import make_trainer
+from saelab.trainers import make_trainer
 
 # Options of `saelab train` that are not config fields.
 COMMAND_OPTIONS = ("func", "command", "config", "resume", "overwrite", "no_progress", "threads")
