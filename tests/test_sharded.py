@@ -225,3 +225,24 @@ def test_shard_init_is_the_same_dictionary_for_any_number_of_shards(monkeypatch,
     assert torch.equal(torch.cat([p.W_dec for p in parts]), whole.W_dec)
     assert torch.equal(torch.cat([p.W_enc for p in parts], dim=1), whole.W_enc)
     assert not torch.allclose(whole.W_enc, whole.W_dec.T)  # encoder_init random: a second draw, not the transpose
+
+
+def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
+    """Every candidate of a rank can lose (a shard whose latents never win a row): empty codes must still run."""
+    from saelab.kernels.decode import DecodeItem, decode
+    from saelab.kernels.topk_encode import EncodePlan, encode
+    from saelab.latent_sharding import _winners
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 6, generator=gen)
+    W_enc, W_dec = torch.randn(6, 10, generator=gen).requires_grad_(), torch.randn(10, 6, generator=gen).requires_grad_()
+    b_enc, b_dec = torch.zeros(10, requires_grad=True), torch.zeros(6, requires_grad=True)
+    plan = EncodePlan(k=3, dead=torch.tensor([1, 3, 5, 7]), k_aux=2)
+    z_main, z_aux = encode(x, W_enc, b_enc, b_dec, plan)
+    plan.main, z, plan.main_keep = _winners(plan.main, z_main, torch.zeros_like(z_main, dtype=torch.bool))
+    plan.aux, z_a, plan.aux_keep = _winners(plan.aux, z_aux, torch.zeros_like(z_aux, dtype=torch.bool))
+    decoded = decode(W_dec, [DecodeItem(plan.main), DecodeItem(plan.aux)], [z, z_a], plan)
+    assert all(torch.equal(d, torch.zeros(8, 6)) for d in decoded)
+    sum((d + b_dec - x).pow(2).sum() for d in decoded).backward()
+    assert float(W_enc.grad.abs().sum()) == 0.0 and float(W_dec.grad.abs().sum()) == 0.0 and float(b_enc.grad.abs().sum()) == 0.0
+    assert torch.allclose(b_dec.grad, -4 * x.sum(dim=0))  # only the bias reconstructs: d/db Σ 2·(b − x)² at b = 0

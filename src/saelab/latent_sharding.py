@@ -45,6 +45,7 @@ from saelab.errors import ConfigError, DataError
 from saelab.folder import save_sae
 from saelab.init import initial_b_dec, unit_rows
 from saelab.kernels.decode import DecodeItem, decode
+from saelab.kernels.sparse_code import SparseCode
 from saelab.kernels.topk_encode import EncodePlan, encode
 from saelab.losses import auxk_term, squared_error
 from saelab.normalize import Normalizer
@@ -384,15 +385,24 @@ def _won_per_row(values: Tensor, k: int, world: World) -> Tensor:
     return winning_candidates(_gather_candidates(cand, world), k, world.rank)[:, :m]
 
 
+def _winners(code: SparseCode, values: Tensor, won: Tensor) -> tuple[SparseCode, Tensor, Tensor]:
+    """(the code of the entries that won, their values — differentiable —, their flat places in `code`)."""
+    keep = won.reshape(-1).nonzero().squeeze(1)
+    kept = values.reshape(-1)[keep]
+    # Rows stay in order (`keep` ascends), so the CSR grouping the kernels rely on holds.
+    return SparseCode(code.n_rows, code.latents[keep], kept.detach(), rows=code.rows[keep]), kept, keep
+
+
 def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -> StepOutput:
     """sharded_step on the sparse kernels: this shard's local top-k as candidates, the global winners decoded.
 
     Each rank encodes its latents with the one-process sparse encoder (`kernels.topk_encode`):
     its k largest per row (BatchTopK: its k·B largest of the batch), and AuxK's top-k_aux of its
-    dead latents. The losing candidates keep their place in the code with value 0 (inactive, no
-    gradient), so the one-process decoder and backward run unchanged on this shard's rows of
-    W_dec. b_dec enters the encoder through copy_to_shards: its encoder-side gradient covers this
-    shard's latents only and is summed over ranks ([d] floats, where the dense path sums [B, d]).
+    dead latents. Only the candidates that win globally stay in its codes (EncodePlan.main_keep,
+    aux_keep), so the one-process decoder and the encoder's backward run on this shard's winners
+    alone: with N shards each rank decodes about 1/N of the k (and k_aux) entries per row. b_dec
+    enters the encoder through copy_to_shards: its encoder-side gradient covers this shard's
+    latents only and is summed over ranks ([d] floats, where the dense path sums [B, d]).
     """
     cfg, world = shard.cfg, shard.world
     x, _ = shard.normalizer.normalize(x_raw)
@@ -409,16 +419,17 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
     z_main, z_aux = encode(x, shard.W_enc, shard.b_enc, copy_to_shards(shard.b_dec, world), plan)
     if cfg.method == "batchtopk":
         threshold = global_batch_threshold(z_main, k * rows * shard.rows_factor, shard.everyone)
-        z = z_main if threshold is None else z_main * (z_main.detach() >= threshold)
+        won = torch.ones_like(z_main, dtype=torch.bool) if threshold is None else z_main.detach() >= threshold
     else:
-        z = z_main * _won_per_row(z_main.view(rows, -1), k, world).view_as(z_main)
+        won = _won_per_row(z_main.view(rows, -1), k, world)
+    plan.main, z, plan.main_keep = _winners(plan.main, z_main, won)
     items, values = [DecodeItem(plan.main)], [z]
     if n_dead:
         k_aux = min(cfg.k_aux, n_dead)
         if plan.aux is not None:
-            z_aux = z_aux * _won_per_row(z_aux.view(rows, -1), k_aux, world).view_as(z_aux)
-            block = plan.dead if plan.aux_block else None
-            items.append(DecodeItem(plan.aux, block, plan.aux_local if block is not None else None))
+            won = _won_per_row(z_aux.view(rows, -1), k_aux, world)
+            plan.aux, z_aux, plan.aux_keep = _winners(plan.aux, z_aux, won)
+            items.append(DecodeItem(plan.aux))  # a ragged code: decoded by rows
             values.append(z_aux)
         else:  # no dead latent here: this rank still offers (no) candidates to the others' selection
             _won_per_row(x.new_empty(rows, 0), k_aux, world)

@@ -78,13 +78,18 @@ class EncodePlan:
     main: SparseCode | None = field(default=None, repr=False)
     aux: SparseCode | None = field(default=None, repr=False)
     aux_local: Tensor | None = field(default=None, repr=False)  # aux columns within `dead` [B, k_aux]
+    # Set after the forward by a caller that keeps only some selected entries (latent sharding keeps
+    # its shard's global winners): main / aux then hold just those, and the backward reads the
+    # gradient of the forward's outputs at these flat positions.
+    main_keep: Tensor | None = field(default=None, repr=False)
+    aux_keep: Tensor | None = field(default=None, repr=False)
     _entry_sets: dict = field(default_factory=dict, repr=False)
 
     @property
     def aux_block(self) -> bool:
         """Whether the aux code is handled as a dense block over the dead latents."""
-        if self.aux is None:
-            return False
+        if self.aux is None or self.aux.width is None:
+            return False  # a ragged aux code (kept entries only) is decoded by rows
         density = AUX_BLOCK_DENSITY if self.dead.device.type == "cpu" else 1 / 16
         return self.aux.width >= density * self.dead.numel()
 
@@ -193,6 +198,10 @@ def _select_aux(plan: EncodePlan, values: Tensor, local: Tensor) -> Tensor:
     return z_aux
 
 
+def _kept(grad: Tensor, keep: Tensor | None) -> Tensor:
+    return grad if keep is None else grad[keep]
+
+
 def _cat(parts: list[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -204,9 +213,9 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
         # ReLU: the gradient passes where z > 0 (P > 0), as torch.relu's backward does.
         grads = []
         if dz_main is not None:
-            grads.append((plan.main, dz_main.mul(z_main > 0).reshape(-1)))
+            grads.append((plan.main, _kept(dz_main.mul(z_main > 0).reshape(-1), plan.main_keep)))
         if plan.aux is not None and dz_aux is not None:
-            grads.append((plan.aux, dz_aux.mul(z_aux > 0).reshape(-1)))
+            grads.append((plan.aux, _kept(dz_aux.mul(z_aux > 0).reshape(-1), plan.aux_keep)))
         block = [(c, g) for c, g in grads if c is plan.aux and plan.aux_block]
         listed = [(c, g) for c, g in grads if not (c is plan.aux and plan.aux_block)]
         if listed and ctx.needs_input_grad[1]:
