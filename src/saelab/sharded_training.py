@@ -150,7 +150,7 @@ class ShardedTrainer(Trainer):
         return {"step": step, "lo": shard.lo, "hi": shard.hi, "model": shard.state_dict(), "adam": adam,
                 "param_groups": opt["param_groups"], "tracker": m.tracker.state_dict()}
 
-    def _load_member_tensors(self, m: Member, saved: dict, state: dict, index: int) -> None:
+    def _load_member_tensors(self, m: Member, saved: dict, state: dict) -> None:
         info = state.get("latent_shards")
         if not isinstance(info, dict):
             raise DataError(f"{self.out}: the checkpoint holds an unsharded run; resume it without --shard-latents")

@@ -404,7 +404,7 @@ class Trainer:
 
     def _restore(self, state: dict, members: list[Member]) -> int:
         step = self._check_saved_run(state, members)
-        for i, (m, saved) in enumerate(zip(members, state["members"])):
+        for m, saved in zip(members, state["members"]):
             if m.control is not None and saved.get("control") is not None:
                 m.control.load_state_dict(m.sae, saved["control"])  # the coefficient it had reached is part of the config
             if m.convergence is not None and saved.get("convergence") is not None:
@@ -413,14 +413,14 @@ class Trainer:
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
                 raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
-            self._load_member_tensors(m, saved, state, i)
+            self._load_member_tensors(m, saved, state)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         return step
 
-    def _load_member_tensors(self, m: Member, saved: dict, state: dict, index: int) -> None:
-        """Load the trained state _member_tensors wrote (`state` is the whole checkpoint, `index` the SAE's place)."""
+    def _load_member_tensors(self, m: Member, saved: dict, state: dict) -> None:
+        """Load the trained state _member_tensors wrote (`state` is the whole checkpoint)."""
         m.sae.load_state_dict(saved["model"])
         m.optimizer.load_state_dict(saved["optimizer"])
         m.tracker.load_state_dict(saved["tracker"])
