@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from saelab import distributed
 from saelab.commands import core, demo, features, hub, lm, othello, report, reproduce, scaling, sweep
 from saelab.commands.common import set_threads
 from saelab.errors import SaelabError
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saelab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"saelab: {e}", file=sys.stderr)
+        if distributed.current().is_main:  # under torchrun every rank stops at the same step, with this same line
+            print(f"saelab: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("saelab: interrupted", file=sys.stderr)
