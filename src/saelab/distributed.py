@@ -13,6 +13,10 @@ batch: `batch_mean` (AuxK's batch variances), `kth_largest` (BatchTopK's thresho
 (BatchTopK's inference threshold), `any_rank` (the dead-latent counters) and `rank_mean` (logged
 metrics, the target-L0 controller's L0). Outside that context they are local and free, so
 evaluation, which only rank 0 runs, never waits for a peer.
+
+A World may also be a subset of the processes (`World.group`, `World.members`): `grid` cuts the
+ranks into latent groups (each holds one SAE split by latents, see latent_sharding) and data groups
+(the replicas of one shard), and every reduction here runs over the group of the World in use.
 """
 
 from __future__ import annotations
