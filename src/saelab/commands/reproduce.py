@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"text to harvest --model on (default {DEFAULT_TEXT}, docs/offline_lm.md step 2)")
     p.add_argument("--out", default=None, help="folder for data, sweeps and claims (default runs/reproduce/NAME-BUDGET); rerun to resume")
     p.add_argument("--layer", type=int, default=None,
-                   help="OthelloGPT residual stream after this block (default 3, the report's choice; 2 finds the most pairs here)")
+                   help="OthelloGPT residual stream after this block (default 3, the report's choice; 1 and 2 find the most pairs here)")
     p.add_argument("--json", action="store_true", help="print the claims as JSON: a list of {claim, paper, ours, ci, verdict}")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -36,7 +36,7 @@ class Budget:
     seeds: int  # seeds per configuration (≥ 2 for an interval over seeds)
     sizes: tuple[int, ...]  # dictionary sizes of the scaling fits
     n_boot: int  # bootstrap replicates of the board-state intervals
-    layer: int = DEFAULT_LAYER  # `saelab reproduce --layer` changes it (layer 2 finds the most pairs by single latents)
+    layer: int = DEFAULT_LAYER  # `saelab reproduce --layer` changes it (layers 1–2 find the most pairs by single latents)
     lr: float = 1e-3
     lm_tokens: int = 40_000  # rows harvested from --model when it names a model, not a cache
     lm_latents: int = 1024  # dictionary size of the --model sweeps
