@@ -30,7 +30,6 @@ import torch
 
 from saelab import distributed
 from saelab.config import RunConfig
-from saelab.distributed import World
 from saelab.errors import ConfigError, DataError
 from saelab.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from saelab.latent_sharding import (
@@ -69,15 +68,10 @@ class ShardedTrainer(Trainer):
         t, cfg = run.train, run.saes[0]
         if t.dtype != "float32":
             raise ConfigError("dtype", t.dtype, "latent-sharded steps run in float32")
-        shards = t.latent_shards or self.world.size
-        if self.world.size % shards:
-            raise ConfigError("latent_shards", shards, f"must divide the {self.world.size} processes (replicas × shards)")
-        replicas = self.world.size // shards
-        if t.batch_size % replicas:
-            raise ConfigError("batch_size", t.batch_size, f"must be a multiple of the {replicas} data-parallel replicas (each trains on an equal slice)")
-        # Checked on the latent group's size before any process group is made.
-        check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), World(0, shards))
-        self.latent, self.data = distributed.grid(self.world, shards)
+        self.latent, self.data = distributed.grid(self.world, t.latent_shards or self.world.size)  # refuses G not dividing N
+        if t.batch_size % self.data.size:
+            raise ConfigError("batch_size", t.batch_size, f"must be a multiple of the {self.data.size} data-parallel replicas (each trains on an equal slice)")
+        check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), self.latent)  # method, penalty, n a multiple of G
 
     def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.data.shard(x)  # every shard of a replica encodes the replica's rows
