@@ -135,14 +135,16 @@ def global_topk_mask(pre: Tensor, k: int, world: World) -> Tensor:
     One all-gather of B·k candidate values per rank; indices never travel, since a candidate's
     position in the gathered tensor names its rank and that rank kept its own local indices.
     """
-    rows, n_local = pre.shape
-    m = min(k, n_local)
-    values, indices = torch.topk(pre.detach(), m, dim=-1, sorted=False)
-    cand = torch.full((rows, k), float("-inf"), dtype=pre.dtype, device=pre.device)
-    cand[:, :m] = values
-    won = winning_candidates(_gather_candidates(cand, world), k, world.rank)[:, :m]
-    mask = torch.zeros_like(pre, dtype=torch.bool)
-    return mask.scatter_(1, indices, won)
+    values, indices = torch.topk(pre.detach(), min(k, pre.shape[1]), dim=-1, sorted=False)
+    return torch.zeros_like(pre, dtype=torch.bool).scatter_(1, indices, _won_per_row(values, k, world))
+
+
+def _won_per_row(values: Tensor, k: int, world: World) -> Tensor:
+    """Bool like `values` [B, m ≤ k]: which of this rank's per-row candidates are among each row's k largest of all ranks'."""
+    rows, m = values.shape
+    cand = torch.full((rows, k), float("-inf"), dtype=values.dtype, device=values.device)
+    cand[:, :m] = values.detach()
+    return winning_candidates(_gather_candidates(cand, world), k, world.rank)[:, :m]
 
 
 def global_batch_threshold(acts: Tensor, keep: int, world: World) -> Tensor | None:
@@ -375,14 +377,6 @@ def _global_dead_count(dead: Tensor, world: World) -> int:
     if world.parallel:
         dist.all_reduce(n_dead, group=world.group)  # every rank must take the same branch (the other one exchanges)
     return int(n_dead)
-
-
-def _won_per_row(values: Tensor, k: int, world: World) -> Tensor:
-    """Bool like `values` [B, m ≤ k]: which of this rank's per-row candidates are among each row's k largest of all ranks'."""
-    rows, m = values.shape
-    cand = torch.full((rows, k), float("-inf"), dtype=values.dtype, device=values.device)
-    cand[:, :m] = values.detach()
-    return winning_candidates(_gather_candidates(cand, world), k, world.rank)[:, :m]
 
 
 def _winners(code: SparseCode, values: Tensor, won: Tensor) -> tuple[SparseCode, Tensor, Tensor]:
