@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from saelab import distributed
 from saelab.experiments.reproduce.budget import BUDGETS
 from saelab.experiments.reproduce.claims import claims_markdown
 from saelab.experiments.reproduce.run import DEFAULT_TEXT, PAPERS, claims_json, run_reproduce
@@ -33,5 +34,6 @@ def cmd_reproduce(args) -> int:
     results = run_reproduce(args.name, budget=args.budget, out=args.out, model=args.model, text=args.text,
                             say=lambda m: print(f"[reproduce] {m}", file=sys.stderr, flush=True), progress=args.progress,
                             layer=args.layer)
-    print(claims_json(results) if args.json else claims_markdown(results))
+    if distributed.current().is_main:  # under torchrun rank 0 holds the claims
+        print(claims_json(results) if args.json else claims_markdown(results))
     return 0

@@ -11,8 +11,10 @@ already in results.jsonl are not evaluated again.
 Under torchrun every part trains data-parallel on all ranks. With `spread_over_ranks` each rank
 instead trains its own share of each seed's SAEs (`runs/seed{S}-rank{r}[-part{i}]/`), alone, on the
 same batches as every other rank (same stream, same seed; no gradient exchange), so each SAE ends
-with the weights a one-process sweep gives it; after all ranks are done rank 0 evaluates every SAE
-and writes results.jsonl and the report. Such a sweep resumes with the same number of ranks.
+with the weights a one-process sweep gives it. Each rank also evaluates the SAEs it trained (the
+board-state score costs about as much as training a small SAE), keeping its rows in
+`results.rank{r}.jsonl` as it goes; when all ranks are done rank 0 merges them into results.jsonl
+(in the one-process order) and writes the report. Such a sweep resumes with the same number of ranks.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ PLAN = "sweep.json"
 EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board")
 CHECKPOINTS_PER_RUN = 10
 SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread sweep's SAEs were dealt to
+RANK_RESULTS = "results.rank{rank}.jsonl"  # a spread rank's rows until rank 0 merges them into RESULTS
 
 
 def available_memory_bytes() -> int:
@@ -205,8 +208,9 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
               spread: bool = False) -> list[dict]:
     """Train and evaluate every SAE of a sweep config into `out`; return the results rows.
 
-    `spread`: under torchrun, each rank trains a share of the SAEs alone instead of every part
-    data-parallel (the module docstring says how); in one process it changes nothing.
+    `spread`: under torchrun, each rank trains and evaluates a share of the SAEs alone instead of
+    every part data-parallel (the module docstring says how), and every rank returns every row; in
+    one process it changes nothing.
 
     `device`, `dtype` and `log` override the config's train fields of the same names. `dtype`
     changes what is trained, so it is part of the sweep's config (a resume must match it);
@@ -243,12 +247,18 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
     unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
     if unknown:
         raise ConfigError(f"eval.{unknown[0]}", plan.eval[unknown[0]], f"unknown [eval] option (known: {', '.join(EVAL_KEYS)})")
-    done = _read_rows(root / RESULTS) if resume else {}
+    done = {}
+    if resume:
+        # A killed spread sweep left each rank's evaluated rows beside results.jsonl.
+        for path in [root / RESULTS, *sorted(root.glob(RANK_RESULTS.format(rank="*")))]:
+            done.update(_read_rows(path))
     rows: list[dict] = []
     evaluators = None
+    # Where this process keeps its rows as it evaluates: results.jsonl, or its own file when spread.
+    rows_file = root / (RANK_RESULTS.format(rank=world.rank) if spread else RESULTS)
 
     def collect(part: list[PlannedSAE], run_dir: Path) -> None:
-        """Rank 0: the results row of each SAE of a trained part (evaluated unless results.jsonl has it)."""
+        """The results row of each SAE of a trained part (evaluated unless an earlier run's rows have it)."""
         nonlocal evaluators
         for planned, folder in zip(part, _member_folders(run_dir, part)):
             if planned.name in done and (root / done[planned.name]["folder"]).exists():
@@ -262,7 +272,7 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
             row["ci"].update(extra.pop("ci", {}))
             row.update({k: _finite(v) for k, v in extra.items()})
             rows.append(row)
-            _write_rows(root / RESULTS, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
+            _write_rows(rows_file, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
             say(_summary(row))
 
     runs = _runs(plan, root, store.d_in, batch_size, budget, world.size if spread else 1)
@@ -284,18 +294,21 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
                 # A part that never reached its first checkpoint leaves a partial folder: start it over.
                 has_ckpt = (run_dir / CHECKPOINT).exists()
                 trainer.fit(resume=resume and has_ckpt, overwrite=not has_ckpt)
+            if spread:
+                collect(part, run_dir)
         if world.is_main and not spread:
             collect(part, run_dir)
     if spread:
         world.wait_for_all()  # ranks finish their shares at different times, possibly hours apart
-        for _, _, run_dir, part in runs if world.is_main else []:
-            collect(part, run_dir)
+        rows = [r for share in world.all_gather(rows) for r in share]
         # The one-process sweep's row order: seed by seed, each seed's SAEs in plan order.
         order = {s.name: i for i, s in enumerate(s for saes in plan.by_seed().values() for s in saes)}
         rows.sort(key=lambda r: order[r["name"]])
     if not world.is_main:
         return rows
     _write_rows(root / RESULTS, rows)
+    for path in root.glob(RANK_RESULTS.format(rank="*")):
+        path.unlink()  # merged: results.jsonl now holds every rank's rows
     if report:
         from saelab.report import build_report
 

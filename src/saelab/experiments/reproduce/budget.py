@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from saelab import distributed
 from saelab.errors import ConfigError
 from saelab.io import atomic_write_json
 
@@ -125,8 +126,9 @@ def lm_data(b: Budget, model: str, text: str, out: Path, say=print) -> Path:
     say(f"harvesting {b.lm_tokens:,} tokens of {model} (3/4 deep) into {out}")
     cfg = HarvestConfig(model=model, layer=lm_layer(model), site="resid_post", text=text, tokens=b.lm_tokens, out=str(out),
                         context=64, outlier_factor=10.0)
-    harvest(cfg, log=say)
-    atomic_write_json(out / "reproduce.json", {"model": model, "text": text, "tokens": b.lm_tokens})
+    harvest(cfg, log=say)  # under torchrun each rank harvests its share of the windows
+    if distributed.current().is_main:
+        atomic_write_json(out / "reproduce.json", {"model": model, "text": text, "tokens": b.lm_tokens})
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from saelab import distributed
 from saelab.errors import ConfigError
 from saelab.experiments.reproduce import batchtopk, l1_sqrt, scaling_laws, sparsity_methods
 from saelab.experiments.reproduce.budget import DEFAULT_LAYER, Budget
@@ -50,7 +51,14 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
     """Run (or resume) paper `name` at `budget` into `out`; write claims.md / claims.json; return the judged claims.
 
     `layer`: harvest OthelloGPT after this block instead of the budget's (the report's layer 3).
+
+    Under torchrun every sweep's SAEs (and the search's finalist scores) are spread over the ranks:
+    a reproduction is many small SAEs, which one process each trains faster than all processes
+    together. Rank 0 harvests and writes the claims; the other ranks return no claims.
     """
+    world = distributed.init_from_env()
+    if not world.is_main:
+        say = lambda message: None  # noqa: E731 — rank 0 reports
     mod = paper(name)
     b = budget.validate() if isinstance(budget, Budget) else get_budget(budget)  # a Budget object: tests' smaller sizes
     if layer is not None and layer != b.layer:
@@ -66,8 +74,8 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         raise ConfigError("text", text, "no such text file to harvest --model on (docs/offline_lm.md, step 2)")
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    data = othello_data(b, root / "data" / "othello", say)
-    lm = lm_data(b, model, text, root / "data" / "lm", say) if model else None
+    data = world.on_main(lambda: othello_data(b, root / "data" / "othello", say))
+    lm = lm_data(b, model, text, root / "data" / "lm", say) if model else None  # a harvest under torchrun is shared by the ranks
     rows, roots = {}, {}
     # A paper whose settings were searched for (the OthelloGPT report) runs its search first; the
     # chosen settings become one more sweep over every seed.
@@ -77,8 +85,10 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         roots[sweep_name] = root / "sweeps" / sweep_name
         say(f"sweep {sweep_name}: {len(cfg['sae'])} configurations × {b.seeds} seeds")
         # resume=True both starts a new sweep and continues a killed one (same config, same folder).
-        got = run_sweep(cfg, roots[sweep_name], resume=True, progress=progress, say=say, report=False)
+        got = run_sweep(cfg, roots[sweep_name], resume=True, progress=progress, say=say, report=False, spread=True)
         rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name])
+    if not world.is_main:
+        return []
     evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
     seconds = time.time() - start

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from saelab import distributed
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.sweep import OTHELLO_SCORE, Evaluators, run_sweep
 from saelab.folder import load_sae, read_saelab_record
@@ -171,23 +172,28 @@ def run_search(candidates: list[Candidate], shared: dict, root: Path, per_method
     screen_root = root / "screen"
     cfg = {**shared, "seed": [0], "eval": {"board": False}, "sae": [c.table for c in candidates]}
     say(f"search: screening {len(candidates)} candidate settings (one seed, L0 and NMSE on held-out rows)")
-    rows = run_sweep(cfg, screen_root, resume=True, progress=progress, say=say, report=False)
+    world = distributed.init_from_env()
+    # Under torchrun the screen's SAEs are spread over the ranks, and so are the finalists' scores.
+    rows = run_sweep(cfg, screen_root, resume=True, progress=progress, say=say, report=False, spread=True)
     screened = select_finalists(candidates, rows, per_method)
     finalists = [s for s in screened if s.finalist]
     say(f"search: {len(finalists)} finalists of {len(candidates)} get the board-state score")
-    scores: dict[str, dict] = {}
     evaluators = None
-    for s in finalists:
+    for i, s in enumerate(finalists):
         folder = screen_root / str(s.folder)
-        path = folder / OTHELLO_SCORE
-        if not path.exists():  # one scored before a kill is kept: the score is a pure function of the saved SAE
+        # One scored before a kill is kept: the score is a pure function of the saved SAE.
+        if i % world.size == world.rank and not (folder / OTHELLO_SCORE).exists():
             if evaluators is None:
                 evaluators = Evaluators(read_saelab_record(folder).get("source"), eval_opts, say)
             evaluators.othello(load_sae(folder), folder)  # writes OTHELLO_SCORE beside the SAE
-        full = json.loads(path.read_text())
+    world.wait_for_all()
+    scores: dict[str, dict] = {}
+    for s in finalists:
+        full = json.loads((screen_root / str(s.folder) / OTHELLO_SCORE).read_text())
         scores[s.candidate.name] = {k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")}
     result = SearchResult(screened, scores, choose_best(screened, scores))
-    atomic_write_json(root / SEARCH_FILE, result.to_record())
+    if world.is_main:
+        atomic_write_json(root / SEARCH_FILE, result.to_record())
     for m, c in result.chosen.items():
         say(f"search: {m} → {c.name} ({scores[c.name]['good_findable']} / {scores[c.name]['findable']} good classifiers at the screen)")
     return result
