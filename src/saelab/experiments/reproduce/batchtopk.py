@@ -11,6 +11,9 @@ from saelab.experiments.reproduce.measures import difference
 NAME = "batchtopk"
 TITLE = "BatchTopK"
 PAPER_FILE = "batchtopk.txt"
+# The full budget's games, one pass (4.9 M positions) instead of four: its claims compare reconstruction at
+# matched L0 (BatchTopK and TopK compared on the same batches), and one pass keeps `--budget full` within a few hours here.
+FULL_EPOCHS = 1.0
 SWEEP = "topk-vs-batchtopk"
 LM_SWEEP = "lm-topk-vs-batchtopk"
 

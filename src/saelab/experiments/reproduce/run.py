@@ -61,6 +61,8 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         say = lambda message: None  # noqa: E731 — rank 0 reports
     mod = paper(name)
     b = budget.validate() if isinstance(budget, Budget) else get_budget(budget)  # a Budget object: tests' smaller sizes
+    if b.name == "full" and hasattr(mod, "FULL_EPOCHS"):
+        b = replace(b, epochs=float(mod.FULL_EPOCHS))  # a paper whose claims need less than the report's four passes
     if layer is not None and layer != b.layer:
         check_layer(layer)
         b = replace(b, layer=int(layer))
