@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
 from saelab.experiments.grid import plan_sweep, spread_over_ranks
-from saelab.experiments.sweep import RESULTS, run_sweep
+from saelab.experiments.sweep import RANK_RESULTS, RESULTS, run_sweep
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 2 seeds × 3 SAEs of two sizes: each seed's SAEs are dealt to the two ranks.
@@ -98,16 +98,22 @@ def test_two_ranks_spread_a_sweep_to_the_one_process_weights(toy_dir, tmp_path):
     for a, b in zip(two, one):
         assert a["nmse"] == pytest.approx(b["nmse"], rel=1e-5)
 
-    # Resume: killed before rank 1's last part finished and before the results were collected.
+    # Resume: killed before rank 1's last part finished and before the rows were merged; rank 0 had
+    # evaluated its SAEs (its rows file, marked here so a reuse shows).
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "two", resumed)
     (resumed / RESULTS).unlink()
     shutil.rmtree(resumed / "report")
+    rank0 = [{**r, "marker": 1} for r in two if "-rank0" in r["folder"]]
+    (resumed / RANK_RESULTS.format(rank=0)).write_text("".join(json.dumps(r) + "\n" for r in rank0))
     part = resumed / "runs" / "seed1-rank1"
     for eval_json in part.rglob("eval.json"):
         eval_json.unlink()
     _torchrun_sweep(config, resumed, "--resume", "--no-report")
-    assert [r["name"] for r in _rows(resumed)] == [r["name"] for r in two]
+    merged = _rows(resumed)
+    assert [r["name"] for r in merged] == [r["name"] for r in two]
+    assert sorted(r["name"] for r in merged if r.get("marker")) == sorted(r["name"] for r in rank0)  # kept, not re-evaluated
+    assert not list(resumed.glob("results.rank*.jsonl"))  # merged into results.jsonl
     for name, tensors in _weights(resumed).items():
         for key, t in tensors.items():
             torch.testing.assert_close(t, wt[name][key], rtol=0, atol=0)

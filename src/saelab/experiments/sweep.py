@@ -272,7 +272,8 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
             row["ci"].update(extra.pop("ci", {}))
             row.update({k: _finite(v) for k, v in extra.items()})
             rows.append(row)
-            _write_rows(rows_file, rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
+            # One process keeps the earlier run's rows in results.jsonl; a spread rank's file holds its own rows.
+            _write_rows(rows_file, rows if spread else rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
             say(_summary(row))
 
     runs = _runs(plan, root, store.d_in, batch_size, budget, world.size if spread else 1)
