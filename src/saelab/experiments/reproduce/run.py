@@ -88,7 +88,7 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         say(f"sweep {sweep_name}: {len(cfg['sae'])} configurations × {b.seeds} seeds")
         # resume=True both starts a new sweep and continues a killed one (same config, same folder).
         got = run_sweep(cfg, roots[sweep_name], resume=True, progress=progress, say=say, report=False, spread=True)
-        rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name])
+        rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name]) if world.is_main else got  # rank 0 judges the claims
     if not world.is_main:
         return []
     evidence = Evidence(rows, roots)
