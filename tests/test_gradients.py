@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from saelab.config import SAEConfig
 from saelab.objective import compute_step
@@ -123,3 +125,24 @@ def test_unit_norm_projection_removes_the_radial_gradient():
     sae.project_decoder_grad()
     radial = (sae.W_dec.grad * sae.W_dec).sum(-1)
     assert radial.abs().max() < 1e-5
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), d=st.integers(1, 6), n=st.integers(1, 10), seed=st.integers(0, 2**16), x_grad=st.booleans())
+def test_pre_activations_equal_the_plain_formula_in_value_and_every_gradient(rows, d, n, seed, x_grad):
+    # pre_activations routes b_dec's gradient around the [B, n]·[n, d] product; nothing else may change.
+    sae = SparseAutoencoder(SAEConfig(n_latents=n, method="relu", d_in=d, b_dec_init="zero"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g) * 2)
+    x = torch.randn(rows, d, generator=g).requires_grad_(x_grad)
+    weight = torch.randn(rows, n, generator=g)  # a loss whose gradient reaches every entry of pre
+    params = [sae.W_enc, sae.b_enc, sae.b_dec] + ([x] if x_grad else [])
+    pre = sae.pre_activations(x)
+    plain = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    assert torch.equal(pre, plain)
+    for a, b in zip(_grads((pre * weight).sum(), params), _grads((plain * weight).sum(), params)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(sae.pre_activations(x), plain)

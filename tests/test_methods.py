@@ -250,3 +250,44 @@ def test_bad_parameters_name_the_field(kind, name, params, field):
 def test_unknown_method_lists_the_choices():
     with pytest.raises(ConfigError, match="method='nope'.*topk"):
         activation_class("nope")
+
+
+def test_only_activations_that_keep_statistics_ask_the_trainer_for_their_codes():
+    # The trainer gathers a step's non-zero code values (a compaction of the dense code) only for these.
+    assert make_activation("batchtopk", 8, k=2).observes_codes
+    assert not make_activation("topk", 8, k=2).observes_codes
+    assert not make_activation("relu", 8).observes_codes
+
+    class Counting(activation_class("topk")):  # a user's subclass that starts keeping statistics
+        def observe(self, values):
+            self.seen = values.numel()
+
+    assert Counting(build_params(Counting, {"k": 2}, "method"), 8).observes_codes
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.integers(0, 6), n=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_fired_latents_of_a_dense_code_is_any_positive_entry_per_column(rows, n, seed):
+    from saelab.step_output import fired_latents
+
+    z = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed))
+    z[z.abs() < 0.5] = 0.0  # zeros and negatives (leaky codes) beside positives
+    assert torch.equal(fired_latents(z, n), (z > 0).any(dim=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.sampled_from([0.25, 0.5, 1.0, 1.5, 2.0]), c=st.floats(0.1, 3.0), seed=st.integers(0, 2**16))
+def test_lp_penalty_gradient_equals_autograd_of_the_formula_away_from_zero_and_zero_at_zero(p, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(5, 7, generator=g)
+    z[torch.rand(5, 7, generator=g) < 0.4] = 0.0
+    z.requires_grad_()
+    value = make_penalty("lp", 7, p=p, c=c)(z)
+    (grad,) = torch.autograd.grad(value * 3.0, z)  # a scale downstream, as alpha is
+    nz = z.detach() != 0
+    ref_z = z.detach().clone().requires_grad_()
+    ref = (((c * ref_z.abs()) ** p) * nz).sum(-1).mean()  # zero entries masked out: their gradient is 0
+    (ref_grad,) = torch.autograd.grad(ref * 3.0, ref_z)
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad[nz], ref_grad[nz], rtol=1e-5, atol=1e-6)
+    assert torch.equal(grad[~nz], torch.zeros_like(grad[~nz]))

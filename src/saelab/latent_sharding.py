@@ -507,7 +507,8 @@ def sharded_train_step(m: ShardedMember, x: Tensor, lr: float, grad_clip: float 
         if shard.cfg.decoder_unit_norm:
             shard.normalize_decoder()
         with torch.no_grad():
-            shard.observe(nonzero_values(out.z).detach())
+            if shard.activation.observes_codes:  # the same class on every rank: all take part in its collective, or none
+                shard.observe(nonzero_values(out.z).detach())
             m.tracker.update(distributed.any_rank(fired_latents(out.z, shard.n_local)), distributed.global_rows(x.shape[0]))
     return out
 

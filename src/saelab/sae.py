@@ -77,7 +77,16 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """(x_n − b_dec) W_enc + b_enc."""
-        return (x_n - self.b_dec) @ self.W_enc + self.b_enc
+        b_dec = self.b_dec
+        if not (b_dec.requires_grad and torch.is_grad_enabled()):
+            return (x_n - b_dec) @ self.W_enc + self.b_enc
+        # Autograd through (x_n − b_dec)·W_enc would form ∂L/∂(x_n − b_dec) = ∂L/∂pre·W_encᵀ, a [B, n]·[n, d]
+        # product (a sixth of a dense ReLU step's products), only to sum its rows into b_dec's gradient.
+        # Routed through `zero` it is −W_enc·Σ_rows ∂L/∂pre, one [n]·[n, d] product. The forward is
+        # unchanged bit for bit: b_dec − b_dec.detach() is exactly 0, as is its product, and W_enc's
+        # gradient gains exactly 0 from it.
+        zero = (b_dec - b_dec.detach()) @ self.W_enc
+        return (x_n - b_dec.detach()) @ self.W_enc + (self.b_enc - zero)
 
     def activate(self, pre: Tensor) -> Tensor:
         """The activation applied to pre-activations (handed b_enc too when it reads the bias-free projection)."""

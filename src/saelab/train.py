@@ -182,7 +182,8 @@ def train_step(m: Member, x: torch.Tensor, lr: float, grad_clip: float | None = 
             out = compute_step(m.sae, x, m.cfg.alpha, dead)
         _apply_gradients(m, out, grad_clip)
     with torch.no_grad():
-        m.sae.activation.observe(nonzero_values(out.z).detach())
+        if m.sae.activation.observes_codes:
+            m.sae.activation.observe(nonzero_values(out.z).detach())
         # Data-parallel: a latent fired if it fired on any rank, and the global batch's tokens passed.
         m.tracker.update(distributed.any_rank(fired_latents(out.z, m.cfg.n_latents)), distributed.global_rows(x.shape[0]))
     return out

@@ -26,9 +26,29 @@ class Lp(Penalty):
 
     def forward(self, z: Tensor) -> Tensor:
         """Batch-mean Lp penalty."""
-        mag = z.abs()
-        nonzero = mag > 0
-        # pow'(0) is infinite for p < 1; route zeros through a dummy value so their gradient is 0, not NaN.
-        safe = torch.where(nonzero, mag, torch.ones_like(mag))
-        term = torch.where(nonzero, (self.params.c * safe) ** self.params.p, torch.zeros_like(mag))
-        return term.sum(dim=-1).mean()
+        return _LpRowSums.apply(z, float(self.params.p), float(self.params.c)).mean()
+
+
+class _LpRowSums(torch.autograd.Function):
+    """Σ_i (c·|z_i|)^p per row, with the gradient p·c^p·|z|^(p−1)·sign(z) and 0 where z = 0.
+
+    pow'(0) is infinite for p < 1, so plain autograd needs the zeros routed around the power (two
+    torch.where over the whole [B, n] code, about a quarter of a dense L1(sqrt) step at (128, 1024,
+    batch 2048)); here the forward needs nothing (0^p = 0 for p > 0) and the backward zeroes those
+    entries in place.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, p: float, c: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.p, ctx.c = p, c
+        return (z.abs() * c).pow_(p).sum(dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rows: Tensor):
+        (z,) = ctx.saved_tensors
+        p, c = ctx.p, ctx.c
+        d = z.abs().pow_(p - 1.0).mul_(z.sign())  # inf·0 = nan at zeros for p < 1: zeroed next
+        d.masked_fill_(z == 0, 0.0)
+        return d.mul_(grad_rows.unsqueeze(-1) * (p * c**p)), None, None

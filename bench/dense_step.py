@@ -1,0 +1,139 @@
+"""Time the dense-path training step (methods with no exact sparse form) against a plain-PyTorch step.
+
+    .venv/bin/python bench/dense_step.py                          # (128, 1024) batch 2048, 1 thread
+    .venv/bin/python bench/dense_step.py --shapes 128x1024,768x4096 --reps 9 --json > r.jsonl
+
+ReLU + L1, ReLU + L1(sqrt) (`lp`, p 0.5) and leaky TopK (k 32, ε 0.05) train on the dense path:
+every [B, n] tensor is materialized. Per method, in one process, every repetition runs each in turn
+(so drifting load hits both alike; the table gives medians and the ratio):
+  saelab   saelab.train.train_step on a member from saelab.train.build_member: forward, backward,
+           decoder-gradient projection, fused Adam, decoder renormalization, dead-latent bookkeeping
+  plain    the same SAE written out as a user would: autograd over (x − b_dec)·W_enc + b_enc, the
+           activation, z·W_dec + b_dec, the squared error plus the penalty as its formula (L1(sqrt)
+           with torch.where around the zeros, whose pow' is infinite), torch.optim.Adam (foreach),
+           decoder rows renormalized
+and, apart, the k-largest selection both use for leaky TopK: saelab.methods.base.topk_mask_values
+against torch.topk on the same [B, n] pre-activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from saelab.config import SAEConfig, TrainConfig
+from saelab.methods.base import topk_mask_values
+from saelab.train import build_member, train_step
+
+METHODS = {
+    "relu+l1": {"method": "relu", "penalty": "l1", "alpha": 3.0},
+    "relu+l1(sqrt)": {"method": "relu", "penalty": "lp", "penalty_params": {"p": 0.5}, "alpha": 1.0},
+    "leaky_topk": {"method": "leaky_topk", "method_params": {"k": 32, "eps": 0.05}},
+}
+
+
+def plain_step(method: str, d: int, n: int, seed: int):
+    """A closure running one plain-PyTorch training step of `method`'s SAE on a batch."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(n, d, generator=g)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    W_enc = W_dec.t().clone().requires_grad_()
+    W_dec.requires_grad_()
+    b_enc, b_dec = torch.zeros(n, requires_grad=True), torch.zeros(d, requires_grad=True)
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3)
+    spec = METHODS[method]
+
+    def code(pre: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(pre)
+        if method != "leaky_topk":
+            return z
+        b = z.topk(32, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
+        factor = torch.where(b > 0, 0.05 / b.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(b))
+        return torch.where(z >= b, z, factor * z)
+
+    def penalty(z: torch.Tensor) -> torch.Tensor:
+        if method == "relu+l1":
+            return spec["alpha"] * z.abs().sum(-1).mean()
+        if method == "relu+l1(sqrt)":
+            mag = z.abs()
+            safe = torch.where(mag > 0, mag, torch.ones_like(mag))
+            return spec["alpha"] * torch.where(mag > 0, safe.sqrt(), torch.zeros_like(mag)).sum(-1).mean()
+        return z.new_zeros(())
+
+    def step(x: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        z = code((x - b_dec) @ W_enc + b_enc)
+        x_hat = z @ W_dec + b_dec
+        loss = ((x_hat - x) ** 2).sum(-1).mean() + penalty(z)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            W_dec.div_(W_dec.norm(dim=1, keepdim=True))
+
+    return step
+
+
+def saelab_step(method: str, d: int, n: int, seed: int):
+    """A closure running saelab's training step of `method`'s SAE (the trainer's member and step)."""
+    cfg = SAEConfig(d_in=d, n_latents=n, kernel="dense", **METHODS[method])
+    sample = torch.randn(4096, d, generator=torch.Generator().manual_seed(seed))
+    member = build_member(cfg, TrainConfig(activations="bench", out="bench"), sample, seed, Path("bench"))
+    return lambda x: train_step(member, x, 1e-3)
+
+
+def time_interleaved(fns: dict, x: torch.Tensor, reps: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, each repetition running every function once in turn."""
+    for f in fns.values():
+        f(x)  # warm-up: allocator, fused-kernel dispatch
+    out = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f(x)
+            out[name].append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def main() -> None:
+    """Parse options, time every method and the selection, print a table (and JSON records)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="128x1024", help="comma-separated d_inxN")
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--json", action="store_true", help="one JSON record per line on stdout (table on stderr)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    say = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    for shape in args.shapes.split(","):
+        d, n = (int(v) for v in shape.lower().split("x"))
+        x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))
+        say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}")
+        say(f"{'method':16} {'saelab ms':>10} {'plain ms':>10} {'plain / saelab':>15}")
+        for method in args.methods.split(","):
+            times = time_interleaved({"saelab": saelab_step(method, d, n, 0), "plain": plain_step(method, d, n, 0)}, x, args.reps)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            say(f"{method:16} {med['saelab']:10.1f} {med['plain']:10.1f} {med['plain'] / med['saelab']:15.2f}")
+            if args.json:
+                print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps, "method": method,
+                                  "saelab_ms": med["saelab"], "plain_ms": med["plain"], "ratio_plain_to_saelab": med["plain"] / med["saelab"],
+                                  "saelab_min_ms": min(times["saelab"]), "plain_min_ms": min(times["plain"])}))
+        pre = torch.randn(args.batch, n, generator=torch.Generator().manual_seed(2))
+        sel = time_interleaved({"saelab": lambda p: topk_mask_values(p, 32), "torch": lambda p: torch.topk(p, 32, dim=-1, sorted=False)},
+                               pre, max(args.reps, 15))
+        med = {k: statistics.median(v) for k, v in sel.items()}
+        say(f"{'k-largest (32)':16} {med['saelab']:10.1f} {med['torch']:10.1f} {med['torch'] / med['saelab']:15.2f}   (torch.topk as 'plain')")
+        if args.json:
+            print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "method": "select k32",
+                              "saelab_ms": med["saelab"], "plain_ms": med["torch"], "ratio_plain_to_saelab": med["torch"] / med["saelab"]}))
+
+
+if __name__ == "__main__":
+    main()
