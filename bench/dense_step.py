@@ -3,14 +3,16 @@
     .venv/bin/python bench/dense_step.py                          # (128, 1024) batch 2048, 1 thread
     .venv/bin/python bench/dense_step.py --shapes 128x1024,768x4096 --reps 9 --json > r.jsonl
 
-ReLU + L1, ReLU + L1(sqrt) (`lp`, p 0.5) and leaky TopK (k 32, ε 0.05) train on the dense path:
+ReLU + L1, ReLU + L1(sqrt) (`lp`, p 0.5), leaky TopK (k 32, ε 0.05) and dimension reduction (p 0.3,
+the report's iterative support) train on the dense path:
 every [B, n] tensor is materialized. Per method, in one process, every repetition runs each in turn
 (so drifting load hits both alike; the table gives medians and the ratio):
   saelab   saelab.train.train_step on a member from saelab.train.build_member: forward, backward,
            decoder-gradient projection, fused Adam, decoder renormalization, dead-latent bookkeeping
   plain    the same SAE written out as a user would: autograd over (x − b_dec)·W_enc + b_enc, the
            activation, z·W_dec + b_dec, the squared error plus the penalty as its formula (L1(sqrt)
-           with torch.where around the zeros, whose pow' is infinite), torch.optim.Adam (foreach),
+           with torch.where around the zeros, whose pow' is infinite; dimension reduction's support by
+           the appendix's iteration with torch.where), torch.optim.Adam (foreach),
            decoder rows renormalized
 and, apart, the k-largest selection both use for leaky TopK: saelab.methods.base.topk_mask_values
 against torch.topk on the same [B, n] pre-activations.
@@ -29,12 +31,14 @@ import torch
 
 from saelab.config import SAEConfig, TrainConfig
 from saelab.methods.base import topk_mask_values
+from saelab.methods.dimred import a_sequence
 from saelab.train import build_member, train_step
 
 METHODS = {
     "relu+l1": {"method": "relu", "penalty": "l1", "alpha": 3.0},
     "relu+l1(sqrt)": {"method": "relu", "penalty": "lp", "penalty_params": {"p": 0.5}, "alpha": 1.0},
     "leaky_topk": {"method": "leaky_topk", "method_params": {"k": 32, "eps": 0.05}},
+    "dimred": {"method": "dimred", "method_params": {"p": 0.3}},
 }
 
 
@@ -49,13 +53,32 @@ def plain_step(method: str, d: int, n: int, seed: int):
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3)
     spec = METHODS[method]
 
+    a = a_sequence(n, 0.3, 10)
+    ratio = 1.0 - a[:-1] / a[1:]
+
+    def support(z: torch.Tensor) -> torch.Tensor:
+        # The report's S_j / b_j iteration, as written in its appendix, in float64.
+        zd, mask = z.detach().double(), torch.ones_like(z, dtype=torch.bool)
+        while True:
+            k = mask.sum(dim=-1)
+            bound = ratio[(k - 1).clamp_min(0)] * torch.where(mask, zd, torch.zeros_like(zd)).sum(dim=-1)
+            new = mask & (zd >= bound.unsqueeze(-1))
+            if torch.equal(new, mask):
+                return mask
+            mask = new
+
     def code(pre: torch.Tensor) -> torch.Tensor:
         z = torch.relu(pre)
-        if method != "leaky_topk":
+        if method == "leaky_topk":
+            top = z >= z.topk(32, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
+            eps = 0.05
+        elif method == "dimred":
+            top, eps = support(z), 0.01
+        else:
             return z
-        b = z.topk(32, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
-        factor = torch.where(b > 0, 0.05 / b.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(b))
-        return torch.where(z >= b, z, factor * z)
+        b = torch.where(top, z, torch.full_like(z, float("inf"))).min(dim=-1, keepdim=True).values
+        factor = torch.where(b > 0, eps / b.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(b))
+        return torch.where(top, z, factor * z)
 
     def penalty(z: torch.Tensor) -> torch.Tensor:
         if method == "relu+l1":

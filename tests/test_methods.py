@@ -291,3 +291,29 @@ def test_lp_penalty_gradient_equals_autograd_of_the_formula_away_from_zero_and_z
     assert value.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(grad[nz], ref_grad[nz], rtol=1e-5, atol=1e-6)
     assert torch.equal(grad[~nz], torch.zeros_like(grad[~nz]))
+
+
+def _appendix_iteration(row, a):
+    """The report's S_j / b_j iteration on one row, in plain Python floats (S_0 = every entry)."""
+    support = list(range(len(row)))
+    while True:
+        k = len(support)
+        bound = (1.0 - a[k - 1] / a[k]) * sum(row[i] for i in support) if k else 0.0
+        kept = [i for i in support if row[i] >= bound]
+        if kept == support:
+            return set(support)
+        support = kept
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 30), p=st.floats(0.05, 0.9), seed=st.integers(0, 2**16))
+def test_dimred_support_is_the_appendix_iteration(n, p, seed):
+    # Zeros, repeated values and scales from 1e-4 to 1e2 in every batch.
+    rng = np.random.default_rng(seed)
+    x = rng.exponential(size=(12, n)) * (10.0 ** rng.integers(-4, 3, size=(12, n))) * (rng.random((12, n)) < 0.7)
+    x[:3, : n // 2] = 0.5
+    a = a_sequence(n, p, 10)
+    support = dimred_support(torch.from_numpy(x).float(), a)
+    xf = torch.from_numpy(x).float().double().numpy()  # the float32 values the function sees
+    for r in range(12):
+        assert set(np.flatnonzero(support[r].numpy())) == _appendix_iteration(list(xf[r]), a.tolist())

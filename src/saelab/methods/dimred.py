@@ -43,13 +43,18 @@ def dimred_support(x: Tensor, a: Tensor, max_iter: int | None = None) -> Tensor:
     ratio = (1.0 - a[:-1] / a[1:].clamp_min(1e-300)).to(torch.float64)  # ratio[k-1] = 1 − a_{k−1}/a_k
     xd = x.detach().to(torch.float64)
     mask = torch.ones_like(xd, dtype=torch.bool)
+    # `masked` holds x on S and 0 elsewhere (where(S, x, 0), so the sums are the same, in the same
+    # order) and k = |S| is kept by subtraction: each pass reads x once instead of casting the mask.
+    masked = xd.clone()
+    k = torch.full(xd.shape[:-1], n, dtype=torch.long, device=xd.device)
     for _ in range(max_iter if max_iter is not None else n + 1):
-        k = mask.sum(dim=-1)
-        total = torch.where(mask, xd, torch.zeros_like(xd)).sum(dim=-1)
-        bound = ratio[(k - 1).clamp_min(0)] * total
-        new_mask = mask & (xd >= bound.unsqueeze(-1))
+        bound = ratio[(k - 1).clamp_min(0)] * masked.sum(dim=-1)
+        new_mask = torch.ge(xd, bound.unsqueeze(-1)).logical_and_(mask)
         if torch.equal(new_mask, mask):
             break
+        dropped = new_mask.logical_xor(mask)
+        masked.masked_fill_(dropped, 0.0)
+        k -= dropped.sum(dim=-1)
         mask = new_mask
     return mask
 
