@@ -53,8 +53,9 @@ def plain_step(method: str, d: int, n: int, seed: int):
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3)
     spec = METHODS[method]
 
-    a = a_sequence(n, 0.3, 10)
-    ratio = 1.0 - a[:-1] / a[1:]
+    if method == "dimred":
+        a = a_sequence(n, spec["method_params"]["p"], 10)  # 10: DimensionReduction's default p_threshold
+        ratio = 1.0 - a[:-1] / a[1:]
 
     def support(z: torch.Tensor) -> torch.Tensor:
         # The report's S_j / b_j iteration, as written in its appendix, in float64.

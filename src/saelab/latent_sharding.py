@@ -50,7 +50,7 @@ from saelab.kernels.topk_encode import EncodePlan, encode
 from saelab.losses import auxk_term, squared_error
 from saelab.normalize import Normalizer
 from saelab.objective import DeadLatentTracker
-from saelab.sae import SparseAutoencoder
+from saelab.sae import SparseAutoencoder, centered_linear
 from saelab.step_output import StepOutput, fired_latents, nonzero_values
 
 SHARDABLE_METHODS = ("topk", "batchtopk")
@@ -243,7 +243,7 @@ class ShardedSAE(nn.Module):
 
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """This shard's (x_n − b_dec) W_enc + b_enc."""
-        return copy_to_shards(x_n - self.b_dec, self.world) @ self.W_enc + self.b_enc
+        return centered_linear(x_n, self.W_enc, self.b_enc, self.b_dec, spread=lambda t: copy_to_shards(t, self.world))
 
     def code(self, pre: Tensor) -> Tensor:
         """This shard's part of the code, selected over all shards' latents."""

@@ -14,6 +14,24 @@ from saelab.methods.base import Activation, Penalty
 from saelab.normalize import Normalizer
 
 
+def centered_linear(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, spread=None) -> Tensor:
+    """(x_n − b_dec)·W_enc + b_enc, with b_dec's gradient formed by one vector product.
+
+    `spread` wraps each tensor that enters the product and whose gradient must be summed over ranks
+    (latent shards: `latent_sharding.copy_to_shards`); None in one process.
+    """
+    spread = spread if spread is not None else (lambda t: t)
+    if not (b_dec.requires_grad and torch.is_grad_enabled()):
+        return spread(x_n - b_dec) @ W_enc + b_enc
+    # Autograd through (x_n − b_dec)·W_enc would form ∂L/∂(x_n − b_dec) = ∂L/∂pre·W_encᵀ, a [B, n]·[n, d]
+    # product (a sixth of a dense ReLU step's products), only to sum its rows into b_dec's gradient.
+    # Routed through `zero` it is −W_enc·Σ_rows ∂L/∂pre, one [n]·[n, d] product (and across latent
+    # shards a [d] sum instead of [B, d]). The forward is unchanged bit for bit: b_dec − b_dec.detach()
+    # is exactly 0, as is its product, and W_enc's gradient gains exactly 0 from it.
+    zero = spread(b_dec - b_dec.detach()) @ W_enc
+    return spread(x_n - b_dec.detach()) @ W_enc + (b_enc - zero)
+
+
 class SparseAutoencoder(nn.Module):
     """z = act((x_n − b_dec) W_enc + b_enc), x̂_n = z W_dec + b_dec, with x_n the normalized input.
 
@@ -77,16 +95,7 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """(x_n − b_dec) W_enc + b_enc."""
-        b_dec = self.b_dec
-        if not (b_dec.requires_grad and torch.is_grad_enabled()):
-            return (x_n - b_dec) @ self.W_enc + self.b_enc
-        # Autograd through (x_n − b_dec)·W_enc would form ∂L/∂(x_n − b_dec) = ∂L/∂pre·W_encᵀ, a [B, n]·[n, d]
-        # product (a sixth of a dense ReLU step's products), only to sum its rows into b_dec's gradient.
-        # Routed through `zero` it is −W_enc·Σ_rows ∂L/∂pre, one [n]·[n, d] product. The forward is
-        # unchanged bit for bit: b_dec − b_dec.detach() is exactly 0, as is its product, and W_enc's
-        # gradient gains exactly 0 from it.
-        zero = (b_dec - b_dec.detach()) @ self.W_enc
-        return (x_n - b_dec.detach()) @ self.W_enc + (self.b_enc - zero)
+        return centered_linear(x_n, self.W_enc, self.b_enc, self.b_dec)
 
     def activate(self, pre: Tensor) -> Tensor:
         """The activation applied to pre-activations (handed b_enc too when it reads the bias-free projection)."""
