@@ -396,7 +396,7 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
     aux_keep), so the one-process decoder and the encoder's backward run on this shard's winners
     alone: with N shards each rank decodes about 1/N of the k (and k_aux) entries per row. b_dec
     enters the encoder through copy_to_shards: its encoder-side gradient covers this shard's
-    latents only and is summed over ranks ([d] floats, where the dense path sums [B, d]).
+    latents only and is summed over ranks ([d] floats, as on the dense path: sae.centered_linear).
     """
     cfg, world = shard.cfg, shard.world
     x, _ = shard.normalizer.normalize(x_raw)
