@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
-from saelab.experiments.grid import plan_sweep, spread_over_ranks
-from saelab.experiments.sweep import RANK_RESULTS, RESULTS, run_sweep
+from saelab.experiments.grid import memory_estimate, plan_sweep, spread_over_ranks, step_cost_estimate
+from saelab.experiments.sweep import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal, run_sweep
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 2 seeds × 3 SAEs of two sizes: each seed's SAEs are dealt to the two ranks.
@@ -74,6 +74,38 @@ def test_deal_balances_memory_and_keeps_plan_order(toy_dir):
     assert spread_over_ranks(plan.saes[:1], 16, 32, 3)[1:] == [[], []]  # more ranks than SAEs: some idle
     with pytest.raises(ConfigError, match="ranks"):
         spread_over_ranks(plan.saes, 16, 32, 0)
+
+
+def test_deal_weighs_a_dense_step_above_a_sparse_one(toy_dir):
+    # A ReLU+L1 SAE trains on the dense path, a TopK one (with or without AuxK) on the sparse kernels:
+    # at equal size the dense step costs about three sparse ones, AuxK half a sparse step more.
+    plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-",
+                       "sae": [{"method": "relu", "penalty": "l1", "alpha": 1.0, "n_latents": 4096},
+                               {"method": "topk", "k": 8, "n_latents": [256, 512, 1024, 2048, 4096], "auxk": True}]})
+    relu, *topk = [step_cost_estimate(s.cfg, 128, 2048) for s in plan.saes]
+    assert relu == pytest.approx(3 / 1.5 * topk[-1])
+    assert topk == pytest.approx([topk[0] * m for m in (1, 2, 4, 8, 16)])
+    shares = spread_over_ranks(plan.saes, 128, 2048, 2)
+    # By time: the dense 4096 alone (cost 2) against all TopK (31/16); by memory it would share with the big TopK.
+    assert [[s.cfg.n_latents for s in share] for share in shares] == [[4096], [256, 512, 1024, 2048, 4096]]
+    by_memory = spread_over_ranks(plan.saes, 128, 2048, 2, memory_estimate)
+    assert [len(share) for share in by_memory] == [2, 4]
+
+
+def test_the_recorded_deal_outlives_a_changed_cost_model(toy_dir, tmp_path):
+    plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-", "seed": [0, 1],
+                       "sae": [{"method": "topk", "k": 2, "n_latents": [512, 64, 80, 96, 112, 256]}]})
+    (tmp_path / PLAN).write_text(json.dumps({"saes": [s.name for s in plan.saes]}))
+    deal = _settle_deal(tmp_path, plan, None, 16, 32, 2)  # a new sweep: dealt by step time, recorded
+    assert json.loads((tmp_path / PLAN).read_text())[DEAL] == deal
+    assert sorted(n for names in deal["0"] for n in names) == sorted(s.name for s in plan.saes if s.seed == 0)
+    # A resume takes the recorded deal whatever the estimate says now (here: another deal entirely).
+    mine = {"0": [[s.name for s in plan.saes if s.seed == 0][:1], [s.name for s in plan.saes if s.seed == 0][1:]],
+            "1": [[], [s.name for s in plan.saes if s.seed == 1]]}
+    assert _settle_deal(tmp_path, plan, {DEAL: mine}, 16, 32, 2) == mine
+    # A spread sweep saved before deals were recorded was dealt by memory; its resume deals the same way.
+    legacy = _settle_deal(tmp_path, plan, {"saes": []}, 16, 32, 2)
+    assert legacy["0"] == [[s.name for s in share] for share in spread_over_ranks(plan.by_seed()[0], 16, 32, 2, memory_estimate)]
 
 
 @pytest.mark.slow  # two torchrun launches (a spread sweep and its resume) and a one-process sweep: ~60 s here

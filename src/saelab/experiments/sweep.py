@@ -14,7 +14,9 @@ same batches as every other rank (same stream, same seed; no gradient exchange),
 with the weights a one-process sweep gives it. Each rank also evaluates the SAEs it trained (the
 board-state score costs about as much as training a small SAE), keeping its rows in
 `results.rank{r}.jsonl` as it goes; when all ranks are done rank 0 merges them into results.jsonl
-(in the one-process order) and writes the report. Such a sweep resumes with the same number of ranks.
+(in the one-process order) and writes the report. The deal (which rank trains which SAE, by
+estimated step time: a dense step costs about three sparse ones) is recorded in sweep.json, so such a
+sweep resumes with the same number of ranks and finds its folders where it left them.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from saelab.errors import ConfigError
 from saelab.experiments.grid import (
     PlannedSAE,
     SweepPlan,
+    memory_estimate,
     pack_by_memory,
     plan_sweep,
     spread_over_ranks,
+    step_cost_estimate,
 )
 from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
 from saelab.io import atomic_write_json, atomic_write_text
@@ -48,6 +52,7 @@ PLAN = "sweep.json"
 EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board")
 CHECKPOINTS_PER_RUN = 10
 SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread sweep's SAEs were dealt to
+DEAL = "spread_deal"  # key of sweep.json: seed → each rank's SAE names (kept, so a resume finds every folder)
 RANK_RESULTS = "results.rank{rank}.jsonl"  # a spread rank's rows until rank 0 merges them into RESULTS
 
 
@@ -183,8 +188,9 @@ def _member_folders(run_dir: Path, part: list[PlannedSAE]) -> list[Path]:
     return [run_dir] if len(part) == 1 else [run_dir / p.name for p in part]
 
 
-def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> None:
-    """Check that `root` is new, or holds this sweep when resuming; write its plan."""
+def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> dict | None:
+    """Check that `root` is new, or holds this sweep when resuming; write its plan; return the saved plan (None if new)."""
+    saved = None
     if (root / PLAN).exists():
         if not resume:
             raise ConfigError("out", str(root), "already holds a sweep; pass --resume to continue it or choose another folder")
@@ -196,10 +202,25 @@ def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> N
             was, now = saved.get(SPREAD), plan_record.get(SPREAD)
             how = lambda n: f"spread over {n} ranks" if n else "not spread over ranks"  # noqa: E731
             raise ConfigError(SPREAD, now, f"the sweep in {root} was {how(was)}, this run is {how(now)}; resume it as it started")
+        if DEAL in saved:
+            plan_record = {**plan_record, DEAL: saved[DEAL]}
     elif root.exists() and any(root.iterdir()) and not resume:
         raise ConfigError("out", str(root), "is not empty; choose a new folder for the sweep")
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / PLAN, plan_record)
+    return saved
+
+
+def _settle_deal(root: Path, plan: SweepPlan, saved: dict | None, d_in: int, batch_size: int, ranks: int) -> dict[str, list[list[str]]]:
+    """Which rank trains which SAE, seed by seed: the deal sweep.json holds, else a new one by estimated step time, recorded."""
+    if saved is not None and DEAL in saved:
+        return saved[DEAL]
+    # A spread sweep started before deals were recorded was dealt by memory; its resume must find the same folders.
+    cost = memory_estimate if saved is not None else step_cost_estimate
+    deal = {str(seed): [[s.name for s in share] for share in spread_over_ranks(saes, d_in, batch_size, ranks, cost)]
+            for seed, saes in plan.by_seed().items()}
+    atomic_write_json(root / PLAN, {**json.loads((root / PLAN).read_text()), DEAL: deal})
+    return deal
 
 
 def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, max_memory_gb: float | None = None,
@@ -236,7 +257,7 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         plan_record[SPREAD] = world.size
     if not world.is_main:
         say = lambda message: None  # noqa: E731 — rank 0 reports
-    world.on_main(lambda: _claim(root, plan_record, data, config, resume))
+    saved = world.on_main(lambda: _claim(root, plan_record, data, config, resume))
 
     store = ActivationStore(plan.train["activations"])
     # Rank 0's budget on every rank: the SAEs must be packed into the same parts everywhere. Spread
@@ -276,7 +297,8 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
             _write_rows(rows_file, rows if spread else rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
             say(_summary(row))
 
-    runs = _runs(plan, root, store.d_in, batch_size, budget, world.size if spread else 1)
+    deal = world.on_main(lambda: _settle_deal(root, plan, saved, store.d_in, batch_size, world.size)) if spread else None
+    runs = _runs(plan, root, store.d_in, batch_size, budget, deal)
     if spread:
         shares = [sum(len(part) for owner, _, _, part in runs if owner == r) for r in range(world.size)]
         say(f"spreading {len(plan.saes)} SAEs over {world.size} ranks: {', '.join(map(str, shares))} SAE(s) each")
@@ -319,11 +341,15 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
 
 
 def _runs(plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int,
-          ranks: int) -> list[tuple[int | None, int, Path, list[PlannedSAE]]]:
-    """Every training run of the sweep: (the rank that trains it, None for all together; seed; folder; SAEs)."""
+          deal: dict[str, list[list[str]]] | None) -> list[tuple[int | None, int, Path, list[PlannedSAE]]]:
+    """Every training run of the sweep: (the rank that trains it, None for all together; seed; folder; SAEs).
+
+    `deal` (a spread sweep's) names each rank's SAEs per seed; None trains every SAE on all ranks together.
+    """
     runs: list[tuple[int | None, int, Path, list[PlannedSAE]]] = []
     for seed, saes in plan.by_seed().items():
-        shares = [saes] if ranks == 1 else spread_over_ranks(saes, d_in, batch_size, ranks)
+        shares = [saes] if deal is None else [[s for s in saes if s.name in set(names)] for names in deal[str(seed)]]
+        ranks = 1 if deal is None else len(shares)
         for rank, share in enumerate(shares):
             parts = pack_by_memory(share, d_in, batch_size, budget)
             name = f"seed{seed}" + (f"-rank{rank}" if ranks > 1 else "")

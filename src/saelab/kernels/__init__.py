@@ -34,9 +34,18 @@ def _defining_class(cls: type, attr: str) -> type:
 
 def sparse_plan(sae) -> SparsePlan | None:
     """The sparse plan `sae`'s training step can use (same losses and gradients), or None."""
-    if sae.penalty is not None:
+    return _plan(sae.activation, sae.penalty is not None)
+
+
+def sparse_plan_for(cfg) -> SparsePlan | None:
+    """The sparse plan an SAE built from `cfg` (an SAEConfig) would train with, without building its weights."""
+    act_cls, act_params = cfg.activation_spec()
+    return _plan(act_cls(act_params, cfg.n_latents), cfg.penalty_spec() is not None)
+
+
+def _plan(act, has_penalty: bool) -> SparsePlan | None:
+    if has_penalty:
         return None  # penalties read the dense code
-    act = sae.activation
     if not isinstance(act, Activation):
         return None
     cls = type(act)
@@ -51,4 +60,4 @@ def supports(sae) -> bool:
     return sparse_plan(sae) is not None
 
 
-__all__ = ["sparse_plan", "supports", "sparse_step", "release_workspace"]
+__all__ = ["sparse_plan", "sparse_plan_for", "supports", "sparse_step", "release_workspace"]
