@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from saelab.errors import ConfigError
 from saelab.experiments.reproduce.budget import QUICK, budget
 from saelab.experiments.reproduce.claims import (DOES_NOT_HOLD, HOLDS, JSON_KEYS, Claim, Evidence, claims_markdown,
                                                  evaluate_claim, verdict)
+from saelab.experiments.reproduce.clock import TIME_FILE, WallClock, describe, read_segments
 from saelab.experiments.reproduce.measures import difference, exponent, frontier_difference, gap_change, metric
 from saelab.experiments.reproduce.run import PAPERS, run_reproduce
 from saelab.intervals import NOT_SEPARABLE, Interval
@@ -165,6 +167,28 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
     assert [p.stat().st_mtime_ns for p in weights] == stamps  # nothing retrained
     assert not any(m.startswith("training") for m in said) and any("reusing" in m for m in said)
     assert [r.to_json() for r in again] == [r.to_json() for r in first]
+    # The time is that of every run that built the result: the rerun is a second segment.
+    runs = json.loads((out / "claims.json").read_text())["runs"]
+    assert len(runs) == 2 and runs[0]["started"] == record["runs"][0]["started"]
+    assert runs[0]["seconds"] == pytest.approx(record["runs"][0]["seconds"], abs=1.0)  # + writing the claims
+    assert json.loads((out / "claims.json").read_text())["seconds"] == pytest.approx(sum(r["seconds"] for r in runs), abs=0.11)
+    assert "over 2 runs (resumed once)" in (out / "claims.md").read_text()
+
+
+def test_the_wall_clock_keeps_a_killed_runs_time(tmp_path):
+    (tmp_path / TIME_FILE).write_text(json.dumps({"segments": [{"started": "2026-12-01T21:28:39+00:00", "seconds": 900.0}]}))
+    with WallClock(tmp_path, tick=0.02):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the file is kept current while the run goes on
+            now = read_segments(tmp_path / TIME_FILE)
+            if len(now) == 2 and now[1]["seconds"] > 0:
+                break
+            time.sleep(0.02)
+        assert len(now) == 2 and now[0]["seconds"] == 900.0 and now[1]["seconds"] > 0
+    assert describe(read_segments(tmp_path / TIME_FILE)).endswith("over 2 runs (resumed once)")
+    assert describe([{"started": "x", "seconds": 12.4}]) == "12 s"
+    (tmp_path / TIME_FILE).write_text("{not json")
+    assert read_segments(tmp_path / TIME_FILE) == []  # an unreadable record: this run's time alone
 
 
 @pytest.mark.slow

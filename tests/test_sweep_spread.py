@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
-from saelab.experiments.grid import memory_estimate, plan_sweep, spread_over_ranks, step_cost_estimate
+from saelab.experiments.grid import (AUXK_STEP_SHARE, SPARSE_STEP_SHARE, memory_estimate, plan_sweep, spread_over_ranks,
+                                    step_cost_estimate)
 from saelab.experiments.sweep import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal, run_sweep
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -78,15 +79,15 @@ def test_deal_balances_memory_and_keeps_plan_order(toy_dir):
 
 def test_deal_weighs_a_dense_step_above_a_sparse_one(toy_dir):
     # A ReLU+L1 SAE trains on the dense path, a TopK one (with or without AuxK) on the sparse kernels:
-    # at equal size the dense step costs about three sparse ones, AuxK half a sparse step more.
+    # at equal size the dense step costs about three sparse ones, AuxK a quarter of a sparse step more.
     plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-",
                        "sae": [{"method": "relu", "penalty": "l1", "alpha": 1.0, "n_latents": 4096},
                                {"method": "topk", "k": 8, "n_latents": [256, 512, 1024, 2048, 4096], "auxk": True}]})
     relu, *topk = [step_cost_estimate(s.cfg, 128, 2048) for s in plan.saes]
-    assert relu == pytest.approx(3 / 1.5 * topk[-1])
+    assert relu == pytest.approx(topk[-1] / (SPARSE_STEP_SHARE * (1 + AUXK_STEP_SHARE)))
     assert topk == pytest.approx([topk[0] * m for m in (1, 2, 4, 8, 16)])
     shares = spread_over_ranks(plan.saes, 128, 2048, 2)
-    # By time: the dense 4096 alone (cost 2) against all TopK (31/16); by memory it would share with the big TopK.
+    # By time: the dense 4,096 (cost 1) against all TopK (0.375 × 31/16 = 0.73); by memory it would share with the big TopK.
     assert [[s.cfg.n_latents for s in share] for share in shares] == [[4096], [256, 512, 1024, 2048, 4096]]
     by_memory = spread_over_ranks(plan.saes, 128, 2048, 2, memory_estimate)
     assert [len(share) for share in by_memory] == [2, 4]

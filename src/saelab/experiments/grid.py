@@ -158,9 +158,12 @@ def pack_by_memory(saes: list[PlannedSAE], d_in: int, batch_size: int, budget: i
 
 
 # Step time per B·d·n of the sparse TopK path relative to a dense step (every [B, n] product done in
-# full), measured on a spread OthelloGPT sweep here: ≈ 70 µs against ≈ 200 µs per latent per step.
-SPARSE_STEP_SHARE = 1 / 3
-AUXK_STEP_SHARE = 0.5  # AuxK's extra decode and gradients, relative to the sparse step (bench/README.md: ≈ 2× the floor)
+# full), measured on a spread OthelloGPT sweep here (d 128, batch 2,048, one thread per rank): ≈ 64 µs
+# per latent per step for TopK (AuxK on, no latent dead yet) against ≈ 210 µs for ReLU+L1.
+SPARSE_STEP_SHARE = 0.3
+# AuxK's extra decode and gradients run only while latents are dead: ≈ +0.9 of the sparse step at 30 %
+# dead (bench/README.md), nothing with none; a quarter is a guess at the average over a run.
+AUXK_STEP_SHARE = 0.25
 
 
 def step_cost_estimate(cfg: SAEConfig, d_in: int, batch_size: int) -> float:

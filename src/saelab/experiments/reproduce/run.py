@@ -3,8 +3,8 @@ DIR/claims.md and DIR/claims.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +17,7 @@ from saelab.experiments.reproduce.budget import DEFAULT_LAYER, Budget
 from saelab.experiments.reproduce.budget import budget as get_budget
 from saelab.experiments.reproduce.budget import lm_data, othello_data
 from saelab.experiments.reproduce.claims import ClaimResult, Evidence, claims_markdown, evaluate_claim
+from saelab.experiments.reproduce.clock import WallClock, describe
 from saelab.experiments.sweep import run_sweep
 from saelab.folder import read_saelab_record
 from saelab.intervals import format_interval
@@ -75,7 +76,15 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         # Checked before any harvesting or training, so a typo costs nothing.
         raise ConfigError("text", text, "no such text file to harvest --model on (docs/offline_lm.md, step 2)")
     root.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+    # Rank 0 times the run, adding to the time of the runs it resumes.
+    with (WallClock(root) if world.is_main else contextlib.nullcontext()) as clock:
+        return _reproduce(world, mod, b, root, model, text, suffix, say, progress, clock)
+
+
+def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None, text: str, suffix: str,
+               say: Callable[[str], None], progress: bool, clock: WallClock | None) -> list[ClaimResult]:
+    """run_reproduce's body: harvest, search, sweep, judge and write (`clock` is rank 0's, None elsewhere)."""
+    name = mod.NAME
     data = world.on_main(lambda: othello_data(b, root / "data" / "othello", say))
     lm = lm_data(b, model, text, root / "data" / "lm", say) if model else None  # a harvest under torchrun is shared by the ranks
     rows, roots = {}, {}
@@ -93,10 +102,9 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         return []
     evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
-    seconds = time.time() - start
     command = (f"saelab reproduce {name} --budget {b.name}" + (f" --layer {b.layer}" if suffix else "")
                + (f" --model {model}" if model else ""))
-    write_claims(root, mod, b.name, results, rows, seconds, command, found)
+    write_claims(root, mod, b.name, results, rows, clock.segments, command, found)
     return results
 
 
@@ -120,10 +128,14 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimResult], rows: dict[str, list[dict]],
-                 seconds: float, command: str, search=None) -> None:
-    """DIR/claims.md (the claims table, each sweep's per-configuration table, the search's table) and DIR/claims.json."""
+                 segments: list[dict], command: str, search=None) -> None:
+    """DIR/claims.md (the claims table, each sweep's per-configuration table, the search's table) and DIR/claims.json.
+
+    `segments`: the wall time of every run that built the result ({started, seconds}, DIR/time.json).
+    """
+    seconds = sum(s["seconds"] for s in segments)
     md = [f"# {mod.TITLE}: claims at the {budget} budget", "",
-          f"`{command}` — {seconds:.0f} s on this machine. Ours is the mean ± the larger side of a 95% interval "
+          f"`{command}` — {describe(segments)} on this machine. Ours is the mean ± the larger side of a 95% interval "
           "(Welch t over seeds for a difference between configurations; a case bootstrap for a fitted exponent; "
           "a paired block bootstrap for an ablation). A claim *holds* when the interval lies wholly on the paper's side of "
           "the null value, *does not hold* when wholly on the other side, and is *not separable at this budget* otherwise.", "",
@@ -137,7 +149,7 @@ def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimRe
                search.markdown()]
     atomic_write_text(root / "claims.md", "\n".join(md))
     atomic_write_json(root / "claims.json", {"paper": mod.TITLE, "name": mod.NAME, "budget": budget, "command": command,
-                                             "seconds": round(seconds, 1), "claims": [r.to_record() for r in results],
+                                             "seconds": round(seconds, 1), "runs": segments, "claims": [r.to_record() for r in results],
                                              **({"search": search.to_record()} if search is not None else {})})
 
 
