@@ -16,6 +16,13 @@ every [B, n] tensor is materialized. Per method, in one process, every repetitio
            decoder rows renormalized
 and, apart, the k-largest selection both use for leaky TopK: saelab.methods.base.topk_mask_values
 against torch.topk on the same [B, n] pre-activations.
+
+    .venv/bin/python bench/dense_step.py --relu-density 0.01,0.03,0.1,0.2,0.3
+
+times ReLU + L1 (decoder-norm weighted, the default) on the sparse kernels (every positive
+pre-activation, objective.RELU_SPARSE_MAX_DENSITY lifted so the step never falls back) against the
+dense path, with b_enc set so each latent fires on that share of the batch: where the ratio crosses 1
+is where a ReLU code should leave the sparse path.
 """
 
 from __future__ import annotations
@@ -111,6 +118,22 @@ def saelab_step(method: str, d: int, n: int, seed: int):
     return lambda x: train_step(member, x, 1e-3)
 
 
+def relu_steps(d: int, n: int, density: float, x: torch.Tensor) -> dict:
+    """saelab's ReLU+L1 step on the sparse kernels and on the dense path, each latent firing on `density` of x's rows."""
+    out = {}
+    for kernel in ("sparse", "dense"):
+        cfg = SAEConfig(d_in=d, n_latents=n, kernel=kernel, **METHODS["relu+l1"])
+        sample = torch.randn(4096, d, generator=torch.Generator().manual_seed(0))
+        member = build_member(cfg, TrainConfig(activations="bench", out="bench"), sample, 0, Path("bench"))
+        sae = member.sae
+        with torch.no_grad():
+            xn, _ = sae.normalizer.normalize(x)
+            pre = (xn - sae.b_dec) @ sae.W_enc
+            sae.b_enc.copy_(-torch.quantile(pre, 1.0 - density, dim=0))
+        out[kernel] = (lambda m: lambda xb: train_step(m, xb, 1e-3))(member)
+    return out
+
+
 def time_interleaved(fns: dict, x: torch.Tensor, reps: int) -> dict[str, list[float]]:
     """Milliseconds per call of each function, each repetition running every function once in turn."""
     for f in fns.values():
@@ -133,9 +156,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", action="store_true", help="one JSON record per line on stdout (table on stderr)")
+    ap.add_argument("--relu-density", default=None, help="comma-separated code densities: time ReLU+L1 sparse against dense instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     say = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    if args.relu_density:
+        from saelab import objective
+
+        objective.RELU_SPARSE_MAX_DENSITY = float("inf")  # time the sparse path at every density
+        for shape in args.shapes.split(","):
+            d, n = (int(v) for v in shape.lower().split("x"))
+            x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))
+            say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}: ReLU+L1")
+            say(f"{'density':>8} {'sparse ms':>10} {'dense ms':>10} {'dense / sparse':>15}")
+            for density in (float(v) for v in args.relu_density.split(",")):
+                times = time_interleaved(relu_steps(d, n, density, x), x, args.reps)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                say(f"{density:8.3f} {med['sparse']:10.1f} {med['dense']:10.1f} {med['dense'] / med['sparse']:15.2f}")
+                if args.json:
+                    print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps,
+                                      "method": "relu+l1", "density": density, "sparse_ms": med["sparse"], "dense_ms": med["dense"],
+                                      "ratio_dense_to_sparse": med["dense"] / med["sparse"]}))
+        return
     for shape in args.shapes.split(","):
         d, n = (int(v) for v in shape.lower().split("x"))
         x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))

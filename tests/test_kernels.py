@@ -178,9 +178,47 @@ def test_leaky_topk_with_a_leak_keeps_the_dense_path():
         compute_step(sae, torch.randn(4, 8), 0.0, None)
 
 
+@pytest.mark.parametrize("penalty,penalty_params,decoder_norm", [(None, {}, False), ("l1", {}, False), ("l1", {}, True),
+                                                                 ("lp", {"p": 0.5}, True), ("lp", {"p": 1.7, "c": 0.3}, False)])
+@pytest.mark.parametrize("auxk", [False, True])
+def test_relu_with_an_entrywise_penalty_matches_the_dense_path(penalty, penalty_params, decoder_norm, auxk):
+    kw = {"penalty": penalty, "penalty_params": penalty_params, "alpha": 0.7, "penalty_decoder_norm": decoder_norm} if penalty else {}
+    sae = _sae("relu", {}, n=200, d=12, seed=5, auxk=auxk, k_aux=6, normalize="scalar", normalization_factor=0.7, **kw)
+    assert supports(sae)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.b_enc.sub_(2.0)  # a sparse code, as training makes it: about a tenth of the entries positive
+    x = torch.randn(48, 12, generator=g)
+    dead = torch.rand(200, generator=g) < 0.3 if auxk else None
+    dense, sparse = dense_step(sae, x, 0.7, dead), sparse_step(sae, x, 0.7, dead)
+    assert list(sparse.losses) == list(dense.losses) == ["mse"] + (["penalty"] if penalty else []) + (["auxk"] if auxk else [])
+    for name in dense.losses:
+        _close(sparse.losses[name].detach(), dense.losses[name].detach(), f"loss {name}")
+    gd, gs = _grads(dense.total, sae), _grads(sparse.total, sae)
+    for name in NAMES:
+        _close(gs[name], gd[name], f"grad {name}")
+    assert torch.allclose(sparse.z.to_dense(200).detach(), dense.z.detach())
+    assert torch.equal(active_per_row(sparse.z), active_per_row(dense.z))
+    assert 0 < sparse.z.nnz < 0.5 * 48 * 200 and bool((sparse.z.values > 0).all())  # the positive entries, no stored zeros
+
+
+def test_a_dense_relu_code_takes_the_dense_path_for_that_step():
+    sae = _sae("relu", {}, n=64, d=8, penalty="l1", alpha=0.1)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    share = float((dense_step(sae, x, 0.1, None).z > 0).float().mean())
+    assert 0.2 < share < 0.8  # random weights: a dense code
+    assert sparse_step(sae, x, 0.1, None, max_density=share + 0.01) is not None
+    assert sparse_step(sae, x, 0.1, None, max_density=share - 0.01) is None
+    assert isinstance(compute_step(sae, x, 0.1, None).z, torch.Tensor)  # compute_step's default threshold: dense here
+    with torch.no_grad():
+        sae.b_enc.fill_(-6.0)
+    assert isinstance(compute_step(sae, x, 0.1, None).z, SparseCode)
+
+
 def test_unsupported_settings_are_refused():
-    assert not supports(_sae("relu", {}, n=32, d=8, penalty="l1", alpha=0.1))
-    assert not supports(_sae("topk", {"k": 2}, n=32, d=8, penalty="l1", alpha=0.1))
+    assert not supports(_sae("relu", {}, n=32, d=8, penalty="smoothed_l0", alpha=0.1))  # not a sum with f(0) = 0
+    assert not supports(_sae("relu", {}, n=32, d=8, penalty="freshman", alpha=0.1))
+    assert not supports(_sae("topk", {"k": 2}, n=32, d=8, penalty="l1", alpha=0.1))  # a TopK code may store zeros
     sae = _sae("batchtopk", {"k": 2}, n=32, d=8)
     sae.eval()
     assert not supports(sae)  # inference is a threshold, not a selection

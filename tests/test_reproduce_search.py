@@ -127,3 +127,32 @@ def test_a_search_screens_scores_finalists_and_resumes(tmp_path):
     again = run_search(cands, shared, tmp_path / "search", 2, {"games": 20, "n_boot": 10}, say=said.append)
     assert not any(m.startswith("training") or m.startswith("harvesting") for m in said)
     assert {m: c.name for m, c in again.chosen.items()} == {m: c.name for m, c in got.chosen.items()}
+
+
+def test_a_best_setting_the_matched_sweep_trains_is_not_trained_twice(tmp_path):
+    from saelab.experiments.reproduce import sparsity_methods as sm
+    from saelab.experiments.reproduce.budget import QUICK
+    from saelab.experiments.reproduce.run import _renamed
+    from saelab.experiments.reproduce.search import SearchResult
+
+    cands = {c.name: c for c in sm.candidates(QUICK)}
+    t = QUICK.target_l0
+    # none, and leaky at the target L0 and dimred at half of it, are settings of the matched sweep; TopK at 2× is not.
+    chosen = {"none": cands["cand none"], "leaky": cands[f"cand leaky L0 {t}"], "dimred": cands[f"cand dimred L0 {t // 2}"],
+              "topk": cands[f"cand topk L0 {2 * t}"]}
+    found = SearchResult(screened=[], scores={}, chosen=chosen)
+    names = sm.names(QUICK)
+    assert sm.reused(QUICK, found) == {sm.BEST_SWEEP: [("best none", sm.SWEEP, names["none"]),
+                                                       ("best leaky", sm.SWEEP, names["leaky"]),
+                                                       ("best dimred", sm.SWEEP, names["dimred_half"])]}
+    plans = sm.sweeps(QUICK, tmp_path, search=found)
+    assert [t["name"] for t in plans[sm.BEST_SWEEP]["sae"]] == ["best topk"]
+    assert {k: v for k, v in plans[sm.BEST_SWEEP].items() if k != "sae"} == {k: v for k, v in plans[sm.SWEEP].items() if k != "sae"}
+    everything_matched = SearchResult(screened=[], scores={}, chosen={"none": cands["cand none"]})
+    assert sm.BEST_SWEEP not in sm.sweeps(QUICK, tmp_path, search=everything_matched)  # nothing left to train
+    # A reused row keeps every number and points at the same SAE folder from the other sweep's root.
+    row = {"name": "relu no penalty-s1", "group": "relu no penalty", "seed": 1, "folder": "runs/seed1/relu no penalty-s1", "nmse": 0.1}
+    moved = _renamed(row, "best none", tmp_path / "sweeps" / "methods", tmp_path / "sweeps" / "best")
+    assert moved == {**row, "name": "best none-s1", "group": "best none", "folder": "../methods/runs/seed1/relu no penalty-s1"}
+    assert (tmp_path / "sweeps" / "best" / moved["folder"]).resolve() == (tmp_path / "sweeps" / "methods" / row["folder"]).resolve()
+

@@ -45,7 +45,8 @@ def test_two_ranks_reproduce_the_one_process_claims_and_search(tmp_path):
     assert _claims(spread) == _claims(one)
     s_search, o_search = (json.loads((d / "search" / "search.json").read_text()) for d in (spread, one))
     assert s_search == o_search  # the same screen numbers, finalists, scores and choices
-    for sweep in ("methods", "best"):
+    # `best` trains only the chosen settings the matched sweep does not (ReLU without penalty never is).
+    for sweep in ("methods", "best")[:1 + (spread / "sweeps" / "best").exists()]:
         rows = [json.loads(line) for line in (spread / "sweeps" / sweep / RESULTS).read_text().splitlines()]
         assert rows and all(r.get("good_findable") is not None for r in rows)  # each rank scored its own SAEs
         assert not list((spread / "sweeps" / sweep).glob("results.rank*.jsonl"))  # merged into results.jsonl

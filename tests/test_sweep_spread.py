@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
-from saelab.experiments.grid import (AUXK_STEP_SHARE, SPARSE_STEP_SHARE, memory_estimate, plan_sweep, spread_over_ranks,
+from saelab.experiments.grid import (AUXK_STEP_SHARE, RELU_STEP_SHARE, SPARSE_STEP_SHARE, memory_estimate, plan_sweep, spread_over_ranks,
                                     step_cost_estimate)
 from saelab.experiments.sweep import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal, run_sweep
 
@@ -78,17 +78,19 @@ def test_deal_balances_memory_and_keeps_plan_order(toy_dir):
 
 
 def test_deal_weighs_a_dense_step_above_a_sparse_one(toy_dir):
-    # A ReLU+L1 SAE trains on the dense path, a TopK one (with or without AuxK) on the sparse kernels:
-    # at equal size the dense step costs about three sparse ones, AuxK a quarter of a sparse step more.
+    # A ReLU+L1 SAE trains on the dense path until its code is sparse, a TopK one (with or without AuxK)
+    # on the sparse kernels: at equal size ReLU costs about 1.7 TopK steps, AuxK a quarter of a TopK step more.
     plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-",
                        "sae": [{"method": "relu", "penalty": "l1", "alpha": 1.0, "n_latents": 4096},
                                {"method": "topk", "k": 8, "n_latents": [256, 512, 1024, 2048, 4096], "auxk": True}]})
     relu, *topk = [step_cost_estimate(s.cfg, 128, 2048) for s in plan.saes]
-    assert relu == pytest.approx(topk[-1] / (SPARSE_STEP_SHARE * (1 + AUXK_STEP_SHARE)))
+    assert relu == pytest.approx(topk[-1] * RELU_STEP_SHARE / (SPARSE_STEP_SHARE * (1 + AUXK_STEP_SHARE)))
     assert topk == pytest.approx([topk[0] * m for m in (1, 2, 4, 8, 16)])
     shares = spread_over_ranks(plan.saes, 128, 2048, 2)
-    # By time: the dense 4,096 (cost 1) against all TopK (0.375 × 31/16 = 0.73); by memory it would share with the big TopK.
-    assert [[s.cfg.n_latents for s in share] for share in shares] == [[4096], [256, 512, 1024, 2048, 4096]]
+    # By time (per 4,096 latents: ReLU 0.5, TopK+AuxK 0.375), largest first to the lighter rank:
+    # ReLU | TopK 4,096, 2,048 | TopK 1,024 to the ReLU | 512 | 256: 0.62 against 0.61.
+    assert [[s.cfg.n_latents for s in share] for share in shares] == [[4096, 256, 1024], [512, 2048, 4096]]
+    assert [s.cfg.method for s in shares[0]] == ["relu", "topk", "topk"]
     by_memory = spread_over_ranks(plan.saes, 128, 2048, 2, memory_estimate)
     assert [len(share) for share in by_memory] == [2, 4]
 

@@ -164,17 +164,21 @@ SPARSE_STEP_SHARE = 0.3
 # AuxK's extra decode and gradients run only while latents are dead: ≈ +0.9 of the sparse step at 30 %
 # dead (bench/README.md), nothing with none; a quarter is a guess at the average over a run.
 AUXK_STEP_SHARE = 0.25
+# A ReLU code trains on the sparse kernels once it is sparse (objective.RELU_SPARSE_MAX_DENSITY), on the
+# dense path before: ReLU+L1 at target L0 32 (1,024 latents) took 0.73 of the dense time over its first
+# 600 steps, ≈ 0.35 once sparse (bench/dense_step.py --relu-density); half is a guess at a run's average.
+RELU_STEP_SHARE = 0.5
 
 
 def step_cost_estimate(cfg: SAEConfig, d_in: int, batch_size: int) -> float:
-    """Relative time of one training step of `cfg`: B·d·n, a third of it where the sparse kernels apply."""
+    """Relative time of one training step of `cfg`: B·d·n, less where the sparse kernels apply (TopK family 0.3, ReLU 0.5)."""
     from saelab.kernels import sparse_plan_for
 
     work = float(batch_size) * d_in * cfg.n_latents
     plan = sparse_plan_for(cfg)
     if plan is None:
         return work
-    return work * SPARSE_STEP_SHARE * (1 + (AUXK_STEP_SHARE if cfg.auxk else 0.0))
+    return work * (RELU_STEP_SHARE if plan.positive else SPARSE_STEP_SHARE) * (1 + (AUXK_STEP_SHARE if cfg.auxk else 0.0))
 
 
 def spread_over_ranks(saes: list[PlannedSAE], d_in: int, batch_size: int, ranks: int,

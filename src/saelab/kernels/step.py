@@ -6,24 +6,38 @@ Per SparsePlan (all ReLU'd, as the dense activations are):
   extra_multiple m    top-(m·k) sorted: its first k columns are the k code (the k largest of the
                       m·k largest are the k largest), both decoded; mse + extra_weight · L(m·k)
                       under the name extra_name                              (multi_topk)
+  positive            z = P at every positive entry (relu; ragged rows), with an entrywise
+                      penalty (l1, lp) summed over those entries (times ‖W_dec[i]‖ where the
+                      config asks) as the dense path's "penalty" term
   AuxK                top-k_aux among the dead latents of P, decoded without bias against the
                       detached residual, scaled as objective.auxk_loss (losses.auxk_term).
 Loss terms keep the dense path's names and order, so `StepOutput.total` sums them the same way.
+
+A ReLU code is only as sparse as training has made it (at initialization about half of P is
+positive), so `max_density` lets the caller take the dense path for a step whose code is denser
+than that: P is computed first, outside the autograd Function, and reused by it when the step stays sparse.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from saelab.kernels.decode import DecodeItem, decode
-from saelab.kernels.topk_encode import EncodePlan, encode
+from saelab.kernels import threads
+from saelab.kernels.topk_encode import EncodePlan, encode, pre_activations
 from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import SparsePlan
 from saelab.step_output import StepOutput
 
 
-def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: SparsePlan | None = None) -> StepOutput:
-    """The sparse-path counterpart of objective.dense_step (same losses, same gradients)."""
+def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: SparsePlan | None = None,
+                max_density: float | None = None) -> StepOutput | None:
+    """The sparse-path counterpart of objective.dense_step (same losses, same gradients).
+
+    None (nothing computed that needs undoing) when a `positive` plan's code would fill more than
+    `max_density` of the [B, n] entries: the dense path is then the faster one.
+    """
     cfg = sae.cfg
     spec = spec if spec is not None else sae.activation.sparse_plan()
     if spec is None:
@@ -34,7 +48,18 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
 
     extra = spec.extra_multiple is not None
     plan = EncodePlan()
-    if spec.batch:
+    if spec.positive:
+        plan.positive = True
+        with torch.no_grad():
+            plan.pre = pre_activations(x - sae.b_dec, sae.W_enc, sae.b_enc)
+        if max_density is not None:
+            with threads.parallel(plan.pre.device):
+                plan.pre_positive = plan.pre > 0
+                filled = int(torch.count_nonzero(plan.pre_positive))
+            if filled > max_density * plan.pre.numel():
+                plan.pre = plan.pre_positive = None
+                return None
+    elif spec.batch:
         plan.batch_k = k
     elif extra:
         plan.k = min(k * spec.extra_multiple, n)
@@ -64,6 +89,9 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
 
     x_hat = decoded[0] + sae.b_dec
     losses = {"mse": squared_error(x_hat, x)}
+    if sae.penalty is not None:
+        scored = z_main * sae.decoder_norms().index_select(0, plan.main.latents) if cfg.penalty_decoder_norm else z_main
+        losses["penalty"] = alpha * sae.penalty.on_entries(scored, x.shape[0])
     if extra:
         x_big = decoded[1] + sae.b_dec
         losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)

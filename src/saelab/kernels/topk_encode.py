@@ -4,7 +4,8 @@ Forward, with x_c = x − b_dec:  P = x_c·W_enc + b_enc  ([B, n], in reused scr
 per-row selections one chunk of rows at a time, at most PRE_BUDGET_BYTES), then while P is alive
 every code the step needs is selected from it:
   - main:  per-row top-K (TopK; Multi-TopK's larger K, sorted so its first k columns are the k
-           code), or BatchTopK's k·B largest positive entries of the batch (ragged rows);
+           code), BatchTopK's k·B largest positive entries of the batch, or (ReLU) every positive
+           entry (both ragged rows);
   - aux:   AuxK's per-row top-k_aux among the dead latents.
 It returns z_e = ReLU(P_e) at the selected entries only; the positions go into the plan.
 
@@ -73,6 +74,11 @@ class EncodePlan:
     k: int = 0  # per-row top-k of the main code (ignored when batch_k is set)
     sorted: bool = False  # main code sorted by decreasing pre-activation (Multi-TopK)
     batch_k: int | None = None  # BatchTopK: keep the k·B largest positive entries of the batch
+    positive: bool = False  # ReLU: keep every positive entry (ragged rows)
+    # P computed by the caller (ReLU checks its density first), reused by the forward instead of a
+    # second product, and P > 0 if the caller formed it too.
+    pre: Tensor | None = field(default=None, repr=False)
+    pre_positive: Tensor | None = field(default=None, repr=False)
     dead: Tensor | None = None  # AuxK: ids of the dead latents (ascending), or None
     k_aux: int = 0
     main: SparseCode | None = field(default=None, repr=False)
@@ -113,7 +119,7 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, plan):
         x_c = x - b_dec
-        if plan.batch_k is not None:
+        if plan.batch_k is not None or plan.positive:
             z_main, z_aux = _encode_batch(x_c, W_enc, b_enc, plan)
         else:
             z_main, z_aux = _encode_by_rows(x_c, W_enc, b_enc, plan)
@@ -129,7 +135,7 @@ class _TopKEncode(torch.autograd.Function):
             return _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux)
 
 
-def _pre_activations(x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+def pre_activations(x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
     """P = x_c·W_enc + b_enc for these rows, in scratch memory (valid until the next call)."""
     pre = workspace.scratch("pre", (x_c.shape[0], W_enc.shape[1]), W_enc.dtype, W_enc.device)
     # mm then add (not addmm) so P is bit-identical to the dense path's and picks the same top-k.
@@ -151,7 +157,7 @@ def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan)
     """Per-row selections (TopK, Multi-TopK, AuxK), chunk of rows by chunk so P stays within budget."""
     main_v, main_c, aux_v, aux_l = [], [], [], []
     for lo, hi in row_chunks(x_c.shape[0], W_enc.shape[1], W_enc.element_size()):
-        pre = _pre_activations(x_c[lo:hi], W_enc, b_enc)
+        pre = pre_activations(x_c[lo:hi], W_enc, b_enc)
         with threads.parallel(pre.device):
             v, cols = row_topk(pre, plan.k, sorted=plan.sorted)
             main_v.append(v)
@@ -168,11 +174,14 @@ def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan)
 
 
 def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
-    """BatchTopK (and AuxK) from the whole batch's P: the selection is batch-wide, so P is not chunked."""
-    pre = _pre_activations(x_c, W_enc, b_enc)
+    """BatchTopK or ReLU (and AuxK) from the whole batch's P: ragged rows, so P is not chunked."""
+    pre = plan.pre if plan.pre is not None else pre_activations(x_c, W_enc, b_enc)
+    mask = plan.pre_positive
+    plan.pre = plan.pre_positive = None  # scratch memory: valid for this step only
     rows = pre.shape[0]
     with threads.parallel(pre.device):
-        r, c, v = batch_topk(pre, plan.batch_k)  # positive entries only: ReLU is the identity there
+        # Positive entries only: ReLU is the identity there.
+        r, c, v = positive_entries(pre, mask) if plan.positive else batch_topk(pre, plan.batch_k)
         # Positions only (values detached): the plan lives on ctx, holding outputs would make a cycle.
         plan.main = SparseCode(rows, c, v.detach(), rows=r)
         z_aux = pre.new_zeros(0)
@@ -181,6 +190,14 @@ def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -
             with threads.single(pre.device):
                 z_aux = _select_aux(plan, aux_v, aux_l)
     return v, z_aux
+
+
+def positive_entries(pre: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, cols, values) of every positive entry of P (`mask`: P > 0 if already formed), row-major: the ReLU code's non-zeros."""
+    flat = pre.reshape(-1)
+    idx = (mask if mask is not None else pre > 0).reshape(-1).nonzero().squeeze(1)
+    n = pre.shape[1]
+    return idx.div(n, rounding_mode="floor"), idx.remainder(n), flat.index_select(0, idx)
 
 
 def _aux_topk(pre: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:

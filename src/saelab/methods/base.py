@@ -42,7 +42,8 @@ def require(cond: bool, field: str, value, reason: str) -> None:
 class SparsePlan:
     """How the sparse kernels compute an activation exactly: a selection of pre-activations, ReLU'd.
 
-    `k` entries per row (or k·B over the flattened batch when `batch`); with `extra_multiple` the
+    `k` entries per row (or k·B over the flattened batch when `batch`, or every positive entry when
+    `positive`: ReLU, ragged rows, k unused); with `extra_multiple` the
     kernels also decode each row's top min(k·extra_multiple, n) entries and add `extra_weight` ×
     their squared error as the loss term `extra_name` (Multi-TopK). An activation that returns a
     plan promises its dense forward equals this selection in training mode.
@@ -50,6 +51,7 @@ class SparsePlan:
 
     k: int
     batch: bool = False
+    positive: bool = False
     extra_multiple: int | None = None
     extra_weight: float = 0.0
     extra_name: str = ""
@@ -175,6 +177,14 @@ class Penalty(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """The penalty of the batch `z`, averaged over rows."""
         raise NotImplementedError
+
+    # A penalty that is a sum over entries with f(0) = 0 sets this and implements on_entries; the
+    # sparse kernels then train ReLU with it from the positive entries alone.
+    entrywise: ClassVar[bool] = False
+
+    def on_entries(self, values: Tensor, n_rows: int) -> Tensor:
+        """forward's value from a code's positive entries only (`values`, any order) of `n_rows` rows."""
+        raise NotImplementedError(f"penalty {self.name!r} has no entrywise form")
 
 
 def topk_mask_values(x: Tensor, k: int) -> tuple[Tensor, Tensor]:

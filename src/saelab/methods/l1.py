@@ -21,3 +21,9 @@ class L1(Penalty):
     def forward(self, z: Tensor) -> Tensor:
         """Batch-mean L1 norm."""
         return z.abs().sum(dim=-1).mean()
+
+    entrywise = True
+
+    def on_entries(self, values: Tensor, n_rows: int) -> Tensor:
+        """Σ|v| over the positive entries, over the rows: the dense value (zeros add nothing)."""
+        return values.abs().sum() / n_rows

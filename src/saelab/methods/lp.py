@@ -28,6 +28,12 @@ class Lp(Penalty):
         """Batch-mean Lp penalty."""
         return _LpRowSums.apply(z, float(self.params.p), float(self.params.c)).mean()
 
+    entrywise = True
+
+    def on_entries(self, values: Tensor, n_rows: int) -> Tensor:
+        """Σ(c·|v|)^p over the positive entries, over the rows (no zeros here, so pow's gradient is finite)."""
+        return (values.abs() * float(self.params.c)).pow(float(self.params.p)).sum() / n_rows
+
 
 class _LpRowSums(torch.autograd.Function):
     """Σ_i (c·|z_i|)^p per row, with the gradient p·c^p·|z|^(p−1)·sign(z) and 0 where z = 0.

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, Params
+from saelab.methods.base import Activation, Params, SparsePlan
 from saelab.methods.registry import register_activation
 
 
@@ -22,6 +22,10 @@ class ReLU(Activation):
     def forward(self, pre: Tensor) -> Tensor:
         """ReLU of the pre-activations."""
         return torch.relu(pre)
+
+    def sparse_plan(self) -> SparsePlan | None:
+        """Every positive pre-activation (with no penalty or an entrywise one: kernels.sparse_plan checks)."""
+        return SparsePlan(k=0, positive=True)
 
     def saelens_architecture(self):
         """SAELens calls this architecture 'standard'."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -100,12 +101,25 @@ def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None,
         rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name]) if world.is_main else got  # rank 0 judges the claims
     if not world.is_main:
         return []
+    notes = []
+    for target, links in (mod.reused(b, found) if found is not None and hasattr(mod, "reused") else {}).items():
+        roots.setdefault(target, root / "sweeps" / target)
+        rows.setdefault(target, [])
+        for group, source, source_group in links:
+            rows[target] += [_renamed(r, group, roots[source], roots[target]) for r in rows[source] if r["group"] == source_group]
+            notes.append(f"`{group}` of sweep `{target}` is `{source_group}` of sweep `{source}` (the same setting and training, not trained twice).")
     evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
     command = (f"saelab reproduce {name} --budget {b.name}" + (f" --layer {b.layer}" if suffix else "")
                + (f" --model {model}" if model else ""))
-    write_claims(root, mod, b.name, results, rows, clock.segments, command, found)
+    write_claims(root, mod, b.name, results, rows, clock.segments, command, found, notes)
     return results
+
+
+def _renamed(row: dict, group: str, source_root: Path, target_root: Path) -> dict:
+    """A results row of one sweep as a row of group `group` in another (its folder relative to the other's root)."""
+    folder = os.path.relpath(source_root / row["folder"], target_root)
+    return {**row, "name": f"{group}-s{row['seed']}", "group": group, "folder": folder}
 
 
 def check_layer(layer: int) -> None:
@@ -128,7 +142,7 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimResult], rows: dict[str, list[dict]],
-                 segments: list[dict], command: str, search=None) -> None:
+                 segments: list[dict], command: str, search=None, notes: list[str] = ()) -> None:
     """DIR/claims.md (the claims table, each sweep's per-configuration table, the search's table) and DIR/claims.json.
 
     `segments`: the wall time of every run that built the result ({started, seconds}, DIR/time.json).
@@ -142,6 +156,8 @@ def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimRe
           claims_markdown(results)]
     for sweep_name, sweep_rows in rows.items():
         md += [f"## Sweep `{sweep_name}`", "", summary_markdown(sweep_rows)]
+    if notes:
+        md += ["Reused rows:", "", *[f"- {n}" for n in notes], ""]
     if search is not None:
         md += ["## Search", "", "Each candidate trained once (seed 0) for the screen, then judged on held-out L0 and NMSE: "
                "collapsed codes and Pareto-dominated settings drop out, the rest (at most the budget's finalists per method) "

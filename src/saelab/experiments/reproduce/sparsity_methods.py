@@ -3,6 +3,7 @@ every sparsity method at one matched L0, scored by the board-state pairs single 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from saelab.experiments.reproduce.budget import Budget
@@ -58,17 +59,43 @@ def roles(b: Budget) -> tuple[str, ...]:
     return REPORT_METHODS + (FULL_EXTRA if b.name == "full" else ())
 
 
-def sweeps(b: Budget, data: Path, lm: Path | None = None, search: SearchResult | None = None) -> dict[str, dict]:
-    """The matched-L0 sweep of every method; with a finished search, also each method's best setting over every seed."""
+def matched_tables(b: Budget) -> list[dict]:
+    """The matched-L0 sweep's [[sae]] tables: the report's methods at the target L0, dimension reduction also at half.
+
+    The methods beyond the report (`FULL_EXTRA`) make no matched-L0 claim; at `full` they are in the
+    search and the `best` sweep, which is where their cost (four epochs × seeds) buys a claim.
+    """
     n, t = names(b), b.target_l0
-    tables = [{"name": n[r], **table(r, t)} for r in REPORT_METHODS] + [{"name": n["dimred_half"], **table("dimred", t // 2)}]
-    if b.name == "full":
-        tables += [{"name": f"{r} L0 {t}", **table(r, t)} for r in FULL_EXTRA]
+    return [{"name": n[r], **table(r, t)} for r in REPORT_METHODS] + [{"name": n["dimred_half"], **table("dimred", t // 2)}]
+
+
+def sweeps(b: Budget, data: Path, lm: Path | None = None, search: SearchResult | None = None) -> dict[str, dict]:
+    """The matched-L0 sweep of every method; with a finished search, also each method's best setting over every seed.
+
+    A best setting the matched sweep already trains (same table, same training, same seeds) is not
+    trained again: `reused` names it, and the caller copies its rows into the best sweep.
+    """
     common = {"activations": str(data), **b.training(), "n_latents": b.n_latents, "eval": {"games": b.eval_games, "n_boot": b.n_boot}}
-    out = {SWEEP: {**common, "sae": tables}}
+    out = {SWEEP: {**common, "sae": matched_tables(b)}}
     if search is not None:
-        out[BEST_SWEEP] = {**common, "sae": [{**c.table, "name": best_name(role)} for role, c in search.chosen.items()]}
+        taken = reused(b, search).get(BEST_SWEEP, [])
+        fresh = [{**c.table, "name": best_name(role)} for role, c in search.chosen.items()
+                 if best_name(role) not in {group for group, _, _ in taken}]
+        if fresh:
+            out[BEST_SWEEP] = {**common, "sae": fresh}
     return out
+
+
+def reused(b: Budget, search: SearchResult) -> dict[str, list[tuple[str, str, str]]]:
+    """Groups taken from an earlier sweep instead of trained again: {sweep: [(group, from sweep, from group)]}."""
+    same = {_setting(t): t["name"] for t in matched_tables(b)}
+    links = [(best_name(role), SWEEP, same[_setting(c.table)]) for role, c in search.chosen.items() if _setting(c.table) in same]
+    return {BEST_SWEEP: links} if links else {}
+
+
+def _setting(t: dict) -> str:
+    """An [[sae]] table without its name, as a comparable key."""
+    return json.dumps({k: v for k, v in t.items() if k != "name"}, sort_keys=True)
 
 
 def best_name(role: str) -> str:
