@@ -47,6 +47,7 @@ dead_tokens = 512
 method = "relu"
 penalty = "l1"
 alpha = 0.01
+kernel = "dense"
 [[sae]]
 method = "batchtopk"
 k = 4

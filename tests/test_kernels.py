@@ -179,7 +179,9 @@ def test_leaky_topk_with_a_leak_keeps_the_dense_path():
 
 
 @pytest.mark.parametrize("penalty,penalty_params,decoder_norm", [(None, {}, False), ("l1", {}, False), ("l1", {}, True),
-                                                                 ("lp", {"p": 0.5}, True), ("lp", {"p": 1.7, "c": 0.3}, False)])
+                                                                 ("lp", {"p": 0.5}, True), ("lp", {"p": 1.7, "c": 0.3}, False),
+                                                                 ("smoothed_l0", {"eps": 0.05, "delta": 0.8}, True),
+                                                                 ("freshman", {"p": 2.0}, False), ("freshman", {"p": 1.5}, True)])
 @pytest.mark.parametrize("auxk", [False, True])
 def test_relu_with_an_entrywise_penalty_matches_the_dense_path(penalty, penalty_params, decoder_norm, auxk):
     kw = {"penalty": penalty, "penalty_params": penalty_params, "alpha": 0.7, "penalty_decoder_norm": decoder_norm} if penalty else {}
@@ -216,8 +218,7 @@ def test_a_dense_relu_code_takes_the_dense_path_for_that_step():
 
 
 def test_unsupported_settings_are_refused():
-    assert not supports(_sae("relu", {}, n=32, d=8, penalty="smoothed_l0", alpha=0.1))  # not a sum with f(0) = 0
-    assert not supports(_sae("relu", {}, n=32, d=8, penalty="freshman", alpha=0.1))
+    assert not supports(_sae("relu", {}, n=32, d=8, penalty="without_topk", alpha=0.1))  # a per-row top-k of the code
     assert not supports(_sae("topk", {"k": 2}, n=32, d=8, penalty="l1", alpha=0.1))  # a TopK code may store zeros
     sae = _sae("batchtopk", {"k": 2}, n=32, d=8)
     sae.eval()

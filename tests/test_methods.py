@@ -317,3 +317,30 @@ def test_dimred_support_is_the_appendix_iteration(n, p, seed):
     xf = torch.from_numpy(x).float().double().numpy()  # the float32 values the function sees
     for r in range(12):
         assert set(np.flatnonzero(support[r].numpy())) == _appendix_iteration(list(xf[r]), a.tolist())
+
+
+ENTRYWISE = [("l1", {}), ("lp", {"p": 0.5}), ("lp", {"p": 1.7, "c": 0.3}), ("smoothed_l0", {"eps": 0.05, "delta": 0.8}),
+             ("freshman", {"p": 2.0}), ("freshman", {"p": 1.5})]
+
+
+@pytest.mark.parametrize("name,params", ENTRYWISE)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 9), n=st.integers(1, 40), density=st.floats(0.0, 1.0))
+def test_an_entrywise_penalty_reads_the_dense_value_and_gradient_from_the_entries(name, params, seed, rows, n, density):
+    cls = penalty_class(name)
+    pen = cls(build_params(cls, params, "penalty_params"), n)
+    assert cls.entrywise
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(rows, n, generator=g, dtype=torch.float64) * 3
+    z = torch.where(torch.rand(rows, n, generator=g, dtype=torch.float64) < density, z, torch.zeros_like(z))
+    z[0] = 0.0  # a row without entries
+    z.requires_grad_()
+    dense = pen(z)
+    r, c = (z.detach() > 0).nonzero(as_tuple=True)
+    values = z.detach()[r, c].clone().requires_grad_()
+    sparse = pen.on_entries(values, r, rows)
+    torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-12)
+    (gd,) = torch.autograd.grad(dense, z)
+    if values.numel():
+        (gs,) = torch.autograd.grad(sparse, values)
+        torch.testing.assert_close(gs, gd[r, c], rtol=1e-10, atol=1e-12)

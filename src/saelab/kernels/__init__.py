@@ -1,4 +1,4 @@
-"""Sparse training kernels for the TopK family; the dense path in objective.py stays the reference.
+"""Sparse training kernels for the TopK family and sparse ReLU codes; the dense path in objective.py stays the reference.
 
 A TopK-family step needs one dense product, P = (x − b_dec)·W_enc + b_enc; everything after the
 selection touches only the k (or k·multiple, k_aux) selected entries per row. The sparse path:
@@ -14,9 +14,11 @@ selection touches only the k (or k·multiple, k_aux) selected entries per row. T
 
 Which activations run here is each method's own fact: `Activation.sparse_plan()` returns the
 selection (per-row k, batch k·B, an extra Multi-TopK-style decode) or None, so a new TopK-family
-method is one file and its registration. Today topk, batchtopk (training mode), multi_topk and
-leaky_topk with ε = 0 return plans (each with or without AuxK, any input normalization, the
-unit-norm decoder); leaky_topk with ε > 0 and batchtopk at inference return None, and
+method is one file and its registration. Today topk, batchtopk (training mode), multi_topk,
+leaky_topk with ε = 0 and relu (every positive entry; with no penalty or an entrywise one — l1, lp,
+smoothed_l0, freshman — whose `on_entries` reads it from the code's entries) return plans (each with or without AuxK, any
+input normalization, the unit-norm decoder); leaky_topk with ε > 0, relu with another penalty
+and batchtopk at inference return None, and
 `kernel="auto"` then trains on the dense path (`kernel="sparse"` is refused by
 objective.uses_sparse_kernel), never a silently changed function.
 """
@@ -53,8 +55,8 @@ def _plan(act, penalty) -> SparsePlan | None:
         return None
     plan = act.sparse_plan()
     if penalty is not None:
-        # A penalty reads the code: only an entrywise one (f(0) = 0) on a ReLU code, whose stored entries
-        # are exactly its non-zeros (a TopK code may store zeros, where f's gradient need not exist).
+        # A penalty reads the code: only an entrywise one on a ReLU code, whose stored entries are
+        # exactly its non-zeros (a TopK code may store zeros, where f's gradient need not exist).
         ok = plan is not None and plan.positive and getattr(penalty, "entrywise", False)
         if not ok or not issubclass(_defining_class(type(penalty), "on_entries"), _defining_class(type(penalty), "forward")):
             return None

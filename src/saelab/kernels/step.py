@@ -7,8 +7,8 @@ Per SparsePlan (all ReLU'd, as the dense activations are):
                       m·k largest are the k largest), both decoded; mse + extra_weight · L(m·k)
                       under the name extra_name                              (multi_topk)
   positive            z = P at every positive entry (relu; ragged rows), with an entrywise
-                      penalty (l1, lp) summed over those entries (times ‖W_dec[i]‖ where the
-                      config asks) as the dense path's "penalty" term
+                      penalty (l1, lp, smoothed_l0, freshman) read from those entries (times
+                      ‖W_dec[i]‖ where the config asks) as the dense path's "penalty" term
   AuxK                top-k_aux among the dead latents of P, decoded without bias against the
                       detached residual, scaled as objective.auxk_loss (losses.auxk_term).
 Loss terms keep the dense path's names and order, so `StepOutput.total` sums them the same way.
@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels import threads
+from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.topk_encode import EncodePlan, encode, pre_activations
 from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import SparsePlan
@@ -91,7 +91,7 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     losses = {"mse": squared_error(x_hat, x)}
     if sae.penalty is not None:
         scored = z_main * sae.decoder_norms().index_select(0, plan.main.latents) if cfg.penalty_decoder_norm else z_main
-        losses["penalty"] = alpha * sae.penalty.on_entries(scored, x.shape[0])
+        losses["penalty"] = alpha * sae.penalty.on_entries(scored, plan.main.rows, x.shape[0])
     if extra:
         x_big = decoded[1] + sae.b_dec
         losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)

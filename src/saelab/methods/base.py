@@ -178,12 +178,12 @@ class Penalty(nn.Module):
         """The penalty of the batch `z`, averaged over rows."""
         raise NotImplementedError
 
-    # A penalty that is a sum over entries with f(0) = 0 sets this and implements on_entries; the
-    # sparse kernels then train ReLU with it from the positive entries alone.
+    # A penalty whose value follows from a ReLU code's positive entries (the zeros' share is known:
+    # they all hold 0) sets this and implements on_entries; the sparse kernels then train ReLU with it.
     entrywise: ClassVar[bool] = False
 
-    def on_entries(self, values: Tensor, n_rows: int) -> Tensor:
-        """forward's value from a code's positive entries only (`values`, any order) of `n_rows` rows."""
+    def on_entries(self, values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+        """forward's value for an [n_rows, n] code whose non-zeros are `values` at rows `rows` (row-major)."""
         raise NotImplementedError(f"penalty {self.name!r} has no entrywise form")
 
 

@@ -35,3 +35,15 @@ class FreshmansDream(Penalty):
         alive = den > 0
         ratio = torch.where(alive, num / torch.where(alive, den, torch.ones_like(den)), torch.zeros_like(den))
         return (ratio / z.shape[-1]).mean()
+
+    entrywise = True
+
+    def on_entries(self, values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+        """forward from per-row sums over the entries (a row without entries contributes 0)."""
+        mag = values.abs()
+        p = self.params.p
+        num = mag.new_zeros(n_rows).index_add(0, rows, mag) ** p
+        den = mag.new_zeros(n_rows).index_add(0, rows, mag**p)
+        alive = den > 0
+        ratio = torch.where(alive, num / torch.where(alive, den, torch.ones_like(den)), torch.zeros_like(den))
+        return (ratio / self.n_latents).mean()

@@ -24,6 +24,6 @@ class L1(Penalty):
 
     entrywise = True
 
-    def on_entries(self, values: Tensor, n_rows: int) -> Tensor:
+    def on_entries(self, values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
         """Σ|v| over the positive entries, over the rows: the dense value (zeros add nothing)."""
         return values.abs().sum() / n_rows

@@ -30,7 +30,7 @@ class Lp(Penalty):
 
     entrywise = True
 
-    def on_entries(self, values: Tensor, n_rows: int) -> Tensor:
+    def on_entries(self, values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
         """Σ(c·|v|)^p over the positive entries, over the rows (no zeros here, so pow's gradient is finite)."""
         return (values.abs() * float(self.params.c)).pow(float(self.params.p)).sum() / n_rows
 

@@ -37,3 +37,12 @@ class SmoothedL0(Penalty):
         """Batch mean of the per-sample smoothed L0 / n."""
         step = torch.sigmoid(self.slope() * (z - self.params.delta / 2))
         return step.mean(dim=-1).mean()
+
+    entrywise = True
+
+    def on_entries(self, values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+        """The entries' steps plus f(0) = ε for each of the code's zeros, over n_rows·n."""
+        step = torch.sigmoid(self.slope() * (values - self.params.delta / 2))
+        at_zero = torch.sigmoid(values.new_tensor(-self.slope() * self.params.delta / 2))
+        cells = n_rows * self.n_latents
+        return (step.sum() + (cells - values.numel()) * at_zero) / cells
