@@ -211,7 +211,10 @@ def test_a_dense_relu_code_takes_the_dense_path_for_that_step():
     assert 0.2 < share < 0.8  # random weights: a dense code
     assert sparse_step(sae, x, 0.1, None, max_density=share + 0.01) is not None
     assert sparse_step(sae, x, 0.1, None, max_density=share - 0.01) is None
-    assert isinstance(compute_step(sae, x, 0.1, None).z, torch.Tensor)  # compute_step's default threshold: dense here
+    assert isinstance(compute_step(sae, x, 0.1, None).z, torch.Tensor)  # kernel auto's threshold: dense here
+    sae.cfg.kernel = "sparse"
+    assert isinstance(compute_step(sae, x, 0.1, None).z, SparseCode)  # asked for: the kernels whatever the density
+    sae.cfg.kernel = "auto"
     with torch.no_grad():
         sae.b_enc.fill_(-6.0)
     assert isinstance(compute_step(sae, x, 0.1, None).z, SparseCode)

@@ -56,7 +56,9 @@ RELU_SPARSE_MAX_DENSITY = 0.1
 def compute_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None) -> StepOutput:
     """Forward the SAE on a raw batch and return every loss term (the trainer sums them)."""
     if uses_sparse_kernel(sae):
-        sparse = kernels.sparse_step(sae, x_raw, alpha, dead, max_density=RELU_SPARSE_MAX_DENSITY)
+        # kernel="sparse" is the user's explicit choice: the kernels then run whatever the code's density.
+        limit = RELU_SPARSE_MAX_DENSITY if sae.cfg.kernel == "auto" else None
+        sparse = kernels.sparse_step(sae, x_raw, alpha, dead, max_density=limit)
         if sparse is not None:
             return sparse
     return dense_step(sae, x_raw, alpha, dead)
