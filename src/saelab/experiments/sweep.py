@@ -348,7 +348,8 @@ def _runs(plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int,
     """
     runs: list[tuple[int | None, int, Path, list[PlannedSAE]]] = []
     for seed, saes in plan.by_seed().items():
-        shares = [saes] if deal is None else [[s for s in saes if s.name in set(names)] for names in deal[str(seed)]]
+        owners = None if deal is None else {name: r for r, names in enumerate(deal[str(seed)]) for name in names}
+        shares = [saes] if deal is None else [[s for s in saes if owners.get(s.name) == r] for r in range(len(deal[str(seed)]))]
         ranks = 1 if deal is None else len(shares)
         for rank, share in enumerate(shares):
             parts = pack_by_memory(share, d_in, batch_size, budget)
