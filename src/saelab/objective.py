@@ -49,7 +49,8 @@ def uses_sparse_kernel(sae) -> bool:
 
 # A ReLU code denser than this trains on the dense path for that step: the sparse path's per-entry
 # work overtakes the dense products near 0.15–0.18 of the entries (bench/dense_step.py --relu-density, ReLU+L1
-# at d 128, n 1,024 and 4,096, batch 2,048: dense/sparse 2.8–3.1× at 0.01–0.03, 1.3–1.7× at 0.1, 1.0–1.3× at 0.15, 0.9× at 0.2).
+# at d 128, n 1,024 and 4,096, batch 2,048: dense/sparse 2.1–4.2× at 0.01–0.03, 1.6–2.0× at 0.1, 1.0–1.3× at 0.15,
+# 0.75–0.97× at 0.2; bench/results/2026-12-02-cpu2-avx2-relu-density.jsonl).
 RELU_SPARSE_MAX_DENSITY = 0.1
 
 
