@@ -17,7 +17,7 @@ from saelab.experiments.reproduce.claims import (DOES_NOT_HOLD, HOLDS, JSON_KEYS
                                                  evaluate_claim, verdict)
 from saelab.experiments.reproduce.clock import TIME_FILE, WallClock, describe, read_segments
 from saelab.experiments.reproduce.measures import difference, exponent, frontier_difference, gap_change, metric
-from saelab.experiments.reproduce.run import PAPERS, run_reproduce
+from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, run_reproduce
 from saelab.intervals import NOT_SEPARABLE, Interval
 
 KEYS = {"claim", "paper", "ours", "ci", "verdict"}
@@ -141,6 +141,26 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
     assert "no language-model claim" in capsys.readouterr().err and not out.exists()
     assert main(["reproduce", "scaling", "--layer", "9", "--out", str(out)]) == 2  # the committed model has 4 blocks
     assert "layer=9" in capsys.readouterr().err and not out.exists()
+    assert main(["reproduce", "scaling", "--epochs", "0", "--out", str(out)]) == 2
+    assert "epochs=0" in capsys.readouterr().err and not out.exists()
+
+
+def test_epochs_sets_every_papers_training_length_and_its_own_folder():
+    sm, full, quick = PAPERS["sparsity-methods"], budget("full"), budget("quick")
+    b, suffix = adjusted_budget(sm, full)  # full makes one pass over the report's games
+    assert (b.epochs, b.steps, suffix) == (1.0, None, "")
+    assert b.screen_training()["epochs"] == 0.25 and b.training()["epochs"] == 1.0
+    b, suffix = adjusted_budget(sm, full, epochs=4)  # the report's four passes: another folder
+    assert (b.epochs, suffix, b.train_games) == (4.0, "-e4", 100_000)
+    assert b.screen_training()["epochs"] == 1.0 and b.training()["epochs"] == 4.0
+    assert adjusted_budget(sm, full, epochs=1.0)[1] == ""  # the default length named explicitly is the same result
+    b, suffix = adjusted_budget(PAPERS["scaling"], quick, layer=2, epochs=2)  # quick counts steps; --epochs replaces them
+    assert (b.steps, b.epochs, b.layer, suffix) == (None, 2.0, 2, "-layer2-e2")
+    assert "steps" not in b.training() and b.training()["epochs"] == 2.0
+    assert adjusted_budget(PAPERS["scaling"], quick) == (quick, "")
+    for bad in (0, -1.0, math.nan, math.inf, True):
+        with pytest.raises(ConfigError, match="epochs"):
+            adjusted_budget(sm, full, epochs=bad)
 
 
 MICRO = dataclasses.replace(QUICK, name="micro", train_games=60, eval_games=40, n_latents=64, target_l0=8, steps=20,
@@ -152,6 +172,7 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
     first = run_reproduce("l1-sqrt", MICRO, out=out, say=lambda m: None)
     record = json.loads((out / "claims.json").read_text())
     assert record["budget"] == "micro" and len(record["claims"]) == len(first) == 4
+    assert record["command"] == "saelab reproduce l1-sqrt --budget micro"  # the command that reruns it
     for c, r in zip(record["claims"], first):
         assert KEYS <= set(c) and c["verdict"] == r.verdict
         if r.interval is None:  # e.g. a penalty that missed its target L0 in 20 steps: said, not judged

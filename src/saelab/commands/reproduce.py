@@ -1,4 +1,4 @@
-"""`saelab reproduce NAME [--budget quick|full] [--model PATH_OR_NAME] [--out DIR] [--json] [--layer L]`: check a paper's claims."""
+"""`saelab reproduce NAME [--budget quick|full] [--model PATH_OR_NAME] [--out DIR] [--json] [--layer L] [--epochs E]`: check a paper's claims."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="folder for data, sweeps and claims (default runs/reproduce/NAME-BUDGET); rerun to resume")
     p.add_argument("--layer", type=int, default=None,
                    help="OthelloGPT residual stream after this block (default 3, the report's choice; 1 and 2 find the most pairs here)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="passes over the training games (default: the budget's; full makes one, the OthelloGPT report made 4); "
+                        "the output folder gets the suffix -eE")
     p.add_argument("--json", action="store_true", help="print the claims as JSON: a list of {claim, paper, ours, ci, verdict}")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -33,7 +36,7 @@ def cmd_reproduce(args) -> int:
     """Run the reproduction and print its claims table (or JSON)."""
     results = run_reproduce(args.name, budget=args.budget, out=args.out, model=args.model, text=args.text,
                             say=lambda m: print(f"[reproduce] {m}", file=sys.stderr, flush=True), progress=args.progress,
-                            layer=args.layer)
+                            layer=args.layer, epochs=args.epochs)
     if distributed.current().is_main:  # under torchrun rank 0 holds the claims
         print(claims_json(results) if args.json else claims_markdown(results))
     return 0

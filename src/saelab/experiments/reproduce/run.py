@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -49,10 +50,12 @@ def _with_l2_ratio(rows: list[dict], root: Path) -> list[dict]:
 
 def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | None = None, model: str | None = None,
                   text: str = DEFAULT_TEXT, say: Callable[[str], None] = print, progress: bool = False,
-                  layer: int | None = None) -> list[ClaimResult]:
+                  layer: int | None = None, epochs: float | None = None) -> list[ClaimResult]:
     """Run (or resume) paper `name` at `budget` into `out`; write claims.md / claims.json; return the judged claims.
 
     `layer`: harvest OthelloGPT after this block instead of the budget's (the report's layer 3).
+    `epochs`: passes over the training games instead of the budget's length (`full` makes one; the
+    OthelloGPT report made four), for every sweep and the search's screen (its share of it).
 
     Under torchrun every sweep's SAEs (and the search's finalist scores) are spread over the ranks:
     a reproduction is many small SAEs, which one process each trains faster than all processes
@@ -63,12 +66,7 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         say = lambda message: None  # noqa: E731 — rank 0 reports
     mod = paper(name)
     b = budget.validate() if isinstance(budget, Budget) else get_budget(budget)  # a Budget object: tests' smaller sizes
-    if b.name == "full" and hasattr(mod, "FULL_EPOCHS"):
-        b = replace(b, epochs=float(mod.FULL_EPOCHS))  # a paper whose claims need less than the report's four passes
-    if layer is not None and layer != b.layer:
-        check_layer(layer)
-        b = replace(b, layer=int(layer))
-    suffix = f"-layer{b.layer}" if b.layer != DEFAULT_LAYER else ""
+    b, suffix = adjusted_budget(mod, b, layer, epochs)
     root = Path(out) if out is not None else Path("runs") / "reproduce" / f"{name}-{b.name}{suffix}"
     if model and not hasattr(mod, "LM_SWEEP"):
         lm_papers = ", ".join(n for n, m in PAPERS.items() if hasattr(m, "LM_SWEEP"))
@@ -79,10 +77,12 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
     root.mkdir(parents=True, exist_ok=True)
     # Rank 0 times the run, adding to the time of the runs it resumes.
     with (WallClock(root) if world.is_main else contextlib.nullcontext()) as clock:
-        return _reproduce(world, mod, b, root, model, text, suffix, say, progress, clock)
+        command = (f"saelab reproduce {name} --budget {b.name}" + (f" --layer {b.layer}" if b.layer != DEFAULT_LAYER else "")
+                   + (f" --epochs {epochs:g}" if epochs is not None and suffix.endswith(f"-e{epochs:g}") else "") + (f" --model {model}" if model else ""))
+        return _reproduce(world, mod, b, root, model, text, command, say, progress, clock)
 
 
-def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None, text: str, suffix: str,
+def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None, text: str, command: str,
                say: Callable[[str], None], progress: bool, clock: WallClock | None) -> list[ClaimResult]:
     """run_reproduce's body: harvest, search, sweep, judge and write (`clock` is rank 0's, None elsewhere)."""
     name = mod.NAME
@@ -110,8 +110,6 @@ def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None,
             notes.append(f"`{group}` of sweep `{target}` is `{source_group}` of sweep `{source}` (the same setting and training, not trained twice).")
     evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
-    command = (f"saelab reproduce {name} --budget {b.name}" + (f" --layer {b.layer}" if suffix else "")
-               + (f" --model {model}" if model else ""))
     write_claims(root, mod, b.name, results, rows, clock.segments, command, found, notes)
     return results
 
@@ -129,6 +127,29 @@ def check_layer(layer: int) -> None:
     n_layer = load_default_model().cfg.n_layer
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layer:
         raise ConfigError("layer", layer, f"must lie in 0..{n_layer} (0 = embeddings, i = after block i of the committed OthelloGPT)")
+
+
+def adjusted_budget(mod: ModuleType, b: Budget, layer: int | None = None, epochs: float | None = None) -> tuple[Budget, str]:
+    """The budget paper `mod` runs with (its own full length, `--layer`, `--epochs`), and its output folder's suffix."""
+    if b.name == "full" and hasattr(mod, "FULL_EPOCHS"):
+        b = replace(b, epochs=float(mod.FULL_EPOCHS))  # a paper that makes fewer than the report's four passes
+    if layer is not None and layer != b.layer:
+        check_layer(layer)
+        b = replace(b, layer=int(layer))
+    suffix = f"-layer{b.layer}" if b.layer != DEFAULT_LAYER else ""
+    if epochs is not None:
+        check_epochs(epochs)
+        if b.steps is not None or float(epochs) != b.epochs:
+            b = replace(b, steps=None, epochs=float(epochs))
+            suffix += f"-e{float(epochs):g}"  # another training length is another result: its own folder
+    return b, suffix
+
+
+def check_epochs(epochs) -> None:
+    """ConfigError unless `epochs` is a positive, finite number of passes."""
+    ok = isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and math.isfinite(epochs) and epochs > 0
+    if not ok:
+        raise ConfigError("epochs", epochs, "must be a positive number of passes over the training games (e.g. 4, the report's)")
 
 
 def summary_markdown(rows: list[dict]) -> str:
