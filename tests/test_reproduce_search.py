@@ -156,3 +156,33 @@ def test_a_best_setting_the_matched_sweep_trains_is_not_trained_twice(tmp_path):
     assert moved == {**row, "name": "best none-s1", "group": "best none", "folder": "../methods/runs/seed1/relu no penalty-s1"}
     assert (tmp_path / "sweeps" / "best" / moved["folder"]).resolve() == (tmp_path / "sweeps" / "methods" / row["folder"]).resolve()
 
+
+
+@pytest.mark.slow  # the search paper end to end at a tiny size, with the full budget's extra methods: ~45 s here
+def test_the_full_budgets_extra_methods_go_through_the_search_and_the_best_sweep(tmp_path):
+    import dataclasses
+
+    from saelab.experiments.reproduce import sparsity_methods as sm
+    from saelab.experiments.reproduce.budget import FULL, QUICK
+    from saelab.experiments.reproduce.run import run_reproduce
+
+    assert FULL.extra_methods and not QUICK.extra_methods
+    tiny = dataclasses.replace(QUICK, name="tiny-full", train_games=60, eval_games=40, n_latents=64, target_l0=8, steps=None,
+                               epochs=1.0, batch_size=256, seeds=2, sizes=(16, 32, 64), n_boot=20, screen_fraction=0.25,
+                               search_levels=(0.5, 1.0, 2.0, 3.0), extra_methods=True)
+    got = run_reproduce("sparsity-methods", tiny, out=tmp_path, say=lambda m: None)
+    assert len(got) == len(sm.claims(tiny))
+    search = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert {c["method"] for c in search["candidates"]} == set(sm.REPORT_METHODS + sm.FULL_EXTRA)
+    assert set(search["chosen"]) == set(sm.REPORT_METHODS + sm.FULL_EXTRA)  # every method's best setting was chosen
+    # The screen trained a quarter of the one pass the sweeps make.
+    screen = json.loads((tmp_path / "search" / "screen" / "sweep.json").read_text())
+    assert screen["config"]["epochs"] == 0.25
+    # Each extra method's best setting trained with every seed (none of them is in the matched sweep).
+    rows = [json.loads(line) for line in (tmp_path / "sweeps" / sm.BEST_SWEEP / "results.jsonl").read_text().splitlines()]
+    for role in sm.FULL_EXTRA:
+        seeds = sorted(r["seed"] for r in rows if r["group"] == sm.best_name(role))
+        assert seeds == [0, 1], role
+        assert all(r.get("good_findable") is not None for r in rows if r["group"] == sm.best_name(role))
+    md = (tmp_path / "claims.md").read_text()
+    assert all(f"| {sm.best_name(role)} |" in md for role in sm.FULL_EXTRA)

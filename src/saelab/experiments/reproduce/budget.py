@@ -45,6 +45,7 @@ class Budget:
     screen_fraction: float = 1.0  # the search's screen trains each candidate this share of the training length
     finalists: int = 2  # candidates per method that the search scores on the board state
     search_levels: tuple[float, ...] = (1.0, 2.0)  # candidate sparsities, as multiples of target_l0
+    extra_methods: bool = False  # the search paper also searches methods beyond the report's (BatchTopK, JumpReLU, …)
 
     def validate(self) -> "Budget":
         """Check the sizes (ConfigError naming the field)."""
@@ -85,7 +86,7 @@ QUICK = Budget("quick", train_games=1500, eval_games=300, n_latents=256, target_
                seeds=3, sizes=(64, 128, 256, 512), n_boot=100).validate()
 FULL = Budget("full", train_games=100_000, eval_games=2000, n_latents=1024, target_l0=32, steps=None, epochs=4.0, batch_size=2048,
               seeds=3, sizes=(256, 512, 1024, 2048, 4096), n_boot=200, lm_tokens=2_000_000, lm_latents=4608,
-              lm_steps=4000, screen_fraction=0.25, finalists=2, search_levels=(0.5, 1.0, 2.0, 3.0)).validate()
+              lm_steps=4000, screen_fraction=0.25, finalists=2, search_levels=(0.5, 1.0, 2.0, 3.0), extra_methods=True).validate()
 
 
 def budget(name: str) -> Budget:

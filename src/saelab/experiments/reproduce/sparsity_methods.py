@@ -60,7 +60,7 @@ def table(role: str, l0: int) -> dict:
 
 def roles(b: Budget) -> tuple[str, ...]:
     """The methods compared at this budget (full: the report's plus BatchTopK, JumpReLU, Multi-TopK and Matryoshka)."""
-    return REPORT_METHODS + (FULL_EXTRA if b.name == "full" else ())
+    return REPORT_METHODS + (FULL_EXTRA if b.extra_methods else ())
 
 
 def matched_tables(b: Budget) -> list[dict]:
