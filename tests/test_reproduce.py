@@ -181,6 +181,7 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
             assert r.verdict == verdict(r.interval, r.claim.holds_if, r.claim.null)  # each verdict from its own interval
     md = (out / "claims.md").read_text()
     assert "| claim | paper's figure |" in md and "## Sweep `penalties`" in md
+    assert "The OthelloGPT sweeps trained on 60 games (after block 3), 20 steps, batches of 256, Adam at lr 0.001, 2 seeds per setting." in md
     weights = sorted(out.rglob("sae_weights.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in weights]
     said = []

@@ -110,7 +110,7 @@ def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None,
             notes.append(f"`{group}` of sweep `{target}` is `{source_group}` of sweep `{source}` (the same setting and training, not trained twice).")
     evidence = Evidence(rows, roots)
     results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
-    write_claims(root, mod, b.name, results, rows, clock.segments, command, found, notes)
+    write_claims(root, mod, b, results, rows, clock.segments, command, found, notes)
     return results
 
 
@@ -162,15 +162,15 @@ def summary_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimResult], rows: dict[str, list[dict]],
+def write_claims(root: Path, mod: ModuleType, b: Budget, results: list[ClaimResult], rows: dict[str, list[dict]],
                  segments: list[dict], command: str, search=None, notes: list[str] = ()) -> None:
     """DIR/claims.md (the claims table, each sweep's per-configuration table, the search's table) and DIR/claims.json.
 
     `segments`: the wall time of every run that built the result ({started, seconds}, DIR/time.json).
     """
     seconds = sum(s["seconds"] for s in segments)
-    md = [f"# {mod.TITLE}: claims at the {budget} budget", "",
-          f"`{command}` — {describe(segments)} on this machine. Ours is the mean ± the larger side of a 95% interval "
+    md = [f"# {mod.TITLE}: claims at the {b.name} budget", "",
+          f"`{command}` — {describe(segments)} on this machine. {training_line(b)} Ours is the mean ± the larger side of a 95% interval "
           "(Welch t over seeds for a difference between configurations; a case bootstrap for a fitted exponent; "
           "a paired block bootstrap for an ablation). A claim *holds* when the interval lies wholly on the paper's side of "
           "the null value, *does not hold* when wholly on the other side, and is *not separable at this budget* otherwise.", "",
@@ -185,9 +185,16 @@ def write_claims(root: Path, mod: ModuleType, budget: str, results: list[ClaimRe
                "get the board-state score, and the best-scoring finalist is the method's setting in sweep `best`.", "",
                search.markdown()]
     atomic_write_text(root / "claims.md", "\n".join(md))
-    atomic_write_json(root / "claims.json", {"paper": mod.TITLE, "name": mod.NAME, "budget": budget, "command": command,
+    atomic_write_json(root / "claims.json", {"paper": mod.TITLE, "name": mod.NAME, "budget": b.name, "command": command,
                                              "seconds": round(seconds, 1), "runs": segments, "claims": [r.to_record() for r in results],
                                              **({"search": search.to_record()} if search is not None else {})})
+
+
+def training_line(b: Budget) -> str:
+    """One sentence on what the budget trains: games, layer, length, batch, seeds."""
+    length = f"{b.steps:,} steps" if b.steps is not None else f"{b.epochs:g} pass{'es' if b.epochs != 1 else ''} over them"
+    return (f"The OthelloGPT sweeps trained on {b.train_games:,} games (after block {b.layer}), {length}, batches of {b.batch_size:,}, "
+            f"Adam at lr {b.lr:g}, {b.seeds} seed{'s' if b.seeds != 1 else ''} per setting.")
 
 
 def claims_json(results: list[ClaimResult]) -> str:
