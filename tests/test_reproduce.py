@@ -17,7 +17,7 @@ from saelab.experiments.reproduce.claims import (DOES_NOT_HOLD, HOLDS, JSON_KEYS
                                                  evaluate_claim, verdict)
 from saelab.experiments.reproduce.clock import TIME_FILE, WallClock, describe, read_segments
 from saelab.experiments.reproduce.measures import difference, exponent, frontier_difference, gap_change, metric
-from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, run_reproduce
+from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, folder_suffix, rerun_command, run_reproduce
 from saelab.intervals import NOT_SEPARABLE, Interval
 
 KEYS = {"claim", "paper", "ours", "ci", "verdict"}
@@ -147,17 +147,19 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
 
 def test_epochs_sets_every_papers_training_length_and_its_own_folder():
     sm, full, quick = PAPERS["sparsity-methods"], budget("full"), budget("quick")
-    b, suffix = adjusted_budget(sm, full)  # full makes one pass over the report's games
-    assert (b.epochs, b.steps, suffix) == (1.0, None, "")
+    b, changed = adjusted_budget(sm, full)  # full makes one pass over the report's games
+    assert (b.epochs, b.steps, changed) == (1.0, None, {})
     assert b.screen_training()["epochs"] == 0.25 and b.training()["epochs"] == 1.0
-    b, suffix = adjusted_budget(sm, full, epochs=4)  # the report's four passes: another folder
-    assert (b.epochs, suffix, b.train_games) == (4.0, "-e4", 100_000)
+    b, changed = adjusted_budget(sm, full, epochs=4)  # the report's four passes: another folder
+    assert (b.epochs, changed, b.train_games, folder_suffix(changed)) == (4.0, {"epochs": 4.0}, 100_000, "-e4")
     assert b.screen_training()["epochs"] == 1.0 and b.training()["epochs"] == 4.0
-    assert adjusted_budget(sm, full, epochs=1.0)[1] == ""  # the default length named explicitly is the same result
-    b, suffix = adjusted_budget(PAPERS["scaling"], quick, layer=2, epochs=2)  # quick counts steps; --epochs replaces them
-    assert (b.steps, b.epochs, b.layer, suffix) == (None, 2.0, 2, "-layer2-e2")
+    assert rerun_command("sparsity-methods", b, changed, None) == "saelab reproduce sparsity-methods --budget full --epochs 4"
+    assert adjusted_budget(sm, full, epochs=1.0)[1] == {}  # the default length named explicitly is the same result
+    b, changed = adjusted_budget(PAPERS["scaling"], quick, layer=2, epochs=2)  # quick counts steps; --epochs replaces them
+    assert (b.steps, b.epochs, b.layer, folder_suffix(changed)) == (None, 2.0, 2, "-layer2-e2")
     assert "steps" not in b.training() and b.training()["epochs"] == 2.0
-    assert adjusted_budget(PAPERS["scaling"], quick) == (quick, "")
+    assert rerun_command("scaling", b, changed, "m") == "saelab reproduce scaling --budget quick --layer 2 --epochs 2 --model m"
+    assert adjusted_budget(PAPERS["scaling"], quick) == (quick, {})
     for bad in (0, -1.0, math.nan, math.inf, True):
         with pytest.raises(ConfigError, match="epochs"):
             adjusted_budget(sm, full, epochs=bad)

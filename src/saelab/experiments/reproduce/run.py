@@ -66,8 +66,8 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
         say = lambda message: None  # noqa: E731 — rank 0 reports
     mod = paper(name)
     b = budget.validate() if isinstance(budget, Budget) else get_budget(budget)  # a Budget object: tests' smaller sizes
-    b, suffix = adjusted_budget(mod, b, layer, epochs)
-    root = Path(out) if out is not None else Path("runs") / "reproduce" / f"{name}-{b.name}{suffix}"
+    b, changed = adjusted_budget(mod, b, layer, epochs)
+    root = Path(out) if out is not None else Path("runs") / "reproduce" / f"{name}-{b.name}{folder_suffix(changed)}"
     if model and not hasattr(mod, "LM_SWEEP"):
         lm_papers = ", ".join(n for n, m in PAPERS.items() if hasattr(m, "LM_SWEEP"))
         raise ConfigError("model", model, f"{name} makes no language-model claim; --model applies to {lm_papers}")
@@ -77,9 +77,7 @@ def run_reproduce(name: str, budget: str | Budget = "quick", out: str | Path | N
     root.mkdir(parents=True, exist_ok=True)
     # Rank 0 times the run, adding to the time of the runs it resumes.
     with (WallClock(root) if world.is_main else contextlib.nullcontext()) as clock:
-        command = (f"saelab reproduce {name} --budget {b.name}" + (f" --layer {b.layer}" if b.layer != DEFAULT_LAYER else "")
-                   + (f" --epochs {epochs:g}" if epochs is not None and suffix.endswith(f"-e{epochs:g}") else "") + (f" --model {model}" if model else ""))
-        return _reproduce(world, mod, b, root, model, text, command, say, progress, clock)
+        return _reproduce(world, mod, b, root, model, text, rerun_command(name, b, changed, model), say, progress, clock)
 
 
 def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None, text: str, command: str,
@@ -129,20 +127,35 @@ def check_layer(layer: int) -> None:
         raise ConfigError("layer", layer, f"must lie in 0..{n_layer} (0 = embeddings, i = after block i of the committed OthelloGPT)")
 
 
-def adjusted_budget(mod: ModuleType, b: Budget, layer: int | None = None, epochs: float | None = None) -> tuple[Budget, str]:
-    """The budget paper `mod` runs with (its own full length, `--layer`, `--epochs`), and its output folder's suffix."""
+def adjusted_budget(mod: ModuleType, b: Budget, layer: int | None = None,
+                    epochs: float | None = None) -> tuple[Budget, dict[str, float]]:
+    """The budget paper `mod` runs with (its own full length, `--layer`, `--epochs`), and the options that
+    make it differ from the paper's default at that budget ({"layer": L} and/or {"epochs": E})."""
     if b.name == "full" and hasattr(mod, "FULL_EPOCHS"):
         b = replace(b, epochs=float(mod.FULL_EPOCHS))  # a paper that makes fewer than the report's four passes
+    changed: dict[str, float] = {}
     if layer is not None and layer != b.layer:
         check_layer(layer)
         b = replace(b, layer=int(layer))
-    suffix = f"-layer{b.layer}" if b.layer != DEFAULT_LAYER else ""
+    if b.layer != DEFAULT_LAYER:
+        changed["layer"] = b.layer
     if epochs is not None:
         check_epochs(epochs)
         if b.steps is not None or float(epochs) != b.epochs:
             b = replace(b, steps=None, epochs=float(epochs))
-            suffix += f"-e{float(epochs):g}"  # another training length is another result: its own folder
-    return b, suffix
+            changed["epochs"] = float(epochs)
+    return b, changed
+
+
+def folder_suffix(changed: dict[str, float]) -> str:
+    """The default output folder's suffix for non-default options: another layer or length is another result."""
+    return "".join(f"-layer{v:g}" if k == "layer" else f"-e{v:g}" for k, v in changed.items())
+
+
+def rerun_command(name: str, b: Budget, changed: dict[str, float], model: str | None) -> str:
+    """The command line that reruns (or resumes) this reproduction."""
+    opts = "".join(f" --{k} {v:g}" for k, v in changed.items())
+    return f"saelab reproduce {name} --budget {b.name}{opts}" + (f" --model {model}" if model else "")
 
 
 def check_epochs(epochs) -> None:
