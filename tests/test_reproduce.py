@@ -147,8 +147,10 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
 
 def test_epochs_sets_every_papers_training_length_and_its_own_folder():
     sm, full, quick = PAPERS["sparsity-methods"], budget("full"), budget("quick")
-    b, changed = adjusted_budget(sm, full)  # full makes one pass over the report's games
-    assert (b.epochs, b.steps, changed) == (1.0, None, {})
+    b, changed = adjusted_budget(sm, full)  # full makes one pass over the report's games, with 512 latents here
+    assert (b.epochs, b.steps, b.n_latents, changed) == (1.0, None, 512, {})
+    assert all(adjusted_budget(m, full)[0].epochs == 1.0 for m in PAPERS.values())
+    assert adjusted_budget(PAPERS["batchtopk"], full)[0].n_latents == full.n_latents == 1024
     assert b.screen_training()["epochs"] == 0.25 and b.training()["epochs"] == 1.0
     b, changed = adjusted_budget(sm, full, epochs=4)  # the report's four passes: another folder
     assert (b.epochs, changed, b.train_games, folder_suffix(changed)) == (4.0, {"epochs": 4.0}, 100_000, "-e4")

@@ -13,7 +13,7 @@ TITLE = "BatchTopK"
 PAPER_FILE = "batchtopk.txt"
 # The full budget's games, one pass (4.9 M positions) instead of four: its claims compare reconstruction at
 # matched L0 (BatchTopK and TopK compared on the same batches), and one pass keeps `--budget full` within a few hours here.
-FULL_EPOCHS = 1.0
+FULL_OVERRIDES = {"epochs": 1.0}  # replaces the full budget's fields for this paper
 SWEEP = "topk-vs-batchtopk"
 LM_SWEEP = "lm-topk-vs-batchtopk"
 

@@ -20,7 +20,7 @@ TITLE = "L1(sqrt) and ablating the lowest activations"
 PAPER_FILE = "l1-sqrt-and-ablating-lowest-activations.txt"
 # The full budget's games, one pass (4.9 M positions) instead of four: its claims compare reconstruction at
 # matched L0 (the two penalties compared on the same batches), and one pass keeps `--budget full` within a few hours here.
-FULL_EPOCHS = 1.0
+FULL_OVERRIDES = {"epochs": 1.0}  # replaces the full budget's fields for this paper
 SWEEP = "penalties"
 LM_SWEEP = "lm-penalties"
 # α grids spanning L0 ≈ 5–130 on OthelloGPT at the quick sizes (a pilot with α held fixed: L1 α 0.3 →

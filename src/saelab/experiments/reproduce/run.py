@@ -131,8 +131,8 @@ def adjusted_budget(mod: ModuleType, b: Budget, layer: int | None = None,
                     epochs: float | None = None) -> tuple[Budget, dict[str, float]]:
     """The budget paper `mod` runs with (its own full length, `--layer`, `--epochs`), and the options that
     make it differ from the paper's default at that budget ({"layer": L} and/or {"epochs": E})."""
-    if b.name == "full" and hasattr(mod, "FULL_EPOCHS"):
-        b = replace(b, epochs=float(mod.FULL_EPOCHS))  # a paper that makes fewer than the report's four passes
+    if b.name == "full":
+        b = replace(b, **getattr(mod, "FULL_OVERRIDES", {}))  # e.g. one pass instead of the report's four
     changed: dict[str, float] = {}
     if layer is not None and layer != b.layer:
         check_layer(layer)
