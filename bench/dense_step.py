@@ -23,6 +23,11 @@ times ReLU + L1 (decoder-norm weighted, the default) on the sparse kernels (ever
 pre-activation, objective.RELU_SPARSE_MAX_DENSITY lifted so the step never falls back) against the
 dense path, with b_enc set so each latent fires on that share of the batch: where the ratio crosses 1
 is where a ReLU code should leave the sparse path.
+
+    .venv/bin/python bench/dense_step.py --kernels matryoshka_batchtopk,batchtopk --shapes 128x512,128x4096,128x8192
+
+times saelab's step of each named method (k 32, AuxK off, its default parameters) with kernel="sparse"
+against kernel="dense", interleaved: what the sparse kernels buy a method that has a sparse plan.
 """
 
 from __future__ import annotations
@@ -134,6 +139,17 @@ def relu_steps(d: int, n: int, density: float, x: torch.Tensor) -> dict:
     return out
 
 
+def kernel_steps(method: str, d: int, n: int) -> dict:
+    """saelab's step of `method` (k 32) with kernel="sparse" and with kernel="dense", from the same initial weights."""
+    out = {}
+    for kernel in ("sparse", "dense"):
+        cfg = SAEConfig(d_in=d, n_latents=n, kernel=kernel, method=method, method_params={"k": 32})
+        sample = torch.randn(4096, d, generator=torch.Generator().manual_seed(0))
+        member = build_member(cfg, TrainConfig(activations="bench", out="bench"), sample, 0, Path("bench"))
+        out[kernel] = (lambda m: lambda xb: train_step(m, xb, 1e-3))(member)
+    return out
+
+
 def time_interleaved(fns: dict, x: torch.Tensor, reps: int) -> dict[str, list[float]]:
     """Milliseconds per call of each function, each repetition running every function once in turn."""
     for f in fns.values():
@@ -157,9 +173,25 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", action="store_true", help="one JSON record per line on stdout (table on stderr)")
     ap.add_argument("--relu-density", default=None, help="comma-separated code densities: time ReLU+L1 sparse against dense instead")
+    ap.add_argument("--kernels", default=None, help="comma-separated methods: time each on the sparse kernels against the dense path instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     say = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    if args.kernels:
+        for shape in args.shapes.split(","):
+            d, n = (int(v) for v in shape.lower().split("x"))
+            x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))
+            say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}, k 32")
+            say(f"{'method':22} {'sparse ms':>10} {'dense ms':>10} {'dense / sparse':>15}")
+            for method in args.kernels.split(","):
+                times = time_interleaved(kernel_steps(method, d, n), x, args.reps)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                say(f"{method:22} {med['sparse']:10.1f} {med['dense']:10.1f} {med['dense'] / med['sparse']:15.2f}")
+                if args.json:
+                    print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps, "method": method,
+                                      "sparse_ms": med["sparse"], "dense_ms": med["dense"], "ratio_dense_to_sparse": med["dense"] / med["sparse"],
+                                      "sparse_min_ms": min(times["sparse"]), "dense_min_ms": min(times["dense"])}))
+        return
     if args.relu_density:
         from saelab import objective
 

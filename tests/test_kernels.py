@@ -136,6 +136,25 @@ def test_auxk_and_multi_topk_reach_the_encoder_and_b_dec_as_plain_autograd_does(
     assert g_enc[:, ~dead].abs().sum() == 0
 
 
+@pytest.mark.parametrize("n_prefixes,weight", [(1, 1.0), (2, 1.0), (4, 0.5), (6, 1.0), (4, 0.0)])
+@pytest.mark.parametrize("auxk", [False, True])
+def test_matryoshka_prefix_losses_match_the_dense_path(n_prefixes, weight, auxk):
+    n = 200  # prefixes 100, 50, 25, 12, 6: not powers of two all the way down
+    sae = _sae("matryoshka_batchtopk", {"k": 4, "n_prefixes": n_prefixes, "prefix_weight": weight}, n=n, d=12, seed=7,
+               auxk=auxk, k_aux=6, normalize="scalar", normalization_factor=0.7)
+    assert supports(sae)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 12, generator=g) * 2 + 0.3
+    dead = torch.rand(n, generator=g) < 0.3 if auxk else None
+    dense, sparse = _compare(sae, x, dead)
+    with_prefixes = n_prefixes > 1 and weight > 0
+    assert list(sparse.losses) == ["mse"] + (["matryoshka"] if with_prefixes else []) + (["auxk"] if auxk else [])
+    if with_prefixes:  # the prefix term is not a copy of the full reconstruction's
+        assert float(sparse.losses["matryoshka"]) > weight * float(sparse.losses["mse"]) * 0.5
+    sae.eval()
+    assert not supports(sae)  # inference is BatchTopK's threshold, a dense activation
+
+
 def test_batchtopk_rows_are_ragged_and_match_the_flat_selection():
     sae = _sae("batchtopk", {"k": 3}, n=256, d=12)
     x = torch.randn(24, 12)
@@ -286,6 +305,7 @@ def test_training_with_the_sparse_kernel_gives_the_dense_weights(toy_dir, tmp_pa
         dict(name="b", n_latents=48, method="multi_topk", method_params={"k": 2}, auxk=True, k_aux=6, dead_tokens=256, normalize="unit"),
         dict(name="c", n_latents=40, method="batchtopk", method_params={"k": 3}, auxk=True, k_aux=8, dead_tokens=256),
         dict(name="d", n_latents=32, method="leaky_topk", method_params={"k": 2, "eps": 0.0}, normalize="scalar"),
+        dict(name="e", n_latents=64, method="matryoshka_batchtopk", method_params={"k": 3}, auxk=True, k_aux=8, dead_tokens=256),
     ]
     weights = {}
     for kernel in ("dense", "sparse"):
@@ -293,7 +313,7 @@ def test_training_with_the_sparse_kernel_gives_the_dense_weights(toy_dir, tmp_pa
         members = Trainer(RunConfig(t, [SAEConfig(lr=2e-3, kernel=kernel, **s) for s in saes]), progress=False).fit()
         weights[kernel] = {m.cfg.name: {n: getattr(m.sae, n).detach().clone() for n in NAMES} for m in members}
         weights[kernel]["threshold"] = members[2].sae.activation.threshold.clone()
-    for name in "abcd":
+    for name in "abcde":
         for p in NAMES:
             assert torch.allclose(weights["sparse"][name][p], weights["dense"][name][p], rtol=1e-4, atol=1e-5), (name, p)
     assert torch.allclose(weights["sparse"]["threshold"], weights["dense"]["threshold"], rtol=1e-5)

@@ -6,6 +6,9 @@ Per SparsePlan (all ReLU'd, as the dense activations are):
   extra_multiple m    top-(m·k) sorted: its first k columns are the k code (the k largest of the
                       m·k largest are the k largest), both decoded; mse + extra_weight · L(m·k)
                       under the name extra_name                              (multi_topk)
+  prefixes (m, …)     per size m, the code's entries on latents < m decoded alone (their values a
+                      differentiable gather of z's); extra_weight · Σ_m L(prefix m) under the name
+                      extra_name                                             (matryoshka_batchtopk)
   positive            z = P at every positive entry (relu; ragged rows), with an entrywise
                       penalty (l1, lp, smoothed_l0, freshman) read from those entries (times
                       ‖W_dec[i]‖ where the config asks) as the dense path's "penalty" term
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from saelab.kernels import threads
 from saelab.kernels.decode import DecodeItem, decode
+from saelab.kernels.sparse_code import SparseCode
 from saelab.kernels.topk_encode import EncodePlan, encode, pre_activations
 from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import SparsePlan
@@ -81,6 +85,10 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     else:
         items.append(DecodeItem(plan.main))
         values.append(z_main)
+    for m in spec.prefixes:
+        code, z_m = _on_latents_below(plan.main, z_main, m)
+        items.append(DecodeItem(code))
+        values.append(z_m)
     if plan.aux is not None:
         block = plan.dead if plan.aux_block else None
         items.append(DecodeItem(plan.aux, block, plan.aux_local if block is not None else None))
@@ -95,6 +103,10 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     if extra:
         x_big = decoded[1] + sae.b_dec
         losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)
+    if spec.prefixes:
+        first = len(items) - len(spec.prefixes) - (plan.aux is not None)
+        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first:first + len(spec.prefixes)]]
+        losses[spec.extra_name] = spec.extra_weight * sum(terms[1:], terms[0])
     if use_aux:
         if plan.aux is None:
             losses["auxk"] = cfg.aux_coef * x.new_zeros(())
@@ -103,3 +115,12 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
             losses["auxk"] = cfg.aux_coef * auxk_term(decoded[-1], residual, x)
     code = items[0].code.with_values(values[0])
     return StepOutput(losses=losses, x=x, pre=None, z=code, x_hat=x_hat)
+
+
+def _on_latents_below(code: SparseCode, z: Tensor, m: int) -> tuple[SparseCode, Tensor]:
+    """The entries of `code` on latents < m (a ragged code) and their values, gathered from `z` with its gradient."""
+    with threads.single(code.latents.device):
+        keep = (code.latents < m).nonzero().squeeze(1)
+        sub = SparseCode(code.n_rows, code.latents.index_select(0, keep), code.values.index_select(0, keep),
+                         rows=code.rows.index_select(0, keep))
+    return sub, z.reshape(-1).index_select(0, keep)

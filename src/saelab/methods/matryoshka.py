@@ -7,7 +7,7 @@ coarse, general directions on their own, so features do not split or absorb each
 dictionary grows; the full dictionary's error is the ordinary reconstruction term.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -41,8 +41,12 @@ class MatryoshkaBatchTopK(BatchTopK):
             require(float(self.prefix_weight) >= 0, f"{field}.prefix_weight", self.prefix_weight, "must be ≥ 0")
 
     def sparse_plan(self) -> SparsePlan | None:
-        """None: the prefix losses decode dense prefixes, so training runs on the dense path."""
-        return None
+        """BatchTopK's selection, each proper prefix decoded from the code's entries on its latents (training only)."""
+        plan = super().sparse_plan()
+        if plan is None:
+            return None
+        sizes = prefix_sizes(self.n_latents, self.params.n_prefixes) if self.params.prefix_weight else []
+        return replace(plan, prefixes=tuple(sizes), extra_weight=float(self.params.prefix_weight), extra_name="matryoshka")
 
     def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
         """prefix_weight × Σ over proper prefixes m of ‖x − (z[:, :m] W_dec[:m] + b_dec)‖²."""
