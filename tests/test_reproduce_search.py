@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.claims import DOES_NOT_HOLD, HOLDS, Claim, Evidence, evaluate_claim
 from saelab.experiments.reproduce.measures import against_extreme_other, rank_correlation, spearman
-from saelab.experiments.reproduce.search import COLLAPSED_NMSE, Candidate, choose_best, run_search, select_finalists
+from saelab.experiments.reproduce.search import (COLLAPSED_NMSE, Candidate, choose_best, mean_best_auroc, run_search,
+                                                 select_finalists)
 
 
 def _cands(spec: dict[str, list[str]]) -> list[Candidate]:
@@ -56,13 +57,27 @@ def test_finalists_are_never_dominated_nor_collapsed_and_each_live_method_has_on
     assert bool(fin) == any(nmse < COLLAPSED_NMSE for _, nmse in points)
 
 
-def test_the_best_finalist_has_the_most_good_classifiers_ties_to_the_lower_nmse():
+def test_the_best_finalist_has_the_most_good_classifiers_ties_to_the_higher_mean_auroc_then_lower_nmse():
     cands = _cands({"a": ["a1", "a2", "a3"]})
     screened = select_finalists(cands, _screen({"a1": (10, 0.3), "a2": (20, 0.2), "a3": (30, 0.1)}), 3)
     scores = {"a1": {"good_findable": 5}, "a2": {"good_findable": 9}, "a3": {"good_findable": 9}}
-    assert choose_best(screened, scores)["a"].name == "a3"
+    assert choose_best(screened, scores)["a"].name == "a3"  # no AUROC recorded: the lower NMSE
+    # A short screen leaves every count near zero: the denser setting (lower NMSE) is not chosen for it.
+    scores = {"a1": {"good_findable": 0, "mean_best_auroc": 0.71}, "a2": {"good_findable": 0, "mean_best_auroc": 0.66},
+              "a3": {"good_findable": 0, "mean_best_auroc": 0.69}}
+    assert choose_best(screened, scores)["a"].name == "a1"
+    scores["a2"]["good_findable"] = 1  # the count still comes first
+    assert choose_best(screened, scores)["a"].name == "a2"
     with pytest.raises(DataError, match="no board-state score"):
         choose_best(screened, {"a1": {"good_findable": 5}})
+
+
+def test_mean_best_auroc_averages_the_findable_pairs_only():
+    best = [None] * 192
+    best[3 * 0 + 1], best[3 * 5 + 2], best[3 * 7 + 0] = 0.9, 0.6, 0.99  # (7, 0) is not findable
+    assert mean_best_auroc({"best_auroc": best, "findable_pairs": [[0, 1], [5, 2], [9, 0]]}) == pytest.approx(0.75)
+    assert mean_best_auroc({"best_auroc": best, "findable_pairs": []}) is None
+    assert mean_best_auroc({"good_findable": 3}) is None  # an older score record
 
 
 def _rows(values: dict[str, list[float]], key: str) -> list[dict]:

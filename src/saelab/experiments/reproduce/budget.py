@@ -84,9 +84,11 @@ class Budget:
 
 QUICK = Budget("quick", train_games=1500, eval_games=300, n_latents=256, target_l0=32, steps=400, epochs=None, batch_size=512,
                seeds=3, sizes=(64, 128, 256, 512), n_boot=100).validate()
+# finalists=4 at full: every candidate on a method's L0–NMSE front is scored (there are four levels); two,
+# the front's two ends, never scored the target L0 itself (2026-12-02, the first full search).
 FULL = Budget("full", train_games=100_000, eval_games=2000, n_latents=1024, target_l0=32, steps=None, epochs=4.0, batch_size=2048,
               seeds=3, sizes=(256, 512, 1024, 2048, 4096), n_boot=200, lm_tokens=2_000_000, lm_latents=4608,
-              lm_steps=4000, screen_fraction=0.25, finalists=2, search_levels=(0.5, 1.0, 2.0, 3.0), extra_methods=True).validate()
+              lm_steps=4000, screen_fraction=0.25, finalists=4, search_levels=(0.5, 1.0, 2.0, 3.0), extra_methods=True).validate()
 
 
 def budget(name: str) -> Budget:

@@ -11,7 +11,10 @@ and kept the best. Here that is three stages, each resumable:
    active latent) are dropped, then those another candidate of the same method beats on both L0
    and NMSE (Pareto-dominated); at most `finalists` of the rest stay, spread along the front;
 3. *score* — each finalist's screen SAE gets the board-state score; the method's best setting is
-   the finalist with the most good classifiers (ties: the lower NMSE).
+   the finalist with the most good classifiers; ties go to the higher mean over findable pairs of
+   the best latent's AUROC (the count's continuous form: a short screen may leave every count near
+   zero, and the lower NMSE, the tie-break until 2026-12-02, then picked the densest setting), then
+   to the lower NMSE.
 
 The chosen settings are then trained with every seed at the full length by the caller (the
 `best` sweep of `sparsity_methods`). DIR/search/search.json records every candidate, why it was
@@ -117,16 +120,28 @@ def _spread(n: int, k: int) -> set[int]:
     return {round(i * (n - 1) / (k - 1)) for i in range(k)}
 
 
+def mean_best_auroc(score: dict) -> float | None:
+    """Mean over the findable (square, state) pairs of the best single latent's AUROC, from an othello score record."""
+    best, pairs = score.get("best_auroc"), score.get("findable_pairs")
+    if not best or not pairs:
+        return None
+    values = [best[3 * sq + state] for sq, state in pairs]
+    values = [v for v in values if _finite(v)]
+    return sum(values) / len(values) if values else None
+
+
 def choose_best(screened: list[Screened], scores: dict[str, dict]) -> dict[str, Candidate]:
-    """Per method: the finalist with the most good classifiers among findable pairs (ties: lower NMSE)."""
-    best: dict[str, tuple[tuple[float, float], Candidate]] = {}
+    """Per method: the finalist with the most good classifiers among findable pairs (ties: the higher
+    mean best AUROC over findable pairs, then the lower NMSE)."""
+    best: dict[str, tuple[tuple[float, float, float], Candidate]] = {}
     for s in screened:
         if not s.finalist:
             continue
         score = scores.get(s.candidate.name)
         if score is None:
             raise DataError(f"finalist {s.candidate.name!r} has no board-state score")
-        key = (float(score["good_findable"]), -float(s.nmse))
+        auroc = score.get("mean_best_auroc")
+        key = (float(score["good_findable"]), float(auroc) if _finite(auroc) else -math.inf, -float(s.nmse))
         if s.candidate.method not in best or key > best[s.candidate.method][0]:
             best[s.candidate.method] = (key, s.candidate)
     return {m: c for m, (_, c) in best.items()}
@@ -148,14 +163,16 @@ class SearchResult:
         return {"candidates": cands, "chosen": {m: c.name for m, c in self.chosen.items()}}
 
     def markdown(self) -> str:
-        """The search table: method | candidate | L0 | NMSE | screen | good classifiers (finalists) | chosen."""
-        lines = ["| method | candidate | L0 | NMSE | screen | good / findable | chosen |", "|---|---|---|---|---|---|---|"]
+        """The search table: method | candidate | L0 | NMSE | screen | good classifiers and mean best AUROC (finalists) | chosen."""
+        lines = ["| method | candidate | L0 | NMSE | screen | good / findable | mean best AUROC | chosen |",
+                 "|---|---|---|---|---|---|---|---|"]
         fmt = lambda v, spec: format(v, spec) if _finite(v) else "–"  # noqa: E731
         for s in self.screened:
             sc = self.scores.get(s.candidate.name)
             good = f"{sc['good_findable']} / {sc['findable']}" if sc else ""
+            auroc = fmt(sc.get("mean_best_auroc"), ".4f") if sc else ""
             mark = "**best**" if self.chosen.get(s.candidate.method) is s.candidate else ""
-            lines.append(f"| {s.candidate.method} | {s.candidate.name} | {fmt(s.l0, '.1f')} | {fmt(s.nmse, '.4f')} | {s.status} | {good} | {mark} |")
+            lines.append(f"| {s.candidate.method} | {s.candidate.name} | {fmt(s.l0, '.1f')} | {fmt(s.nmse, '.4f')} | {s.status} | {good} | {auroc} | {mark} |")
         return "\n".join(lines) + "\n"
 
 
@@ -190,7 +207,8 @@ def run_search(candidates: list[Candidate], shared: dict, root: Path, per_method
     scores: dict[str, dict] = {}
     for s in finalists:
         full = json.loads((screen_root / str(s.folder) / OTHELLO_SCORE).read_text())
-        scores[s.candidate.name] = {k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")}
+        scores[s.candidate.name] = {**{k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")},
+                                    "mean_best_auroc": mean_best_auroc(full)}
     result = SearchResult(screened, scores, choose_best(screened, scores))
     if world.is_main:
         atomic_write_json(root / SEARCH_FILE, result.to_record())
