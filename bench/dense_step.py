@@ -163,6 +163,23 @@ def time_interleaved(fns: dict, x: torch.Tensor, reps: int) -> dict[str, list[fl
     return out
 
 
+def sparse_vs_dense(args, say, title: str, cases: list) -> None:
+    """Per shape and case (label, record fields, builder of {"sparse", "dense"} steps): time both, print a row and a JSON record."""
+    for shape in args.shapes.split(","):
+        d, n = (int(v) for v in shape.lower().split("x"))
+        x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))
+        say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}: {title}")
+        say(f"{'case':22} {'sparse ms':>10} {'dense ms':>10} {'dense / sparse':>15}")
+        for label, fields, build in cases:
+            times = time_interleaved(build(d, n, x), x, args.reps)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            say(f"{label:22} {med['sparse']:10.1f} {med['dense']:10.1f} {med['dense'] / med['sparse']:15.2f}")
+            if args.json:
+                print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps, **fields,
+                                  "sparse_ms": med["sparse"], "dense_ms": med["dense"], "ratio_dense_to_sparse": med["dense"] / med["sparse"],
+                                  "sparse_min_ms": min(times["sparse"]), "dense_min_ms": min(times["dense"])}))
+
+
 def main() -> None:
     """Parse options, time every method and the selection, print a table (and JSON records)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,37 +195,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     say = (lambda s: print(s, file=sys.stderr)) if args.json else print
     if args.kernels:
-        for shape in args.shapes.split(","):
-            d, n = (int(v) for v in shape.lower().split("x"))
-            x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))
-            say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}, k 32")
-            say(f"{'method':22} {'sparse ms':>10} {'dense ms':>10} {'dense / sparse':>15}")
-            for method in args.kernels.split(","):
-                times = time_interleaved(kernel_steps(method, d, n), x, args.reps)
-                med = {k: statistics.median(v) for k, v in times.items()}
-                say(f"{method:22} {med['sparse']:10.1f} {med['dense']:10.1f} {med['dense'] / med['sparse']:15.2f}")
-                if args.json:
-                    print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps, "method": method,
-                                      "sparse_ms": med["sparse"], "dense_ms": med["dense"], "ratio_dense_to_sparse": med["dense"] / med["sparse"],
-                                      "sparse_min_ms": min(times["sparse"]), "dense_min_ms": min(times["dense"])}))
+        cases = [(m, {"method": m}, (lambda m: lambda d, n, x: kernel_steps(m, d, n))(m)) for m in args.kernels.split(",")]
+        sparse_vs_dense(args, say, "k 32", cases)
         return
     if args.relu_density:
         from saelab import objective
 
         objective.RELU_SPARSE_MAX_DENSITY = float("inf")  # time the sparse path at every density
-        for shape in args.shapes.split(","):
-            d, n = (int(v) for v in shape.lower().split("x"))
-            x = torch.randn(args.batch, d, generator=torch.Generator().manual_seed(1))
-            say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}: ReLU+L1")
-            say(f"{'density':>8} {'sparse ms':>10} {'dense ms':>10} {'dense / sparse':>15}")
-            for density in (float(v) for v in args.relu_density.split(",")):
-                times = time_interleaved(relu_steps(d, n, density, x), x, args.reps)
-                med = {k: statistics.median(v) for k, v in times.items()}
-                say(f"{density:8.3f} {med['sparse']:10.1f} {med['dense']:10.1f} {med['dense'] / med['sparse']:15.2f}")
-                if args.json:
-                    print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps,
-                                      "method": "relu+l1", "density": density, "sparse_ms": med["sparse"], "dense_ms": med["dense"],
-                                      "ratio_dense_to_sparse": med["dense"] / med["sparse"]}))
+        cases = [(f"density {v:.3f}", {"method": "relu+l1", "density": v}, (lambda v: lambda d, n, x: relu_steps(d, n, v, x))(v))
+                 for v in (float(t) for t in args.relu_density.split(","))]
+        sparse_vs_dense(args, say, "ReLU+L1", cases)
         return
     for shape in args.shapes.split(","):
         d, n = (int(v) for v in shape.lower().split("x"))
