@@ -60,7 +60,7 @@ class SAEConfig(SAELensNames):
     dead_tokens: int = option(10_000_000, "tokens without firing after which a latent counts as dead")
     lr: float | None = option(None, "learning rate (default 2e-4/sqrt(n/2^14))")
     name: str | None = option(None, "name of the SAE")
-    kernel: str = option("auto", "training kernel: dense (reference), sparse (TopK family; ReLU with no penalty, l1, lp, smoothed_l0 or freshman), auto (sparse where it applies, ReLU only while its code is sparse)", choices=KERNELS)
+    kernel: str = option("auto", "training kernel: dense (reference), sparse (TopK family incl. Matryoshka; ReLU with no penalty, l1, lp, smoothed_l0 or freshman), auto (sparse where it applies, ReLU only while its code is sparse)", choices=KERNELS)
     target_l0: float | None = option(None, "adapt the sparsity coefficient (penalty or gated α, JumpReLU's l0_coef, dimred's p) to this L0 during a warm phase, then hold it; sets k for the TopK family")
     target_l0_warmup: float = option(0.8, "fraction of training steps during which target_l0 adapts the coefficient")
     # Filled in from the data when training starts.
