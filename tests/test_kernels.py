@@ -150,7 +150,7 @@ def test_matryoshka_prefix_losses_match_the_dense_path(n_prefixes, weight, auxk)
     with_prefixes = n_prefixes > 1 and weight > 0
     assert list(sparse.losses) == ["mse"] + (["matryoshka"] if with_prefixes else []) + (["auxk"] if auxk else [])
     if with_prefixes:  # the prefix term is not a copy of the full reconstruction's
-        assert float(sparse.losses["matryoshka"]) > weight * float(sparse.losses["mse"]) * 0.5
+        assert float(sparse.losses["matryoshka"].detach()) > weight * float(sparse.losses["mse"].detach()) * 0.5
     sae.eval()
     assert not supports(sae)  # inference is BatchTopK's threshold, a dense activation
 
