@@ -85,6 +85,7 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     else:
         items.append(DecodeItem(plan.main))
         values.append(z_main)
+    first_prefix = len(items)
     for m in spec.prefixes:
         code, z_m = _on_latents_below(plan.main, z_main, m)
         items.append(DecodeItem(code))
@@ -104,8 +105,7 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
         x_big = decoded[1] + sae.b_dec
         losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)
     if spec.prefixes:
-        first = len(items) - len(spec.prefixes) - (plan.aux is not None)
-        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first:first + len(spec.prefixes)]]
+        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first_prefix:first_prefix + len(spec.prefixes)]]
         losses[spec.extra_name] = spec.extra_weight * sum(terms[1:], terms[0])
     if use_aux:
         if plan.aux is None:
