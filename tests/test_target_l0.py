@@ -181,3 +181,39 @@ def test_short_l1_run_from_the_default_start_lands_near_the_target_without_colla
     assert abs(result.l0 - 6.0) / 6.0 < 0.25, result.l0
     assert result.dead_fraction < 0.25, result.dead_fraction
     assert result.nmse < 0.8, result.nmse  # a collapsed code reconstructs nothing (NMSE ≈ 1)
+
+
+def test_smoothed_l0_target_counts_latents_past_half_its_step():
+    from saelab.sae import SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=4, n_latents=5, penalty="smoothed_l0", penalty_params={"delta": 2.0}, target_l0=2.0).validate())
+    ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
+    assert ctl.level == 1.0 and ctl.record()["level"] == 1.0
+    # δ/2 = 1: entries at 0.5 and 0.02 are not on (the step is below one half there), 1.5 and 3 are.
+    z = torch.tensor([[0.5, 1.5, 3.0, 0.0, 0.02], [0.0, 0.0, 1.01, 0.99, 0.0]])
+    assert ctl.measure(z) == pytest.approx((2 + 1) / 2)
+
+
+def test_jumprelu_target_init_starts_at_the_target():
+    from saelab.sae import SparseAutoencoder
+
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)) * 5
+    sae = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", target_l0=8.0,
+                                      method_params={"threshold_init": "target"}).validate())
+    sae.initialize_from_data(x, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        l0 = float((sae.encode(x) != 0).sum(dim=-1).float().mean())
+    assert l0 == pytest.approx(8.0, rel=0.05)
+    fixed = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", target_l0=8.0,
+                                        method_params={"init_threshold": 0.01}).validate())
+    fixed.initialize_from_data(x, torch.Generator().manual_seed(1))
+    assert torch.allclose(fixed.activation.threshold, torch.full((128,), 0.01))
+    # No target: nothing to start from, init_threshold it is.
+    free = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", method_params={"threshold_init": "target"}).validate())
+    free.initialize_from_data(x, torch.Generator().manual_seed(1))
+    assert torch.allclose(free.activation.threshold, torch.full((128,), 0.001))
+
+
+def test_jumprelu_threshold_init_is_checked():
+    with pytest.raises(ConfigError, match="threshold_init"):
+        SAEConfig(n_latents=8, method="jumprelu", method_params={"threshold_init": "data"}).validate()

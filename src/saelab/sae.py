@@ -13,6 +13,8 @@ from saelab.init import initial_b_dec, unit_rows
 from saelab.methods.base import Activation, Penalty
 from saelab.normalize import Normalizer
 
+INIT_PRE_ROWS = 4096  # init-sample rows whose pre-activations data-dependent activation state is set from
+
 
 def centered_linear(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, spread=None) -> Tensor:
     """(x_n − b_dec)·W_enc + b_enc, with b_dec's gradient formed by one vector product.
@@ -86,6 +88,8 @@ class SparseAutoencoder(nn.Module):
             self.cfg.normalization_factor = factor
         x_n, _ = self.normalizer.normalize(sample)
         self.reset_weights(generator, x_n)
+        # Rows enough for a quantile of the code; more would only cost memory at large dictionaries.
+        self.activation.initialize_from_pre(self.pre_activations(x_n[:INIT_PRE_ROWS]), self.cfg.target_l0)
 
     # ---- the map --------------------------------------------------------------------------
     def check_input(self, x: Tensor, what: str = "x") -> None:

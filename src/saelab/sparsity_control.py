@@ -70,6 +70,7 @@ class L0Controller:
     calibrate: bool = False  # set the knob from the first batch's loss terms (an α the user left at 0)
     total_steps: int | None = None  # the run's length, for the hold after the warm phase
     history: list = field(default_factory=list)  # log coefficient after each update
+    level: float | None = None  # the activation level counted as on, for knobs that measure "l0_level"
 
     @property
     def period(self) -> int:
@@ -90,6 +91,8 @@ class L0Controller:
         controller = cls(cfg.target_l0, knob, max(1, math.ceil(cfg.target_l0_warmup * total_steps)), eps, min(max(start, knob.low), knob.high),
                          calibrate=unset and knob.weights is not None,
                          total_steps=total_steps)
+        if knob.measure == "l0_level":
+            controller.level = float(knob_owner(sae, knob).active_level())
         write_knob(sae, knob, controller.value)
         return controller
 
@@ -105,8 +108,9 @@ class L0Controller:
 
     def measure(self, z) -> float:
         """The batch L0 this knob targets: non-zeros, or entries above ε."""
-        if self.knob.measure == "l0_eps":
-            l0 = float(active_above(z, self.eps).double().mean())
+        if self.knob.measure in ("l0_eps", "l0_level"):
+            level = self.level if self.knob.measure == "l0_level" else self.eps
+            l0 = float(active_above(z, level).double().mean())
         else:
             l0 = float(active_per_row(z).double().mean())
         return distributed.rank_mean([l0])[0]  # data-parallel: every rank moves the knob by the global L0
@@ -175,7 +179,7 @@ class L0Controller:
     def record(self) -> dict:
         """What saelab.json keeps: the target, the parameter, the value it chose, the warm phase."""
         return {"target": self.target, "parameter": self.knob.param, "value": self.value, "warm_steps": self.warm_steps,
-                "period": self.period, "measure": self.knob.measure}
+                "period": self.period, "measure": self.knob.measure, **({"level": self.level} if self.level is not None else {})}
 
     def state_dict(self) -> dict:
         """Checkpointable state (plain numbers)."""
@@ -193,6 +197,12 @@ class L0Controller:
         self.early_sum, self.early_count = float(state.get("early_sum", 0.0)), int(state.get("early_count", 0))
         self.history = [float(v) for v in state.get("history", [])]
         write_knob(sae, self.knob, self.value)
+
+
+def knob_owner(sae, knob: SparsityKnob):
+    """The module whose class declares the knob: the SAE's penalty, else its activation."""
+    penalty = getattr(sae, "penalty", None)
+    return penalty if penalty is not None and type(penalty).sparsity_knob is knob else sae.activation
 
 
 def read_knob(sae, knob: SparsityKnob) -> float:

@@ -68,7 +68,9 @@ class SparsityKnob:
     an activation's own sparsity loss, read from LossContext.alpha, as Gated's); raising it lowers L0
     when `more_is_sparser`. The controller moves it in log space within [low, high], starting at
     `initial` when the configured value is not positive, and measures L0 as `measure`: "l0"
-    (non-zero entries) or "l0_eps" (entries above ε, for codes that leak tiny values everywhere).
+    (non-zero entries), "l0_eps" (entries above ε, for codes that leak tiny values everywhere) or
+    "l0_level" (entries above the knob owner's `active_level()`, for a penalty that counts a latent
+    as on only past a scale of its own: smoothed-L0's δ/2).
     `weights` names the loss term the knob multiplies (e.g. "penalty"); an unset α then starts
     calibrated against the first batch's reconstruction loss (see saelab.sparsity_control).
     """
@@ -127,6 +129,9 @@ class Activation(nn.Module):
 
     def observe(self, values: Tensor) -> None:
         """Update running statistics from a training batch's non-zero code values (no gradient)."""
+
+    def initialize_from_pre(self, pre: Tensor, target_l0: float | None) -> None:
+        """Set data-dependent starting state from the freshly initialized SAE's pre-activations on the init sample."""
 
     @property
     def observes_codes(self) -> bool:
