@@ -217,3 +217,23 @@ def test_jumprelu_target_init_starts_at_the_target():
 def test_jumprelu_threshold_init_is_checked():
     with pytest.raises(ConfigError, match="threshold_init"):
         SAEConfig(n_latents=8, method="jumprelu", method_params={"threshold_init": "data"}).validate()
+
+
+def test_evaluation_reports_the_l0_a_level_target_counts():
+    from saelab.evals.reconstruction import evaluate_batches
+    from saelab.experiments.reproduce.measures import target_measured_l0
+    from saelab.sae import SparseAutoencoder
+
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0)) * 3
+    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="smoothed_l0", penalty_params={"delta": 1.0}, target_l0=4.0).validate())
+    sae.initialize_from_data(x, torch.Generator().manual_seed(1))
+    result = evaluate_batches(sae, [x[:200], x[200:]])
+    with torch.no_grad():
+        z = sae.encode(x)
+    assert result.level == 0.5
+    assert result.l0_level == pytest.approx(float((z > 0.5).sum(dim=-1).double().mean()))
+    assert result.l0_level < result.l0_eps  # the level is above ε, so fewer latents count
+    assert target_measured_l0(result.to_dict()) == result.l0_level
+    # Other methods keep the eval record as it was: no level, the target counted above ε.
+    plain = evaluate_batches(SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="l1", target_l0=4.0).validate()), [x])
+    assert "l0_level" not in plain.to_dict() and target_measured_l0(plain.to_dict()) == plain.l0_eps

@@ -47,12 +47,15 @@ class ReconstructionResult:
     ci: dict = field(default_factory=dict)  # metric → 95% bootstrap interval over blocks of BLOCK_ROWS rows
     rows: str = "given"  # which rows: "held-out", "all", "lo:hi", or "given" (batches passed directly)
     method: str | None = None
+    l0_level: float | None = None  # latents per token above `level`, the L0 a target counts (smoothed-L0: δ/2)
+    level: float | None = None
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict; `mmcs` omitted when no dictionary was given."""
+        """Plain JSON-able dict; `mmcs` omitted when no dictionary was given, `l0_level` when no level applies."""
         d = dataclasses.asdict(self)
-        if d["mmcs"] is None:
-            del d["mmcs"]
+        for key in ("mmcs", "l0_level", "level"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -220,6 +223,16 @@ def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
     return (true @ dec.T).max(dim=1).values.mean().item()
 
 
+def target_level(sae) -> float | None:
+    """The activation level above which the SAE's sparsity knob counts a latent as on, for knobs that measure "l0_level"."""
+    knob = sae.cfg.sparsity_knob()
+    if knob is None or knob.measure != "l0_level":
+        return None
+    from saelab.sparsity_control import knob_owner
+
+    return float(knob_owner(sae, knob).active_level())
+
+
 @torch.no_grad()
 def evaluate_batches(
     sae, batches: Iterable[Tensor], dictionary: Tensor | None = None, on_codes: Callable[[Tensor, int], None] | None = None,
@@ -232,6 +245,8 @@ def evaluate_batches(
     was_training = sae.training
     sae.eval()
     acc = ReconstructionAccumulator(sae.cfg.n_latents, sae.cfg.d_in, eps=eps_l0)
+    level = target_level(sae)
+    above = 0
     seen = 0
     try:
         for x_raw in batches:
@@ -239,12 +254,16 @@ def evaluate_batches(
             x, _ = sae.normalizer.normalize(x_raw)
             z = sae.encode_normalized(x)
             acc.add(x, sae.decode_normalized(z), z)
+            if level is not None:
+                above += int((z > level).sum())
             if on_codes is not None:
                 on_codes(z, seen)
             seen += x_raw.shape[0]
     finally:
         sae.train(was_training)
     result = acc.result(sae.cfg.normalize)
+    if level is not None:
+        result.l0_level, result.level = above / max(seen, 1), level
     if dictionary is not None:
         result.mmcs = mmcs(sae.W_dec, dictionary)
     return result

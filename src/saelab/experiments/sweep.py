@@ -92,6 +92,7 @@ def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[st
         "l0": ev.get("l0"),
         "l0_eps": ev.get("l0_eps"),
         "eps_l0": ev.get("eps_l0"),
+        **({"l0_level": ev["l0_level"], "level": ev.get("level")} if ev.get("l0_level") is not None else {}),
         "nmse": ev.get("nmse"),
         "mse": ev.get("mse"),
         "explained_variance": ev.get("explained_variance"),

@@ -88,8 +88,9 @@ def select_finalists(candidates: list[Candidate], rows: list[dict], per_method: 
             if r is None:
                 raise DataError(f"the screen has no result for candidate {c.name!r}")
             # Activations above ε (0.01) count, as in the report's sparsity: leaky and dimension-reduction
-            # codes keep tiny values on every latent that plain L0 would count as dense.
-            l0 = r.get("l0_eps") if _finite(r.get("l0_eps")) else r.get("l0")
+            # codes keep tiny values on every latent that plain L0 would count as dense; smoothed-L0's
+            # above its own level (δ/2), where its target counts them.
+            l0 = r["l0_level"] if _finite(r.get("l0_level")) else r.get("l0_eps") if _finite(r.get("l0_eps")) else r.get("l0")
             nmse = r.get("nmse")
             if not (_finite(l0) and _finite(nmse)) or l0 <= 0 or nmse >= COLLAPSED_NMSE:
                 out[c.name] = Screened(c, l0 if _finite(l0) else None, nmse if _finite(nmse) else None, "collapsed", r.get("folder"))
