@@ -126,3 +126,33 @@ def test_a_killed_sweep_resumes_without_retraining_finished_parts(toy_dir, tmp_p
     by_name = {r["name"]: r for r in ref}
     for r in rows:
         assert r["nmse"] == pytest.approx(by_name[r["name"]]["nmse"], rel=1e-5), r["name"]
+
+
+def test_a_deleted_member_of_a_finished_part_trains_again_alone(toy_dir, tmp_path, monkeypatch):
+    import shutil
+
+    cfg = _sweep_config(toy_dir, [0])
+    first = {r["name"]: r for r in run_sweep(cfg, tmp_path / "sw", progress=False, say=lambda m: None, report=False)}
+    assert len(first) == 2
+    kept_name, gone_name = sorted(first)
+    kept_weights = tmp_path / "sw" / first[kept_name]["folder"] / "sae_weights.safetensors"
+    before = kept_weights.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "sw" / first[gone_name]["folder"])
+
+    real, counted = Trainer._train_step, {"n": 0}
+
+    def counting(self, m, x, step):
+        counted["n"] += 1
+        return real(self, m, x, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", counting)
+    rows = {r["name"]: r for r in run_sweep(cfg, tmp_path / "sw", resume=True, progress=False, say=lambda m: None, report=False)}
+    # Only the deleted SAE trained (60 steps of one member), into a run of its own; its neighbour was read back.
+    assert counted["n"] == 60
+    assert kept_weights.stat().st_mtime_ns == before and rows[kept_name] == first[kept_name]
+    assert rows[gone_name]["folder"].startswith("runs/seed0-redo")
+    assert (tmp_path / "sw" / rows[gone_name]["folder"] / "sae_weights.safetensors").exists()
+    # Alone, on the same batches from the same init, it trains to what it was beside its neighbour.
+    assert rows[gone_name]["nmse"] == pytest.approx(first[gone_name]["nmse"], rel=1e-5)
+    on_disk = [json.loads(line) for line in (tmp_path / "sw" / RESULTS).read_text().splitlines()]
+    assert sorted(r["name"] for r in on_disk) == sorted(first)

@@ -53,6 +53,7 @@ EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_window
 CHECKPOINTS_PER_RUN = 10
 SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread sweep's SAEs were dealt to
 DEAL = "spread_deal"  # key of sweep.json: seed → each rank's SAE names (kept, so a resume finds every folder)
+REDO_SUFFIX = "-redo"  # run folder of SAEs retrained after their folders were deleted from a finished part
 RANK_RESULTS = "results.rank{rank}.jsonl"  # a spread rank's rows until rank 0 merges them into RESULTS
 
 
@@ -189,6 +190,30 @@ def _member_folders(run_dir: Path, part: list[PlannedSAE]) -> list[Path]:
     return [run_dir] if len(part) == 1 else [run_dir / p.name for p in part]
 
 
+def _finished(folder: Path) -> bool:
+    """Whether a member's folder holds a trained and evaluated SAE."""
+    return (folder / "eval.json").exists() and (folder / SAELAB_CFG).exists()
+
+
+def _split_removed(run_dir: Path, part: list[PlannedSAE]) -> list[tuple[Path, list[PlannedSAE], list[Path]]]:
+    """(run folder, SAEs, their folders) to train or read on resume: the part whole, or its finished members and those whose folders were deleted.
+
+    Deleting a trained SAE's folder from a finished part of several asks for that SAE again (a fixed
+    method, a bad run): it trains alone, beside the part, in `<run>-redo`, the same batches and seed
+    as the first time, and the members kept are not trained again. Anything else (a part killed in
+    training, a member evaluated but not its neighbours) resumes the part as one run.
+    """
+    folders = _member_folders(run_dir, part)
+    if len(part) < 2:
+        return [(run_dir, part, folders)]
+    kept = [(p, f) for p, f in zip(part, folders) if _finished(f)]
+    removed = [p for p, f in zip(part, folders) if not f.exists()]
+    if not kept or not removed or len(kept) + len(removed) != len(part):
+        return [(run_dir, part, folders)]
+    redo = run_dir.with_name(run_dir.name + REDO_SUFFIX)
+    return [(run_dir, [p for p, _ in kept], [f for _, f in kept]), (redo, removed, _member_folders(redo, removed))]
+
+
 def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> dict | None:
     """Check that `root` is new, or holds this sweep when resuming; write its plan; return the saved plan (None if new)."""
     saved = None
@@ -279,10 +304,10 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
     # Where this process keeps its rows as it evaluates: results.jsonl, or its own file when spread.
     rows_file = root / (RANK_RESULTS.format(rank=world.rank) if spread else RESULTS)
 
-    def collect(part: list[PlannedSAE], run_dir: Path) -> None:
+    def collect(part: list[PlannedSAE], folders: list[Path]) -> None:
         """The results row of each SAE of a trained part (evaluated unless an earlier run's rows have it)."""
         nonlocal evaluators
-        for planned, folder in zip(part, _member_folders(run_dir, part)):
+        for planned, folder in zip(part, folders):
             if planned.name in done and (root / done[planned.name]["folder"]).exists():
                 rows.append(done[planned.name])
                 continue
@@ -303,10 +328,11 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
     if spread:
         shares = [sum(len(part) for owner, _, _, part in runs if owner == r) for r in range(world.size)]
         say(f"spreading {len(plan.saes)} SAEs over {world.size} ranks: {', '.join(map(str, shares))} SAE(s) each")
-    for owner, seed, run_dir, part in runs:
+    pieces = [(owner, seed, piece) for owner, seed, run_dir, part in runs
+              for piece in (_split_removed(run_dir, part) if resume else [(run_dir, part, _member_folders(run_dir, part))])]
+    for owner, seed, (run_dir, part, folders) in pieces:
         if owner in (None, world.rank):
-            folders = _member_folders(run_dir, part)
-            finished = all((f / "eval.json").exists() and (f / SAELAB_CFG).exists() for f in folders)
+            finished = all(_finished(f) for f in folders)
             if not finished:
                 say(f"training {len(part)} SAE(s) with seed {seed} into {run_dir}")
                 train = TrainConfig.from_dict({**plan.train, "seed": seed, "out": str(run_dir), **placement})
@@ -319,9 +345,9 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
                 has_ckpt = (run_dir / CHECKPOINT).exists()
                 trainer.fit(resume=resume and has_ckpt, overwrite=not has_ckpt)
             if spread:
-                collect(part, run_dir)
+                collect(part, folders)
         if world.is_main and not spread:
-            collect(part, run_dir)
+            collect(part, folders)
     if spread:
         world.wait_for_all()  # ranks finish their shares at different times, possibly hours apart
         rows = [r for share in world.all_gather(rows) for r in share]
