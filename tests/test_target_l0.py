@@ -237,3 +237,10 @@ def test_evaluation_reports_the_l0_a_level_target_counts():
     # Other methods keep the eval record as it was: no level, the target counted above ε.
     plain = evaluate_batches(SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="l1", target_l0=4.0).validate()), [x])
     assert "l0_level" not in plain.to_dict() and target_measured_l0(plain.to_dict()) == plain.l0_eps
+
+
+def test_training_logs_the_l0_a_level_target_counts(toy_dir, tmp_path):
+    folder = _train(toy_dir, tmp_path, 30, method="relu", penalty="smoothed_l0", target_l0=6.0)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(0 <= r["l0_level"] <= r["l0_eps"] <= r["l0"] for r in rows if "l0" in r)
+    assert json.loads((folder / "saelab.json").read_text())["target_l0"]["level"] == 0.5

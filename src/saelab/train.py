@@ -503,6 +503,9 @@ class Trainer:
                 "tokens_per_s": tokens_per_s,
             }
         )
+        level = m.control.level if m.control is not None else None
+        if level is not None:  # what the target counts, for a knob that measures "l0_level" (smoothed-L0)
+            record["l0_level"] = float(active_above(out.z, level).double().mean())
         return record
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> list[Member]:
