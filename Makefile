@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.saelab-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo demo-quick test test-slow test-compat test-lower-bounds bench install clean
+.PHONY: demo demo-quick test test-slow test-demo test-compat test-lower-bounds bench install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+test-demo: $(STAMP)
+	$(BIN)/python -m pytest -q -m demo
 
 test-lower-bounds: $(STAMP)
 	bash scripts/check_lower_bounds.sh

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from saelab.cli import main
 
 
+@pytest.mark.demo  # ≈ 3 minutes: its own target (make test-demo), which CI runs after the default suite
 def test_quick_othello_demo_writes_results_table_and_plots(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

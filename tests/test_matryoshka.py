@@ -51,6 +51,7 @@ def test_bad_parameters_name_the_field():
     assert e.value.field == "method.n_prefixes"
 
 
+@pytest.mark.slow  # 29 s in the default run (2 cores, loaded): kept out of it to hold that run under 10 minutes
 def test_it_trains_and_its_first_prefix_reconstructs_better_than_plain_batchtopks(toy_dir, tmp_path):
     results = {}
     for method in ("batchtopk", "matryoshka_batchtopk"):
