@@ -88,8 +88,8 @@ class SparseAutoencoder(nn.Module):
             self.cfg.normalization_factor = factor
         x_n, _ = self.normalizer.normalize(sample)
         self.reset_weights(generator, x_n)
-        # Rows enough for a quantile of the code; more would only cost memory at large dictionaries.
-        self.activation.initialize_from_pre(self.pre_activations(x_n[:INIT_PRE_ROWS]), self.cfg.target_l0)
+        # Lazy: only an activation that sets state from data computes the [rows, n] product (1 GiB at 65,536 latents).
+        self.activation.initialize_from_pre(lambda: self.pre_activations(x_n[:INIT_PRE_ROWS]), self.cfg.target_l0)
 
     # ---- the map --------------------------------------------------------------------------
     def check_input(self, x: Tensor, what: str = "x") -> None:

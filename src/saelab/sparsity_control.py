@@ -91,8 +91,7 @@ class L0Controller:
         controller = cls(cfg.target_l0, knob, max(1, math.ceil(cfg.target_l0_warmup * total_steps)), eps, min(max(start, knob.low), knob.high),
                          calibrate=unset and knob.weights is not None,
                          total_steps=total_steps)
-        if knob.measure == "l0_level":
-            controller.level = float(knob_owner(sae, knob).active_level())
+        controller.level = target_level(sae)
         write_knob(sae, knob, controller.value)
         return controller
 
@@ -203,6 +202,14 @@ def knob_owner(sae, knob: SparsityKnob):
     """The module whose class declares the knob: the SAE's penalty, else its activation."""
     penalty = getattr(sae, "penalty", None)
     return penalty if penalty is not None and type(penalty).sparsity_knob is knob else sae.activation
+
+
+def target_level(sae) -> float | None:
+    """The activation level above which the SAE's sparsity knob counts a latent as on, for knobs that measure "l0_level"."""
+    knob = sae.cfg.sparsity_knob()
+    if knob is None or knob.measure != "l0_level":
+        return None
+    return float(knob_owner(sae, knob).active_level())
 
 
 def read_knob(sae, knob: SparsityKnob) -> float:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from saelab.errors import DataError, SaelabError
 from saelab.intervals import bootstrap_sums
+from saelab.sparsity_control import target_level
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density
@@ -221,16 +222,6 @@ def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
     dec = torch.nn.functional.normalize(decoder.detach().double().cpu(), dim=-1)
     true = torch.nn.functional.normalize(dictionary.double(), dim=-1)
     return (true @ dec.T).max(dim=1).values.mean().item()
-
-
-def target_level(sae) -> float | None:
-    """The activation level above which the SAE's sparsity knob counts a latent as on, for knobs that measure "l0_level"."""
-    knob = sae.cfg.sparsity_knob()
-    if knob is None or knob.measure != "l0_level":
-        return None
-    from saelab.sparsity_control import knob_owner
-
-    return float(knob_owner(sae, knob).active_level())
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -130,8 +130,8 @@ class Activation(nn.Module):
     def observe(self, values: Tensor) -> None:
         """Update running statistics from a training batch's non-zero code values (no gradient)."""
 
-    def initialize_from_pre(self, pre: Tensor, target_l0: float | None) -> None:
-        """Set data-dependent starting state from the freshly initialized SAE's pre-activations on the init sample."""
+    def initialize_from_pre(self, pre: Callable[[], Tensor], target_l0: float | None) -> None:
+        """Set data-dependent starting state from the freshly initialized SAE's pre-activations on the init sample (`pre()` computes them)."""
 
     @property
     def observes_codes(self) -> bool:

@@ -1,6 +1,7 @@
 """JumpReLU (Rajamanoharan et al.): a learned per-latent threshold trained through an L0 penalty."""
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -82,7 +83,7 @@ class JumpReLU(Activation):
         self.log_threshold = torch.nn.Parameter(start.repeat(n_latents))
 
     @torch.no_grad()
-    def initialize_from_pre(self, pre: Tensor, target_l0: float | None) -> None:
+    def initialize_from_pre(self, pre: Callable[[], Tensor], target_l0: float | None) -> None:
         """With a target L0 and threshold_init 'target': θ = the level that target_l0 entries per row pass."""
         # θ is learned in log space, so Adam moves it by about a factor e^lr per step: from the default
         # 0.001 to the O(1) level a code of tens of latents needs takes ~7,000 steps at lr 1e-3, longer
@@ -90,10 +91,13 @@ class JumpReLU(Activation):
         # Not the default: the first steps' reconstruction overshoot then cuts L0 to about a third
         # (OthelloGPT 32 → 12, 64 → 21; toy 6 → 2) and it climbs back while the controller has eased
         # l0_coef, ending past the target on the toy data (9.7 for 6; from a fixed 0.2: 6.2).
-        if self.params.threshold_init != "target" or target_l0 is None or pre.numel() == 0:
+        if self.params.threshold_init != "target" or target_l0 is None:
+            return
+        values = pre().detach().float().flatten()
+        if values.numel() == 0:
             return
         keep = min(max(float(target_l0) / self.n_latents, 0.0), 1.0)
-        level = torch.quantile(pre.detach().float().flatten()[:2 ** 24], 1.0 - keep)  # torch.quantile's input limit
+        level = torch.quantile(values[:2 ** 24], 1.0 - keep)  # torch.quantile's input limit
         self.log_threshold.fill_(float(level.clamp_min(float(self.params.init_threshold)).log()))
 
     @property
