@@ -144,7 +144,7 @@ def test_a_search_screens_scores_finalists_and_resumes(tmp_path):
     assert {m: c.name for m, c in again.chosen.items()} == {m: c.name for m, c in got.chosen.items()}
 
 
-def test_a_best_setting_the_matched_sweep_trains_is_not_trained_twice(tmp_path):
+def test_a_matched_setting_the_best_sweep_trains_is_not_trained_twice(tmp_path):
     from saelab.experiments.reproduce import sparsity_methods as sm
     from saelab.experiments.reproduce.budget import QUICK
     from saelab.experiments.reproduce.run import _renamed
@@ -157,19 +157,22 @@ def test_a_best_setting_the_matched_sweep_trains_is_not_trained_twice(tmp_path):
               "topk": cands[f"cand topk L0 {2 * t}"]}
     found = SearchResult(screened=[], scores={}, chosen=chosen)
     names = sm.names(QUICK)
-    assert sm.reused(QUICK, found) == {sm.BEST_SWEEP: [("best none", sm.SWEEP, names["none"]),
-                                                       ("best leaky", sm.SWEEP, names["leaky"]),
-                                                       ("best dimred", sm.SWEEP, names["dimred_half"])]}
+    assert sm.reused(QUICK, found) == {sm.SWEEP: [(names["none"], sm.BEST_SWEEP, "best none"),
+                                                  (names["leaky"], sm.BEST_SWEEP, "best leaky"),
+                                                  (names["dimred_half"], sm.BEST_SWEEP, "best dimred")]}
     plans = sm.sweeps(QUICK, tmp_path, search=found)
-    assert [t["name"] for t in plans[sm.BEST_SWEEP]["sae"]] == ["best topk"]
+    # The best sweep comes first and trains every chosen setting; the matched sweep trains the rest.
+    assert list(plans) == [sm.BEST_SWEEP, sm.SWEEP]
+    assert [t["name"] for t in plans[sm.BEST_SWEEP]["sae"]] == ["best none", "best leaky", "best dimred", "best topk"]
+    assert [t["name"] for t in plans[sm.SWEEP]["sae"]] == [t["name"] for t in sm.matched_tables(QUICK)
+                                                           if t["name"] not in {names["none"], names["leaky"], names["dimred_half"]}]
     assert {k: v for k, v in plans[sm.BEST_SWEEP].items() if k != "sae"} == {k: v for k, v in plans[sm.SWEEP].items() if k != "sae"}
-    everything_matched = SearchResult(screened=[], scores={}, chosen={"none": cands["cand none"]})
-    assert sm.BEST_SWEEP not in sm.sweeps(QUICK, tmp_path, search=everything_matched)  # nothing left to train
+    assert list(sm.sweeps(QUICK, tmp_path)) == [sm.SWEEP]  # no search: the matched sweep alone
     # A reused row keeps every number and points at the same SAE folder from the other sweep's root.
-    row = {"name": "relu no penalty-s1", "group": "relu no penalty", "seed": 1, "folder": "runs/seed1/relu no penalty-s1", "nmse": 0.1}
-    moved = _renamed(row, "best none", tmp_path / "sweeps" / "methods", tmp_path / "sweeps" / "best")
-    assert moved == {**row, "name": "best none-s1", "group": "best none", "folder": "../methods/runs/seed1/relu no penalty-s1"}
-    assert (tmp_path / "sweeps" / "best" / moved["folder"]).resolve() == (tmp_path / "sweeps" / "methods" / row["folder"]).resolve()
+    row = {"name": "best none-s1", "group": "best none", "seed": 1, "folder": "runs/seed1/best none-s1", "nmse": 0.1}
+    moved = _renamed(row, names["none"], tmp_path / "sweeps" / "best", tmp_path / "sweeps" / "methods")
+    assert moved == {**row, "name": f"{names['none']}-s1", "group": names["none"], "folder": "../best/runs/seed1/best none-s1"}
+    assert (tmp_path / "sweeps" / "methods" / moved["folder"]).resolve() == (tmp_path / "sweeps" / "best" / row["folder"]).resolve()
 
 
 

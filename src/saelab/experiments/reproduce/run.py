@@ -91,24 +91,33 @@ def _reproduce(world, mod: ModuleType, b: Budget, root: Path, model: str | None,
     # chosen settings become one more sweep over every seed.
     found = mod.search(b, data, root / "search", say=say, progress=progress) if hasattr(mod, "search") else None
     plans = mod.sweeps(b, data, lm, search=found) if found is not None else mod.sweeps(b, data, lm)
-    for sweep_name, cfg in plans.items():
+    results: list[ClaimResult] = []
+    for i, (sweep_name, cfg) in enumerate(plans.items()):
         roots[sweep_name] = root / "sweeps" / sweep_name
         say(f"sweep {sweep_name}: {len(cfg['sae'])} configurations × {b.seeds} seeds")
         # resume=True both starts a new sweep and continues a killed one (same config, same folder).
         got = run_sweep(cfg, roots[sweep_name], resume=True, progress=progress, say=say, report=False, spread=True)
-        rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name]) if world.is_main else got  # rank 0 judges the claims
-    if not world.is_main:
-        return []
-    notes = []
+        if world.is_main:  # rank 0 judges the claims
+            rows[sweep_name] = _with_l2_ratio(got, roots[sweep_name])
+            # Judged after every sweep: a run stopped before its last sweep still leaves the claims its finished ones support.
+            results = _judge(mod, b, root, rows, roots, found, lm is not None, clock, command, pending=list(plans)[i + 1:])
+    return results
+
+
+def _judge(mod: ModuleType, b: Budget, root: Path, rows: dict[str, list[dict]], roots: dict[str, Path], found, lm: bool,
+           clock: WallClock, command: str, pending: list[str]) -> list[ClaimResult]:
+    """Judge the claims on the sweeps finished so far (`pending`: those still to run) and write claims.md / .json."""
+    rows, roots, notes = {k: list(v) for k, v in rows.items()}, dict(roots), []
     for target, links in (mod.reused(b, found) if found is not None and hasattr(mod, "reused") else {}).items():
         roots.setdefault(target, root / "sweeps" / target)
         rows.setdefault(target, [])
         for group, source, source_group in links:
+            if source not in rows:
+                continue  # its source sweep has not run yet
             rows[target] += [_renamed(r, group, roots[source], roots[target]) for r in rows[source] if r["group"] == source_group]
             notes.append(f"`{group}` of sweep `{target}` is `{source_group}` of sweep `{source}` (the same setting and training, not trained twice).")
-    evidence = Evidence(rows, roots)
-    results = [evaluate_claim(c, evidence) for c in mod.claims(b, lm=lm is not None)]
-    write_claims(root, mod, b, results, rows, clock.segments, command, found, notes)
+    results = [evaluate_claim(c, Evidence(rows, roots)) for c in mod.claims(b, lm=lm)]
+    write_claims(root, mod, b, results, rows, clock.segments, command, found, notes, pending)
     return results
 
 
@@ -176,10 +185,11 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def write_claims(root: Path, mod: ModuleType, b: Budget, results: list[ClaimResult], rows: dict[str, list[dict]],
-                 segments: list[dict], command: str, search=None, notes: list[str] = ()) -> None:
+                 segments: list[dict], command: str, search=None, notes: list[str] = (), pending: list[str] = ()) -> None:
     """DIR/claims.md (the claims table, each sweep's per-configuration table, the search's table) and DIR/claims.json.
 
-    `segments`: the wall time of every run that built the result ({started, seconds}, DIR/time.json).
+    `segments`: the wall time of every run that built the result ({started, seconds}, DIR/time.json);
+    `pending`: sweeps not run yet (the claims that read them say "no results" until they have).
     """
     seconds = sum(s["seconds"] for s in segments)
     md = [f"# {mod.TITLE}: claims at the {b.name} budget", "",
@@ -188,6 +198,9 @@ def write_claims(root: Path, mod: ModuleType, b: Budget, results: list[ClaimResu
           "a paired block bootstrap for an ablation). A claim *holds* when the interval lies wholly on the paper's side of "
           "the null value, *does not hold* when wholly on the other side, and is *not separable at this budget* otherwise.", "",
           claims_markdown(results)]
+    if pending:
+        md[-1:-1] = [f"**Partial:** sweep{'s' if len(pending) > 1 else ''} {', '.join(f'`{p}`' for p in pending)} not run yet; "
+                     f"the claims that read {'them' if len(pending) > 1 else 'it'} say so. The same command resumes the run.", ""]
     for sweep_name, sweep_rows in rows.items():
         md += [f"## Sweep `{sweep_name}`", "", summary_markdown(sweep_rows)]
     if notes:
@@ -199,7 +212,8 @@ def write_claims(root: Path, mod: ModuleType, b: Budget, results: list[ClaimResu
                search.markdown()]
     atomic_write_text(root / "claims.md", "\n".join(md))
     atomic_write_json(root / "claims.json", {"paper": mod.TITLE, "name": mod.NAME, "budget": b.name, "command": command,
-                                             "seconds": round(seconds, 1), "runs": segments, "claims": [r.to_record() for r in results],
+                                             "seconds": round(seconds, 1), "runs": segments, "pending": list(pending),
+                                             "claims": [r.to_record() for r in results],
                                              **({"search": search.to_record()} if search is not None else {})})
 
 

@@ -80,27 +80,29 @@ def matched_tables(b: Budget) -> list[dict]:
 
 
 def sweeps(b: Budget, data: Path, lm: Path | None = None, search: SearchResult | None = None) -> dict[str, dict]:
-    """The matched-L0 sweep of every method; with a finished search, also each method's best setting over every seed.
+    """The matched-L0 sweep of every method; with a finished search, first each method's best setting over every seed.
 
-    A best setting the matched sweep already trains (same table, same training, same seeds) is not
-    trained again: `reused` names it, and the caller copies its rows into the best sweep.
+    The best sweep runs first: it is the report's own reading (best against best), so a run stopped
+    before its end has that one finished. A matched setting the best sweep already trains (same table,
+    same training, same seeds) is not trained again: `reused` names it, and the caller copies its rows
+    into the matched sweep.
     """
     common = {"activations": str(data), **b.training(), "n_latents": b.n_latents, "eval": {"games": b.eval_games, "n_boot": b.n_boot}}
-    out = {SWEEP: {**common, "sae": matched_tables(b)}}
-    if search is not None:
-        taken = reused(b, search).get(BEST_SWEEP, [])
-        fresh = [{**c.table, "name": best_name(role)} for role, c in search.chosen.items()
-                 if best_name(role) not in {group for group, _, _ in taken}]
-        if fresh:
-            out[BEST_SWEEP] = {**common, "sae": fresh}
+    if search is None:
+        return {SWEEP: {**common, "sae": matched_tables(b)}}
+    out = {BEST_SWEEP: {**common, "sae": [{**c.table, "name": best_name(role)} for role, c in search.chosen.items()]}}
+    taken = {group for group, _, _ in reused(b, search).get(SWEEP, [])}
+    left = [t for t in matched_tables(b) if t["name"] not in taken]
+    if left:
+        out[SWEEP] = {**common, "sae": left}
     return out
 
 
 def reused(b: Budget, search: SearchResult) -> dict[str, list[tuple[str, str, str]]]:
     """Groups taken from an earlier sweep instead of trained again: {sweep: [(group, from sweep, from group)]}."""
-    same = {_setting(t): t["name"] for t in matched_tables(b)}
-    links = [(best_name(role), SWEEP, same[_setting(c.table)]) for role, c in search.chosen.items() if _setting(c.table) in same]
-    return {BEST_SWEEP: links} if links else {}
+    chosen = {_setting(c.table): best_name(role) for role, c in search.chosen.items()}
+    links = [(t["name"], BEST_SWEEP, chosen[_setting(t)]) for t in matched_tables(b) if _setting(t) in chosen]
+    return {SWEEP: links} if links else {}
 
 
 def _setting(t: dict) -> str:
