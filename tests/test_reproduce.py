@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 import math
 import time
 
@@ -199,6 +200,36 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
     assert runs[0]["seconds"] == pytest.approx(record["runs"][0]["seconds"], abs=1.0)  # + writing the claims
     assert json.loads((out / "claims.json").read_text())["seconds"] == pytest.approx(sum(r["seconds"] for r in runs), abs=0.11)
     assert "over 2 runs (resumed once)" in (out / "claims.md").read_text()
+
+
+def test_a_run_stopped_between_sweeps_leaves_the_claims_of_the_finished_ones(tmp_path, monkeypatch):
+    from saelab.experiments.reproduce import l1_sqrt
+    from saelab.experiments.reproduce import run as run_module
+
+    plain = l1_sqrt.sweeps
+    monkeypatch.setattr(l1_sqrt, "sweeps", lambda b, data, lm=None: {**plain(b, data), "later": plain(b, data)[l1_sqrt.SWEEP]})
+    real_sweep = run_module.run_sweep
+
+    def killed_at_the_second(cfg, out, **kw):
+        if Path(out).name == "later":
+            raise KeyboardInterrupt  # the run is stopped before its last sweep
+        return real_sweep(cfg, out, **kw)
+
+    monkeypatch.setattr(run_module, "run_sweep", killed_at_the_second)
+    out = tmp_path / "l1"
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("l1-sqrt", MICRO, out=out, say=lambda m: None)
+    record = json.loads((out / "claims.json").read_text())
+    assert record["pending"] == ["later"] and len(record["claims"]) == 4
+    # Judged on the finished sweep (at 20 steps a claim may still be unjudged for a missed target, never for missing rows).
+    assert not any("no results for sweep" in json.dumps(c) for c in record["claims"])
+    assert "**Partial:** sweep `later` not run yet" in (out / "claims.md").read_text()
+    monkeypatch.setattr(run_module, "run_sweep", real_sweep)
+    run_reproduce("l1-sqrt", MICRO, out=out, say=lambda m: None)  # resumed to its end
+    done = json.loads((out / "claims.json").read_text())
+    assert done["pending"] == [] and "Partial" not in (out / "claims.md").read_text()
+    assert [c["ours"] for c in done["claims"]] == [c["ours"] for c in record["claims"]]  # the finished sweep was not retrained
+    assert [c["verdict"] for c in done["claims"]] == [c["verdict"] for c in record["claims"]]
 
 
 def test_the_wall_clock_keeps_a_killed_runs_time(tmp_path):
