@@ -237,6 +237,9 @@ def test_evaluation_reports_the_l0_a_level_target_counts():
     # Other methods keep the eval record as it was: no level, the target counted above ε.
     plain = evaluate_batches(SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="l1", target_l0=4.0).validate()), [x])
     assert "l0_level" not in plain.to_dict() and target_measured_l0(plain.to_dict()) == plain.l0_eps
+    # The first measure a row has decides, zero included: nothing above the level is a miss, not a fall-back.
+    assert target_measured_l0({"l0_level": 0.0, "l0_eps": 30.0, "l0": 300.0}) == 0.0
+    assert target_measured_l0({"l0": 12.0}) == 12.0 and target_measured_l0({"l0": float("nan")}) is None
 
 
 def test_training_logs_the_l0_a_level_target_counts(toy_dir, tmp_path):

@@ -75,12 +75,17 @@ def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool 
     return comparison_interval(c, min(ga.n_seeds, gb.n_seeds))
 
 
-def target_measured_l0(row: dict) -> float:
-    """The L0 a row's target counts: above the method's own level (smoothed-L0), else above ε, else non-zeros."""
-    for key in ("l0_level", "l0_eps"):
-        if _positive(row.get(key)):
-            return float(row[key])
-    return float(row.get("l0") or 0.0)
+def target_measured_l0(row: dict) -> float | None:
+    """The L0 a row's target counts: above the method's own level (smoothed-L0), else above ε, else non-zeros (None: no L0).
+
+    The first measure the row has decides, zero included: a smoothed-L0 code with nothing above its
+    level has missed its target, even though its non-zeros may look like a match.
+    """
+    for key in ("l0_level", "l0_eps", "l0"):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    return None
 
 
 def check_target_reached(rows: list[dict], name: str, tolerance: float = L0_MATCH) -> None:
@@ -93,7 +98,7 @@ def check_target_reached(rows: list[dict], name: str, tolerance: float = L0_MATC
     if not adapted:
         return
     target = float(adapted[0]["target_l0"])
-    l0 = float(np.mean([target_measured_l0(r) for r in adapted]))
+    l0 = float(np.mean([target_measured_l0(r) or 0.0 for r in adapted]))  # no L0 at all: nothing reached
     if abs(l0 - target) > tolerance * target:
         raise DataError(f"{name!r} reached L0 {l0:.3g}, not its target {target:g} (±{tolerance:.0%}): not matched at this budget")
 

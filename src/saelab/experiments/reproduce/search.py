@@ -31,6 +31,7 @@ from typing import Callable
 
 from saelab import distributed
 from saelab.errors import ConfigError, DataError
+from saelab.experiments.reproduce.measures import target_measured_l0
 from saelab.experiments.sweep import OTHELLO_SCORE, Evaluators, run_sweep
 from saelab.folder import load_sae, read_saelab_record
 from saelab.io import atomic_write_json
@@ -90,7 +91,7 @@ def select_finalists(candidates: list[Candidate], rows: list[dict], per_method: 
             # Activations above ε (0.01) count, as in the report's sparsity: leaky and dimension-reduction
             # codes keep tiny values on every latent that plain L0 would count as dense; smoothed-L0's
             # above its own level (δ/2), where its target counts them.
-            l0 = r["l0_level"] if _finite(r.get("l0_level")) else r.get("l0_eps") if _finite(r.get("l0_eps")) else r.get("l0")
+            l0 = target_measured_l0(r)
             nmse = r.get("nmse")
             if not (_finite(l0) and _finite(nmse)) or l0 <= 0 or nmse >= COLLAPSED_NMSE:
                 out[c.name] = Screened(c, l0 if _finite(l0) else None, nmse if _finite(nmse) else None, "collapsed", r.get("folder"))
