@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.saelab-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo demo-quick test test-slow test-demo test-compat test-lower-bounds bench install clean
+.PHONY: demo demo-quick test test-slow test-demo test-compat test-lower-bounds bench install clean lint docs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,lm]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,lm,docs]"
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA packages were pulled in; refusing" >&2; exit 1; fi
 	touch $(STAMP)
 
@@ -41,8 +41,16 @@ test-compat: $(STAMP)
 	bash scripts/setup_saebench_venv.sh
 	$(BIN)/python -m pytest -q -m compat
 
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts docs/hooks
+	$(BIN)/ruff format --check src tests bench scripts docs/hooks
+
+# The documentation site, offline; --strict fails on a broken link or a page missing from the nav.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 
 clean:
-	rm -rf $(VENV) .venv-saelens runs .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-saelens runs build .pytest_cache .hypothesis
