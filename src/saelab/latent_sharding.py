@@ -48,12 +48,12 @@ from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.sparse_code import SparseCode
 from saelab.kernels.topk_encode import EncodePlan, encode
 from saelab.losses import auxk_term, squared_error
+from saelab.methods import SparsePlan
 from saelab.normalize import Normalizer
 from saelab.objective import DeadLatentTracker
 from saelab.sae import SparseAutoencoder, centered_linear
 from saelab.step_output import StepOutput, fired_latents, nonzero_values
 
-SHARDABLE_METHODS = ("topk", "batchtopk")
 SHARDED_PARAMS = ("W_enc", "b_enc", "W_dec")  # split by latents; every other tensor is replicated
 LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}  # the dimension each sharded tensor is split along
 INIT_BLOCK_LATENTS = 4096  # the init's unit of random draws: at most one block beyond a shard is ever drawn
@@ -160,10 +160,24 @@ def global_batch_threshold(acts: Tensor, keep: int, world: World) -> Tensor | No
 
 # ---- the sharded model ------------------------------------------------------------------------
 
+def selection_plan(cfg: SAEConfig) -> SparsePlan | None:
+    """The method's training-mode selection when a global top-k over shards computes it exactly, else None.
+
+    That is a plain per-row top-k or batch top-k·B of ReLU'd pre-activations: no extra decodes
+    (Multi-TopK, Matryoshka) and no ragged positive set (ReLU).
+    """
+    act_cls, act_params = cfg.activation_spec()
+    plan = act_cls(act_params, cfg.n_latents).train(True).sparse_plan()
+    if plan is None or plan.positive or plan.extra_multiple is not None or plan.prefixes:
+        return None
+    return plan
+
+
 def check_shardable(cfg: SAEConfig, world: World) -> None:
     """ConfigError unless `cfg` can be split into `world.size` latent shards."""
-    if cfg.method not in SHARDABLE_METHODS:
-        raise ConfigError("method", cfg.method, f"latent sharding supports {', '.join(SHARDABLE_METHODS)} (a global top-k selection)")
+    if selection_plan(cfg) is None:
+        raise ConfigError("method", cfg.method, "latent sharding needs a method whose code is a plain top-k or batch top-k "
+                          "selection (a global top-k over shards)")
     if cfg.penalty is not None:
         raise ConfigError("penalty", cfg.penalty, "latent sharding supports no penalty (a TopK-family method sets the sparsity)")
     if cfg.n_latents % world.size:
@@ -195,6 +209,7 @@ class ShardedSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d))
         act_cls, act_params = cfg.activation_spec()
         self.activation = act_cls(act_params, cfg.n_latents)  # holds k and BatchTopK's replicated threshold
+        self.plan = selection_plan(cfg)
         self.normalizer = Normalizer(cfg.normalize, cfg.normalization_factor)
 
     @property
@@ -249,7 +264,7 @@ class ShardedSAE(nn.Module):
         """This shard's part of the code, selected over all shards' latents."""
         k = self.activation.params.k
         acts = torch.relu(pre)
-        if self.cfg.method == "batchtopk":
+        if self.plan.batch:
             if self.training:
                 threshold = global_batch_threshold(acts, k * pre.shape[0] * self.rows_factor, self.everyone)
                 return acts if threshold is None else acts * (acts >= threshold)
@@ -402,7 +417,7 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
     x, _ = shard.normalizer.normalize(x_raw)
     rows, k = x.shape[0], shard.activation.params.k
     plan = EncodePlan()
-    if cfg.method == "batchtopk":
+    if shard.plan.batch:
         plan.batch_k = k
     else:
         plan.k = min(k, shard.n_local)
@@ -411,7 +426,7 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
         plan.dead = dead.nonzero().squeeze(1).to(x.device)
         plan.k_aux = min(cfg.k_aux, n_dead)
     z_main, z_aux = encode(x, shard.W_enc, shard.b_enc, copy_to_shards(shard.b_dec, world), plan)
-    if cfg.method == "batchtopk":
+    if shard.plan.batch:
         threshold = global_batch_threshold(z_main, k * rows * shard.rows_factor, shard.everyone)
         won = torch.ones_like(z_main, dtype=torch.bool) if threshold is None else z_main.detach() >= threshold
     else:

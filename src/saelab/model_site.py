@@ -63,10 +63,6 @@ def site_from_source(source: dict | None) -> ModelSite | None:
     return None
 
 
-# SAELens's names for saelab methods whose inference it has (the rest keep saelab's name).
-SAELENS_ARCHITECTURES = {"relu": "standard", "topk": "topk", "multi_topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu"}
-
-
 class SAELensNames:
     """SAEBench/SAELens-named attributes of an SAE config, read from its saelab fields (mixed into SAEConfig).
 
@@ -96,7 +92,10 @@ class SAELensNames:
     @property
     def architecture(self) -> str:
         """SAELens's architecture name for the method (saelab's name where SAELens has none)."""
-        return SAELENS_ARCHITECTURES.get(self.method, self.method)
+        from saelab.methods import ACTIVATIONS  # at call time: config mixes this class in before methods load
+
+        cls = ACTIVATIONS.get(self.method)
+        return (cls.saelens_name if cls is not None else None) or self.method
 
     @property
     def model_name(self) -> str | None:

@@ -14,7 +14,7 @@ from saelab.data.toy import ToyConfig, write_toy
 from saelab.devices import DEVICES
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
-from saelab.evals.k_sweep import TOPK_FAMILY, k_sweep, parse_ks
+from saelab.evals.k_sweep import k_sweep, parse_ks, require_k
 from saelab.evals.refine import refine
 from saelab.folder import load_sae
 from saelab.evals.reconstruction import EPS_L0
@@ -216,10 +216,7 @@ def cmd_eval(args) -> int:
         raise ConfigError("k_sweep", args.k_sweep, "give either --k or --k-sweep")
     if ks is not None:
         # Checked before the (longer) main evaluation, so a non-TopK SAE fails at once.
-        module = load_sae(args.sae)
-        method = module.cfg.method
-        if not hasattr(module.activation.params, "k"):
-            raise ConfigError("k_sweep", args.k_sweep, f"method {method!r} has no k; --k-sweep needs a TopK-family SAE ({', '.join(TOPK_FAMILY)})")
+        require_k(load_sae(args.sae), args.k_sweep)
     result = evaluate(args.sae, args.activations, true_dictionary=args.true_dictionary, rows=rows,
                       k=args.k, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)
     out = result.to_dict()

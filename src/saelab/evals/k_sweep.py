@@ -26,10 +26,9 @@ from torch import Tensor
 from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import as_sae, as_store, resolve_rows
 from saelab.evals.reconstruction import EPS_L0
+from saelab.methods import activations_with_param
 from saelab.methods.batchtopk import BatchTopK
 
-# Named in messages; the check itself is "the activation has a k", so a new TopK-family method needs no edit here.
-TOPK_FAMILY = ("topk", "multi_topk", "batchtopk", "leaky_topk", "matryoshka_batchtopk")
 
 
 @dataclass
@@ -101,6 +100,13 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
+def require_k(module, given) -> None:
+    """ConfigError naming `k_sweep` unless the SAE's activation has a k (the TopK family)."""
+    if not hasattr(module.activation.params, "k"):
+        family = ", ".join(activations_with_param("k"))
+        raise ConfigError("k_sweep", given, f"method {module.cfg.method!r} has no k; --k-sweep needs a TopK-family SAE ({family})")
+
+
 def _encoders(module, ks: Sequence[int]) -> list[tuple[int, str, Callable[[Tensor, Tensor], Tensor]]]:
     """(k, mode, code(pre, the SAE's own code)) per point."""
     act = module.activation
@@ -117,9 +123,7 @@ def _encoders(module, ks: Sequence[int]) -> list[tuple[int, str, Callable[[Tenso
 def k_sweep(sae, data, ks: Sequence[int], *, rows="auto", batch_size: int = 8192, eps_l0: float = EPS_L0, device: str | None = None) -> list[KSweepPoint]:
     """NMSE and L0 of a TopK-family SAE (module or folder) at each k′ in `ks`, on `data`'s held-out rows by default."""
     module, record = as_sae(sae, device)
-    method = module.cfg.method
-    if not hasattr(module.activation.params, "k"):
-        raise ConfigError("k_sweep", list(ks), f"method {method!r} has no k; --k-sweep needs a TopK-family SAE ({', '.join(TOPK_FAMILY)})")
+    require_k(module, list(ks))
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= module.cfg.n_latents:
             raise ConfigError("k_sweep", k, f"each k must be an integer in [1, n_latents={module.cfg.n_latents}]")

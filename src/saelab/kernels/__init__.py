@@ -13,14 +13,10 @@ selection touches only the k (or k·multiple, k_aux) selected entries per row. T
   threads.py      thread counts for the sparse passes (SAELAB_SPARSE_THREADS)
 
 Which activations run here is each method's own fact: `Activation.sparse_plan()` returns the
-selection (per-row k, batch k·B, an extra Multi-TopK-style decode) or None, so a new TopK-family
-method is one file and its registration. Today topk, batchtopk (training mode), multi_topk,
-leaky_topk with ε = 0 and relu (every positive entry; with no penalty or an entrywise one — l1, lp,
-smoothed_l0, freshman — whose `on_entries` reads it from the code's entries) return plans (each with or without AuxK, any
-input normalization, the unit-norm decoder); leaky_topk with ε > 0, relu with another penalty
-and batchtopk at inference return None, and
-`kernel="auto"` then trains on the dense path (`kernel="sparse"` is refused by
-objective.uses_sparse_kernel), never a silently changed function.
+selection (per-row k, batch k·B, every positive entry, extra Multi-TopK-style or nested-prefix
+decodes) or None, so a new TopK-family method is one file and its registration, and nothing here
+names a method. When the activation returns None (for the current mode and parameters), `kernel="auto"` trains on the dense path
+(`kernel="sparse"` is refused by objective.uses_sparse_kernel), never a silently changed function.
 """
 
 from __future__ import annotations

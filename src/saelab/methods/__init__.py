@@ -27,6 +27,7 @@ from saelab.methods.registry import (
     ACTIVATIONS,
     PENALTIES,
     activation_class,
+    activations_with_param,
     build_params,
     param_names,
     penalty_class,
@@ -36,5 +37,5 @@ from saelab.methods.registry import (
 
 __all__ = [
     "Activation", "Penalty", "LossContext", "SparsePlan", "SparsityKnob", "ACTIVATIONS", "PENALTIES", "activation_class",
-    "penalty_class", "build_params", "param_names", "register_activation", "register_penalty",
+    "activations_with_param", "penalty_class", "build_params", "param_names", "register_activation", "register_penalty",
 ]  # fmt: skip

@@ -109,6 +109,8 @@ class Activation(nn.Module):
     takes_encoder_bias: ClassVar[bool] = False
     # What SAELens calls the SAE's b_enc in this architecture's weights file (Gated: "b_gate").
     saelens_encoder_bias: ClassVar[str] = "b_enc"
+    # The architecture SAELens/SAEBench name in a config (`cfg.architecture`); None keeps saelab's name.
+    saelens_name: ClassVar[str | None] = None
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()

@@ -20,6 +20,7 @@ class BatchTopK(Activation):
     """
 
     description = "top k·B activations over the flattened batch in training; a learned global threshold at inference"
+    saelens_name = "batchtopk"
 
     @dataclass
     class Params(KParams):

@@ -61,6 +61,7 @@ class JumpReLU(Activation):
     """z_i = pre_i if pre_i > θ_i else 0; θ = exp(log θ) learned via pseudo-derivatives, L0 penalty added."""
 
     description = "per-latent learned threshold (straight-through estimator) with an L0 penalty"
+    saelens_name = "jumprelu"
     sparsity_knob = SparsityKnob(param="l0_coef", initial=1e-3)
 
     @dataclass

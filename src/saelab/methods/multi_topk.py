@@ -18,6 +18,7 @@ class MultiTopK(Activation):
     """
 
     description = "TopK at k plus a 1/8-weighted reconstruction loss at 4k; evaluate at any k'"
+    saelens_name = "topk"
 
     @dataclass
     class Params(KParams):

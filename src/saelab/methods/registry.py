@@ -60,6 +60,11 @@ def penalty_class(name: str) -> type:
     return _lookup(PENALTIES, name, "penalty")
 
 
+def activations_with_param(param: str) -> list[str]:
+    """Names of the registered activations whose parameters include `param` (e.g. the TopK family's `k`)."""
+    return sorted(name for name, cls in ACTIVATIONS.items() if any(f.name == param for f in dataclasses.fields(cls.Params)))
+
+
 def build_params(cls: type, given: dict[str, Any], field: str):
     """Instantiate `cls.Params` from a dict, naming unknown keys and bad values."""
     known = {f.name: f for f in dataclasses.fields(cls.Params)}

@@ -14,6 +14,7 @@ class ReLU(Activation):
     """z = ReLU(pre); pair it with a penalty (l1, lp, smoothed_l0, …) for sparsity."""
 
     description = "z = ReLU(pre); sparsity comes from a penalty (--penalty)"
+    saelens_name = "standard"
 
     @dataclass
     class Params(Params):

@@ -38,6 +38,7 @@ class TopK(Activation):
     """z = ReLU(TopK_k(pre)): exactly k candidates per sample, negatives dropped."""
 
     description = "keep the k largest pre-activations per sample (ReLU after), the scaling paper's TopK"
+    saelens_name = "topk"
     Params = KParams
 
     def forward(self, pre: Tensor) -> Tensor:
