@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from saelab.errors import DataError, SaelabError  # noqa: E402
-from saelab.evals import ablate_lowest as al  # noqa: E402
+from saelab.sources.lm import ablate_lowest as al  # noqa: E402
 from saelab.sources.lm.downstream import evaluate_downstream  # noqa: E402
 from saelab.commands import lm as lm_cli  # noqa: E402
 from saelab.sources.lm import model as hf  # noqa: E402
