@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from saelab.othello.games import generate_games
-from saelab.othello.harvest import HarvestConfig, harvest
-from saelab.othello.model import CONTEXT, games_to_tokens, load_default_model
+from saelab.sources.othello.games import generate_games
+from saelab.sources.othello.harvest import HarvestConfig, harvest
+from saelab.sources.othello.model import CONTEXT, games_to_tokens, load_default_model
 
 
 def main() -> None:

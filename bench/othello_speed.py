@@ -36,8 +36,8 @@ def _median_time(fn, reps: int) -> float:
 
 def bench_games(n: int, n_ref: int, reps: int) -> dict:
     """Games/s of the vectorized generator and of the scalar engine."""
-    from saelab.othello.engine import random_game
-    from saelab.othello.games import generate_games
+    from saelab.sources.othello.engine import random_game
+    from saelab.sources.othello.games import generate_games
 
     generate_games(min(n, 256), seed=0)  # warm-up
     fast = _median_time(lambda: generate_games(n, seed=1), reps)
@@ -70,7 +70,7 @@ def _reference_auroc(acts: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def bench_auroc(labels: np.ndarray, latents: int, density: float, ref_latents: int, reps: int) -> dict:
     """Seconds for auroc_matrix on all latents, and the scipy reference scaled from a slice."""
-    from saelab.othello.auroc import auroc_matrix, pair_indicators
+    from saelab.sources.othello.auroc import auroc_matrix, pair_indicators
 
     acts = _synthetic_acts(len(labels), latents, density, seed=0)
     ours = _median_time(lambda: auroc_matrix(acts, labels), reps)
@@ -103,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from saelab.othello.games import board_states, generate_games
+    from saelab.sources.othello.games import board_states, generate_games
 
     records = [bench_games(args.games, args.ref_games, args.reps)]
     games = generate_games(-(-args.positions // 50) + 100, seed=2)

@@ -4,11 +4,11 @@
     .venv/bin/python bench/sharded_step.py --shape 768x16384x32 --auxk --json
 
 Two runs, each in fresh processes so every peak is its own:
-  one      saelab.train.train_step on the whole SAE (build_member, as the Trainer builds it), one
+  one      saelab.training.trainer.train_step on the whole SAE (build_member, as the Trainer builds it), one
            process with --ranks threads;
   sharded  `torchrun --nproc-per-node R` of this script: each rank (1 thread) builds only its shard
            (ShardedSAE.initialize_from_data, never the whole dictionary) and runs
-           saelab.latent_sharding.sharded_train_step, the step `saelab train --shard-latents` runs.
+           saelab.training.sharded.model.sharded_train_step, the step `saelab train --shard-latents` runs.
 Both use the sparse kernels, the same random batches, and with --auxk a fixed 30 % of the latents
 marked dead. Reported per process: peak RSS (VmHWM, MiB), the state it must hold (weights, Adam's
 two moments and one gradient of its latents, MiB), and the median ms/step after one warm-up step.
@@ -67,7 +67,7 @@ def _time_steps(step, batches: list[torch.Tensor], reset) -> float:
 def run_one(args) -> dict:
     """The whole SAE in this process."""
     from saelab.config import TrainConfig
-    from saelab.train import build_member, train_step
+    from saelab.training.trainer import build_member, train_step
 
     torch.set_num_threads(args.ranks)
     d, n, k = args.d, args.n, args.k
@@ -81,9 +81,9 @@ def run_one(args) -> dict:
 
 def run_rank(args) -> dict:
     """This rank's shard (under torchrun)."""
-    from saelab import distributed
+    from saelab.util import distributed
     from saelab.config import TrainConfig
-    from saelab.latent_sharding import ShardedSAE, sharded_member, sharded_train_step
+    from saelab.training.sharded.model import ShardedSAE, sharded_member, sharded_train_step
 
     torch.set_num_threads(1)
     world = distributed.init_from_env()

@@ -6,8 +6,8 @@
 
 Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
   floor                x @ W_enc alone: the one dense product a TopK step cannot avoid
-  saelab-sparse        saelab.train.train_step with kernel="sparse": forward + backward, decoder-gradient
-                       projection, fused Adam (built by saelab.train.build_member, as the Trainer
+  saelab-sparse        saelab.training.trainer.train_step with kernel="sparse": forward + backward, decoder-gradient
+                       projection, fused Adam (built by saelab.training.trainer.build_member, as the Trainer
                        builds it), renormalization, dead-latent bookkeeping
   saelab-dense         the same with kernel="dense" (the reference path)
   saelab-lean          saelab-sparse with lean_memory (Adam steps each parameter inside backward, no
@@ -84,9 +84,9 @@ def build_floor(s: Setup) -> Callable[[], None]:
 
 
 def build_saelab(s: Setup, kernel: str, lean: bool = False) -> Callable[[], None]:
-    """saelab.train.train_step on one member built by saelab.train.build_member (as the Trainer builds them)."""
+    """saelab.training.trainer.train_step on one member built by saelab.training.trainer.build_member (as the Trainer builds them)."""
     from saelab.config import SAEConfig, TrainConfig
-    from saelab.train import build_member, train_step
+    from saelab.training.trainer import build_member, train_step
 
     cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
                     auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
@@ -291,11 +291,11 @@ def print_table(records: list[dict], out) -> None:
 
 def profile(s: Setup, threads: int, reps: int) -> None:
     """Where a saelab-sparse step's time goes, next to the floor: phase timers around the same
-    calls saelab.train.train_step makes, the top operators, and Adam's three CPU implementations."""
+    calls saelab.training.trainer.train_step makes, the top operators, and Adam's three CPU implementations."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from saelab.objective import compute_step, fired_latents, nonzero_values
+    from saelab.training.objective import compute_step, fired_latents, nonzero_values
 
     floor = build_floor(s)
     step = build_saelab(s, "sparse")
@@ -364,7 +364,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     if a.rss_child:
         d, n, k = shapes[0]
-        import saelab.train  # noqa: F401  (imported before the baseline, as a user's process would have it)
+        import saelab.training.trainer  # noqa: F401  (imported before the baseline, as a user's process would have it)
         base = status_mb("VmRSS")
         fn = build(a.rss_child, Setup(d, n, k, a.batch, a.dead_fraction))
         fn()  # the first step allocates everything a step needs, optimizer state included

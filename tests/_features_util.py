@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from saelab.config import SAEConfig
-from saelab.folder import save_sae
-from saelab.sae import SparseAutoencoder
+from saelab.formats.folder import save_sae
+from saelab.model.sae import SparseAutoencoder
 
 CTX = 16
 

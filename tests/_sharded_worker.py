@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.config import SAEConfig, TrainConfig
 from saelab.kernels import topk_encode
-from saelab.latent_sharding import (
+from saelab.training.sharded.model import (
     SHARDED_PARAMS,
     gather_sae,
     sharded_member,
@@ -25,7 +25,7 @@ from saelab.latent_sharding import (
     split_sae,
     train_sharded,
 )
-from saelab.sae import SparseAutoencoder
+from saelab.model.sae import SparseAutoencoder
 
 METHODS = ("topk", "batchtopk")
 # The sharded step's reference path, its sparse-kernel path and that path with AuxK's code as

@@ -15,9 +15,9 @@ from cli_harness import cli
 import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
-from saelab.folder import save_sae
-from saelab.model_site import site_from_source
-from saelab.sae import SparseAutoencoder
+from saelab.formats.folder import save_sae
+from saelab.model.site import site_from_source
+from saelab.model.sae import SparseAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +34,13 @@ def test_readme_python_api_example_runs():
     assert 0.0 < result.nmse < 1.0 and result.mmcs > 0.3
 
 
-def test_train_name_is_the_function_and_the_submodule_still_imports():
-    # Every import order, each in a fresh interpreter: the attribute stays the function, the module stays importable.
-    orders = ["import saelab; import saelab.train; from saelab.train import Trainer",
-              "from saelab.train import Trainer, build_member; import saelab"]
+def test_train_name_is_the_function_and_the_trainer_module_imports():
+    # Every import order, each in a fresh interpreter: the attribute is the function, the trainer module imports.
+    orders = ["import saelab; import saelab.training.trainer; from saelab.training.trainer import Trainer",
+              "from saelab.training.trainer import Trainer, build_member; import saelab"]
     for order in orders:
         code = f"{order}\nimport sys, saelab\nassert callable(saelab.train) and saelab.train.__module__ == 'saelab.api'\n" \
-               "assert sys.modules['saelab.train'].Trainer.__name__ == 'Trainer'\nprint('ok')"
+               "assert sys.modules['saelab.training.trainer'].Trainer.__name__ == 'Trainer'\nprint('ok')"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert proc.stdout.strip() == "ok", (order, proc.stderr[-1500:])
 
@@ -96,7 +96,7 @@ def test_help_shows_defaults_and_choices():
 
 
 def test_progress_bar_only_on_a_terminal(toy_dir, tmp_path, monkeypatch):
-    from saelab.train import Trainer
+    from saelab.training.trainer import Trainer
 
     run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "p"), steps=1), [SAEConfig(n_latents=8)])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from saelab.checkpoint import load_checkpoint
+from saelab.training.checkpoint import load_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig, run_from_mapping
-from saelab.convergence import ConvergenceMonitor
+from saelab.training.convergence import ConvergenceMonitor
 from saelab.errors import ConfigError
 from saelab.experiments.grid import PlannedSAE
 from saelab.experiments.sweep import _row
-from saelab.folder import load_sae
-from saelab.train import CHECKPOINT, Trainer
+from saelab.formats.folder import load_sae
+from saelab.training.trainer import CHECKPOINT, Trainer
 
 BATCH = 128
 EVERY = 5  # steps between held-out measurements

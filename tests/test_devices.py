@@ -10,12 +10,12 @@ from cli_harness import cli, error_line
 from safetensors.torch import load_file
 
 from saelab import devices
-from saelab.checkpoint import load_checkpoint, save_checkpoint
+from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.kernels import device_check
-from saelab.objective import compute_step, uses_sparse_kernel
-from saelab.sae import SparseAutoencoder
+from saelab.training.objective import compute_step, uses_sparse_kernel
+from saelab.model.sae import SparseAutoencoder
 
 TOPK = ("--method", "topk", "--k", "3", "--n-latents", "32", "--batch-size", "256", "--lr", "3e-3", "--no-progress")
 

@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.config import load_toml
-from saelab.distributed import World
+from saelab.util.distributed import World
 from saelab.errors import ConfigError
-from saelab.train import Trainer
+from saelab.training.trainer import Trainer
 
 TOLERANCE = 1e-5
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 from _features_util import CTX, text_file, tiny_model_dir  # noqa: E402
 
 from saelab.data.cache import read_row_index, verify_cache  # noqa: E402
-from saelab.sources.lm_harvest import HarvestConfig, harvest  # noqa: E402
+from saelab.sources.lm.harvest import HarvestConfig, harvest  # noqa: E402
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 2 windows of 16 tokens per batch, position 0 dropped: 30 rows a batch, 60 a round of 2 ranks.

@@ -59,8 +59,8 @@ def lm_setup(tmp_path_factory):
 def test_one_ablation_against_a_hand_made_forward(lm_setup):
     import saelab
     from saelab.features.ablation_sparsity import ablate_at
-    from saelab.sources import hf
-    from saelab.sources.text import TextConfig, iter_batches
+    from saelab.sources.lm import model as hf
+    from saelab.sources.lm.text import TextConfig, iter_batches
 
     _, model, text, sae_dir = lm_setup
     lm, sae = hf.load_lm(model), saelab.load(sae_dir)

@@ -11,8 +11,8 @@ from _features_util import CTX, harvest_cache, one_thread, run_cli, sae_folder, 
 from saelab.data.cache import CacheMeta, CacheWriter, read_row_index, verify_cache  # noqa: E402
 from saelab.errors import DataError, SaelabError  # noqa: E402
 from saelab.features.data import TokenGrid, load_feature_data  # noqa: E402
-from saelab.sources import hf  # noqa: E402
-from saelab.sources.text import TextConfig, iter_windows  # noqa: E402
+from saelab.sources.lm import model as hf  # noqa: E402
+from saelab.sources.lm.text import TextConfig, iter_windows  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from saelab.features.examples import (  # noqa: E402
     select_latents,
     unembedding,
 )
-from saelab.sources import hf  # noqa: E402
+from saelab.sources.lm import model as hf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,8 @@ def test_examples_command(lm_setup, tmp_path, capsys):
 
 
 def test_othello_dashboard_has_board_maps(tmp_path, capsys):
-    from saelab.othello.auroc import auroc_matrix
-    from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+    from saelab.sources.othello.auroc import auroc_matrix
+    from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
 
     hv = harvest(HarvestConfig(layer=3, games=12, seed=5))
     write_harvest(hv, tmp_path / "oth")

@@ -125,7 +125,7 @@ def lm_setup(tmp_path_factory):
 def test_oracle_equals_a_direct_run(lm_setup):
     import saelab
     from saelab.features.n2g import LMOracle
-    from saelab.sources import hf
+    from saelab.sources.lm import model as hf
 
     _, model, _, sae_dir = lm_setup
     lm, sae = hf.load_lm(model), saelab.load(sae_dir)
@@ -141,10 +141,10 @@ def test_oracle_equals_a_direct_run(lm_setup):
 
 def test_explanation_reconstruction_is_consistent(lm_setup):
     import saelab
-    from saelab.evals.downstream import evaluate_downstream
+    from saelab.sources.lm.downstream import evaluate_downstream
     from saelab.features.data import load_feature_data
     from saelab.features.n2g import complete_windows, explanation_reconstruction
-    from saelab.sources import hf
+    from saelab.sources.lm import model as hf
 
     _, model, cache, sae_dir = lm_setup
     lm, sae = hf.load_lm(model), saelab.load(sae_dir)

@@ -157,8 +157,8 @@ def test_probe1d_command_on_a_task_file(tmp_path, capsys):
 
 
 def test_probe1d_othello(tmp_path, capsys):
-    from saelab.othello.harvest import HarvestConfig
-    from saelab.othello.score import findable_mask
+    from saelab.sources.othello.harvest import HarvestConfig
+    from saelab.sources.othello.score import findable_mask
 
     source = {"source": "othello", "model": "default", "layer": 3, "trim_start": 5, "trim_end": 5, "games": 10, "seed": 0}
     sae_dir = sae_folder(tmp_path / "sae", d_in=128, n_latents=24, method="topk", k=4, source=source)

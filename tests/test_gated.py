@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig, sae_from_flat
 from saelab.errors import ConfigError, DataError
-from saelab.folder import save_sae
-from saelab.objective import compute_step
-from saelab.sae import SparseAutoencoder
-from saelab.sparsity_control import read_knob
-from saelab.train import Trainer
+from saelab.formats.folder import save_sae
+from saelab.training.objective import compute_step
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.l0_control import read_knob
+from saelab.training.trainer import Trainer
 
 D, N = 6, 10
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saelab.config import SAEConfig
-from saelab.objective import compute_step
-from saelab.sae import SparseAutoencoder
+from saelab.training.objective import compute_step
+from saelab.model.sae import SparseAutoencoder
 
 
 def _sae(method, params, n=48, d=12, **kw):

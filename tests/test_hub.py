@@ -10,8 +10,8 @@ from cli_harness import cli, error_line
 import saelab
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError
-from saelab.folder import save_sae
-from saelab.sae import SparseAutoencoder
+from saelab.formats.folder import save_sae
+from saelab.model.sae import SparseAutoencoder
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 

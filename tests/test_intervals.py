@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saelab.errors import ConfigError, DataError
-from saelab.intervals import (
+from saelab.util.intervals import (
     NOT_SEPARABLE,
     Comparison,
     Interval,
@@ -118,7 +118,7 @@ def test_bootstrap_ratio_matches_reference_loop():
 
 
 def test_bootstrap_is_seeded_and_chunk_independent(monkeypatch):
-    import saelab.intervals as mod
+    import saelab.util.intervals as mod
 
     rng = np.random.default_rng(6)
     parts = {"err": rng.random(50), "var": rng.random(50) + 0.5}

@@ -8,11 +8,12 @@ import torch
 
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
-from saelab.kernels import select, sparse_step, supports, topk_encode, workspace
+from saelab.kernels import select, sparse_step, topk_encode, workspace
+from saelab.methods import supports
 from saelab.kernels.sparse_code import SparseCode
-from saelab.objective import active_per_row, compute_step, dense_step, fired_latents, nonzero_values
-from saelab.sae import SparseAutoencoder
-from saelab.train import Trainer
+from saelab.training.objective import active_per_row, compute_step, dense_step, fired_latents, nonzero_values
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.trainer import Trainer
 
 NAMES = ["W_enc", "b_enc", "W_dec", "b_dec"]
 

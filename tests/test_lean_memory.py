@@ -11,7 +11,7 @@ import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.kernels import topk_encode, workspace
-from saelab.train import Trainer, build_member, train_step
+from saelab.training.trainer import Trainer, build_member, train_step
 
 CONFIGS = [
     SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, kernel="sparse", auxk=True, k_aux=8, dead_tokens=64, lr=3e-3),
@@ -95,7 +95,7 @@ def test_lean_memory_refuses_clipping_and_more_than_one_process(toy_dir, tmp_pat
     with pytest.raises(ConfigError, match="lean_memory"):
         TrainConfig(activations="-", out="-", lean_memory="yes").validate()
 
-    class TwoRanks(saelab.distributed.World):
+    class TwoRanks(saelab.util.distributed.World):
         def check_batch(self, batch_size):
             return None
 
@@ -111,5 +111,5 @@ def test_lean_memory_trains_from_the_cli_and_records_it(toy_dir, tmp_path):
     out = tmp_path / "lean"
     assert main(["train", "--activations", str(toy_dir / "activations.npy"), "--out", str(out), "--method", "topk", "--k", "3",
                  "--n-latents", "32", "--steps", "40", "--batch-size", "128", "--lean-memory", "--no-progress"]) == 0
-    record = saelab.folder.read_saelab_record(out)
+    record = saelab.formats.folder.read_saelab_record(out)
     assert record["train"]["lean_memory"] is True and record["eval"]["nmse"] < 1.0

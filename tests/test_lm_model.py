@@ -13,11 +13,11 @@ transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from saelab.errors import DataError, SaelabError  # noqa: E402
-from saelab.evals import ablate_lowest as al  # noqa: E402
-from saelab.evals.downstream import evaluate_downstream  # noqa: E402
+from saelab.sources.lm import ablate_lowest as al  # noqa: E402
+from saelab.sources.lm.downstream import evaluate_downstream  # noqa: E402
 from saelab.commands import lm as lm_cli  # noqa: E402
-from saelab.sources import hf  # noqa: E402
-from saelab.sources.text import TextConfig, iter_batches  # noqa: E402
+from saelab.sources.lm import model as hf  # noqa: E402
+from saelab.sources.lm.text import TextConfig, iter_batches  # noqa: E402
 
 WORDS = ("the a cat dog sat ran on under mat log and then it was big small red blue "
          "house tree bird sang loud soft day night").split()  # fmt: skip
@@ -86,7 +86,7 @@ def _ids(lm, text_file, n=2):
 def TinySAE(d_in, n_latents=64, seed=0, normalize="unit"):
     """A real saelab SAE with random weights (unit normalization: decode alone is not raw space)."""
     from saelab.config import SAEConfig
-    from saelab.sae import SparseAutoencoder
+    from saelab.model.sae import SparseAutoencoder
 
     sae = SparseAutoencoder(SAEConfig(n_latents=n_latents, method="relu", d_in=d_in, normalize=normalize, b_dec_init="zero"))
     sae.reset_weights(torch.Generator().manual_seed(seed))

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from saelab.errors import SaelabError  # noqa: E402
-from saelab.sources.text import TextConfig, iter_batches, iter_windows, keep_mask  # noqa: E402
+from saelab.sources.lm.text import TextConfig, iter_batches, iter_windows, keep_mask  # noqa: E402
 
 WORDS = "zero one two three four five six seven eight nine".split()
 

@@ -10,8 +10,8 @@ from typing import ClassVar
 import pytest
 from cli_harness import cli, error_line
 
-from saelab import logging_backends
-from saelab.logging_backends import LogTarget
+from saelab.util import loggers as logging_backends
+from saelab.util.loggers import LogTarget
 
 TOPK = ("--method", "topk", "--k", "3", "--n-latents", "32", "--batch-size", "256", "--no-progress")
 

@@ -6,11 +6,11 @@ import torch
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
-from saelab.folder import load_sae
+from saelab.formats.folder import load_sae
 from saelab.methods.matryoshka import prefix_sizes
-from saelab.objective import compute_step
-from saelab.sae import SparseAutoencoder
-from saelab.train import Trainer
+from saelab.training.objective import compute_step
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.trainer import Trainer
 
 
 def test_prefix_sizes_halve_down_from_the_full_dictionary():

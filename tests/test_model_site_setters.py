@@ -3,13 +3,11 @@
 import pytest
 
 from saelab.config import SAEConfig
-from saelab.model_site import ModelSite
+from saelab.model.site import ModelSite, SiteView
 
 
 def _cfg(site):
-    cfg = SAEConfig(n_latents=8, method="topk", method_params={"k": 2}, d_in=4)
-    cfg.site = site
-    return cfg
+    return SiteView(SAEConfig(n_latents=8, method="topk", method_params={"k": 2}, d_in=4), site)
 
 
 def test_writing_back_the_same_values_changes_nothing():

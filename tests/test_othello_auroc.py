@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import mannwhitneyu, rankdata
 
-from saelab.othello.auroc import (
+from saelab.sources.othello.auroc import (
     auroc_columns,
     auroc_matrix,
     average_ranks,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.othello.auroc import GOOD_AUROC, auroc_columns, pair_indicators
-from saelab.othello.bootstrap import _auroc_from_counts, _bin_column, good_count_intervals
+from saelab.sources.othello.auroc import GOOD_AUROC, auroc_columns, pair_indicators
+from saelab.sources.othello.bootstrap import _auroc_from_counts, _bin_column, good_count_intervals
 
 
 def _synthetic(n_games=150, per_game=20, seed=0, noise=(0.3, 1.0, 3.0)):

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from saelab.othello import engine as E
-from saelab.othello import games as G
+from saelab.sources.othello import engine as E
+from saelab.sources.othello import games as G
 
 
 def _bitboard(board, colour):

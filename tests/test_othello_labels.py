@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from saelab.othello import engine as E
-from saelab.othello.games import board_states, generate_games, legal_moves, replay_games
+from saelab.sources.othello import engine as E
+from saelab.sources.othello.games import board_states, generate_games, legal_moves, replay_games
 
 
 def _reference(moves):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from saelab.errors import SaelabError
-from saelab.othello.games import generate_games
-from saelab.othello.model import (
+from saelab.sources.othello.games import generate_games
+from saelab.sources.othello.model import (
     ASSETS_DIR,
     PAD_TOKEN,
     SQUARE_TO_TOKEN,
@@ -19,7 +19,7 @@ from saelab.othello.model import (
     games_to_tokens,
     load_default_model,
 )
-from saelab.othello.train_model import TrainConfig, evaluate_legal, train
+from saelab.sources.othello.train_model import TrainConfig, evaluate_legal, train
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_committed_model_predicts_legal_moves():
 
 
 def test_probes_shapes_and_roundtrip(tiny):
-    from saelab.othello.probes import ProbeConfig, ProbeResult, train_probes
+    from saelab.sources.othello.probes import ProbeConfig, ProbeResult, train_probes
 
     res = train_probes(tiny, generate_games(60, seed=5), layers=[0, 3], cfg=ProbeConfig(epochs=3))
     assert res.layers == [0, 3]

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from saelab.config import SAEConfig
-from saelab.sae import SparseAutoencoder
-from saelab.othello.games import board_states, generate_games
-from saelab.othello.harvest import Harvest, HarvestConfig, harvest
-from saelab.othello.model import games_to_tokens, load_default_model
-from saelab.othello.score import score_sae
+from saelab.model.sae import SparseAutoencoder
+from saelab.sources.othello.games import board_states, generate_games
+from saelab.sources.othello.harvest import Harvest, HarvestConfig, harvest
+from saelab.sources.othello.model import games_to_tokens, load_default_model
+from saelab.sources.othello.score import score_sae
 
 
 def test_harvest_rows_align_with_positions_labels_and_the_residual_stream():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.othello.auroc import auroc_matrix
-from saelab.othello.unfound import diagnose_unfound
+from saelab.sources.othello.auroc import auroc_matrix
+from saelab.sources.othello.unfound import diagnose_unfound
 
 
 def _planted(P=4000, seed=0):

@@ -13,8 +13,8 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.prefetch import Prefetcher
 from saelab.data.store import ActivationStore
 from saelab.data.stream import BatchStream
-from saelab.interrupt import TrainingInterrupted
-from saelab.train import THROUGHPUT_KEYS, Trainer
+from saelab.training.interrupt import TrainingInterrupted
+from saelab.training.trainer import THROUGHPUT_KEYS, Trainer
 
 
 class _Broken(Exception):

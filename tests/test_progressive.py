@@ -7,10 +7,10 @@ import torch
 from cli_harness import cli, error_line, strict_json
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
-from saelab.folder import save_sae
+from saelab.formats.folder import save_sae
 from saelab.evals.k_sweep import batch_topk_code, k_sweep, parse_ks
-from saelab.sae import SparseAutoencoder
-from saelab.train import Trainer
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.trainer import Trainer
 
 
 def _identity_sae(method: str, k: int, **params) -> SparseAutoencoder:

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from saelab.data.cache import CacheMeta, read_row_index, verify_cache
 from saelab.data.ranked_cache import RankedCacheWriter
-from saelab.distributed import World
+from saelab.util.distributed import World
 
 META = CacheMeta(model="m", site="resid_post", layer=0, dtype="float32", d_in=4, context=3, tokenizer="t", text_source="x")
 EXTRA = {"row_index": {"columns": ["token", "window", "position"]}}

@@ -14,8 +14,8 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import evaluate
 from saelab.evals.refine import RefineConfig, refine, refine_active, refine_batches
-from saelab.sae import SparseAutoencoder
-from saelab.train import Trainer
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.trainer import Trainer
 
 
 def test_identity_decoder_by_hand():

@@ -28,13 +28,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
-import saelab.io
-import saelab.run_lock
-from saelab.checkpoint import load_checkpoint, save_checkpoint
+import saelab.util.atomic
+import saelab.training.run_lock
+from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.data.cache import CacheMeta, CacheWriter
 from saelab.errors import DataError
-from saelab.run_lock import LOCK_FILE
-from saelab.train import Trainer
+from saelab.training.run_lock import LOCK_FILE
+from saelab.training.trainer import Trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "saelab"
 
@@ -268,7 +268,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(data, tm
 
 def test_a_second_training_into_the_same_folder_is_refused_and_a_stale_lock_is_taken_over(data, tmp_path):
     out = tmp_path / "run"
-    hold = "import sys, time\nfrom saelab.run_lock import RunLock\nRunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)"
+    hold = "import sys, time\nfrom saelab.training.run_lock import RunLock\nRunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -337,7 +337,7 @@ def test_a_partial_run_is_refused_unless_overwritten(data, tmp_path):
 def test_temporary_files_of_an_interrupted_write_are_cleaned_on_the_next_run(data, tmp_path):
     out = tmp_path / "run"
     assert cli(*train_args(data, out))[0] == 0
-    leftovers = [out / f"{saelab.io.TEMP_PREFIX}checkpoint.safetensors.x1y2", out / f"{saelab.io.TEMP_PREFIX}metrics.jsonl.z3"]
+    leftovers = [out / f"{saelab.util.atomic.TEMP_PREFIX}checkpoint.safetensors.x1y2", out / f"{saelab.util.atomic.TEMP_PREFIX}metrics.jsonl.z3"]
     for p in leftovers:
         p.write_bytes(b"half a file")
     assert cli(*train_args(data, out, "--resume", steps=8))[0] == 0
@@ -542,7 +542,7 @@ def test_output_paths_that_are_files_or_unwritable_are_named(data, tmp_path, mon
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(saelab.run_lock.os, "open", read_only)
+    monkeypatch.setattr(saelab.training.run_lock.os, "open", read_only)
     line = error_line(cli(*train_args(data, tmp_path / "ro")))
     assert "ro'" in line and "Read-only file system" in line
 
@@ -559,7 +559,7 @@ def test_a_read_only_folder_is_named(data, tmp_path):
 
 def test_a_full_disk_mid_training_leaves_a_resumable_run(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real, calls = saelab.io.save_file, {"n": 0}
+    real, calls = saelab.util.atomic.save_file, {"n": 0}
 
     def disk_fills(tensors, path, metadata=None):
         calls["n"] += 1
@@ -568,11 +568,11 @@ def test_a_full_disk_mid_training_leaves_a_resumable_run(data, tmp_path, monkeyp
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(saelab.io, "save_file", disk_fills)
+    monkeypatch.setattr(saelab.util.atomic, "save_file", disk_fills)
     line = error_line(cli(*train_args(data, out, "--checkpoint-every", "3", steps=9)))
     assert str(out / "checkpoint.safetensors") in line and "No space left" in line and "--resume" in line
     monkeypatch.undo()
-    assert not [p for p in out.iterdir() if p.name.startswith(saelab.io.TEMP_PREFIX)]
+    assert not [p for p in out.iterdir() if p.name.startswith(saelab.util.atomic.TEMP_PREFIX)]
     assert load_checkpoint(out / "checkpoint.safetensors")["step"] == 3
     assert cli(*train_args(data, out, "--checkpoint-every", "3", "--resume", steps=9))[0] == 0
     assert cli(*train_args(data, tmp_path / "full", "--checkpoint-every", "3", steps=9))[0] == 0

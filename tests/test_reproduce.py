@@ -19,7 +19,7 @@ from saelab.experiments.reproduce.claims import (DOES_NOT_HOLD, HOLDS, JSON_KEYS
 from saelab.experiments.reproduce.clock import TIME_FILE, WallClock, describe, read_segments
 from saelab.experiments.reproduce.measures import difference, exponent, frontier_difference, gap_change, metric
 from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, folder_suffix, rerun_command, run_reproduce
-from saelab.intervals import NOT_SEPARABLE, Interval
+from saelab.util.intervals import NOT_SEPARABLE, Interval
 
 KEYS = {"claim", "paper", "ours", "ci", "verdict"}
 

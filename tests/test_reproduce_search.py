@@ -118,7 +118,7 @@ def test_the_ranking_claim_holds_when_our_order_follows_the_papers():
 
 
 def test_a_search_screens_scores_finalists_and_resumes(tmp_path):
-    from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+    from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
 
     data = tmp_path / "data"
     write_harvest(harvest(HarvestConfig(games=40, layer=3, seed=0)), data)

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 import saelab
 from saelab.config import SAEConfig
-from saelab.init import geometric_median
-from saelab.folder import save_sae
-from saelab.normalize import Normalizer
-from saelab.sae import SparseAutoencoder
+from saelab.model.initialization import geometric_median
+from saelab.formats.folder import save_sae
+from saelab.model.normalize import Normalizer
+from saelab.model.sae import SparseAutoencoder
 
 
 def test_init_follows_the_scaling_paper():

@@ -10,7 +10,7 @@ import torch
 
 import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.train import Trainer
+from saelab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"

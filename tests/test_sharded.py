@@ -26,10 +26,10 @@ from _sharded_worker import CASES, LR, N_LATENTS, build_case, kernel_path
 from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
-from saelab.distributed import World
+from saelab.util.distributed import World
 from saelab.errors import ConfigError
-from saelab.folder import load_sae
-from saelab.latent_sharding import (
+from saelab.formats.folder import load_sae
+from saelab.training.sharded.model import (
     ShardedSAE,
     global_topk_mask,
     join_shards,
@@ -38,9 +38,9 @@ from saelab.latent_sharding import (
     winning_candidates,
 )
 from saelab.methods.topk import topk_relu
-from saelab.objective import DeadLatentTracker
-from saelab.sae import SparseAutoencoder
-from saelab.train import Member, train_step
+from saelab.training.objective import DeadLatentTracker
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.trainer import Member, train_step
 
 TOLERANCE = 1e-5
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -210,7 +210,7 @@ def test_per_shard_init_draws_only_its_own_rows():
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_shard_init_is_the_same_dictionary_for_any_number_of_shards(monkeypatch, ranks):
-    import saelab.latent_sharding as ls
+    import saelab.training.sharded.model as ls
 
     monkeypatch.setattr(ls, "INIT_BLOCK_LATENTS", 24)  # blocks that straddle shard boundaries (64 latents)
     cfg = SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, d_in=16, encoder_init="random")
@@ -231,7 +231,7 @@ def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
     """Every candidate of a rank can lose (a shard whose latents never win a row): empty codes must still run."""
     from saelab.kernels.decode import DecodeItem, decode
     from saelab.kernels.topk_encode import EncodePlan, encode
-    from saelab.latent_sharding import _winners
+    from saelab.training.sharded.model import _winners
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 6, generator=gen)

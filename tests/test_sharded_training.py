@@ -18,11 +18,11 @@ import pytest
 from safetensors.torch import load_file
 
 from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.distributed import World
+from saelab.util.distributed import World
 from saelab.errors import ConfigError, DataError
-from saelab.sharded_training import SHARD_DIR, ShardedTrainer, shard_file
-from saelab.train import Trainer
-from saelab.trainers import make_trainer
+from saelab.training.sharded.trainer import SHARD_DIR, ShardedTrainer, shard_file
+from saelab.training.trainer import Trainer
+from saelab.training.factory import make_trainer
 
 from test_distributed import TOLERANCE, _torchrun
 

@@ -7,7 +7,7 @@ import pytest
 from saelab.errors import ConfigError
 from saelab.experiments.grid import memory_estimate, pack_by_memory, plan_sweep
 from saelab.experiments.sweep import RESULTS, run_sweep
-from saelab.train import Trainer
+from saelab.training.trainer import Trainer
 
 
 def _base(**extra):

@@ -8,10 +8,10 @@ import torch
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
-from saelab.folder import load_sae
+from saelab.formats.folder import load_sae
 from saelab.methods.base import SparsityKnob
-from saelab.sparsity_control import L0Controller, read_knob
-from saelab.train import Trainer
+from saelab.training.l0_control import L0Controller, read_knob
+from saelab.training.trainer import Trainer
 
 
 def _train(toy_dir, tmp_path, steps, **sae):
@@ -84,7 +84,7 @@ def test_controller_converges_on_a_known_power_law():
 
 
 def _l1_sae(alpha=0.0, target=6.0):
-    from saelab.sae import SparseAutoencoder
+    from saelab.model.sae import SparseAutoencoder
 
     cfg = SAEConfig(n_latents=16, method="relu", penalty="l1", alpha=alpha, target_l0=target, d_in=4).validate()
     sae = SparseAutoencoder(cfg)
@@ -93,8 +93,8 @@ def _l1_sae(alpha=0.0, target=6.0):
 
 
 def test_calibrated_start_makes_the_penalty_a_fixed_share_of_the_reconstruction_loss():
-    from saelab.objective import dense_step
-    from saelab.sparsity_control import START_SHARE
+    from saelab.training.objective import dense_step
+    from saelab.training.l0_control import START_SHARE
 
     sae = _l1_sae()
     ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
@@ -153,7 +153,7 @@ def _drive(values, target=32.0, start=1.0):
 
 
 def test_pushes_towards_sparsity_at_most_by_the_push_factor_and_eases_faster():
-    from saelab.sparsity_control import EASE_FACTOR, PUSH_FACTOR
+    from saelab.training.l0_control import EASE_FACTOR, PUSH_FACTOR
 
     up = _drive([64], target=2.0)  # 32× too dense: α rises by PUSH_FACTOR, no more
     assert up[0] == pytest.approx(PUSH_FACTOR)
@@ -184,7 +184,7 @@ def test_short_l1_run_from_the_default_start_lands_near_the_target_without_colla
 
 
 def test_smoothed_l0_target_counts_latents_past_half_its_step():
-    from saelab.sae import SparseAutoencoder
+    from saelab.model.sae import SparseAutoencoder
 
     sae = SparseAutoencoder(SAEConfig(d_in=4, n_latents=5, penalty="smoothed_l0", penalty_params={"delta": 2.0}, target_l0=2.0).validate())
     ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
@@ -195,7 +195,7 @@ def test_smoothed_l0_target_counts_latents_past_half_its_step():
 
 
 def test_jumprelu_target_init_starts_at_the_target():
-    from saelab.sae import SparseAutoencoder
+    from saelab.model.sae import SparseAutoencoder
 
     x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)) * 5
     sae = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", target_l0=8.0,
@@ -222,7 +222,7 @@ def test_jumprelu_threshold_init_is_checked():
 def test_evaluation_reports_the_l0_a_level_target_counts():
     from saelab.evals.reconstruction import evaluate_batches
     from saelab.experiments.reproduce.measures import target_measured_l0
-    from saelab.sae import SparseAutoencoder
+    from saelab.model.sae import SparseAutoencoder
 
     x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0)) * 3
     sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="smoothed_l0", penalty_params={"delta": 1.0}, target_l0=4.0).validate())

@@ -9,7 +9,7 @@ import torch
 import saelab
 from saelab.cli import main
 from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.train import Trainer
+from saelab.training.trainer import Trainer
 
 
 def _run(toy_dir, out, saes, **train):

@@ -13,10 +13,10 @@ import torch
 from saelab.config import SAE_FIELDS, TRAIN_FIELDS, run_from_mapping
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
-from saelab.folder import load_sae
-from saelab.io import atomic_write
+from saelab.formats.folder import load_sae
+from saelab.util.atomic import atomic_write
 from saelab.methods import activation_class, penalty_class
-from saelab.trainers import make_trainer
+from saelab.training.factory import make_trainer
 
 __all__ = ["evaluate", "sparsity_warning", "train"]
 

@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.commands import core, demo, features, hub, lm, othello, report, reproduce, scaling, sweep
 from saelab.commands.common import set_threads
 from saelab.errors import SaelabError
-from saelab.interrupt import TrainingInterrupted
+from saelab.training.interrupt import TrainingInterrupted
 
 # Each group module exposes register(subparsers); the order is the order of `saelab --help`.
 GROUPS = (core, sweep, report, scaling, features, demo, othello, lm, reproduce, hub)

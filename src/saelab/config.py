@@ -12,11 +12,10 @@ from typing import Any
 
 from saelab.devices import DEVICES, DTYPES, check_device, check_dtype
 from saelab.errors import ConfigError
-from saelab.logging_backends import LOGGERS, check_logger
+from saelab.util.loggers import LOGGERS, check_logger
 from saelab.methods import activation_class, build_params, penalty_class
-from saelab.model_site import SAELensNames
-from saelab.names import check_member_names
-from saelab.typecheck import build, check_fields
+from saelab.util.names import check_member_names
+from saelab.util.typecheck import build, check_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,8 +39,8 @@ def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple | None
 
 
 @dataclass
-class SAEConfig(SAELensNames):
-    """One sparse autoencoder: size, sparsity method, recipe options (plus SAELens-named read-only views, see SAELensNames)."""
+class SAEConfig:
+    """One sparse autoencoder: size, sparsity method, recipe options (an SAE's `cfg` adds SAELens's names: model.site.SiteView)."""
 
     n_latents: int = option(help="number of latents")
     method: str = option("relu", "sparsity method (see `saelab methods`)")

@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from saelab import distributed
+from saelab.util import distributed
 
 
 def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:

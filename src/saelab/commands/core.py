@@ -16,11 +16,11 @@ from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.evals.k_sweep import k_sweep, parse_ks, require_k
 from saelab.evals.refine import refine
-from saelab.folder import load_sae
+from saelab.formats.folder import load_sae
 from saelab.evals.reconstruction import EPS_L0
-from saelab.io import dumps_json
+from saelab.util.atomic import dumps_json
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
-from saelab.trainers import make_trainer
+from saelab.training.factory import make_trainer
 
 # Options of `saelab train` that are not config fields.
 COMMAND_OPTIONS = ("func", "command", "config", "resume", "overwrite", "no_progress", "threads")

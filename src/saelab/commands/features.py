@@ -19,8 +19,8 @@ from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.features.data import FeatureData, iter_codes, load_feature_data, split_rows
-from saelab.folder import read_saelab_record
-from saelab.io import atomic_write_json, dumps_json
+from saelab.formats.folder import read_saelab_record
+from saelab.util.atomic import atomic_write_json, dumps_json
 
 TASK_KINDS = ("othello", "text")
 
@@ -97,9 +97,9 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     unembed, board, to_token = None, None, None
     if data.kind == "othello":
         from saelab.features.data import codes_of_rows
-        from saelab.othello.auroc import auroc_matrix
-        from saelab.othello.harvest import load_model
-        from saelab.othello.model import TOKEN_TO_SQUARE
+        from saelab.sources.othello.auroc import auroc_matrix
+        from saelab.sources.othello.harvest import load_model
+        from saelab.sources.othello.model import TOKEN_TO_SQUARE
 
         if not args.no_logits:
             unembed, to_token = unembedding(load_model(data.model)), TOKEN_TO_SQUARE
@@ -107,7 +107,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         codes = codes_of_rows(sae, data.store, np.arange(n), latents, cfg.batch_size)
         board = auroc_matrix(torch.from_numpy(codes), np.array(data.labels[:n])).numpy()  # a copy: the memmap is read-only
     elif not args.no_logits:
-        from saelab.sources.hf import LMSpec, load_lm
+        from saelab.sources.lm.model import LMSpec, load_lm
 
         unembed = unembedding(load_lm(LMSpec(data.model)).model)
     result = build_examples(sae, data, latents, cfg, unembed=unembed, selection=selection, board_auroc=board,
@@ -137,7 +137,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         explain_report,
         explanation_reconstruction,
     )
-    from saelab.sources.hf import LMSpec, load_lm
+    from saelab.sources.lm.model import LMSpec, load_lm
 
     cfg = N2GConfig(n_build=args.n_build, sample=args.sample, max_n=args.max_n, keep_frac=args.keep_frac,
                     max_eval_rows=args.eval_rows, seed=args.seed).validate()  # fmt: skip
@@ -266,8 +266,8 @@ def _probe_inputs(args, sae, record: dict | None):
     from saelab.features.probe1d import SparseCodes
 
     if args.tasks == "othello":
-        from saelab.othello.harvest import config_from_source, harvest
-        from saelab.othello.score import EVAL_SEED_OFFSET, findable_mask
+        from saelab.sources.othello.harvest import config_from_source, harvest
+        from saelab.sources.othello.score import EVAL_SEED_OFFSET, findable_mask
 
         source = (record or {}).get("source")
         if not isinstance(source, dict) or source.get("source") != "othello":
@@ -280,7 +280,7 @@ def _probe_inputs(args, sae, record: dict | None):
         mask = np.asarray(findable_mask(int(source["layer"]))).reshape(64, 3)
         pairs = list(zip(*np.nonzero(mask)))
         from saelab.features.data import square_name
-        from saelab.othello.boards import STATES
+        from saelab.sources.othello.boards import STATES
 
         labels = np.stack([(hv.labels[:, sq] == st) for sq, st in pairs], axis=1).astype(np.int8)
         names = [f"{square_name(int(sq))}:{STATES[int(st)]}" for sq, st in pairs]

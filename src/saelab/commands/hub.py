@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saelab.hub import push
+from saelab.formats.hub import push
 
 
 def register(sub) -> None:

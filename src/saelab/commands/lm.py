@@ -9,19 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import saelab
-from saelab import distributed
+from saelab.util import distributed
 from saelab.commands import features
 from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import DataError, SaelabError
-from saelab.evals.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
-from saelab.evals.downstream import evaluate_downstream
+from saelab.sources.lm.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
+from saelab.sources.lm.downstream import evaluate_downstream
 from saelab.evals.refine import RefinedSAE
-from saelab.folder import read_saelab_record
-from saelab.io import dumps_json
-from saelab.sources.hf import SITES, LMSpec, load_lm
-from saelab.sources.lm_harvest import HarvestConfig, harvest
-from saelab.sources.text import TextConfig, iter_chunks, take_windows
+from saelab.formats.folder import read_saelab_record
+from saelab.util.atomic import dumps_json
+from saelab.sources.lm.model import SITES, LMSpec, load_lm
+from saelab.sources.lm.harvest import HarvestConfig, harvest
+from saelab.sources.lm.text import TextConfig, iter_chunks, take_windows
 
 
 def _recorded_source(sae_dir: str) -> dict[str, Any]:

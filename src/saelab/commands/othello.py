@@ -11,14 +11,14 @@ import numpy as np
 
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, SaelabError
-from saelab.io import atomic_write, atomic_write_text, dumps_json
-from saelab.othello.games import generate_games, replay_games
-from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
-from saelab.othello.model import OthelloGPT, OthelloGPTConfig, load_default_model
-from saelab.othello.probes import train_probes
-from saelab.othello.score import score_folder
-from saelab.othello.train_model import TrainConfig, evaluate_legal, train
-from saelab.othello.unfound import CANDIDATES, diagnose_folder
+from saelab.util.atomic import atomic_write, atomic_write_text, dumps_json
+from saelab.sources.othello.games import generate_games, replay_games
+from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
+from saelab.sources.othello.model import OthelloGPT, OthelloGPTConfig, load_default_model
+from saelab.sources.othello.probes import train_probes
+from saelab.sources.othello.score import score_folder
+from saelab.sources.othello.train_model import TrainConfig, evaluate_legal, train
+from saelab.sources.othello.unfound import CANDIDATES, diagnose_folder
 
 DEFAULT_EVAL_SEED = 1  # training draws its seeds from SeedSequence([seed, step]); see train_model
 

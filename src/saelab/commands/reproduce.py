@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.experiments.reproduce.budget import BUDGETS
 from saelab.experiments.reproduce.claims import claims_markdown
 from saelab.experiments.reproduce.run import DEFAULT_TEXT, PAPERS, claims_json, run_reproduce

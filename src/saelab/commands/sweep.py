@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.devices import DEVICES, DTYPES
 from saelab.experiments.sweep import run_sweep
-from saelab.logging_backends import LOGGERS
+from saelab.util.loggers import LOGGERS
 
 
 def register(sub) -> None:

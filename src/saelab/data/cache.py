@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from saelab.errors import DataError, SaelabError
-from saelab.io import TEMP_PREFIX, atomic_write, atomic_write_bytes
+from saelab.util.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes
 
 # What np.load raises on a damaged .npy: its header parser lets tokenizer and syntax errors through.
 NPY_LOAD_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from saelab.data.cache import CacheMeta, CacheWriter
-from saelab.distributed import World
+from saelab.util.distributed import World
 
 # The wrapped CacheWriter never flushes by itself: shards are cut here, on every rank in the same round.
 _NEVER = 1 << 62

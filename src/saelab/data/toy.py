@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from saelab.errors import ConfigError, DataError
-from saelab.io import atomic_write_bytes, atomic_write_json
+from saelab.util.atomic import atomic_write_bytes, atomic_write_json
 
 
 @dataclass

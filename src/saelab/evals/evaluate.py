@@ -17,7 +17,7 @@ from saelab.data.store import ActivationStore
 from saelab.devices import check_device
 from saelab.errors import ConfigError, DataError
 from saelab.evals.reconstruction import EPS_L0, ReconstructionResult, evaluate_batches
-from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
+from saelab.formats.folder import SAELAB_CFG, load_sae, read_saelab_record
 
 ROW_CHOICES = ("auto", "all", "held-out")
 
@@ -40,7 +40,7 @@ def as_sae(sae, device: str | None = None) -> tuple[torch.nn.Module, dict | None
     if isinstance(sae, torch.nn.Module):
         return (sae.to(device) if device is not None else sae), None
     if isinstance(sae, str) and sae.startswith("hf://"):
-        from saelab.hub import download  # the Hub client is imported only for hf:// addresses
+        from saelab.formats.hub import download  # the Hub client is imported only for hf:// addresses
 
         sae = download(sae)
     if isinstance(sae, (str, Path)):

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from saelab.errors import DataError, SaelabError
-from saelab.intervals import bootstrap_sums
-from saelab.sparsity_control import target_level
+from saelab.util.intervals import bootstrap_sums
+from saelab.methods.knobs import target_level
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density

@@ -172,7 +172,7 @@ RELU_STEP_SHARE = 0.5
 
 def step_cost_estimate(cfg: SAEConfig, d_in: int, batch_size: int) -> float:
     """Relative time of one training step of `cfg`: B·d·n, less where the sparse kernels apply (TopK family 0.3, ReLU 0.5)."""
-    from saelab.kernels import sparse_plan_for
+    from saelab.methods import sparse_plan_for
 
     work = float(batch_size) * d_in * cfg.n_latents
     plan = sparse_plan_for(cfg)

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from saelab.errors import ConfigError, DataError
-from saelab.intervals import Interval
-from saelab.jsonl import jsonl_objects
+from saelab.util.intervals import Interval
+from saelab.util.jsonl import jsonl_objects
 
 FORMS = ("power", "power+const", "joint")
 # Command-line names of a quantity -> the key rows store it under.
@@ -760,7 +760,7 @@ def plot_fit(results: Mapping[str, PowerFit | JointFit] | PowerFit | JointFit, r
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from saelab.io import atomic_write_bytes
+    from saelab.util.atomic import atomic_write_bytes
 
     if isinstance(results, (PowerFit, JointFit)):
         results = {results.group: results}

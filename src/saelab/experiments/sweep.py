@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.config import RunConfig, TrainConfig, read_config
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
@@ -41,10 +41,10 @@ from saelab.experiments.grid import (
     spread_over_ranks,
     step_cost_estimate,
 )
-from saelab.folder import SAELAB_CFG, load_sae, read_saelab_record
-from saelab.io import atomic_write_json, atomic_write_text
-from saelab.jsonl import jsonl_objects
-from saelab.train import CHECKPOINT, Trainer
+from saelab.formats.folder import SAELAB_CFG, load_sae, read_saelab_record
+from saelab.util.atomic import atomic_write_json, atomic_write_text
+from saelab.util.jsonl import jsonl_objects
+from saelab.training.trainer import CHECKPOINT, Trainer
 
 RESULTS = "results.jsonl"
 OTHELLO_SCORE = "othello_score.json"
@@ -125,9 +125,9 @@ class Evaluators:
 
     def othello(self, sae, folder: Path) -> dict[str, Any]:
         """Board-state score on held-out games (harvested once, findable pairs fitted once)."""
-        from saelab.othello.bootstrap import findable_on_positions
-        from saelab.othello.harvest import config_from_source, harvest
-        from saelab.othello.score import EVAL_SEED_OFFSET, score_sae
+        from saelab.sources.othello.bootstrap import findable_on_positions
+        from saelab.sources.othello.harvest import config_from_source, harvest
+        from saelab.sources.othello.score import EVAL_SEED_OFFSET, score_sae
 
         if self._othello is None:
             games = int(self.options.get("games", 2000))
@@ -142,9 +142,9 @@ class Evaluators:
 
     def lm(self, sae) -> dict[str, Any]:
         """Downstream CE/KL with the SAE spliced into the recorded model, on text after the harvested windows."""
-        from saelab.evals.downstream import evaluate_downstream
-        from saelab.sources.hf import LMSpec, load_lm
-        from saelab.sources.text import TextConfig, take_windows
+        from saelab.sources.lm.downstream import evaluate_downstream
+        from saelab.sources.lm.model import LMSpec, load_lm
+        from saelab.sources.lm.text import TextConfig, take_windows
 
         src = self.source
         if self._lm is None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from saelab.errors import ConfigError
-from saelab.sources.text import keep_mask
+from saelab.sources.lm.text import keep_mask
 
 DEFINITION = "(||v||_1/||v||_2)^2 / len(v), v = median-centred logit changes at the ablated token and the next T tokens, concatenated; len(v) = (T+1)*V; lower is sparser"
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from saelab.features.examples import ExamplesResult
-from saelab.io import atomic_write_text, dumps_json
+from saelab.util.atomic import atomic_write_text, dumps_json
 
 EXAMPLES_JSON = "examples.json"
 DASHBOARD_HTML = "dashboard.html"

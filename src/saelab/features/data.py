@@ -139,7 +139,7 @@ class FeatureData:
             if self.kind == "othello":
                 self._text = TokenText(square_name)
             else:
-                from saelab.sources.hf import load_tokenizer
+                from saelab.sources.lm.model import load_tokenizer
 
                 tok = load_tokenizer(self.model)
                 self._text = TokenText(lambda i: tok.decode([i]))
@@ -162,7 +162,7 @@ def load_feature_data(path: str | Path, model: str | None = None) -> FeatureData
 
 
 def _othello_data(folder: Path) -> FeatureData:
-    from saelab.othello.games import generate_games
+    from saelab.sources.othello.games import generate_games
 
     try:
         source = json.loads((folder / "source.json").read_text())

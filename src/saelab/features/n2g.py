@@ -339,11 +339,11 @@ def explanation_reconstruction(lm, site, sae, windows: torch.Tensor, latents: Se
                                outlier_factor: float | None = None, batch_size: int = 8) -> ReconstructionCE:
     """CE of the LM on token windows [W, T] with the SAE spliced in, the explained latents simulated / zeroed / real.
 
-    Positions spliced and predictions averaged follow saelab.evals.downstream (BOS and outliers
+    Positions spliced and predictions averaged follow saelab.sources.lm.downstream (BOS and outliers
     left clean; predictions of positions 1..T-2).
     """
-    from saelab.evals.downstream import replace_at, token_ce
-    from saelab.sources.text import keep_mask
+    from saelab.sources.lm.downstream import replace_at, token_ce
+    from saelab.sources.lm.text import keep_mask
 
     cols = torch.as_tensor(list(latents), dtype=torch.long)
     sums = {"clean": 0.0, "sae": 0.0, "explained": 0.0, "ablated": 0.0}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saelab import distributed
+from saelab.util import distributed
 
 # Candidate groups must outnumber k by this factor for the grouped path to pay off.
 _GROUPS_PER_K = 8

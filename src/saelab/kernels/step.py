@@ -31,7 +31,7 @@ from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.sparse_code import SparseCode
 from saelab.kernels.topk_encode import EncodePlan, encode, pre_activations
 from saelab.losses import auxk_term, squared_error
-from saelab.methods.base import SparsePlan
+from saelab.kernels.plan import SparsePlan
 from saelab.step_output import StepOutput
 
 
@@ -45,7 +45,7 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     cfg = sae.cfg
     spec = spec if spec is not None else sae.activation.sparse_plan()
     if spec is None:
-        raise ValueError(f"method {cfg.method!r} has no sparse plan in this mode")  # callers check kernels.supports first
+        raise ValueError(f"method {cfg.method!r} has no sparse plan in this mode")  # callers check methods.plans.supports first
     k = spec.k
     x, _ = sae.normalizer.normalize(x_raw)
     n = cfg.n_latents

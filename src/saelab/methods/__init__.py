@@ -20,9 +20,10 @@ from saelab.methods.base import (
     Activation,
     LossContext,
     Penalty,
-    SparsePlan,
     SparsityKnob,
 )
+from saelab.kernels.plan import SparsePlan
+from saelab.methods.plans import sparse_plan, sparse_plan_for, supports
 from saelab.methods.registry import (
     ACTIVATIONS,
     PENALTIES,
@@ -36,6 +37,6 @@ from saelab.methods.registry import (
 )
 
 __all__ = [
-    "Activation", "Penalty", "LossContext", "SparsePlan", "SparsityKnob", "ACTIVATIONS", "PENALTIES", "activation_class",
+    "Activation", "Penalty", "LossContext", "SparsePlan", "SparsityKnob", "sparse_plan", "sparse_plan_for", "supports", "ACTIVATIONS", "PENALTIES", "activation_class",
     "activations_with_param", "penalty_class", "build_params", "param_names", "register_activation", "register_penalty",
 ]  # fmt: skip

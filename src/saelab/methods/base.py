@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from saelab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from saelab.sae import SparseAutoencoder
+from saelab.kernels.plan import SparsePlan
 
 
 @dataclass
@@ -39,28 +37,6 @@ def require(cond: bool, field: str, value, reason: str) -> None:
 
 
 @dataclass(frozen=True)
-class SparsePlan:
-    """How the sparse kernels compute an activation exactly: a selection of pre-activations, ReLU'd.
-
-    `k` entries per row (or k·B over the flattened batch when `batch`, or every positive entry when
-    `positive`: ReLU, ragged rows, k unused); with `extra_multiple` the
-    kernels also decode each row's top min(k·extra_multiple, n) entries and add `extra_weight` ×
-    their squared error as the loss term `extra_name` (Multi-TopK); with `prefixes` they decode,
-    for each size m, the code's entries on latents < m alone and add `extra_weight` × the sum of
-    their squared errors as `extra_name` (Matryoshka). An activation that returns a plan promises
-    its dense forward equals this selection in training mode, and its `extra_losses` these terms.
-    """
-
-    k: int
-    batch: bool = False
-    positive: bool = False
-    extra_multiple: int | None = None
-    prefixes: tuple[int, ...] = ()
-    extra_weight: float = 0.0
-    extra_name: str = ""
-
-
-@dataclass(frozen=True)
 class SparsityKnob:
     """The parameter that sets how sparse a method's code is, for `target_l0`'s controller.
 
@@ -72,7 +48,7 @@ class SparsityKnob:
     "l0_level" (entries above the knob owner's `active_level()`, for a penalty that counts a latent
     as on only past a scale of its own: smoothed-L0's δ/2).
     `weights` names the loss term the knob multiplies (e.g. "penalty"); an unset α then starts
-    calibrated against the first batch's reconstruction loss (see saelab.sparsity_control).
+    calibrated against the first batch's reconstruction loss (see saelab.training.l0_control).
     """
 
     param: str
@@ -88,7 +64,7 @@ class SparsityKnob:
 class LossContext:
     """What an activation may need to add its own loss terms."""
 
-    sae: "SparseAutoencoder"
+    sae: nn.Module  # the SparseAutoencoder whose step this is
     x: Tensor  # normalized input [B, d_in]
     pre: Tensor  # encoder pre-activations [B, n]
     z: Tensor  # latent code [B, n]

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab import distributed
-from saelab.methods.base import Activation, SparsePlan, param, require
+from saelab.util import distributed
+from saelab.kernels.plan import SparsePlan
+from saelab.methods.base import Activation, param, require
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams, topk_relu
 

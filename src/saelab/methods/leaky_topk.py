@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, SparsePlan, param, require, topk_mask_values
+from saelab.kernels.plan import SparsePlan
+from saelab.methods.base import Activation, param, require, topk_mask_values
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams
 

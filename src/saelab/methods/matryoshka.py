@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from torch import Tensor
 
 from saelab.losses import squared_error
-from saelab.methods.base import LossContext, SparsePlan, param, require
+from saelab.kernels.plan import SparsePlan
+from saelab.methods.base import LossContext, param, require
 from saelab.methods.batchtopk import BatchTopK
 from saelab.methods.registry import register_activation
 

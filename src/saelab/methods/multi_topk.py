@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from saelab.losses import squared_error
-from saelab.methods.base import Activation, LossContext, SparsePlan, param, require
+from saelab.kernels.plan import SparsePlan
+from saelab.methods.base import Activation, LossContext, param, require
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams, topk_relu
 

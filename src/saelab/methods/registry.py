@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Callable, TypeVar
 
 from saelab.errors import ConfigError
-from saelab.typecheck import check_fields
+from saelab.util.typecheck import check_fields
 
 ACTIVATIONS: dict[str, type] = {}
 PENALTIES: dict[str, type] = {}

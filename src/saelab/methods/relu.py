@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.methods.base import Activation, Params, SparsePlan
+from saelab.kernels.plan import SparsePlan
+from saelab.methods.base import Activation, Params
 from saelab.methods.registry import register_activation
 
 
@@ -25,7 +26,7 @@ class ReLU(Activation):
         return torch.relu(pre)
 
     def sparse_plan(self) -> SparsePlan | None:
-        """Every positive pre-activation (with no penalty or an entrywise one: kernels.sparse_plan checks)."""
+        """Every positive pre-activation (with no penalty or an entrywise one: methods.plans checks)."""
         return SparsePlan(k=0, positive=True)
 
     def saelens_architecture(self):

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saelab.kernels.plan import SparsePlan
 from saelab.methods.base import (
     Activation,
     Params,
-    SparsePlan,
     param,
     require,
     scatter_rows,

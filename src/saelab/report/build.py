@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from saelab.errors import ConfigError, DataError
-from saelab.io import atomic_write_bytes, atomic_write_text
+from saelab.util.atomic import atomic_write_bytes, atomic_write_text
 from saelab.report.html import render_html
 from saelab.report.results import EVAL, ResultRow, read_all_results, read_curve, read_eval
 from saelab.report.section import Figure, Note, Paragraph, Section
@@ -79,7 +79,7 @@ def load_report_data(result_dirs: Sequence[str | Path], tolerance: float = L0_TO
 
 def _estimate_cell(group: GroupSummary, key: str) -> Cell:
     """An interval cell with its numbers kept as data-* attributes for machines."""
-    from saelab.intervals import format_interval
+    from saelab.util.intervals import format_interval
 
     iv = group.metrics.get(key)
     if iv is None:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from saelab.io import atomic_write_bytes
+from saelab.util.atomic import atomic_write_bytes
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINESTYLES = ("-", "--", "-.", ":")

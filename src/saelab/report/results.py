@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from saelab.errors import DataError
-from saelab.jsonl import jsonl_objects
+from saelab.util.jsonl import jsonl_objects
 
 RESULTS = "results.jsonl"
 EVAL = "eval.json"

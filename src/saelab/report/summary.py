@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from saelab.errors import DataError
-from saelab.intervals import Comparison, Interval, compare_intervals, compare_seeds, seeds_interval
+from saelab.util.intervals import Comparison, Interval, compare_intervals, compare_seeds, seeds_interval
 
 L0_TOLERANCE = 0.10  # groups without a shared target_l0 are matched when their mean L0 differ by at most 10%
 

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.errors import ConfigError
-from saelab.io import atomic_write_json
+from saelab.util.atomic import atomic_write_json
 
 BUDGETS = ("quick", "full")
 DEFAULT_LAYER = 3  # the report trained after layer 3 (of its 8); ours has 4, layer 3 finds 180/188 pairs
@@ -100,7 +100,7 @@ def budget(name: str) -> Budget:
 
 def othello_data(b: Budget, out: Path, say=print) -> Path:
     """Harvest the budget's training games from the committed OthelloGPT into `out`, or reuse a finished harvest there."""
-    from saelab.othello.harvest import HarvestConfig, harvest, write_harvest
+    from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
 
     source = out / "source.json"
     if source.exists():
@@ -118,7 +118,7 @@ def lm_data(b: Budget, model: str, text: str, out: Path, say=print) -> Path:
     """`--model`: an activation cache folder is used as it is; a model name or path is harvested (resumably) into `out`."""
     if (Path(model) / "manifest.json").exists():
         return Path(model)
-    from saelab.sources.lm_harvest import HarvestConfig, harvest
+    from saelab.sources.lm.harvest import HarvestConfig, harvest
 
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
@@ -137,7 +137,7 @@ def lm_data(b: Budget, model: str, text: str, out: Path, say=print) -> Path:
 
 def lm_layer(model: str) -> int:
     """The layer 3/4 of the way into the model (the scaling paper's choice; 22 of 30 for SmolLM2)."""
-    from saelab.sources.hf import LMSpec, load_lm
+    from saelab.sources.lm.model import LMSpec, load_lm
 
     n = load_lm(LMSpec(model)).n_layers
     return min(n - 1, int(0.75 * n))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from saelab.errors import ConfigError, DataError
-from saelab.intervals import NOT_SEPARABLE, Comparison, Interval, format_interval
+from saelab.util.intervals import NOT_SEPARABLE, Comparison, Interval, format_interval
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"

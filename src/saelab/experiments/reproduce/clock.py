@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from saelab.io import atomic_write_json
+from saelab.util.atomic import atomic_write_json
 
 TIME_FILE = "time.json"
 TICK = 30.0

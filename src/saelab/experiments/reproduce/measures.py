@@ -20,11 +20,11 @@ from scipy.stats import rankdata
 
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
-from saelab.evals.ablate_lowest import ablate_below
+from saelab.sources.lm.ablate_lowest import ablate_below
 from saelab.experiments.reproduce.claims import Evidence, comparison_interval
 from saelab.experiments.scaling import fit_power
-from saelab.folder import load_sae, read_saelab_record
-from saelab.intervals import Interval, block_parts, compare_intervals, paired_bootstrap, seeds_interval
+from saelab.formats.folder import load_sae, read_saelab_record
+from saelab.util.intervals import Interval, block_parts, compare_intervals, paired_bootstrap, seeds_interval
 from saelab.report.summary import L0_TOLERANCE, GroupSummary, MetricSpec, compare_metric, l0_match, summarize
 
 L0_MATCH = 0.25  # an adapted coefficient counts as matched when the mean L0 ends within ±25% of its target

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.errors import ConfigError
 from saelab.experiments.reproduce import batchtopk, l1_sqrt, scaling_laws, sparsity_methods
 from saelab.experiments.reproduce.budget import DEFAULT_LAYER, Budget
@@ -21,9 +21,9 @@ from saelab.experiments.reproduce.budget import lm_data, othello_data
 from saelab.experiments.reproduce.claims import ClaimResult, Evidence, claims_markdown, evaluate_claim
 from saelab.experiments.reproduce.clock import WallClock, describe
 from saelab.experiments.sweep import run_sweep
-from saelab.folder import read_saelab_record
-from saelab.intervals import format_interval
-from saelab.io import atomic_write_json, atomic_write_text
+from saelab.formats.folder import read_saelab_record
+from saelab.util.intervals import format_interval
+from saelab.util.atomic import atomic_write_json, atomic_write_text
 from saelab.report.summary import summarize
 
 PAPERS: dict[str, ModuleType] = {m.NAME: m for m in (sparsity_methods, scaling_laws, l1_sqrt, batchtopk)}
@@ -129,7 +129,7 @@ def _renamed(row: dict, group: str, source_root: Path, target_root: Path) -> dic
 
 def check_layer(layer: int) -> None:
     """ConfigError unless `layer` is a residual-stream site of the committed OthelloGPT (0 = embeddings … n_layer)."""
-    from saelab.othello.model import load_default_model
+    from saelab.sources.othello.model import load_default_model
 
     n_layer = load_default_model().cfg.n_layer
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layer:

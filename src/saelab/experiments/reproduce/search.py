@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.measures import target_measured_l0
 from saelab.experiments.sweep import OTHELLO_SCORE, Evaluators, run_sweep
-from saelab.folder import load_sae, read_saelab_record
-from saelab.io import atomic_write_json
+from saelab.formats.folder import load_sae, read_saelab_record
+from saelab.util.atomic import atomic_write_json
 
 COLLAPSED_NMSE = 0.99  # a code that explains (almost) nothing is not a candidate, however sparse
 SEARCH_FILE = "search.json"

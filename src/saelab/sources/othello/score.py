@@ -11,13 +11,13 @@ import torch
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.evals.reconstruction import ReconstructionResult
-from saelab.folder import load_sae, read_saelab_record
-from saelab.othello.auroc import auroc_matrix, coverage, good_classifier_report
-from saelab.othello.bootstrap import N_BOOT, findable_on_positions, good_count_intervals
-from saelab.othello.games import generate_games
-from saelab.othello.harvest import Harvest, config_from_source, harvest, load_model
-from saelab.othello.model import ASSETS_DIR
-from saelab.othello.probes import PROBES_FILE, load_probe_report, train_probes
+from saelab.formats.folder import load_sae, read_saelab_record
+from saelab.sources.othello.auroc import auroc_matrix, coverage, good_classifier_report
+from saelab.sources.othello.bootstrap import N_BOOT, findable_on_positions, good_count_intervals
+from saelab.sources.othello.games import generate_games
+from saelab.sources.othello.harvest import Harvest, config_from_source, harvest, load_model
+from saelab.sources.othello.model import ASSETS_DIR
+from saelab.sources.othello.probes import PROBES_FILE, load_probe_report, train_probes
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out games: a seed no training harvest uses by default
 

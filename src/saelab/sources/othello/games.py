@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saelab.othello.engine import MAX_MOVES
+from saelab.sources.othello.engine import MAX_MOVES
 
 BLACK_TO_MOVE, WHITE_TO_MOVE, NO_POSITION = 0, 1, -1
 LABEL_EMPTY, LABEL_MINE, LABEL_THEIRS = 0, 1, 2

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
-from saelab.model_site import ModelSite
-from saelab.sae import SparseAutoencoder
+from saelab.model.site import ModelSite
+from saelab.model.sae import SparseAutoencoder
 
 CFG_FILE = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"

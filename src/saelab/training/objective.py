@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saelab import kernels
+from saelab import kernels, methods
 from saelab.devices import autocasting
 from saelab.errors import ConfigError
 from saelab.kernels.device_check import runs_on
@@ -39,7 +39,7 @@ def uses_sparse_kernel(sae) -> bool:
     kernel = sae.cfg.kernel
     if kernel == "dense":
         return False
-    ok = kernels.supports(sae)
+    ok = methods.supports(sae)
     if kernel == "sparse" and not ok:
         raise ConfigError("kernel", "sparse", f"method {sae.cfg.method!r} with these options has no sparse path")
     if ok and autocasting(sae.W_enc.device):

@@ -3,7 +3,7 @@
 Positions that count.  Every window starts with BOS (or, without one, with a token that has no
 context); its activation is an outlier that SAEs are not trained on, so position 0 is never
 spliced or ablated and is left clean.  With `outlier_factor`, positions whose clean activation norm
-exceeds factor x the batch median are left clean too: the same keep-mask (saelab.sources.text.
+exceeds factor x the batch median are left clean too: the same keep-mask (saelab.sources.lm.text.
 keep_mask) the harvest used, so the SAE is only asked to reconstruct what it was trained on.  Every
 kept position is replaced (by the reconstruction, zeros or the mean).  CE and KL are averaged over
 the predictions made at positions 1 .. T-2 (each predicting token t+1): the predictions that can
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from saelab.evals.reconstruction import ReconstructionAccumulator
-from saelab.sources.hf import LanguageModel, Site
-from saelab.sources.text import keep_mask
+from saelab.sources.lm.model import LanguageModel, Site
+from saelab.sources.lm.text import keep_mask
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from saelab.othello.auroc import GOOD_AUROC, N_PAIRS, auroc_columns, pair_indicators
+from saelab.sources.othello.auroc import GOOD_AUROC, N_PAIRS, auroc_columns, pair_indicators
 
 STATES = ("empty", "mine", "theirs")
 CANDIDATES = 8
@@ -177,10 +177,10 @@ def diagnose_unfound(codes, labels, auroc, findable, candidates: int = CANDIDATE
 
 def diagnose_folder(folder, games: int = 2000, seed: int | None = None, candidates: int = CANDIDATES) -> UnfoundReport:
     """Diagnose a saved OthelloGPT SAE on held-out games (findable: probes cross-fitted on the same positions)."""
-    from saelab.folder import load_sae, read_saelab_record
-    from saelab.othello.auroc import auroc_matrix
-    from saelab.othello.bootstrap import findable_on_positions
-    from saelab.othello.score import held_out_games, latent_activations
+    from saelab.formats.folder import load_sae, read_saelab_record
+    from saelab.sources.othello.auroc import auroc_matrix
+    from saelab.sources.othello.bootstrap import findable_on_positions
+    from saelab.sources.othello.score import held_out_games, latent_activations
 
     data = held_out_games(read_saelab_record(folder).get("source"), games, seed)
     codes, _ = latent_activations(load_sae(folder), data.activations)

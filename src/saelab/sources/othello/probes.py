@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saelab.othello.auroc import GOOD_AUROC, auroc_columns, pair_indicators
-from saelab.othello.harvest import residuals_by_layer
-from saelab.othello.model import ASSETS_DIR, CONTEXT, OthelloGPT
+from saelab.sources.othello.auroc import GOOD_AUROC, auroc_columns, pair_indicators
+from saelab.sources.othello.harvest import residuals_by_layer
+from saelab.sources.othello.model import ASSETS_DIR, CONTEXT, OthelloGPT
 
 STATE_NAMES = ("empty", "mine", "theirs")
 PROBES_FILE = "probes.json"  # per-layer AUROC and findable masks of the committed model

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from saelab.intervals import Interval
-from saelab.othello.auroc import GOOD_AUROC, N_PAIRS, auroc_columns, pair_indicators
-from saelab.othello.probes import ProbeConfig, fit_probe
+from saelab.util.intervals import Interval
+from saelab.sources.othello.auroc import GOOD_AUROC, N_PAIRS, auroc_columns, pair_indicators
+from saelab.sources.othello.probes import ProbeConfig, fit_probe
 
 CANDIDATE_AUROC = 0.8
 CANDIDATES_PER_PAIR = 4

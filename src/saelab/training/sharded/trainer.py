@@ -28,11 +28,11 @@ import zlib
 
 import torch
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.config import RunConfig
 from saelab.errors import ConfigError, DataError
-from saelab.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
-from saelab.latent_sharding import (
+from saelab.training.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from saelab.training.sharded.model import (
     LATENT_DIM,
     ShardedMember,
     ShardedSAE,
@@ -41,8 +41,8 @@ from saelab.latent_sharding import (
     sharded_member,
     sharded_train_step,
 )
-from saelab.schedule import lr_factor
-from saelab.train import CHECKPOINT, Member, Trainer
+from saelab.training.schedule import lr_factor
+from saelab.training.trainer import CHECKPOINT, Member, Trainer
 
 SHARD_DIR = SHARD_CHECKPOINT_DIR
 

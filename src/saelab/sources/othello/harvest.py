@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from saelab.errors import ConfigError
-from saelab.io import atomic_write_bytes, atomic_write_json
-from saelab.othello.games import board_states, generate_games
-from saelab.othello.model import (
+from saelab.util.atomic import atomic_write_bytes, atomic_write_json
+from saelab.sources.othello.games import board_states, generate_games
+from saelab.sources.othello.model import (
     CONTEXT,
     OthelloGPT,
     games_to_tokens,

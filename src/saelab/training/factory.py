@@ -6,10 +6,10 @@ train.py would make the two modules import each other.
 
 from __future__ import annotations
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.config import RunConfig
-from saelab.sharded_training import ShardedTrainer
-from saelab.train import Member, Trainer
+from saelab.training.sharded.trainer import ShardedTrainer
+from saelab.training.trainer import Member, Trainer
 
 
 def make_trainer(run: RunConfig, progress: bool = True, world: distributed.World | None = None) -> Trainer:

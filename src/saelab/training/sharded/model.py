@@ -38,20 +38,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.config import SAEConfig, TrainConfig
-from saelab.distributed import World
+from saelab.util.distributed import World
 from saelab.errors import ConfigError, DataError
-from saelab.folder import save_sae
-from saelab.init import initial_b_dec, unit_rows
+from saelab.formats.folder import save_sae
+from saelab.model.initialization import initial_b_dec, unit_rows
 from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.sparse_code import SparseCode
 from saelab.kernels.topk_encode import EncodePlan, encode
 from saelab.losses import auxk_term, squared_error
-from saelab.methods import SparsePlan
-from saelab.normalize import Normalizer
-from saelab.objective import DeadLatentTracker
-from saelab.sae import SparseAutoencoder, centered_linear
+from saelab.kernels.plan import SparsePlan
+from saelab.model.normalize import Normalizer
+from saelab.training.objective import DeadLatentTracker
+from saelab.model.sae import SparseAutoencoder, centered_linear
 from saelab.step_output import StepOutput, fired_latents, nonzero_values
 
 SHARDED_PARAMS = ("W_enc", "b_enc", "W_dec")  # split by latents; every other tensor is replicated

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from saelab.errors import ConfigError
-from saelab.io import TEMP_PREFIX
+from saelab.util.atomic import TEMP_PREFIX
 
 
 def check_folders(dirs: Iterable[Path]) -> None:

@@ -6,7 +6,7 @@ Schemes, each zeroing latents z[i, j] judged "low":
   quantile          z[i, j] < the q-quantile of feature j's nonzero activations;
   global_threshold  z[i, j] < t, one threshold for all features.
 Per-feature statistics (max, quantiles) come from the evaluated tokens themselves.  Positions
-spliced and counted are those of saelab.evals.downstream (position 0 and norm outliers left clean).
+spliced and counted are those of saelab.sources.lm.downstream (position 0 and norm outliers left clean).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from saelab.evals.downstream import replace_at, token_ce
+from saelab.sources.lm.downstream import replace_at, token_ce
 from saelab.evals.reconstruction import ReconstructionAccumulator
-from saelab.io import atomic_write_bytes, dumps_json
-from saelab.sources.hf import LanguageModel, Site
-from saelab.sources.text import keep_mask
+from saelab.util.atomic import atomic_write_bytes, dumps_json
+from saelab.sources.lm.model import LanguageModel, Site
+from saelab.sources.lm.text import keep_mask
 
 SCHEMES = ("lowest_k", "frac_of_max", "quantile", "global_threshold")
 

@@ -22,28 +22,30 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from saelab import devices, distributed
-from saelab.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, SHARD_CHECKPOINT_DIR, load_checkpoint, refuse_legacy, save_checkpoint
+from saelab import devices
+
+from saelab.util import distributed
+from saelab.training.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT, SHARD_CHECKPOINT_DIR, load_checkpoint, refuse_legacy, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.convergence import MAX_ROWS as CONVERGE_ROWS, ConvergenceMonitor, held_out_nmse
+from saelab.training.convergence import MAX_ROWS as CONVERGE_ROWS, ConvergenceMonitor, held_out_nmse
 from saelab.data.prefetch import DEPTH as PREFETCH_DEPTH, Prefetcher
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.evals.evaluate import evaluate
-from saelab.fingerprint import check_same_data, data_fingerprint
-from saelab.folder import SAELAB_CFG, save_sae
+from saelab.training.fingerprint import check_same_data, data_fingerprint
+from saelab.formats.folder import SAELAB_CFG, save_sae
 from saelab.kernels import workspace
-from saelab.interrupt import StopSignals, TrainingInterrupted, signal_name
-from saelab.logging_backends import LogTarget, RunLoggers
-from saelab.io import atomic_write_json, atomic_write_text, dumps_json
-from saelab.objective import DeadLatentTracker, StepOutput, active_per_row, compute_step, fired_latents, nonzero_values
+from saelab.training.interrupt import StopSignals, TrainingInterrupted, signal_name
+from saelab.util.loggers import LogTarget, RunLoggers
+from saelab.util.atomic import atomic_write_json, atomic_write_text, dumps_json
+from saelab.training.objective import DeadLatentTracker, StepOutput, active_per_row, compute_step, fired_latents, nonzero_values
 from saelab.step_output import active_above
-from saelab.sae import SparseAutoencoder
-from saelab.run_lock import RunLock
-from saelab.runfolder import check_folders, clean_temp_files, existing_run, remove_run_files
-from saelab.schedule import lr_factor
-from saelab.sparsity_control import L0Controller
+from saelab.model.sae import SparseAutoencoder
+from saelab.training.run_lock import RunLock
+from saelab.training.run_folder import check_folders, clean_temp_files, existing_run, remove_run_files
+from saelab.training.schedule import lr_factor
+from saelab.training.l0_control import L0Controller
 
 CHECKPOINT = CHECKPOINT_FILE
 RUN_CONFIG = "run.json"
@@ -273,7 +275,7 @@ class Trainer:
     def _check_world(self, run: RunConfig) -> None:
         """Refuse what this trainer cannot do with these ranks (data-parallel: every rank an equal slice of each batch)."""
         if run.train.shard_latents:
-            raise ConfigError("shard_latents", True, "needs the latent-sharded trainer (saelab train, saelab.trainers.make_trainer), "
+            raise ConfigError("shard_latents", True, "needs the latent-sharded trainer (saelab train, saelab.training.factory.make_trainer), "
                               "which trains one SAE; sweeps do not shard latents")
         self.world.check_batch(run.train.batch_size)
         if run.train.lean_memory and self.world.parallel:
@@ -681,6 +683,6 @@ class Trainer:
 
 
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
-    """Train every SAE of `run`; see Trainer (saelab.trainers.train also takes latent-sharded runs)."""
+    """Train every SAE of `run`; see Trainer (saelab.training.factory.train also takes latent-sharded runs)."""
     return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
 

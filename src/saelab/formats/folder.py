@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
 from saelab.errors import DataError
-from saelab.foreign import foreign_format, load_foreign
-from saelab.io import atomic_save_safetensors, atomic_write_json
-from saelab.model_site import ModelSite, site_from_source
-from saelab.sae import SparseAutoencoder
+from saelab.formats.foreign import foreign_format, load_foreign
+from saelab.util.atomic import atomic_save_safetensors, atomic_write_json
+from saelab.model.site import ModelSite, site_from_source
+from saelab.model.sae import SparseAutoencoder
 from saelab.version import __version__
 
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saelab.io import dumps_json
-from saelab.othello.games import generate_games, replay_games
-from saelab.othello.model import (
+from saelab.util.atomic import dumps_json
+from saelab.sources.othello.games import generate_games, replay_games
+from saelab.sources.othello.model import (
     CONTEXT,
     TOKEN_TO_SQUARE,
     OthelloGPT,

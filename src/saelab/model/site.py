@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from saelab.errors import DataError
+from saelab.methods import ACTIVATIONS
 
-# saelab's LM sites (saelab.sources.hf.SITES) → the TransformerLens hook of block L.
+# saelab's LM sites (saelab.sources.lm.model.SITES) → the TransformerLens hook of block L.
 TL_HOOKS = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
-OTHELLO_MODEL = "saelab-othellogpt"  # the committed model (saelab.othello.harvest.load_model("default"))
-OTHELLO_CONTEXT = 59  # saelab.othello.model.CONTEXT, not imported: this leaf must not pull in the testbed
+OTHELLO_MODEL = "saelab-othellogpt"  # the committed model (saelab.sources.othello.harvest.load_model("default"))
+OTHELLO_CONTEXT = 59  # saelab.sources.othello.model.CONTEXT, not imported: this leaf must not pull in the testbed
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,39 @@ def site_from_source(source: dict | None) -> ModelSite | None:
     return None
 
 
-class SAELensNames:
-    """SAEBench/SAELens-named attributes of an SAE config, read from its saelab fields (mixed into SAEConfig).
+class SiteView:
+    """An SAE's config as SAELens and SAEBench read it: every SAEConfig field, plus their names.
 
-    SAEBench reads `sae.cfg.d_in, d_sae, architecture, hook_name, hook_layer, model_name,
+    `sae.cfg` is this view over the plain SAEConfig (`.config`): reads and writes of config fields
+    pass through; SAEBench also reads `d_sae, architecture, hook_name, hook_layer, model_name,
     context_size, prepend_bos, dtype, device`. The hook fields come from `site` (None when the
     activations did not come from a model saelab harvested: toy or user data), so they read as
     None, never as a made-up hook. `dtype`/`device` follow the module holding the config.
     """
 
-    _site: ModelSite | None = None
-    _placement: tuple[str, str] = ("float32", "cpu")
+    def __init__(self, config, site: ModelSite | None = None):
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_site", site)
+        object.__setattr__(self, "_placement", ("float32", "cpu"))
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # never reached for the view's own state once built (copy/pickle probe these)
+            raise AttributeError(name)
+        return getattr(self._config, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith("_") or isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)  # the view's own state and SAELens names (their setters)
+        else:
+            setattr(self._config, name, value)
+
+    def __repr__(self) -> str:
+        return f"SiteView({self._config!r}, site={self._site!r})"
+
+    @property
+    def config(self):
+        """The plain SAEConfig under this view."""
+        return self._config
 
     @property
     def site(self) -> ModelSite | None:
@@ -92,8 +115,6 @@ class SAELensNames:
     @property
     def architecture(self) -> str:
         """SAELens's architecture name for the method (saelab's name where SAELens has none)."""
-        from saelab.methods import ACTIVATIONS  # at call time: config mixes this class in before methods load
-
         cls = ACTIVATIONS.get(self.method)
         return (cls.saelens_name if cls is not None else None) or self.method
 

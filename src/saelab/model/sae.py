@@ -9,9 +9,10 @@ from torch import Tensor, nn
 
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
-from saelab.init import initial_b_dec, unit_rows
+from saelab.model.initialization import initial_b_dec, unit_rows
 from saelab.methods.base import Activation, Penalty
-from saelab.normalize import Normalizer
+from saelab.model.normalize import Normalizer
+from saelab.model.site import SiteView
 
 INIT_PRE_ROWS = 4096  # init-sample rows whose pre-activations data-dependent activation state is set from
 
@@ -45,12 +46,14 @@ class SparseAutoencoder(nn.Module):
     and otherwise returns the normalized space with a warning.
     """
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig | SiteView):
         super().__init__()
+        site = cfg.site if isinstance(cfg, SiteView) else None
+        cfg = cfg.config if isinstance(cfg, SiteView) else cfg
         cfg.validate()
         if cfg.d_in is None:
             raise ConfigError("d_in", None, "unknown; it is read from the activations")
-        self.cfg = cfg
+        self.cfg = SiteView(cfg, site)
         d, n = cfg.d_in, cfg.n_latents
         self.W_enc = nn.Parameter(torch.empty(d, n))
         self.b_enc = nn.Parameter(torch.zeros(n))

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from saelab.errors import DataError
-from saelab.io import atomic_save_safetensors
+from saelab.util.atomic import atomic_save_safetensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 # A latent-sharded run's per-shard files, in one folder per checkpoint that CHECKPOINT_FILE names.

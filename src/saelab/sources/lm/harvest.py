@@ -16,12 +16,12 @@ from saelab.config import require_positive_int
 import numpy as np
 import torch
 
-from saelab import distributed
+from saelab.util import distributed
 from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, check_out_folder
 from saelab.data.ranked_cache import RankedCacheWriter
 from saelab.errors import SaelabError
-from saelab.sources.hf import SITES, LMSpec, load_lm
-from saelab.sources.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
+from saelab.sources.lm.model import SITES, LMSpec, load_lm
+from saelab.sources.lm.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
 
 
 @dataclass(frozen=True)

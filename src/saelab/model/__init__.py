@@ -1,0 +1,1 @@
+"""The SAE module: weights, initialization, normalization, and its SAELens/SAEBench site view."""

@@ -1,0 +1,1 @@
+"""Any Hugging Face causal LM: loading (offline GGUF too), text streams, harvests."""

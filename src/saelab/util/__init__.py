@@ -1,0 +1,1 @@
+"""Shared leaves: atomic writes, JSON lines, intervals, type checks, names, distributed worlds, loggers."""
