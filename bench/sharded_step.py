@@ -8,7 +8,7 @@ Two runs, each in fresh processes so every peak is its own:
            process with --ranks threads;
   sharded  `torchrun --nproc-per-node R` of this script: each rank (1 thread) builds only its shard
            (ShardedSAE.initialize_from_data, never the whole dictionary) and runs
-           saelab.training.sharded.model.sharded_train_step, the step `saelab train --shard-latents` runs.
+           saelab.training.sharded.step.sharded_train_step, the step `saelab train --shard-latents` runs.
 Both use the sparse kernels, the same random batches, and with --auxk a fixed 30 % of the latents
 marked dead. Reported per process: peak RSS (VmHWM, MiB), the state it must hold (weights, Adam's
 two moments and one gradient of its latents, MiB), and the median ms/step after one warm-up step.
@@ -83,7 +83,8 @@ def run_rank(args) -> dict:
     """This rank's shard (under torchrun)."""
     from saelab.util import distributed
     from saelab.config import TrainConfig
-    from saelab.training.sharded.model import ShardedSAE, sharded_member, sharded_train_step
+    from saelab.training.sharded.model import ShardedSAE
+    from saelab.training.sharded.step import sharded_member, sharded_train_step
 
     torch.set_num_threads(1)
     world = distributed.init_from_env()

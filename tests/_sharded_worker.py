@@ -17,14 +17,8 @@ from safetensors.torch import save_file
 from saelab.util import distributed
 from saelab.config import SAEConfig, TrainConfig
 from saelab.kernels import topk_encode
-from saelab.training.sharded.model import (
-    SHARDED_PARAMS,
-    gather_sae,
-    sharded_member,
-    sharded_train_step,
-    split_sae,
-    train_sharded,
-)
+from saelab.training.sharded.model import SHARDED_PARAMS, gather_sae, split_sae
+from saelab.training.sharded.step import sharded_member, sharded_train_step
 from saelab.model.sae import SparseAutoencoder
 
 METHODS = ("topk", "batchtopk")
@@ -69,8 +63,8 @@ def _all_gather_cat(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
-def main(out: str, folder: str) -> None:
-    """Train each method's shards STEPS steps; rank 0 saves step 1's outputs, gradients and the weights; then train_sharded into `folder`."""
+def main(out: str) -> None:
+    """Train each method's shards STEPS steps; rank 0 saves step 1's outputs, gradients and the weights."""
     world = distributed.init_from_env()
     saved = {}
     for method, kernel in CASES:
@@ -104,10 +98,8 @@ def main(out: str, folder: str) -> None:
         saved[f"{case}/dead_since"] = _all_gather_cat(m.tracker.since_fired, dim=0)
     if world.is_main:
         save_file({k: v.contiguous() for k, v in saved.items()}, out)
-    sae, train, batches, _ = build_case("topk")
-    train_sharded(sae.cfg, train, batches, torch.cat(batches), world, out=folder)
     distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1])

@@ -13,7 +13,6 @@ gradient the largest difference was 0.92, with dL/dx̂ counted twice 3.1.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import socket
 import subprocess
@@ -28,18 +27,10 @@ from safetensors.torch import load_file
 from saelab.config import SAEConfig
 from saelab.util.distributed import World
 from saelab.errors import ConfigError
-from saelab.formats.folder import load_sae
-from saelab.training.sharded.model import (
-    ShardedSAE,
-    global_topk_mask,
-    join_shards,
-    split_sae,
-    train_sharded,
-    winning_candidates,
-)
+from saelab.training.sharded.collectives import global_topk_mask, winning_candidates
+from saelab.training.sharded.model import ShardedSAE, join_shards, split_sae
 from saelab.methods.topk import topk_relu
 from saelab.training.objective import DeadLatentTracker
-from saelab.model.sae import SparseAutoencoder
 from saelab.training.trainer import Member, train_step
 
 TOLERANCE = 1e-5
@@ -63,10 +54,10 @@ def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
     tmp = tmp_path_factory.mktemp("sharded")
     out = tmp / "ranks.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out), str(tmp / "trained")]
+    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {"tensors": load_file(str(out)), "folder": tmp / "trained"}
+    return {"tensors": load_file(str(out))}
 
 
 def _reference(method: str, kernel: str) -> dict[str, torch.Tensor]:
@@ -103,27 +94,6 @@ def test_two_shards_equal_the_unsharded_sae(two_ranks, method, kernel):
     assert torch.equal(two_ranks["tensors"][f"{method}-{kernel}/dead_since"], ref["dead_since"])
     assert max(diffs.values()) <= TOLERANCE, diffs
     assert float(two_ranks["tensors"][f"{method}-{kernel}/b_dec_grad_spread"]) == 0.0  # replicated b_dec: one gradient on every rank
-
-
-def _check_trained_folder(folder: Path, steps: int) -> None:
-    sae = load_sae(folder)
-    assert tuple(sae.W_dec.shape) == (N_LATENTS, 16)
-    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(N_LATENTS), atol=1e-5)
-    assert json.loads((folder / "saelab.json").read_text())["steps"] == steps
-    z = sae.encode(torch.randn(8, 16))
-    assert torch.equal((z != 0).sum(dim=-1), torch.full((8,), 4))
-
-
-def test_a_sharded_run_saves_a_normal_folder_from_rank_zero(two_ranks):
-    _check_trained_folder(two_ranks["folder"], steps=3)
-    assert json.loads((two_ranks["folder"] / "saelab.json").read_text())["latent_shards"] == 2
-
-
-def test_train_sharded_in_one_process(tmp_path):
-    sae, train, batches, _ = build_case("topk")
-    full = train_sharded(sae.cfg, train, batches, torch.cat(batches), World(), out=tmp_path / "one")
-    assert isinstance(full, SparseAutoencoder)
-    _check_trained_folder(tmp_path / "one", steps=3)
 
 
 def _sae(method: str = "topk") -> torch.nn.Module:
@@ -231,7 +201,7 @@ def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
     """Every candidate of a rank can lose (a shard whose latents never win a row): empty codes must still run."""
     from saelab.kernels.decode import DecodeItem, decode
     from saelab.kernels.topk_encode import EncodePlan, encode
-    from saelab.training.sharded.model import _winners
+    from saelab.training.sharded.step import _winners
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 6, generator=gen)
