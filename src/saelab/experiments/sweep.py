@@ -104,6 +104,8 @@ def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[st
         "steps": record.get("steps"),
         "flops": record.get("flops"),
         "folder": str(folder.relative_to(root)),
+        "init_hash": record.get("init_hash"),  # distinct seeds: distinct initial weights ...
+        "data_order_hash": record.get("data_order_hash"),  # ... and distinct batch orders
         "ci": dict(ev.get("ci") or {}),
     }
     if record.get("target_l0"):
