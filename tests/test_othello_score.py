@@ -31,7 +31,8 @@ def test_an_sae_whose_latents_are_the_board_indicators_finds_every_pair():
     labels, _ = board_states(games)
     labels = labels[:, 5:50].reshape(-1, 64)
     onehot = np.eye(3, dtype=np.float32)[labels].reshape(len(labels), 192)
-    data = Harvest(onehot, labels.astype(np.uint8), np.zeros((len(labels), 2), np.int32), {"source": "othello", "games": 60, "layer": 0})
+    positions = np.stack([np.repeat(np.arange(60), 45), np.tile(np.arange(5, 50), 60)], 1).astype(np.int32)
+    data = Harvest(onehot, labels.astype(np.uint8), positions, {"source": "othello", "games": 60, "layer": 0})
     sae = SparseAutoencoder(SAEConfig(n_latents=192, method="relu", d_in=192, b_dec_init="zero"))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(192))
@@ -39,14 +40,17 @@ def test_an_sae_whose_latents_are_the_board_indicators_finds_every_pair():
     varying = onehot.min(0) != onehot.max(0)
     findable = np.ones((64, 3), dtype=bool)
     s = score_sae(sae, {"source": "othello", "layer": 0}, data=data, findable=findable)
-    assert s.good_classifiers == int(varying.sum()) == s.good_classifier_latents
-    assert s.findable == 192
-    assert s.coverage == pytest.approx(1.0)
+    assert s.good_classifiers == s.good_classifiers_naive == int(varying.sum()) == s.good_classifier_latents
+    assert s.findable == 192 and s.count_method == "crossfit-2fold-games"
+    assert s.coverage == pytest.approx(1.0) and s.coverage_naive == pytest.approx(1.0)
+    # Perfect classifiers leave no evaluation noise in the counts (every resample finds them all).
+    assert s.good_classifiers_eval_se == 0.0 and s.ci["good_classifiers"]["lo"] == s.ci["good_classifiers"]["hi"] == s.good_classifiers
     assert s.nmse == pytest.approx(0.0, abs=1e-10) and s.dead_fraction == pytest.approx(1 - varying.mean(), abs=1e-9)
     # Shuffling the latents against the labels destroys every classifier.
     rng = np.random.default_rng(0)
     shuffled = Harvest(onehot[rng.permutation(len(onehot))], data.labels, data.positions, data.source)
-    assert score_sae(sae, {"source": "othello", "layer": 0}, data=shuffled, findable=findable).good_classifiers == 0
+    lost = score_sae(sae, {"source": "othello", "layer": 0}, data=shuffled, findable=findable)
+    assert lost.good_classifiers == 0 == lost.good_classifiers_naive
 
 
 def test_score_refuses_an_sae_without_an_othello_source():

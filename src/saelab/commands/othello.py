@@ -242,7 +242,8 @@ def cmd_score(args) -> int:
         keys = ("good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse")
         print(dumps_json({**{k: result[k] for k in keys}, **{k: v for k, v in result.items() if k not in keys}}))
     else:
-        print(f"good classifiers {result['good_classifiers']} / {result['findable']} findable, good latents {result['good_classifier_latents']}, "
+        print(f"good classifiers {result['good_classifiers']:g} / {result['findable']} findable (cross-fitted; same games: "
+              f"{result['good_classifiers_naive']}), good latents {result['good_classifier_latents']}, "
               f"coverage {result['coverage']:.3f}, L0 {result['l0']:.2f}, NMSE {result['nmse']:.4f} ({result['positions']} positions, {result['games']} games)")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,15 @@ class BatchStream:
             offset += sum(self._block_len(b) for b in g)
         self._epoch_cache = (epoch, starts, groups)
         return starts, groups
+
+    def order_hash(self) -> str:
+        """First 16 hex digits of a SHA-256 of epoch 0's order (its block order and the first buffer's row order); reads no data."""
+        _, groups = self._epoch_layout(0)
+        n_rows = sum(self._block_len(b) for b in groups[0])
+        perm = np.random.default_rng([self.seed, 0, 0, 1]).permutation(n_rows)  # as _buffer draws it
+        digest = hashlib.sha256(np.concatenate(groups).astype(np.int64).tobytes())
+        digest.update(perm.astype(np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def _block_len(self, block: int) -> int:
         return min(BLOCK_ROWS, self.hi - self.lo - block * BLOCK_ROWS)

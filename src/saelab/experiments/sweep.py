@@ -104,6 +104,8 @@ def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[st
         "steps": record.get("steps"),
         "flops": record.get("flops"),
         "folder": str(folder.relative_to(root)),
+        "init_hash": record.get("init_hash"),  # distinct seeds: distinct initial weights ...
+        "data_order_hash": record.get("data_order_hash"),  # ... and distinct batch orders
         "ci": dict(ev.get("ci") or {}),
     }
     if record.get("target_l0"):
@@ -137,8 +139,10 @@ class Evaluators:
         data, findable = self._othello
         s = score_sae(sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))).to_dict()
         atomic_write_json(folder / OTHELLO_SCORE, s)  # the full score (per-pair AUROC, pairs found) beside the SAE
-        keys = ("good_classifiers", "good_findable", "findable", "good_classifier_latents", "coverage", "good_classifiers_frac")
-        return {**{k: s[k] for k in keys}, "ci": {k: v for k, v in s["ci"].items() if k.startswith("good")}}
+        keys = ("good_classifiers", "good_findable", "findable", "good_classifier_latents", "coverage", "good_classifiers_frac",
+                "count_method", "good_classifiers_naive", "good_findable_naive", "coverage_naive",
+                "good_classifiers_eval_se", "good_findable_eval_se", "coverage_eval_se")
+        return {**{k: s[k] for k in keys}, "ci": {k: v for k, v in s["ci"].items() if k.startswith("good") or k == "coverage"}}
 
     def lm(self, sae) -> dict[str, Any]:
         """Downstream CE/KL with the SAE spliced into the recorded model, on text after the harvested windows."""

@@ -6,6 +6,7 @@ It knows the objective's interface (`compute_step`) and the SAE's, never a spars
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -77,6 +78,7 @@ class Member:
     compute_dtype: str = "float32"  # bfloat16: the forward pass autocasts; weights and Adam state stay float32
     lean: bool = False  # lean_memory: Adam steps each parameter from its post-accumulate hook (step_in_backward)
     stepping: bool = False  # lean: inside train_step's backward, the only time the hooks may step
+    init_hash: str = ""  # weights_hash of the SAE as initialized, before any step (recorded in saelab.json)
 
 
 @dataclass
@@ -130,10 +132,21 @@ def training_flops(cfg: SAEConfig, tokens: int) -> int:
     return 6 * 2 * int(cfg.d_in) * int(cfg.n_latents) * int(tokens)
 
 
+def weights_hash(module: torch.nn.Module) -> str:
+    """First 16 hex digits of a SHA-256 over every parameter and buffer (names, shapes and float32 bytes)."""
+    digest = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        v = t.detach().float().cpu().contiguous()
+        digest.update(f"{name}:{tuple(v.shape)}\n".encode())
+        digest.update(v.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def build_member(cfg: SAEConfig, train: TrainConfig, sample: torch.Tensor, init_seed: int, out: Path) -> Member:
     """An SAE initialized from a raw data sample, with its Adam optimizer and dead-latent tracker."""
     sae = SparseAutoencoder(cfg)
     sae.initialize_from_data(sample, torch.Generator().manual_seed(init_seed))
+    init_hash = weights_hash(sae)
     sae.to(train.device)  # initialized on the CPU first, so every device starts from the same weights
     sae.train()
     lr = cfg.effective_lr
@@ -141,6 +154,7 @@ def build_member(cfg: SAEConfig, train: TrainConfig, sample: torch.Tensor, init_
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
     m = Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens, train.device), out, lr, compute_dtype=train.dtype,
                lean=bool(train.lean_memory))
+    m.init_hash = init_hash
     if m.lean:
         step_in_backward(m)
     return m
@@ -669,6 +683,9 @@ class Trainer:
                 "split": {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations},
                 "source": self.source,
                 "eval": result.to_dict(),
+                # Distinct seeds must give distinct starts and orders; these let a results table show it.
+                "init_hash": m.init_hash or None,
+                "data_order_hash": self.stream.order_hash(),
                 **self._folder_extra(),
             }
             if m.control is not None:

@@ -180,33 +180,23 @@ def good_classifier_report(auroc, findable_mask=None, threshold: float = GOOD_AU
     }
 
 
-def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: int = 256) -> dict:
-    """Karvonen et al. board-state coverage: mean over pairs of the best F1 of any (latent, threshold).
+def f1_chunks(acts: torch.Tensor, labels, fr: torch.Tensor, chunk: int = 256):
+    """Yield (first latent, F1 [K, len(fr), 192]) for chunks of latents of acts [P, L]: F1 of "act > f * max act" per pair.
 
-    Each latent l with max activation m_l > 0 (over the P positions) and each fraction f in
-    `fractions` (default 0, 0.1, ..., 0.9; all in [0, 1)) gives the binary classifier
-    "acts[:, l] > f * m_l"; latents that never exceed 0 classify nothing. For each (square,
-    state) pair, F1 = 2 TP / (predicted positives + actual positives), and the pair's score is
-    the best F1 over all latents and fractions. Coverage is the mean of these scores over pairs
-    that occur in the data (and are in `pair_mask` [192] or [64, 3] if given).
-    Returns {"coverage", "best_f1" [192] (None where a pair is left out)}.
+    Latents that never exceed 0 classify nothing (F1 0).
     """
     a = torch.as_tensor(acts).float()
     y = pair_indicators(labels)
     if y.shape[0] != a.shape[0]:
         raise ValueError(f"acts rows={a.shape[0]} != labels rows={y.shape[0]}")
-    fr = torch.tensor(sorted(float(f) for f in fractions))
-    if fr.numel() == 0 or fr[0] < 0 or fr[-1] >= 1:
-        raise ValueError(f"fractions={list(fractions)}: need at least one, each in [0, 1)")
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     n_pos = y.sum(0)
     nf = fr.numel()
     sq_off = 3 * torch.arange(64)
-    best = torch.zeros(N_PAIRS)
     for i in range(0, a.shape[1], chunk):
         x = a[:, i : i + chunk].contiguous()
         K = x.shape[1]
-        top = x.amax(0)
+        top = x.amax(0) if x.shape[0] else torch.zeros(K)
         rows, cols = (x > 0).nonzero(as_tuple=True)
         # bin = how many thresholds an activation clears (>= 1 for any positive activation):
         # classifier j fires exactly on entries with bin > j, so TP_j is a suffix sum over bins.
@@ -220,7 +210,31 @@ def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: 
             hist += torch.bincount(idx.flatten(), minlength=K * nf * N_PAIRS)
         tp = hist.view(K, nf, N_PAIRS).flip(1).cumsum(1).flip(1).double()
         pred = torch.bincount(cell, minlength=K * nf).view(K, nf).flip(1).cumsum(1).flip(1).double()
-        f1 = 2 * tp / (pred.unsqueeze(-1) + n_pos.double()).clamp(min=1)
+        yield i, 2 * tp / (pred.unsqueeze(-1) + n_pos.double()).clamp(min=1)
+
+
+def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: int = 256) -> dict:
+    """Karvonen et al. board-state coverage: mean over pairs of the best F1 of any (latent, threshold).
+
+    Each latent l with max activation m_l > 0 (over the P positions) and each fraction f in
+    `fractions` (default 0, 0.1, ..., 0.9; all in [0, 1)) gives the binary classifier
+    "acts[:, l] > f * m_l"; latents that never exceed 0 classify nothing. For each (square,
+    state) pair, F1 = 2 TP / (predicted positives + actual positives), and the pair's score is
+    the best F1 over all latents and fractions. Coverage is the mean of these scores over pairs
+    that occur in the data (and are in `pair_mask` [192] or [64, 3] if given). This is the naive
+    (same-games) value; crossfit.crossfit_coverage chooses and scores on different games.
+    Returns {"coverage", "best_f1" [192] (None where a pair is left out)}.
+    """
+    a = torch.as_tensor(acts).float()
+    y = pair_indicators(labels)
+    if y.shape[0] != a.shape[0]:
+        raise ValueError(f"acts rows={a.shape[0]} != labels rows={y.shape[0]}")
+    fr = torch.tensor(sorted(float(f) for f in fractions))
+    if fr.numel() == 0 or fr[0] < 0 or fr[-1] >= 1:
+        raise ValueError(f"fractions={list(fractions)}: need at least one, each in [0, 1)")
+    n_pos = y.sum(0)
+    best = torch.zeros(N_PAIRS)
+    for _, f1 in f1_chunks(a, labels, fr, chunk):
         best = torch.maximum(best, f1.amax(dim=(0, 1)).float())
     present = n_pos > 0
     if pair_mask is not None:

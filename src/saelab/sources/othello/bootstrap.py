@@ -1,15 +1,13 @@
-"""Intervals for the good-classifier counts: a bootstrap over games.
+"""Pieces of the game bootstrap of AUROC counts, and the findable pairs.
 
 Positions of one game are correlated, so the unit resampled is the game. Recomputing AUROC
 [latents × 192] for every replicate would cost a full score each time; instead only candidate
-(latent, pair) columns are redone — each pair's CANDIDATES_PER_PAIR best latents with AUROC ≥
-CANDIDATE_AUROC on the full sample (a pair whose best latent is far below 0.9 cannot cross it
-in a resample of the same games; 0.8 leaves a wide margin). Each candidate column is binned
-once (a bin for the column's minimum, quantile bins for the rest) and summed per game, so a
+(latent, pair) columns are redone (crossfit.py picks them). Each candidate column is binned once
+(a bin for the column's minimum, quantile bins for the rest) and summed per game, so a
 replicate's AUROC is a weighted Mann–Whitney statistic from bin counts: one matrix product
 W[R, games] @ counts[games, bins] for all columns at once. Within-bin ties count one half, so a
-binned AUROC differs from the exact one by a little; each replicate is shifted by the exact
-minus the binned full-sample value, which centres the bootstrap on the reported count.
+binned AUROC differs from the exact one by a little; the caller shifts each replicate by the exact
+minus the binned full-sample value.
 """
 
 from __future__ import annotations
@@ -17,13 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from saelab.util.intervals import Interval
 from saelab.sources.othello.auroc import GOOD_AUROC, N_PAIRS, auroc_columns, pair_indicators
 from saelab.sources.othello.probes import ProbeConfig, fit_probe
 
-CANDIDATE_AUROC = 0.8
-CANDIDATES_PER_PAIR = 4
-BINS = 256
 N_BOOT = 200
 
 
@@ -44,48 +38,6 @@ def _auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     u = (pos * (below + 0.5 * neg)).sum(axis=-1)
     denom = pos.sum(axis=-1) * neg.sum(axis=-1)
     return np.where(denom > 0, u / np.where(denom > 0, denom, 1), np.nan)
-
-
-def good_count_intervals(codes: torch.Tensor, labels: np.ndarray, games: np.ndarray, auroc: torch.Tensor,
-                         findable: np.ndarray, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
-    """95% game-bootstrap intervals of good_classifiers and good_findable (Interval dicts)."""
-    auc = torch.nan_to_num(torch.as_tensor(auroc).double(), nan=0.0).numpy()  # [L, 192]
-    findable = np.asarray(findable).reshape(-1).astype(bool)
-    order = np.argsort(-auc, axis=0)[:CANDIDATES_PER_PAIR]  # [c, 192] best latents per pair
-    cols = [(int(l), p) for p in range(N_PAIRS) for l in order[:, p] if auc[l, p] >= CANDIDATE_AUROC]
-    _, game_idx = np.unique(np.asarray(games), return_inverse=True)
-    n_games = int(game_idx.max()) + 1
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n_games, np.full(n_games, 1.0 / n_games), size=n_boot).astype(np.float64)  # [R, G]
-    good = np.zeros((n_boot, N_PAIRS), dtype=bool)
-    if cols:
-        target = pair_indicators(labels).numpy().astype(bool)
-        codes_np = codes.numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
-        pos_counts = np.zeros((len(cols), n_games, BINS + 1))
-        neg_counts = np.zeros_like(pos_counts)
-        for c, (l, p) in enumerate(cols):
-            b = _bin_column(codes_np[:, l], BINS)
-            key = game_idx * (BINS + 1) + b
-            t = target[:, p]
-            pos_counts[c] = np.bincount(key[t], minlength=n_games * (BINS + 1)).reshape(n_games, BINS + 1)
-            neg_counts[c] = np.bincount(key[~t], minlength=n_games * (BINS + 1)).reshape(n_games, BINS + 1)
-        flat_pos = pos_counts.transpose(1, 0, 2).reshape(n_games, -1)
-        flat_neg = neg_counts.transpose(1, 0, 2).reshape(n_games, -1)
-        rep = _auroc_from_counts((weights @ flat_pos).reshape(n_boot, len(cols), -1), (weights @ flat_neg).reshape(n_boot, len(cols), -1))
-        full = _auroc_from_counts(pos_counts.sum(1), neg_counts.sum(1))
-        exact = np.array([auc[l, p] for l, p in cols])
-        rep = rep + (exact - full)  # centre on the exact full-sample AUROC
-        pairs = np.array([p for _, p in cols])
-        hit = np.nan_to_num(rep, nan=0.0) >= GOOD_AUROC
-        for p in np.unique(pairs):
-            good[:, p] = hit[:, pairs == p].any(axis=1)
-    point_good = (auc >= GOOD_AUROC).any(0)
-    out = {}
-    for name, mask in (("good_classifiers", np.ones(N_PAIRS, bool)), ("good_findable", findable)):
-        counts = good[:, mask].sum(axis=1)
-        lo, hi = np.quantile(counts, [(1 - level) / 2, 1 - (1 - level) / 2])
-        out[name] = Interval(float(point_good[mask].sum()), float(lo), float(hi), n_games, "bootstrap-games").to_dict()
-    return out
 
 
 def findable_on_positions(acts: np.ndarray, labels: np.ndarray, games: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -13,36 +13,45 @@ from saelab.evals.evaluate import evaluate
 from saelab.evals.reconstruction import ReconstructionResult
 from saelab.formats.folder import load_sae, read_saelab_record
 from saelab.sources.othello.auroc import auroc_matrix, coverage, good_classifier_report
-from saelab.sources.othello.bootstrap import N_BOOT, findable_on_positions, good_count_intervals
+from saelab.sources.othello.bootstrap import N_BOOT, findable_on_positions
+from saelab.sources.othello.crossfit import crossfit_coverage, crossfit_good_counts
 from saelab.sources.othello.games import generate_games
 from saelab.sources.othello.harvest import Harvest, config_from_source, harvest, load_model
 from saelab.sources.othello.model import ASSETS_DIR
 from saelab.sources.othello.probes import PROBES_FILE, load_probe_report, train_probes
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out games: a seed no training harvest uses by default
+COUNT_METHOD = "crossfit-2fold-games"  # how good_classifiers, good_findable and coverage are counted (othello.crossfit)
 
 
 @dataclass
 class OthelloScore:
     """Board-state recovery of one SAE on held-out games (metrics in the SAE's normalized space)."""
 
-    good_classifiers: int  # distinct (square, state) pairs with some latent at AUROC ≥ 0.9
-    good_classifier_latents: int  # latents that are a good classifier of some pair
+    good_classifiers: float  # cross-fitted: pairs whose latent chosen on one half of the games has AUROC ≥ 0.9 on the other (mean of both ways)
+    good_classifier_latents: int  # latents that are a good classifier of some pair (same games)
     findable: int  # pairs a linear probe at this layer classifies with AUROC ≥ 0.9
     good_classifiers_frac: float  # good_findable / findable
     good_classifier_latents_frac: float
-    coverage: float  # Karvonen et al.: mean over pairs of the best F1 of any latent and threshold
+    coverage: float  # Karvonen et al., cross-fitted: mean over pairs of the F1 on one half of the (latent, threshold) best on the other
     l0: float
     nmse: float
     dead_fraction: float
     positions: int
     games: int
-    good_findable: int = 0  # good pairs that are also findable (the numerator of good_classifiers_frac)
+    good_findable: float = 0.0  # cross-fitted good pairs that are also findable (the numerator of good_classifiers_frac)
     l0_eps: float = 0.0
+    count_method: str = COUNT_METHOD  # how the three counts above were made; the *_naive ones choose and score on the same games
+    good_classifiers_naive: int = 0  # pairs with some latent at AUROC ≥ 0.9, chosen and scored on all games (biased up)
+    good_findable_naive: int = 0
+    coverage_naive: float = float("nan")
+    good_classifiers_eval_se: float | None = None  # game-bootstrap standard error of the cross-fitted count (the evaluation's noise)
+    good_findable_eval_se: float | None = None
+    coverage_eval_se: float | None = None
     ci: dict = field(default_factory=dict)  # metric → 95% interval (rows: blocks of positions; counts: games)
-    good_pairs: list = field(default_factory=list)  # [square, state] pairs found
+    good_pairs: list = field(default_factory=list)  # [square, state] pairs found (naive: any latent on all games)
     findable_pairs: list = field(default_factory=list)
-    best_auroc: list = field(default_factory=list)  # per pair 3·square + state: the best latent's AUROC
+    best_auroc: list = field(default_factory=list)  # per pair 3·square + state: the best latent's AUROC (all games)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
@@ -86,8 +95,9 @@ def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, dat
               findable: np.ndarray | None = None, n_boot: int = N_BOOT) -> OthelloScore:
     """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers.
 
-    `findable` defaults to probes cross-fitted on these same positions; `n_boot` game-bootstrap
-    replicates give the counts' intervals (0: none).
+    `findable` defaults to probes cross-fitted on these same positions. The counts and coverage are
+    cross-fitted over two halves of the games (othello.crossfit; the same-games values are kept as
+    *_naive); `n_boot` game-bootstrap replicates give their intervals and *_eval_se (0: none).
     """
 
     data = data if data is not None else held_out_games(source, games, seed)
@@ -96,23 +106,30 @@ def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, dat
     mask = findable if findable is not None else findable_on_positions(data.activations, data.labels, games)
     auc = auroc_matrix(codes, data.labels)
     report = good_classifier_report(auc, mask)
-    cov = coverage(codes, data.labels)
+    counts = crossfit_good_counts(codes, data.labels, games, mask, n_boot=n_boot)
+    cov = crossfit_coverage(codes, data.labels, games, n_boot=n_boot)
     n_findable = report["findable"]
     ci = {k: v for k, v in recon.ci.items() if k in ("l0", "l0_eps", "nmse")}
     if n_boot:
-        ci.update(good_count_intervals(codes, data.labels, games, auc, mask, n_boot=n_boot))
+        ci.update(counts["ci"], **cov["ci"])
     return OthelloScore(
-        good_classifiers=report["good_classifiers"],
+        good_classifiers=counts["good_classifiers"],
         good_classifier_latents=report["good_classifier_latents"],
         findable=n_findable,
-        good_classifiers_frac=report["good_findable"] / n_findable if n_findable else float("nan"),
+        good_classifiers_frac=counts["good_findable"] / n_findable if n_findable else float("nan"),
         good_classifier_latents_frac=report["good_classifier_latents_frac"],
-        coverage=float(cov["coverage"]),
+        coverage=cov["coverage"],
         l0=recon.l0,
         nmse=recon.nmse,
         dead_fraction=recon.dead_fraction,
-        good_findable=report["good_findable"],
+        good_findable=counts["good_findable"],
         l0_eps=recon.l0_eps,
+        good_classifiers_naive=report["good_classifiers"],
+        good_findable_naive=report["good_findable"],
+        coverage_naive=float(coverage(codes, data.labels)["coverage"]),
+        good_classifiers_eval_se=counts["good_classifiers_eval_se"],
+        good_findable_eval_se=counts["good_findable_eval_se"],
+        coverage_eval_se=cov["coverage_eval_se"],
         ci=ci,
         positions=int(len(data.activations)),
         games=int(data.source["games"]),
