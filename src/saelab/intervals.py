@@ -345,7 +345,7 @@ def p_from_interval(estimate: float, lo: float, hi: float, null: float = 0.0, le
     half = (estimate - lo) if estimate >= null else (hi - estimate)
     if half <= 0.0:
         return 1.0
-    return float(min(1.0, 2.0 * (1.0 - NormalDist().cdf(abs(estimate - null) / (half / z)))))
+    return float(min(1.0, 2.0 * NormalDist().cdf(-abs(estimate - null) / (half / z))))
 
 
 def _eval_variance(eval_se: Sequence[float | None] | None, n: int, field: str) -> float | None:
@@ -368,6 +368,8 @@ def seed_eval_variance(values: Sequence[float], eval_se: Sequence[float | None] 
     """(mean, between-seed variance of the mean, evaluation variance of the mean or None) of one side."""
     v = _as_values(values, field)
     seed_var = float(v.var(ddof=1)) / v.size if v.size >= 2 else math.nan
+    if seed_var < (1e-12 * float(np.abs(v).max())) ** 2:
+        seed_var = 0.0  # equal seeds up to float rounding (0.1 three times has variance 1e-35)
     return float(v.mean()), seed_var, _eval_variance(eval_se, v.size, f"{field} eval SE")
 
 
@@ -386,7 +388,8 @@ def compare_seeds(
     Each side's variance of the mean is s²/n (between seeds) + ē² (the mean squared evaluation SE
     of its seeds, `*_eval_se`): every seed of a sweep is scored on the same held-out games/rows, so
     their evaluation errors are shared and do not average out over seeds, and s² cannot see them.
-    Degrees of freedom: Welch–Satterthwaite on the seed terms (the evaluation term counts as known).
+    Degrees of freedom: Welch–Satterthwaite of the seed terms alone, so adding evaluation noise can
+    only widen the interval (infinite when no seed varies and the evaluation SEs carry it all).
     Never zero width: fewer than 2 seeds on a side, or a side whose seeds all agree with no
     evaluation SE recorded (its noise was not measured), or no spread at all, gives an unbounded
     interval and p = 1 (not separable) — three equal seeds do not mean no noise.
@@ -407,13 +410,34 @@ def compare_seeds(
         return unbounded
     na, nb = len(list(a_values)), len(list(b_values))
     den = sa**2 / (na - 1) + sb**2 / (nb - 1)
-    df = (va + vb) ** 2 / den if den > 0.0 else math.inf
+    df = (sa + sb) ** 2 / den if den > 0.0 else math.inf
     # scipy is imported only once an interval is computed: importing this module stays cheap.
     from scipy.stats import t as student_t
 
     half = float(student_t.ppf(0.5 + level / 2.0, df)) * se
     p = float(2.0 * student_t.sf(abs(diff) / se, df))
     return _comparison(a, b, diff, diff - half, diff + half, higher_is_better, method, p=p)
+
+
+def seeds_test(values: Sequence[float], eval_se: Sequence[float | None] | None = None, level: float = 0.95) -> Interval:
+    """Mean over seeds (e.g. of paired differences) with a t interval widened by the evaluation SE, and the p of mean = 0.
+
+    The one-sample form of compare_seeds: variance of the mean s²/n + ē², Satterthwaite df; one
+    seed, or seeds that agree with no evaluation SE, or no spread at all: unbounded, p = 1.
+    """
+    level = _check_level(level)
+    m, sv, ev = seed_eval_variance(values, eval_se, "seeds_test")
+    n = len(list(values))
+    unbounded = Interval(m, -math.inf, math.inf, n, "seeds-t+eval" if ev is not None else "seeds-t", p=1.0)
+    if not math.isfinite(sv) or (sv == 0.0 and ev is None) or sv + (ev or 0.0) == 0.0:
+        return unbounded
+    var = sv + (ev or 0.0)
+    df = n - 1 if sv > 0.0 else math.inf  # the seed term's df: evaluation noise only ever widens the interval
+    from scipy.stats import t as student_t
+
+    se = math.sqrt(var)
+    half = float(student_t.ppf(0.5 + level / 2.0, df)) * se
+    return Interval(m, m - half, m + half, n, unbounded.method, p=float(2.0 * student_t.sf(abs(m) / se, df)))
 
 
 def compare_intervals(

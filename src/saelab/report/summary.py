@@ -28,6 +28,7 @@ KNOWN_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("l0_eps", "L0 (>ε)", None),
     MetricSpec("nmse", "NMSE", False),
     MetricSpec("dead_fraction", "dead fraction", False),
+    MetricSpec("dead_fraction_eps", "dead above ε", False),
     MetricSpec("good_classifiers", "good classifiers", True),
     MetricSpec("good_findable", "good / findable", True),
     MetricSpec("coverage", "coverage", True),
