@@ -388,8 +388,9 @@ def compare_seeds(
     Each side's variance of the mean is s²/n (between seeds) + ē² (the mean squared evaluation SE
     of its seeds, `*_eval_se`): every seed of a sweep is scored on the same held-out games/rows, so
     their evaluation errors are shared and do not average out over seeds, and s² cannot see them.
-    Degrees of freedom: Welch–Satterthwaite of the seed terms alone, so adding evaluation noise can
-    only widen the interval (infinite when no seed varies and the evaluation SEs carry it all).
+    Degrees of freedom: Welch–Satterthwaite with the evaluation term as known (its bootstrap SE is
+    precise); the interval is the wider of that one and the seed-only Welch interval, and p the
+    larger of their p-values, so adding evaluation noise can only widen it.
     Never zero width: fewer than 2 seeds on a side, or a side whose seeds all agree with no
     evaluation SE recorded (its noise was not measured), or no spread at all, gives an unbounded
     interval and p = 1 (not separable) — three equal seeds do not mean no noise.
@@ -410,13 +411,23 @@ def compare_seeds(
         return unbounded
     na, nb = len(list(a_values)), len(list(b_values))
     den = sa**2 / (na - 1) + sb**2 / (nb - 1)
-    df = (sa + sb) ** 2 / den if den > 0.0 else math.inf
+    half, p = _t_test(diff, [(se**2, (va + vb) ** 2 / den if den > 0.0 else math.inf),
+                             (sa + sb, (sa + sb) ** 2 / den if den > 0.0 else math.inf)], level)
+    return _comparison(a, b, diff, diff - half, diff + half, higher_is_better, method, p=p)
+
+
+def _t_test(estimate: float, variants: list[tuple[float, float]], level: float) -> tuple[float, float]:
+    """(half-width, p of estimate = 0): the widest t interval and largest p over (variance, df) variants with variance > 0."""
     # scipy is imported only once an interval is computed: importing this module stays cheap.
     from scipy.stats import t as student_t
 
-    half = float(student_t.ppf(0.5 + level / 2.0, df)) * se
-    p = float(2.0 * student_t.sf(abs(diff) / se, df))
-    return _comparison(a, b, diff, diff - half, diff + half, higher_is_better, method, p=p)
+    half, p = 0.0, 0.0
+    for var, df in variants:
+        if var > 0.0:
+            se = math.sqrt(var)
+            half = max(half, float(student_t.ppf(0.5 + level / 2.0, df)) * se)
+            p = max(p, float(2.0 * student_t.sf(abs(estimate) / se, df)))
+    return half, p
 
 
 def seeds_test(values: Sequence[float], eval_se: Sequence[float | None] | None = None, level: float = 0.95) -> Interval:
@@ -432,12 +443,9 @@ def seeds_test(values: Sequence[float], eval_se: Sequence[float | None] | None =
     if not math.isfinite(sv) or (sv == 0.0 and ev is None) or sv + (ev or 0.0) == 0.0:
         return unbounded
     var = sv + (ev or 0.0)
-    df = n - 1 if sv > 0.0 else math.inf  # the seed term's df: evaluation noise only ever widens the interval
-    from scipy.stats import t as student_t
-
-    se = math.sqrt(var)
-    half = float(student_t.ppf(0.5 + level / 2.0, df)) * se
-    return Interval(m, m - half, m + half, n, unbounded.method, p=float(2.0 * student_t.sf(abs(m) / se, df)))
+    # Satterthwaite with the evaluation term known, and never narrower than the seeds alone.
+    half, p = _t_test(m, [(var, var**2 / (sv**2 / (n - 1)) if sv > 0.0 else math.inf), (sv, n - 1)], level)
+    return Interval(m, m - half, m + half, n, unbounded.method, p=p)
 
 
 def compare_intervals(
