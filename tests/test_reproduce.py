@@ -311,3 +311,18 @@ def test_equal_k_with_unequal_measured_l0_is_not_matched():
     near = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0_eps=30.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0_eps=32.0)
     got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": near}))
     assert got.verdict == DOES_NOT_HOLD
+
+
+def test_matched_difference_reads_a_matched_member_else_the_frontier_else_says_not_matched():
+    from saelab.experiments.reproduce.measures import matched_difference
+
+    # a: a grid at L0 above ε 64 / 16 (no member within ±10% of 32): its frontier at 32 is sqrt(0.1 · 0.4) = 0.2 per seed.
+    a = _grid_rows("a", (1, 3), (64, 16), [(0.1, 0.4), (0.11, 0.41), (0.09, 0.39)])
+    # b: one member at 31 on every seed (matched, read directly), one far off.
+    b = _grid_rows("b", (1, 2), (31, 90), [(0.5, 0.1), (0.52, 0.1), (0.48, 0.1)])
+    ev = Evidence({"s": a + b})
+    got = evaluate_claim(_claim(matched_difference("s", ["a alpha1", "a alpha3"], ["b alpha1", "b alpha2"], "nmse", 32), "<"), ev)
+    assert got.interval.estimate == pytest.approx(0.2 - 0.5, abs=0.01) and got.verdict == HOLDS
+    assert "frontier vs b alpha1 (matched)" in got.interval.method
+    alone = evaluate_claim(_claim(matched_difference("s", ["a alpha1"], ["b alpha1"], "nmse", 32)), ev)
+    assert alone.interval is None and "not matched" in alone.error
