@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -435,7 +436,7 @@ def test_holm_is_monotone_and_bounded(ps):
     adj = holm(ps)
     assert all(p <= q <= 1.0 for p, q in zip(ps, adj))
     order = sorted(range(len(ps)), key=lambda i: ps[i])
-    assert all(adj[i] <= adj[j] for i, j in zip(order, order[1:]))
+    assert all(adj[i] <= adj[j] for i, j in itertools.pairwise(order))
     assert all(min(1.0, q) >= min(1.0, p * 1) and q <= min(1.0, len(ps) * p) + 1e-12 for p, q in zip(ps, adj))
 
 

@@ -156,8 +156,8 @@ def demo_markdown(rows: list[dict]) -> str:
             cells[4] += f" / {findable.estimate:.0f}"
         body += f"| {g.group} | {g.n_seeds} | " + " | ".join(cells) + " |\n"
     verdicts = [c for c in matched_comparisons(groups) if c.metric in ("nmse", "good_findable", "coverage")]
-    lines = ["", "Matched-L0 comparisons (95% interval of the difference over seeds, widened by each SAE's evaluation noise; "
-             "all comparisons of the report are one Holm family, and a difference is only called when its adjusted p < 0.05):", ""]
+    lines = ["", ("Matched-L0 comparisons (95% interval of the difference over seeds, widened by each SAE's evaluation noise; "
+                  "all comparisons of the report are one Holm family, and a difference is only called when its adjusted p < 0.05):"), ""]
     if max(g.n_seeds for g in groups) < 2:
         lines += ["One seed per method: a method comparison is **not separable** — an interval from one SAE's evaluation",
                   "noise says nothing about its method (float rounding alone moved such a call between CPUs).",

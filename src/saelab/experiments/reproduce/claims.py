@@ -167,7 +167,7 @@ def comparison_interval(c: Comparison, n: int) -> Interval:
 def claims_markdown(results: list[ClaimResult]) -> str:
     """The claims table: claim | paper's figure | ours (mean ± 95% CI) | p (Holm) | verdict."""
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-    pf = lambda v: "–" if v is None else f"{v:.2g}"  # noqa: E731
+    pf = lambda v: "–" if v is None else f"{v:.2g}"
     lines = ["| claim | paper's figure | ours (mean ± 95% CI) | p (Holm-adjusted) | verdict |", "|---|---|---|---|---|"]
     for r in results:
         ours = f"{r.ours()} — {r.claim.measure_text} ({r.claim.holds_if} {r.claim.null:g} holds)"

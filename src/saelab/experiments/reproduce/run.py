@@ -199,13 +199,13 @@ def write_claims(root: Path, mod: ModuleType, b: Budget, results: list[ClaimResu
           "scored on the same held-out data; a case bootstrap for a fitted exponent; a paired block bootstrap for an ablation; "
           "an exact permutation test for a rank correlation). No interval has zero width: a side with one seed, or whose seeds "
           "agree with no evaluation SE recorded, is unbounded.", "",
-          f"**Multiplicity.** The {len(results)} claims below form one family (`{mod.NAME}`). Each has a p-value of its null "
+          (f"**Multiplicity.** The {len(results)} claims below form one family (`{mod.NAME}`). Each has a p-value of its null "
           "(two-sided; one-sided for a rank agreement), read from its test or from its 95% interval; the family's p-values are "
           f"Holm-adjusted (step-down), and a claim *holds* when its adjusted p is below {FAMILY_ALPHA:g} with the estimate on the "
           "paper's side of the null, *does not hold* when below it on the other side, and is *not separable at this budget* "
           f"otherwise — so the family-wise chance of any false holds / does not hold is at most {FAMILY_ALPHA:.0%}. The 95% "
           "intervals shown are not adjusted: one may exclude the null where the adjusted verdict is still not separable. "
-          "A claim that could not be measured counts in the family with p = 1.", "",
+          "A claim that could not be measured counts in the family with p = 1."), "",
           claims_markdown(results)]
     if pending:
         md[-1:-1] = [f"**Partial:** sweep{'s' if len(pending) > 1 else ''} {', '.join(f'`{p}`' for p in pending)} not run yet; "
