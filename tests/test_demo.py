@@ -21,6 +21,29 @@ def test_quick_othello_demo_writes_results_table_and_plots(tmp_path, capsys):
     assert topk["l0"] <= topk["params"]["k"]
     table = (out / "results.md").read_text()
     assert "good classifiers / findable" in table and "coverage" in table
+    assert " beats " not in table and "not separable" in table  # one seed: no method comparison is called (issue 31)
     for png in ("frontier.png", "boards.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "results in" in capsys.readouterr().out
+
+
+def _demo_rows(seeds: int) -> list[dict]:
+    """Two methods at one target L0; TopK's NMSE far below ReLU's, each row with a tight row-block bootstrap."""
+    rows = []
+    for method, nmse in (("topk", 0.10), ("relu", 0.30)):
+        for s in range(seeds):
+            v = nmse + 0.001 * s
+            rows.append({"name": f"{method}-s{s}", "group": method, "method": method, "seed": s, "target_l0": 32, "l0": 32.0,
+                         "nmse": v, "nmse_eval_se": 0.002, "ci": {"nmse": {"estimate": v, "lo": v - 0.004, "hi": v + 0.004,
+                                                                             "n": 100, "method": "bootstrap-blocks"}}})
+    return rows
+
+
+def test_one_seed_never_calls_a_method_comparison():
+    # Issue 31 item 9: a one-seed interval (evaluation noise only) flipped "beats" between CPUs.
+    from saelab.demo import demo_markdown
+
+    one = demo_markdown(_demo_rows(1))
+    assert "beats" not in one and "not separable" in one and "--seeds 3" in one
+    three = demo_markdown(_demo_rows(3))
+    assert "topk beats relu" in three and "Holm" in three

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -15,14 +16,18 @@ from saelab.util.intervals import (
     NOT_SEPARABLE,
     Comparison,
     Interval,
+    adjust_family,
     block_parts,
     bootstrap_sums,
     compare_intervals,
     compare_seeds,
     format_interval,
+    holm,
     normal_quantile,
+    p_from_interval,
     paired_bootstrap,
     seeds_interval,
+    seeds_test,
     unit_parts,
 )
 
@@ -362,3 +367,89 @@ def test_normal_quantile():
 def test_comparison_dict_round_trips_through_strict_json():
     c = Comparison("a", "b", 0.1, 0.05, 0.15, True, "welch-t", "a beats b")
     assert json.loads(json.dumps(c.to_dict(), allow_nan=False))["verdict"] == "a beats b"
+
+
+# --- evaluation noise, p-values and families (issue 31) -------------------------------------------
+
+
+def test_equal_seeds_without_evaluation_se_are_never_zero_width():
+    # Three equal seeds do not mean no noise: the old rule returned [1, 1] and "a beats b".
+    c = compare_seeds([1, 1, 1], [0, 0, 0], "a", "b", higher_is_better=True)
+    assert c.verdict == NOT_SEPARABLE and c.p == 1.0
+    assert c.lo == -math.inf and c.hi == math.inf
+    # One side with spread does not rescue the side whose noise was never measured.
+    assert compare_seeds([1, 1, 1], [0.1, 0.0, -0.1], "a", "b", True).verdict == NOT_SEPARABLE
+
+
+def test_equal_seeds_take_their_width_from_the_evaluation_se():
+    # a: 20, 20, 20 (eval SE 1.5 each); b: 10, 10, 10 (eval SE 2.0): var = 1.5² + 2² = 6.25, se 2.5; seed df infinite → normal.
+    c = compare_seeds([20, 20, 20], [10, 10, 10], "a", "b", True, a_eval_se=[1.5] * 3, b_eval_se=[2.0] * 3)
+    assert c.hi - c.lo == pytest.approx(2 * 1.959964 * 2.5, rel=1e-5)
+    assert c.p == pytest.approx(2 * (1 - 0.5 * (1 + math.erf(4.0 / math.sqrt(2)))), rel=1e-4)  # z = 10 / 2.5
+    assert c.verdict == "a beats b" and c.method == "welch-t+eval"
+    # Zero evaluation SE on both sides and no seed spread: still no zero width.
+    assert compare_seeds([2, 2], [1, 1], "a", "b", True, a_eval_se=[0, 0], b_eval_se=[0, 0]).p == 1.0
+
+
+def test_evaluation_se_adds_to_the_seed_variance_hand_computed():
+    # a: mean 2, s² 1, n 3 (eval SE 0.3, 0.4, 0.5 → ē² = 0.1667); b: mean 5, s² 4, n 3, eval SE 0 on each seed.
+    c = compare_seeds([1, 2, 3], [3, 5, 7], "a", "b", True, a_eval_se=[0.3, 0.4, 0.5], b_eval_se=[0, 0, 0])
+    from scipy.stats import t
+
+    sa, sb, ea = 1 / 3, 4 / 3, (0.09 + 0.16 + 0.25) / 3
+    v = sa + sb + ea
+    den = sa**2 / 2 + sb**2 / 2
+    sat, seed_only = (v, v**2 / den), (sa + sb, (sa + sb) ** 2 / den)  # Satterthwaite with ē² known; Welch on seeds alone
+    half = max(t.ppf(0.975, df) * math.sqrt(var) for var, df in (sat, seed_only))
+    assert c.hi - c.diff == pytest.approx(half, rel=1e-9)
+    assert c.p == pytest.approx(max(2 * t.sf(3 / math.sqrt(var), df) for var, df in (sat, seed_only)), rel=1e-9)
+    wider = compare_seeds([1, 2, 3], [3, 5, 7], "a", "b", True)
+    assert c.hi - c.lo >= wider.hi - wider.lo and c.p >= wider.p  # never narrower than without the evaluation's noise
+
+
+@given(st.lists(finite, min_size=2, max_size=6), st.lists(finite, min_size=2, max_size=6),
+       st.floats(min_value=0, max_value=1e3))
+@settings(max_examples=60, deadline=None)
+def test_p_agrees_with_the_interval(a, b, se):
+    c = compare_seeds(a, b, "a", "b", True, a_eval_se=[se] * len(a), b_eval_se=[se] * len(b))
+    assert c.hi - c.lo > 0 or math.isinf(c.hi)  # never zero width
+    if math.isfinite(c.lo) and (c.p < 0.049 or c.p > 0.051):
+        assert (c.p < 0.05) == (c.lo > 0 or c.hi < 0)
+
+
+def test_p_from_an_interval_matches_its_exclusion():
+    assert p_from_interval(1.0, 0.0, 2.0) == pytest.approx(0.05, rel=1e-6)  # the end touches 0: p = 1 − level
+    assert p_from_interval(1.0, 0.5, 1.5) < 0.05 < p_from_interval(1.0, -0.1, 2.1)
+    assert p_from_interval(1.0, 1.0, 1.0) == 1.0  # zero width: nothing measured
+    assert p_from_interval(1.0, -math.inf, math.inf) == 1.0
+
+
+def test_holm_hand_computed():
+    # sorted 0.01, 0.02, 0.03, 0.5 → ×4, ×3, ×2, ×1 = 0.04, 0.06, 0.06, 0.5 (running max)
+    assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    assert holm([None, 0.01]) == pytest.approx([1.0, 0.02])
+    assert holm([]) == []
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=20))
+def test_holm_is_monotone_and_bounded(ps):
+    adj = holm(ps)
+    assert all(p <= q <= 1.0 for p, q in zip(ps, adj))
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    assert all(adj[i] <= adj[j] for i, j in itertools.pairwise(order))
+    assert all(min(1.0, q) >= min(1.0, p * 1) and q <= min(1.0, len(ps) * p) + 1e-12 for p, q in zip(ps, adj))
+
+
+def test_a_family_judges_on_adjusted_p():
+    near = compare_seeds([1.0, 1.5, 0.6, 0.9], [0.0, 0.5, 0.2, -0.4], "a", "b", True)  # p ≈ 0.013
+    assert near.verdict == "a beats b" and 0.001 < near.p < 0.05
+    # Alone it separates; among many comparisons with p = 1, Holm multiplies its p by the family's size.
+    fam = adjust_family([near] + [compare_seeds([1, 2], [1, 2], "x", "y", True)] * 60)
+    assert fam[0].p_adjusted == pytest.approx(min(1.0, 61 * near.p)) and fam[0].verdict == NOT_SEPARABLE
+
+
+def test_seeds_test_paired_differences():
+    iv = seeds_test([0.1, 0.1, 0.1])
+    assert iv.p == 1.0 and math.isinf(iv.hi)  # equal differences, no evaluation SE: unbounded
+    iv = seeds_test([0.1, 0.1, 0.1], [0.02, 0.02, 0.02])
+    assert iv.hi - iv.estimate == pytest.approx(1.959964 * 0.02, rel=1e-5) and iv.p < 0.05

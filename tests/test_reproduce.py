@@ -21,7 +21,7 @@ from saelab.experiments.reproduce.measures import difference, exponent, frontier
 from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, folder_suffix, rerun_command, run_reproduce
 from saelab.util.intervals import NOT_SEPARABLE, Interval
 
-KEYS = {"claim", "paper", "ours", "ci", "verdict"}
+KEYS = {"claim", "paper", "ours", "ci", "verdict", "p", "p_adjusted", "measure", "paper_measure", "family"}
 
 
 def _rows(values: dict[str, list[float]], key: str = "nmse", **extra) -> list[dict]:
@@ -74,12 +74,13 @@ def test_a_missing_configuration_is_reported_not_raised():
     rows = _rows({"a": [0.1, 0.2]})
     got = evaluate_claim(_claim(difference("s", "a", "nope", "nmse")), Evidence({"s": rows}))
     assert got.verdict == NOT_SEPARABLE and got.interval is None and "nope" in got.error
-    assert got.to_json() == {"claim": "a beats b", "paper": "paper: 1 vs 2", "ours": None, "ci": None, "verdict": NOT_SEPARABLE}
+    assert got.to_json() == {"claim": "a beats b", "paper": "paper: 1 vs 2", "ours": None, "ci": None, "verdict": NOT_SEPARABLE,
+                             "p": None, "p_adjusted": None, "measure": "metric a − b", "paper_measure": "paper: 1 vs 2", "family": ""}
     missing_sweep = evaluate_claim(_claim(metric("other", "a", "nmse")), Evidence({"s": rows}))
     assert "other" in missing_sweep.error
 
 
-def test_json_has_exactly_the_five_keys_and_the_table_its_four_columns():
+def test_json_has_exactly_its_keys_and_the_table_its_five_columns():
     rows = _rows({"a": [0.10, 0.11, 0.12], "b": [0.20, 0.21, 0.22]})
     res = [evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows}))]
     j = res[0].to_json()
@@ -87,7 +88,8 @@ def test_json_has_exactly_the_five_keys_and_the_table_its_four_columns():
     assert j["ci"][0] < j["ours"] < j["ci"][1] < 0 and j["verdict"] == HOLDS
     json.dumps(j, allow_nan=False)
     md = claims_markdown(res)
-    assert md.splitlines()[0] == "| claim | paper's figure | ours (mean ± 95% CI) | verdict |"
+    assert md.splitlines()[0] == "| claim | paper's figure | ours (mean ± 95% CI) | p (Holm-adjusted) | verdict |"
+    assert 0 < j["p"] <= j["p_adjusted"] < 0.05
     assert "“a beats b”" in md and "**holds**" in md and "-0.100 ±" in md
 
 
@@ -183,7 +185,8 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
         if r.interval is None:  # e.g. a penalty that missed its target L0 in 20 steps: said, not judged
             assert r.verdict == NOT_SEPARABLE and r.error and c["ours"] is None
         else:
-            assert r.verdict == verdict(r.interval, r.claim.holds_if, r.claim.null)  # each verdict from its own interval
+            # each verdict from its own family-wise adjusted p-value
+            assert (r.verdict != NOT_SEPARABLE) == (c["p_adjusted"] < 0.05) and c["family"] == "l1-sqrt"
     md = (out / "claims.md").read_text()
     assert "| claim | paper's figure |" in md and "## Sweep `penalties`" in md
     assert "The OthelloGPT sweeps trained on 60 games (after block 3), 20 steps, batches of 256, Adam at lr 0.001, 2 seeds per setting." in md
@@ -262,21 +265,29 @@ def test_quick_reproduction_runs_end_to_end(name, tmp_path, capsys):
         else:
             assert c["ci"][0] <= c["ours"] <= c["ci"][1] or None in c["ci"]
     assert any(c["ours"] is not None for c in printed)
-    assert "| claim | paper's figure | ours (mean ± 95% CI) | verdict |" in (tmp_path / name / "claims.md").read_text()
+    assert "| claim | paper's figure | ours (mean ± 95% CI) | p (Holm-adjusted) | verdict |" in (tmp_path / name / "claims.md").read_text()
 
 
 def test_a_side_that_missed_its_target_l0_is_not_a_matched_comparison():
     rows = _rows({"a": [0.10, 0.11, 0.12]}, target_l0=32, coefficient={"target": 32}, l0_eps=31.0)
     rows += _rows({"b": [0.20, 0.21, 0.22]}, target_l0=32, coefficient={"target": 32}, l0_eps=0.6)
     got = evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows}))
-    assert got.verdict == NOT_SEPARABLE and "'b' reached L0 0.6" in got.error
+    assert got.verdict == NOT_SEPARABLE and "'b' reached L0 above ε 0.6, 0.6, 0.6" in got.error
     for r in rows:
         r["l0_eps"] = 30.0
     assert evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows})).verdict == HOLDS
+    # Every seed, not the mean: seeds at 12 / 52 / 32 average 32 but are not "at 32" (issue 31 item 4).
+    for r, l0 in zip([r for r in rows if r["group"] == "b"], (12.0, 52.0, 32.0)):
+        r["l0_eps"] = l0
+    got = evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows}))
+    assert got.verdict == NOT_SEPARABLE and "not matched" in got.error
+    # A side without an adapted coefficient (TopK's k) is checked too: leaky TopK at k 32 with 279 above ε.
+    rows = _rows({"a": [0.10, 0.11, 0.12]}, target_l0=32, l0_eps=31.0) + _rows({"b": [0.20, 0.21, 0.22]}, target_l0=32, l0_eps=279.0)
+    assert "'b' reached L0 above ε 279" in evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows})).error
 
 
 def _grid_rows(name: str, alphas, l0s, nmses_by_seed) -> list[dict]:
-    return [{"name": f"{name} alpha{a}-s{s}", "group": f"{name} alpha{a}", "method": "relu", "seed": s, "l0": l0, "nmse": v, "ci": {}}
+    return [{"name": f"{name} alpha{a}-s{s}", "group": f"{name} alpha{a}", "method": "relu", "seed": s, "l0_eps": l0, "nmse": v, "ci": {}}
             for s, nmses in enumerate(nmses_by_seed) for a, l0, v in zip(alphas, l0s, nmses)]
 
 
@@ -294,8 +305,24 @@ def test_frontiers_are_compared_at_the_target_l0_by_interpolation():
 
 
 def test_equal_k_with_unequal_measured_l0_is_not_matched():
-    rows = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0=23.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0=32.0)
-    got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True)), Evidence({"s": rows}))
-    assert got.verdict == NOT_SEPARABLE and "differ by more than 10%" in got.error
-    near = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0=30.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0=32.0)
-    assert evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True)), Evidence({"s": near})).verdict == DOES_NOT_HOLD
+    rows = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0_eps=23.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0_eps=32.0)
+    got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": rows}))
+    assert got.verdict == NOT_SEPARABLE and "'batchtopk' reached L0 above ε 23" in got.error
+    near = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0_eps=30.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0_eps=32.0)
+    got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": near}))
+    assert got.verdict == DOES_NOT_HOLD
+
+
+def test_matched_difference_reads_a_matched_member_else_the_frontier_else_says_not_matched():
+    from saelab.experiments.reproduce.measures import matched_difference
+
+    # a: a grid at L0 above ε 64 / 16 (no member within ±10% of 32): its frontier at 32 is sqrt(0.1 · 0.4) = 0.2 per seed.
+    a = _grid_rows("a", (1, 3), (64, 16), [(0.1, 0.4), (0.11, 0.41), (0.09, 0.39)])
+    # b: one member at 31 on every seed (matched, read directly), one far off.
+    b = _grid_rows("b", (1, 2), (31, 90), [(0.5, 0.1), (0.52, 0.1), (0.48, 0.1)])
+    ev = Evidence({"s": a + b})
+    got = evaluate_claim(_claim(matched_difference("s", ["a alpha1", "a alpha3"], ["b alpha1", "b alpha2"], "nmse", 32), "<"), ev)
+    assert got.interval.estimate == pytest.approx(0.2 - 0.5, abs=0.01) and got.verdict == HOLDS
+    assert "frontier vs b alpha1 (matched)" in got.interval.method
+    alone = evaluate_claim(_claim(matched_difference("s", ["a alpha1"], ["b alpha1"], "nmse", 32)), ev)
+    assert alone.interval is None and "not matched" in alone.error

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.claims import DOES_NOT_HOLD, HOLDS, Claim, Evidence, evaluate_claim
-from saelab.experiments.reproduce.measures import against_extreme_other, rank_correlation, spearman
+from saelab.experiments.reproduce.measures import against_extreme_other, rank_correlation, spearman, spearman_permutation_p
+from saelab.util.intervals import NOT_SEPARABLE
 from saelab.experiments.reproduce.search import (COLLAPSED_NMSE, Candidate, choose_best, mean_best_auroc, run_search,
                                                  select_finalists)
 
@@ -111,10 +112,24 @@ def test_the_ranking_claim_holds_when_our_order_follows_the_papers():
     ref = {"a": 45, "b": 30, "c": 10, "d": 1}
     agree = _rows({"a": [20, 21, 22], "b": [15, 16, 14], "c": [8, 9, 10], "d": [0, 1, 0]}, "good_findable")
     got = evaluate_claim(Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": agree}))
-    assert got.verdict == HOLDS and got.interval.estimate == pytest.approx(1.0)
+    # Exact one-sided permutation p: 1 of the 4! = 24 pairings reaches ρ = 1.
+    assert got.verdict == HOLDS and got.interval.estimate == pytest.approx(1.0) and got.p == pytest.approx(1 / 24)
     reverse = _rows({"a": [0, 1, 0], "b": [8, 9, 10], "c": [15, 16, 14], "d": [20, 21, 22]}, "good_findable")
     got = evaluate_claim(Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": reverse}))
-    assert got.verdict == DOES_NOT_HOLD and got.interval.estimate == pytest.approx(-1.0)
+    # One-sided: a reversed order is no evidence of agreement, and "does not hold" is not what the test asks.
+    assert got.verdict == NOT_SEPARABLE and got.interval.estimate == pytest.approx(-1.0) and got.p == pytest.approx(1.0)
+
+
+def test_the_permutation_p_is_exact_against_enumeration():
+    import itertools
+
+    ref = np.array([1, 29, 38, 21, 28, 45, 34, 43], dtype=float)
+    ours = np.array([3, 20, 25, 24, 30, 28, 27, 22], dtype=float)
+    rho = spearman(ref, ours)
+    count = sum(spearman(ref, np.array(q)) >= rho - 1e-12 for q in itertools.permutations(ours))
+    assert spearman_permutation_p(ref, ours) == pytest.approx(count / 40320)
+    # The figure: ρ = 0.31 over 8 methods has an exact one-sided p ≈ 0.23, far from "the ranking holds".
+    assert 0.1 < spearman_permutation_p(ref, ours) < 0.3
 
 
 def test_a_search_screens_scores_finalists_and_resumes(tmp_path):
@@ -152,20 +167,20 @@ def test_a_matched_setting_the_best_sweep_trains_is_not_trained_twice(tmp_path):
 
     cands = {c.name: c for c in sm.candidates(QUICK)}
     t = QUICK.target_l0
-    # none, and leaky at the target L0 and dimred at half of it, are settings of the matched sweep; TopK at 2× is not.
-    chosen = {"none": cands["cand none"], "leaky": cands[f"cand leaky L0 {t}"], "dimred": cands[f"cand dimred L0 {t // 2}"],
+    # none, and leaky and dimred at the target L0, are settings of the matched sweep; TopK at 2× is not.
+    chosen = {"none": cands["cand none"], "leaky": cands[f"cand leaky L0 {t}"], "dimred": cands[f"cand dimred L0 {t}"],
               "topk": cands[f"cand topk L0 {2 * t}"]}
     found = SearchResult(screened=[], scores={}, chosen=chosen)
     names = sm.names(QUICK)
     assert sm.reused(QUICK, found) == {sm.SWEEP: [(names["none"], sm.BEST_SWEEP, "best none"),
                                                   (names["leaky"], sm.BEST_SWEEP, "best leaky"),
-                                                  (names["dimred_half"], sm.BEST_SWEEP, "best dimred")]}
+                                                  (names["dimred"], sm.BEST_SWEEP, "best dimred")]}
     plans = sm.sweeps(QUICK, tmp_path, search=found)
     # The best sweep comes first and trains every chosen setting; the matched sweep trains the rest.
     assert list(plans) == [sm.BEST_SWEEP, sm.SWEEP]
     assert [t["name"] for t in plans[sm.BEST_SWEEP]["sae"]] == ["best none", "best leaky", "best dimred", "best topk"]
     assert [t["name"] for t in plans[sm.SWEEP]["sae"]] == [t["name"] for t in sm.matched_tables(QUICK)
-                                                           if t["name"] not in {names["none"], names["leaky"], names["dimred_half"]}]
+                                                           if t["name"] not in {names["none"], names["leaky"], names["dimred"]}]
     assert {k: v for k, v in plans[sm.BEST_SWEEP].items() if k != "sae"} == {k: v for k, v in plans[sm.SWEEP].items() if k != "sae"}
     assert list(sm.sweeps(QUICK, tmp_path)) == [sm.SWEEP]  # no search: the matched sweep alone
     # A reused row keeps every number and points at the same SAE folder from the other sweep's root.

@@ -156,17 +156,20 @@ def demo_markdown(rows: list[dict]) -> str:
             cells[4] += f" / {findable.estimate:.0f}"
         body += f"| {g.group} | {g.n_seeds} | " + " | ".join(cells) + " |\n"
     verdicts = [c for c in matched_comparisons(groups) if c.metric in ("nmse", "good_findable", "coverage")]
-    lines = ["", "Matched-L0 comparisons (95% interval of the difference; a difference is only called when it excludes 0):", ""]
+    lines = ["", ("Matched-L0 comparisons (95% interval of the difference over seeds, widened by each SAE's evaluation noise; "
+                  "all comparisons of the report are one Holm family, and a difference is only called when its adjusted p < 0.05):"), ""]
     if max(g.n_seeds for g in groups) < 2:
-        lines += ["One seed: these intervals cover evaluation noise (held-out rows, games) only, not the spread between",
-                  "training seeds, so a call is about these SAEs, not their methods; `saelab demo --seeds 3` compares methods.", ""]
+        lines += ["One seed per method: a method comparison is **not separable** — an interval from one SAE's evaluation",
+                  "noise says nothing about its method (float rounding alone moved such a call between CPUs).",
+                  "`saelab demo --seeds 3` trains enough seeds to compare methods.", ""]
     for c in verdicts:
         cmp = c.comparison
+        adj = "" if cmp.p_adjusted is None else f", p {cmp.p:.2g} (Holm {cmp.p_adjusted:.2g})"
         if cmp.lo is None or cmp.hi is None or not (math.isfinite(cmp.lo) and math.isfinite(cmp.hi)):
-            # A metric with no within-run interval (coverage) gets one only from several seeds.
-            lines.append(f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g}, no interval with one seed (`--seeds 3` gives one) → **not separable at this budget**")
+            why = "one seed" if min(a.n_seeds for a in groups if a.group in (cmp.a, cmp.b)) < 2 else "no noise measured"
+            lines.append(f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g}, no interval ({why}) → **not separable at this budget**")
         else:
-            lines.append(f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g} [{cmp.lo:+.4g}, {cmp.hi:+.4g}] → **{cmp.verdict}**")
+            lines.append(f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g} [{cmp.lo:+.4g}, {cmp.hi:+.4g}]{adj} → **{cmp.verdict}**")
     return head + body + "\n".join(lines) + "\n"
 
 

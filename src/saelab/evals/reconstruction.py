@@ -44,6 +44,7 @@ class ReconstructionResult:
     active_latents_hist: dict = field(default_factory=dict)  # number active → tokens
     activation_value_hist: dict = field(default_factory=dict)  # log10 |non-zero activation| bin edges → counts
     mmcs: float | None = None  # mean max cosine similarity to a true dictionary
+    dead_fraction_eps: float | None = None  # latents never above eps_l0: a relative leak makes every latent non-zero sometimes
     eps_l0: float = EPS_L0
     ci: dict = field(default_factory=dict)  # metric → 95% bootstrap interval over blocks of BLOCK_ROWS rows
     rows: str = "given"  # which rows: "held-out", "all", "lo:hi", or "given" (batches passed directly)
@@ -78,6 +79,7 @@ class ReconstructionAccumulator:
         self.active_total = 0
         self.n_nonzero = 0  # tokens with ‖x‖ > 0: the only ones where cosine and norm ratio mean anything
         self.fires = torch.zeros(n_latents, dtype=torch.long)
+        self.fires_eps = torch.zeros(n_latents, dtype=torch.long)
         self.active_counts: dict[int, int] = {}
         self.value_counts = np.zeros(len(VALUE_BINS) - 1, dtype=np.int64)
         self.value_outside = {"below": 0, "above": 0, "negative": 0}
@@ -103,6 +105,7 @@ class ReconstructionAccumulator:
         per_token = active.sum(dim=-1)
         self.active_total += int(per_token.sum())
         self.fires += active.sum(dim=0).cpu()
+        self.fires_eps += (z > self.eps).sum(dim=0).cpu()
         counts = torch.bincount(per_token).cpu()
         for k in counts.nonzero().flatten().tolist():
             self.active_counts[k] = self.active_counts.get(k, 0) + int(counts[k])
@@ -202,6 +205,7 @@ class ReconstructionAccumulator:
             l2_ratio=self.l2_ratio / max(self.n_nonzero, 1),
             relative_reconstruction_bias=self.hat_sq / self.hat_dot if self.hat_dot != 0 else math.nan,
             dead_fraction=float((density == 0).double().mean()),
+            dead_fraction_eps=float((self.fires_eps == 0).double().mean()),
             dense_fraction=float((density > DENSE_THRESHOLD).double().mean()),
             tokens=self.n,
             normalization=normalization,

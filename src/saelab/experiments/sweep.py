@@ -49,7 +49,7 @@ from saelab.training.trainer import CHECKPOINT, Trainer
 RESULTS = "results.jsonl"
 OTHELLO_SCORE = "othello_score.json"
 PLAN = "sweep.json"
-EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board")
+EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board", "games_seed")
 CHECKPOINTS_PER_RUN = 10
 SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread sweep's SAEs were dealt to
 DEAL = "spread_deal"  # key of sweep.json: seed → each rank's SAE names (kept, so a resume finds every folder)
@@ -99,6 +99,7 @@ def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[st
         "explained_variance": ev.get("explained_variance"),
         "cos_sim": ev.get("cos_sim"),
         "dead_fraction": ev.get("dead_fraction"),
+        "dead_fraction_eps": ev.get("dead_fraction_eps"),
         "dense_fraction": ev.get("dense_fraction"),
         "tokens": record.get("tokens"),
         "steps": record.get("steps"),
@@ -107,12 +108,21 @@ def _row(planned: PlannedSAE, folder: Path, root: Path, record: dict) -> dict[st
         "init_hash": record.get("init_hash"),  # distinct seeds: distinct initial weights ...
         "data_order_hash": record.get("data_order_hash"),  # ... and distinct batch orders
         "ci": dict(ev.get("ci") or {}),
+        # The row-block bootstrap's SE of NMSE (issue 31: comparisons add each SAE's evaluation noise).
+        "nmse_eval_se": _ci_se((ev.get("ci") or {}).get("nmse")),
     }
     if record.get("target_l0"):
         row["coefficient"] = record["target_l0"]
     if record.get("convergence"):
         row["tokens_to_convergence"] = record.get("tokens_to_convergence")  # None: the budget ran out first
     return {k: _finite(v) for k, v in row.items()}
+
+
+def _ci_se(ci) -> float | None:
+    """Standard error read off a 95% bootstrap interval dict: (hi − lo) / (2 · 1.96); None without one."""
+    if not isinstance(ci, dict) or ci.get("lo") is None or ci.get("hi") is None:
+        return None
+    return (float(ci["hi"]) - float(ci["lo"])) / (2.0 * 1.959963984540054)
 
 
 class Evaluators:
@@ -134,7 +144,9 @@ class Evaluators:
         if self._othello is None:
             games = int(self.options.get("games", 2000))
             self.say(f"harvesting {games} held-out games for the board-state score")
-            data = harvest(config_from_source(self.source, games=games, seed=int(self.source.get("seed", 0)) + EVAL_SEED_OFFSET))
+            # games_seed: another draw of held-out games (a search's choice is then scored on games it never saw).
+            seed = int(self.source.get("seed", 0)) + EVAL_SEED_OFFSET + int(self.options.get("games_seed", 0))
+            data = harvest(config_from_source(self.source, games=games, seed=seed))
             self._othello = (data, findable_on_positions(data.activations, data.labels, data.positions[:, 0]))
         data, findable = self._othello
         s = score_sae(sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))).to_dict()

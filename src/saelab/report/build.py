@@ -138,9 +138,12 @@ def comparisons_section(data: ReportData) -> Section:
     higher = [m.label for m in KNOWN_METRICS if m.higher_is_better]
     blocks: list = [Paragraph(
         f"Groups count as matched in L0 when they share target_l0, or, where it is absent, when their mean L0 lie "
-        f"within ±{L0_TOLERANCE:.0%} of each other. A − B is given with its 95% interval: Welch t over seeds when "
-        "both sides have at least 2 seeds, else the two groups' independent intervals (a single SAE's bootstrap ci). "
-        "A verdict names a winner only when the interval excludes zero. "
+        f"within ±{L0_TOLERANCE:.0%} of each other. A − B is given with its 95% interval: Welch t over seeds, each "
+        "side's variance of the mean widened by its SAEs' evaluation SE (games or row blocks resampled; the seeds share "
+        "those evaluation data, so that error does not average out); a side with one seed, or whose seeds agree with no "
+        "evaluation SE recorded, is not separable. All comparisons of the report form one family: a verdict names a "
+        "winner only when its Holm-adjusted p-value is below 0.05 (family-wise 5%), so it can say \"not separable\" "
+        "where the unadjusted 95% interval excludes zero. "
         f"Lower is better for {', '.join(lower)}; higher is better for {', '.join(higher)}."
     )]
     if not data.comparisons:
@@ -158,11 +161,12 @@ def comparisons_section(data: ReportData) -> Section:
         rows.append([
             m.basis, spec_for(m.metric).label, c.a, c.b,
             Cell(format_difference(c.diff, c.lo, c.hi), data=attrs),
+            f"{c.p:.2g}", "–" if c.p_adjusted is None else f"{c.p_adjusted:.2g}",
             Cell(c.verdict, data=attrs, css="win" if c.separable() else "tie"),
             c.method,
         ])
-    blocks.append(make_table(["matched at", "metric", "A", "B", "A − B [95% interval]", "verdict", "test"], rows,
-                             [False, False, False, False, True, False, False], css="comparisons"))
+    blocks.append(make_table(["matched at", "metric", "A", "B", "A − B [95% interval]", "p", "p (Holm)", "verdict", "test"], rows,
+                             [False, False, False, False, True, True, True, False, False], css="comparisons"))
     return Section.from_blocks("comparisons", "Matched-L0 comparisons", blocks)
 
 

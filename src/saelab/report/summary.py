@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from saelab.errors import DataError
-from saelab.util.intervals import Comparison, Interval, compare_intervals, compare_seeds, seeds_interval
+from saelab.util.intervals import Comparison, Interval, adjust_family, compare_seeds, normal_quantile, seeds_interval
 
 L0_TOLERANCE = 0.10  # groups without a shared target_l0 are matched when their mean L0 differ by at most 10%
+EVAL_SE = "_eval_se"  # a row's `<metric>_eval_se`: the metric's standard error from its own evaluation's resampling
+FAMILY_ALPHA = 0.05  # family-wise error rate of the matched comparisons (Holm)
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ KNOWN_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("l0_eps", "L0 (>ε)", None),
     MetricSpec("nmse", "NMSE", False),
     MetricSpec("dead_fraction", "dead fraction", False),
+    MetricSpec("dead_fraction_eps", "dead above ε", False),
     MetricSpec("good_classifiers", "good classifiers", True),
     MetricSpec("good_findable", "good / findable", True),
     MetricSpec("coverage", "coverage", True),
@@ -43,7 +46,7 @@ NOT_METRICS = frozenset({"name", "group", "method", "params", "n_latents", "seed
 
 def metric_specs(rows: Sequence[dict]) -> list[MetricSpec]:
     """The metrics present (non-null in some row): known ones in their fixed order, then other numeric keys by name."""
-    present = {k for r in rows for k, v in r.items() if _is_number(v) and k not in NOT_METRICS}
+    present = {k for r in rows for k, v in r.items() if _is_number(v) and k not in NOT_METRICS and not k.endswith(EVAL_SE)}
     known = [m for m in KNOWN_METRICS if m.key in present]
     names = {m.key for m in KNOWN_METRICS}
     return known + [MetricSpec(k, k, None) for k in sorted(present - names)]
@@ -67,6 +70,7 @@ class GroupSummary:
     seeds: tuple
     metrics: dict[str, Interval] = field(default_factory=dict)
     values: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per-seed values, for Welch comparisons
+    eval_se: dict[str, tuple[float | None, ...]] = field(default_factory=dict)  # per-seed evaluation SE (None: unknown)
 
     @property
     def n_seeds(self) -> int:
@@ -104,13 +108,14 @@ def summarize(rows: Sequence[dict]) -> list[GroupSummary]:
         if len(methods) > 1:
             raise DataError(f"group {group!r} mixes methods {', '.join(methods)}: seeds of one configuration share a method")
         members = sorted(members, key=lambda r: (r.get("seed") is None, r.get("seed") if _is_number(r.get("seed")) else 0, str(r["name"])))
-        metrics, values = {}, {}
+        metrics, values, eval_se = {}, {}, {}
         for spec in specs:
             have = [r for r in members if _is_number(r.get(spec.key))]
             if not have:
                 continue
             vals = tuple(float(r[spec.key]) for r in have)
             values[spec.key] = vals
+            eval_se[spec.key] = tuple(row_eval_se(r, spec.key) for r in have)
             metrics[spec.key] = _row_interval(have[0], spec.key) if len(have) == 1 else seeds_interval(list(vals))
         targets = [float(r["target_l0"]) for r in members if _is_number(r.get("target_l0"))]
         out.append(GroupSummary(
@@ -123,6 +128,7 @@ def summarize(rows: Sequence[dict]) -> list[GroupSummary]:
             seeds=tuple(r.get("seed") for r in members),
             metrics=metrics,
             values=values,
+            eval_se=eval_se,
         ))
     return sorted(out, key=lambda g: (g.method, _nan_last(g.estimate("l0")), g.group))
 
@@ -138,6 +144,17 @@ def _row_interval(row: dict, key: str) -> Interval:
         return Interval.from_dict(ci)
     except DataError as e:
         raise DataError(f"SAE {row.get('name')!r}: ci[{key!r}]: {e}") from None
+
+
+def row_eval_se(row: dict, key: str) -> float | None:
+    """A row's evaluation SE of `key`: its `<key>_eval_se`, else its 95% bootstrap `ci` width / (2·1.96), else None."""
+    v = row.get(key + EVAL_SE)
+    if _is_number(v) and v >= 0:
+        return float(v)
+    ci = (row.get("ci") or {}).get(key)
+    if isinstance(ci, dict) and _is_number(ci.get("lo")) and _is_number(ci.get("hi")) and ci["hi"] >= ci["lo"]:
+        return float(ci["hi"] - ci["lo"]) / (2.0 * normal_quantile(0.95))
+    return None
 
 
 @dataclass(frozen=True)
@@ -173,23 +190,19 @@ def l0_match(a: GroupSummary, b: GroupSummary, tolerance: float = L0_TOLERANCE) 
 def compare_metric(a: GroupSummary, b: GroupSummary, spec: MetricSpec) -> Comparison | None:
     """Compare one metric between two groups (None when either lacks it or it has no direction).
 
-    >= 2 seeds on both sides: Welch t over seeds. Otherwise, when both sides have a real
-    interval (a row's bootstrap `ci`, or seeds on one side), the two independent intervals.
-    Otherwise compare_seeds, which calls a pair with too few seeds not separable.
+    Welch t over seeds widened by each SAE's evaluation SE (compare_seeds). A side with one seed
+    is never separable: an interval from one SAE's evaluation noise says nothing about its method
+    (float rounding alone moved such a call between CPUs, issue 31 item 9).
     """
     if spec.higher_is_better is None or spec.key not in a.metrics or spec.key not in b.metrics:
         return None
     av, bv = list(a.values[spec.key]), list(b.values[spec.key])
-    if len(av) >= 2 and len(bv) >= 2:
-        return compare_seeds(av, bv, a.group, b.group, spec.higher_is_better)
-    ia, ib = a.metrics[spec.key], b.metrics[spec.key]
-    if ia.method != "single" and ib.method != "single":
-        return compare_intervals(ia, ib, a.group, b.group, spec.higher_is_better)
-    return compare_seeds(av, bv, a.group, b.group, spec.higher_is_better)
+    ae, be = a.eval_se.get(spec.key), b.eval_se.get(spec.key)
+    return compare_seeds(av, bv, a.group, b.group, spec.higher_is_better, a_eval_se=ae, b_eval_se=be)
 
 
 def matched_comparisons(groups: Sequence[GroupSummary], tolerance: float = L0_TOLERANCE) -> list[MatchedComparison]:
-    """Every pair of L0-matched groups compared on every directed metric both have."""
+    """Every pair of L0-matched groups compared on every directed metric both have, as one Holm-adjusted family."""
     order = {m.key: i for i, m in enumerate(KNOWN_METRICS)}
     keys = sorted({k for g in groups for k in g.metrics}, key=lambda k: (order.get(k, len(order)), k))
     specs = [spec_for(k) for k in keys]
@@ -203,7 +216,8 @@ def matched_comparisons(groups: Sequence[GroupSummary], tolerance: float = L0_TO
                 c = compare_metric(a, b, spec)
                 if c is not None:
                     out.append(MatchedComparison(spec.key, basis, c))
-    return out
+    judged = adjust_family([m.comparison for m in out], FAMILY_ALPHA)
+    return [MatchedComparison(m.metric, m.basis, c) for m, c in zip(out, judged)]
 
 
 def _is_number(v) -> bool:

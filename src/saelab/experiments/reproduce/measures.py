@@ -1,10 +1,12 @@
 """Quantities the claims measure from sweep rows, each as an Interval (mean ± 95% CI).
 
 Differences between two configurations use the report's rules (saelab.report.summary): Welch t
-over seeds when both sides have ≥ 2 seeds, else the rows' own bootstrap intervals, else an
-unbounded interval (never separable). Scaling exponents come with a case-bootstrap interval. A
-penalty trained over a grid of α is read off its L0 frontier at a target L0 (log–log
-interpolation, per seed) and compared paired by seed; an ablation has a paired block bootstrap.
+over seeds widened by each SAE's evaluation SE, unbounded (never separable) with one seed.
+"At matched L0" means every seed of every side has L0 above ε (`l0_eps`, one measure for every
+method) within ±10% of the target; a side given as a grid of settings that has no matched member
+is read off its frontier at the target (log–log interpolation against `l0_eps`, per seed);
+otherwise the measure says "not matched". Scaling exponents come with a case-bootstrap interval;
+an ablation has a paired block bootstrap; a rank agreement an exact permutation test.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from saelab.sources.lm.ablate_lowest import ablate_below
 from saelab.experiments.reproduce.claims import Evidence, comparison_interval
 from saelab.experiments.scaling import fit_power
 from saelab.formats.folder import load_sae, read_saelab_record
-from saelab.util.intervals import Interval, block_parts, compare_intervals, paired_bootstrap, seeds_interval
-from saelab.report.summary import L0_TOLERANCE, GroupSummary, MetricSpec, compare_metric, l0_match, summarize
+from saelab.util.intervals import Interval, block_parts, compare_intervals, compare_seeds, paired_bootstrap, seeds_test
+from saelab.report.summary import L0_TOLERANCE, GroupSummary, MetricSpec, compare_metric, l0_match, row_eval_se, summarize
 
-L0_MATCH = 0.25  # an adapted coefficient counts as matched when the mean L0 ends within ±25% of its target
+# Every seed's L0 above ε within ±10% of the target: on our model TopK at k 24 / 32 / 40 finds 20 / 30 / 30
+# pairs, so the old ±25% on the mean was a large effect by itself (issue 31 item 4).
+L0_MATCH = 0.10
+MATCH_L0_KEY = "l0_eps"  # the one sparsity measure every side is matched on (fired entries above ε, any method)
 
 
 def group(rows: list[dict], name: str) -> GroupSummary:
@@ -49,30 +54,42 @@ def metric(sweep: str, name: str, key: str) -> Callable[[Evidence], Interval]:
     return measure
 
 
-def difference(sweep: str, a: str, b: str, key: str, match_l0: bool = False, targets: bool = True) -> Callable[[Evidence], Interval]:
-    """A measure: metric(a) − metric(b) between two configurations of one sweep (match_l0: their measured L0 must agree).
+def difference(sweep: str, a: str, b: str, key: str, match_l0: bool = False, targets: bool = True,
+               target: float | None = None) -> Callable[[Evidence], Interval]:
+    """A measure: metric(a) − metric(b) between two configurations of one sweep.
 
-    targets=False: the two are compared wherever their adapted coefficients ended (settings chosen
-    by a search, not a comparison at one L0), so a missed target_l0 is no reason to abstain.
+    targets=True: every side with a target_l0 must be matched at it (every seed's l0_eps within ±10%).
+    targets=False: compared wherever their settings ended (chosen by a search: best against best).
+    match_l0=True with `target` (e.g. the k of a k-budgeted pair): both sides matched at `target`.
     """
     def measure(ev: Evidence) -> Interval:
-        return group_difference(ev.sweep(sweep), a, b, key, match_l0, targets)
+        return group_difference(ev.sweep(sweep), a, b, key, match_l0, targets, target)
     return measure
 
 
-def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool = False, targets: bool = True) -> Interval:
-    """metric(a) − metric(b) with its 95% interval (Welch over seeds, or the rows' bootstrap intervals)."""
-    for name in (a, b) if targets else ():
-        check_target_reached([r for r in rows if r.get("group") == name], name)
+def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool = False, targets: bool = True,
+                     target: float | None = None) -> Interval:
+    """metric(a) − metric(b) with its 95% interval (Welch over seeds + evaluation SE) and p-value."""
+    for name in (a, b):
+        mine = [r for r in rows if r.get("group") == name]
+        if match_l0 and target is not None:
+            check_matched(mine, name, float(target))
+        elif targets and _row_target(mine) is not None:
+            check_matched(mine, name, _row_target(mine))
     ga, gb = group(rows, a), group(rows, b)
-    if match_l0 and l0_match(replace(ga, target_l0=None), replace(gb, target_l0=None)) is None:
-        # Same k is not same L0 for BatchTopK at inference (one global threshold): compare only measured-L0 matches.
+    if match_l0 and target is None and l0_match(replace(ga, target_l0=None), replace(gb, target_l0=None)) is None:
         raise DataError(f"L0 {ga.estimate('l0'):.3g} ({a!r}) vs {gb.estimate('l0'):.3g} ({b!r}) differ by more than "
                         f"{L0_TOLERANCE:.0%}: not matched at this budget")
     c = compare_metric(ga, gb, MetricSpec(key, key, True))  # the direction only words the Comparison's verdict
     if c is None:
         raise DataError(f"{key!r} is missing for {a!r} or {b!r}")
     return comparison_interval(c, min(ga.n_seeds, gb.n_seeds))
+
+
+def _row_target(rows: list[dict]) -> float | None:
+    """The target_l0 the rows of one configuration were trained to (None: none)."""
+    t = [float(r["target_l0"]) for r in rows if _positive(r.get("target_l0"))]
+    return t[0] if t else None
 
 
 def target_measured_l0(row: dict) -> float | None:
@@ -88,19 +105,70 @@ def target_measured_l0(row: dict) -> float | None:
     return None
 
 
-def check_target_reached(rows: list[dict], name: str, tolerance: float = L0_MATCH) -> None:
-    """DataError when a configuration whose coefficient was adapted to target_l0 ended outside target·(1 ± tolerance).
+def matched_seeds(rows: list[dict], target: float, tolerance: float = L0_MATCH) -> tuple[bool, list[float | None]]:
+    """(whether every row's l0_eps lies within target·(1 ± tolerance), the l0_eps of each row)."""
+    l0s = [float(r[MATCH_L0_KEY]) if _finite(r.get(MATCH_L0_KEY)) else None for r in rows]
+    ok = bool(rows) and all(v is not None and abs(v - target) <= tolerance * target for v in l0s)
+    return ok, l0s
 
-    Only adapted coefficients can miss (k-budgeted methods meet their k by construction); a
-    comparison "at matched L0" with a side that missed it would compare sparsities, not methods.
+
+def check_matched(rows: list[dict], name: str, target: float, tolerance: float = L0_MATCH) -> None:
+    """DataError unless every seed of configuration `name` has L0 above ε within target·(1 ± tolerance).
+
+    Every side and every seed, adapted coefficient or k budget alike: TopK's k is not its L0 above ε
+    (leaky TopK at k 32 had 279 latents above ε), and seeds at 12 / 52 / 32 are not "at 32".
     """
-    adapted = [r for r in rows if r.get("coefficient") is not None and _positive(r.get("target_l0"))]
-    if not adapted:
-        return
-    target = float(adapted[0]["target_l0"])
-    l0 = float(np.mean([target_measured_l0(r) or 0.0 for r in adapted]))  # no L0 at all: nothing reached
-    if abs(l0 - target) > tolerance * target:
-        raise DataError(f"{name!r} reached L0 {l0:.3g}, not its target {target:g} (±{tolerance:.0%}): not matched at this budget")
+    if not rows:
+        raise DataError(f"no SAE named {name!r} in the sweep")
+    ok, l0s = matched_seeds(rows, target, tolerance)
+    if not ok:
+        shown = ", ".join("–" if v is None else f"{v:.3g}" for v in l0s)
+        raise DataError(f"{name!r} reached L0 above ε {shown} over its seeds, not its target {target:g} (±{tolerance:.0%} "
+                        "on every seed): not matched at this budget")
+
+
+def check_target_reached(rows: list[dict], name: str, tolerance: float = L0_MATCH) -> None:
+    """check_matched at the rows' own target_l0 (nothing to check without one)."""
+    t = _row_target(rows)
+    if t is not None:
+        check_matched(rows, name, t, tolerance)
+
+
+def side_at_target(rows: list[dict], names: list[str], key: str, target: float) -> tuple[dict[int, float], dict[int, float | None], str]:
+    """Per seed: (key, its evaluation SE) of one method at L0 above ε = target, and how it was read.
+
+    A member of the grid `names` matched on every seed (the nearest such) is read directly;
+    otherwise, with ≥ 2 members, each seed's frontier over the grid is interpolated (log–log
+    against l0_eps; the SE is the larger of the two bracketing points'); otherwise DataError.
+    """
+    matched = []
+    for n in names:
+        mine = [r for r in rows if r.get("group") == n and _finite(r.get(key))]
+        ok, l0s = matched_seeds(mine, target)
+        if ok:
+            matched.append((float(np.mean([abs(math.log(v / target)) for v in l0s])), n, mine))
+    if matched:
+        _, n, mine = min(matched, key=lambda m: m[0])
+        return ({int(r.get("seed") or 0): float(r[key]) for r in mine},
+                {int(r.get("seed") or 0): row_eval_se(r, key) for r in mine}, f"{n} (matched)")
+    if len(names) < 2:
+        check_matched([r for r in rows if r.get("group") in names], names[0] if names else "?", target)
+    values = frontier_value(rows, names, key, target, with_se=True)
+    return {s: v for s, (v, _) in values.items()}, {s: se for s, (_, se) in values.items()}, "frontier"
+
+
+def matched_difference(sweep: str, a: list[str], b: list[str], key: str, target: float) -> Callable[[Evidence], Interval]:
+    """A measure: key(a) − key(b) at L0 above ε = target, each side matched or read off its frontier (side_at_target)."""
+    def measure(ev: Evidence) -> Interval:
+        rows = ev.sweep(sweep)
+        va, ea, how_a = side_at_target(rows, a, key, target)
+        vb, eb, how_b = side_at_target(rows, b, key, target)
+        sa, sb = sorted(va), sorted(vb)
+        c = compare_seeds([va[s] for s in sa], [vb[s] for s in sb], a[0], b[0], True,
+                          a_eval_se=[ea[s] for s in sa], b_eval_se=[eb[s] for s in sb])
+        iv = comparison_interval(c, min(len(sa), len(sb)))
+        return replace(iv, method=f"{iv.method} ({how_a} vs {how_b})")
+    return measure
 
 
 def gap_change(sweep: str, pairs: tuple[tuple[str, str], tuple[str, str]], key: str) -> Callable[[Evidence], Interval]:
@@ -157,11 +225,10 @@ def ablate_lowest_nmse(sweep: str, name: str | list[str], keep: float = 0.5, max
             raise DataError(f"no SAE named {chosen!r} in sweep {sweep!r}")
         check_target_reached(rows, chosen)  # halving the L0 of a collapsed code says nothing about the post's SAEs
         ivs = [ablation_increase(ev.roots[sweep] / r["folder"], keep, max_rows, n_boot, seed=i) for i, r in enumerate(rows)]
-        est = float(np.mean([iv.estimate for iv in ivs]))
-        # Seeds are independent: the mean's half-widths add in quadrature, divided by the seed count.
-        lo_h = math.sqrt(sum((iv.estimate - iv.lo) ** 2 for iv in ivs)) / len(ivs)
-        hi_h = math.sqrt(sum((iv.hi - iv.estimate) ** 2 for iv in ivs)) / len(ivs)
-        return Interval(est, est - lo_h, est + hi_h, sum(iv.n for iv in ivs), "paired-bootstrap-blocks")
+        # Between seeds (t over their increases) plus each SAE's block-bootstrap SE: the seeds share held-out rows.
+        z = 2.0 * 1.959963984540054
+        iv = seeds_test([iv.estimate for iv in ivs], [(iv.hi - iv.lo) / z for iv in ivs])
+        return replace(iv, method=f"{iv.method} (paired-bootstrap-blocks)")
     return measure
 
 
@@ -196,41 +263,55 @@ def _positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
-def frontier_value(rows: list[dict], names: list[str], key: str, target: float) -> dict[int, float]:
-    """Per seed: `key` on the L0 frontier of the named configurations (a grid of one knob), log–log interpolated at L0 = target.
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    DataError when a seed's grid does not bracket the target (the curve would be extrapolated).
+
+def frontier_value(rows: list[dict], names: list[str], key: str, target: float, with_se: bool = False) -> dict:
+    """Per seed: `key` on the frontier of the named configurations (a grid of one knob) against L0 above ε, log–log at target.
+
+    with_se: each value is (value, evaluation SE), the SE the larger of the two bracketing rows'
+    (None when either lacks one). DataError when a seed's grid does not bracket the target.
     """
-    by_seed: dict[int, list[tuple[float, float]]] = {}
+    by_seed: dict[int, list[tuple[float, float, float | None]]] = {}
     for r in rows:
-        if r.get("group") in names and _positive(r.get("l0")) and _positive(r.get(key)):
-            by_seed.setdefault(int(r.get("seed") or 0), []).append((math.log(float(r["l0"])), math.log(float(r[key]))))
+        if r.get("group") in names and _positive(r.get(MATCH_L0_KEY)) and _positive(r.get(key)):
+            by_seed.setdefault(int(r.get("seed") or 0), []).append(
+                (math.log(float(r[MATCH_L0_KEY])), math.log(float(r[key])), row_eval_se(r, key)))
     if not by_seed:
-        raise DataError(f"no rows of {names} with both l0 and {key}")
+        raise DataError(f"no rows of {names} with both {MATCH_L0_KEY} and {key}")
     lt = math.log(target)
     out = {}
     for seed, pts in sorted(by_seed.items()):
         pts.sort()
         xs = [p[0] for p in pts]
         if not xs[0] <= lt <= xs[-1]:
-            raise DataError(f"seed {seed}: L0 of {names[0].rsplit(' ', 1)[0]} spans {math.exp(xs[0]):.3g}–{math.exp(xs[-1]):.3g}, "
-                            f"not the target {target:g} (the grid does not bracket it at this budget)")
-        out[seed] = float(math.exp(np.interp(lt, xs, [p[1] for p in pts])))
+            raise DataError(f"seed {seed}: L0 above ε of {names[0].rsplit(' ', 1)[0]} spans {math.exp(xs[0]):.3g}–{math.exp(xs[-1]):.3g}, "
+                            f"not the target {target:g} (the grid does not bracket it at this budget): not matched")
+        value = float(math.exp(np.interp(lt, xs, [p[1] for p in pts])))
+        j = min(int(np.searchsorted(xs, lt)), len(xs) - 1)
+        ses = [pts[i][2] for i in {max(j - 1, 0), j}]
+        out[seed] = (value, None if None in ses else max(ses)) if with_se else value
     return out
 
 
 def frontier_difference(sweep: str, a: list[str], b: list[str], key: str, target: float,
                         transform: Callable[[float], float] | None = None) -> Callable[[Evidence], Interval]:
-    """A measure: key(a) − key(b) on each grid's L0 frontier at L0 = target, paired by seed (shared batches), t over seeds."""
+    """A measure: key(a) − key(b) on each grid's frontier at L0 above ε = target, paired by seed (shared batches).
+
+    t over the seeds' differences, widened by both sides' evaluation SEs (seeds_test). With a
+    `transform` the SEs are unknown (the bootstrap was of the untransformed metric).
+    """
     def measure(ev: Evidence) -> Interval:
         rows = ev.sweep(sweep)
         if transform is not None:
-            rows = [{**r, key: transform(r[key])} if _positive(r.get(key)) else r for r in rows]
-        va, vb = frontier_value(rows, a, key, target), frontier_value(rows, b, key, target)
+            rows = [{**r, key: transform(r[key]), "ci": {}, key + "_eval_se": None} if _positive(r.get(key)) else r for r in rows]
+        va, vb = frontier_value(rows, a, key, target, with_se=True), frontier_value(rows, b, key, target, with_se=True)
         seeds = sorted(set(va) & set(vb))
         if not seeds:
             raise DataError(f"no seed has both {a[0]!r} and {b[0]!r}")
-        return seeds_interval([va[s] - vb[s] for s in seeds])
+        se = [None if va[s][1] is None or vb[s][1] is None else math.hypot(va[s][1], vb[s][1]) for s in seeds]
+        return seeds_test([va[s][0] - vb[s][0] for s in seeds], se)
     return measure
 
 
@@ -267,10 +348,12 @@ def against_extreme_other(sweep: str, a: str, others: list[str], key: str, pick:
 
 
 def rank_correlation(sweep: str, reference: dict[str, float], key: str, n_boot: int = 2000, seed: int = 0) -> Callable[[Evidence], Interval]:
-    """A measure: Spearman correlation between a paper's figure per configuration and our mean `key` per configuration.
+    """A measure: Spearman ρ between a paper's figure per configuration and our mean `key`, with an exact permutation p.
 
-    The interval resamples each configuration's seeds with replacement (a percentile bootstrap of
-    the correlation of the means); with one seed per configuration it has no spread.
+    p is one-sided (ρ > 0: the rankings agree beyond chance), exact over every pairing of the
+    configurations (8! = 40,320 for the report's methods). The interval resamples each
+    configuration's seeds (a percentile bootstrap of ρ of the means): it shows ρ's stability, not
+    agreement; the verdict reads p.
     """
     names = list(reference)
     if len(names) < 3:
@@ -286,14 +369,35 @@ def rank_correlation(sweep: str, reference: dict[str, float], key: str, n_boot: 
                 raise DataError(f"{name!r} has no {key!r}")
             per.append(np.asarray(vals, dtype=np.float64))
         ref = np.asarray([reference[n] for n in names], dtype=np.float64)
-        est = spearman(ref, np.asarray([v.mean() for v in per]))
+        ours = np.asarray([v.mean() for v in per])
+        est, p = spearman(ref, ours), spearman_permutation_p(ref, ours)
         if min(len(v) for v in per) < 2:
-            return Interval(est, est, est, len(names), "single")
+            return Interval(est, est, est, len(names), "single", p=p)
         rng = np.random.default_rng(seed)
         boots = [spearman(ref, np.asarray([rng.choice(v, size=len(v)).mean() for v in per])) for _ in range(n_boot)]
         lo, hi = np.percentile(boots, [2.5, 97.5])
-        return Interval(est, float(min(lo, est)), float(max(hi, est)), len(names), "bootstrap-seeds")
+        return Interval(est, float(min(lo, est)), float(max(hi, est)), len(names), "bootstrap-seeds; p exact permutation, one-sided", p=p)
     return measure
+
+
+def spearman_permutation_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact one-sided p of Spearman ρ(x, y) > 0: the share of all n! pairings whose ρ is at least the observed one."""
+    from scipy.stats import permutation_test
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size > 10:
+        raise DataError(f"an exact permutation test over {x.size}! pairings is too large; at most 10 configurations")
+    rx = rankdata(x)
+
+    def rho(yy, axis=-1):
+        ry = rankdata(yy, axis=axis)
+        rc, xc = ry - ry.mean(axis=axis, keepdims=True), rx - rx.mean()
+        den = np.sqrt((rc**2).sum(axis=axis) * (xc**2).sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (rc * xc).sum(axis=axis) / np.where(den > 0, den, 1.0), 0.0)
+
+    res = permutation_test((y,), rho, permutation_type="pairings", alternative="greater", n_resamples=np.inf, vectorized=True)
+    return float(res.pvalue)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

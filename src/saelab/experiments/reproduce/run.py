@@ -18,7 +18,7 @@ from saelab.experiments.reproduce import batchtopk, l1_sqrt, scaling_laws, spars
 from saelab.experiments.reproduce.budget import DEFAULT_LAYER, Budget
 from saelab.experiments.reproduce.budget import budget as get_budget
 from saelab.experiments.reproduce.budget import lm_data, othello_data
-from saelab.experiments.reproduce.claims import ClaimResult, Evidence, claims_markdown, evaluate_claim
+from saelab.experiments.reproduce.claims import FAMILY_ALPHA, ClaimResult, Evidence, claims_markdown, evaluate_family
 from saelab.experiments.reproduce.clock import WallClock, describe
 from saelab.experiments.sweep import run_sweep
 from saelab.formats.folder import read_saelab_record
@@ -28,7 +28,7 @@ from saelab.report.summary import summarize
 
 PAPERS: dict[str, ModuleType] = {m.NAME: m for m in (sparsity_methods, scaling_laws, l1_sqrt, batchtopk)}
 DEFAULT_TEXT = "data/sword.txt"  # docs/offline_lm.md, step 2
-SUMMARY_COLUMNS = (("l0", "L0"), ("l0_eps", "L0 (>ε)"), ("nmse", "NMSE"), ("dead_fraction", "dead"),
+SUMMARY_COLUMNS = (("l0", "L0"), ("l0_eps", "L0 (>ε)"), ("nmse", "NMSE"), ("dead_fraction", "dead"), ("dead_fraction_eps", "dead (>ε)"),
                    ("good_findable", "good / findable"), ("coverage", "coverage"), ("l2_ratio", "L2 ratio"))
 
 
@@ -116,7 +116,7 @@ def _judge(mod: ModuleType, b: Budget, root: Path, rows: dict[str, list[dict]], 
                 continue  # its source sweep has not run yet
             rows[target] += [_renamed(r, group, roots[source], roots[target]) for r in rows[source] if r["group"] == source_group]
             notes.append(f"`{group}` of sweep `{target}` is `{source_group}` of sweep `{source}` (the same setting and training, not trained twice).")
-    results = [evaluate_claim(c, Evidence(rows, roots)) for c in mod.claims(b, lm=lm)]
+    results = evaluate_family(mod.claims(b, lm=lm), Evidence(rows, roots), family=mod.NAME)
     write_claims(root, mod, b, results, rows, clock.segments, command, found, notes, pending)
     return results
 
@@ -194,9 +194,18 @@ def write_claims(root: Path, mod: ModuleType, b: Budget, results: list[ClaimResu
     seconds = sum(s["seconds"] for s in segments)
     md = [f"# {mod.TITLE}: claims at the {b.name} budget", "",
           f"`{command}` — {describe(segments)} on this machine. {training_line(b)} Ours is the mean ± the larger side of a 95% interval "
-          "(Welch t over seeds for a difference between configurations; a case bootstrap for a fitted exponent; "
-          "a paired block bootstrap for an ablation). A claim *holds* when the interval lies wholly on the paper's side of "
-          "the null value, *does not hold* when wholly on the other side, and is *not separable at this budget* otherwise.", "",
+          "(Welch t over seeds for a difference between configurations, each side's variance of the mean widened by its SAEs' "
+          "evaluation SE — the game bootstrap for counts, the row-block bootstrap for reconstruction — since every seed is "
+          "scored on the same held-out data; a case bootstrap for a fitted exponent; a paired block bootstrap for an ablation; "
+          "an exact permutation test for a rank correlation). No interval has zero width: a side with one seed, or whose seeds "
+          "agree with no evaluation SE recorded, is unbounded.", "",
+          (f"**Multiplicity.** The {len(results)} claims below form one family (`{mod.NAME}`). Each has a p-value of its null "
+          "(two-sided; one-sided for a rank agreement), read from its test or from its 95% interval; the family's p-values are "
+          f"Holm-adjusted (step-down), and a claim *holds* when its adjusted p is below {FAMILY_ALPHA:g} with the estimate on the "
+          "paper's side of the null, *does not hold* when below it on the other side, and is *not separable at this budget* "
+          f"otherwise — so the family-wise chance of any false holds / does not hold is at most {FAMILY_ALPHA:.0%}. The 95% "
+          "intervals shown are not adjusted: one may exclude the null where the adjusted verdict is still not separable. "
+          "A claim that could not be measured counts in the family with p = 1."), "",
           claims_markdown(results)]
     if pending:
         md[-1:-1] = [f"**Partial:** sweep{'s' if len(pending) > 1 else ''} {', '.join(f'`{p}`' for p in pending)} not run yet; "
