@@ -219,6 +219,18 @@ def _apply_gradients(m: Member, out: StepOutput, grad_clip: float | None) -> Non
         m.sae.normalize_decoder()
 
 
+# Below this magnitude a value's square underflows float32's smallest normal number: losses and NMSE lose all meaning.
+SMALLEST_USABLE = math.sqrt(float(np.finfo(np.float32).tiny))
+
+
+def check_representable(sample: torch.Tensor, where) -> None:
+    """DataError when the data's largest magnitude is so small that float32 squares of it underflow (e.g. ~1e-42)."""
+    peak = float(sample.abs().max()) if sample.numel() else 0.0
+    if 0.0 < peak < SMALLEST_USABLE:
+        raise DataError(f"activations={str(where)!r}: the largest magnitude in a sample of {sample.shape[0]} rows is {peak:.3g}, too small "
+                        f"for float32 training (squares below {SMALLEST_USABLE:.2g} underflow); scale the data up")
+
+
 def read_source_info(path: str | Path) -> dict | None:
     """Provenance written beside the activations (source.json in a folder, X.source.json for X.npy)."""
     path = Path(path)
@@ -312,6 +324,7 @@ class Trainer:
     def _build_members(self) -> list[Member]:
         t = self.run.train
         sample = self._init_sample()
+        check_representable(sample, t.activations)
         members = []
         for cfg, out in zip(self.run.saes, self._member_dirs()):
             if cfg.d_in is not None and cfg.d_in != self.store.d_in:
@@ -414,6 +427,9 @@ class Trainer:
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
                 raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
+            for name, value in (saved.get("model") or {}).items():
+                if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise DataError(f"{self.out / CHECKPOINT}: {m.cfg.display_name()}'s {name} holds NaN or infinite values")
             self._load_member_tensors(m, saved, state)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -438,7 +454,9 @@ class Trainer:
         saved_data = state.get("data") if isinstance(state.get("data"), dict) else {}
         for field, now in self._fingerprints().items():
             check_same_data(field, getattr(self.run.train, field), saved_data.get(field), now)
-        step = int(state["step"])
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DataError(f"{self.out / CHECKPOINT}: step={step!r} must be a whole number of steps ≥ 0")
         if step > self.total_steps:
             t = self.run.train
             budget = next((b for b in ("steps", "tokens", "epochs") if getattr(t, b) is not None), "steps")
