@@ -62,12 +62,12 @@ def holder(folder: Path) -> subprocess.Popen:
     return p
 
 
-def nmse_of(folder: Path, data: Path) -> float:
-    sae = saelab.load(folder)
-    x = torch.from_numpy(np.load(data))
-    with torch.no_grad():
-        x_hat = sae(x)[0] if isinstance(sae(x), tuple) else sae(x)
-    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+def last_error_line(result) -> str:
+    """A command that reports progress on stderr: exit 2, its last line the one `saelab: error:` line, no traceback."""
+    code, _, err = result
+    assert code == 2, (code, err)
+    assert err and err[-1].startswith("saelab: error: ") and not any("Traceback" in e or e.startswith("saelab: error: ") for e in err[:-1]), err
+    return err[-1]
 
 
 # ---- 1. --overwrite keeps the old run until the new one is complete ------------------------------
@@ -340,9 +340,9 @@ def test_foreign_folders_of_the_wrong_shape_or_type_are_one_line(tmp_path, kind)
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", "{}", '{"config": 3, "saes": "x"}', '{"config": {}, "saes": [1]}'])
 def test_bad_sweep_state_files_are_one_line(data, tmp_path, text):
     out = tmp_path / "sweep"
-    out.mkdir()
+    (out / "runs" / "seed0").mkdir(parents=True)  # a sweep that started: its state file is what a resume reads
     (out / PLAN).write_text(text)
-    line = error_line(cli("sweep", sweep_config(tmp_path, data), "--out", out, "--resume", "--no-progress", "--no-report"))
+    line = last_error_line(cli("sweep", sweep_config(tmp_path, data), "--out", out, "--resume", "--no-progress", "--no-report"))
     assert PLAN in line
 
 
@@ -374,7 +374,7 @@ def test_a_full_disk_during_a_sweep_is_one_line(data, tmp_path, monkeypatch):
     monkeypatch.setattr(saelab.io, "atomic_write_text", full)
     import saelab.experiments.sweep as sweep_module
     monkeypatch.setattr(sweep_module, "atomic_write_text", full)
-    line = error_line(cli("sweep", sweep_config(tmp_path, data), "--out", tmp_path / "sweep", "--no-progress", "--no-report"))
+    line = last_error_line(cli("sweep", sweep_config(tmp_path, data), "--out", tmp_path / "sweep", "--no-progress", "--no-report"))
     assert "No space left" in line and RESULTS in line
 
 
@@ -410,6 +410,11 @@ def test_non_finite_weights_in_a_folder_or_checkpoint_are_refused(data, tmp_path
     save_file(w, str(out / "bad_weights.safetensors"))
     good = (out / "sae_weights.safetensors").read_bytes()
     os.replace(out / "bad_weights.safetensors", out / "sae_weights.safetensors")
+    with pytest.raises(DataError, match="sae_weights.safetensors"):  # not the weights saelab.json was written with
+        saelab.load(out)
+    record = json.loads((out / "saelab.json").read_text())
+    record.pop("files")  # a folder from before saelab.json named its files: the values themselves are checked
+    (out / "saelab.json").write_text(json.dumps(record))
     with pytest.raises(DataError, match="W_dec"):
         saelab.load(out)
     (out / "sae_weights.safetensors").write_bytes(good)
