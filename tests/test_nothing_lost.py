@@ -378,17 +378,45 @@ def test_a_full_disk_during_a_sweep_is_one_line(data, tmp_path, monkeypatch):
     assert "No space left" in line and RESULTS in line
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_report_folder_is_one_line(data, tmp_path):
+def test_a_read_only_report_folder_is_one_line(data, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     assert cli("sweep", sweep_config(tmp_path, data), "--out", out, "--no-progress", "--no-report")[0] == 0
-    (tmp_path / "ro").mkdir()
-    os.chmod(tmp_path / "ro", 0o555)
-    try:
-        line = error_line(cli("report", out, "--out", tmp_path / "ro" / "report"))
-        assert "ro" in line
-    finally:
-        os.chmod(tmp_path / "ro", 0o755)
+    before = snapshot(out)
+    real_replace = os.replace
+
+    def read_only(src, dst, *a, **kw):  # what a read-only mount answers (the tests may run as root)
+        if "report" in str(dst):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    line = error_line(cli("report", out, "--out", tmp_path / "ro" / "report"))
+    assert "Read-only file system" in line and "report" in line
+    monkeypatch.undo()
+    assert snapshot(out) == before
+
+
+def test_a_swap_cut_short_is_finished_by_the_next_run(data, tmp_path, monkeypatch):
+    import saelab.runfolder
+
+    out = tmp_path / "run"
+    assert cli(*train_args(data, out))[0] == 0
+    real_replace, calls = os.replace, {"n": 0}
+
+    def killed_mid_swap(src, dst, *a, **kw):
+        if str(src).endswith("/.saelab-new/saelab.json"):  # the swap moving the new saelab.json in
+            raise KeyboardInterrupt  # the power goes between two renames of the swap
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(saelab.runfolder.os, "replace", killed_mid_swap)
+    assert cli(*train_args(data, out, "--overwrite", "--n-latents", "12"))[0] == 130
+    monkeypatch.undo()
+    assert (out / ".saelab-new" / ".saelab-complete").exists()  # the plan of the swap, on disk before it began
+    # The next run into the folder finishes the swap first: one whole run, the new one, never a mix.
+    code, _, err = cli(*train_args(data, out, "--resume", "--n-latents", "12"))
+    assert code == 0, err
+    assert saelab.load(out).cfg.n_latents == 12
+    assert not (out / ".saelab-new").exists() and not (out / ".saelab-old").exists()
 
 
 @pytest.mark.parametrize("step", [-3, "3", 2.5, True, None])

@@ -85,13 +85,15 @@ def staging_dir(out: Path) -> Path:
     """Where a run that replaces the one in `out` is built (a fresh, empty folder)."""
     staging = Path(out) / STAGING
     drop_staging(out)
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True)  # fails (FileExistsError) rather than build into a complete run awaiting its swap
     return staging
 
 
 def drop_staging(out: Path) -> None:
-    """Delete a replacing run that never completed (the old run in `out` was never touched)."""
+    """Delete a replacing run that never completed (the old run in `out` was never touched); a complete one is kept for its swap."""
     staging = Path(out) / STAGING
+    if (staging / COMPLETE).is_file():
+        return
     if staging.is_symlink() or staging.is_file():
         staging.unlink()
     elif staging.exists():
@@ -121,6 +123,8 @@ def recover_swap(out: Path) -> bool:
     plan_path = staging / COMPLETE
     if not plan_path.is_file():
         drop_staging(out)
+        if (out / ASIDE).is_dir() and not staging.exists():
+            shutil.rmtree(out / ASIDE)  # a swap that had finished all but deleting the replaced files
         return False
     try:
         plan = json.loads(plan_path.read_text())

@@ -660,8 +660,9 @@ class Trainer:
         """--overwrite: the complete new run (in the staging folder) replaces the old one; the members point at their final folders."""
         names = [cfg.display_name() for cfg in self.run.saes] if len(self.run.saes) > 1 else []
         final, staged = self._final_out, self.out
-        self.world.on_main(lambda: commit_staged(final, names, RUN_FILES, [SHARD_CHECKPOINT_DIR]))
+        # From here the new run is complete: a swap cut short is finished by the next run into the folder, never undone.
         self.out, self._final_out = final, None
+        self.world.on_main(lambda: commit_staged(final, names, RUN_FILES, [SHARD_CHECKPOINT_DIR]))
         for m in members:
             m.out = final / m.out.relative_to(staged)
 
