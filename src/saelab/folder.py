@@ -135,13 +135,36 @@ def read_saelab_record(folder: str | Path) -> dict:
     if not Path(folder).is_dir():
         raise DataError(f"sae={str(folder)!r}: not a folder")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"sae={str(folder)!r}: no {SAELAB_CFG} (not a saelab SAE folder)") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: unreadable JSON ({e.msg} at line {e.lineno})") from None
     except (ValueError, RecursionError, OSError) as e:  # not UTF-8, nested beyond reason, a folder
         raise DataError(f"{path}: unreadable JSON ({type(e).__name__})") from None
+    _check_record_types(path, record)
+    return record
+
+
+# saelab.json entries every reader takes for objects (None: may be null), and the split's fields.
+_OBJECT_ENTRIES = {"sae": False, "train": False, "split": False, "eval": False, "files": False, "source": True,
+                   "target_l0": True, "convergence": True}
+
+
+def _check_record_types(path: Path, record) -> None:
+    """DataError naming the entry of a saelab.json whose type no reader could use (one line, never a traceback later)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    for key, nullable in _OBJECT_ENTRIES.items():
+        if key in record and not isinstance(record[key], dict) and not (nullable and record[key] is None):
+            raise DataError(f"{path}: {key}={str(record[key])[:40]!r} must be an object")
+    split, train = record.get("split") or {}, record.get("train") or {}
+    rows = split.get("eval_rows")
+    if "eval_rows" in split and not (isinstance(rows, list) and len(rows) == 2 and all(type(v) is int for v in rows) and 0 <= rows[0] <= rows[1]):
+        raise DataError(f"{path}: split.eval_rows={str(rows)[:40]!r} must be [lo, hi] with 0 ≤ lo ≤ hi")
+    for where, entry, key in (("split", split, "eval_file"), ("train", train, "activations")):
+        if entry.get(key) is not None and not isinstance(entry.get(key), str):
+            raise DataError(f"{path}: {where}.{key}={str(entry.get(key))[:40]!r} must be a path")
 
 
 def load_sae(folder: str | Path, device: str = "cpu"):
@@ -152,8 +175,6 @@ def load_sae(folder: str | Path, device: str = "cpu"):
     if Path(folder).is_dir() and not (Path(folder) / SAELAB_CFG).exists() and foreign_format(folder) is not None:
         return load_foreign(folder).to(device)
     record = read_saelab_record(folder)
-    if not isinstance(record, dict):
-        raise DataError(f"{Path(folder) / SAELAB_CFG}: expected a JSON object, found {type(record).__name__}")
     check_complete(folder, record)
     try:
         cfg = SAEConfig.from_dict(record["sae"])
