@@ -77,7 +77,7 @@ def test_overwrite_keeps_the_old_run_whole_and_loadable_until_the_new_one_is_com
     out = tmp_path / "run"
     assert cli(*train_args(data, out))[0] == 0
     old = snapshot(out)
-    original_step, original_finish = Trainer._train_step, Trainer._finish
+    original_step = Trainer._train_step
 
     def diverges(self, m, x, step):
         if step == 3:
@@ -401,7 +401,7 @@ def test_a_swap_cut_short_is_finished_by_the_next_run(data, tmp_path, monkeypatc
 
     out = tmp_path / "run"
     assert cli(*train_args(data, out))[0] == 0
-    real_replace, calls = os.replace, {"n": 0}
+    real_replace = os.replace
 
     def killed_mid_swap(src, dst, *a, **kw):
         if str(src).endswith("/.saelab-new/saelab.json"):  # the swap moving the new saelab.json in

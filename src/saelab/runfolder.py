@@ -48,15 +48,6 @@ def existing_run(dirs: Iterable[Path], run_files: Iterable[str], checkpoint: str
     return f"a partial run ({found[0].name} in {found[0].parent} but no checkpoint to resume from)"
 
 
-def remove_run_files(dirs: Iterable[Path], run_files: Iterable[str], keep: Iterable[Path] = ()) -> None:
-    """Delete the files a previous run wrote in `dirs`, except the paths in `keep`."""
-    keep = {Path(p) for p in keep}
-    for d in dirs:
-        for name in run_files:
-            if d / name not in keep:
-                (d / name).unlink(missing_ok=True)
-
-
 def check_no_links(out: Path, dirs: Iterable[Path], run_files: Iterable[str]) -> None:
     """ConfigError for an SAE folder or output file that is a symbolic link: saelab writes nothing through links.
 
