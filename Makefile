@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --hypothesis-profile=long
 
 test-demo: $(STAMP)
 	$(BIN)/python -m pytest -q -m demo

@@ -1,6 +1,7 @@
 """Shared fixtures: small toy datasets written to temporary folders."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,8 +13,14 @@ from saelab.data.toy import ToyConfig, write_toy
 # CI runs the property tests on a fixed set of examples, so a submission's result does not depend on
 # the draw; locally every run explores new ones.
 settings.register_profile("ci", derandomize=True, database=None)
+# `make test-slow` (or SAELAB_HYPOTHESIS_PROFILE=long, or pytest --hypothesis-profile=long): the fuzz suite's long run.
+settings.register_profile("long", max_examples=300, deadline=None, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+if os.environ.get("SAELAB_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["SAELAB_HYPOTHESIS_PROFILE"])
+# Data digests (fingerprint.py) are cached per user; the tests keep theirs out of the home folder.
+os.environ.setdefault("SAELAB_CACHE_DIR", tempfile.mkdtemp(prefix="saelab-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

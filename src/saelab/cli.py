@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         # from raising again on the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:
+        # A full or read-only disk met outside the places that name it themselves: still one line, exit 2.
+        print(f"saelab: error: {e.filename or 'output'}: {e.strerror or ' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from saelab.api import sparsity_warning
 from saelab.commands.common import add_threads, scalar
@@ -41,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--noise", type=float, default=0.0)
     p.add_argument("--decay", type=float, default=0.0, help="feature-frequency decay (0: all equally frequent)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace toy data already in --out")
     p.set_defaults(func=cmd_toy)
 
     add_train_parser(sub)
@@ -83,10 +85,15 @@ def cmd_methods(args) -> int:
 
 # ---- toy ----------------------------------------------------------------------------------
 
+TOY_FILES = ("activations.npy", "dictionary.npy", "codes.npy", "toy.json")  # what write_toy writes
+
 def cmd_toy(args) -> int:
     """Write sparse-superposition toy data and its true dictionary."""
 
     cfg = ToyConfig(n_features=args.n_features, d=args.d, n_samples=args.n_samples, mean_active=args.mean_active, noise=args.noise, seed=args.seed, decay=args.decay)
+    held = [name for name in TOY_FILES if (Path(args.out) / name).exists() or (Path(args.out) / name).is_symlink()]
+    if held and not args.overwrite:
+        raise ConfigError("out", str(args.out), f"already holds {held[0]}; pass --overwrite to replace the toy data there")
     paths = write_toy(cfg, args.out)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

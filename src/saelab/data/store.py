@@ -117,7 +117,9 @@ def _shard_paths(folder: Path) -> list[Path]:
 
         manifest = verify_cache(folder)
         return [folder / s["file"] for s in manifest["shards"]]
-    paths = sorted(p for p in folder.iterdir() if p.suffix in (".npy", ".safetensors") and not p.name.startswith("."))
+    # The rule source.json and manifests follow: a shard that links outside the folder is refused.
+    paths = sorted(Path(contained(str(folder), p.name, str(folder / p.name))) for p in folder.iterdir()
+                   if p.suffix in (".npy", ".safetensors") and not p.name.startswith("."))
     if not paths:
         raise DataError(f"{folder}: folder holds no .npy or .safetensors shard")
     return paths

@@ -62,7 +62,12 @@ def held_out_rows(record: dict | None, store: ActivationStore) -> tuple[int, int
         same = Path(train_path).resolve() == store.path.resolve()
     except OSError:
         return None
-    return tuple(split["eval_rows"]) if same else None
+    if not same:
+        return None
+    lo, hi = split["eval_rows"]
+    if hi > store.n_rows:
+        raise DataError(f"saelab.json: split.eval_rows={[lo, hi]} lies outside the {store.n_rows} rows of {store.path}")
+    return lo, hi
 
 
 def resolve_rows(rows, record: dict | None, store: ActivationStore) -> tuple[tuple[int, int], str]:

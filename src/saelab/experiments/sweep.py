@@ -8,6 +8,13 @@ parts whose SAEs all have their eval.json are not retrained, a part killed mid-t
 from its checkpoint (sweeps checkpoint every tenth of training unless told otherwise), and SAEs
 already in results.jsonl are not evaluated again.
 
+A resume never mixes: sweep.json also records the fingerprint of the data (every byte, see
+fingerprint.py) and the data's source record, and a resume on other data is refused; a row of
+results.jsonl is reused only when it equals what its folder's saelab.json (and othello_score.json)
+say, else the SAE is evaluated again; an SAE trained and evaluated in any run folder of the sweep is
+reused wherever a new packing (another memory budget) would put it. A sweep that stopped before any
+training started leaves nothing to resume, so running it again (with or without --resume) starts over.
+
 Under torchrun every part trains data-parallel on all ranks. With `spread_over_ranks` each rank
 instead trains its own share of each seed's SAEs (`runs/seed{S}-rank{r}[-part{i}]/`), alone, on the
 same batches as every other rank (same stream, same seed; no gradient exchange), so each SAE ends
@@ -41,10 +48,13 @@ from saelab.experiments.grid import (
     spread_over_ranks,
     step_cost_estimate,
 )
+from saelab.errors import DataError
+from saelab.training.fingerprint import data_fingerprint
 from saelab.formats.folder import SAELAB_CFG, load_sae, read_saelab_record
 from saelab.util.atomic import atomic_write_json, atomic_write_text
+from saelab.util.json_files import read_json_object
 from saelab.util.jsonl import jsonl_objects
-from saelab.training.trainer import CHECKPOINT, Trainer
+from saelab.training.trainer import CHECKPOINT, RUN_CONFIG, Trainer, read_source_info
 
 RESULTS = "results.jsonl"
 OTHELLO_SCORE = "othello_score.json"
@@ -55,6 +65,7 @@ SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread 
 DEAL = "spread_deal"  # key of sweep.json: seed → each rank's SAE names (kept, so a resume finds every folder)
 REDO_SUFFIX = "-redo"  # run folder of SAEs retrained after their folders were deleted from a finished part
 RANK_RESULTS = "results.rank{rank}.jsonl"  # a spread rank's rows until rank 0 merges them into RESULTS
+INPUTS = "inputs"  # key of sweep.json: the data's fingerprints and source record; a resume must match them
 
 
 def available_memory_bytes() -> int:
@@ -194,7 +205,28 @@ class Evaluators:
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
-    return {row["name"]: row for _, row in jsonl_objects(path)} if path.exists() else {}
+    # A row without a name says nothing a folder can confirm: its SAE is evaluated again.
+    return {row["name"]: row for _, row in jsonl_objects(path) if isinstance(row.get("name"), str)} if path.exists() else {}
+
+
+OTHELLO_ROW_KEYS = ("good_classifiers", "good_findable", "findable", "good_classifier_latents", "coverage", "good_classifiers_frac")
+
+
+def _agrees(prior: dict, fresh: dict, folder: Path) -> bool:
+    """Whether an earlier results row says what the SAE's folder says (saelab.json, and othello_score.json when there)."""
+    fresh = json.loads(json.dumps(fresh))
+    ci = prior.get("ci")
+    if not isinstance(ci, dict) or any(ci.get(k) != v for k, v in fresh.pop("ci", {}).items()):
+        return False
+    if any(prior.get(k) != v for k, v in fresh.items()):
+        return False
+    if (folder / OTHELLO_SCORE).exists():
+        try:
+            score = read_json_object(folder / OTHELLO_SCORE)
+        except DataError:
+            return False
+        return all(prior.get(k) == score.get(k) for k in OTHELLO_ROW_KEYS)
+    return True
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -230,15 +262,39 @@ def _split_removed(run_dir: Path, part: list[PlannedSAE]) -> list[tuple[Path, li
     return [(run_dir, [p for p, _ in kept], [f for _, f in kept]), (redo, removed, _member_folders(redo, removed))]
 
 
+def _started(root: Path) -> bool:
+    """Whether a sweep in `root` got as far as training or evaluating anything (else a rerun starts it over)."""
+    runs = root / "runs"
+    return (runs.is_dir() and any(runs.iterdir())) or (root / RESULTS).exists() or any(root.glob(RANK_RESULTS.format(rank="*")))
+
+
+def _check_same_inputs(root: Path, saved: dict, inputs: dict) -> None:
+    """ConfigError naming the first recorded input (data fingerprint, source record) that differs now."""
+    recorded = saved.get(INPUTS)
+    if recorded is None:
+        return  # a sweep started before inputs were recorded: they are recorded from this resume on
+    now = json.loads(json.dumps(inputs))
+    for key in sorted(set(now) | set(recorded if isinstance(recorded, dict) else {})):
+        if not isinstance(recorded, dict) or recorded.get(key) != now.get(key):
+            field = "eval_activations" if key == "eval_activations" else "activations"
+            what = "its source record" if key == "source" else "its content (a fingerprint of every byte)"
+            raise ConfigError(field, saved.get("config", {}).get(field), f"not the data the sweep in {root} was trained on ({what} differs); "
+                              "resume needs the same data, or start a new sweep in another folder")
+
+
 def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> dict | None:
     """Check that `root` is new, or holds this sweep when resuming; write its plan; return the saved plan (None if new)."""
     saved = None
     if (root / PLAN).exists():
-        if not resume:
+        saved = read_json_object(root / PLAN, {"config": dict, "saes": list})
+        if not _started(root):
+            saved = None  # it stopped before its first SAE (a bad option, missing data): nothing to keep or match
+        elif not resume:
             raise ConfigError("out", str(root), "already holds a sweep; pass --resume to continue it or choose another folder")
-        saved = json.loads((root / PLAN).read_text())
+    if saved is not None:
         if saved.get("saes") != plan_record["saes"] or saved.get("config") != json.loads(json.dumps(data)):
             raise ConfigError("config", str(config), f"differs from the sweep in {root} (its {PLAN}); resume needs the same config")
+        _check_same_inputs(root, saved, plan_record[INPUTS])
         if saved.get(SPREAD) != plan_record.get(SPREAD):
             # Which rank trains which SAE, and so each run's folder, depends on the number of ranks.
             was, now = saved.get(SPREAD), plan_record.get(SPREAD)
@@ -246,7 +302,7 @@ def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> d
             raise ConfigError(SPREAD, now, f"the sweep in {root} was {how(was)}, this run is {how(now)}; resume it as it started")
         if DEAL in saved:
             plan_record = {**plan_record, DEAL: saved[DEAL]}
-    elif root.exists() and any(root.iterdir()) and not resume:
+    elif root.exists() and any(p.name != PLAN for p in root.iterdir()) and not resume:
         raise ConfigError("out", str(root), "is not empty; choose a new folder for the sweep")
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / PLAN, plan_record)
@@ -261,7 +317,7 @@ def _settle_deal(root: Path, plan: SweepPlan, saved: dict | None, d_in: int, bat
     cost = memory_estimate if saved is not None else step_cost_estimate
     deal = {str(seed): [[s.name for s in share] for share in spread_over_ranks(saes, d_in, batch_size, ranks, cost)]
             for seed, saes in plan.by_seed().items()}
-    atomic_write_json(root / PLAN, {**json.loads((root / PLAN).read_text()), DEAL: deal})
+    atomic_write_json(root / PLAN, {**read_json_object(root / PLAN), DEAL: deal})
     return deal
 
 
@@ -299,17 +355,17 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         plan_record[SPREAD] = world.size
     if not world.is_main:
         say = lambda message: None  # noqa: E731 — rank 0 reports
-    saved = world.on_main(lambda: _claim(root, plan_record, data, config, resume))
-
+    unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
+    if unknown:
+        raise ConfigError(f"eval.{unknown[0]}", plan.eval[unknown[0]], f"unknown [eval] option (known: {', '.join(EVAL_KEYS)})")
     store = ActivationStore(plan.train["activations"])
+    plan_record[INPUTS] = world.on_main(lambda: _inputs(store, plan.train))
+    saved = world.on_main(lambda: _claim(root, plan_record, data, config, resume))
     # Rank 0's budget on every rank: the SAEs must be packed into the same parts everywhere. Spread
     # ranks train at once, so those on one machine share its budget.
     sharing = int(os.environ.get("LOCAL_WORLD_SIZE", world.size)) if spread else 1
     budget = world.on_main(lambda: int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2) // sharing)
     batch_size = int(plan.train.get("batch_size", TrainConfig.__dataclass_fields__["batch_size"].default))
-    unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
-    if unknown:
-        raise ConfigError(f"eval.{unknown[0]}", plan.eval[unknown[0]], f"unknown [eval] option (known: {', '.join(EVAL_KEYS)})")
     done = {}
     if resume:
         # A killed spread sweep left each rank's evaluated rows beside results.jsonl.
@@ -324,11 +380,11 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         """The results row of each SAE of a trained part (evaluated unless an earlier run's rows have it)."""
         nonlocal evaluators
         for planned, folder in zip(part, folders):
-            if planned.name in done and (root / done[planned.name]["folder"]).exists():
-                rows.append(done[planned.name])
-                continue
             record = read_saelab_record(folder)
             row = _row(planned, folder, root, record)
+            if planned.name in done and _agrees(done[planned.name], row, folder):
+                rows.append(done[planned.name])  # what its folder says: its extra evaluations need not run again
+                continue
             if evaluators is None:
                 evaluators = Evaluators(record.get("source"), plan.eval, say)
             extra = evaluators.extra(load_sae(folder), folder)
@@ -346,6 +402,9 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         say(f"spreading {len(plan.saes)} SAEs over {world.size} ranks: {', '.join(map(str, shares))} SAE(s) each")
     pieces = [(owner, seed, piece) for owner, seed, run_dir, part in runs
               for piece in (_split_removed(run_dir, part) if resume else [(run_dir, part, _member_folders(run_dir, part))])]
+    if resume:  # another packing (memory budget) than the first run's: SAEs finished anywhere are kept where they are
+        found = world.on_main(lambda: _finished_folders(root))
+        pieces = [(owner, seed, p) for owner, seed, piece in pieces for p in _reuse(root, *piece, found)]
     for owner, seed, (run_dir, part, folders) in pieces:
         if owner in (None, world.rank):
             finished = all(_finished(f) for f in folders)
@@ -381,6 +440,70 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         paths = build_report([root], root / "report", command=f"saelab sweep {config} --out {out}")
         say(f"report: {paths.html}")
     return rows
+
+
+def _inputs(store: ActivationStore, train: dict) -> dict:
+    """What a sweep's rows depend on beyond its config: the data's fingerprint(s) and its source record."""
+    inputs = {"activations": data_fingerprint(store), "source": read_source_info(train["activations"])}
+    if train.get("eval_activations"):
+        inputs["eval_activations"] = data_fingerprint(ActivationStore(train["eval_activations"]))
+    return inputs
+
+
+def _finished_folders(root: Path) -> dict[str, Path]:
+    """Each SAE name → a folder in the sweep's runs/ that holds it trained and evaluated."""
+    found: dict[str, Path] = {}
+    runs = root / "runs"
+    for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not run_dir.is_dir() or run_dir.is_symlink():
+            continue
+        for folder in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))]:
+            if not _finished(folder):
+                continue
+            try:
+                name = read_saelab_record(folder).get("sae", {}).get("name")
+            except (DataError, AttributeError):
+                continue
+            if isinstance(name, str):
+                found.setdefault(name, folder)
+    return found
+
+
+def _saes_of_run(run_dir: Path) -> list[str] | None:
+    """The SAE names a run folder's run.json holds (None when it has none or it is unreadable)."""
+    try:
+        saes = read_json_object(run_dir / RUN_CONFIG, {"saes": list})["saes"]
+        return [s.get("name") for s in saes]
+    except (DataError, AttributeError):
+        return None
+
+
+def _reuse(root: Path, run_dir: Path, part: list[PlannedSAE], folders: list[Path],
+           found: dict[str, Path]) -> list[tuple[Path, list[PlannedSAE], list[Path]]]:
+    """`part` with its SAEs finished elsewhere in the sweep read from there, the rest trained in a run folder of their own.
+
+    The rest resume a run folder that holds exactly them, else train in `run_dir` or, when that holds
+    other SAEs, in the first free `run_dir-redo[N]`.
+    """
+    elsewhere = {p.name: found[p.name] for p, f in zip(part, folders) if not _finished(f) and p.name in found}
+    if not elsewhere:
+        return [(run_dir, part, folders)]
+    reused = [p for p in part if p.name in elsewhere]
+    pieces = [(run_dir, reused, [elsewhere[p.name] for p in reused])]
+    rest = [p for p in part if p.name not in elsewhere]
+    if rest:
+        names = [p.name for p in rest]
+        runs = root / "runs"
+        holding = [d for d in sorted(runs.iterdir()) if d.is_dir() and _saes_of_run(d) == names and (d / CHECKPOINT).exists()]
+        target = holding[0] if holding else None
+        i = 0
+        while target is None:
+            candidate = run_dir.with_name(run_dir.name + (REDO_SUFFIX + (str(i) if i else "") if i or run_dir.exists() else ""))
+            if not candidate.exists():
+                target = candidate
+            i += 1
+        pieces.append((target, rest, _member_folders(target, rest)))
+    return pieces
 
 
 def _runs(plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int,

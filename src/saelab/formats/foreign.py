@@ -61,8 +61,16 @@ def load_foreign(folder: str | Path) -> SparseAutoencoder:
     if kind is None:
         raise DataError(f"sae={str(folder)!r}: neither a saelab folder (saelab.json) nor a SAELens ({CFG_FILE} + {SAELENS_WEIGHTS}) "
                         f"or sparsify ({CFG_FILE} + {SPARSIFY_WEIGHTS}) folder")
-    imported = read_saelens(folder) if kind == "saelens" else read_sparsify(folder)
-    return build_sae(imported)
+    try:
+        imported = read_saelens(folder) if kind == "saelens" else read_sparsify(folder)
+        for name, tensor in {"W_enc": imported.W_enc, "b_enc": imported.b_enc, "W_dec": imported.W_dec, "b_dec": imported.b_dec,
+                             **imported.extra}.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise DataError(f"{folder}: {name} holds NaN or infinite values")
+        return build_sae(imported)
+    except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        # A value of a type or shape no check above foresaw: still one line naming the folder, never a traceback.
+        raise DataError(f"{folder}: unreadable {kind} folder ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
 
 
 def build_sae(imp: Imported) -> SparseAutoencoder:
@@ -106,6 +114,13 @@ def _need(tensors: dict, name: str, path: Path) -> torch.Tensor:
     return tensors[name].float()
 
 
+def _shaped(tensor: torch.Tensor, name: str, shape: tuple[int, ...], path: Path) -> torch.Tensor:
+    """`tensor` when it has `shape`; DataError naming the file and tensor otherwise."""
+    if tuple(tensor.shape) != shape:
+        raise DataError(f"{path}: {name} has shape {tuple(tensor.shape)}, expected {shape}")
+    return tensor
+
+
 def _int(cfg: dict, key: str, path: Path) -> int:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
@@ -129,6 +144,8 @@ def read_saelens(folder: str | Path) -> Imported:
     # A gated SAE's gate bias plays saelab's b_enc (see methods/gated.py).
     W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, "b_gate" if arch == "gated" else "b_enc", w_path)
     W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
+    _shaped(W_enc, "W_enc", (d_in, n), w_path), _shaped(b_enc, "b_gate" if arch == "gated" else "b_enc", (n,), w_path)
+    _shaped(W_dec, "W_dec", (n, d_in), w_path), _shaped(b_dec, "b_dec", (d_in,), w_path)
     # SAELens 5 wrote TopK as architecture "standard" with activation_fn "topk".
     if arch == "standard" and cfg.get("activation_fn_str", cfg.get("activation_fn")) == "topk":
         arch, cfg = "topk", {**cfg, "k": (cfg.get("activation_fn_kwargs") or {}).get("k")}
@@ -144,13 +161,14 @@ def read_saelens(folder: str | Path) -> Imported:
     elif arch == "batchtopk":  # a SAELens training save: TopK at k per sample until a threshold is estimated
         method, params = "batchtopk", {"k": _int(cfg, "k", cfg_path)}
         if "topk_threshold" in tensors:
-            extra["threshold"] = tensors["topk_threshold"].float().reshape(1)
+            extra["threshold"] = _shaped(tensors["topk_threshold"].float().reshape(-1), "topk_threshold", (1,), w_path)
     elif arch == "jumprelu":
         method, params = "jumprelu", {}
-        extra["threshold"] = _need(tensors, "threshold", w_path)
+        extra["threshold"] = _shaped(_need(tensors, "threshold", w_path), "threshold", (n,), w_path)
     elif arch == "gated":
         method, params = "gated", {}
-        extra["r_mag"], extra["b_mag"] = _need(tensors, "r_mag", w_path), _need(tensors, "b_mag", w_path)
+        extra["r_mag"] = _shaped(_need(tensors, "r_mag", w_path), "r_mag", (n,), w_path)
+        extra["b_mag"] = _shaped(_need(tensors, "b_mag", w_path), "b_mag", (n,), w_path)
     else:
         raise DataError(f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu, gated)")
     if not cfg.get("apply_b_dec_to_input", True):
@@ -161,7 +179,11 @@ def read_saelens(folder: str | Path) -> Imported:
             extra["b_mag"] = extra["b_mag"] + extra["r_mag"].exp() * shift
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg  # SAELens 5 kept these at the top level
     sae_cfg = SAEConfig(n_latents=n, method=method, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None)
-    return Imported(sae_cfg, W_enc, b_enc, W_dec, b_dec, extra, ModelSite.from_metadata(meta), "SAELens")
+    try:
+        site = ModelSite.from_metadata(meta)
+    except DataError as e:
+        raise DataError(f"{cfg_path}: {e}") from None
+    return Imported(sae_cfg, W_enc, b_enc, W_dec, b_dec, extra, site, "SAELens")
 
 
 # ---- EleutherAI sparsify ----------------------------------------------------------------------
@@ -180,7 +202,10 @@ def read_sparsify(folder: str | Path) -> Imported:
         raise DataError(f"{cfg_path}: activation={cfg.get('activation')!r} is not supported (saelab reads topk)")
     enc_w, enc_b = _need(tensors, "encoder.weight", w_path), _need(tensors, "encoder.bias", w_path)
     W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
+    if enc_w.ndim != 2:
+        raise DataError(f"{w_path}: encoder.weight has shape {tuple(enc_w.shape)}, expected [n_latents, d_in]")
     n, d_in = enc_w.shape
+    _shaped(enc_b, "encoder.bias", (n,), w_path), _shaped(W_dec, "W_dec", (n, d_in), w_path), _shaped(b_dec, "b_dec", (d_in,), w_path)
     if "d_in" in cfg and cfg["d_in"] != d_in:
         raise DataError(f"{cfg_path}: d_in={cfg['d_in']!r}, but encoder.weight has shape {tuple(enc_w.shape)}")
     k = _int(cfg, "k", cfg_path)

@@ -32,6 +32,8 @@ class ModelSite:
         """From a SAELens cfg.json `metadata` (or a flat SAELens 5 cfg); None when it names no hook."""
         if not isinstance(meta, dict) or not meta.get("hook_name"):
             return None
+        if not isinstance(meta["hook_name"], str):
+            raise DataError(f"cfg.json metadata: hook_name={meta['hook_name']!r} must be a string")
         try:
             return cls(str(meta.get("model_name") or ""), str(meta["hook_name"]), int(meta.get("hook_layer", _layer_of(meta["hook_name"]))),
                        int(meta.get("context_size") or 0), bool(meta.get("prepend_bos", True)))

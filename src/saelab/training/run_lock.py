@@ -1,4 +1,12 @@
-"""One training per output folder: a lock file holding the owner's PID, removed on exit, stale ones detected."""
+"""One training per output folder: a lock file holding the owner's PID, removed on exit, stale ones detected.
+
+A run locks every folder it writes (its own and each SAE folder inside it) and respects locks held
+above and below them: a run into `parent/` refuses while another process trains into `parent/sub/`,
+and the other way round. A process never blocks itself (a sweep's trainings nest in one process).
+The lock is a PID file rather than an flock (filelock): it must say who holds it in the error, and
+survive on file systems where flock is advisory-only or absent; a lock whose owner is gone is stale
+and taken over.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +56,57 @@ def _owner_alive(info: dict) -> bool:
     return started is None or _process_start(pid) in (None, started)
 
 
+def _holder(lock_path: Path) -> dict | None:
+    """The live owner's info of the lock file at `lock_path` when another process holds it, else None."""
+    if not lock_path.is_file():
+        return None
+    info = RunLock(lock_path.parent)._read()
+    if info.get("pid") == os.getpid() and info.get("host") in (None, socket.gethostname()):
+        return None  # this process: a sweep's training nested in it
+    return info if info.get("starting") or _owner_alive(info) else None
+
+
+def check_nested(folder: Path) -> None:
+    """ConfigError when another live training holds a lock on a folder above `folder` or inside it."""
+    folder = Path(folder)
+    for above in Path(os.path.abspath(folder)).parents:
+        info = _holder(above / LOCK_FILE)
+        if info is not None:
+            raise ConfigError("out", str(folder), f"inside {above}, which another saelab training (pid {info.get('pid')}) is writing; "
+                              f"wait for it to finish (or delete {above / LOCK_FILE} if that process is not saelab)")
+    if not folder.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(folder):  # links are not followed
+        here = Path(dirpath)
+        info = _holder(here / LOCK_FILE) if here != folder and LOCK_FILE in filenames else None
+        if info is not None:
+            raise ConfigError("out", str(folder), f"holds {here}, which another saelab training (pid {info.get('pid')}) is writing; "
+                              f"wait for it to finish (or delete {here / LOCK_FILE} if that process is not saelab)")
+
+
+class RunLocks:
+    """Context manager: the RunLock of each folder in order (a run's folder, then each SAE folder), released in reverse."""
+
+    def __init__(self, folders):
+        self.locks = [RunLock(f) for f in dict.fromkeys(Path(f) for f in folders)]
+
+    def __enter__(self) -> "RunLocks":
+        taken = []
+        try:
+            for lock in self.locks:
+                lock.acquire()
+                taken.append(lock)
+        except BaseException:
+            for lock in reversed(taken):
+                lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
+
 class RunLock:
     """Context manager: hold `folder/.saelab-lock` for the duration of one training.
 
@@ -73,6 +132,7 @@ class RunLock:
         """Take the lock or raise ConfigError (another live training holds it, or the folder cannot be written)."""
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError("out", str(self.folder), "exists and is not a folder")
+        check_nested(self.folder)  # before the folder is created: a refused run leaves no trace
         try:
             self.created_folder = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -43,8 +42,8 @@ from saelab.util.atomic import atomic_write_json, atomic_write_text, dumps_json
 from saelab.training.objective import DeadLatentTracker, StepOutput, active_per_row, compute_step, fired_latents, nonzero_values
 from saelab.step_output import active_above
 from saelab.model.sae import SparseAutoencoder
-from saelab.training.run_lock import RunLock
-from saelab.training.run_folder import check_folders, clean_temp_files, existing_run, remove_run_files
+from saelab.training.run_lock import RunLocks
+from saelab.training.run_folder import check_folders, check_no_links, clean_temp_files, commit_staged, drop_staging, existing_run, recover_swap, staging_dir
 from saelab.training.schedule import lr_factor
 from saelab.training.l0_control import L0Controller
 
@@ -235,6 +234,29 @@ def _apply_gradients(m: Member, out: StepOutput, grad_clip: float | None) -> Non
         m.sae.normalize_decoder()
 
 
+# Below this magnitude a value's square underflows float32's smallest normal number: losses and NMSE lose all meaning.
+SMALLEST_USABLE = math.sqrt(float(np.finfo(np.float32).tiny))
+
+
+def check_representable(sample: torch.Tensor, where) -> None:
+    """DataError when the data's largest magnitude is so small that float32 squares of it underflow (e.g. ~1e-42)."""
+    peak = float(sample.abs().max()) if sample.numel() else 0.0
+    if 0.0 < peak < SMALLEST_USABLE:
+        raise DataError(f"activations={str(where)!r}: the largest magnitude in a sample of {sample.shape[0]} rows is {peak:.3g}, too small "
+                        f"for float32 training (squares below {SMALLEST_USABLE:.2g} underflow); scale the data up")
+
+
+def _append_no_follow(path: Path):
+    """`path` opened for appending, refusing a symbolic link (a planted link never redirects the log)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError:
+        if path.is_symlink():
+            raise ConfigError("out", str(path), "is a symbolic link; saelab writes no output through links (remove it)") from None
+        raise
+    return os.fdopen(fd, "a")
+
+
 def read_source_info(path: str | Path) -> dict | None:
     """Provenance written beside the activations (source.json in a folder, X.source.json for X.npy)."""
     path = Path(path)
@@ -328,6 +350,7 @@ class Trainer:
     def _build_members(self) -> list[Member]:
         t = self.run.train
         sample = self._init_sample()
+        check_representable(sample, t.activations)
         members = []
         for cfg, out in zip(self.run.saes, self._member_dirs()):
             if cfg.d_in is not None and cfg.d_in != self.store.d_in:
@@ -345,6 +368,8 @@ class Trainer:
         """Refuse to clobber a run (every member folder is checked before anything trains); clean temp leftovers."""
         dirs = self._run_dirs()
         check_folders(dirs)
+        if recover_swap(self.out):  # an --overwrite swap cut short: finished, so the folder holds one whole run
+            print(f"saelab: finished replacing the run in {self.out} (its swap was cut short)", file=sys.stderr)
         clean_temp_files(dirs)  # left by an atomic write that was interrupted
         ckpt = self.out / CHECKPOINT
         self._replacing = False
@@ -358,20 +383,6 @@ class Trainer:
             hint = "pass --resume to continue it or --overwrite to replace it" if ckpt.exists() else "pass --overwrite to replace it"
             raise ConfigError("out", str(self.out), f"already holds {found}; {hint}")
         self._replacing = found is not None
-
-    def _replace_old_run(self, members: list[Member]) -> None:
-        """--overwrite: the new run's step-0 checkpoint replaces the old one before any other old file goes.
-
-        Until that rename the old run is whole; after it the new run resumes. Never neither.
-        """
-        self._save_checkpoint(members, 0)
-        if self.world.is_main:
-            remove_run_files(self._run_dirs(), RUN_FILES, keep=[self.out / CHECKPOINT])
-            self._remove_old_shards()
-
-    def _remove_old_shards(self) -> None:
-        """Delete a replaced latent-sharded run's shard files (this run's checkpoint does not name them)."""
-        shutil.rmtree(self.out / SHARD_CHECKPOINT_DIR, ignore_errors=True)
 
     def _fingerprints(self) -> dict:
         if getattr(self, "_data_fp", None) is None:
@@ -430,6 +441,9 @@ class Trainer:
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
                 raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
+            for name, value in (saved.get("model") or {}).items():
+                if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise DataError(f"{self.out / CHECKPOINT}: {m.cfg.display_name()}'s {name} holds NaN or infinite values")
             self._load_member_tensors(m, saved, state)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -454,7 +468,9 @@ class Trainer:
         saved_data = state.get("data") if isinstance(state.get("data"), dict) else {}
         for field, now in self._fingerprints().items():
             check_same_data(field, getattr(self.run.train, field), saved_data.get(field), now)
-        step = int(state["step"])
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DataError(f"{self.out / CHECKPOINT}: step={step!r} must be a whole number of steps ≥ 0")
         if step > self.total_steps:
             t = self.run.train
             budget = next((b for b in ("steps", "tokens", "epochs") if getattr(t, b) is not None), "steps")
@@ -527,22 +543,39 @@ class Trainer:
     def fit(self, resume: bool = False, overwrite: bool = False) -> list[Member]:
         """Train to the budget, writing logs, checkpoints and each SAE folder; return the members.
 
-        The output folder is locked for the run. SIGINT/SIGTERM end the loop after the current step
-        with a checkpoint and raise TrainingInterrupted; a failed write is a DataError naming its path.
+        The output folder and each SAE folder are locked for the run (run_lock). With `overwrite` the
+        new run is built in a staging folder inside the old one and swapped in only once complete, so a
+        run that fails, diverges or is killed leaves the old run as it was. SIGINT/SIGTERM end the loop
+        after the current step with a checkpoint and raise TrainingInterrupted; a failed write is a
+        DataError naming its path.
         """
-        lock = RunLock(self.out) if self.world.is_main else contextlib.nullcontext()  # only rank 0 writes the folder
+        self._final_out = None  # the run folder while an --overwrite run is built in its staging folder
+        dirs = self._run_dirs()
+        if self.world.is_main:  # only rank 0 writes the folders
+            check_no_links(self.out, dirs, RUN_FILES)
+        lock = RunLocks(dirs) if self.world.is_main else contextlib.nullcontext()
         with lock, StopSignals() as self._stop:
             try:
                 return self._fit(resume, overwrite)
-            except TrainingInterrupted as e:
-                if getattr(e, "checkpointed", False):
-                    raise
-                raise TrainingInterrupted(e.signum, f"{e}; {self._resume_hint()}") from None
-            except OSError as e:
-                raise DataError(f"{e.filename or self.out}: {e.strerror or e}; {self._resume_hint()}") from None
+            except BaseException as e:
+                staged = self._final_out is not None
+                if staged:
+                    self.out, self._final_out = self._final_out, None
+                    if self.world.is_main:
+                        drop_staging(self.out)
+                if isinstance(e, TrainingInterrupted):
+                    if getattr(e, "checkpointed", False) and not staged:
+                        raise
+                    said = f"interrupted by {signal_name(e.signum)}" if staged else str(e)
+                    raise TrainingInterrupted(e.signum, f"{said}; {self._resume_hint(staged)}") from None
+                if isinstance(e, OSError):
+                    raise DataError(f"{e.filename or self.out}: {e.strerror or e}; {self._resume_hint(staged)}") from None
+                if staged and isinstance(e, SaelabError):
+                    raise DataError(f"{e}; {self._resume_hint(staged)}") from None
+                raise
 
-    def _resume_hint(self) -> str:
-        if getattr(self, "_replacing", False) and not getattr(self, "_checkpointed", False):
+    def _resume_hint(self, staged: bool = False) -> str:
+        if staged:
             return f"nothing was replaced: the old run in {self.out} is as it was"
         if (self.out / CHECKPOINT).exists():
             return f"the last checkpoint in {self.out} is intact: run the same command with --resume to continue"
@@ -558,6 +591,9 @@ class Trainer:
         t = self.run.train
         # Rank 0 checks and cleans the folder; every rank learns the outcome, or stops with its error.
         self._replacing = self.world.on_main(lambda: self._check_out(resume, overwrite) or self._replacing)
+        if self._replacing:  # build the new run beside the old one; the old one stays whole until the swap
+            self._final_out = self.out
+            self.out = self.world.on_main(lambda: staging_dir(self._final_out))
         torch.manual_seed(t.seed)
         members = self._build_members()
         for m in members:
@@ -568,8 +604,6 @@ class Trainer:
             start = self._load_checkpoint(members)
             for m in members if self.world.is_main else []:
                 self._truncate_log(m.out / METRICS, start)
-        elif self._replacing:
-            self._replace_old_run(members)
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / RUN_CONFIG, self.run.to_dict())
@@ -578,7 +612,7 @@ class Trainer:
             if self.world.is_main:
                 m.out.mkdir(parents=True, exist_ok=True)
             # Other ranks compute the same (global) records, and stop on the same non-finite loss, but write nowhere.
-            logs.append(open(m.out / METRICS if self.world.is_main else os.devnull, "a"))
+            logs.append(_append_no_follow(m.out / METRICS) if self.world.is_main else open(os.devnull, "a"))
         loggers = self._open_loggers(members)
         bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
         stop = self._all_converged(members)  # a resumed run that had converged trains no further
@@ -633,7 +667,20 @@ class Trainer:
         if stop:  # the run is what was trained: its checkpoint, saelab.json and a resume all end here
             self.total_steps = max(m.convergence.converged_at for m in members) // t.batch_size
         self._save_checkpoint(members, self.total_steps)
-        return self._complete(members)
+        members = self._complete(members)
+        if self._final_out is not None:
+            self._swap_in(members)
+        return members
+
+    def _swap_in(self, members: list[Member]) -> None:
+        """--overwrite: the complete new run (in the staging folder) replaces the old one; the members point at their final folders."""
+        names = [cfg.display_name() for cfg in self.run.saes] if len(self.run.saes) > 1 else []
+        final, staged = self._final_out, self.out
+        # From here the new run is complete: a swap cut short is finished by the next run into the folder, never undone.
+        self.out, self._final_out = final, None
+        self.world.on_main(lambda: commit_staged(final, names, RUN_FILES, [SHARD_CHECKPOINT_DIR]))
+        for m in members:
+            m.out = final / m.out.relative_to(staged)
 
     def _complete(self, members: list[Member]) -> list[Member]:
         """Evaluate and write each SAE's folder (rank 0); the members, as the caller sees them."""

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from saelab.util import distributed
 from saelab.errors import ConfigError
 from saelab.util.atomic import atomic_write_json
+from saelab.util.json_files import read_json_object
 
 BUDGETS = ("quick", "full")
 DEFAULT_LAYER = 3  # the report trained after layer 3 (of its 8); ours has 4, layer 3 finds 180/188 pairs
@@ -104,7 +104,7 @@ def othello_data(b: Budget, out: Path, say=print) -> Path:
 
     source = out / "source.json"
     if source.exists():
-        recorded = json.loads(source.read_text())
+        recorded = read_json_object(source)  # a bad file is one line naming it, never a traceback
         if recorded.get("games") == b.train_games and recorded.get("layer") == b.layer:
             say(f"reusing {recorded.get('rows', '?')} harvested positions in {out}")
             return out
@@ -121,7 +121,7 @@ def lm_data(b: Budget, model: str, text: str, out: Path, say=print) -> Path:
     from saelab.sources.lm.harvest import HarvestConfig, harvest
 
     manifest = out / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+    if manifest.exists() and read_json_object(manifest).get("complete") is True:
         say(f"reusing the finished activation cache in {out}")
         return out
     if not Path(text).exists():

@@ -23,7 +23,6 @@ dropped or kept, its score and the choice.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from saelab.experiments.reproduce.measures import target_measured_l0
 from saelab.experiments.sweep import OTHELLO_SCORE, Evaluators, run_sweep
 from saelab.formats.folder import load_sae, read_saelab_record
 from saelab.util.atomic import atomic_write_json
+from saelab.util.json_files import read_json_object
 
 COLLAPSED_NMSE = 0.99  # a code that explains (almost) nothing is not a candidate, however sparse
 SEARCH_FILE = "search.json"
@@ -208,7 +208,7 @@ def run_search(candidates: list[Candidate], shared: dict, root: Path, per_method
     world.wait_for_all()
     scores: dict[str, dict] = {}
     for s in finalists:
-        full = json.loads((screen_root / str(s.folder) / OTHELLO_SCORE).read_text())
+        full = read_json_object(screen_root / str(s.folder) / OTHELLO_SCORE)
         scores[s.candidate.name] = {**{k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")},
                                     "mean_best_auroc": mean_best_auroc(full)}
     result = SearchResult(screened, scores, choose_best(screened, scores))

@@ -121,9 +121,6 @@ class ShardedTrainer(Trainer):
 
         world.on_main(commit)
 
-    def _remove_old_shards(self) -> None:
-        pass  # the step-0 checkpoint that replaced the old run already pruned every other shard folder
-
     @staticmethod
     def _member_tensors(m: Member) -> dict:
         return {}  # rank 0's file holds the run; each rank's shard file holds its tensors
