@@ -21,6 +21,7 @@ from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.features.data import FeatureData, iter_codes, load_feature_data, split_rows
 from saelab.folder import read_saelab_record
 from saelab.io import atomic_write_json, dumps_json
+from saelab.progress import stage, track
 
 TASK_KINDS = ("othello", "text")
 
@@ -273,9 +274,11 @@ def _probe_inputs(args, sae, record: dict | None):
         if not isinstance(source, dict) or source.get("source") != "othello":
             raise ConfigError("tasks", "othello", f"the SAE in {args.sae!r} was not trained on OthelloGPT activations")
         seed = int(source.get("seed", 0)) + EVAL_SEED_OFFSET
-        hv = harvest(config_from_source(source, games=args.games, seed=seed))
+        with stage(f"harvest {args.games} held-out games"):
+            hv = harvest(config_from_source(source, games=args.games, seed=seed))
         acts = torch.from_numpy(hv.activations)
-        codes = SparseCodes.from_batches(((i, sae.encode(acts[i : i + 4096]).float()) for i in range(0, len(acts), 4096)),
+        codes = SparseCodes.from_batches(((i, sae.encode(acts[i : i + 4096]).float())
+                                          for i in track(range(0, len(acts), 4096), "encode", unit="batch")),
                                          len(acts), sae.cfg.n_latents)  # fmt: skip
         mask = np.asarray(findable_mask(int(source["layer"]))).reshape(64, 3)
         pairs = list(zip(*np.nonzero(mask)))
@@ -297,9 +300,11 @@ def _probe_inputs(args, sae, record: dict | None):
         _check_width(sae, data.store.d_in, path)
         _, (lo, hi), how = split_rows(record, data)
         hi = min(hi, lo + args.max_rows)
-        codes = SparseCodes.from_batches(((s - lo, z) for s, z in iter_codes(sae, data.store, lo, hi)), hi - lo, sae.cfg.n_latents)
+        codes = SparseCodes.from_batches(((s - lo, z) for s, z in track(iter_codes(sae, data.store, lo, hi), "encode", unit="batch")),
+                                         hi - lo, sae.cfg.n_latents)  # fmt: skip
         rows = np.arange(lo, hi)
-        tl = text_task_labels(data.grid, data.text(), rows)
+        with stage("text task labels"):
+            tl = text_task_labels(data.grid, data.text(), rows)
         return codes, tl.labels.astype(np.int8), list(tl.names), data.grid.row_window[rows], {"tasks": "text", "activations": path, "rows": [lo, hi], "held_out": how}
     return _file_tasks(args, sae)
 
@@ -341,7 +346,7 @@ def _cmd_probe1d(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with torch.no_grad():
         codes, labels, names, groups, source = _probe_inputs(args, sae, _record(args.sae))
-    report = run_probes(codes, labels, names, groups, cfg, {"sae": args.sae, **source})
+    report = run_probes(codes, labels, names, groups, cfg, {"sae": args.sae, **source}, progress=True)
     seconds = time.perf_counter() - t0
     if args.json:
         print(dumps_json({**report.to_dict(), "seconds": round(seconds, 2)}))

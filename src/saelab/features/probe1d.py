@@ -359,11 +359,14 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 
 def run_probes(codes: SparseCodes, labels: np.ndarray, names: Sequence[str], groups: np.ndarray,
-               cfg: ProbeConfig = ProbeConfig(), source: dict | None = None) -> ProbeReport:
+               cfg: ProbeConfig = ProbeConfig(), source: dict | None = None, progress: bool = False) -> ProbeReport:
     """Fit every task's probes on the train groups; report each task's best latent on the test groups.
 
-    labels: [N, K] with 1 / 0, or -1 where a row is not labelled for that task.
+    labels: [N, K] with 1 / 0, or -1 where a row is not labelled for that task. progress: report
+    tasks done on stderr (saelab.progress).
     """
+    from saelab.progress import track
+
     cfg.validate()
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != codes.n_rows or labels.shape[1] != len(names):
@@ -371,7 +374,7 @@ def run_probes(codes: SparseCodes, labels: np.ndarray, names: Sequence[str], gro
     test = split_groups(np.asarray(groups), cfg.test_fraction)
     results = []
     subsets: dict = {}
-    for k, name in enumerate(names):
+    for k, name in track(enumerate(names), "probe1d fit", total=len(names), unit="task", enabled=None if progress else False):
         col = labels[:, k]
         known = col >= 0
         tr, te = known & ~test, known & test
