@@ -57,6 +57,7 @@ class SparseCodes:
     cols: torch.Tensor  # int64 [M]
     vals: torch.Tensor  # float64 [M]
     _sums: tuple | None = field(default=None, repr=False, compare=False)
+    _by_latent: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def from_dense(cls, z) -> "SparseCodes":
@@ -82,23 +83,29 @@ class SparseCodes:
     def by_latent(self) -> "SparseCodes":
         """The same entries ordered by latent (then row), the order fit_probes works in; subsets keep it."""
         c = self.cols.numpy()
-        if bool(np.all(c[1:] >= c[:-1])):
+        if self._by_latent or bool(np.all(c[1:] >= c[:-1])):
+            self._by_latent = True
             return self
         order = torch.from_numpy(np.argsort(c, kind="stable"))
-        return SparseCodes(self.n_rows, self.n_latents, self.rows[order], self.cols[order], self.vals[order], self._sums)
+        return SparseCodes(self.n_rows, self.n_latents, self.rows[order], self.cols[order], self.vals[order], self._sums, True)
 
     def subset(self, keep: np.ndarray) -> "SparseCodes":
         """The codes of the rows where keep [N] is true, renumbered."""
         keep_t = torch.as_tensor(np.asarray(keep, dtype=bool))
         new_id = torch.cumsum(keep_t.long(), 0) - 1
         m = keep_t[self.rows]
-        return SparseCodes(int(keep_t.sum()), self.n_latents, new_id[self.rows[m]], self.cols[m], self.vals[m])
+        return SparseCodes(int(keep_t.sum()), self.n_latents, new_id[self.rows[m]], self.cols[m], self.vals[m], None, self._by_latent)
 
     def column(self, latent: int) -> np.ndarray:
         """Dense float64 [N] of one latent."""
         out = np.zeros(self.n_rows)
-        m = self.cols == latent
-        out[self.rows[m].numpy()] = self.vals[m].numpy()
+        c = self.cols.numpy()
+        if self._by_latent:  # its run, found by bisection
+            lo, hi = np.searchsorted(c, [latent, latent + 1])
+            out[self.rows.numpy()[lo:hi]] = self.vals.numpy()[lo:hi]
+            return out
+        m = c == latent
+        out[self.rows.numpy()[m]] = self.vals.numpy()[m]
         return out
 
     def _sum(self, x: torch.Tensor) -> torch.Tensor:
