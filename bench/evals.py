@@ -72,16 +72,16 @@ def _sae(out: Path, d_in: int, n_latents: int, source: dict | None = None, train
     return str(out)
 
 
-def _setup(work: Path, sizes: list[int], text_tokens: int) -> dict:
+def _setup(work: Path, sizes: list[int], text_tokens: int, refine_games: int) -> dict:
     """SAE folders per size, an Othello harvest (for eval --refine), a tiny LM and its activation cache."""
     from _features_util import harvest_cache, text_file, tiny_model_dir
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict = {"othello": {}, "text": {}}
     source = {"source": "othello", "model": "default", "layer": 3, "trim_start": 5, "trim_end": 5, "games": 3000, "seed": 0}
-    harvest = work / "othello_harvest"
+    harvest = work / f"othello_harvest_{refine_games}"
     if not (harvest / "source.json").exists():
-        _run([sys.executable, "-m", "saelab", "othello", "activations", "--games", "2000", "--seed", "7", "--out", str(harvest)], "setup")
+        _run([sys.executable, "-m", "saelab", "othello", "activations", "--games", str(refine_games), "--seed", "7", "--out", str(harvest)], "setup")
     paths["harvest"] = str(harvest)
     model = work / "lm" / "gpt2"
     if not (model / "config.json").exists():
@@ -143,6 +143,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="512,4096", help="comma-separated dictionary sizes")
     ap.add_argument("--only", default=",".join(COMMANDS), help=f"comma-separated subset of {', '.join(COMMANDS)}")
     ap.add_argument("--games", type=int, default=2000, help="held-out games for the Othello commands")
+    ap.add_argument("--refine-games", type=int, default=200, help="games harvested for `eval --refine` (its rows)")
     ap.add_argument("--text-tokens", type=int, default=20_000, help="tokens in the tiny LM's activation cache")
     ap.add_argument("--explain-latents", type=int, default=4, help="latents `lm explain` builds (time is per latent)")
     ap.add_argument("--threads", type=int, default=2)
@@ -156,7 +157,7 @@ def main() -> int:
         ap.error(f"--only: unknown {bad}; choose from {COMMANDS}")
     work = Path(args.work)
     t0 = time.perf_counter()
-    paths = _setup(work, sizes, args.text_tokens)
+    paths = _setup(work, sizes, args.text_tokens, args.refine_games)
     print(f"# setup {time.perf_counter() - t0:.0f}s; cpu {json.dumps(_cpu())}", file=sys.stderr, flush=True)
     rows = []
     for cmd in only:
@@ -164,7 +165,7 @@ def main() -> int:
             argv, per = _argv(cmd, n, paths, args, work)
             print(f"# {cmd} at {n} latents ...", file=sys.stderr, flush=True)
             r = _run(argv, f"{cmd}@{n}")
-            row = {"bench": "evals", "command": cmd, "latents": n, "games": args.games if "othello" in cmd or cmd == "eval-refine" else None,
+            row = {"bench": "evals", "command": cmd, "latents": n, "games": args.games if "othello" in cmd else args.refine_games if cmd == "eval-refine" else None,
                    "per": per, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mib": r["peak_rss_mib"], "rc": r["rc"],
                    "wall_s_per_unit": round(r["wall_s"] / per, 2), "progress_tail": r["stderr_tail"], "argv": argv[2:],
                    "cpu": _cpu(), "load_avg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
