@@ -47,3 +47,16 @@ def test_terminal_gets_a_bar_and_off_is_silent(monkeypatch):
         p.update(3)
         p.note("hello")
     assert quiet.getvalue() == ""
+
+
+def test_library_bars_quiet_only_when_piped(monkeypatch):
+    from saelab.progress import quiet_library_bars
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    quiet_library_bars(_Tty())
+    import os
+
+    assert "TQDM_DISABLE" not in os.environ
+    quiet_library_bars(io.StringIO())
+    assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"

@@ -125,3 +125,13 @@ def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "
 def stage(desc: str, **kw) -> Progress:
     """A stage with no step count: a start line and a done line with its time (a spinner on a terminal)."""
     return Progress(desc, None, "stage", **kw)
+
+
+def quiet_library_bars(stream: IO | None = None) -> None:
+    """When stderr is piped, turn off other libraries' tqdm bars (Hugging Face's, any tqdm ≥ 4.66) so only our lines reach the pipe."""
+    if _is_tty(stream if stream is not None else sys.stderr):
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if "transformers" in sys.modules:  # imported before us: its switch was read at import
+        sys.modules["transformers"].utils.logging.disable_progress_bar()

@@ -94,7 +94,8 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     _check_width(sae, data.store.d_in, args.activations)
     t0 = time.perf_counter()
     hi = data.store.n_rows if cfg.max_rows is None else min(cfg.max_rows, data.store.n_rows)
-    latents, selection = _choose_latents(args, sae, data, (0, hi))
+    with stage("lm examples: choose latents"):
+        latents, selection = _choose_latents(args, sae, data, (0, hi))
     unembed, board, to_token = None, None, None
     if data.kind == "othello":
         from saelab.features.data import codes_of_rows
@@ -111,10 +112,12 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         from saelab.sources.hf import LMSpec, load_lm
 
         unembed = unembedding(load_lm(LMSpec(data.model)).model)
-    result = build_examples(sae, data, latents, cfg, unembed=unembed, selection=selection, board_auroc=board,
-                            output_to_token=to_token, source={"sae": args.sae})  # fmt: skip
+    with stage(f"lm examples: top contexts of {len(latents)} latents over {hi} rows"):
+        result = build_examples(sae, data, latents, cfg, unembed=unembed, selection=selection, board_auroc=board,
+                                output_to_token=to_token, source={"sae": args.sae})  # fmt: skip
     result.seconds = time.perf_counter() - t0
-    json_path, html_path = write_dashboard(result, args.out, title=args.title or f"Latents of {os.path.basename(os.path.normpath(args.sae))}")
+    with stage("lm examples: write the dashboard"):
+        json_path, html_path = write_dashboard(result, args.out, title=args.title or f"Latents of {os.path.basename(os.path.normpath(args.sae))}")
     size = os.path.getsize(html_path)
     if args.json:
         print(dumps_json({"json": str(json_path), "html": str(html_path), "latents": len(latents), "html_bytes": size,
@@ -151,17 +154,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     _check_width(sae, data.store.d_in, args.activations)
     t0 = time.perf_counter()
     build, held, how = split_rows(_record(args.sae), data)
-    latents, selection = _choose_latents(args, sae, data, build)
+    with stage("lm explain: choose latents"):
+        latents, selection = _choose_latents(args, sae, data, build)
     lm = load_lm(LMSpec(data.model))
     site = lm.site(int(data.meta["layer"]), str(data.meta["site"]))
     pad = args.pad_token if args.pad_token is not None else default_pad(lm.tokenizer)
     oracle = LMOracle(lm, site, sae, latents)
-    tries, scores = explain_latents(sae, data, latents, oracle, build, held, cfg, pad)
+    with stage(f"lm explain: build and score {len(latents)} explanations"):
+        tries, scores = explain_latents(sae, data, latents, oracle, build, held, cfg, pad)
     recon = None
     if args.windows:
         windows = complete_windows(data, held, args.windows)
         if len(windows):
-            recon = explanation_reconstruction(lm, site, sae, windows, latents, tries, data.outlier_factor)
+            with stage(f"lm explain: explanation reconstruction on {len(windows)} windows"):
+                recon = explanation_reconstruction(lm, site, sae, windows, latents, tries, data.outlier_factor)
     source = {"sae": args.sae, "activations": args.activations, "model": data.model, "site": str(site), "build_rows": list(build),
               "eval_rows": list(held), "held_out": how, "selection": selection, "pad_token": pad, "sequences_run": oracle.sequences_run}  # fmt: skip
     report = explain_report(scores, source, cfg, recon, time.perf_counter() - t0)
