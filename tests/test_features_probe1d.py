@@ -168,3 +168,65 @@ def test_probe1d_othello(tmp_path, capsys):
     assert len(out["tasks"]) == int(np.asarray(findable_mask(3)).sum())
     assert out["tasks"][0]["task"].count(":") == 1 and out["probe_loss"] is not None
     assert 0.0 < out["mean_auroc"] < 1.0
+
+
+def _plain_fit(codes: SparseCodes, y, l2=1e-4, max_iter=50, tol=1e-9):
+    """The previous fit (every latent, every non-zero, every step; Armijo on J for all latents at once): the reference."""
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    N, L, c, v = codes.n_rows, codes.n_latents, codes.cols, codes.vals
+    yv = yt[codes.rows]
+    n0 = N - codes._sum(torch.ones_like(v))
+    pos0 = float(yt.sum()) - codes._sum(yv)
+    lam = l2 * codes.spread() ** 2
+    w, b = torch.zeros(L, dtype=torch.float64), torch.full((L,), float(np.log(float(yt.mean()) / (1 - float(yt.mean())))), dtype=torch.float64)
+    sp = torch.nn.functional.softplus
+
+    def J(w, b):
+        eta = w[c] * v + b[c]
+        return (codes._sum(sp(eta) - yv * eta) + n0 * sp(b) - pos0 * b) / N + 0.5 * lam * w**2
+
+    f = J(w, b)
+    for _ in range(max_iter):
+        p = torch.sigmoid(w[c] * v + b[c])
+        r, s, p0 = p - yv, p * (1 - p), torch.sigmoid(b)
+        gw, gb = codes._sum(r * v) / N + lam * w, (codes._sum(r) + n0 * p0 - pos0) / N
+        hww, hwb, hbb = codes._sum(s * v * v) / N + lam, codes._sum(s * v) / N, (codes._sum(s) + n0 * p0 * (1 - p0)) / N
+        det = hww * hbb - hwb**2
+        full = det > 1e-12 * hww * hbb
+        sd = torch.where(full, det, torch.ones_like(det))
+        dw = torch.where(full, (hbb * gw - hwb * gb) / sd, torch.zeros_like(w))
+        db = torch.where(full, (hww * gb - hwb * gw) / sd, gb / hbb.clamp_min(1e-300))
+        slope, t, todo = gw * dw + gb * db, torch.ones(L, dtype=torch.float64), torch.ones(L, dtype=torch.bool)
+        nw, nb, nf = w.clone(), b.clone(), f.clone()
+        for _ in range(30):
+            cf = J(w - t * dw, b - t * db)
+            ok = todo & (cf <= f - 1e-4 * t * slope)
+            nw[ok], nb[ok], nf[ok] = (w - t * dw)[ok], (b - t * db)[ok], cf[ok]
+            todo &= ~ok
+            if not todo.any():
+                break
+            t = torch.where(todo, t / 2, t)
+        gain = (f - nf).max().item()
+        w, b, f = nw, nb, nf
+        if gain <= tol:
+            break
+    return w, b, f
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_fit_agrees_with_the_plain_fit(seed):
+    """The O(moving non-zeros) fit reaches the plain fit's optimum: J within 1e-10, w and b within 1e-5 relative."""
+    z, rng = _codes(seed=seed, n=3000, L=40, p=0.1)
+    z[:, 7] = 0.0  # never fires
+    z[:, 11] = np.where(z[:, 11] > 0, 2.0, 0.0)  # one value: a bias-like latent
+    y_sep = (z[:, 3] > 0).astype(float)  # separable by latent 3: w runs until the ridge stops it
+    y_noisy = (rng.random(len(z)) < 1 / (1 + np.exp(-(0.8 * z[:, 5] - 1.0)))).astype(float)
+    keep = rng.random(len(z)) < 0.8  # a row subset, as run_probes fits (order by latent must survive it)
+    codes = SparseCodes.from_dense(torch.tensor(z)).subset(keep)
+    for y in (y_sep[keep], y_noisy[keep]):
+        fast = fit_probes(codes, y)
+        w, b, f = _plain_fit(codes, y)
+        assert np.allclose(fast.objective.numpy(), f.numpy(), rtol=0, atol=1e-10)
+        assert np.allclose(fast.w.numpy(), w.numpy(), rtol=1e-5, atol=1e-7)
+        assert np.allclose(fast.b.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+        assert int(torch.argmin(fast.ce)) == int(torch.argmin(f - 0.5 * 1e-4 * codes.spread() ** 2 * w**2))

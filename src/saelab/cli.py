@@ -11,6 +11,7 @@ from saelab.commands import core, demo, features, hub, lm, othello, report, repr
 from saelab.commands.common import set_threads
 from saelab.errors import SaelabError
 from saelab.training.interrupt import TrainingInterrupted
+from saelab.util.progress import quiet_library_bars
 
 # Each group module exposes register(subparsers); the order is the order of `saelab --help`.
 GROUPS = (core, sweep, report, scaling, features, demo, othello, lm, reproduce, hub)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         set_threads(getattr(args, "threads", None))
+        quiet_library_bars()
         return int(args.func(args) or 0)
     except SaelabError as e:
         print(f"saelab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)

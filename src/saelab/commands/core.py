@@ -228,7 +228,10 @@ def cmd_eval(args) -> int:
                       k=args.k, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)
     out = result.to_dict()
     if args.refine:
-        out.update(refine(args.sae, args.activations, rows=rows, device=args.device).to_dict())
+        from saelab.util.progress import stage
+
+        with stage("eval: refine (non-negative re-fit on each token's active set)"):
+            out.update(refine(args.sae, args.activations, rows=rows, device=args.device).to_dict())
     if ks is not None:
         out["k_sweep"] = [p.to_dict() for p in k_sweep(args.sae, args.activations, ks, rows=rows, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)]
     if args.json:

@@ -21,6 +21,7 @@ from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.features.data import FeatureData, iter_codes, load_feature_data, split_rows
 from saelab.formats.folder import read_saelab_record
 from saelab.util.atomic import atomic_write_json, dumps_json
+from saelab.util.progress import stage, track
 
 TASK_KINDS = ("othello", "text")
 
@@ -93,7 +94,8 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     _check_width(sae, data.store.d_in, args.activations)
     t0 = time.perf_counter()
     hi = data.store.n_rows if cfg.max_rows is None else min(cfg.max_rows, data.store.n_rows)
-    latents, selection = _choose_latents(args, sae, data, (0, hi))
+    with stage("lm examples: choose latents"):
+        latents, selection = _choose_latents(args, sae, data, (0, hi))
     unembed, board, to_token = None, None, None
     if data.kind == "othello":
         from saelab.features.data import codes_of_rows
@@ -110,10 +112,12 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         from saelab.sources.lm.model import LMSpec, load_lm
 
         unembed = unembedding(load_lm(LMSpec(data.model)).model)
-    result = build_examples(sae, data, latents, cfg, unembed=unembed, selection=selection, board_auroc=board,
-                            output_to_token=to_token, source={"sae": args.sae})  # fmt: skip
+    with stage(f"lm examples: top contexts of {len(latents)} latents over {hi} rows"):
+        result = build_examples(sae, data, latents, cfg, unembed=unembed, selection=selection, board_auroc=board,
+                                output_to_token=to_token, source={"sae": args.sae})  # fmt: skip
     result.seconds = time.perf_counter() - t0
-    json_path, html_path = write_dashboard(result, args.out, title=args.title or f"Latents of {os.path.basename(os.path.normpath(args.sae))}")
+    with stage("lm examples: write the dashboard"):
+        json_path, html_path = write_dashboard(result, args.out, title=args.title or f"Latents of {os.path.basename(os.path.normpath(args.sae))}")
     size = os.path.getsize(html_path)
     if args.json:
         print(dumps_json({"json": str(json_path), "html": str(html_path), "latents": len(latents), "html_bytes": size,
@@ -150,17 +154,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     _check_width(sae, data.store.d_in, args.activations)
     t0 = time.perf_counter()
     build, held, how = split_rows(_record(args.sae), data)
-    latents, selection = _choose_latents(args, sae, data, build)
+    with stage("lm explain: choose latents"):
+        latents, selection = _choose_latents(args, sae, data, build)
     lm = load_lm(LMSpec(data.model))
     site = lm.site(int(data.meta["layer"]), str(data.meta["site"]))
     pad = args.pad_token if args.pad_token is not None else default_pad(lm.tokenizer)
     oracle = LMOracle(lm, site, sae, latents)
-    tries, scores = explain_latents(sae, data, latents, oracle, build, held, cfg, pad)
+    with stage(f"lm explain: build and score {len(latents)} explanations"):
+        tries, scores = explain_latents(sae, data, latents, oracle, build, held, cfg, pad)
     recon = None
     if args.windows:
         windows = complete_windows(data, held, args.windows)
         if len(windows):
-            recon = explanation_reconstruction(lm, site, sae, windows, latents, tries, data.outlier_factor)
+            with stage(f"lm explain: explanation reconstruction on {len(windows)} windows"):
+                recon = explanation_reconstruction(lm, site, sae, windows, latents, tries, data.outlier_factor)
     source = {"sae": args.sae, "activations": args.activations, "model": data.model, "site": str(site), "build_rows": list(build),
               "eval_rows": list(held), "held_out": how, "selection": selection, "pad_token": pad, "sequences_run": oracle.sequences_run}  # fmt: skip
     report = explain_report(scores, source, cfg, recon, time.perf_counter() - t0)
@@ -273,9 +280,11 @@ def _probe_inputs(args, sae, record: dict | None):
         if not isinstance(source, dict) or source.get("source") != "othello":
             raise ConfigError("tasks", "othello", f"the SAE in {args.sae!r} was not trained on OthelloGPT activations")
         seed = int(source.get("seed", 0)) + EVAL_SEED_OFFSET
-        hv = harvest(config_from_source(source, games=args.games, seed=seed))
+        with stage(f"harvest {args.games} held-out games"):
+            hv = harvest(config_from_source(source, games=args.games, seed=seed))
         acts = torch.from_numpy(hv.activations)
-        codes = SparseCodes.from_batches(((i, sae.encode(acts[i : i + 4096]).float()) for i in range(0, len(acts), 4096)),
+        codes = SparseCodes.from_batches(((i, sae.encode(acts[i : i + 4096]).float())
+                                          for i in track(range(0, len(acts), 4096), "encode", unit="batch")),
                                          len(acts), sae.cfg.n_latents)  # fmt: skip
         mask = np.asarray(findable_mask(int(source["layer"]))).reshape(64, 3)
         pairs = list(zip(*np.nonzero(mask)))
@@ -297,9 +306,11 @@ def _probe_inputs(args, sae, record: dict | None):
         _check_width(sae, data.store.d_in, path)
         _, (lo, hi), how = split_rows(record, data)
         hi = min(hi, lo + args.max_rows)
-        codes = SparseCodes.from_batches(((s - lo, z) for s, z in iter_codes(sae, data.store, lo, hi)), hi - lo, sae.cfg.n_latents)
+        codes = SparseCodes.from_batches(((s - lo, z) for s, z in track(iter_codes(sae, data.store, lo, hi), "encode", unit="batch")),
+                                         hi - lo, sae.cfg.n_latents)  # fmt: skip
         rows = np.arange(lo, hi)
-        tl = text_task_labels(data.grid, data.text(), rows)
+        with stage("text task labels"):
+            tl = text_task_labels(data.grid, data.text(), rows)
         return codes, tl.labels.astype(np.int8), list(tl.names), data.grid.row_window[rows], {"tasks": "text", "activations": path, "rows": [lo, hi], "held_out": how}
     return _file_tasks(args, sae)
 
@@ -341,7 +352,7 @@ def _cmd_probe1d(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with torch.no_grad():
         codes, labels, names, groups, source = _probe_inputs(args, sae, _record(args.sae))
-    report = run_probes(codes, labels, names, groups, cfg, {"sae": args.sae, **source})
+    report = run_probes(codes, labels, names, groups, cfg, {"sae": args.sae, **source}, progress=True)
     seconds = time.perf_counter() - t0
     if args.json:
         print(dumps_json({**report.to_dict(), "seconds": round(seconds, 2)}))

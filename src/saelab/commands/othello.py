@@ -237,7 +237,10 @@ def cmd_score(args) -> int:
 
     if args.games < 1:
         raise ConfigError("games", args.games, "must be ≥ 1")
-    result = score_folder(args.sae, games=args.games, seed=args.seed).to_dict()
+    from saelab.util.progress import stage
+
+    with stage(f"othello score ({args.games} held-out games: harvest, encode, findable probes, AUROC, bootstrap)"):
+        result = score_folder(args.sae, games=args.games, seed=args.seed).to_dict()
     if args.json:
         keys = ("good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse")
         print(dumps_json({**{k: result[k] for k in keys}, **{k: v for k, v in result.items() if k not in keys}}))

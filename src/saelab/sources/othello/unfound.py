@@ -182,7 +182,15 @@ def diagnose_folder(folder, games: int = 2000, seed: int | None = None, candidat
     from saelab.sources.othello.bootstrap import findable_on_positions
     from saelab.sources.othello.score import held_out_games, latent_activations
 
-    data = held_out_games(read_saelab_record(folder).get("source"), games, seed)
-    codes, _ = latent_activations(load_sae(folder), data.activations)
-    mask = findable_on_positions(data.activations, data.labels, data.positions[:, 0])
-    return diagnose_unfound(codes, data.labels, auroc_matrix(codes, data.labels), mask, candidates=candidates)
+    from saelab.util.progress import stage
+
+    with stage(f"unfound: harvest {games} held-out games"):
+        data = held_out_games(read_saelab_record(folder).get("source"), games, seed)
+    with stage("unfound: encode"):
+        codes, _ = latent_activations(load_sae(folder), data.activations)
+    with stage("unfound: findable pairs (cross-fitted probes)"):
+        mask = findable_on_positions(data.activations, data.labels, data.positions[:, 0])
+    with stage("unfound: AUROC of every latent"):
+        auc = auroc_matrix(codes, data.labels)
+    with stage("unfound: diagnose the unfound pairs"):
+        return diagnose_unfound(codes, data.labels, auc, mask, candidates=candidates)
