@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from saelab import devices
 from saelab.checkpoint import load_checkpoint, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.errors import ConfigError
 from saelab.kernels import device_check
 from saelab.objective import compute_step, uses_sparse_kernel
 from saelab.sae import SparseAutoencoder

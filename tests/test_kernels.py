@@ -409,8 +409,8 @@ def test_bfloat16_sparse_step_matches_the_float32_reference_on_its_support(monke
         assert not (aux & ~dead).any()
         ref["auxk"] = sae.cfg.aux_coef * auxk_term((torch.relu(pre) * aux) @ sae.W_dec, (x - x_hat).detach(), x)
     assert list(out.losses) == list(ref)
-    for name in ref:
-        assert abs(float((out.losses[name] - ref[name]).detach())) <= BF16_LOSS_RTOL * float(ref[name].detach()), name
+    for name, value in ref.items():
+        assert abs(float((out.losses[name] - value).detach())) <= BF16_LOSS_RTOL * float(value.detach()), name
     g_ref = _grads(sum(ref.values()), sae)
     g_out = _grads(out.total, sae)
     for name in NAMES:
