@@ -21,6 +21,7 @@ input normalization, the unit-norm decoder); leaky_topk with ε > 0, relu with a
 and batchtopk at inference return None, and
 `kernel="auto"` then trains on the dense path (`kernel="sparse"` is refused by
 objective.uses_sparse_kernel), never a silently changed function.
+Under bfloat16 autocast the same kernels run with bfloat16 products and float32 sums (step.py).
 """
 
 from __future__ import annotations
