@@ -140,12 +140,13 @@ def test_sweep_passes_device_and_dtype_to_every_run(toy_dir, tmp_path):
         assert not (tmp_path / "gpu").exists()
 
 
-def _trained_metrics(x_train, x_test, method, dtype, steps=300, batch=256):
+def _trained_metrics(x_train, x_test, method, dtype, steps=300, batch=256, n_latents=32, k=3, **cfg_kw):
     """Held-out reconstruction metrics of an SAE trained `steps` steps in `dtype` (same data order and init)."""
     from saelab.evals.reconstruction import reconstruction_metrics
     from saelab.train import build_member, train_step
 
-    cfg = SAEConfig(n_latents=32, method=method, method_params={"k": 3}, d_in=x_train.shape[1], lr=3e-3, auxk=True)
+    cfg_kw = {"lr": 3e-3, "auxk": True, **cfg_kw}
+    cfg = SAEConfig(n_latents=n_latents, method=method, method_params={"k": k}, d_in=x_train.shape[1], **cfg_kw)
     m = build_member(cfg, TrainConfig(activations="-", out="-", dtype=dtype), x_train[:2048], 0, None)
     order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(0))
     for step in range(steps):
@@ -175,5 +176,25 @@ def test_bfloat16_training_on_the_sparse_path_ends_within_one_percent_of_float32
     finally:
         torch.set_num_threads(threads)
     assert fp32["nmse"] < 0.5  # both learned (the mean predictor scores 1)
+    assert abs(bf16["nmse"] / fp32["nmse"] - 1) <= 0.01, (bf16["nmse"], fp32["nmse"])
+    assert abs(bf16["l0"] / fp32["l0"] - 1) <= 0.01, (bf16["l0"], fp32["l0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["topk", "batchtopk"])
+def test_bfloat16_othello_sae_ends_within_one_percent_of_float32(method):
+    # The demo's OthelloGPT SAEs at its quick size (256 latents, L0 32, scalar normalization, lr 1e-3),
+    # trained 300 steps of 1,024 positions in float32 and in bfloat16 on the same stream.
+    import numpy as np
+
+    from saelab.othello.harvest import HarvestConfig, harvest
+
+    x = torch.from_numpy(np.asarray(harvest(HarvestConfig(games=1500, seed=0)).activations)).float()
+    x_train, x_test = x[:-4096], x[-4096:]
+    kw = {"steps": 300, "batch": 1024, "n_latents": 256, "k": 32, "lr": 1e-3, "normalize": "scalar", "dead_tokens": 200_000}
+    fp32 = _trained_metrics(x_train, x_test, method, "float32", **kw)
+    bf16 = _trained_metrics(x_train, x_test, method, "bfloat16", **kw)
+    print(f"{method}: float32 nmse {fp32['nmse']:.5f} l0 {fp32['l0']:.3f}; bfloat16 nmse {bf16['nmse']:.5f} l0 {bf16['l0']:.3f}")
+    assert fp32["nmse"] < 0.5
     assert abs(bf16["nmse"] / fp32["nmse"] - 1) <= 0.01, (bf16["nmse"], fp32["nmse"])
     assert abs(bf16["l0"] / fp32["l0"] - 1) <= 0.01, (bf16["l0"], fp32["l0"])
