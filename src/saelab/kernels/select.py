@@ -15,8 +15,8 @@ K largest are chosen again; every other row's winners are among its candidates. 
 
 On a bfloat16 P (the sparse path under autocast) the selections return float32 values (exact
 upcasts of the bfloat16 entries): the group maxima and the candidates are upcast before their
-torch.topk, which on the CPU runs slower on bfloat16 than on float32 (measured: 129 vs 69 ms for
-the groups' top-32 at [4096, 1024]), and everything downstream sums in float32.
+torch.topk, which on the CPU ran no faster on bfloat16 than on float32 (one run with other jobs
+running: 129 vs 69 ms for the groups' top-32 at [4096, 1024]), and everything downstream sums in float32.
 """
 
 from __future__ import annotations
