@@ -6,7 +6,8 @@
 Each library's step is its trainer's own sequence of calls, on fp32 CPU tensors of the given
 shape (see the builders below); only data loading and logging are left out. With --dead-fraction
 > 0 that share of latents is marked dead before every step (untimed), so AuxK runs; every library
-then uses its own k_aux = d_in // 2. Standalone it prints JSON records like train_step.py's;
+then uses its own k_aux = d_in // 2. With --autocast bfloat16 (sparsify only) the forward and
+loss run under torch.autocast("cpu", bfloat16), as its trainer does on a GPU; weights stay fp32. Standalone it prints JSON records like train_step.py's;
 with --serve it answers "step" lines on stdin with {"ms": …} and "quit" with its peak RSS, so
 train_step.py can interleave its steps with saelab's in one timed loop. Imports only torch and
 the library, never saelab (which is not installed in those environments).
@@ -25,7 +26,7 @@ from types import SimpleNamespace
 import torch
 
 
-def build_saelens(d, n, k, batch, dead):
+def build_saelens(d, n, k, batch, dead, amp=False):
     """SAELens TopKTrainingSAE stepped by SAETrainer._train_step itself (its defaults: Adam, clip 1.0)."""
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -57,7 +58,7 @@ def build_saelens(d, n, k, batch, dead):
     return step, sae_lens.__version__
 
 
-def build_sparsify(d, n, k, batch, dead):
+def build_sparsify(d, n, k, batch, dead, amp=False):
     """EleutherAI sparsify SparseCoder with its trainer's per-step sequence and default optimizer
     (ScheduleFree-wrapped SignSGD, "signum"), fvu loss + auxk_alpha·auxk (1/32 when AuxK is on)."""
     from schedulefree import ScheduleFreeWrapper
@@ -72,10 +73,11 @@ def build_sparsify(d, n, k, batch, dead):
 
     def step(x):
         sae.set_decoder_norm_to_unit_norm()
-        out = sae(x, dead_mask=dead if auxk_alpha > 0 else None)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = sae(x, dead_mask=dead if auxk_alpha > 0 else None)
+            loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         did_fire = torch.zeros(n, dtype=torch.bool)
         did_fire[out.latent_indices.flatten()] = True
-        loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
@@ -89,7 +91,7 @@ def build_sparsify(d, n, k, batch, dead):
     return step, version("eai-sparsify")
 
 
-def build_dictlearn(d, n, k, batch, dead):
+def build_dictlearn(d, n, k, batch, dead, amp=False):
     """dictionary_learning TopKTrainer.update (its step: loss, backward, projection, clip, Adam, renorm)."""
     from dictionary_learning.trainers.top_k import TopKTrainer
 
@@ -142,6 +144,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--serve", action="store_true", help="answer 'step'/'quit' lines on stdin")
+    p.add_argument("--autocast", choices=["off", "bfloat16"], default="off", help="forward and loss under bfloat16 autocast (sparsify)")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -149,7 +152,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(a.seed + 1)
     dead = torch.rand(a.n, generator=g) < a.dead_fraction if a.dead_fraction > 0 else None
     x = torch.randn(a.batch, a.d_in, generator=g)
-    step, version = BUILDERS[a.lib](a.d_in, a.n, a.k, a.batch, dead)
+    if a.autocast != "off" and a.lib != "sparsify":
+        p.error(f"--autocast {a.autocast}: only sparsify's step is timed under autocast")
+    step, version = BUILDERS[a.lib](a.d_in, a.n, a.k, a.batch, dead, amp=a.autocast == "bfloat16")
     step(x)  # warm-up: optimizer state, allocator
 
     if a.serve:

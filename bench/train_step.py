@@ -10,12 +10,18 @@ Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
                        projection, fused Adam (built by saelab.training.trainer.build_member, as the Trainer
                        builds it), renormalization, dead-latent bookkeeping
   saelab-dense         the same with kernel="dense" (the reference path)
+  floor-bf16           x @ W_enc in bfloat16 (operands cast beforehand, untimed): the floor of a
+                       bfloat16-autocast step on a CPU with bfloat16 units
+  saelab-sparse-bf16   saelab-sparse with TrainConfig.dtype="bfloat16" (`--dtype bfloat16`): the
+                       sparse kernels under autocast, weights and Adam float32
+  saelab-dense-bf16    saelab-dense with dtype="bfloat16" (autocast over the dense reference path)
   saelab-lean          saelab-sparse with lean_memory (Adam steps each parameter inside backward, no
                        buffers kept between steps, smaller pre-activation chunks): not in the default
                        list, ask for it with --impls
   torch-topk           a plain-PyTorch dense TopK SAE step written here, as a user would
   saelens / sparsify / dictlearn
                        the library's own step, in its own venv, driven through bench/peers.py
+  sparsify-bf16        sparsify's step with its forward and loss under bfloat16 autocast
 Every repetition runs every implementation once, in turn (peers as long-lived subprocesses that
 step on request), so drifting load on a shared machine hits all of them alike; the table gives
 medians. With AuxK on, `--dead-fraction` of the latents are marked dead before every step
@@ -45,6 +51,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHAPES = [(512, 4096, 32), (768, 16384, 32), (768, 32768, 64)]
 IMPLS = ["floor", "saelab-sparse", "saelab-dense", "torch-topk"]
 PEERS = {"saelens": ".venv-saelens", "sparsify": ".venv-sparsify", "dictlearn": ".venv-dictlearn"}
+# Peers timed under bfloat16 autocast: name → the library (its venv's key in PEERS).
+BF16_PEERS = {"sparsify-bf16": "sparsify"}
 DEAD_TOKENS = 10_000_000
 
 
@@ -83,14 +91,25 @@ def build_floor(s: Setup) -> Callable[[], None]:
     return step
 
 
-def build_saelab(s: Setup, kernel: str, lean: bool = False) -> Callable[[], None]:
+def build_floor_bf16(s: Setup) -> Callable[[], None]:
+    """x @ W_enc in bfloat16, its operands rounded once outside the timed call."""
+    W_enc = (torch.randn(s.d, s.n) / s.d**0.5).bfloat16()
+    x = s.x.bfloat16()
+
+    def step():
+        return x @ W_enc
+
+    return step
+
+
+def build_saelab(s: Setup, kernel: str, lean: bool = False, dtype: str = "float32") -> Callable[[], None]:
     """saelab.training.trainer.train_step on one member built by saelab.training.trainer.build_member (as the Trainer builds them)."""
     from saelab.config import SAEConfig, TrainConfig
     from saelab.training.trainer import build_member, train_step
 
     cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
                     auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
-    member = build_member(cfg, TrainConfig(activations="-", out="-", lean_memory=lean), s.x, s.seed, Path("-"))
+    member = build_member(cfg, TrainConfig(activations="-", out="-", lean_memory=lean, dtype=dtype), s.x, s.seed, Path("-"))
 
     def step():
         if s.dead is not None:  # impose the dead share (the bookkeeping itself stays in the step)
@@ -145,8 +164,14 @@ def build(impl: str, s: Setup) -> Callable[[], None]:
     """The step function of an in-process implementation."""
     if impl == "floor":
         return build_floor(s)
+    if impl == "floor-bf16":
+        return build_floor_bf16(s)
     if impl == "saelab-sparse":
         return build_saelab(s, "sparse")
+    if impl == "saelab-sparse-bf16":
+        return build_saelab(s, "sparse", dtype="bfloat16")
+    if impl == "saelab-dense-bf16":
+        return build_saelab(s, "dense", dtype="bfloat16")
     if impl == "saelab-dense":
         return build_saelab(s, "dense")
     if impl == "saelab-lean":
@@ -160,10 +185,13 @@ def build(impl: str, s: Setup) -> Callable[[], None]:
 class Peer:
     """A peer library's step, served by bench/peers.py in that library's venv."""
 
-    def __init__(self, lib: str, s: Setup, threads: int):
+    def __init__(self, name: str, s: Setup, threads: int):
+        lib = BF16_PEERS.get(name, name)
         python = REPO / PEERS[lib] / "bin" / "python"
         cmd = [str(python), str(REPO / "bench" / "peers.py"), "--lib", lib, "--d-in", str(s.d), "--n", str(s.n), "--k", str(s.k),
                "--batch", str(s.batch), "--threads", str(threads), "--dead-fraction", str(s.dead_fraction), "--seed", str(s.seed), "--serve"]
+        if name in BF16_PEERS:
+            cmd += ["--autocast", "bfloat16"]
         self.lib = lib
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.version = self._read().get("version")
@@ -194,6 +222,11 @@ class Peer:
 def available_peers() -> list[str]:
     """Peers whose venv exists."""
     return [lib for lib, venv in PEERS.items() if (REPO / venv / "bin" / "python").exists()]
+
+
+def is_peer(name: str) -> bool:
+    """Whether `name` is timed in a peer library's venv."""
+    return name in PEERS or name in BF16_PEERS
 
 
 # ---- measurement --------------------------------------------------------------------------------
@@ -242,6 +275,7 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
     del steps
     gc.collect()
     floor = statistics.median(times["floor"]) if "floor" in times else None
+    floor_bf16 = statistics.median(times["floor-bf16"]) if "floor-bf16" in times else None
     records = []
     for name, ts in times.items():
         ms = statistics.median(ts)
@@ -250,7 +284,9 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
         rec = {"d_in": s.d, "n": s.n, "k": s.k, "impl": name, "ms_per_step": round(ms, 1),
                "ratio_to_floor": round(ms / floor, 3) if floor else None, "peak_rss_mb": round(peak) if peak else None,
                "auxk": s.auxk, "dead_fraction": s.dead_fraction, "batch": s.batch, "threads": threads, "reps": reps,
-               "min_ms": round(min(ts), 1), "max_ms": round(max(ts), 1)}
+               "min_ms": round(min(ts), 1), "max_ms": round(max(ts), 1), "times_ms": [round(t, 1) for t in ts]}
+        if floor_bf16:
+            rec["ratio_to_floor_bf16"] = round(ms / floor_bf16, 3)
         if name in versions:
             rec["version"] = versions[name]
         if child and name != "floor":
@@ -268,17 +304,22 @@ def print_table(records: list[dict], out) -> None:
     r0 = records[0]
     print(f"\n(d_in, n, k) = ({r0['d_in']}, {r0['n']}, {r0['k']})  batch {r0['batch']}  AuxK "
           f"{'on, ' + format(r0['dead_fraction'], '.0%') + ' dead' if r0['auxk'] else 'off'}  threads {r0['threads']}  reps {r0['reps']}", file=out)
-    print(f"{'impl':<16}{'ms/step':>10}{'× floor':>9}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}", file=out)
+    print(f"{'impl':<20}{'ms/step':>10}{'× floor':>9}{'× bf16 fl':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}", file=out)
     for r in records:
         rss = "" if r["peak_rss_mb"] is None else str(r["peak_rss_mb"])
         ratio = "" if r["ratio_to_floor"] is None else f"{r['ratio_to_floor']:.2f}"
+        ratio_bf16 = f"{r['ratio_to_floor_bf16']:.2f}" if "ratio_to_floor_bf16" in r else ""
         mem = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
         mem_g = f"{r['memory_ratio_with_grads']:.2f}" if "memory_ratio_with_grads" in r else ""
-        print(f"{r['impl']:<16}{r['ms_per_step']:>10.1f}{ratio:>9}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}", file=out)
+        print(f"{r['impl']:<20}{r['ms_per_step']:>10.1f}{ratio:>9}{ratio_bf16:>10}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}", file=out)
     if any("memory_ratio" in r for r in records):
         print(f"mem ×: (peak RSS − RSS before building) / (weights + Adam state + one batch = {next(r['state_mb'] for r in records if 'state_mb' in r)} MB);"
               " +grads: the same with the gradients in the denominator", file=out)
     by = {r["impl"]: r["ms_per_step"] for r in records}
+    if "saelab-sparse-bf16" in by and "saelab-sparse" in by:
+        print(f"saelab-sparse-bf16: {by['saelab-sparse'] / by['saelab-sparse-bf16']:.2f}× faster than saelab-sparse (float32)", file=out)
+    if "sparsify-bf16" in by and "saelab-sparse-bf16" in by:
+        print(f"saelab-sparse-bf16: {by['sparsify-bf16'] / by['saelab-sparse-bf16']:.2f}× faster than sparsify-bf16", file=out)
     peers = {p: by[p] for p in PEERS if p in by}
     for ours in ("saelab-sparse",):
         if ours in by and peers:

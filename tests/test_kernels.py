@@ -11,7 +11,7 @@ from saelab.errors import ConfigError
 from saelab.kernels import select, sparse_step, topk_encode, workspace
 from saelab.methods import supports
 from saelab.kernels.sparse_code import SparseCode
-from saelab.training.objective import active_per_row, compute_step, dense_step, fired_latents, nonzero_values
+from saelab.training.objective import active_per_row, compute_step, dense_step, fired_latents, nonzero_values, uses_sparse_kernel
 from saelab.model.sae import SparseAutoencoder
 from saelab.training.trainer import Trainer
 
@@ -344,3 +344,112 @@ def test_encoder_gradient_summed_block_by_block_matches_the_dense_path(monkeypat
         monkeypatch.setattr(topk_encode, "AUX_BLOCK_DENSITY", density)
         sae = _sae("topk", {"k": 3}, n=640, d=16, auxk=True, k_aux=7)
         _compare(sae, torch.randn(40, 16), torch.rand(640) < 0.5)
+
+
+# ---- bfloat16 autocast on the sparse path -------------------------------------------------------
+# The bf16 step selects on a bfloat16 P, so near-ties may pick other latents than float32 does (a
+# different, equally valid code). Its gradients are therefore checked against the float32 autograd
+# reference taken on the support the bf16 step selected, and the selection itself is checked to be
+# a top-k of the float32 P up to P's bfloat16 rounding.
+BF16_LOSS_RTOL = 1e-2  # loss terms: relative error
+BF16_GRAD_RTOL = 3e-2  # gradients: ‖g_bf16 − g_fp32‖ / ‖g_fp32‖ (bfloat16 keeps 8 significant bits: 2⁻⁸ ≈ 0.4 % per rounding)
+
+
+def _support(code, n):
+    mask = torch.zeros(code.n_rows, n, dtype=torch.bool)
+    mask[code.rows, code.latents] = True
+    return mask
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _bf16_step(monkeypatch, sae, x, dead):
+    """The sparse step under bfloat16 autocast, and the EncodePlan it selected with."""
+    from saelab.kernels import step as step_module
+
+    plans = []
+
+    def capture(x_, W_enc, b_enc, b_dec, plan):
+        plans.append(plan)
+        return topk_encode.encode(x_, W_enc, b_enc, b_dec, plan)
+
+    monkeypatch.setattr(step_module, "encode", capture)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert uses_sparse_kernel(sae)
+        out = compute_step(sae, x, 0.0, dead)
+    return out, plans[0]
+
+
+@pytest.mark.parametrize("aux_density", [None, 0.0, math.inf])  # no AuxK; AuxK as a dense block; as listed entries
+@pytest.mark.parametrize("method,params", [("topk", {"k": 4}), ("batchtopk", {"k": 4})])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bfloat16_sparse_step_matches_the_float32_reference_on_its_support(monkeypatch, aux_density, method, params, seed):
+    from saelab.losses import auxk_term, squared_error
+
+    auxk = aux_density is not None
+    if auxk:
+        monkeypatch.setattr(topk_encode, "AUX_BLOCK_DENSITY", aux_density)
+    n, d = 512, 32
+    sae = _sae(method, params, n, d, seed=seed, auxk=auxk, k_aux=16, aux_coef=1 / 32)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, d, generator=g)
+    dead = torch.rand(n, generator=g) < 0.3 if auxk else None
+    out, plan = _bf16_step(monkeypatch, sae, x, dead)
+    assert plan.low == torch.bfloat16
+    assert all(t.dtype == torch.float32 for t in [out.x_hat, *out.losses.values()])
+
+    # The float32 reference: plain autograd over dense tensors, on the bf16 step's support.
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    main = _support(plan.main, n)
+    x_hat = (torch.relu(pre) * main) @ sae.W_dec + sae.b_dec
+    ref = {"mse": squared_error(x_hat, x)}
+    if auxk:
+        aux = _support(plan.aux, n)
+        assert not (aux & ~dead).any()
+        ref["auxk"] = sae.cfg.aux_coef * auxk_term((torch.relu(pre) * aux) @ sae.W_dec, (x - x_hat).detach(), x)
+    assert list(out.losses) == list(ref)
+    for name, value in ref.items():
+        assert abs(float((out.losses[name] - value).detach())) <= BF16_LOSS_RTOL * float(value.detach()), name
+    g_ref = _grads(sum(ref.values()), sae)
+    g_out = _grads(out.total, sae)
+    for name in NAMES:
+        assert _rel(g_out[name], g_ref[name]) <= BF16_GRAD_RTOL, f"grad {name}: {_rel(g_out[name], g_ref[name]):.4f}"
+
+    # The selection is a top-k of the float32 P up to its bfloat16 rounding (2 ulps of the row's largest entry).
+    pre = pre.detach()
+    slack = 2 * 2.0**-8 * pre.abs().amax(dim=1, keepdim=True)
+    if method == "topk":
+        chosen_min = pre.masked_fill(~main, math.inf).amin(dim=1, keepdim=True)
+        other_max = pre.masked_fill(main, -math.inf).amax(dim=1, keepdim=True)
+        assert (other_max <= chosen_min + slack).all()
+        assert (main.sum(1) == params["k"]).all()
+    else:  # BatchTopK: k·B positive entries of the batch, the largest up to rounding
+        assert int(main.sum()) == params["k"] * x.shape[0] and (pre[main] > 0).all()
+        assert float(pre.masked_fill(main, -math.inf).max()) <= float(pre[main].min()) + float(slack.max())
+
+
+@pytest.mark.parametrize("method,params,penalty", [("multi_topk", {"k": 3}, None), ("matryoshka_batchtopk", {"k": 4}, None),
+                                                   ("relu", {}, "l1")])
+def test_bfloat16_sparse_step_stays_close_to_float32_for_every_planned_method(monkeypatch, method, params, penalty):
+    # Losses and gradients within the bfloat16 tolerances when the selection has no near-ties to flip:
+    # pre-activations with gaps far above bfloat16's rounding (a ReLU code has no selection to flip).
+    n, d = 256, 16
+    extra = {"penalty": penalty, "kernel": "sparse"} if penalty else {}  # a ReLU code at init is dense: "auto" would take the dense path
+    sae = _sae(method, params, n, d, seed=5, auxk=method != "relu", k_aux=8, **extra)
+    if method != "relu":
+        with torch.no_grad():  # latent i's pre-activation ≈ i·0.05 + small: the order is fixed, gaps ≫ rounding
+            sae.W_enc.mul_(1e-3)
+            sae.b_enc.copy_(torch.arange(n) * 0.05 - 5)
+    x = torch.randn(48, d, generator=torch.Generator().manual_seed(5))
+    dead = torch.arange(n) % 3 == 0
+    ref = dense_step(sae, x, 0.0, dead)
+    out, _ = _bf16_step(monkeypatch, sae, x, dead)
+    assert list(out.losses) == list(ref.losses)
+    for name in ref.losses:
+        assert abs(float((out.losses[name] - ref.losses[name]).detach())) <= BF16_LOSS_RTOL * abs(float(ref.losses[name].detach())) + 1e-6, name
+    g_ref, g_out = _grads(ref.total, sae), _grads(out.total, sae)
+    for name in NAMES:
+        assert _rel(g_out[name], g_ref[name]) <= BF16_GRAD_RTOL, f"grad {name}: {_rel(g_out[name], g_ref[name]):.4f}"
+    assert sae.W_enc.dtype == torch.float32 and g_out["W_enc"].dtype == torch.float32

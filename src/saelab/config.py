@@ -298,9 +298,6 @@ class RunConfig:
             raise ConfigError("sae", [], "at least one SAE is required")
         for sae in self.saes:
             sae.validate()
-            if sae.kernel == "sparse" and self.train.dtype != "float32":
-                # The sparse kernels compute in the weights' float32; autocast reaches only the dense path.
-                raise ConfigError("kernel", "sparse", f"the sparse kernels compute in float32; with dtype={self.train.dtype} use kernel auto or dense")
         check_member_names([s.display_name() for s in self.saes])
         return self
 

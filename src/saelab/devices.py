@@ -5,6 +5,8 @@ float32 (the master weights), and only the forward pass computes in bfloat16 und
 `torch.autocast`. Parameters stored in bfloat16 would lose Adam updates smaller than their
 8 significant bits resolve (a 2e-4 step on a weight of 1 rounds away), so the SAE would stop learning
 long before it converged; autocast keeps the cheap matmuls and the exact accumulation.
+The sparse TopK-family kernels read the autocast dtype themselves (kernels/step.py): their dense
+product, selection and decode gathers run in bfloat16, their sums and gradients in float32.
 """
 
 from __future__ import annotations
@@ -55,11 +57,6 @@ def autocast(device: torch.device | str, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
-
-
-def autocasting(device: torch.device | str) -> bool:
-    """Whether an autocast context is active for `device`'s type (the sparse kernels compute in float32 and step aside then)."""
-    return torch.is_autocast_enabled(torch.device(device).type)
 
 
 def synchronize(device: torch.device | str) -> None:

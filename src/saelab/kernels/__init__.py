@@ -17,6 +17,7 @@ selection (per-row k, batch k·B, every positive entry, extra Multi-TopK-style o
 decodes) or None, so a new TopK-family method is one file and its registration, and nothing here
 names a method. When the activation returns None (for the current mode and parameters), `kernel="auto"` trains on the dense path
 (`kernel="sparse"` is refused by objective.uses_sparse_kernel), never a silently changed function.
+Under bfloat16 autocast the same kernels run with bfloat16 products and float32 sums (step.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ position), so one latent sort and one `sum_rows` write the [n, d] decoder gradie
 codes (k, Multi-TopK's 4k, AuxK) share it.
 A block code (AuxK over a dense share of the dead latents D) uses matrix products over D instead:
   Y = Z_D·W_dec[D],  ∂L/∂Z_D = dY·W_dec[D]ᵀ (read at the code's entries),  ∂L/∂W_dec[D] += Z_Dᵀ·dY.
+Under bfloat16 autocast (plan.low) the forward gathers rows of a bfloat16 copy of W_dec (made
+once per step: half the bytes per entry, which is what bounds the decode) with bfloat16 weights;
+embedding_bag sums them in float32 and rounds the [B, d] result once. The block code's products
+run in bfloat16 too. The row-gather backward stays float32 (dots and sums over the entries).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import Tensor
 
 from saelab.kernels import threads, workspace
 from saelab.kernels.sparse_code import SparseCode, dense_block
+from saelab.kernels.topk_encode import narrow
 
 
 @dataclass
@@ -44,12 +49,16 @@ def decode(W_dec: Tensor, items: list[DecodeItem], values: list[Tensor], plan) -
 
 
 def _forward_one(W_dec: Tensor, item: DecodeItem, z: Tensor) -> Tensor:
+    """One item's decode; W_dec may be a bfloat16 copy (z is then rounded to it; the result is float32)."""
     code = item.code
+    z = z.to(W_dec.dtype)
     if item.block is not None:
-        return dense_block(code, item.local, z, item.block.numel()) @ W_dec.index_select(0, item.block)
-    if code.width is not None:
-        return F.embedding_bag(code.latents.view(code.n_rows, code.width), W_dec, mode="sum", per_sample_weights=z.reshape(code.n_rows, code.width))
-    return F.embedding_bag(code.latents, W_dec, code.crow[:-1], mode="sum", per_sample_weights=z.reshape(-1))
+        out = dense_block(code, item.local, z, item.block.numel()) @ W_dec.index_select(0, item.block)
+    elif code.width is not None:
+        out = F.embedding_bag(code.latents.view(code.n_rows, code.width), W_dec, mode="sum", per_sample_weights=z.reshape(code.n_rows, code.width))
+    else:
+        out = F.embedding_bag(code.latents, W_dec, code.crow[:-1], mode="sum", per_sample_weights=z.reshape(-1))
+    return out if out.element_size() >= 4 else out.float()
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -59,7 +68,8 @@ class _SparseDecode(torch.autograd.Function):
         ctx.save_for_backward(W_dec, *values)
         ctx.set_materialize_grads(False)
         with threads.parallel(W_dec.device):
-            return tuple(_forward_one(W_dec, item, z) for item, z in zip(items, values))
+            table, = narrow(getattr(plan, "low", None), W_dec)
+            return tuple(_forward_one(table, item, z) for item, z in zip(items, values))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -89,14 +99,16 @@ def _backward(ctx, W_dec, values, grads):
                 d_values[j] = dz.view_as(z)
         if ctx.needs_input_grad[0]:
             d_W_dec = entries.sum_rows(table, weights)
+    low = getattr(ctx.plan, "low", None)
     for j, item, z, dY in blocks:
-        W_block = W_dec.index_select(0, item.block)
-        full = workspace.scratch("block", (dY.shape[0], item.block.numel()), dY.dtype, dY.device)
-        d_values[j] = torch.mm(dY, W_block.t(), out=full).gather(1, item.local).view_as(z)
+        dY_op, W_block = narrow(low, dY, W_dec.index_select(0, item.block))
+        full = workspace.scratch("block", (dY.shape[0], item.block.numel()), dY_op.dtype, dY.device)
+        d_values[j] = torch.mm(dY_op, W_block.t(), out=full).gather(1, item.local).to(z.dtype).view_as(z)
         if ctx.needs_input_grad[0]:
             if d_W_dec is None:
                 d_W_dec = W_dec.new_zeros(W_dec.shape)
-            d_W_dec.index_add_(0, item.block, dense_block(item.code, item.local, z, item.block.numel()).t() @ dY)
+            z_block = dense_block(item.code, item.local, z.to(dY_op.dtype), item.block.numel())
+            d_W_dec.index_add_(0, item.block, (z_block.t() @ dY_op).to(W_dec.dtype))
     if d_W_dec is None and ctx.needs_input_grad[0]:
         d_W_dec = W_dec.new_zeros(W_dec.shape)
     return (d_W_dec, None, None, *d_values)

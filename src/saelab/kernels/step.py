@@ -19,6 +19,11 @@ Loss terms keep the dense path's names and order, so `StepOutput.total` sums the
 A ReLU code is only as sparse as training has made it (at initialization about half of P is
 positive), so `max_density` lets the caller take the dense path for a step whose code is denser
 than that: P is computed first, outside the autograd Function, and reused by it when the step stays sparse.
+
+Under autocast (saelab's `--dtype bfloat16`) the step reads the autocast dtype and hands it to the
+kernels as EncodePlan.low: the encoder's product, the selection's reads and the decoder's row
+gathers run in bfloat16, and every loss, sum and gradient is float32. Autocast itself is switched
+off inside, so no op here is silently recast: each narrowing is explicit in the kernels.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch import Tensor
 from saelab.kernels import threads
 from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.sparse_code import SparseCode
-from saelab.kernels.topk_encode import EncodePlan, encode, pre_activations
+from saelab.kernels.topk_encode import EncodePlan, encode, narrow, pre_activations
 from saelab.losses import auxk_term, squared_error
 from saelab.kernels.plan import SparsePlan
 from saelab.step_output import StepOutput
@@ -42,6 +47,16 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     None (nothing computed that needs undoing) when a `positive` plan's code would fill more than
     `max_density` of the [B, n] entries: the dense path is then the faster one.
     """
+    kind = sae.W_enc.device.type
+    if not torch.is_autocast_enabled(kind):
+        return _sparse_step(sae, x_raw, alpha, dead, spec, max_density, None)
+    low = torch.get_autocast_dtype(kind)
+    with torch.autocast(kind, enabled=False):
+        return _sparse_step(sae, x_raw, alpha, dead, spec, max_density, low)
+
+
+def _sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: SparsePlan | None,
+                 max_density: float | None, low: torch.dtype | None) -> StepOutput | None:
     cfg = sae.cfg
     spec = spec if spec is not None else sae.activation.sparse_plan()
     if spec is None:
@@ -51,11 +66,11 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
     n = cfg.n_latents
 
     extra = spec.extra_multiple is not None
-    plan = EncodePlan()
+    plan = EncodePlan(low=low)
     if spec.positive:
         plan.positive = True
         with torch.no_grad():
-            plan.pre = pre_activations(x - sae.b_dec, sae.W_enc, sae.b_enc)
+            plan.pre = pre_activations(*narrow(low, x - sae.b_dec, sae.W_enc, sae.b_enc))
         if max_density is not None:
             with threads.parallel(plan.pre.device):
                 plan.pre_positive = plan.pre > 0

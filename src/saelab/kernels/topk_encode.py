@@ -19,6 +19,13 @@ with G the sparse [B, n] matrix of the g_e:
 An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ AUX_BLOCK_DENSITY, set by
 the CPU's vector width) adds x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density
 a blocked product beats per-entry row gathers. Both give the same sums.
+
+Under bfloat16 autocast (plan.low = torch.bfloat16) P is computed in bfloat16 — x_c and W_enc
+rounded once per step, the product accumulated in float32 inside the GEMM and stored in bfloat16,
+half the bytes for the selection to read — and the selected values come back as exact float32
+upcasts. The backward stays float32 (x_c, W_enc and the entries' gradients): it touches only the
+selected entries, so bfloat16 would save little there and cost precision. AuxK's dense block
+products (aux_block) run in bfloat16 like the encoder's, their sums added in float32.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class EncodePlan:
     pre_positive: Tensor | None = field(default=None, repr=False)
     dead: Tensor | None = None  # AuxK: ids of the dead latents (ascending), or None
     k_aux: int = 0
+    low: torch.dtype | None = None  # bfloat16: P, the selection's reads and AuxK's block products in it
     main: SparseCode | None = field(default=None, repr=False)
     aux: SparseCode | None = field(default=None, repr=False)
     aux_local: Tensor | None = field(default=None, repr=False)  # aux columns within `dead` [B, k_aux]
@@ -136,13 +144,18 @@ class _TopKEncode(torch.autograd.Function):
 
 
 def pre_activations(x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
-    """P = x_c·W_enc + b_enc for these rows, in scratch memory (valid until the next call)."""
+    """P = x_c·W_enc + b_enc for these rows, in scratch memory (valid until the next call), in x_c's and W_enc's dtype."""
     pre = workspace.scratch("pre", (x_c.shape[0], W_enc.shape[1]), W_enc.dtype, W_enc.device)
     # mm then add (not addmm) so P is bit-identical to the dense path's and picks the same top-k.
     torch.mm(x_c, W_enc, out=pre)
     with threads.parallel(pre.device):
         pre.add_(b_enc)
     return pre
+
+
+def narrow(low: torch.dtype | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """`tensors` rounded to `low` for a product (unchanged when `low` is None)."""
+    return tensors if low is None else tuple(t.to(low) for t in tensors)
 
 
 def row_chunks(rows: int, n: int, element_size: int) -> list[tuple[int, int]]:
@@ -156,8 +169,9 @@ def row_chunks(rows: int, n: int, element_size: int) -> list[tuple[int, int]]:
 def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
     """Per-row selections (TopK, Multi-TopK, AuxK), chunk of rows by chunk so P stays within budget."""
     main_v, main_c, aux_v, aux_l = [], [], [], []
-    for lo, hi in row_chunks(x_c.shape[0], W_enc.shape[1], W_enc.element_size()):
-        pre = pre_activations(x_c[lo:hi], W_enc, b_enc)
+    x_op, W_op, b_op = narrow(plan.low, x_c, W_enc, b_enc)
+    for lo, hi in row_chunks(x_c.shape[0], W_enc.shape[1], W_op.element_size()):
+        pre = pre_activations(x_op[lo:hi], W_op, b_op)
         with threads.parallel(pre.device):
             v, cols = row_topk(pre, plan.k, sorted=plan.sorted)
             main_v.append(v)
@@ -175,13 +189,14 @@ def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan)
 
 def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
     """BatchTopK or ReLU (and AuxK) from the whole batch's P: ragged rows, so P is not chunked."""
-    pre = plan.pre if plan.pre is not None else pre_activations(x_c, W_enc, b_enc)
+    pre = plan.pre if plan.pre is not None else pre_activations(*narrow(plan.low, x_c, W_enc, b_enc))
     mask = plan.pre_positive
     plan.pre = plan.pre_positive = None  # scratch memory: valid for this step only
     rows = pre.shape[0]
     with threads.parallel(pre.device):
         # Positive entries only: ReLU is the identity there.
         r, c, v = positive_entries(pre, mask) if plan.positive else batch_topk(pre, plan.batch_k)
+        v = v.to(x_c.dtype)  # a bfloat16 P's values, upcast exactly
         # Positions only (values detached): the plan lives on ctx, holding outputs would make a cycle.
         plan.main = SparseCode(rows, c, v.detach(), rows=r)
         z_aux = pre.new_zeros(0)
@@ -201,7 +216,7 @@ def positive_entries(pre: Tensor, mask: Tensor | None = None) -> tuple[Tensor, T
 
 
 def _aux_topk(pre: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
-    """Each row's top-k_aux among the dead latents: (values, columns within plan.dead)."""
+    """Each row's top-k_aux among the dead latents: (values in float32, columns within plan.dead)."""
     dead_pre = workspace.scratch("block", (pre.shape[0], plan.dead.numel()), pre.dtype, pre.device)
     torch.index_select(pre, 1, plan.dead, out=dead_pre)
     return row_topk(dead_pre, min(plan.k_aux, plan.dead.numel()))
@@ -261,8 +276,8 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
             else:
                 d_W_enc.zero_()
         for c, g in block:
-            g_dead = dense_block(c, plan.aux_local, g, plan.dead.numel())
-            d_W_enc.index_add_(1, plan.dead, (g_dead.t() @ x_c).t())
+            g_dead, x_op = narrow(plan.low, dense_block(c, plan.aux_local, g, plan.dead.numel()), x_c)
+            d_W_enc.index_add_(1, plan.dead, (g_dead.t() @ x_op).t().to(d_W_enc.dtype))
     if col_sums is not None:
         d_b_enc = col_sums if ctx.needs_input_grad[2] else None
         d_b_dec = -(W_enc @ col_sums) if ctx.needs_input_grad[3] else None

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from saelab import kernels, methods
-from saelab.devices import autocasting
 from saelab.errors import ConfigError
 from saelab.kernels.device_check import runs_on
 from saelab.losses import auxk_term, squared_error
@@ -42,9 +41,7 @@ def uses_sparse_kernel(sae) -> bool:
     ok = methods.supports(sae)
     if kernel == "sparse" and not ok:
         raise ConfigError("kernel", "sparse", f"method {sae.cfg.method!r} with these options has no sparse path")
-    if ok and autocasting(sae.W_enc.device):
-        return False  # bfloat16 runs: autocast computes the dense path in bfloat16, the kernels would stay float32
-    return ok and runs_on(sae)
+    return ok and runs_on(sae)  # under autocast too: the kernels read its dtype (kernels/step.py)
 
 
 # A ReLU code denser than this trains on the dense path for that step: the sparse path's per-entry
