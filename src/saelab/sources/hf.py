@@ -87,6 +87,9 @@ def load_lm(spec: LMSpec | str) -> "LanguageModel":
     """Load a causal LM and its tokenizer through `from_pretrained` (eval mode, no grad)."""
     if isinstance(spec, str):
         spec = LMSpec(spec)
+    from saelab.devices import check_device  # before the slow load: a missing CUDA is one line, not a late traceback
+
+    check_device(spec.device.split(":")[0], "device")
     if spec.dtype not in DTYPES:
         raise SaelabError(f"dtype={spec.dtype!r}: unknown dtype; choose one of {', '.join(DTYPES)}")
     try:
@@ -297,6 +300,30 @@ class LanguageModel:
         if not captured:
             raise RuntimeError(f"site {site} was never reached in the forward pass")
         return captured[0]
+
+    def activations_at(self, input_ids: torch.Tensor, sites: list[Site]) -> list[torch.Tensor]:
+        """Activations [batch, seq, d_model] at every site, in one forward that stops once the last is captured."""
+        captured: dict[int, torch.Tensor] = {}
+
+        def grabber(i: int) -> Callable[[torch.Tensor], None]:
+            def grab(x: torch.Tensor) -> None:
+                captured[i] = x.detach()
+                if len(captured) == len(sites):
+                    raise _StopForward  # no block past the deepest site runs
+
+            return grab
+
+        with contextlib.ExitStack() as hooks, torch.inference_mode():
+            for i, site in enumerate(sites):
+                hooks.enter_context(self._hook(site, grabber(i)))
+            try:
+                self._forward(input_ids)
+            except _StopForward:
+                pass
+        missing = [str(s) for i, s in enumerate(sites) if i not in captured]
+        if missing:
+            raise RuntimeError(f"sites {', '.join(missing)} were never reached in the forward pass")
+        return [captured[i] for i in range(len(sites))]
 
     @torch.no_grad()
     def run_with_activations(
