@@ -53,6 +53,8 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, OnlineConfig, list[i
         outlier_factor=args.drop_outliers, prepend_bos=not args.no_bos, text_field=args.text_field, split=args.split,
         eval_tokens=args.eval_tokens, model_name=args.model_name,
     ).validate()
+    if online.buffer_tokens is not None and online.buffer_tokens < 2 * run.train.batch_size:
+        raise ConfigError("buffer_tokens", online.buffer_tokens, f"must hold at least two batches ({2 * run.train.batch_size} rows): it is refilled when half empty")
     return RunConfig(run.train, saes).validate(), online, index
 
 

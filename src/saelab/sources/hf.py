@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -97,6 +98,13 @@ def load_lm(spec: LMSpec | str) -> "LanguageModel":
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise SaelabError("transformers is not installed; install saelab[lm]") from exc
     source, extra = _resolve(spec.model)
+    if not sys.stderr.isatty():  # a bar redrawn with \r fills a log file or pipe with fragments
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - older transformers
+            pass
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(source, **extra)
