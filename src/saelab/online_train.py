@@ -20,7 +20,7 @@ from saelab import distributed
 from saelab.config import RunConfig, SAEConfig
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
-from saelab.sources.hf import LMSpec, load_lm
+from saelab.sources.hf import LanguageModel, LMSpec, load_lm
 from saelab.sources.online import OnlineConfig, OnlineStream, buffer_bytes, hook_name
 from saelab.sources.text import first_token_id, iter_chunks
 from saelab.train import INIT_SAMPLE_ROWS, Member, Trainer, build_member
@@ -54,7 +54,7 @@ class OnlineTrainer(Trainer):
     """Trains the SAEs of every site on one pass of a live LM over streamed text."""
 
     def __init__(self, run: RunConfig, online: OnlineConfig, site_index: list[int], progress: bool = True,
-                 world: distributed.World | None = None, log=None):
+                 world: distributed.World | None = None, log=None, lm: LanguageModel | None = None):
         self.run = run.validate()
         self.online = online.validate()
         if len(site_index) != len(run.saes):
@@ -72,7 +72,8 @@ class OnlineTrainer(Trainer):
         device = t.device
         if self.world.parallel and device == "cuda":  # one GPU per rank
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.world.rank)}"
-        self.lm = load_lm(LMSpec(online.model, device, online.model_dtype))
+        # `lm`: a model already loaded from online.model (a notebook or bench loads it once)
+        self.lm = lm if lm is not None else load_lm(LMSpec(online.model, device, online.model_dtype))
         self.stream = OnlineStream(self.lm, online, t.batch_size, t.seed, self.world)
         if log is not None and self.world.is_main:
             mib = buffer_bytes(self.stream.buffer_tokens, len(online.sites), self.lm.d_model, online.windows_per_forward, online.context) / 2**20
