@@ -97,10 +97,13 @@ def test_every_row_the_lm_yields_is_served_once_and_batches_mix_windows(lm_and_t
     assert len(sources) >= 6
 
 
-def test_resume_after_a_crash_gives_the_uninterrupted_weights(lm_and_text, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_resume_after_a_crash_gives_the_uninterrupted_weights(lm_and_text, tmp_path, monkeypatch, ahead):
+    """The crashed run produces batches `ahead` in a thread (or none); its checkpoints hold the stream as of their step."""
     model, text = lm_and_text
     full, _ = _trainer(_argv(model, text, tmp_path / "full", "--checkpoint-every", "7"))
     full.fit()
+    monkeypatch.setattr(OnlineTrainer, "PREFETCH_DEPTH", ahead)
 
     class Crash(Exception):
         pass
@@ -117,6 +120,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(lm_and_text, tmp_p
     with pytest.raises(Crash):
         _trainer(_argv(model, text, tmp_path / "cut", "--checkpoint-every", "7"))[0].fit()
     monkeypatch.setattr(OnlineTrainer, "_train_step", original)
+    monkeypatch.setattr(OnlineTrainer, "PREFETCH_DEPTH", 1)
     code, _, err = cli(*_argv(model, text, tmp_path / "cut", "--checkpoint-every", "7", "--resume"))
     assert code == 0, err
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
@@ -171,3 +175,19 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
         a, b = saelab.load(tmp_path / "one" / site), saelab.load(tmp_path / "two" / site)
         for name, tensor in a.state_dict().items():
             torch.testing.assert_close(b.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=f"{site} {name}")
+
+
+def test_a_stream_that_ran_ahead_saves_the_state_of_an_earlier_batch(lm_and_text):
+    model, text = lm_and_text
+    lm = load_lm(LMSpec(model))
+    cfg = OnlineConfig(model, text, ((1, "resid_post"), (2, "attn_out")), context=CTX, windows_per_forward=4, buffer_tokens=120, eval_tokens=30)
+    reference = OnlineStream(lm, cfg, batch_size=40, seed=5)
+    uninterrupted = [reference.batch(p)[0] for p in range(12)]
+    ahead = OnlineStream(lm, cfg, batch_size=40, seed=5)
+    for p in range(9):  # a refill every batch or two: the saved states reach back across refills
+        ahead.batch(p)
+    for position in (3, 5, 7, 9):
+        resumed = OnlineStream(lm, cfg, batch_size=40, seed=5)
+        resumed.load_state_dict(ahead.state_dict(position))
+        for p in range(position, 12):
+            assert (resumed.batch(p)[0] == uninterrupted[p]).all(), (position, p)

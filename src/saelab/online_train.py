@@ -53,6 +53,10 @@ def expand_saes(saes: list[SAEConfig], tables_sites: list[tuple[int, str] | None
 class OnlineTrainer(Trainer):
     """Trains the SAEs of every site on one pass of a live LM over streamed text."""
 
+    # Batches produced ahead in a thread: the LM forward of a refill overlaps the SAE steps (bench/online.py
+    # measured it faster on 2 cores); 0 produces each batch when its step asks. Checkpoints are exact either way.
+    PREFETCH_DEPTH = 1
+
     def __init__(self, run: RunConfig, online: OnlineConfig, site_index: list[int], progress: bool = True,
                  world: distributed.World | None = None, log=None, lm: LanguageModel | None = None):
         self.run = run.validate()
@@ -81,7 +85,7 @@ class OnlineTrainer(Trainer):
         # Held-out rows of each site (the first windows of the text), for the final evaluation and until_converged.
         self.eval_stores = [ActivationStore.from_array(rows, name=f"<held-out {hook_name(s)}>") for rows, s in zip(self.stream.held_out(), online.sites)]
         self.eval_range = (0, min(store.n_rows for store in self.eval_stores))  # what until_converged checks is there
-        self.prefetch_depth = 0  # the stream must stand exactly at the checkpointed batch; see bench/online.py for overlap
+        self.prefetch_depth = self.PREFETCH_DEPTH
         self.throughput = None
         self.total_steps = self._budget()
         self.out = Path(t.out)
@@ -139,7 +143,8 @@ class OnlineTrainer(Trainer):
         return super().fit(resume=resume, overwrite=overwrite)
 
     def _write_checkpoint(self, members: list[Member], step: int, **extra) -> None:
-        super()._write_checkpoint(members, step, online=self.online.identity(), stream=self.stream.state_dict(), **extra)
+        # The prefetch thread may already have produced later batches: the state as of `step` is saved.
+        super()._write_checkpoint(members, step, online=self.online.identity(), stream=self.stream.state_dict(step), **extra)
 
     def _check_saved_run(self, state: dict, members: list[Member]) -> int:
         saved = state.get("online")
@@ -154,8 +159,8 @@ class OnlineTrainer(Trainer):
     def _restore(self, state: dict, members: list[Member]) -> int:
         step = super()._restore(state, members)
         self.stream.load_state_dict(state["stream"])
-        if self.stream.position != step:
-            raise ConfigError("resume", str(self.out), f"the checkpoint's stream stands at batch {self.stream.position}, its SAEs at step {step}")
+        if self.stream.next != step:
+            raise ConfigError("resume", str(self.out), f"the checkpoint's stream stands at batch {self.stream.next}, its SAEs at step {step}")
         return step
 
     # ---- the folders --------------------------------------------------------------------------

@@ -17,8 +17,10 @@ process would hold; the trainer then steps each rank on its slice of every batch
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -37,6 +39,8 @@ DEFAULT_KIND = "resid_post"
 # The default buffer takes at most this fraction of the memory available when the run starts, and no more rows than MAX_DEFAULT_ROWS.
 DEFAULT_MEMORY_FRACTION = 0.25
 MAX_DEFAULT_ROWS = 1 << 18
+# Batches kept (by reference) after they are handed out: a checkpoint of an earlier step saves them; more than a prefetch runs ahead.
+RECENT_BATCHES = 8
 
 
 def parse_sites(text: str) -> tuple[tuple[int, str], ...]:
@@ -174,6 +178,13 @@ class OnlineStream:
         self.windows = self.eval_windows  # text windows read so far (the held-out ones first)
         self.generator = torch.Generator().manual_seed(seed)
         self._batches: Iterator[torch.Tensor] | None = None
+        # A prefetch thread may produce batches ahead of the step being checkpointed: the lock keeps a
+        # checkpoint from reading a buffer mid-refill, and the batches produced past that step are saved
+        # with it (`pending`), to be handed out again first on resume.
+        self._lock = threading.Lock()
+        self.next = 0  # the next batch to hand out (≤ position: the ones in between are pending)
+        self._recent: collections.deque = collections.deque(maxlen=RECENT_BATCHES)
+        self._pending: dict[int, np.ndarray] = {}
 
     @property
     def tokens_seen(self) -> int:
@@ -238,29 +249,41 @@ class OnlineStream:
 
     def first_rows(self, site: int, limit: int) -> torch.Tensor:
         """Up to `limit` rows of the first filled buffer of `site` (what SAE initialization and normalization see)."""
-        if self.position == 0 and min(self.fill) == 0:
+        if self.position == 0 and min(self.fill) == 0:  # before any batch, so under the lock of none
             self._refill()
         return self.buffers[site][: min(limit, self.fill[site])].clone()
 
     def batch(self, position: int) -> tuple[np.ndarray, None]:
         """(float32 [sites, batch_size, d_model], None) for batch `position`, which must be the next one."""
-        if position != self.position:
-            raise RuntimeError(f"online stream: batch {position} asked for, the next one is {self.position}")
-        if any(n - self.batch_size < self.buffer_tokens // 2 for n in self.fill):
-            self._refill()
-        out = np.empty((len(self.sites), self.batch_size, self.d_model), dtype=np.float32)
-        for i, buf in enumerate(self.buffers):
-            n = self.fill[i]
-            out[i] = buf[n - self.batch_size : n].numpy()
-            self.fill[i] = n - self.batch_size
-        self.position += 1
+        with self._lock:
+            if position != self.next:
+                raise RuntimeError(f"online stream: batch {position} asked for, the next one is {self.next}")
+            self.next += 1
+            if position in self._pending:
+                return self._pending.pop(position), None
+            if any(n - self.batch_size < self.buffer_tokens // 2 for n in self.fill):
+                self._refill()
+            out = np.empty((len(self.sites), self.batch_size, self.d_model), dtype=np.float32)
+            for i, buf in enumerate(self.buffers):
+                n = self.fill[i]
+                out[i] = buf[n - self.batch_size : n].numpy()
+                self.fill[i] = n - self.batch_size
+            self._recent.append((self.position, out))  # the array handed out, not a copy
+            self.position += 1
         return out, None
 
-    def state_dict(self) -> dict:
-        """Cursor, buffer contents and RNG: enough to continue with exactly the batches that would have followed."""
-        return {"position": self.position, "windows": self.windows, "fill": list(self.fill),
-                "buffers": [buf[:n].clone() for buf, n in zip(self.buffers, self.fill)],
-                "generator": self.generator.get_state()}
+    def state_dict(self, position: int | None = None) -> dict:
+        """Cursor, buffer rows and RNG, with the batches produced from `position` (default: the next) on, to hand out again."""
+        with self._lock:
+            position = self.next if position is None else position
+            made = {**dict(self._recent), **self._pending}
+            missing = [p for p in range(position, self.position) if p not in made]
+            if position > self.position or missing:
+                raise RuntimeError(f"online stream: cannot save the state of batch {position} (produced {self.position})")
+            return {"position": self.position, "next": position, "windows": self.windows, "fill": list(self.fill),
+                    "buffers": [buf[:n].clone() for buf, n in zip(self.buffers, self.fill)],
+                    "pending": [torch.from_numpy(made[p]) for p in range(position, self.position)],
+                    "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a state_dict (the same text, model and sites)."""
@@ -271,4 +294,9 @@ class OnlineStream:
                 raise DataError(f"checkpoint: stream buffer of shape {tuple(saved.shape)}, expected ({n}, {self.d_model})")
             buf[:n] = saved
         self.generator.set_state(state["generator"])
+        self.next = int(state["next"])
+        self._pending = {self.next + j: t.numpy() for j, t in enumerate(state["pending"])}
+        if self.next + len(self._pending) != self.position:
+            raise DataError(f"checkpoint: {len(self._pending)} pending batches from batch {self.next}, but the stream stands at {self.position}")
+        self._recent.clear()
         self._batches = None  # reopened at the saved cursor
