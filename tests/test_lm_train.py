@@ -120,8 +120,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(lm_and_text, tmp_p
     with pytest.raises(Crash):
         _trainer(_argv(model, text, tmp_path / "cut", "--checkpoint-every", "7"))[0].fit()
     monkeypatch.setattr(OnlineTrainer, "_train_step", original)
-    monkeypatch.setattr(OnlineTrainer, "PREFETCH_DEPTH", 1)
-    code, _, err = cli(*_argv(model, text, tmp_path / "cut", "--checkpoint-every", "7", "--resume"))
+    monkeypatch.setattr(OnlineTrainer, "PREFETCH_DEPTH", 0)
+    code, _, err = cli(*_argv(model, text, tmp_path / "cut", "--checkpoint-every", "7", "--resume", "--overlap"))
     assert code == 0, err
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
         a, b = saelab.load(tmp_path / "full" / site), saelab.load(tmp_path / "cut" / site)

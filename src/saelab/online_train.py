@@ -53,12 +53,14 @@ def expand_saes(saes: list[SAEConfig], tables_sites: list[tuple[int, str] | None
 class OnlineTrainer(Trainer):
     """Trains the SAEs of every site on one pass of a live LM over streamed text."""
 
-    # Batches produced ahead in a thread: the LM forward of a refill overlaps the SAE steps (bench/online.py
-    # measured it faster on 2 cores); 0 produces each batch when its step asks. Checkpoints are exact either way.
-    PREFETCH_DEPTH = 1
+    # Batches produced ahead in a thread (`overlap`): the LM forward of a refill then runs beside the SAE steps,
+    # with its own torch threads. bench/online.py measured it faster only on a machine crowded by other jobs
+    # (more threads, more share), so it is opt-in. Checkpoints are exact either way.
+    PREFETCH_DEPTH = 0
+    OVERLAP_DEPTH = 1
 
     def __init__(self, run: RunConfig, online: OnlineConfig, site_index: list[int], progress: bool = True,
-                 world: distributed.World | None = None, log=None, lm: LanguageModel | None = None):
+                 world: distributed.World | None = None, log=None, lm: LanguageModel | None = None, overlap: bool = False):
         self.run = run.validate()
         self.online = online.validate()
         if len(site_index) != len(run.saes):
@@ -85,7 +87,7 @@ class OnlineTrainer(Trainer):
         # Held-out rows of each site (the first windows of the text), for the final evaluation and until_converged.
         self.eval_stores = [ActivationStore.from_array(rows, name=f"<held-out {hook_name(s)}>") for rows, s in zip(self.stream.held_out(), online.sites)]
         self.eval_range = (0, min(store.n_rows for store in self.eval_stores))  # what until_converged checks is there
-        self.prefetch_depth = self.PREFETCH_DEPTH
+        self.prefetch_depth = self.OVERLAP_DEPTH if overlap else self.PREFETCH_DEPTH
         self.throughput = None
         self.total_steps = self._budget()
         self.out = Path(t.out)

@@ -67,7 +67,7 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     """Train, then report each SAE's held-out L0 / NMSE, the throughput and peak memory."""
     run, online, index = build_run(args)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    trainer = OnlineTrainer(run, online, index, progress=not args.no_progress, log=say)
+    trainer = OnlineTrainer(run, online, index, progress=not args.no_progress, log=say, overlap=args.overlap)
     for cfg in run.saes if trainer.world.is_main else []:
         message = sparsity_warning(cfg.method, cfg.penalty, cfg.target_l0)
         if message is not None:
@@ -105,6 +105,8 @@ def register(sub: Any) -> None:
     p.add_argument("--drop-outliers", type=float, default=None, metavar="FACTOR",
                    help="drop tokens whose norm exceeds FACTOR x the forward batch's median norm")
     p.add_argument("--model-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--overlap", action="store_true",
+                   help="run the LM forward in a second thread while the SAEs step (more threads; see bench/README.md)")
     p.add_argument("--config", help="TOML: train keys, SAE keys and [[sae]] tables, each optionally naming its `site`")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
