@@ -87,6 +87,9 @@ class OnlineTrainer(Trainer):
         # Held-out rows of each site (the first windows of the text), for the final evaluation and until_converged.
         self.eval_stores = [ActivationStore.from_array(rows, name=f"<held-out {hook_name(s)}>") for rows, s in zip(self.stream.held_out(), online.sites)]
         self.eval_range = (0, min(store.n_rows for store in self.eval_stores))  # what until_converged checks is there
+        if overlap and self.world.parallel:
+            # The prefetch thread's all-gathers would interleave with the steps' all-reduces, in a different order on each rank.
+            raise ConfigError("overlap", True, f"runs in one process; this run has {self.world.size} ranks (drop --overlap)")
         self.prefetch_depth = self.OVERLAP_DEPTH if overlap else self.PREFETCH_DEPTH
         self.throughput = None
         self.total_steps = self._budget()
@@ -172,7 +175,7 @@ class OnlineTrainer(Trainer):
 
     def _split_record(self, m: Member) -> dict:
         s = self.stream
-        return {"eval_windows": [0, s.eval_windows], "train_windows": [s.eval_windows, s.windows], "eval_rows": self._eval_data(m)[0].n_rows}
+        return {"eval_windows": [0, s.eval_windows], "train_windows": [s.eval_windows, s.windows], "eval_rows": [0, self._eval_data(m)[0].n_rows]}
 
     def _folder_extra(self, m: Member) -> dict:
         o = self.online
