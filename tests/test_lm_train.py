@@ -191,3 +191,12 @@ def test_a_stream_that_ran_ahead_saves_the_state_of_an_earlier_batch(lm_and_text
         resumed.load_state_dict(ahead.state_dict(position))
         for p in range(position, 12):
             assert (resumed.batch(p)[0] == uninterrupted[p]).all(), (position, p)
+
+
+def test_an_unreachable_dataset_is_one_line_naming_it(lm_and_text, tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    model, _ = lm_and_text
+    line = error_line(cli(*_argv(model, "no-such-org/no-such-dataset", tmp_path / "d")))
+    assert "no-such-org/no-such-dataset" in line

@@ -74,7 +74,10 @@ class OnlineTrainer(Trainer):
             raise ConfigError("tokens", None, "required: how many training tokens (or --steps)")
         if t.epochs is not None:
             raise ConfigError("epochs", t.epochs, "a text stream has no epochs; give --tokens")
-        iter_chunks(online.text_config())  # a missing local text fails before the slow model load
+        next(iter_chunks(online.text_config()), None)  # a missing file or unreachable dataset fails before the slow model load
+        if overlap and self.world.parallel:
+            # The prefetch thread's all-gathers would interleave with the steps' all-reduces, in a different order on each rank.
+            raise ConfigError("overlap", True, f"runs in one process; this run has {self.world.size} ranks (drop --overlap)")
         device = t.device
         if self.world.parallel and device == "cuda":  # one GPU per rank
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.world.rank)}"
@@ -87,9 +90,6 @@ class OnlineTrainer(Trainer):
         # Held-out rows of each site (the first windows of the text), for the final evaluation and until_converged.
         self.eval_stores = [ActivationStore.from_array(rows, name=f"<held-out {hook_name(s)}>") for rows, s in zip(self.stream.held_out(), online.sites)]
         self.eval_range = (0, min(store.n_rows for store in self.eval_stores))  # what until_converged checks is there
-        if overlap and self.world.parallel:
-            # The prefetch thread's all-gathers would interleave with the steps' all-reduces, in a different order on each rank.
-            raise ConfigError("overlap", True, f"runs in one process; this run has {self.world.size} ranks (drop --overlap)")
         self.prefetch_depth = self.OVERLAP_DEPTH if overlap else self.PREFETCH_DEPTH
         self.throughput = None
         self.total_steps = self._budget()
