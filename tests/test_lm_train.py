@@ -13,16 +13,16 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from _features_util import CTX, one_thread, text_file, tiny_model_dir  # noqa: E402,F401
-from cli_harness import cli, error_line  # noqa: E402
+from _features_util import CTX, one_thread, text_file, tiny_model_dir  # noqa: F401
+from cli_harness import cli, error_line
 
-import saelab  # noqa: E402
-from saelab.cli import build_parser  # noqa: E402
-from saelab.commands.lm_train import build_run  # noqa: E402
-from saelab.errors import ConfigError  # noqa: E402
-from saelab.online_train import OnlineTrainer  # noqa: E402
-from saelab.sources.hf import LMSpec, load_lm  # noqa: E402
-from saelab.sources.online import OnlineConfig, OnlineStream, parse_sites  # noqa: E402
+import saelab
+from saelab.cli import build_parser
+from saelab.commands.lm_train import build_run
+from saelab.errors import ConfigError
+from saelab.online_train import OnlineTrainer
+from saelab.sources.hf import LMSpec, load_lm
+from saelab.sources.online import OnlineConfig, OnlineStream, parse_sites
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -89,7 +89,7 @@ def test_every_row_the_lm_yields_is_served_once_and_batches_mix_windows(lm_and_t
     truth = torch.cat([lm.activations_at(w, stream.sites)[0][0, 1:] for w in windows])
     everything = torch.cat([served, left])
     assert everything.shape == truth.shape
-    key = lambda rows: sorted(map(tuple, rows.round(decimals=4).tolist()))  # noqa: E731
+    key = lambda rows: sorted(map(tuple, rows.round(decimals=4).tolist()))
     assert key(everything) == key(truth)
     # A batch draws on many windows (15 rows each), not one or two consecutive ones.
     first = served[:40]
@@ -152,7 +152,7 @@ def test_bad_input_is_one_line(lm_and_text, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
 def test_device_cuda_without_cuda_is_one_line_before_the_model_loads(lm_and_text, tmp_path):
-    model, text = lm_and_text
+    _, text = lm_and_text
     line = error_line(cli("lm", "eval", "--model", tmp_path / "no-model-here", "--text", text, "--sae", tmp_path, "--layer", "1",
                           "--site", "resid_post", "--device", "cuda"))
     assert "device" in line and "cuda" in line  # the model path does not exist: the device was checked first
@@ -169,7 +169,7 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
            *_argv(model, text, tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(saelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
         a, b = saelab.load(tmp_path / "one" / site), saelab.load(tmp_path / "two" / site)

@@ -11,7 +11,15 @@ from typing import Any
 from saelab.api import sparsity_warning
 from saelab.commands.common import add_threads, scalar
 from saelab.commands.core import add_config_flags
-from saelab.config import SAE_FIELDS, TRAIN_FIELDS, SAEConfig, TrainConfig, read_config, run_from_mapping, RunConfig
+from saelab.config import (
+    SAE_FIELDS,
+    TRAIN_FIELDS,
+    RunConfig,
+    SAEConfig,
+    TrainConfig,
+    read_config,
+    run_from_mapping,
+)
 from saelab.errors import ConfigError
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
 from saelab.online_train import OnlineTrainer, expand_saes
@@ -66,7 +74,7 @@ def peak_rss_mib() -> float:
 def cmd_lm_train(args: argparse.Namespace) -> int:
     """Train, then report each SAE's held-out L0 / NMSE, the throughput and peak memory."""
     run, online, index = build_run(args)
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    say = lambda m: print(m, file=sys.stderr, flush=True)
     trainer = OnlineTrainer(run, online, index, progress=not args.no_progress, log=say, overlap=args.overlap)
     for cfg in run.saes if trainer.world.is_main else []:
         message = sparsity_warning(cfg.method, cfg.penalty, cfg.target_l0)

@@ -21,8 +21,8 @@ import collections
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from saelab import distributed
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, DataError
 from saelab.model_site import TL_HOOKS
-from saelab.sources.hf import SITES, LanguageModel, Site
+from saelab.sources.hf import SITES, LanguageModel
 from saelab.sources.text import TextConfig, iter_batches, keep_mask, take_windows
 
 DEFAULT_KIND = "resid_post"
@@ -101,7 +101,7 @@ class OnlineConfig:
     eval_tokens: int = 4096  # held-out rows per site, from the first windows of the text
     model_name: str | None = None  # hub name recorded in the folders (default: derived from `model`)
 
-    def validate(self) -> "OnlineConfig":
+    def validate(self) -> OnlineConfig:
         """Check every field; ConfigError naming the first bad one."""
         if not self.sites:
             raise ConfigError("sites", self.sites, "name at least one site")
@@ -134,7 +134,7 @@ class OnlineConfig:
         if not os.path.exists(path) and not self.model.startswith((".", "/", "~")):
             return self.model.rsplit("/", 1)[0] if self.model.endswith(".gguf") else self.model
         name = os.path.basename(os.path.normpath(path))
-        return name[: -len(".gguf")] if name.endswith(".gguf") else name
+        return name.removesuffix(".gguf")
 
     def model_path(self) -> str | None:
         """The local file or folder the model was loaded from (None for a hub name)."""
