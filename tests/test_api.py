@@ -156,3 +156,12 @@ def test_site_reaches_cfg_json_and_the_loaded_module(tmp_path):
     loaded = saelab.load(tmp_path / "sae")
     assert (loaded.cfg.hook_name, loaded.cfg.model_name, loaded.cfg.context_size, loaded.cfg.prepend_bos) == \
         ("blocks.2.hook_resid_post", "tiny-gpt2", 64, False)
+
+
+def test_train_takes_half_precision_tensors_as_their_float32_values(toy_dir):
+    x = torch.from_numpy(np.load(toy_dir / "activations.npy")[:1024]).to(torch.bfloat16)
+    kw = dict(method="topk", k=4, n_latents=32, steps=5, batch_size=128, progress=False)
+    from_bf16 = saelab.train(x, **kw)
+    from_float = saelab.train(x.float(), **kw)  # bfloat16 values are exact in float32
+    assert torch.equal(from_bf16.W_dec, from_float.W_dec)
+    assert torch.equal(saelab.train(x.half(), **kw).W_dec, saelab.train(x.half().float(), **kw).W_dec)

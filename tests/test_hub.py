@@ -80,3 +80,16 @@ def test_eval_command_reads_an_hf_address(tmp_path, fake_hub):
     code, out, err = cli("eval", "--sae", "hf://me/one", "--activations", tmp_path / "x.npy", "--json")
     assert code == 0, err
     assert json.loads(out)["l0"] == pytest.approx(2.0)
+
+
+def test_push_without_network_or_with_a_bad_repo_is_one_line(tmp_path, fake_hub, monkeypatch):
+    save_sae(SparseAutoencoder(SAEConfig(n_latents=16, method="topk", method_params={"k": 2}, d_in=4)), tmp_path / "sae")
+    assert "repo=" in error_line(cli("push", tmp_path / "sae", "only-org"))
+    assert "repo=" in error_line(cli("push", tmp_path / "sae", "a/b/c"))
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'\nmore lines of traceback text")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    line = error_line(cli("push", tmp_path / "sae", "me/saes"))
+    assert "me/saes" in line and "ConnectionError" in line and "resolve" in line

@@ -338,3 +338,26 @@ def test_report_command_end_to_end(tmp_path, capsys):
 def test_legacy_markdown_table_is_unchanged():
     text = markdown_table([{"name": "a", "l0": 31.96, "nmse": 0.123456}], [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE")])
     assert text == "| SAE | L0 | NMSE |\n|---|---|---|\n| a | 32.0 | 0.1235 |\n"
+
+
+def test_report_reads_plain_run_folders(toy_dir, tmp_path):
+    """`saelab report` on `saelab train` outputs (one SAE, and a two-SAE run): one row per SAE with its eval.json values."""
+    from cli_harness import cli
+
+    acts = toy_dir / "activations.npy"
+    common = ["--activations", acts, "--steps", "10", "--batch-size", "128", "--n-latents", "32", "--no-progress"]
+    assert cli("train", *common, "--method", "topk", "--k", "3", "--out", tmp_path / "one")[0] == 0
+    (tmp_path / "two.toml").write_text(f'activations = "{acts}"\nsteps = 10\nbatch_size = 128\nn_latents = 32\nmethod = "topk"\n'
+                                       '[[sae]]\nname = "k2"\nk = 2\n[[sae]]\nname = "k4"\nk = 4\n')
+    assert cli("train", "--config", tmp_path / "two.toml", "--out", tmp_path / "two", "--no-progress")[0] == 0
+    code, _, err = cli("report", tmp_path / "one", tmp_path / "two", "--out", tmp_path / "rep")
+    assert code == 0, err
+    from saelab.report.results import read_all_results
+
+    rows = {r.name: r.data for r in read_all_results([tmp_path / "one", tmp_path / "two"])}
+    assert sorted(rows) == ["one", "two/k2", "two/k4"]
+    ev = json.loads((tmp_path / "two" / "k4" / "eval.json").read_text())
+    assert rows["two/k4"]["nmse"] == ev["nmse"] and rows["two/k4"]["l0"] == pytest.approx(4.0)
+    assert "two/k2" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(DataError, match="no SAE folder"):
+        read_all_results([tmp_path / "rep"])

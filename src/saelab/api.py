@@ -53,7 +53,8 @@ def _activations_path(activations, scratch: Path) -> str:
     if isinstance(activations, (str, Path)):
         return str(activations)
     if isinstance(activations, torch.Tensor):
-        activations = activations.detach().cpu().numpy()
+        # numpy has no bfloat16: widen half-precision tensors to float32 before the hand-over
+        activations = activations.detach().cpu().float().numpy() if activations.is_floating_point() else activations.detach().cpu().numpy()
     if isinstance(activations, np.ndarray):
         path = scratch / "activations.npy"
         array = np.ascontiguousarray(activations, dtype=np.float32)

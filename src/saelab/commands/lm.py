@@ -10,7 +10,7 @@ from typing import Any
 
 import saelab
 from saelab.util import distributed
-from saelab.commands import features
+from saelab.commands import features, lm_train
 from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import DataError, SaelabError
@@ -217,7 +217,7 @@ def _sae_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     """Add the `lm` command (activations, eval, ablate-lowest, examples, explain, ablation-sparsity) to the top-level saelab subparsers."""
     lm = subparsers.add_parser("lm", help="Hugging Face causal LMs: harvest activations, downstream eval, readable features")
-    sub = lm.add_subparsers(dest="lm_command", metavar="{activations,eval,ablate-lowest,examples,explain,ablation-sparsity}")
+    sub = lm.add_subparsers(dest="lm_command", metavar="{activations,train,eval,ablate-lowest,examples,explain,ablation-sparsity}")
     sub.required = True
 
     p = sub.add_parser("activations", help="write an activation cache (shards + manifest)")
@@ -257,3 +257,4 @@ def register(subparsers: Any) -> None:
 
     # examples, explain, ablation-sparsity live in commands/features.py; they reuse this module's flag helpers.
     features.register_lm(sub, _common, _sae_args, _eval_setup)
+    lm_train.register(sub)

@@ -21,7 +21,7 @@ def cmd_report(args) -> int:
 def register(subparsers: Any) -> None:
     """Add the `report` command to the top-level saelab subparsers."""
     p = subparsers.add_parser("report", help="summarize sweep folders (results.jsonl) as report.md and a self-contained report.html")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep output folder holding results.jsonl (several: their rows are pooled)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep output folder holding results.jsonl, or a run folder of `saelab train` / `lm train` (several: their rows are pooled)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md, report.html and the PNG figures")
     p.add_argument("--title", default=None, help="page title (default: 'SAE sweep report')")
     p.set_defaults(func=cmd_report)

@@ -46,12 +46,19 @@ def push(folder: str | Path, repo_id: str, subfolder: str | None = None, private
     folder = Path(folder)
     if not (folder / "cfg.json").is_file() or not (folder / "sae_weights.safetensors").is_file():
         raise DataError(f"folder={str(folder)!r}: not an SAE folder (needs cfg.json and sae_weights.safetensors)")
-    parse(PREFIX + repo_id)  # ORG/REPO, nothing more
+    try:
+        parse(PREFIX + repo_id)  # ORG/REPO, nothing more
+    except ConfigError:
+        raise ConfigError("repo", repo_id, "expected ORG/REPO") from None
     if repo_id.count("/") != 1:
         raise ConfigError("repo", repo_id, "expected ORG/REPO")
     hub = _hub()
-    api = hub.HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, path_in_repo=subfolder or None, allow_patterns=PUSHED_FILES,
-                      commit_message="Upload SAE with saelab")
+    try:
+        api = hub.HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, path_in_repo=subfolder or None, allow_patterns=PUSHED_FILES,
+                          commit_message="Upload SAE with saelab")
+    except Exception as e:  # no network, no token, no permission: one line naming the repository and the cause
+        cause = str(e).splitlines()[0][:200] if str(e) else ""
+        raise DataError(f"repo={repo_id!r}: push failed ({type(e).__name__}: {cause})") from None
     return PREFIX + repo_id + (f"/{subfolder}" if subfolder else "")

@@ -43,7 +43,10 @@ def read_results(result_dir: str | Path) -> list[ResultRow]:
     if not result_dir.is_dir():
         raise DataError(f"{result_dir}: no such folder (expected a sweep output folder holding {RESULTS})")
     if not path.is_file():
-        raise DataError(f"{result_dir}: no {RESULTS} in this folder (not a sweep output folder?)")
+        rows = run_folder_rows(result_dir)
+        if rows:
+            return rows
+        raise DataError(f"{result_dir}: no {RESULTS} and no SAE folder (saelab.json) in this folder (not a sweep or run output folder?)")
     rows = []
     names: dict[str, int] = {}
     for lineno, data in jsonl_objects(path):
@@ -60,6 +63,39 @@ def read_results(result_dir: str | Path) -> list[ResultRow]:
         rows.append(ResultRow(data, path, lineno))
     if not rows:
         raise DataError(f"{path}: no result rows")
+    return rows
+
+
+RUN_RECORD = "saelab.json"
+RUN_DEPTH = 2  # a run's SAE folders: DIR, DIR/NAME (a multi-SAE run), DIR/SITE/NAME (`saelab lm train` sweeps)
+
+
+def run_folder_rows(run_dir: Path) -> list[ResultRow]:
+    """Rows for a plain run folder (`saelab train` / `saelab lm train` output): one per SAE folder in it, each its own group."""
+    folders = [run_dir] if (run_dir / RUN_RECORD).is_file() else []
+    level = [run_dir]
+    for _ in range(RUN_DEPTH):
+        level = sorted(p for d in level for p in d.iterdir() if p.is_dir())
+        folders += [p for p in level if (p / RUN_RECORD).is_file()]
+    rows = []
+    for lineno, folder in enumerate(folders, 1):
+        try:
+            record = json.loads((folder / RUN_RECORD).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{folder / RUN_RECORD}: unreadable ({type(e).__name__})") from None
+        sae, ev = record.get("sae") or {}, record.get("eval") or {}
+        rel = folder.relative_to(run_dir).as_posix()
+        name = run_dir.resolve().name if rel == "." else f"{run_dir.resolve().name}/{rel}"
+        params = {**(sae.get("method_params") or {}), **(sae.get("penalty_params") or {})}
+        if sae.get("penalty"):
+            params.update(penalty=sae["penalty"], alpha=sae.get("alpha"))
+        data = {"name": name, "group": name, "method": sae.get("method") or "unknown", "params": params,
+                "n_latents": sae.get("n_latents"), "seed": None, "target_l0": sae.get("target_l0"),
+                **{k: ev.get(k) for k in ("l0", "l0_eps", "nmse", "mse", "explained_variance", "cos_sim", "dead_fraction", "dense_fraction")},
+                "tokens": record.get("tokens"), "steps": record.get("steps"), "flops": record.get("flops"), "folder": rel,
+                "ci": dict(ev.get("ci") or {})}
+        data = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+        rows.append(ResultRow(data, run_dir / RESULTS, lineno))
     return rows
 
 

@@ -687,9 +687,17 @@ class Trainer:
         self.world.on_main(lambda: self._finish(members))
         return members
 
-    def _folder_extra(self) -> dict:
-        """Keys this trainer adds to each saelab.json."""
+    def _folder_extra(self, m: Member) -> dict:
+        """Keys this trainer adds to (or replaces in) member m's saelab.json."""
         return {}
+
+    def _split_record(self, m: Member) -> dict:
+        """saelab.json's `split`: which rows trained member m and which evaluated it."""
+        return {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations}
+
+    def _eval_data(self, m: Member) -> tuple[ActivationStore, tuple[int, int]]:
+        """The store and row range member m is evaluated on (held-out rows)."""
+        return self.eval_store, self.eval_range
 
     def _open_loggers(self, members: list[Member]) -> RunLoggers:
         """--log: one experiment-logger run per SAE, grouped by the run folder, its config logged once (rank 0 only)."""
@@ -709,17 +717,23 @@ class Trainer:
         monitors = [m.convergence for m in members if m.convergence is not None]
         if not monitors or not monitors[0].due(done):
             return self._all_converged(members)
-        if getattr(self, "_converge_rows", None) is None:
-            lo, hi = self.eval_range
-            self._converge_rows = torch.from_numpy(self.eval_store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(self.run.train.device)
         for m in members:
-            m.convergence.observe(done * self.run.train.batch_size, held_out_nmse(m.sae, self._converge_rows))
+            m.convergence.observe(done * self.run.train.batch_size, held_out_nmse(m.sae, self._converge_rows(m)))
         return self._all_converged(members)
+
+    def _converge_rows(self, m: Member) -> torch.Tensor:
+        """The first CONVERGE_ROWS held-out rows of member m's evaluation data, read once, on the training device."""
+        store, (lo, hi) = self._eval_data(m)
+        cache = self.__dict__.setdefault("_converge_cache", {})
+        if id(store) not in cache:
+            cache[id(store)] = torch.from_numpy(store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(self.run.train.device)
+        return cache[id(store)]
 
     def _finish(self, members: list[Member]) -> None:
         for m in members:
             m.sae.eval()
-            result = evaluate(m.sae, self.eval_store, rows=self.eval_range, scan=False, eps_l0=self.run.train.eps_l0)
+            store, rows = self._eval_data(m)
+            result = evaluate(m.sae, store, rows=rows, scan=False, eps_l0=self.run.train.eps_l0)
             result.rows = "held-out"
             tokens = self.total_steps * self.run.train.batch_size
             extra = {
@@ -727,13 +741,13 @@ class Trainer:
                 "steps": self.total_steps,
                 "tokens": tokens,
                 "flops": training_flops(m.cfg, tokens),
-                "split": {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations},
+                "split": self._split_record(m),
                 "source": self.source,
                 "eval": result.to_dict(),
                 # Distinct seeds must give distinct starts and orders; these let a results table show it.
                 "init_hash": m.init_hash or None,
                 "data_order_hash": self.stream.order_hash(),
-                **self._folder_extra(),
+                **self._folder_extra(m),
             }
             if m.control is not None:
                 extra["target_l0"] = m.control.record()

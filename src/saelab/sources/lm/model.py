@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -87,6 +88,9 @@ def load_lm(spec: LMSpec | str) -> "LanguageModel":
     """Load a causal LM and its tokenizer through `from_pretrained` (eval mode, no grad)."""
     if isinstance(spec, str):
         spec = LMSpec(spec)
+    from saelab.devices import check_device  # before the slow load: a missing CUDA is one line, not a late traceback
+
+    check_device(spec.device.split(":")[0], "device")
     if spec.dtype not in DTYPES:
         raise SaelabError(f"dtype={spec.dtype!r}: unknown dtype; choose one of {', '.join(DTYPES)}")
     try:
@@ -94,6 +98,13 @@ def load_lm(spec: LMSpec | str) -> "LanguageModel":
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise SaelabError("transformers is not installed; install saelab[lm]") from exc
     source, extra = _resolve(spec.model)
+    if not sys.stderr.isatty():  # a bar redrawn with \r fills a log file or pipe with fragments
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - older transformers
+            pass
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(source, **extra)
@@ -297,6 +308,30 @@ class LanguageModel:
         if not captured:
             raise RuntimeError(f"site {site} was never reached in the forward pass")
         return captured[0]
+
+    def activations_at(self, input_ids: torch.Tensor, sites: list[Site]) -> list[torch.Tensor]:
+        """Activations [batch, seq, d_model] at every site, in one forward that stops once the last is captured."""
+        captured: dict[int, torch.Tensor] = {}
+
+        def grabber(i: int) -> Callable[[torch.Tensor], None]:
+            def grab(x: torch.Tensor) -> None:
+                captured[i] = x.detach()
+                if len(captured) == len(sites):
+                    raise _StopForward  # no block past the deepest site runs
+
+            return grab
+
+        with contextlib.ExitStack() as hooks, torch.inference_mode():
+            for i, site in enumerate(sites):
+                hooks.enter_context(self._hook(site, grabber(i)))
+            try:
+                self._forward(input_ids)
+            except _StopForward:
+                pass
+        missing = [str(s) for i, s in enumerate(sites) if i not in captured]
+        if missing:
+            raise RuntimeError(f"sites {', '.join(missing)} were never reached in the forward pass")
+        return [captured[i] for i in range(len(sites))]
 
     @torch.no_grad()
     def run_with_activations(

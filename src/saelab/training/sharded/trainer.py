@@ -182,7 +182,7 @@ class ShardedTrainer(Trainer):
         self.world.on_main(lambda: self._finish(whole))
         return whole
 
-    def _folder_extra(self) -> dict:
+    def _folder_extra(self, m: Member) -> dict:
         return {"latent_shards": self.latent.size, "data_replicas": self.data.size}
 
 
