@@ -12,24 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saelab.errors import ConfigError, DataError
-from saelab.util.intervals import (
-    NOT_SEPARABLE,
-    Comparison,
-    Interval,
-    adjust_family,
-    block_parts,
-    bootstrap_sums,
-    compare_intervals,
-    compare_seeds,
-    format_interval,
-    holm,
-    normal_quantile,
-    p_from_interval,
-    paired_bootstrap,
-    seeds_interval,
-    seeds_test,
-    unit_parts,
-)
+from saelab.util.intervals import NOT_SEPARABLE, Interval, block_parts, bootstrap_sums, format_interval, normal_quantile, seeds_interval, unit_parts
+from saelab.util.comparisons import Comparison, adjust_family, compare_intervals, compare_seeds, holm, p_from_interval, paired_bootstrap, seeds_test
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from saelab.errors import DataError
-from saelab.util.intervals import Comparison, Interval, adjust_family, compare_seeds, normal_quantile, seeds_interval
+from saelab.util.intervals import Interval, normal_quantile, seeds_interval
+from saelab.util.comparisons import Comparison, adjust_family, compare_seeds
 
 L0_TOLERANCE = 0.10  # groups without a shared target_l0 are matched when their mean L0 differ by at most 10%
 EVAL_SE = "_eval_se"  # a row's `<metric>_eval_se`: the metric's standard error from its own evaluation's resampling

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from saelab.errors import ConfigError, DataError
-from saelab.util.intervals import NOT_SEPARABLE, Comparison, Interval, format_interval, holm, p_from_interval
+from saelab.util.intervals import NOT_SEPARABLE, Interval, format_interval
+from saelab.util.comparisons import Comparison, holm, p_from_interval
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"

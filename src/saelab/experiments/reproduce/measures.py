@@ -26,7 +26,8 @@ from saelab.sources.lm.ablate_lowest import ablate_below
 from saelab.experiments.reproduce.claims import Evidence, comparison_interval
 from saelab.experiments.scaling import fit_power
 from saelab.formats.folder import load_sae, read_saelab_record
-from saelab.util.intervals import Interval, block_parts, compare_intervals, compare_seeds, paired_bootstrap, seeds_test
+from saelab.util.intervals import Interval, block_parts
+from saelab.util.comparisons import compare_intervals, compare_seeds, paired_bootstrap, seeds_test
 from saelab.report.summary import L0_TOLERANCE, GroupSummary, MetricSpec, compare_metric, l0_match, row_eval_se, summarize
 
 # Every seed's L0 above ε within ±10% of the target: on our model TopK at k 24 / 32 / 40 finds 20 / 30 / 30
