@@ -5,22 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from saelab.devices import DEVICES, DTYPES, check_device, check_dtype
 from saelab.errors import ConfigError
-from saelab.util.loggers import LOGGERS, check_logger
 from saelab.methods import activation_class, build_params, penalty_class
+from saelab.util.config_files import read_config
+from saelab.util.loggers import LOGGERS, check_logger
 from saelab.util.names import check_member_names
 from saelab.util.typecheck import build, check_fields
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 NORMALIZATIONS = ("none", "unit", "scalar")
 B_DEC_INITS = ("geometric_median", "mean", "zero")
@@ -361,29 +356,6 @@ def method_reads_alpha(method: str) -> bool:
     """Whether the activation `method` weights its own sparsity loss by alpha (Gated), so alpha acts without a penalty."""
     knob = activation_class(method).sparsity_knob
     return knob is not None and knob.param == "alpha"
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The mapping a run config file holds: TOML, or JSON (such as the run.json every run writes)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("config", str(path), "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError("config", str(path), f"unreadable ({type(e).__name__}: {e})") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError("config", str(path), f"not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError("config", str(path), "must hold a JSON object")
-        return data
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config", str(path), f"not valid TOML ({e})") from None
 
 
 def load_toml(path: str | Path, out: str | None = None) -> RunConfig:
