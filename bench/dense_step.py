@@ -7,7 +7,7 @@ ReLU + L1, ReLU + L1(sqrt) (`lp`, p 0.5), leaky TopK (k 32, ε 0.05) and dimensi
 the report's iterative support) train on the dense path:
 every [B, n] tensor is materialized. Per method, in one process, every repetition runs each in turn
 (so drifting load hits both alike; the table gives medians and the ratio):
-  saelab   saelab.training.trainer.train_step on a member from saelab.training.trainer.build_member: forward, backward,
+  saelab   saelab.training.member.train_step on a member from saelab.training.member.build_member: forward, backward,
            decoder-gradient projection, fused Adam, decoder renormalization, dead-latent bookkeeping
   plain    the same SAE written out as a user would: autograd over (x − b_dec)·W_enc + b_enc, the
            activation, z·W_dec + b_dec, the squared error plus the penalty as its formula (L1(sqrt)
@@ -44,7 +44,7 @@ import torch
 from saelab.config import SAEConfig, TrainConfig
 from saelab.methods.base import topk_mask_values
 from saelab.methods.dimred import a_sequence
-from saelab.training.trainer import build_member, train_step
+from saelab.training.member import build_member, train_step
 
 METHODS = {
     "relu+l1": {"method": "relu", "penalty": "l1", "alpha": 3.0},

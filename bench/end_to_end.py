@@ -6,7 +6,7 @@
 
 In one process, on one cache (a folder of .npy shards plus manifest.json, as `saelab lm cache`
 writes; toy rows, written once under --dir and reused):
-  bare step loop   saelab.training.trainer.train_step on a member from saelab.training.trainer.build_member (the
+  bare step loop   saelab.training.member.train_step on a member from saelab.training.member.build_member (the
                    trainer's step), over batches already in memory: the ceiling
   saelab train     saelab.training.trainer.Trainer(...).fit() on the cache with the same SAE and batch: its
                    loop's wall time (first batch asked for → last step's bookkeeping; reading,
@@ -34,7 +34,8 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.cache import CacheMeta, CacheWriter, read_manifest
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
-from saelab.training.trainer import Trainer, build_member, train_step
+from saelab.training.trainer import Trainer
+from saelab.training.member import build_member, train_step
 
 CHUNK_ROWS = 8192
 DISTINCT_BATCHES = 8  # the bare loop cycles through these: a step's cost does not depend on which rows it sees
@@ -81,7 +82,7 @@ def buffers_touched(stream: BatchStream, steps: int) -> int:
 
 
 def bare_loop(a, cache: Path) -> dict:
-    """Time saelab.training.trainer.train_step over batches already in memory (the trainer's own batches, cycled)."""
+    """Time saelab.training.member.train_step over batches already in memory (the trainer's own batches, cycled)."""
     t = train_config(a, cache, Path("-"))
     store = ActivationStore(cache)
     split = split_rows(store.n_rows, t.eval_fraction)

@@ -7,7 +7,7 @@
 All three measure the same SAEs (one TopK SAE per site) on the same model, sites and amount of text:
   (a) bare LM forward   LanguageModel.activations_at on the windows the run reads (stopped after the
                         deepest site), position 0 dropped: kept rows per second of forward
-  (b) bare step loop    saelab.training.trainer.train_step of every site's SAE on in-memory activations from (a)
+  (b) bare step loop    saelab.training.member.train_step of every site's SAE on in-memory activations from (a)
                         (batches of --batch-size rows): rows per second of steps
   (c) lm train          OnlineTrainer.fit (what `saelab lm train` runs) on the same loaded model:
                         trained rows per second of the fit (first buffer fill, loop with its LM refills,
@@ -36,7 +36,7 @@ from saelab.sources.lm.online_trainer import OnlineTrainer, expand_saes
 from saelab.sources.lm.model import LMSpec, load_lm
 from saelab.sources.lm.stream import OnlineConfig, buffer_bytes, parse_sites
 from saelab.sources.lm.text import keep_mask, take_windows
-from saelab.training.trainer import build_member, train_step
+from saelab.training.member import build_member, train_step
 
 
 def _configs(args, out: str) -> tuple[RunConfig, OnlineConfig, list[int]]:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/sharded_step.py --shape 768x16384x32 --auxk --json
 
 Two runs, each in fresh processes so every peak is its own:
-  one      saelab.training.trainer.train_step on the whole SAE (build_member, as the Trainer builds it), one
+  one      saelab.training.member.train_step on the whole SAE (build_member, as the Trainer builds it), one
            process with --ranks threads;
   sharded  `torchrun --nproc-per-node R` of this script: each rank (1 thread) builds only its shard
            (ShardedSAE.initialize_from_data, never the whole dictionary) and runs
@@ -67,7 +67,7 @@ def _time_steps(step, batches: list[torch.Tensor], reset) -> float:
 def run_one(args) -> dict:
     """The whole SAE in this process."""
     from saelab.config import TrainConfig
-    from saelab.training.trainer import build_member, train_step
+    from saelab.training.member import build_member, train_step
 
     torch.set_num_threads(args.ranks)
     d, n, k = args.d, args.n, args.k

@@ -6,8 +6,8 @@
 
 Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
   floor                x @ W_enc alone: the one dense product a TopK step cannot avoid
-  saelab-sparse        saelab.training.trainer.train_step with kernel="sparse": forward + backward, decoder-gradient
-                       projection, fused Adam (built by saelab.training.trainer.build_member, as the Trainer
+  saelab-sparse        saelab.training.member.train_step with kernel="sparse": forward + backward, decoder-gradient
+                       projection, fused Adam (built by saelab.training.member.build_member, as the Trainer
                        builds it), renormalization, dead-latent bookkeeping
   saelab-dense         the same with kernel="dense" (the reference path)
   floor-bf16           x @ W_enc in bfloat16 (operands cast beforehand, untimed): the floor of a
@@ -103,9 +103,9 @@ def build_floor_bf16(s: Setup) -> Callable[[], None]:
 
 
 def build_saelab(s: Setup, kernel: str, lean: bool = False, dtype: str = "float32") -> Callable[[], None]:
-    """saelab.training.trainer.train_step on one member built by saelab.training.trainer.build_member (as the Trainer builds them)."""
+    """saelab.training.member.train_step on one member built by saelab.training.member.build_member (as the Trainer builds them)."""
     from saelab.config import SAEConfig, TrainConfig
-    from saelab.training.trainer import build_member, train_step
+    from saelab.training.member import build_member, train_step
 
     cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
                     auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
@@ -332,7 +332,7 @@ def print_table(records: list[dict], out) -> None:
 
 def profile(s: Setup, threads: int, reps: int) -> None:
     """Where a saelab-sparse step's time goes, next to the floor: phase timers around the same
-    calls saelab.training.trainer.train_step makes, the top operators, and Adam's three CPU implementations."""
+    calls saelab.training.member.train_step makes, the top operators, and Adam's three CPU implementations."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 

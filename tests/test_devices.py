@@ -143,7 +143,7 @@ def test_sweep_passes_device_and_dtype_to_every_run(toy_dir, tmp_path):
 def _trained_metrics(x_train, x_test, method, dtype, steps=300, batch=256, n_latents=32, k=3, **cfg_kw):
     """Held-out reconstruction metrics of an SAE trained `steps` steps in `dtype` (same data order and init)."""
     from saelab.evals.reconstruction import reconstruction_metrics
-    from saelab.training.trainer import build_member, train_step
+    from saelab.training.member import build_member, train_step
 
     cfg_kw = {"lr": 3e-3, "auxk": True, **cfg_kw}
     cfg = SAEConfig(n_latents=n_latents, method=method, method_params={"k": k}, d_in=x_train.shape[1], **cfg_kw)

@@ -11,7 +11,8 @@ import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.kernels import topk_encode, workspace
-from saelab.training.trainer import Trainer, build_member, train_step
+from saelab.training.trainer import Trainer
+from saelab.training.member import build_member, train_step
 
 CONFIGS = [
     SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, kernel="sparse", auxk=True, k_aux=8, dead_tokens=64, lr=3e-3),

@@ -14,7 +14,8 @@ from saelab.data.prefetch import Prefetcher
 from saelab.data.store import ActivationStore
 from saelab.data.stream import BatchStream
 from saelab.training.interrupt import TrainingInterrupted
-from saelab.training.trainer import THROUGHPUT_KEYS, Trainer
+from saelab.training.trainer import Trainer
+from saelab.training.member import THROUGHPUT_KEYS
 
 
 class _Broken(Exception):

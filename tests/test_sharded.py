@@ -31,7 +31,7 @@ from saelab.training.sharded.collectives import global_topk_mask, winning_candid
 from saelab.training.sharded.model import ShardedSAE, join_shards, split_sae
 from saelab.methods.topk import topk_relu
 from saelab.training.objective import DeadLatentTracker
-from saelab.training.trainer import Member, train_step
+from saelab.training.member import Member, train_step
 
 TOLERANCE = 1e-5
 TORCHRUN = Path(sys.executable).with_name("torchrun")

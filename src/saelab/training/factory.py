@@ -9,7 +9,8 @@ from __future__ import annotations
 from saelab.util import distributed
 from saelab.config import RunConfig
 from saelab.training.sharded.trainer import ShardedTrainer
-from saelab.training.trainer import Member, Trainer
+from saelab.training.trainer import Trainer
+from saelab.training.member import Member
 
 
 def make_trainer(run: RunConfig, progress: bool = True, world: distributed.World | None = None) -> Trainer:

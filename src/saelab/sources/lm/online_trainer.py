@@ -23,7 +23,8 @@ from saelab.errors import ConfigError
 from saelab.sources.lm.model import LanguageModel, LMSpec, load_lm
 from saelab.sources.lm.stream import OnlineConfig, OnlineStream, buffer_bytes, hook_name
 from saelab.sources.lm.text import first_token_id, iter_chunks
-from saelab.training.trainer import INIT_SAMPLE_ROWS, Member, Trainer, build_member
+from saelab.training.trainer import INIT_SAMPLE_ROWS, Trainer
+from saelab.training.member import Member, build_member
 
 
 def expand_saes(saes: list[SAEConfig], tables_sites: list[tuple[int, str] | None], sites: tuple[tuple[int, str], ...]) -> tuple[list[SAEConfig], list[int]]:

@@ -35,7 +35,8 @@ from saelab.training.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, sa
 from saelab.training.sharded.model import LATENT_DIM, ShardedSAE, check_shardable, gather_sae
 from saelab.training.sharded.step import ShardedMember, sharded_member, sharded_train_step
 from saelab.training.schedule import lr_factor
-from saelab.training.trainer import CHECKPOINT, Member, Trainer
+from saelab.training.trainer import CHECKPOINT, Trainer
+from saelab.training.member import Member
 
 SHARD_DIR = SHARD_CHECKPOINT_DIR
 
