@@ -175,7 +175,9 @@ def _half_f1_candidates(x: torch.Tensor, labels: np.ndarray, fr: torch.Tensor, k
         best_f1 = all_f1.gather(0, keep)
         best_lat = torch.cat([best_lat, lat]).gather(0, keep)
         best_fr = torch.cat([best_fr, fid]).gather(0, keep)
-    return best_lat, fr[best_fr] * top[best_lat], best_f1
+    # A latent never above 0 on these positions classifies nothing here, so it must fire nowhere on the other half either.
+    m = top[best_lat]
+    return best_lat, torch.where(m > 0, fr[best_fr] * m, torch.full_like(m, float("inf"))), best_f1
 
 
 def _classifier_counts(x: torch.Tensor, target: np.ndarray, game_idx: np.ndarray, n_games: int,
