@@ -18,6 +18,8 @@ process would hold; the trainer then steps each rank on its slice of every batch
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import math
 import os
 import threading
@@ -28,12 +30,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from saelab.util import distributed
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, DataError
 from saelab.model.site import TL_HOOKS
 from saelab.sources.lm.model import SITES, LanguageModel
 from saelab.sources.lm.text import TextConfig, iter_batches, keep_mask, take_windows
+from saelab.util import distributed
 
 DEFAULT_KIND = "resid_post"
 # The default buffer takes at most this fraction of the memory available when the run starts, and no more rows than MAX_DEFAULT_ROWS.
@@ -176,6 +178,7 @@ class OnlineStream:
         self.position = 0  # batches handed out
         self.eval_windows = math.ceil(cfg.eval_tokens / max(1, cfg.context - int(cfg.drop_first)))
         self.windows = self.eval_windows  # text windows read so far (the held-out ones first)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self._batches: Iterator[torch.Tensor] | None = None
         # A prefetch thread may produce batches ahead of the step being checkpointed: the lock keeps a
@@ -271,6 +274,16 @@ class OnlineStream:
             self._recent.append((self.position, out))  # the array handed out, not a copy
             self.position += 1
         return out, None
+
+    def order_hash(self) -> str:
+        """First 16 hex digits of a SHA-256 of what decides the batch order (seed, buffer and batch sizes, sites,
+        windows per forward) and the first buffer's permutation, as the shuffle draws it; reads no text."""
+        layout = [self.seed, self.buffer_tokens, self.batch_size, self.cfg.context, self.cfg.windows_per_forward,
+                  self.eval_windows, [str(s) for s in self.cfg.sites]]
+        digest = hashlib.sha256(json.dumps(layout).encode())
+        perm = torch.randperm(self.buffer_tokens, generator=torch.Generator().manual_seed(self.seed))
+        digest.update(perm.numpy().astype("int64").tobytes())
+        return digest.hexdigest()[:16]
 
     def state_dict(self, position: int | None = None) -> dict:
         """Cursor, buffer rows and RNG, with the batches produced from `position` (default: the next) on, to hand out again."""
