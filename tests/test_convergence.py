@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from saelab.training.checkpoint import load_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig, run_from_mapping
-from saelab.training.convergence import ConvergenceMonitor
 from saelab.errors import ConfigError
 from saelab.experiments.grid import PlannedSAE
-from saelab.experiments.sweep import _row
+from saelab.experiments.sweep_rows import _row
 from saelab.formats.folder import load_sae
+from saelab.training.checkpoint import load_checkpoint
+from saelab.training.convergence import ConvergenceMonitor
 from saelab.training.trainer import CHECKPOINT, Trainer
 
 BATCH = 128

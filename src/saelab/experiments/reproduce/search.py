@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from saelab.util import distributed
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.measures import target_measured_l0
-from saelab.experiments.sweep import OTHELLO_SCORE, Evaluators, run_sweep
+from saelab.experiments.sweep import run_sweep
+from saelab.experiments.sweep_rows import OTHELLO_SCORE, Evaluators
 from saelab.formats.folder import load_sae, read_saelab_record
+from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json
 from saelab.util.json_files import read_json_object
 
