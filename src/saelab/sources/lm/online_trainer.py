@@ -96,6 +96,7 @@ class OnlineTrainer(Trainer):
         self.total_steps = self._budget()
         self.out = Path(t.out)
         self.source = None
+        self._data_fp = None  # unused: _fingerprints describes the text stream instead
         self._resuming = False
 
     # ---- data -----------------------------------------------------------------------------
