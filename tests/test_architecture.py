@@ -164,6 +164,11 @@ def test_the_floor_check_finds_a_planted_upward_arrow():
     assert _upward_arrows(graph) == ["saelab.evals.x -> saelab.training.y", "saelab.kernels.step -> saelab.methods.base"]
 
 
+def test_no_source_file_is_longer_than_450_lines():
+    long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}
+
+
 def test_the_top_of_the_package_is_small():
     top = [p.name for p in PACKAGE.glob("*.py")]
     assert len(top) <= 12, sorted(top)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from saelab.config import RunConfig, TrainConfig, read_config
+from saelab.data.source_info import read_source_info
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.grid import (
@@ -49,7 +50,7 @@ from saelab.experiments.grid import (
 from saelab.experiments.sweep_rows import OTHELLO_SCORE, Evaluators, _finite, _row
 from saelab.formats.folder import SAELAB_CFG, load_sae, read_saelab_record
 from saelab.training.fingerprint import data_fingerprint
-from saelab.training.trainer import CHECKPOINT, RUN_CONFIG, Trainer, read_source_info
+from saelab.training.trainer import CHECKPOINT, RUN_CONFIG, Trainer
 from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json, atomic_write_text
 from saelab.util.json_files import read_json_object

@@ -6,11 +6,11 @@ train.py would make the two modules import each other.
 
 from __future__ import annotations
 
-from saelab.util import distributed
 from saelab.config import RunConfig
+from saelab.training.member import Member
 from saelab.training.sharded.trainer import ShardedTrainer
 from saelab.training.trainer import Trainer
-from saelab.training.member import Member
+from saelab.util import distributed
 
 
 def make_trainer(run: RunConfig, progress: bool = True, world: distributed.World | None = None) -> Trainer:

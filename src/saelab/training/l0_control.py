@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saelab.util import distributed
 from saelab.methods.base import SparsityKnob
 from saelab.methods.knobs import read_knob, target_level, write_knob
 from saelab.step_output import active_above, active_per_row
+from saelab.util import distributed
 
 UPDATES = 16  # coefficient changes per warm phase
 DAMPING = 0.25  # fraction of the predicted correction taken per update

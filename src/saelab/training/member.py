@@ -15,6 +15,7 @@ from saelab.config import SAEConfig, TrainConfig
 from saelab.errors import DataError
 from saelab.kernels import workspace
 from saelab.model.sae import SparseAutoencoder
+from saelab.step_output import active_above, active_per_row
 from saelab.training.convergence import ConvergenceMonitor
 from saelab.training.l0_control import L0Controller
 from saelab.training.objective import (
@@ -212,3 +213,28 @@ def check_representable(sample: torch.Tensor, where) -> None:
     if 0.0 < peak < SMALLEST_USABLE:
         raise DataError(f"activations={str(where)!r}: the largest magnitude in a sample of {sample.shape[0]} rows is {peak:.3g}, too small "
                         f"for float32 training (squares below {SMALLEST_USABLE:.2g} underflow); scale the data up")
+
+
+def log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float, eps_l0: float) -> dict:
+    """One metrics.jsonl line of one SAE: the step's losses, NMSE, L0 (and above ε, and above its level), dead share, lr."""
+    out = result["out"]
+    with torch.no_grad():
+        x, x_hat = out.x, out.x_hat.detach()
+        sq = (x - x_hat).pow(2).sum(dim=-1).mean().item()
+        var = (x - x.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
+    record = {"step": step, "tokens": tokens, "loss": float(out.total.detach())}
+    record.update({k: float(v.detach()) for k, v in out.losses.items()})
+    record.update(
+        {
+            "nmse": sq / var if var > 0 else math.nan,
+            "l0": float(active_per_row(out.z).double().mean()),
+            "l0_eps": float(active_above(out.z, eps_l0).double().mean()),
+            "dead_fraction": float((m.tracker.since_fired >= m.cfg.dead_tokens).double().mean()),
+            "lr": result["lr"],
+            "tokens_per_s": tokens_per_s,
+        }
+    )
+    level = m.control.level if m.control is not None else None
+    if level is not None:  # what the target counts, for a knob that measures "l0_level" (smoothed-L0)
+        record["l0_level"] = float(active_above(out.z, level).double().mean())
+    return record

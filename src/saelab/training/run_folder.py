@@ -138,3 +138,14 @@ def recover_swap(out: Path) -> bool:
     shutil.rmtree(aside_dir)
     shutil.rmtree(staging)
     return True
+
+
+def append_no_follow(path: Path):
+    """`path` opened for appending, refusing a symbolic link (a planted link never redirects the log)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError:
+        if path.is_symlink():
+            raise ConfigError("out", str(path), "is a symbolic link; saelab writes no output through links (remove it)") from None
+        raise
+    return os.fdopen(fd, "a")

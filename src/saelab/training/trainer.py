@@ -6,7 +6,6 @@ It knows the objective's interface (`compute_step`) and the SAE's, never a spars
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -23,12 +22,12 @@ from saelab import devices
 from saelab.config import RunConfig
 from saelab.data.prefetch import DEPTH as PREFETCH_DEPTH
 from saelab.data.prefetch import Prefetcher
+from saelab.data.source_info import read_source_info
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import SAELAB_CFG, save_sae
-from saelab.step_output import active_above
 from saelab.training.checkpoint import (
     LEGACY_CHECKPOINT,
     SHARD_CHECKPOINT_DIR,
@@ -44,14 +43,13 @@ from saelab.training.member import (
     Throughput,
     build_member,
     check_representable,
+    log_record,
     train_step,
     training_flops,
 )
-from saelab.training.objective import (
-    active_per_row,
-)
 from saelab.training.resume import CHECKPOINT, CheckpointedRun
 from saelab.training.run_folder import (
+    append_no_follow,
     check_folders,
     check_no_links,
     clean_temp_files,
@@ -72,34 +70,6 @@ METRICS = "metrics.jsonl"
 # Everything a run writes into its folders: any of them present means a run is there.
 RUN_FILES = (CHECKPOINT, LEGACY_CHECKPOINT, METRICS, RUN_CONFIG, SAELAB_CFG, "cfg.json", "sae_weights.safetensors", "eval.json")
 INIT_SAMPLE_ROWS = 16384
-
-
-def _append_no_follow(path: Path):
-    """`path` opened for appending, refusing a symbolic link (a planted link never redirects the log)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    except OSError:
-        if path.is_symlink():
-            raise ConfigError("out", str(path), "is a symbolic link; saelab writes no output through links (remove it)") from None
-        raise
-    return os.fdopen(fd, "a")
-
-
-def read_source_info(path: str | Path) -> dict | None:
-    """Provenance written beside the activations (source.json in a folder, X.source.json for X.npy)."""
-    path = Path(path)
-    candidates = [path / "source.json", path / "manifest.json"] if path.is_dir() else [path.with_suffix(".source.json")]
-    for c in candidates:
-        if c.exists():
-            try:
-                info = json.loads(c.read_text())
-            except (ValueError, RecursionError, OSError) as e:  # bad JSON, not UTF-8, a folder
-                raise DataError(f"{c}: unreadable JSON ({getattr(e, 'msg', type(e).__name__)})") from None
-            if not isinstance(info, dict):
-                raise DataError(f"{c}: expected a JSON object, found {type(info).__name__}")
-            info.pop("shards", None)
-            return info
-    return None
 
 
 class Trainer(CheckpointedRun):
@@ -235,30 +205,6 @@ class Trainer(CheckpointedRun):
             values = distributed.rank_mean([float(record[k]) for k in keys])
         return {**record, **dict(zip(keys, values))}
 
-    @staticmethod
-    def _log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float, eps_l0: float) -> dict:
-        out = result["out"]
-        with torch.no_grad():
-            x, x_hat = out.x, out.x_hat.detach()
-            sq = (x - x_hat).pow(2).sum(dim=-1).mean().item()
-            var = (x - x.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
-        record = {"step": step, "tokens": tokens, "loss": float(out.total.detach())}
-        record.update({k: float(v.detach()) for k, v in out.losses.items()})
-        record.update(
-            {
-                "nmse": sq / var if var > 0 else math.nan,
-                "l0": float(active_per_row(out.z).double().mean()),
-                "l0_eps": float(active_above(out.z, eps_l0).double().mean()),
-                "dead_fraction": float((m.tracker.since_fired >= m.cfg.dead_tokens).double().mean()),
-                "lr": result["lr"],
-                "tokens_per_s": tokens_per_s,
-            }
-        )
-        level = m.control.level if m.control is not None else None
-        if level is not None:  # what the target counts, for a knob that measures "l0_level" (smoothed-L0)
-            record["l0_level"] = float(active_above(out.z, level).double().mean())
-        return record
-
     def fit(self, resume: bool = False, overwrite: bool = False) -> list[Member]:
         """Train to the budget, writing logs, checkpoints and each SAE folder; return the members.
 
@@ -331,7 +277,7 @@ class Trainer(CheckpointedRun):
             if self.world.is_main:
                 m.out.mkdir(parents=True, exist_ok=True)
             # Other ranks compute the same (global) records, and stop on the same non-finite loss, but write nowhere.
-            logs.append(_append_no_follow(m.out / METRICS) if self.world.is_main else open(os.devnull, "a"))
+            logs.append(append_no_follow(m.out / METRICS) if self.world.is_main else open(os.devnull, "a"))
         loggers = self._open_loggers(members)
         bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
         stop = self._all_converged(members)  # a resumed run that had converged trains no further
@@ -357,7 +303,7 @@ class Trainer(CheckpointedRun):
                     now = time.perf_counter()
                     rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, done
-                    records = [self._log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)]
+                    records = [log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)]
                     records = [self._global_record(rec) for rec in records]
                     for m, rec, log in zip(members, records, logs):
                         if not math.isfinite(rec["loss"]):

@@ -28,15 +28,15 @@ import zlib
 
 import torch
 
-from saelab.util import distributed
 from saelab.config import RunConfig
 from saelab.errors import ConfigError, DataError
 from saelab.training.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from saelab.training.member import Member
+from saelab.training.schedule import lr_factor
 from saelab.training.sharded.model import LATENT_DIM, ShardedSAE, check_shardable, gather_sae
 from saelab.training.sharded.step import ShardedMember, sharded_member, sharded_train_step
-from saelab.training.schedule import lr_factor
 from saelab.training.trainer import CHECKPOINT, Trainer
-from saelab.training.member import Member
+from saelab.util import distributed
 
 SHARD_DIR = SHARD_CHECKPOINT_DIR
 
