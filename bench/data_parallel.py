@@ -33,9 +33,31 @@ def _port() -> int:
 def run(mode: str, procs: int, threads: int, args, data: Path, sharded: bool = False) -> dict:
     """Train once in `mode`; return its tokens/s over the last logged interval."""
     out = Path(args.work) / f"run-{mode}"
-    train = ["train", "--activations", str(data), "--method", args.method, "--k", str(args.k), "--n-latents", str(args.n_latents),
-             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--log-every", str(args.log_every),
-             "--out", str(out), "--overwrite", "--no-progress", "--threads", str(threads), "--eval-fraction", "0.01"]
+    train = [
+        "train",
+        "--activations",
+        str(data),
+        "--method",
+        args.method,
+        "--k",
+        str(args.k),
+        "--n-latents",
+        str(args.n_latents),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--log-every",
+        str(args.log_every),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        "--threads",
+        str(threads),
+        "--eval-fraction",
+        "0.01",
+    ]
     if args.auxk:
         train += ["--auxk", "--dead-tokens", "20000"]
     if sharded:
@@ -44,14 +66,30 @@ def run(mode: str, procs: int, threads: int, args, data: Path, sharded: bool = F
     if procs == 1:
         cmd = [str(PY), "-m", "saelab", *train]
     else:
-        cmd = [str(PY.with_name("torchrun")), "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1", "--master-port", str(_port()),
-               "-m", "saelab", *train]
+        cmd = [
+            str(PY.with_name("torchrun")),
+            "--nproc-per-node",
+            str(procs),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_port()),
+            "-m",
+            "saelab",
+            *train,
+        ]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"mode": mode, "procs": procs, "threads": threads, "tokens_per_s": records[-1]["tokens_per_s"], "wall_s": round(wall, 1),
-            "load_avg": os.getloadavg()[0]}
+    return {
+        "mode": mode,
+        "procs": procs,
+        "threads": threads,
+        "tokens_per_s": records[-1]["tokens_per_s"],
+        "wall_s": round(wall, 1),
+        "load_avg": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
@@ -73,16 +111,44 @@ def main() -> None:
     args = p.parse_args()
     data_dir = Path(args.work) / "toy"
     if not (data_dir / "activations.npy").exists():
-        subprocess.run([str(PY), "-m", "saelab", "toy", "--out", str(data_dir), "--d", str(args.d), "--n-features", str(4 * args.d),
-                        "--n-samples", str(args.rows), "--mean-active", "8"], check=True, capture_output=True)
-    modes = [("1proc-1thread", 1, 1, False), (f"1proc-{args.procs}threads", 1, args.procs, False), (f"{args.procs}procs-1thread", args.procs, 1, False),
-             ("1proc-1thread-sharded", 1, 1, True), (f"1proc-{args.procs}threads-sharded", 1, args.procs, True),
-             (f"{args.procs}procs-1thread-sharded", args.procs, 1, True)]
+        subprocess.run(
+            [
+                str(PY),
+                "-m",
+                "saelab",
+                "toy",
+                "--out",
+                str(data_dir),
+                "--d",
+                str(args.d),
+                "--n-features",
+                str(4 * args.d),
+                "--n-samples",
+                str(args.rows),
+                "--mean-active",
+                "8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    modes = [
+        ("1proc-1thread", 1, 1, False),
+        (f"1proc-{args.procs}threads", 1, args.procs, False),
+        (f"{args.procs}procs-1thread", args.procs, 1, False),
+        ("1proc-1thread-sharded", 1, 1, True),
+        (f"1proc-{args.procs}threads-sharded", 1, args.procs, True),
+        (f"{args.procs}procs-1thread-sharded", args.procs, 1, True),
+    ]
     for mode, procs, threads, sharded in modes:
         if args.only and mode not in args.only.split(","):
             continue
         r = run(mode, procs, threads, args, data_dir / "activations.npy", sharded)
-        print(json.dumps(r) if args.json else f"{mode:<28} {r['tokens_per_s']:>10.0f} tokens/s  (wall {r['wall_s']} s, load {r['load_avg']:.2f})", flush=True)
+        print(
+            json.dumps(r)
+            if args.json
+            else f"{mode:<28} {r['tokens_per_s']:>10.0f} tokens/s  (wall {r['wall_s']} s, load {r['load_avg']:.2f})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

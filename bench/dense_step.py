@@ -175,9 +175,23 @@ def sparse_vs_dense(args, say, title: str, cases: list) -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             say(f"{label:22} {med['sparse']:10.1f} {med['dense']:10.1f} {med['dense'] / med['sparse']:15.2f}")
             if args.json:
-                print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps, **fields,
-                                  "sparse_ms": med["sparse"], "dense_ms": med["dense"], "ratio_dense_to_sparse": med["dense"] / med["sparse"],
-                                  "sparse_min_ms": min(times["sparse"]), "dense_min_ms": min(times["dense"])}))
+                print(
+                    json.dumps(
+                        {
+                            "d_in": d,
+                            "n": n,
+                            "batch": args.batch,
+                            "threads": args.threads,
+                            "reps": args.reps,
+                            **fields,
+                            "sparse_ms": med["sparse"],
+                            "dense_ms": med["dense"],
+                            "ratio_dense_to_sparse": med["dense"] / med["sparse"],
+                            "sparse_min_ms": min(times["sparse"]),
+                            "dense_min_ms": min(times["dense"]),
+                        }
+                    )
+                )
 
 
 def main() -> None:
@@ -189,21 +203,35 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", action="store_true", help="one JSON record per line on stdout (table on stderr)")
-    ap.add_argument("--relu-density", default=None, help="comma-separated code densities: time ReLU+L1 sparse against dense instead")
-    ap.add_argument("--kernels", default=None, help="comma-separated methods: time each on the sparse kernels against the dense path instead")
+    ap.add_argument(
+        "--relu-density", default=None, help="comma-separated code densities: time ReLU+L1 sparse against dense instead"
+    )
+    ap.add_argument(
+        "--kernels",
+        default=None,
+        help="comma-separated methods: time each on the sparse kernels against the dense path instead",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     say = (lambda s: print(s, file=sys.stderr)) if args.json else print
     if args.kernels:
-        cases = [(m, {"method": m}, (lambda m: lambda d, n, x: kernel_steps(m, d, n))(m)) for m in args.kernels.split(",")]
+        cases = [
+            (m, {"method": m}, (lambda m: lambda d, n, x: kernel_steps(m, d, n))(m)) for m in args.kernels.split(",")
+        ]
         sparse_vs_dense(args, say, "k 32", cases)
         return
     if args.relu_density:
         from saelab.training import objective
 
         objective.RELU_SPARSE_MAX_DENSITY = float("inf")  # time the sparse path at every density
-        cases = [(f"density {v:.3f}", {"method": "relu+l1", "density": v}, (lambda v: lambda d, n, x: relu_steps(d, n, v, x))(v))
-                 for v in (float(t) for t in args.relu_density.split(","))]
+        cases = [
+            (
+                f"density {v:.3f}",
+                {"method": "relu+l1", "density": v},
+                (lambda v: lambda d, n, x: relu_steps(d, n, v, x))(v),
+            )
+            for v in (float(t) for t in args.relu_density.split(","))
+        ]
         sparse_vs_dense(args, say, "ReLU+L1", cases)
         return
     for shape in args.shapes.split(","):
@@ -212,21 +240,54 @@ def main() -> None:
         say(f"\n(d_in, n) = ({d}, {n})  batch {args.batch}  threads {args.threads}  reps {args.reps}")
         say(f"{'method':16} {'saelab ms':>10} {'plain ms':>10} {'plain / saelab':>15}")
         for method in args.methods.split(","):
-            times = time_interleaved({"saelab": saelab_step(method, d, n, 0), "plain": plain_step(method, d, n, 0)}, x, args.reps)
+            times = time_interleaved(
+                {"saelab": saelab_step(method, d, n, 0), "plain": plain_step(method, d, n, 0)}, x, args.reps
+            )
             med = {k: statistics.median(v) for k, v in times.items()}
             say(f"{method:16} {med['saelab']:10.1f} {med['plain']:10.1f} {med['plain'] / med['saelab']:15.2f}")
             if args.json:
-                print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "reps": args.reps, "method": method,
-                                  "saelab_ms": med["saelab"], "plain_ms": med["plain"], "ratio_plain_to_saelab": med["plain"] / med["saelab"],
-                                  "saelab_min_ms": min(times["saelab"]), "plain_min_ms": min(times["plain"])}))
+                print(
+                    json.dumps(
+                        {
+                            "d_in": d,
+                            "n": n,
+                            "batch": args.batch,
+                            "threads": args.threads,
+                            "reps": args.reps,
+                            "method": method,
+                            "saelab_ms": med["saelab"],
+                            "plain_ms": med["plain"],
+                            "ratio_plain_to_saelab": med["plain"] / med["saelab"],
+                            "saelab_min_ms": min(times["saelab"]),
+                            "plain_min_ms": min(times["plain"]),
+                        }
+                    )
+                )
         pre = torch.randn(args.batch, n, generator=torch.Generator().manual_seed(2))
-        sel = time_interleaved({"saelab": lambda p: topk_mask_values(p, 32), "torch": lambda p: torch.topk(p, 32, dim=-1, sorted=False)},
-                               pre, max(args.reps, 15))
+        sel = time_interleaved(
+            {"saelab": lambda p: topk_mask_values(p, 32), "torch": lambda p: torch.topk(p, 32, dim=-1, sorted=False)},
+            pre,
+            max(args.reps, 15),
+        )
         med = {k: statistics.median(v) for k, v in sel.items()}
-        say(f"{'k-largest (32)':16} {med['saelab']:10.1f} {med['torch']:10.1f} {med['torch'] / med['saelab']:15.2f}   (torch.topk as 'plain')")
+        say(
+            f"{'k-largest (32)':16} {med['saelab']:10.1f} {med['torch']:10.1f} {med['torch'] / med['saelab']:15.2f}   (torch.topk as 'plain')"
+        )
         if args.json:
-            print(json.dumps({"d_in": d, "n": n, "batch": args.batch, "threads": args.threads, "method": "select k32",
-                              "saelab_ms": med["saelab"], "plain_ms": med["torch"], "ratio_plain_to_saelab": med["torch"] / med["saelab"]}))
+            print(
+                json.dumps(
+                    {
+                        "d_in": d,
+                        "n": n,
+                        "batch": args.batch,
+                        "threads": args.threads,
+                        "method": "select k32",
+                        "saelab_ms": med["saelab"],
+                        "plain_ms": med["torch"],
+                        "ratio_plain_to_saelab": med["torch"] / med["saelab"],
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

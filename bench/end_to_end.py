@@ -34,8 +34,8 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.cache import CacheMeta, CacheWriter, read_manifest
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
-from saelab.training.trainer import Trainer
 from saelab.training.member import build_member, train_step
+from saelab.training.trainer import Trainer
 
 CHUNK_ROWS = 8192
 DISTINCT_BATCHES = 8  # the bare loop cycles through these: a step's cost does not depend on which rows it sees
@@ -43,7 +43,9 @@ DISTINCT_BATCHES = 8  # the bare loop cycles through these: a step's cost does n
 
 def build_cache(folder: Path, rows: int, d: int, seed: int = 0) -> Path:
     """A float32 activation cache of `rows` toy rows (sparse sums of unit directions plus noise); reused when present."""
-    meta = CacheMeta(model="toy", site="toy", layer=0, dtype="float32", d_in=d, context=1, tokenizer="-", text_source="toy")
+    meta = CacheMeta(
+        model="toy", site="toy", layer=0, dtype="float32", d_in=d, context=1, tokenizer="-", text_source="toy"
+    )
     if (folder / "manifest.json").exists():
         m = read_manifest(str(folder))
         if m.get("complete") and m["n_rows"] == rows and m["d_in"] == d:
@@ -58,7 +60,9 @@ def build_cache(folder: Path, rows: int, d: int, seed: int = 0) -> Path:
         n = min(CHUNK_ROWS, rows - lo)
         idx = rng.integers(0, features, size=(n, active))
         mags = rng.uniform(0.5, 1.5, size=(n, active)).astype(np.float32)
-        x = np.einsum("na,nad->nd", mags, dictionary[idx]) + rng.standard_normal((n, d), dtype=np.float32) * (0.05 / d**0.5)
+        x = np.einsum("na,nad->nd", mags, dictionary[idx]) + rng.standard_normal((n, d), dtype=np.float32) * (
+            0.05 / d**0.5
+        )
         writer.append(x.astype(np.float32))
     writer.close()
     return folder
@@ -71,13 +75,19 @@ def sae_config(a) -> SAEConfig:
 
 def train_config(a, cache: Path, out: Path) -> TrainConfig:
     """The trainer's config (the bare loop uses its batch size and optimizer settings)."""
-    return TrainConfig(activations=str(cache), out=str(out), batch_size=a.batch, steps=a.steps, shuffle_buffer_mb=a.buffer_mb)
+    return TrainConfig(
+        activations=str(cache), out=str(out), batch_size=a.batch, steps=a.steps, shuffle_buffer_mb=a.buffer_mb
+    )
 
 
 def buffers_touched(stream: BatchStream, steps: int) -> int:
     """Shuffle buffers the first `steps` batches read (the first fill included)."""
     starts, _ = stream._epoch_layout(0)
-    ends = {int(np.searchsorted(starts, p * stream.batch_size + off, side="right")) for p in range(steps) for off in (0, stream.batch_size - 1)}
+    ends = {
+        int(np.searchsorted(starts, p * stream.batch_size + off, side="right"))
+        for p in range(steps)
+        for off in (0, stream.batch_size - 1)
+    }
     return len(ends)
 
 
@@ -98,7 +108,12 @@ def bare_loop(a, cache: Path) -> dict:
     for step in range(a.steps):
         train_step(member, batches[step % len(batches)], member.base_lr, t.grad_clip)
     wall = time.perf_counter() - start
-    return {"what": "bare", "tokens_per_s": a.steps * a.batch / wall, "ms_per_step": 1000 * wall / a.steps, "refills": refills}
+    return {
+        "what": "bare",
+        "tokens_per_s": a.steps * a.batch / wall,
+        "ms_per_step": 1000 * wall / a.steps,
+        "refills": refills,
+    }
 
 
 def trainer_run(a, cache: Path, depth: int) -> dict:
@@ -109,9 +124,18 @@ def trainer_run(a, cache: Path, depth: int) -> dict:
     start = time.perf_counter()
     trainer.fit(overwrite=True)
     th = trainer.throughput
-    return {"what": f"train-depth{depth}", "prefetch_depth": depth, "tokens_per_s": th.tokens_per_s, "step_tokens_per_s": th.step_tokens_per_s,
-            "throughput_ratio": th.ratio, "ms_per_step": 1000 * th.wall_s / a.steps, "step_ms_per_step": 1000 * th.step_s / a.steps,
-            "wait_s": th.wait_s, "loop_s": th.wall_s, "command_s": time.perf_counter() - start}
+    return {
+        "what": f"train-depth{depth}",
+        "prefetch_depth": depth,
+        "tokens_per_s": th.tokens_per_s,
+        "step_tokens_per_s": th.step_tokens_per_s,
+        "throughput_ratio": th.ratio,
+        "ms_per_step": 1000 * th.wall_s / a.steps,
+        "step_ms_per_step": 1000 * th.step_s / a.steps,
+        "wait_s": th.wait_s,
+        "loop_s": th.wall_s,
+        "command_s": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -136,26 +160,53 @@ def main() -> None:
     print(f"cache: {a.rows:,} × {a.d} float32 in {cache} ({time.perf_counter() - began:.1f} s)", file=sys.stderr)
     load = os.getloadavg()[0]
     results = []
-    for phase in [lambda: bare_loop(a, cache), lambda: trainer_run(a, cache, depth=2)] + ([lambda: trainer_run(a, cache, depth=0)] if a.sync else []):
+    for phase in [lambda: bare_loop(a, cache), lambda: trainer_run(a, cache, depth=2)] + (
+        [lambda: trainer_run(a, cache, depth=0)] if a.sync else []
+    ):
         began = time.perf_counter()
         results.append(phase())
-        print(f"{results[-1]['what']}: {results[-1]['ms_per_step']:.0f} ms/step ({time.perf_counter() - began:.1f} s in all)", file=sys.stderr)
+        print(
+            f"{results[-1]['what']}: {results[-1]['ms_per_step']:.0f} ms/step ({time.perf_counter() - began:.1f} s in all)",
+            file=sys.stderr,
+        )
     load = (load + os.getloadavg()[0]) / 2
     bare = results[0]["tokens_per_s"]
-    meta = {"d_in": a.d, "n": a.n, "k": a.k, "batch": a.batch, "steps": a.steps, "rows": a.rows, "buffer_mb": a.buffer_mb,
-            "threads": a.threads, "load_avg": round(load, 2)}
+    meta = {
+        "d_in": a.d,
+        "n": a.n,
+        "k": a.k,
+        "batch": a.batch,
+        "steps": a.steps,
+        "rows": a.rows,
+        "buffer_mb": a.buffer_mb,
+        "threads": a.threads,
+        "load_avg": round(load, 2),
+    }
 
-    print(f"\n(d_in, n, k) = ({a.d}, {a.n}, {a.k}), batch {a.batch}, {a.steps} steps, {a.rows:,} rows, shuffle buffer {a.buffer_mb} MiB "
-          f"({results[0]['refills']} refill(s) after the first fill), {a.threads} threads, load average ≈ {load:.1f}", file=sys.stderr)
-    print(f"{'what':<38} {'tokens/s':>9} {'ms/step':>8} {'× bare':>7} {'× own steps':>11} {'waited s':>9}", file=sys.stderr)
-    print(f"{'bare step loop (batches in memory)':<38} {bare:>9,.0f} {results[0]['ms_per_step']:>8.0f} {1:>7.2f} {'':>11} {'':>9}", file=sys.stderr)
+    print(
+        f"\n(d_in, n, k) = ({a.d}, {a.n}, {a.k}), batch {a.batch}, {a.steps} steps, {a.rows:,} rows, shuffle buffer {a.buffer_mb} MiB "
+        f"({results[0]['refills']} refill(s) after the first fill), {a.threads} threads, load average ≈ {load:.1f}",
+        file=sys.stderr,
+    )
+    print(
+        f"{'what':<38} {'tokens/s':>9} {'ms/step':>8} {'× bare':>7} {'× own steps':>11} {'waited s':>9}",
+        file=sys.stderr,
+    )
+    print(
+        f"{'bare step loop (batches in memory)':<38} {bare:>9,.0f} {results[0]['ms_per_step']:>8.0f} {1:>7.2f} {'':>11} {'':>9}",
+        file=sys.stderr,
+    )
     for r in results[1:]:
         label = "saelab train, end to end" + (" (no prefetch)" if r["prefetch_depth"] == 0 else "")
         r["vs_bare"] = r["tokens_per_s"] / bare
-        print(f"{label:<38} {r['tokens_per_s']:>9,.0f} {r['ms_per_step']:>8.0f} {r['vs_bare']:>7.2f} {r['throughput_ratio']:>11.2f} {r['wait_s']:>9.2f}",
-              file=sys.stderr)
-        print(f"{'  its steps alone':<38} {r['step_tokens_per_s']:>9,.0f} {r['step_ms_per_step']:>8.0f} {r['step_tokens_per_s'] / bare:>7.2f} {'':>11} {'':>9}",
-              file=sys.stderr)
+        print(
+            f"{label:<38} {r['tokens_per_s']:>9,.0f} {r['ms_per_step']:>8.0f} {r['vs_bare']:>7.2f} {r['throughput_ratio']:>11.2f} {r['wait_s']:>9.2f}",
+            file=sys.stderr,
+        )
+        print(
+            f"{'  its steps alone':<38} {r['step_tokens_per_s']:>9,.0f} {r['step_ms_per_step']:>8.0f} {r['step_tokens_per_s'] / bare:>7.2f} {'':>11} {'':>9}",
+            file=sys.stderr,
+        )
     if a.json:
         for r in results:
             print(json.dumps({**meta, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}))

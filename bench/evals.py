@@ -30,9 +30,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny LM and its tokenizer (test_lm_model), as the feature tests build them
+sys.path.insert(
+    0, str(ROOT / "tests")
+)  # the tiny LM and its tokenizer (test_lm_model), as the feature tests build them
 
-COMMANDS = ("probe1d-othello", "probe1d-text", "othello-score", "othello-unfound", "lm-explain", "lm-examples", "eval-refine")
+COMMANDS = (
+    "probe1d-othello",
+    "probe1d-text",
+    "othello-score",
+    "othello-unfound",
+    "lm-explain",
+    "lm-examples",
+    "eval-refine",
+)
 K = 32
 
 
@@ -61,7 +71,9 @@ def _sae(out: Path, d_in: int, n_latents: int, source: dict | None = None, train
 
     if (out / "saelab.json").exists():
         return str(out)
-    sae = SparseAutoencoder(SAEConfig(n_latents=n_latents, method="topk", method_params={"k": K}, d_in=d_in, b_dec_init="zero"))
+    sae = SparseAutoencoder(
+        SAEConfig(n_latents=n_latents, method="topk", method_params={"k": K}, d_in=d_in, b_dec_init="zero")
+    )
     sae.reset_weights(torch.Generator().manual_seed(0))
     extra = {}
     if source is not None:
@@ -78,10 +90,33 @@ def _setup(work: Path, sizes: list[int], text_tokens: int, refine_games: int) ->
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict = {"othello": {}, "text": {}}
-    source = {"source": "othello", "model": "default", "layer": 3, "trim_start": 5, "trim_end": 5, "games": 3000, "seed": 0}
+    source = {
+        "source": "othello",
+        "model": "default",
+        "layer": 3,
+        "trim_start": 5,
+        "trim_end": 5,
+        "games": 3000,
+        "seed": 0,
+    }
     harvest = work / f"othello_harvest_{refine_games}"
     if not (harvest / "source.json").exists():
-        _run([sys.executable, "-m", "saelab", "othello", "activations", "--games", str(refine_games), "--seed", "7", "--out", str(harvest)], "setup")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "saelab",
+                "othello",
+                "activations",
+                "--games",
+                str(refine_games),
+                "--seed",
+                "7",
+                "--out",
+                str(harvest),
+            ],
+            "setup",
+        )
     paths["harvest"] = str(harvest)
     model = work / "lm" / "gpt2"
     if not (model / "config.json").exists():
@@ -104,7 +139,9 @@ def _run(argv: list[str], label: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t0 = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", tf.name, *argv], capture_output=True, env=env, text=True)
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M %U %S", "-o", tf.name, *argv], capture_output=True, env=env, text=True
+        )
         wall = time.perf_counter() - t0
         fields = tf.read().split()[-3:]
     if proc.returncode != 0:
@@ -128,10 +165,33 @@ def _argv(cmd: str, n: int, p: dict, args, work: Path) -> tuple[list[str], float
     if cmd == "othello-unfound":
         return py + ["othello", "unfound", "--sae", o, "--games", str(args.games), "--json"], 1
     if cmd == "lm-explain":
-        return py + ["lm", "explain", "--sae", t, "--activations", p["cache"], "--top-fired", str(args.explain_latents), "--json"] + threads, args.explain_latents
+        return py + [
+            "lm",
+            "explain",
+            "--sae",
+            t,
+            "--activations",
+            p["cache"],
+            "--top-fired",
+            str(args.explain_latents),
+            "--json",
+        ] + threads, args.explain_latents
     if cmd == "lm-examples":
         out = work / f"examples_{n}"
-        return py + ["lm", "examples", "--sae", t, "--activations", p["cache"], "--top-fired", "200", "--out", str(out), "--overwrite", "--json"] + threads, 1
+        return py + [
+            "lm",
+            "examples",
+            "--sae",
+            t,
+            "--activations",
+            p["cache"],
+            "--top-fired",
+            "200",
+            "--out",
+            str(out),
+            "--overwrite",
+            "--json",
+        ] + threads, 1
     if cmd == "eval-refine":
         return py + ["eval", "--sae", o, "--activations", p["harvest"], "--refine", "--json"] + threads, 1
     raise ValueError(cmd)
@@ -175,11 +235,20 @@ def main() -> int:
             if args.out:
                 with open(args.out, "a") as fh:
                     fh.write(line + "\n")
-    print("\n| command | " + " | ".join(f"{n} latents: wall s (cpu s), peak MiB" for n in sizes) + " | scaling exponent (cpu) |", file=sys.stderr)
+    print(
+        "\n| command | "
+        + " | ".join(f"{n} latents: wall s (cpu s), peak MiB" for n in sizes)
+        + " | scaling exponent (cpu) |",
+        file=sys.stderr,
+    )
     print("|---|" + "---|" * (len(sizes) + 1), file=sys.stderr)
     for cmd in only:
         rs = [r for r in rows if r["command"] == cmd]
-        cells = [f"{r['wall_s_per_unit']} ({round(r['cpu_s'] / r['per'], 2)}), {r['peak_rss_mib']}" + ("" if r["rc"] == 0 else f" exit {r['rc']}") for r in rs]
+        cells = [
+            f"{r['wall_s_per_unit']} ({round(r['cpu_s'] / r['per'], 2)}), {r['peak_rss_mib']}"
+            + ("" if r["rc"] == 0 else f" exit {r['rc']}")
+            for r in rs
+        ]
         expo = "–"
         if len(rs) >= 2 and rs[0]["cpu_s"] > 0 and rs[-1]["cpu_s"] > 0:
             expo = f"{math.log(rs[-1]['cpu_s'] / rs[0]['cpu_s']) / math.log(rs[-1]['latents'] / rs[0]['latents']):.2f}"

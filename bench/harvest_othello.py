@@ -42,9 +42,18 @@ def main() -> None:
         t = time.perf_counter()
         harvest(cfg, model=model, games=games)  # games given: labels by replay are included, generation is not
         full.append(time.perf_counter() - t)
-    record = {"games": args.games, "layer": args.layer, "bare_forward_s": statistics.median(bare), "harvest_s": statistics.median(full)}
+    record = {
+        "games": args.games,
+        "layer": args.layer,
+        "bare_forward_s": statistics.median(bare),
+        "harvest_s": statistics.median(full),
+    }
     record["ratio_bare_over_harvest"] = record["bare_forward_s"] / record["harvest_s"]
-    print(json.dumps(record) if args.json else f"bare forward {record['bare_forward_s']:.3f} s, harvest {record['harvest_s']:.3f} s, ratio {record['ratio_bare_over_harvest']:.2f}")
+    print(
+        json.dumps(record)
+        if args.json
+        else f"bare forward {record['bare_forward_s']:.3f} s, harvest {record['harvest_s']:.3f} s, ratio {record['ratio_bare_over_harvest']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.sources.lm.online_trainer import OnlineTrainer, expand_saes
 from saelab.sources.lm.model import LMSpec, load_lm
+from saelab.sources.lm.online_trainer import OnlineTrainer, expand_saes
 from saelab.sources.lm.stream import OnlineConfig, buffer_bytes, parse_sites
 from saelab.sources.lm.text import keep_mask, take_windows
 from saelab.training.member import build_member, train_step
@@ -44,8 +44,16 @@ def _configs(args, out: str) -> tuple[RunConfig, OnlineConfig, list[int]]:
     sae = SAEConfig(n_latents=args.n_latents, method="topk", method_params={"k": args.k})
     train = TrainConfig(activations=args.text, out=out, batch_size=args.batch_size, tokens=args.tokens, log_every=10**9)
     saes, index = expand_saes([sae], [None], sites)
-    online = OnlineConfig(args.model, args.text, sites, context=args.context, windows_per_forward=args.lm_batch_size,
-                          buffer_tokens=args.buffer_tokens, eval_tokens=args.eval_tokens, model_name="HuggingFaceTB/SmolLM2-135M-Instruct")
+    online = OnlineConfig(
+        args.model,
+        args.text,
+        sites,
+        context=args.context,
+        windows_per_forward=args.lm_batch_size,
+        buffer_tokens=args.buffer_tokens,
+        eval_tokens=args.eval_tokens,
+        model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+    )
     return RunConfig(train, saes).validate(), online, index
 
 
@@ -125,7 +133,10 @@ def main() -> None:
     run, online, index = _configs(args, "unused")
     t0 = time.perf_counter()
     lm = load_lm(LMSpec(args.model))
-    print(f"model loaded in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    print(
+        f"model loaded in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+    )
     sites = [lm.site(layer, kind) for layer, kind in online.sites]
     steps = -(-args.tokens // args.batch_size)
     n_windows = -(-steps * args.batch_size // (args.context - 1))
@@ -135,7 +146,13 @@ def main() -> None:
     b = steps * args.batch_size / bare_steps(run, index, rows, steps)
     del rows
     loop_s, fit_s, trained, trainer = lm_train(args, lm, overlap=False)
-    results = {"a_forward": a, "b_steps": b, "ideal": 1 / (1 / a + 1 / b), "c_loop": trained / loop_s, "c_fit": trained / fit_s}
+    results = {
+        "a_forward": a,
+        "b_steps": b,
+        "ideal": 1 / (1 / a + 1 / b),
+        "c_loop": trained / loop_s,
+        "c_fit": trained / fit_s,
+    }
     if args.overlap:
         o_loop, o_fit, o_trained, _ = lm_train(args, lm, overlap=True)
         results.update({"c_loop_overlap": o_trained / o_loop, "c_fit_overlap": o_trained / o_fit})
@@ -143,15 +160,30 @@ def main() -> None:
     for key in [k for k in results if k.startswith("c_")]:
         results["ratio" + key[1:]] = round(results[key] / results["ideal"], 3)
     d = trainer.lm.d_model
-    results.update({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                    "buffer_mib": round(buffer_bytes(args.buffer_tokens, len(sites), d, args.lm_batch_size, args.context) / 2**20, 1),
-                    "sites": args.sites, "n_latents": args.n_latents, "k": args.k, "batch_size": args.batch_size, "tokens": trained,
-                    "threads": args.threads, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__})
+    results.update(
+        {
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "buffer_mib": round(
+                buffer_bytes(args.buffer_tokens, len(sites), d, args.lm_batch_size, args.context) / 2**20, 1
+            ),
+            "sites": args.sites,
+            "n_latents": args.n_latents,
+            "k": args.k,
+            "batch_size": args.batch_size,
+            "tokens": trained,
+            "threads": args.threads,
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        }
+    )
     for key in ("a_forward", "b_steps", "ideal", "c_loop", "c_fit", "c_loop_overlap", "c_fit_overlap"):
         if key in results:
             print(f"{key:18s} {results[key]:>10,.1f} tokens/s", file=sys.stderr)
     ratios = ", ".join(f"{k[6:]} {v:.3f}" for k, v in results.items() if k.startswith("ratio_"))
-    print(f"ratio (c)/(1/(1/a+1/b)): {ratios}; peak RSS {results['peak_rss_mib']} MiB, buffers {results['buffer_mib']} MiB", file=sys.stderr)
+    print(
+        f"ratio (c)/(1/(1/a+1/b)): {ratios}; peak RSS {results['peak_rss_mib']} MiB, buffers {results['buffer_mib']} MiB",
+        file=sys.stderr,
+    )
     print(json.dumps(results))
 
 

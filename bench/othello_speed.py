@@ -44,8 +44,13 @@ def bench_games(n: int, n_ref: int, reps: int) -> dict:
     rng = np.random.default_rng(1)
     slow = _median_time(lambda: [random_game(rng) for _ in range(n_ref)], 1)
     fast_rate, slow_rate = n / fast, n_ref / slow
-    return {"bench": "games", "games": n, "games_per_s": round(fast_rate), "reference_games_per_s": round(slow_rate, 1),
-            "ratio": round(fast_rate / slow_rate, 1)}
+    return {
+        "bench": "games",
+        "games": n,
+        "games_per_s": round(fast_rate),
+        "reference_games_per_s": round(slow_rate, 1),
+        "ratio": round(fast_rate / slow_rate, 1),
+    }
 
 
 def _synthetic_acts(positions: int, latents: int, density: float, seed: int) -> torch.Tensor:
@@ -83,9 +88,17 @@ def bench_auroc(labels: np.ndarray, latents: int, density: float, ref_latents: i
     ok = np.isnan(a) == np.isnan(b)
     max_err = float(np.nanmax(np.abs(a - b))) if ok.all() else float("inf")
     ref = ref_slice * latents / ref_latents
-    return {"bench": "auroc", "positions": len(labels), "latents": latents, "pairs": 192, "density": density,
-            "seconds": round(ours, 2), "reference_seconds": round(ref, 1), "ratio": round(ref / ours, 1),
-            "max_abs_diff": max_err}
+    return {
+        "bench": "auroc",
+        "positions": len(labels),
+        "latents": latents,
+        "pairs": 192,
+        "density": density,
+        "seconds": round(ours, 2),
+        "reference_seconds": round(ref, 1),
+        "ratio": round(ref / ours, 1),
+        "max_abs_diff": max_err,
+    }
 
 
 def main() -> None:
@@ -117,10 +130,14 @@ def main() -> None:
             print(json.dumps(r))
         return
     g = records[0]
-    print(f"games: {g['games_per_s']:,} games/s vectorized vs {g['reference_games_per_s']:,} scalar engine ({g['ratio']}x)")
+    print(
+        f"games: {g['games_per_s']:,} games/s vectorized vs {g['reference_games_per_s']:,} scalar engine ({g['ratio']}x)"
+    )
     for r in records[1:]:
-        print(f"auroc {r['latents']} latents x {r['pairs']} pairs x {r['positions']:,} positions, density {r['density']}: "
-              f"{r['seconds']} s vs scipy-rank reference {r['reference_seconds']} s ({r['ratio']}x; max |diff| {r['max_abs_diff']:.1e})")
+        print(
+            f"auroc {r['latents']} latents x {r['pairs']} pairs x {r['positions']:,} positions, density {r['density']}: "
+            f"{r['seconds']} s vs scipy-rank reference {r['reference_seconds']} s ({r['ratio']}x; max |diff| {r['max_abs_diff']:.1e})"
+        )
 
 
 if __name__ == "__main__":

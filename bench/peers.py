@@ -31,7 +31,9 @@ def build_saelens(d, n, k, batch, dead, amp=False):
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=n, k=k, dtype="float32", device="cpu", aux_loss_coefficient=1 / 32))
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=d, d_sae=n, k=k, dtype="float32", device="cpu", aux_loss_coefficient=1 / 32)
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (n / 2**14) ** 0.5, betas=(0.9, 0.999))
     trainer = SimpleNamespace(
         sae=sae,
@@ -95,7 +97,16 @@ def build_dictlearn(d, n, k, batch, dead, amp=False):
     """dictionary_learning TopKTrainer.update (its step: loss, backward, projection, clip, Adam, renorm)."""
     from dictionary_learning.trainers.top_k import TopKTrainer
 
-    trainer = TopKTrainer(steps=10**6, activation_dim=d, dict_size=n, k=k, layer=0, lm_name="bench", device="cpu", auxk_alpha=1 / 32 if dead is not None else 0.0)
+    trainer = TopKTrainer(
+        steps=10**6,
+        activation_dim=d,
+        dict_size=n,
+        k=k,
+        layer=0,
+        lm_name="bench",
+        device="cpu",
+        auxk_alpha=1 / 32 if dead is not None else 0.0,
+    )
     counter = iter(range(1, 10**9))  # step 0 fits b_dec by a geometric median: done once, untimed
 
     def step(x):
@@ -144,7 +155,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--serve", action="store_true", help="answer 'step'/'quit' lines on stdin")
-    p.add_argument("--autocast", choices=["off", "bfloat16"], default="off", help="forward and loss under bfloat16 autocast (sparsify)")
+    p.add_argument(
+        "--autocast",
+        choices=["off", "bfloat16"],
+        default="off",
+        help="forward and loss under bfloat16 autocast (sparsify)",
+    )
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -175,8 +191,18 @@ def main() -> None:
         t0 = time.perf_counter()
         step(x)
         times.append((time.perf_counter() - t0) * 1e3)
-    rec = {"d_in": a.d_in, "n": a.n, "k": a.k, "batch": a.batch, "auxk": dead is not None, "impl": a.lib, "version": version,
-           "ms_per_step": statistics.median(times), "ratio_to_floor": None, "peak_rss_mb": peak_rss_mb()}
+    rec = {
+        "d_in": a.d_in,
+        "n": a.n,
+        "k": a.k,
+        "batch": a.batch,
+        "auxk": dead is not None,
+        "impl": a.lib,
+        "version": version,
+        "ms_per_step": statistics.median(times),
+        "ratio_to_floor": None,
+        "peak_rss_mb": peak_rss_mb(),
+    }
     print(json.dumps(rec))
 
 

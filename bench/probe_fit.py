@@ -37,10 +37,12 @@ def main() -> int:
 
     from saelab.config import SAEConfig
     from saelab.features.probe1d import SparseCodes, fit_probes
-    from saelab.sources.othello.harvest import HarvestConfig, harvest
     from saelab.model.sae import SparseAutoencoder
+    from saelab.sources.othello.harvest import HarvestConfig, harvest
 
-    sae = SparseAutoencoder(SAEConfig(n_latents=args.latents, method="topk", method_params={"k": 32}, d_in=128, b_dec_init="zero"))
+    sae = SparseAutoencoder(
+        SAEConfig(n_latents=args.latents, method="topk", method_params={"k": 32}, d_in=128, b_dec_init="zero")
+    )
     sae.reset_weights(torch.Generator().manual_seed(0))
     hv = harvest(HarvestConfig(games=args.games, seed=1_000_003))
     with torch.no_grad():

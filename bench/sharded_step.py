@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from peers import peak_rss_mb  # bench/ is on sys.path: the script runs as `python bench/sharded_step.py`
 
 DEAD_FRACTION = 0.3
@@ -37,8 +36,16 @@ DEAD_TOKENS = 10_000_000
 def _cfg(d: int, n: int, k: int, auxk: bool):
     from saelab.config import SAEConfig
 
-    return SAEConfig(n_latents=n, method="topk", method_params={"k": k}, auxk=auxk, k_aux=d // 2, dead_tokens=DEAD_TOKENS,
-                     kernel="sparse", d_in=d)
+    return SAEConfig(
+        n_latents=n,
+        method="topk",
+        method_params={"k": k},
+        auxk=auxk,
+        k_aux=d // 2,
+        dead_tokens=DEAD_TOKENS,
+        kernel="sparse",
+        d_in=d,
+    )
 
 
 def _batches(d: int, batch: int, steps: int) -> list[torch.Tensor]:
@@ -74,17 +81,26 @@ def run_one(args) -> dict:
     cfg = _cfg(d, n, k, args.auxk)
     m = build_member(cfg, TrainConfig(activations="-", out="-"), torch.randn(4096, d), 0, Path("."))
     batches = _batches(d, args.batch, args.steps + 1)
-    ms = _time_steps(lambda x: train_step(m, x, 1e-4), batches, lambda: _mark_dead(m.tracker, 0, n) if args.auxk else None)
-    return {"mode": "one", "rank": 0, "ranks": 1, "threads": args.ranks, "ms_per_step": round(ms, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "state_mb": round(4 * 4 * 2 * n * d / 2**20, 1)}
+    ms = _time_steps(
+        lambda x: train_step(m, x, 1e-4), batches, lambda: _mark_dead(m.tracker, 0, n) if args.auxk else None
+    )
+    return {
+        "mode": "one",
+        "rank": 0,
+        "ranks": 1,
+        "threads": args.ranks,
+        "ms_per_step": round(ms, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "state_mb": round(4 * 4 * 2 * n * d / 2**20, 1),
+    }
 
 
 def run_rank(args) -> dict:
     """This rank's shard (under torchrun)."""
-    from saelab.util import distributed
     from saelab.config import TrainConfig
     from saelab.training.sharded.model import ShardedSAE
     from saelab.training.sharded.step import sharded_member, sharded_train_step
+    from saelab.util import distributed
 
     torch.set_num_threads(1)
     world = distributed.init_from_env()
@@ -94,9 +110,20 @@ def run_rank(args) -> dict:
     shard.train()
     m = sharded_member(shard, TrainConfig(activations="-", out="-"))
     batches = _batches(d, args.batch, args.steps + 1)
-    ms = _time_steps(lambda x: sharded_train_step(m, x, 1e-4), batches, lambda: _mark_dead(m.tracker, shard.lo, n) if args.auxk else None)
-    record = {"mode": "sharded", "rank": world.rank, "ranks": world.size, "threads": 1, "ms_per_step": round(ms, 1),
-              "peak_rss_mb": round(peak_rss_mb(), 1), "state_mb": round(4 * 4 * 2 * shard.n_local * d / 2**20, 1)}
+    ms = _time_steps(
+        lambda x: sharded_train_step(m, x, 1e-4),
+        batches,
+        lambda: _mark_dead(m.tracker, shard.lo, n) if args.auxk else None,
+    )
+    record = {
+        "mode": "sharded",
+        "rank": world.rank,
+        "ranks": world.size,
+        "threads": 1,
+        "ms_per_step": round(ms, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "state_mb": round(4 * 4 * 2 * shard.n_local * d / 2**20, 1),
+    }
     records = world.all_gather(record)
     distributed.shutdown()
     return records if world.rank == 0 else None
@@ -129,19 +156,47 @@ def main() -> None:
             print(json.dumps(out))
         return
     here = Path(__file__).resolve()
-    common = [str(here), "--shape", args.shape, "--batch", str(args.batch), "--ranks", str(args.ranks), "--steps", str(args.steps)]
+    common = [
+        str(here),
+        "--shape",
+        args.shape,
+        "--batch",
+        str(args.batch),
+        "--ranks",
+        str(args.ranks),
+        "--steps",
+        str(args.steps),
+    ]
     common += ["--auxk"] if args.auxk else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [[sys.executable, *common, "--worker", "one"],
-            [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", str(args.ranks), "--master-addr", "127.0.0.1",
-             "--master-port", str(_port()), *common, "--worker", "rank"]]
+    runs = [
+        [sys.executable, *common, "--worker", "one"],
+        [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--nproc-per-node",
+            str(args.ranks),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_port()),
+            *common,
+            "--worker",
+            "rank",
+        ],
+    ]
     for cmd in runs:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         for r in json.loads(done.stdout.strip().splitlines()[-1]):
-            r.update({"shape": args.shape, "batch": args.batch, "auxk": args.auxk, "load_avg": round(os.getloadavg()[0], 2)})
-            print(json.dumps(r) if args.json else
-                  f"{r['mode']:<8} rank {r['rank']}/{r['ranks']} × {r['threads']} thread(s): {r['ms_per_step']:>8.1f} ms/step  "
-                  f"peak RSS {r['peak_rss_mb']:>8.1f} MiB  state {r['state_mb']:>7.1f} MiB", flush=True)
+            r.update(
+                {"shape": args.shape, "batch": args.batch, "auxk": args.auxk, "load_avg": round(os.getloadavg()[0], 2)}
+            )
+            print(
+                json.dumps(r)
+                if args.json
+                else f"{r['mode']:<8} rank {r['rank']}/{r['ranks']} × {r['threads']} thread(s): {r['ms_per_step']:>8.1f} ms/step  "
+                f"peak RSS {r['peak_rss_mb']:>8.1f} MiB  state {r['state_mb']:>7.1f} MiB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

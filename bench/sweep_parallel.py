@@ -38,8 +38,26 @@ def _port() -> int:
 def _data(work: Path, d: int, rows: int) -> Path:
     out = work / f"toy-d{d}"
     if not (out / "activations.npy").exists():
-        subprocess.run([str(PY), "-m", "saelab", "toy", "--out", str(out), "--d", str(d), "--n-features", str(4 * d),
-                        "--n-samples", str(rows), "--mean-active", "8"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(PY),
+                "-m",
+                "saelab",
+                "toy",
+                "--out",
+                str(out),
+                "--d",
+                str(d),
+                "--n-features",
+                str(4 * d),
+                "--n-samples",
+                str(rows),
+                "--mean-active",
+                "8",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return out / "activations.npy"
 
 
@@ -48,8 +66,10 @@ def run(scenario: str, mode: str, procs: int, threads: int, spread: bool, args) 
     work = Path(args.work)
     spec = SCENARIOS[scenario]
     config = work / f"{scenario}.toml"
-    config.write_text(f'activations = "{_data(work, spec["d"], args.rows)}"\nsteps = {args.steps}\nbatch_size = {args.batch_size}\n'
-                      f'log_every = {args.log_every}\neval_fraction = 0.01\n{spec["sae"]}')
+    config.write_text(
+        f'activations = "{_data(work, spec["d"], args.rows)}"\nsteps = {args.steps}\nbatch_size = {args.batch_size}\n'
+        f"log_every = {args.log_every}\neval_fraction = 0.01\n{spec['sae']}"
+    )
     out = work / f"{scenario}-{mode}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     sweep = ["sweep", str(config), "--out", str(out), "--no-progress", "--no-report", "--threads", str(threads)]
@@ -58,8 +78,18 @@ def run(scenario: str, mode: str, procs: int, threads: int, spread: bool, args) 
     if procs == 1:
         cmd = [str(PY), "-m", "saelab", *sweep]
     else:
-        cmd = [str(PY.with_name("torchrun")), "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1", "--master-port", str(_port()),
-               "-m", "saelab", *sweep]
+        cmd = [
+            str(PY.with_name("torchrun")),
+            "--nproc-per-node",
+            str(procs),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_port()),
+            "-m",
+            "saelab",
+            *sweep,
+        ]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
@@ -68,8 +98,16 @@ def run(scenario: str, mode: str, procs: int, threads: int, spread: bool, args) 
     for line in (out / "results.jsonl").read_text().splitlines():
         records = (out / json.loads(line)["folder"] / "metrics.jsonl").read_text().splitlines()
         rates.append(json.loads(records[-1])["tokens_per_s"])
-    return {"scenario": scenario, "mode": mode, "procs": procs, "threads": threads, "saes": len(rates), "tokens_per_s": min(rates),
-            "wall_s": round(wall, 1), "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2)}
+    return {
+        "scenario": scenario,
+        "mode": mode,
+        "procs": procs,
+        "threads": threads,
+        "saes": len(rates),
+        "tokens_per_s": min(rates),
+        "wall_s": round(wall, 1),
+        "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2),
+    }
 
 
 def main() -> None:
@@ -86,16 +124,25 @@ def main() -> None:
     args = p.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     n = args.procs
-    modes = [("1proc-1thread", 1, 1, False), (f"1proc-{n}threads", 1, n, False),
-             (f"{n}procs-data-parallel", n, 1, False), (f"{n}procs-spread", n, 1, True)]
+    modes = [
+        ("1proc-1thread", 1, 1, False),
+        (f"1proc-{n}threads", 1, n, False),
+        (f"{n}procs-data-parallel", n, 1, False),
+        (f"{n}procs-spread", n, 1, True),
+    ]
     for scenario in SCENARIOS if args.scenario == "both" else [args.scenario]:
         base = None
         for mode, procs, threads, spread in modes:
             r = run(scenario, mode, procs, threads, spread, args)
             base = base or r["tokens_per_s"]
             r["vs_1proc_1thread"] = round(r["tokens_per_s"] / base, 2)
-            print(json.dumps(r) if args.json else f"{scenario:<5} {mode:<22} {r['tokens_per_s']:>9.0f} tokens/s  ×{r['vs_1proc_1thread']:<5} "
-                  f"(wall {r['wall_s']} s, load {r['load_avg']:.2f})", flush=True)
+            print(
+                json.dumps(r)
+                if args.json
+                else f"{scenario:<5} {mode:<22} {r['tokens_per_s']:>9.0f} tokens/s  ×{r['vs_1proc_1thread']:<5} "
+                f"(wall {r['wall_s']} s, load {r['load_avg']:.2f})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
 from peers import peak_rss_mb, status_mb  # bench/ is on sys.path: both scripts run as `python bench/<script>.py`
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,9 +106,20 @@ def build_saelab(s: Setup, kernel: str, lean: bool = False, dtype: str = "float3
     from saelab.config import SAEConfig, TrainConfig
     from saelab.training.member import build_member, train_step
 
-    cfg = SAEConfig(n_latents=s.n, method="topk", method_params={"k": s.k}, d_in=s.d, kernel=kernel, b_dec_init="mean",
-                    auxk=s.auxk, k_aux=s.d // 2, dead_tokens=DEAD_TOKENS)
-    member = build_member(cfg, TrainConfig(activations="-", out="-", lean_memory=lean, dtype=dtype), s.x, s.seed, Path("-"))
+    cfg = SAEConfig(
+        n_latents=s.n,
+        method="topk",
+        method_params={"k": s.k},
+        d_in=s.d,
+        kernel=kernel,
+        b_dec_init="mean",
+        auxk=s.auxk,
+        k_aux=s.d // 2,
+        dead_tokens=DEAD_TOKENS,
+    )
+    member = build_member(
+        cfg, TrainConfig(activations="-", out="-", lean_memory=lean, dtype=dtype), s.x, s.seed, Path("-")
+    )
 
     def step():
         if s.dead is not None:  # impose the dead share (the bookkeeping itself stays in the step)
@@ -188,12 +198,33 @@ class Peer:
     def __init__(self, name: str, s: Setup, threads: int):
         lib = BF16_PEERS.get(name, name)
         python = REPO / PEERS[lib] / "bin" / "python"
-        cmd = [str(python), str(REPO / "bench" / "peers.py"), "--lib", lib, "--d-in", str(s.d), "--n", str(s.n), "--k", str(s.k),
-               "--batch", str(s.batch), "--threads", str(threads), "--dead-fraction", str(s.dead_fraction), "--seed", str(s.seed), "--serve"]
+        cmd = [
+            str(python),
+            str(REPO / "bench" / "peers.py"),
+            "--lib",
+            lib,
+            "--d-in",
+            str(s.d),
+            "--n",
+            str(s.n),
+            "--k",
+            str(s.k),
+            "--batch",
+            str(s.batch),
+            "--threads",
+            str(threads),
+            "--dead-fraction",
+            str(s.dead_fraction),
+            "--seed",
+            str(s.seed),
+            "--serve",
+        ]
         if name in BF16_PEERS:
             cmd += ["--autocast", "bfloat16"]
         self.lib = lib
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         self.version = self._read().get("version")
 
     def _read(self) -> dict:
@@ -232,11 +263,22 @@ def is_peer(name: str) -> bool:
 # ---- measurement --------------------------------------------------------------------------------
 
 
-
 def child_peak_rss(impl: str, s: Setup, threads: int) -> dict | None:
     """{"peak": peak RSS, "base": RSS before building} (MiB) of a fresh process that builds `impl` and runs one step."""
-    cmd = [sys.executable, __file__, "--rss-child", impl, "--shapes", f"{s.d}x{s.n}x{s.k}", "--batch", str(s.batch),
-           "--threads", str(threads), "--dead-fraction", str(s.dead_fraction)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--rss-child",
+        impl,
+        "--shapes",
+        f"{s.d}x{s.n}x{s.k}",
+        "--batch",
+        str(s.batch),
+        "--threads",
+        str(threads),
+        "--dead-fraction",
+        str(s.dead_fraction),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -281,10 +323,23 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
         ms = statistics.median(ts)
         child = None if name in running or not rss else child_peak_rss(name, s, threads)
         peak = peer_rss.get(name) if name in running else (child["peak"] if child else None)
-        rec = {"d_in": s.d, "n": s.n, "k": s.k, "impl": name, "ms_per_step": round(ms, 1),
-               "ratio_to_floor": round(ms / floor, 3) if floor else None, "peak_rss_mb": round(peak) if peak else None,
-               "auxk": s.auxk, "dead_fraction": s.dead_fraction, "batch": s.batch, "threads": threads, "reps": reps,
-               "min_ms": round(min(ts), 1), "max_ms": round(max(ts), 1), "times_ms": [round(t, 1) for t in ts]}
+        rec = {
+            "d_in": s.d,
+            "n": s.n,
+            "k": s.k,
+            "impl": name,
+            "ms_per_step": round(ms, 1),
+            "ratio_to_floor": round(ms / floor, 3) if floor else None,
+            "peak_rss_mb": round(peak) if peak else None,
+            "auxk": s.auxk,
+            "dead_fraction": s.dead_fraction,
+            "batch": s.batch,
+            "threads": threads,
+            "reps": reps,
+            "min_ms": round(min(ts), 1),
+            "max_ms": round(max(ts), 1),
+            "times_ms": [round(t, 1) for t in ts],
+        }
         if floor_bf16:
             rec["ratio_to_floor_bf16"] = round(ms / floor_bf16, 3)
         if name in versions:
@@ -292,9 +347,12 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
         if child and name != "floor":
             # Memory the step added beyond the process it runs in, against what it must hold.
             added = child["peak"] - child["base"]
-            rec.update(base_rss_mb=round(child["base"]), state_mb=round(state_mb(s, grads=False)),
-                       memory_ratio=round(added / state_mb(s, grads=False), 3),
-                       memory_ratio_with_grads=round(added / state_mb(s, grads=True), 3))
+            rec.update(
+                base_rss_mb=round(child["base"]),
+                state_mb=round(state_mb(s, grads=False)),
+                memory_ratio=round(added / state_mb(s, grads=False), 3),
+                memory_ratio_with_grads=round(added / state_mb(s, grads=True), 3),
+            )
         records.append(rec)
     return records
 
@@ -302,24 +360,42 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
 def print_table(records: list[dict], out) -> None:
     """Human-readable table of one case, with the speed-ups the targets are stated in."""
     r0 = records[0]
-    print(f"\n(d_in, n, k) = ({r0['d_in']}, {r0['n']}, {r0['k']})  batch {r0['batch']}  AuxK "
-          f"{'on, ' + format(r0['dead_fraction'], '.0%') + ' dead' if r0['auxk'] else 'off'}  threads {r0['threads']}  reps {r0['reps']}", file=out)
-    print(f"{'impl':<20}{'ms/step':>10}{'× floor':>9}{'× bf16 fl':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}", file=out)
+    print(
+        f"\n(d_in, n, k) = ({r0['d_in']}, {r0['n']}, {r0['k']})  batch {r0['batch']}  AuxK "
+        f"{'on, ' + format(r0['dead_fraction'], '.0%') + ' dead' if r0['auxk'] else 'off'}  threads {r0['threads']}  reps {r0['reps']}",
+        file=out,
+    )
+    print(
+        f"{'impl':<20}{'ms/step':>10}{'× floor':>9}{'× bf16 fl':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}",
+        file=out,
+    )
     for r in records:
         rss = "" if r["peak_rss_mb"] is None else str(r["peak_rss_mb"])
         ratio = "" if r["ratio_to_floor"] is None else f"{r['ratio_to_floor']:.2f}"
         ratio_bf16 = f"{r['ratio_to_floor_bf16']:.2f}" if "ratio_to_floor_bf16" in r else ""
         mem = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
         mem_g = f"{r['memory_ratio_with_grads']:.2f}" if "memory_ratio_with_grads" in r else ""
-        print(f"{r['impl']:<20}{r['ms_per_step']:>10.1f}{ratio:>9}{ratio_bf16:>10}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}", file=out)
+        print(
+            f"{r['impl']:<20}{r['ms_per_step']:>10.1f}{ratio:>9}{ratio_bf16:>10}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}",
+            file=out,
+        )
     if any("memory_ratio" in r for r in records):
-        print(f"mem ×: (peak RSS − RSS before building) / (weights + Adam state + one batch = {next(r['state_mb'] for r in records if 'state_mb' in r)} MB);"
-              " +grads: the same with the gradients in the denominator", file=out)
+        print(
+            f"mem ×: (peak RSS − RSS before building) / (weights + Adam state + one batch = {next(r['state_mb'] for r in records if 'state_mb' in r)} MB);"
+            " +grads: the same with the gradients in the denominator",
+            file=out,
+        )
     by = {r["impl"]: r["ms_per_step"] for r in records}
     if "saelab-sparse-bf16" in by and "saelab-sparse" in by:
-        print(f"saelab-sparse-bf16: {by['saelab-sparse'] / by['saelab-sparse-bf16']:.2f}× faster than saelab-sparse (float32)", file=out)
+        print(
+            f"saelab-sparse-bf16: {by['saelab-sparse'] / by['saelab-sparse-bf16']:.2f}× faster than saelab-sparse (float32)",
+            file=out,
+        )
     if "sparsify-bf16" in by and "saelab-sparse-bf16" in by:
-        print(f"saelab-sparse-bf16: {by['sparsify-bf16'] / by['saelab-sparse-bf16']:.2f}× faster than sparsify-bf16", file=out)
+        print(
+            f"saelab-sparse-bf16: {by['sparsify-bf16'] / by['saelab-sparse-bf16']:.2f}× faster than sparsify-bf16",
+            file=out,
+        )
     peers = {p: by[p] for p in PEERS if p in by}
     for ours in ("saelab-sparse",):
         if ours in by and peers:
@@ -360,8 +436,13 @@ def profile(s: Setup, threads: int, reps: int) -> None:
         timed("project decoder grad", sae.project_decoder_grad)
         timed("Adam step (fused)", opt.step)
         timed("normalize decoder", sae.normalize_decoder)
-        timed("bookkeeping", lambda: (sae.activation.observe(nonzero_values(out.z).detach()),
-                                      member.tracker.update(fired_latents(out.z, s.n), s.batch)))
+        timed(
+            "bookkeeping",
+            lambda: (
+                sae.activation.observe(nonzero_values(out.z).detach()),
+                member.tracker.update(fired_latents(out.z, s.n), s.batch),
+            ),
+        )
     print(f"\nphases of one saelab-sparse step (median of {reps}), ({s.d}, {s.n}, {s.k}) batch {s.batch} AuxK {s.auxk}")
     for name, ts in phases.items():
         print(f"  {name:<26}{statistics.median(ts):>9.1f} ms")
@@ -371,7 +452,11 @@ def profile(s: Setup, threads: int, reps: int) -> None:
     params = [torch.nn.Parameter(p.detach().clone()) for p in sae.parameters()]
     for p in params:
         p.grad = torch.randn_like(p)
-    for label, kw in (("for-loop (CPU default)", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+    for label, kw in (
+        ("for-loop (CPU default)", {"foreach": False}),
+        ("foreach", {"foreach": True}),
+        ("fused", {"fused": True}),
+    ):
         adam = torch.optim.Adam(params, lr=1e-4, **kw)
         adam.step()
         ts = []
@@ -379,7 +464,9 @@ def profile(s: Setup, threads: int, reps: int) -> None:
             t0 = time.perf_counter()
             adam.step()
             ts.append((time.perf_counter() - t0) * 1e3)
-        print(f"  Adam {label:<24}{statistics.median(ts):>9.1f} ms over {sum(p.numel() for p in params) / 1e6:.1f}M parameters")
+        print(
+            f"  Adam {label:<24}{statistics.median(ts):>9.1f} ms over {sum(p.numel() for p in params) / 1e6:.1f}M parameters"
+        )
 
 
 def main() -> None:
@@ -396,7 +483,9 @@ def main() -> None:
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--peers", default="found", help="comma-separated, 'found' (venvs present) or 'none'")
     p.add_argument("--no-rss", action="store_true", help="skip the per-implementation peak-RSS child processes")
-    p.add_argument("--profile", action="store_true", help="phase timers and top operators of a saelab-sparse step, per shape")
+    p.add_argument(
+        "--profile", action="store_true", help="phase timers and top operators of a saelab-sparse step, per shape"
+    )
     p.add_argument("--rss-only", action="store_true", help="peak RSS per implementation only (no timing)")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -406,6 +495,7 @@ def main() -> None:
     if a.rss_child:
         d, n, k = shapes[0]
         import saelab.training.trainer  # noqa: F401  (imported before the baseline, as a user's process would have it)
+
         base = status_mb("VmRSS")
         fn = build(a.rss_child, Setup(d, n, k, a.batch, a.dead_fraction))
         fn()  # the first step allocates everything a step needs, optimizer state included
@@ -423,7 +513,10 @@ def main() -> None:
         peers = [] if a.peers == "found" else peers
     impls = a.impls.split(",")
     out = sys.stderr if a.json else sys.stdout
-    print(f"# torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; peers: {', '.join(peers) or 'none'}", file=out)
+    print(
+        f"# torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs; peers: {', '.join(peers) or 'none'}",
+        file=out,
+    )
     fractions = {"off": [0.0], "on": [a.dead_fraction], "both": [0.0, a.dead_fraction]}[auxk]
     if a.rss_only:
         for d, n, k in shapes:
@@ -431,18 +524,50 @@ def main() -> None:
                 s = Setup(d, n, k, a.batch, frac)
                 for impl in impls:
                     child = child_peak_rss(impl, s, a.threads)
-                    rec = {"d_in": d, "n": n, "k": k, "impl": impl, "auxk": s.auxk, "peak_rss_mb": child and round(child["peak"]),
-                           "base_rss_mb": child and round(child["base"])}
+                    rec = {
+                        "d_in": d,
+                        "n": n,
+                        "k": k,
+                        "impl": impl,
+                        "auxk": s.auxk,
+                        "peak_rss_mb": child and round(child["peak"]),
+                        "base_rss_mb": child and round(child["base"]),
+                    }
                     if child and impl != "floor":
                         rec["memory_ratio"] = round((child["peak"] - child["base"]) / state_mb(s, grads=False), 3)
-                        rec["memory_ratio_with_grads"] = round((child["peak"] - child["base"]) / state_mb(s, grads=True), 3)
+                        rec["memory_ratio_with_grads"] = round(
+                            (child["peak"] - child["base"]) / state_mb(s, grads=True), 3
+                        )
                     print(json.dumps(rec), flush=True)
                 for lib in peers:
-                    cmd = [str(REPO / PEERS[lib] / "bin" / "python"), str(REPO / "bench" / "peers.py"), "--lib", lib, "--d-in", str(d), "--n", str(n),
-                           "--k", str(k), "--batch", str(a.batch), "--threads", str(a.threads), "--dead-fraction", str(frac), "--reps", "1"]
+                    cmd = [
+                        str(REPO / PEERS[lib] / "bin" / "python"),
+                        str(REPO / "bench" / "peers.py"),
+                        "--lib",
+                        lib,
+                        "--d-in",
+                        str(d),
+                        "--n",
+                        str(n),
+                        "--k",
+                        str(k),
+                        "--batch",
+                        str(a.batch),
+                        "--threads",
+                        str(a.threads),
+                        "--dead-fraction",
+                        str(frac),
+                        "--reps",
+                        "1",
+                    ]
                     out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()
                     rec = json.loads(out[-1]) if out and out[-1].startswith("{") else {"impl": lib, "peak_rss_mb": None}
-                    print(json.dumps({"d_in": d, "n": n, "k": k, "impl": lib, "auxk": s.auxk, "peak_rss_mb": rec["peak_rss_mb"]}), flush=True)
+                    print(
+                        json.dumps(
+                            {"d_in": d, "n": n, "k": k, "impl": lib, "auxk": s.auxk, "peak_rss_mb": rec["peak_rss_mb"]}
+                        ),
+                        flush=True,
+                    )
         return
     for d, n, k in shapes:
         for frac in fractions:

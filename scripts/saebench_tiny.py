@@ -41,8 +41,10 @@ LAYER = 1
 CONTEXT = 32
 MODEL_NAME = "saelab-tiny-gpt2"  # not a TransformerLens / Hub name: the stock loader cannot resolve it
 DATASET_NAME = "local/saelab-tiny-texts"  # stands for the local datasets.Dataset of texts.json
-WORDS = ("the cat dog bird sat ran flew on under over a mat log tree red blue green small big quick slow "
-         "and then it was very quite not here there home away day night sun moon").split()
+WORDS = (
+    "the cat dog bird sat ran flew on under over a mat log tree red blue green small big quick slow "
+    "and then it was very quite not here there home away day night sun moon"
+).split()
 
 
 def corpus(n: int, seed: int) -> list[str]:
@@ -59,10 +61,19 @@ def build_tokenizer(texts: list[str], out: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", add_bos_token=True)
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        add_bos_token=True,
+    )
     fast.save_pretrained(out)
     return AutoTokenizer.from_pretrained(str(out))  # a local name_or_path: TransformerLens reloads it from there
 
@@ -74,9 +85,22 @@ def tiny_model(folder: Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=64, n_ctx=CONTEXT + 1, d_vocab=len(tokenizer),
-                                  act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-                                  original_architecture="GPT2LMHeadModel", model_name=MODEL_NAME, seed=0, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        d_head=4,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=CONTEXT + 1,
+        d_vocab=len(tokenizer),
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+        model_name=MODEL_NAME,
+        seed=0,
+        device="cpu",
+    )
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     if (folder / "model.pt").exists():
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
@@ -106,7 +130,12 @@ def make_model(out: Path) -> dict:
         _, cache = model.run_with_cache(windows, names_filter=[HOOK], stop_at_layer=LAYER + 1)
     acts = cache[HOOK][:, 1:].reshape(-1, model.cfg.d_model)  # saelab lm activations drops the BOS row
     np.save(out / "activations.npy", acts.float().numpy())
-    return {"rows": int(acts.shape[0]), "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab, "windows": int(windows.shape[0])}
+    return {
+        "rows": int(acts.shape[0]),
+        "d_model": model.cfg.d_model,
+        "d_vocab": model.cfg.d_vocab,
+        "windows": int(windows.shape[0]),
+    }
 
 
 def check_all(sae_dirs: list[Path], model_dir: Path, out: Path) -> dict:
@@ -156,9 +185,27 @@ def check(sae_dir: Path, model_dir: Path, out: Path) -> dict:
         assert tuple(sae.W_enc.shape) == (c.d_in, c.d_sae) and tuple(sae.W_dec.shape) == (c.d_sae, c.d_in)
         assert tuple(sae.b_enc.shape) == (c.d_sae,) and tuple(sae.b_dec.shape) == (c.d_in,)
         assert isinstance(sae.device, torch.device) and sae.dtype == torch.float32
-        fields = {f: getattr(c, f) for f in ("d_in", "d_sae", "architecture", "hook_name", "hook_layer", "model_name",
-                                            "context_size", "prepend_bos", "dtype", "device")}
-        assert (fields["model_name"], fields["hook_name"], fields["hook_layer"], fields["context_size"]) == (MODEL_NAME, HOOK, LAYER, CONTEXT), fields
+        fields = {
+            f: getattr(c, f)
+            for f in (
+                "d_in",
+                "d_sae",
+                "architecture",
+                "hook_name",
+                "hook_layer",
+                "model_name",
+                "context_size",
+                "prepend_bos",
+                "dtype",
+                "device",
+            )
+        }
+        assert (fields["model_name"], fields["hook_name"], fields["hook_layer"], fields["context_size"]) == (
+            MODEL_NAME,
+            HOOK,
+            LAYER,
+            CONTEXT,
+        ), fields
         assert fields["d_in"] == model.cfg.d_model
         return {k: v if isinstance(v, (int, str, bool, type(None))) else str(v) for k, v in fields.items()}
 
@@ -170,7 +217,9 @@ def check(sae_dir: Path, model_dir: Path, out: Path) -> dict:
         import sae_bench.custom_saes.base_sae as base
 
         real = base.HookedTransformer
-        base.HookedTransformer = type("Local", (), {"from_pretrained": staticmethod(lambda name, device=None, **kw: model)})
+        base.HookedTransformer = type(
+            "Local", (), {"from_pretrained": staticmethod(lambda name, device=None, **kw: model)}
+        )
         try:
             BaseSAE.test_sae(sae, MODEL_NAME)
         finally:
@@ -190,8 +239,11 @@ def check(sae_dir: Path, model_dir: Path, out: Path) -> dict:
     def load_and_format():
         sae_id, formatted, _sparsity = general_utils.load_and_format_sae("saelab", sae, "cpu")
         assert formatted is sae and sae_id == "custom_sae"
-        return {"hook_name": formatted.cfg.metadata.hook_name, "hook_layer": formatted.cfg.metadata.hook_layer,
-                "architecture_str": formatted.cfg.architecture_str}
+        return {
+            "hook_name": formatted.cfg.metadata.hook_name,
+            "hook_layer": formatted.cfg.metadata.hook_layer,
+            "architecture_str": formatted.cfg.architecture_str,
+        }
 
     run("load_and_format_sae", load_and_format)
 
@@ -211,12 +263,23 @@ def check(sae_dir: Path, model_dir: Path, out: Path) -> dict:
         errors: list[str] = []
         handler = _ListHandler(errors)
         core.logger.addHandler(handler)
-        HookedTransformer.from_pretrained_no_processing = classmethod(lambda cls, name, **kw: model if name == MODEL_NAME else real(name, **kw))
+        HookedTransformer.from_pretrained_no_processing = classmethod(
+            lambda cls, name, **kw: model if name == MODEL_NAME else real(name, **kw)
+        )
         try:
-            evals = core.multiple_evals(selected_saes=[("saelab", sae)], n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=2,
-                                        eval_batch_size_prompts=4, compute_featurewise_density_statistics=True,
-                                        compute_featurewise_weight_based_metrics=True, dataset=DATASET_NAME, context_size=CONTEXT,
-                                        output_folder=str(out / "core"), device="cpu", force_rerun=True)
+            evals = core.multiple_evals(
+                selected_saes=[("saelab", sae)],
+                n_eval_reconstruction_batches=2,
+                n_eval_sparsity_variance_batches=2,
+                eval_batch_size_prompts=4,
+                compute_featurewise_density_statistics=True,
+                compute_featurewise_weight_based_metrics=True,
+                dataset=DATASET_NAME,
+                context_size=CONTEXT,
+                output_folder=str(out / "core"),
+                device="cpu",
+                force_rerun=True,
+            )
         finally:
             HookedTransformer.from_pretrained_no_processing, core.ActivationsStore = real, real_store
             core.logger.removeHandler(handler)

@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import numpy as np
-            import torch
             import sae_lens
+            import torch
             from sae_lens import SAE
 
             result["sae_lens_version"] = sae_lens.__version__

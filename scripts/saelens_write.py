@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         x = torch.from_numpy(np.load(args.inputs)).float()
         d_in, n = x.shape[-1], args.d_sae
-        meta = {"model_name": "tiny-gpt2", "hook_name": "blocks.1.hook_resid_post", "context_size": 32, "prepend_bos": True}
+        meta = {
+            "model_name": "tiny-gpt2",
+            "hook_name": "blocks.1.hook_resid_post",
+            "context_size": 32,
+            "prepend_bos": True,
+        }
         cases = {
             "standard": StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=n)),
             "standard_no_bdec": StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=n, apply_b_dec_to_input=False)),

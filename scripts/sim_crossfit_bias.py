@@ -33,8 +33,10 @@ def main(sims: int) -> None:
         codes, labels, games = make(seed)
         row = []
         for c in (codes[:, :192], codes):
-            row += [good_classifier_report(auroc_matrix(c, labels))["good_classifiers"],
-                    crossfit_good_counts(c, labels, games, n_boot=0)["good_classifiers"]]
+            row += [
+                good_classifier_report(auroc_matrix(c, labels))["good_classifiers"],
+                crossfit_good_counts(c, labels, games, n_boot=0)["good_classifiers"],
+            ]
         out.append(row)
     a = np.array(out, float)
     gain_naive, gain_cf = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
@@ -42,9 +44,13 @@ def main(sims: int) -> None:
     def se(v):
         return v.std(ddof=1) / np.sqrt(len(v))
 
-    print(f"{sims} sims; one latent: naive {a[:, 0].mean():.2f}, cross-fitted {a[:, 1].mean():.2f}; "
-          f"4 copies: naive {a[:, 2].mean():.2f}, cross-fitted {a[:, 3].mean():.2f}")
-    print(f"gain from duplicates: naive {gain_naive.mean():.2f} ± {se(gain_naive):.2f}, cross-fitted {gain_cf.mean():.2f} ± {se(gain_cf):.2f}")
+    print(
+        f"{sims} sims; one latent: naive {a[:, 0].mean():.2f}, cross-fitted {a[:, 1].mean():.2f}; "
+        f"4 copies: naive {a[:, 2].mean():.2f}, cross-fitted {a[:, 3].mean():.2f}"
+    )
+    print(
+        f"gain from duplicates: naive {gain_naive.mean():.2f} ± {se(gain_naive):.2f}, cross-fitted {gain_cf.mean():.2f} ± {se(gain_cf):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ def false_exclusions(form: str, seeds: int, sigma: float, reps: int, rng) -> int
         if form == "joint":
             n, k = np.meshgrid(N, [8, 16, 32, 64])
             n, k = np.repeat(n.ravel(), seeds), np.repeat(k.ravel(), seeds)
-            y = np.exp(-0.5 - 0.4 * np.log(k) - 0.05 * np.log(n) - 0.02 * np.log(k) * np.log(n)) + np.exp(-4 - 0.1 * np.log(k))
+            y = np.exp(-0.5 - 0.4 * np.log(k) - 0.05 * np.log(n) - 0.02 * np.log(k) * np.log(n)) + np.exp(
+                -4 - 0.1 * np.log(k)
+            )
             y = y * np.exp(rng.normal(0, sigma, y.size))
             bad += bool(fit_joint(n, k, y, exclude="auto", n_boot=0).excluded_n)
         else:
@@ -31,9 +33,16 @@ def false_exclusions(form: str, seeds: int, sigma: float, reps: int, rng) -> int
 def main() -> None:
     """Print the false-exclusion table, then the chance that a planted off-trend smallest size goes."""
     rng = np.random.default_rng(1)
-    for form, seeds, sigma, reps in [("power", 1, 0.01, 2000), ("power", 1, 0.1, 2000), ("power", 3, 0.01, 2000),
-                                     ("power+const", 1, 0.01, 300), ("power+const", 1, 0.05, 300), ("power+const", 3, 0.01, 300),
-                                     ("joint", 1, 0.003, 100), ("joint", 1, 0.01, 100)]:
+    for form, seeds, sigma, reps in [
+        ("power", 1, 0.01, 2000),
+        ("power", 1, 0.1, 2000),
+        ("power", 3, 0.01, 2000),
+        ("power+const", 1, 0.01, 300),
+        ("power+const", 1, 0.05, 300),
+        ("power+const", 3, 0.01, 300),
+        ("joint", 1, 0.003, 100),
+        ("joint", 1, 0.01, 100),
+    ]:
         b = false_exclusions(form, seeds, sigma, reps, rng)
         print(f"{form:12s} seeds {seeds} sigma {sigma:<6} false exclusions {b}/{reps} = {b / reps:.3f}", flush=True)
     rng = np.random.default_rng(5)

@@ -70,11 +70,22 @@ def harvest_cache(model: str, text: str, out: Path, tokens: int = 1500, layer: i
     return str(out)
 
 
-def sae_folder(out: Path, d_in: int = 32, n_latents: int = 48, method: str = "topk", k: int = 4, seed: int = 0, source=None,
-               train_path: str | None = None, eval_rows=None) -> str:
+def sae_folder(
+    out: Path,
+    d_in: int = 32,
+    n_latents: int = 48,
+    method: str = "topk",
+    k: int = 4,
+    seed: int = 0,
+    source=None,
+    train_path: str | None = None,
+    eval_rows=None,
+) -> str:
     """A saved SAE with random weights (encoder = decoder transpose), optionally recording its data source and split."""
     params = {"k": k} if method == "topk" else {}
-    sae = SparseAutoencoder(SAEConfig(n_latents=n_latents, method=method, method_params=params, d_in=d_in, b_dec_init="zero"))
+    sae = SparseAutoencoder(
+        SAEConfig(n_latents=n_latents, method=method, method_params=params, d_in=d_in, b_dec_init="zero")
+    )
     sae.reset_weights(torch.Generator().manual_seed(seed))
     extra = {}
     if source is not None:

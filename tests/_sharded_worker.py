@@ -14,12 +14,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from saelab.util import distributed
 from saelab.config import SAEConfig, TrainConfig
 from saelab.kernels import topk_encode
+from saelab.model.sae import SparseAutoencoder
 from saelab.training.sharded.model import SHARDED_PARAMS, gather_sae, split_sae
 from saelab.training.sharded.step import sharded_member, sharded_train_step
-from saelab.model.sae import SparseAutoencoder
+from saelab.util import distributed
 
 METHODS = ("topk", "batchtopk")
 # The sharded step's reference path, its sparse-kernel path and that path with AuxK's code as
@@ -37,16 +37,30 @@ def kernel_path(kernel: str):
         yield
     finally:
         topk_encode.AUX_BLOCK_DENSITY = saved
+
+
 D_IN, N_LATENTS, K, ROWS, STEPS, LR = 16, 64, 4, 64, 3, 1e-3
 # topk also clips (to a norm below the gradient's, so the global norm is what scales it).
 GRAD_CLIP = {"topk": 0.05, "batchtopk": None}
 
 
-def build_case(method: str, kernel: str = "dense") -> tuple[SparseAutoencoder, TrainConfig, list[torch.Tensor], torch.Tensor]:
+def build_case(
+    method: str, kernel: str = "dense"
+) -> tuple[SparseAutoencoder, TrainConfig, list[torch.Tensor], torch.Tensor]:
     """(full SAE, train config, raw batches, initial since-fired counts with 20 of 64 latents dead)."""
     gen = torch.Generator().manual_seed(1)
-    cfg = SAEConfig(n_latents=N_LATENTS, method=method, method_params={"k": K}, auxk=True, k_aux=8,
-                    dead_tokens=10_000, normalize="scalar", kernel=kernel.split("-")[0], lr=LR, d_in=D_IN)
+    cfg = SAEConfig(
+        n_latents=N_LATENTS,
+        method=method,
+        method_params={"k": K},
+        auxk=True,
+        k_aux=8,
+        dead_tokens=10_000,
+        normalize="scalar",
+        kernel=kernel.split("-")[0],
+        lr=LR,
+        d_in=D_IN,
+    )
     batches = [torch.randn(ROWS, D_IN, generator=gen) * 3 + 1 for _ in range(STEPS)]
     sae = SparseAutoencoder(cfg)
     sae.initialize_from_data(torch.cat(batches), torch.Generator().manual_seed(2))

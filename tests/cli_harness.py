@@ -41,6 +41,7 @@ def ok_or_one_line_error(result: tuple[int, str, list[str]]) -> None:
 
 def strict_json(text: str):
     """json.loads that refuses NaN and Infinity, as a strict reader (JavaScript, jq) would."""
+
     def refuse(token):
         raise ValueError(f"non-standard JSON token {token}")
 

@@ -3,10 +3,10 @@
 import json
 
 import torch
+from test_report import GROUPS, write_sweep
 
 from saelab.evals.reconstruction import VALUE_BINS, ReconstructionAccumulator
 from saelab.report.build import DEFAULT_SECTIONS, load_report_data, values_section
-from test_report import GROUPS, write_sweep
 
 
 def test_value_histogram_by_hand():
@@ -32,7 +32,13 @@ def test_report_draws_one_panel_per_group_and_names_the_missing(tmp_path):
         ev = json.loads(path.read_text())
         counts = [0] * 45
         counts[20], counts[30] = 5, 7
-        ev["activation_value_hist"] = {"log10_bin_edges": VALUE_BINS.tolist(), "counts": counts, "below": 1, "above": 0, "negative": 0}
+        ev["activation_value_hist"] = {
+            "log10_bin_edges": VALUE_BINS.tolist(),
+            "counts": counts,
+            "below": 1,
+            "above": 0,
+            "negative": 0,
+        }
         path.write_text(json.dumps(ev))
     section = values_section(load_report_data([sweep]))  # the one section: a whole report draws every figure (~20 s)
     assert section.id == "values" and [f.filename for f in section.figures] == ["values.png"]

@@ -37,7 +37,9 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             for alias in node.names:
                 full = f"{base}.{alias.name}"
                 named.add(full if full in modules else base)
@@ -159,13 +161,25 @@ def test_imports_point_down_the_floors():
 
 
 def test_the_floor_check_finds_a_planted_upward_arrow():
-    graph = {"saelab.kernels.step": {"saelab.methods.base"}, "saelab.methods.base": {"saelab.kernels.plan"},
-             "saelab.kernels.plan": set(), "saelab.evals.x": {"saelab.training.y"}, "saelab.training.y": set()}
-    assert _upward_arrows(graph) == ["saelab.evals.x -> saelab.training.y", "saelab.kernels.step -> saelab.methods.base"]
+    graph = {
+        "saelab.kernels.step": {"saelab.methods.base"},
+        "saelab.methods.base": {"saelab.kernels.plan"},
+        "saelab.kernels.plan": set(),
+        "saelab.evals.x": {"saelab.training.y"},
+        "saelab.training.y": set(),
+    }
+    assert _upward_arrows(graph) == [
+        "saelab.evals.x -> saelab.training.y",
+        "saelab.kernels.step -> saelab.methods.base",
+    ]
 
 
 def test_no_source_file_is_longer_than_450_lines():
-    long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    long = {
+        p.relative_to(PACKAGE).as_posix(): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 450
+    }
     assert long == {}
 
 
@@ -187,12 +201,15 @@ def test_atomic_writes_are_a_leaf():
 
 
 def test_python_dash_m_saelab_works_like_the_script():
-    out = subprocess.run([sys.executable, "-m", "saelab", "methods", "--json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "saelab", "methods", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert any(m["name"] == "topk" for m in __import__("json").loads(out.stdout))
 
 
 # ---- a new TopK-family method is one file plus one registration ---------------------------------
+
 
 def test_a_new_topk_family_method_needs_one_class_and_one_registration(tmp_path):
     """Register a throwaway method (TopK at k, scaled by 1 — a stand-in for a new member) and train it on the sparse path."""
@@ -200,8 +217,8 @@ def test_a_new_topk_family_method_needs_one_class_and_one_registration(tmp_path)
     from saelab.config import RunConfig, SAEConfig, TrainConfig
     from saelab.methods import ACTIVATIONS, Activation, SparsePlan, register_activation
     from saelab.methods.base import Params, param, scatter_rows, topk_mask_values
-    from saelab.training.objective import dense_step
     from saelab.model.sae import SparseAutoencoder
+    from saelab.training.objective import dense_step
     from saelab.training.trainer import Trainer
 
     @dataclasses.dataclass
@@ -239,8 +256,12 @@ def test_a_new_topk_family_method_needs_one_class_and_one_registration(tmp_path)
         # And it trains through the ordinary trainer on the sparse kernel, learning something.
         data = torch.randn(4096, 16, generator=torch.Generator().manual_seed(1)).numpy().astype(np.float32)
         np.save(tmp_path / "x.npy", data)
-        run = RunConfig(TrainConfig(activations=str(tmp_path / "x.npy"), out=str(tmp_path / "run"), batch_size=256, steps=60, log_every=20),
-                        [SAEConfig(n_latents=64, method="throwaway_topk", method_params={"k": 4}, kernel="sparse", lr=3e-3)])
+        run = RunConfig(
+            TrainConfig(
+                activations=str(tmp_path / "x.npy"), out=str(tmp_path / "run"), batch_size=256, steps=60, log_every=20
+            ),
+            [SAEConfig(n_latents=64, method="throwaway_topk", method_params={"k": 4}, kernel="sparse", lr=3e-3)],
+        )
         (member,) = Trainer(run, progress=False).fit()
         log = [__import__("json").loads(line) for line in (member.out / "metrics.jsonl").read_text().splitlines()]
         assert log[-1]["nmse"] < log[0]["nmse"] and log[-1]["l0"] == pytest.approx(4.0)
@@ -279,6 +300,7 @@ def test_method_params_are_built_once_per_setting():
 
 # ---- one evaluation path -----------------------------------------------------------------------
 
+
 def test_evaluate_on_a_tensor_equals_the_eval_command_on_the_same_rows(tmp_path, capsys):
     import json
 
@@ -288,8 +310,31 @@ def test_evaluate_on_a_tensor_equals_the_eval_command_on_the_same_rows(tmp_path,
     data = np.random.default_rng(0).standard_normal((3000, 12)).astype(np.float32)
     np.save(tmp_path / "x.npy", data)
     out = tmp_path / "s"
-    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--method", "topk", "--k", "3", "--n-latents", "32",
-                 "--steps", "20", "--batch-size", "128", "--normalize", "scalar", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "x.npy"),
+                "--method",
+                "topk",
+                "--k",
+                "3",
+                "--n-latents",
+                "32",
+                "--steps",
+                "20",
+                "--batch-size",
+                "128",
+                "--normalize",
+                "scalar",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", "--sae", str(out), "--activations", str(tmp_path / "x.npy"), "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
@@ -301,7 +346,16 @@ def test_evaluate_on_a_tensor_equals_the_eval_command_on_the_same_rows(tmp_path,
     py_np = saelab.evaluate(sae, data[lo:hi]).to_dict()
     py_path = saelab.evaluate(out, tmp_path / "x.npy").to_dict()  # the folder form picks the held-out rows itself
     assert py["tokens"] == cli["tokens"] == hi - lo
-    for key in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction"):
+    for key in (
+        "l0",
+        "nmse",
+        "explained_variance",
+        "cos_sim",
+        "l2_ratio",
+        "relative_reconstruction_bias",
+        "dead_fraction",
+        "dense_fraction",
+    ):
         assert py[key] == pytest.approx(cli[key], rel=1e-9, abs=1e-12)
         assert py_np[key] == pytest.approx(cli[key], rel=1e-9, abs=1e-12)
         assert py_path[key] == pytest.approx(cli[key], rel=1e-9, abs=1e-12)

@@ -12,8 +12,21 @@ from saelab.cli import main
 
 
 def _train(toy_dir, out, *extra):
-    return ["train", "--activations", str(toy_dir / "activations.npy"), "--n-latents", "16", "--steps", "5",
-            "--batch-size", "64", "--out", str(out), "--no-progress", *extra]
+    return [
+        "train",
+        "--activations",
+        str(toy_dir / "activations.npy"),
+        "--n-latents",
+        "16",
+        "--steps",
+        "5",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _err(capsys):
@@ -45,7 +58,22 @@ def test_non_finite_activations_name_file_and_row(tmp_path, capsys):
     x = np.random.default_rng(0).standard_normal((400, 4)).astype(np.float32)
     x[123, 1] = np.inf
     np.save(tmp_path / "x.npy", x)
-    code = main(["train", "--activations", str(tmp_path / "x.npy"), "--n-latents", "8", "--steps", "2", "--batch-size", "16", "--out", str(tmp_path / "o"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--activations",
+            str(tmp_path / "x.npy"),
+            "--n-latents",
+            "8",
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     line = _err(capsys)
     assert "x.npy: row 123" in line and "inf" in line
@@ -53,7 +81,10 @@ def test_non_finite_activations_name_file_and_row(tmp_path, capsys):
 
 def test_empty_input_and_d_in_mismatch(toy_dir, tmp_path, capsys):
     np.save(tmp_path / "empty.npy", np.zeros((0, 16), np.float32))
-    assert main(["train", "--activations", str(tmp_path / "empty.npy"), "--n-latents", "8", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["train", "--activations", str(tmp_path / "empty.npy"), "--n-latents", "8", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "no rows" in _err(capsys)
     assert main(_train(toy_dir, tmp_path / "run", "--method", "topk", "--k", "2")) == 0
     capsys.readouterr()
@@ -80,16 +111,33 @@ def test_eval_multi_topk_at_another_k(toy_dir, tmp_path, capsys):
     out = tmp_path / "mt"
     assert main(_train(toy_dir, out, "--method", "multi_topk", "--k", "2")) == 0
     capsys.readouterr()
-    assert main(["eval", "--sae", str(out), "--activations", str(toy_dir / "activations.npy"), "--json", "--k", "5"]) == 0
+    assert (
+        main(["eval", "--sae", str(out), "--activations", str(toy_dir / "activations.npy"), "--json", "--k", "5"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["l0"] > 2.5
 
 
 def test_console_script_runs_as_a_process(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "saelab.cli", "methods", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "saelab.cli", "methods", "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0
     names = {m["name"] for m in json.loads(proc.stdout)}
-    assert {"relu", "topk", "batchtopk", "leaky_topk", "multi_topk", "dimred", "jumprelu", "l1", "lp", "smoothed_l0", "freshman", "without_topk"} <= names
+    assert {
+        "relu",
+        "topk",
+        "batchtopk",
+        "leaky_topk",
+        "multi_topk",
+        "dimred",
+        "jumprelu",
+        "l1",
+        "lp",
+        "smoothed_l0",
+        "freshman",
+        "without_topk",
+    } <= names
 
 
 def test_documented_run_configs_are_valid():
@@ -108,8 +156,12 @@ def test_documented_run_configs_are_valid():
 def test_closed_output_pipe_ends_quietly():
     # `saelab ... | head -c 10`: the reader leaves early; no traceback, exit status 141 (SIGPIPE).
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "saelab.cli", "methods", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saelab.cli", "methods", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     proc.stdout.close()  # before the child writes: its first write meets a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141

@@ -20,7 +20,9 @@ WINDOW = 4 * EVERY * BATCH
 
 
 def _monitor(tol=0.1, window=100):
-    train = TrainConfig(activations="x", out="y", batch_size=25, until_converged=True, converge_tol=tol, converge_window=window)
+    train = TrainConfig(
+        activations="x", out="y", batch_size=25, until_converged=True, converge_tol=tol, converge_window=window
+    )
     return ConvergenceMonitor.for_run(train, (0, 10))
 
 
@@ -63,10 +65,22 @@ def test_config_checks():
 
 
 def _run(toy_dir, out, steps, names=("topk", "l1")):
-    saes = {"topk": SAEConfig(name="topk", n_latents=64, lr=3e-3, method="topk", method_params={"k": 3}),
-            "l1": SAEConfig(name="l1", n_latents=64, lr=3e-3, method="relu", penalty="l1", alpha=0.1)}
-    return RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), steps=steps, batch_size=BATCH, out=str(out),
-                                 until_converged=True, converge_tol=0.02, converge_window=WINDOW), [saes[n] for n in names])
+    saes = {
+        "topk": SAEConfig(name="topk", n_latents=64, lr=3e-3, method="topk", method_params={"k": 3}),
+        "l1": SAEConfig(name="l1", n_latents=64, lr=3e-3, method="relu", penalty="l1", alpha=0.1),
+    }
+    return RunConfig(
+        TrainConfig(
+            activations=str(toy_dir / "activations.npy"),
+            steps=steps,
+            batch_size=BATCH,
+            out=str(out),
+            until_converged=True,
+            converge_tol=0.02,
+            converge_window=WINDOW,
+        ),
+        [saes[n] for n in names],
+    )
 
 
 def _record(folder):
@@ -84,8 +98,12 @@ def test_several_saes_stop_when_all_have_converged(toy_dir, tmp_path):
     ttc = {n: r["tokens_to_convergence"] for n, r in records.items()}
     assert all(t is not None and t % (EVERY * BATCH) == 0 for t in ttc.values()) and max(ttc.values()) == steps * BATCH
     assert records["l1"]["convergence"]["converged"] and len(records["l1"]["convergence"]["history"]) == steps // EVERY
-    row = _row(PlannedSAE(SAEConfig(name="topk", n_latents=64, method="topk", method_params={"k": 3}), 0, "topk", "topk"),
-               tmp_path / "run" / "topk", tmp_path / "run", records["topk"])
+    row = _row(
+        PlannedSAE(SAEConfig(name="topk", n_latents=64, method="topk", method_params={"k": 3}), 0, "topk", "topk"),
+        tmp_path / "run" / "topk",
+        tmp_path / "run",
+        records["topk"],
+    )
     assert row["tokens_to_convergence"] == ttc["topk"]
 
 

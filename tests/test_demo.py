@@ -14,7 +14,16 @@ def test_quick_othello_demo_writes_results_table_and_plots(tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in rows} == {"relu", "topk", "batchtopk", "leaky_topk"}
     for r in rows:
-        assert {"method", "params", "good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse"} <= set(r)
+        assert {
+            "method",
+            "params",
+            "good_classifiers",
+            "good_classifier_latents",
+            "findable",
+            "coverage",
+            "l0",
+            "nmse",
+        } <= set(r)
         assert 0 <= r["good_classifiers"] <= 192 and 0 < r["findable"] <= 192
         assert 0.0 <= r["coverage"] <= 1.0 and 0.0 < r["nmse"] < 1.5
     topk = next(r for r in rows if r["method"] == "topk")
@@ -33,9 +42,27 @@ def _demo_rows(seeds: int) -> list[dict]:
     for method, nmse in (("topk", 0.10), ("relu", 0.30)):
         for s in range(seeds):
             v = nmse + 0.001 * s
-            rows.append({"name": f"{method}-s{s}", "group": method, "method": method, "seed": s, "target_l0": 32, "l0": 32.0,
-                         "nmse": v, "nmse_eval_se": 0.002, "ci": {"nmse": {"estimate": v, "lo": v - 0.004, "hi": v + 0.004,
-                                                                             "n": 100, "method": "bootstrap-blocks"}}})
+            rows.append(
+                {
+                    "name": f"{method}-s{s}",
+                    "group": method,
+                    "method": method,
+                    "seed": s,
+                    "target_l0": 32,
+                    "l0": 32.0,
+                    "nmse": v,
+                    "nmse_eval_se": 0.002,
+                    "ci": {
+                        "nmse": {
+                            "estimate": v,
+                            "lo": v - 0.004,
+                            "hi": v + 0.004,
+                            "n": 100,
+                            "method": "bootstrap-blocks",
+                        }
+                    },
+                }
+            )
     return rows
 
 

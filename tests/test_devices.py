@@ -10,11 +10,11 @@ from cli_harness import cli, error_line
 from safetensors.torch import load_file
 
 from saelab import devices
-from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.kernels import device_check
-from saelab.training.objective import compute_step, uses_sparse_kernel
 from saelab.model.sae import SparseAutoencoder
+from saelab.training.checkpoint import load_checkpoint, save_checkpoint
+from saelab.training.objective import compute_step, uses_sparse_kernel
 
 TOPK = ("--method", "topk", "--k", "3", "--n-latents", "32", "--batch-size", "256", "--lr", "3e-3", "--no-progress")
 
@@ -50,7 +50,9 @@ def test_bfloat16_forward_computes_in_bfloat16_with_float32_weights(toy_dir):
     exact = compute_step(sae, x, 0.0, None)
     assert uses_sparse_kernel(sae)  # float32 topk takes the sparse kernels
     with devices.autocast("cpu", "bfloat16"):
-        assert uses_sparse_kernel(sae)  # the kernels read autocast's dtype (tests/test_kernels.py checks them in bfloat16)
+        assert uses_sparse_kernel(
+            sae
+        )  # the kernels read autocast's dtype (tests/test_kernels.py checks them in bfloat16)
         mixed = compute_step(sae, x, 0.0, None)
     mixed.total.backward()
     diff = (mixed.x_hat - exact.x_hat).abs().max().item()
@@ -123,9 +125,13 @@ def test_kernel_probe_falls_back_to_dense_once_when_an_op_is_missing(monkeypatch
 
 def test_sweep_passes_device_and_dtype_to_every_run(toy_dir, tmp_path):
     config = tmp_path / "sweep.toml"
-    config.write_text(f'activations = "{toy_dir / "activations.npy"}"\nsteps = 10\nbatch_size = 256\nn_latents = 32\nmethod = "topk"\nk = [2, 4]\n')
+    config.write_text(
+        f'activations = "{toy_dir / "activations.npy"}"\nsteps = 10\nbatch_size = 256\nn_latents = 32\nmethod = "topk"\nk = [2, 4]\n'
+    )
     out = tmp_path / "sweep"
-    code, _, err = cli("sweep", config, "--out", out, "--no-report", "--no-progress", "--device", "cpu", "--dtype", "bfloat16")
+    code, _, err = cli(
+        "sweep", config, "--out", out, "--no-report", "--no-progress", "--device", "cpu", "--dtype", "bfloat16"
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2
@@ -150,7 +156,7 @@ def _trained_metrics(x_train, x_test, method, dtype, steps=300, batch=256, n_lat
     m = build_member(cfg, TrainConfig(activations="-", out="-", dtype=dtype), x_train[:2048], 0, None)
     order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(0))
     for step in range(steps):
-        idx = order[(step * batch) % (x_train.shape[0] - batch):][:batch]
+        idx = order[(step * batch) % (x_train.shape[0] - batch) :][:batch]
         train_step(m, x_train[idx], m.base_lr)
     m.sae.eval()
     with torch.no_grad():
@@ -169,7 +175,9 @@ def test_bfloat16_training_on_the_sparse_path_ends_within_one_percent_of_float32
     with devices.autocast("cpu", "bfloat16"):
         assert uses_sparse_kernel(probe)  # the bfloat16 run below trains on the sparse kernels
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: on a shared 2-core machine two threads wait on each other (20× slower measured)
+    torch.set_num_threads(
+        1
+    )  # a tiny model: on a shared 2-core machine two threads wait on each other (20× slower measured)
     try:
         fp32 = _trained_metrics(x_train, x_test, method, "float32")
         bf16 = _trained_metrics(x_train, x_test, method, "bfloat16")
@@ -191,10 +199,20 @@ def test_bfloat16_othello_sae_ends_within_one_percent_of_float32(method):
 
     x = torch.from_numpy(np.asarray(harvest(HarvestConfig(games=1500, seed=0)).activations)).float()
     x_train, x_test = x[:-4096], x[-4096:]
-    kw = {"steps": 300, "batch": 1024, "n_latents": 256, "k": 32, "lr": 1e-3, "normalize": "scalar", "dead_tokens": 200_000}
+    kw = {
+        "steps": 300,
+        "batch": 1024,
+        "n_latents": 256,
+        "k": 32,
+        "lr": 1e-3,
+        "normalize": "scalar",
+        "dead_tokens": 200_000,
+    }
     fp32 = _trained_metrics(x_train, x_test, method, "float32", **kw)
     bf16 = _trained_metrics(x_train, x_test, method, "bfloat16", **kw)
-    print(f"{method}: float32 nmse {fp32['nmse']:.5f} l0 {fp32['l0']:.3f}; bfloat16 nmse {bf16['nmse']:.5f} l0 {bf16['l0']:.3f}")
+    print(
+        f"{method}: float32 nmse {fp32['nmse']:.5f} l0 {fp32['l0']:.3f}; bfloat16 nmse {bf16['nmse']:.5f} l0 {bf16['l0']:.3f}"
+    )
     assert fp32["nmse"] < 0.5
     assert abs(bf16["nmse"] / fp32["nmse"] - 1) <= 0.01, (bf16["nmse"], fp32["nmse"])
     assert abs(bf16["l0"] / fp32["l0"] - 1) <= 0.01, (bf16["l0"], fp32["l0"])

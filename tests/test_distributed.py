@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.config import load_toml
-from saelab.util.distributed import World
 from saelab.errors import ConfigError
 from saelab.training.trainer import Trainer
+from saelab.util.distributed import World
 
 TOLERANCE = 1e-5
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -72,8 +72,18 @@ def _free_port() -> int:
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [str(TORCHRUN), "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "-m", "saelab", *args]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "saelab",
+        *args,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -119,7 +129,9 @@ def test_only_rank_zero_writes(runs):
     tmp = runs["tmp"]
     for name in NAMES:
         # The same files as the one-process run, and each log line once (two writers would double them).
-        assert sorted(p.name for p in (tmp / "two" / name).iterdir()) == sorted(p.name for p in (tmp / "one200" / name).iterdir())
+        assert sorted(p.name for p in (tmp / "two" / name).iterdir()) == sorted(
+            p.name for p in (tmp / "one200" / name).iterdir()
+        )
         lines = (tmp / "two" / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == [50, 100, 150, 200]
     assert sorted(p.name for p in (tmp / "two").iterdir()) == sorted(p.name for p in (tmp / "one200").iterdir())

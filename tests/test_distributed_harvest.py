@@ -39,9 +39,36 @@ def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "saelab",
-           "lm", "activations", "--model", model, "--text", text, "--out", str(out), "--layer", "1", "--tokens", str(tokens),
-           "--context", str(CTX), "--batch-size", str(BATCH), "--shard-rows", str(SHARD_ROWS), *extra]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "saelab",
+        "lm",
+        "activations",
+        "--model",
+        model,
+        "--text",
+        text,
+        "--out",
+        str(out),
+        "--layer",
+        "1",
+        "--tokens",
+        str(tokens),
+        "--context",
+        str(CTX),
+        "--batch-size",
+        str(BATCH),
+        "--shard-rows",
+        str(SHARD_ROWS),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,8 +77,20 @@ def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str
 
 def _harvest_here(model: str, text: str, out: Path, tokens: int, outliers: float | None = None) -> None:
     torch.set_num_threads(1)
-    harvest(HarvestConfig(model=model, layer=1, site="resid_post", text=text, tokens=tokens, out=str(out), context=CTX,
-                          batch_size=BATCH, shard_rows=SHARD_ROWS, outlier_factor=outliers))
+    harvest(
+        HarvestConfig(
+            model=model,
+            layer=1,
+            site="resid_post",
+            text=text,
+            tokens=tokens,
+            out=str(out),
+            context=CTX,
+            batch_size=BATCH,
+            shard_rows=SHARD_ROWS,
+            outlier_factor=outliers,
+        )
+    )
 
 
 def _rows_by_index(folder: Path) -> tuple[np.ndarray, np.ndarray]:

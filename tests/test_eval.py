@@ -88,13 +88,47 @@ def test_python_evaluate_matches_the_cli(toy_dir, tmp_path, capsys):
     from saelab.cli import main
 
     out = tmp_path / "s"
-    assert main(["train", "--activations", str(toy_dir / "activations.npy"), "--method", "topk", "--k", "3", "--n-latents", "32",
-                 "--steps", "20", "--batch-size", "128", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(toy_dir / "activations.npy"),
+                "--method",
+                "topk",
+                "--k",
+                "3",
+                "--n-latents",
+                "32",
+                "--steps",
+                "20",
+                "--batch-size",
+                "128",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    main(["eval", "--sae", str(out), "--activations", str(toy_dir / "activations.npy"), "--all-rows", "--json",
-          "--true-dictionary", str(toy_dir / "dictionary.npy")])
+    main(
+        [
+            "eval",
+            "--sae",
+            str(out),
+            "--activations",
+            str(toy_dir / "activations.npy"),
+            "--all-rows",
+            "--json",
+            "--true-dictionary",
+            str(toy_dir / "dictionary.npy"),
+        ]
+    )
     cli = json.loads(capsys.readouterr().out)
-    py = saelab.evaluate(out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy", rows="all").to_dict()
+    py = saelab.evaluate(
+        out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy", rows="all"
+    ).to_dict()
     for key in ("l0", "nmse", "explained_variance", "cos_sim", "l2_ratio", "dead_fraction", "dense_fraction", "mmcs"):
         assert cli[key] == pytest.approx(py[key])
 

@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
-
 from _features_util import CTX, one_thread, run_cli, sae_folder  # noqa: F401
+
+from saelab.errors import ConfigError
 from saelab.features.ablation_sparsity import (
     AblationConfig,
     ablation_section,
@@ -14,7 +15,6 @@ from saelab.features.ablation_sparsity import (
     centred,
     effective_fraction,
 )
-from saelab.errors import ConfigError
 
 
 def test_effective_fraction_by_hand():
@@ -25,7 +25,9 @@ def test_effective_fraction_by_hand():
 
 
 def test_median_centring_and_concatenation_by_hand():
-    assert centred(torch.tensor([[1.0, 2, 3, 10]])).tolist() == [[-1.5, -0.5, 0.5, 7.5]]  # even V: mean of the middle two
+    assert centred(torch.tensor([[1.0, 2, 3, 10]])).tolist() == [
+        [-1.5, -0.5, 0.5, 7.5]
+    ]  # even V: mean of the middle two
     clean = torch.tensor([[0.0, 0, 0], [1, 1, 1]])
     ablated = torch.tensor([[[1.0, 0, 0], [2, 2, 5]]])  # changes [1,0,0] and [1,1,4]; medians 0 and 1
     v = ablation_vector(clean, ablated)
@@ -53,7 +55,12 @@ def lm_setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("abl")
     model = tiny_model_dir(root, "llama")
-    return root, model, text_file(root, lines=40), sae_folder(root / "sae", method="topk", k=3, source={"layer": 1, "site": "resid_post", "context": CTX})
+    return (
+        root,
+        model,
+        text_file(root, lines=40),
+        sae_folder(root / "sae", method="topk", k=3, source={"layer": 1, "site": "resid_post", "context": CTX}),
+    )
 
 
 def test_one_ablation_against_a_hand_made_forward(lm_setup):

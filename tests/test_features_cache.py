@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from _features_util import CTX, harvest_cache, one_thread, run_cli, sae_folder, text_file, tiny_model_dir  # noqa: E402,F401 (one_thread is an autouse fixture)
+
 from saelab.data.cache import CacheMeta, CacheWriter, read_row_index, verify_cache  # noqa: E402
 from saelab.errors import DataError, SaelabError  # noqa: E402
 from saelab.features.data import TokenGrid, load_feature_data  # noqa: E402
@@ -65,7 +66,9 @@ def test_corrupt_index_is_named(setup):
 
 def test_old_cache_without_index_says_how_to_rebuild(tmp_path, setup):
     root, model, text = setup
-    meta = CacheMeta(model=model, site="resid_post", layer=1, dtype="float32", d_in=32, context=CTX, tokenizer="t", text_source=text)
+    meta = CacheMeta(
+        model=model, site="resid_post", layer=1, dtype="float32", d_in=32, context=CTX, tokenizer="t", text_source=text
+    )
     w = CacheWriter(str(tmp_path / "old"), meta, shard_rows=10)
     w.append(np.zeros((12, 32), np.float32))
     w.close()
@@ -75,12 +78,27 @@ def test_old_cache_without_index_says_how_to_rebuild(tmp_path, setup):
         assert "\n" not in str(err.value)
     sae = sae_folder(tmp_path / "sae")
     with pytest.raises(SaelabError, match="rebuild"):
-        run_cli(["lm", "examples", "--sae", sae, "--activations", str(tmp_path / "old"), "--latents", "0", "--out", str(tmp_path / "o")])
+        run_cli(
+            [
+                "lm",
+                "examples",
+                "--sae",
+                sae,
+                "--activations",
+                str(tmp_path / "old"),
+                "--latents",
+                "0",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     assert not (tmp_path / "o").exists()
 
 
 def test_an_indexed_writer_needs_an_index(tmp_path):
-    meta = CacheMeta(model="m", site="resid_post", layer=1, dtype="float32", d_in=4, context=8, tokenizer="t", text_source="x")
+    meta = CacheMeta(
+        model="m", site="resid_post", layer=1, dtype="float32", d_in=4, context=8, tokenizer="t", text_source="x"
+    )
     w = CacheWriter(str(tmp_path / "c"), meta, extra={"row_index": {"columns": ["token", "window", "position"]}})
     with pytest.raises(ValueError, match="index of shape None"):
         w.append(np.zeros((2, 4), np.float32))

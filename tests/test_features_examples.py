@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("transformers")
 
 from _features_util import harvest_cache, one_thread, run_cli, sae_folder, text_file, tiny_model_dir  # noqa: E402,F401
+
 import saelab  # noqa: E402
 from saelab.errors import ConfigError, SaelabError  # noqa: E402
 from saelab.features.dashboard import render_dashboard, write_dashboard  # noqa: E402
@@ -67,7 +68,9 @@ def test_contexts_and_numbers(lm_setup):
         assert lat.hist_edges[0] <= col[col > 0].min() and lat.hist_edges[-1] >= col.max()
         for c in lat.top + tuple(x for q in lat.quantiles for x in q.contexts):
             w, p = int(data.grid.row_window[c.row]), int(data.grid.row_position[c.row])
-            assert c.tokens[c.focus] == data.grid.tokens[w, p] and c.acts[c.focus] == pytest.approx(c.activation, rel=1e-5)
+            assert c.tokens[c.focus] == data.grid.tokens[w, p] and c.acts[c.focus] == pytest.approx(
+                c.activation, rel=1e-5
+            )
             assert list(c.tokens) == data.grid.tokens[w, max(0, p - 3) : p + 3].tolist()
             for tok_row, a in zip(data.grid.rows[w, max(0, p - 3) : p + 3], c.acts):
                 assert a == pytest.approx(codes[tok_row, lat.latent] if tok_row >= 0 else 0.0, rel=1e-5, abs=1e-7)
@@ -147,7 +150,24 @@ def test_dashboard_page_parts(lm_setup, tmp_path):
 def test_examples_command(lm_setup, tmp_path, capsys):
     _, _, cache, sae_dir, _, _, _ = lm_setup
     out = tmp_path / "dash"
-    assert run_cli(["lm", "examples", "--sae", sae_dir, "--activations", cache, "--top-fired", "6", "--out", str(out), "--json"]) == 0
+    assert (
+        run_cli(
+            [
+                "lm",
+                "examples",
+                "--sae",
+                sae_dir,
+                "--activations",
+                cache,
+                "--top-fired",
+                "6",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     data = json.loads((out / "examples.json").read_text())
     assert info["latents"] == 6 == len(data["latents"]) and data["selection"] == "top-fired 6"
@@ -157,7 +177,21 @@ def test_examples_command(lm_setup, tmp_path, capsys):
     with pytest.raises(SaelabError, match="already holds examples.json"):
         run_cli(["lm", "examples", "--sae", sae_dir, "--activations", cache, "--latents", "1", "--out", str(out)])
     with pytest.raises(ConfigError, match="latents='1,x'"):
-        run_cli(["lm", "examples", "--sae", sae_dir, "--activations", cache, "--latents", "1,x", "--out", str(out), "--overwrite"])
+        run_cli(
+            [
+                "lm",
+                "examples",
+                "--sae",
+                sae_dir,
+                "--activations",
+                cache,
+                "--latents",
+                "1,x",
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
 
 
 def test_othello_dashboard_has_board_maps(tmp_path, capsys):
@@ -168,7 +202,23 @@ def test_othello_dashboard_has_board_maps(tmp_path, capsys):
     write_harvest(hv, tmp_path / "oth")
     sae_dir = sae_folder(tmp_path / "sae", d_in=128, n_latents=32, method="relu", source=hv.source)
     out = tmp_path / "d"
-    assert run_cli(["lm", "examples", "--sae", sae_dir, "--activations", str(tmp_path / "oth"), "--latents", "0,3", "--out", str(out)]) == 0
+    assert (
+        run_cli(
+            [
+                "lm",
+                "examples",
+                "--sae",
+                sae_dir,
+                "--activations",
+                str(tmp_path / "oth"),
+                "--latents",
+                "0,3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "examples.json").read_text())
     sae = saelab.load(sae_dir)
     codes = sae.encode(torch.from_numpy(hv.activations))[:, [0, 3]].detach()

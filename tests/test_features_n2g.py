@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _features_util import CTX, one_thread, run_cli, sae_folder  # noqa: F401
+
 from saelab.features.n2g import (
     WILDCARD,
     Example,
@@ -14,8 +14,8 @@ from saelab.features.n2g import (
     Pattern,
     Trie,
     build_patterns,
-    explain_section,
     explain_report,
+    explain_section,
     score_predictions,
 )
 
@@ -56,7 +56,12 @@ def test_planted_ngrams_are_recovered_with_precision_and_recall_one():
     examples = []
     for j in range(2):
         w, t = np.nonzero(acts[:, :, j] > 0)
-        examples.append([Example(tuple(int(x) for x in build[wi, 1 : ti + 1]), float(acts[wi, ti, j])) for wi, ti in zip(w[:16], t[:16])])
+        examples.append(
+            [
+                Example(tuple(int(x) for x in build[wi, 1 : ti + 1]), float(acts[wi, ti, j]))
+                for wi, ti in zip(w[:16], t[:16])
+            ]
+        )
     patterns = build_patterns(examples, oracle, (BOS,), PAD, N2GConfig(max_n=5))
     assert [p.tokens for p in patterns[0]] == [(THE, CAT)] and patterns[0][0].activation == 2.0
     assert [p.tokens for p in patterns[1]] == [(DOG, WILDCARD, SAT)] and patterns[1][0].count == 16
@@ -73,15 +78,21 @@ def test_planted_ngrams_are_recovered_with_precision_and_recall_one():
 def test_examples_no_suffix_explains_are_dropped():
     # The latent needs 4 tokens of context but only suffixes up to 2 are tried.
     ex = [Example((7, 8, 9, 10, 11), 1.0)]
-    pats = build_patterns([ex], lambda seqs: np.array([[1.0 if len(s) > 4 else 0.0] for s in seqs]), (BOS,), PAD, N2GConfig(max_n=2))
+    pats = build_patterns(
+        [ex], lambda seqs: np.array([[1.0 if len(s) > 4 else 0.0] for s in seqs]), (BOS,), PAD, N2GConfig(max_n=2)
+    )
     assert pats == [[]]
     # A context shorter than max_n is its own explanation.
-    pats = build_patterns([[Example((7, 8), 1.0)]], lambda seqs: np.array([[float(s[1:] == (7, 8))] for s in seqs]), (BOS,), PAD)
+    pats = build_patterns(
+        [[Example((7, 8), 1.0)]], lambda seqs: np.array([[float(s[1:] == (7, 8))] for s in seqs]), (BOS,), PAD
+    )
     assert [p.tokens for p in pats[0]] == [(7, 8)]
 
 
 def test_trie_by_hand():
-    trie = Trie([Pattern((5,), 1.0, 1), Pattern((3, 5), 4.0, 2), Pattern((7, WILDCARD, 9), 2.0, 1), Pattern((9,), 0.5, 1)])
+    trie = Trie(
+        [Pattern((5,), 1.0, 1), Pattern((3, 5), 4.0, 2), Pattern((7, WILDCARD, 9), 2.0, 1), Pattern((9,), 0.5, 1)]
+    )
     tokens = np.array([[5, 3, 5, 7, 1, 9, 9], [7, 9, 9, 5, -1, 3, 5]])
     expect = np.array([[1.0, 0, 4.0, 0, 0, 2.0, 0.5], [0, 0.5, 2.0, 1.0, 0, 0, 4.0]])
     np.testing.assert_array_equal(trie.predict(tokens), expect)
@@ -141,10 +152,10 @@ def test_oracle_equals_a_direct_run(lm_setup):
 
 def test_explanation_reconstruction_is_consistent(lm_setup):
     import saelab
-    from saelab.sources.lm.downstream import evaluate_downstream
     from saelab.features.data import load_feature_data
     from saelab.features.n2g import complete_windows, explanation_reconstruction
     from saelab.sources.lm import model as hf
+    from saelab.sources.lm.downstream import evaluate_downstream
 
     _, model, cache, sae_dir = lm_setup
     lm, sae = hf.load_lm(model), saelab.load(sae_dir)
@@ -154,7 +165,9 @@ def test_explanation_reconstruction_is_consistent(lm_setup):
     empty = explanation_reconstruction(lm, site, sae, windows, [0, 1, 2], [Trie([]), Trie([]), Trie([])], batch_size=4)
     assert empty.ce_explained == pytest.approx(empty.ce_ablated, abs=1e-6)  # nothing explained = those latents zeroed
     ref = evaluate_downstream(lm, site, sae, [windows])
-    assert empty.ce_sae == pytest.approx(ref.ce_sae, rel=1e-5) and empty.ce_clean == pytest.approx(ref.ce_clean, rel=1e-6)
+    assert empty.ce_sae == pytest.approx(ref.ce_sae, rel=1e-5) and empty.ce_clean == pytest.approx(
+        ref.ce_clean, rel=1e-6
+    )
     assert empty.tokens == ref.tokens == 6 * (CTX - 2)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _features_util import one_thread, run_cli, sae_folder  # noqa: F401
 from scipy.optimize import minimize
 
-from _features_util import one_thread, run_cli, sae_folder  # noqa: F401
 from saelab.errors import ConfigError, DataError
 from saelab.features.data import TokenText
 from saelab.features.probe1d import ProbeConfig, SparseCodes, auroc, fit_probes, probe_section, run_probes
@@ -63,7 +63,9 @@ def test_gradient_vanishes_by_autograd():
     w = fit.w.clone().requires_grad_(True)
     b = fit.b.clone().requires_grad_(True)
     eta = w * zt + b
-    J = (torch.nn.functional.softplus(eta) - yt[:, None] * eta).mean(0) + 0.5 * 1e-4 * (w * zt.std(0, unbiased=False)) ** 2
+    J = (torch.nn.functional.softplus(eta) - yt[:, None] * eta).mean(0) + 0.5 * 1e-4 * (
+        w * zt.std(0, unbiased=False)
+    ) ** 2
     J.sum().backward()
     assert w.grad.abs().max() < 1e-8 and b.grad.abs().max() < 1e-8
 
@@ -145,7 +147,16 @@ def test_probe1d_command_on_a_task_file(tmp_path, capsys):
     codes = saelab.load(sae_dir).encode(torch.from_numpy(x)).detach().numpy()
     labels = np.stack([codes[:, 5] > np.quantile(codes[:, 5], 0.7), rng.random(1500) < 0.5], axis=1).astype(np.int8)
     np.savez(tmp_path / "tasks.npz", labels=labels, names=np.array(["planted", "coin"]))
-    argv = ["probe1d", "--sae", sae_dir, "--tasks", str(tmp_path / "tasks.npz"), "--activations", str(tmp_path / "x.npy"), "--json"]
+    argv = [
+        "probe1d",
+        "--sae",
+        sae_dir,
+        "--tasks",
+        str(tmp_path / "tasks.npz"),
+        "--activations",
+        str(tmp_path / "x.npy"),
+        "--json",
+    ]
     assert run_cli(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_tasks"] == 2 and out["tasks"][0]["latent"] == 5 and out["tasks"][0]["test_auroc"] > 0.99
@@ -160,7 +171,15 @@ def test_probe1d_othello(tmp_path, capsys):
     from saelab.sources.othello.harvest import HarvestConfig
     from saelab.sources.othello.score import findable_mask
 
-    source = {"source": "othello", "model": "default", "layer": 3, "trim_start": 5, "trim_end": 5, "games": 10, "seed": 0}
+    source = {
+        "source": "othello",
+        "model": "default",
+        "layer": 3,
+        "trim_start": 5,
+        "trim_end": 5,
+        "games": 10,
+        "seed": 0,
+    }
     sae_dir = sae_folder(tmp_path / "sae", d_in=128, n_latents=24, method="topk", k=4, source=source)
     assert HarvestConfig().layer == 3
     assert run_cli(["probe1d", "--sae", sae_dir, "--tasks", "othello", "--games", "12", "--json"]) == 0
@@ -178,7 +197,10 @@ def _plain_fit(codes: SparseCodes, y, l2=1e-4, max_iter=50, tol=1e-9):
     n0 = N - codes._sum(torch.ones_like(v))
     pos0 = float(yt.sum()) - codes._sum(yv)
     lam = l2 * codes.spread() ** 2
-    w, b = torch.zeros(L, dtype=torch.float64), torch.full((L,), float(np.log(float(yt.mean()) / (1 - float(yt.mean())))), dtype=torch.float64)
+    w, b = (
+        torch.zeros(L, dtype=torch.float64),
+        torch.full((L,), float(np.log(float(yt.mean()) / (1 - float(yt.mean())))), dtype=torch.float64),
+    )
     sp = torch.nn.functional.softplus
 
     def J(w, b):

@@ -16,17 +16,34 @@ D, N = 8, 24
 
 def _weights(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(D, N, generator=g), "b_enc": torch.randn(N, generator=g) * 0.3,
-            "W_dec": torch.randn(N, D, generator=g) * 0.5, "b_dec": torch.randn(D, generator=g)}
+    return {
+        "W_enc": torch.randn(D, N, generator=g),
+        "b_enc": torch.randn(N, generator=g) * 0.3,
+        "W_dec": torch.randn(N, D, generator=g) * 0.5,
+        "b_dec": torch.randn(D, generator=g),
+    }
 
 
 def _write_saelens(folder, arch, tensors, **cfg):
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "sae_weights.safetensors"))
-    body = {"d_in": D, "d_sae": N, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-            "reshape_activations": "none", "architecture": arch,
-            "metadata": {"sae_lens_version": "6.54.12", "model_name": "gpt2", "hook_name": "blocks.4.hook_resid_pre", "context_size": 128,
-                         "prepend_bos": True}}
+    body = {
+        "d_in": D,
+        "d_sae": N,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "architecture": arch,
+        "metadata": {
+            "sae_lens_version": "6.54.12",
+            "model_name": "gpt2",
+            "hook_name": "blocks.4.hook_resid_pre",
+            "context_size": 128,
+            "prepend_bos": True,
+        },
+    }
     body.update(cfg)
     (folder / "cfg.json").write_text(json.dumps(body))
     return folder
@@ -62,7 +79,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("arch,cfg,ref", CASES, ids=["standard", "topk", "topk-rescaled", "standard-no-bdec-in", "jumprelu"])
+@pytest.mark.parametrize(
+    "arch,cfg,ref", CASES, ids=["standard", "topk", "topk-rescaled", "standard-no-bdec-in", "jumprelu"]
+)
 def test_saelens_folder_loads_with_saelens_outputs(tmp_path, arch, cfg, ref):
     w = _weights()
     tensors = dict(w)
@@ -79,7 +98,12 @@ def test_saelens_folder_loads_with_saelens_outputs(tmp_path, arch, cfg, ref):
         torch.testing.assert_close(sae(x), x_ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sae.decode(z_ref), x_ref, rtol=1e-5, atol=1e-5)
     assert (z_ref != 0).any() and (z_ref == 0).any()
-    assert (sae.cfg.hook_name, sae.cfg.hook_layer, sae.cfg.model_name, sae.cfg.context_size) == ("blocks.4.hook_resid_pre", 4, "gpt2", 128)
+    assert (sae.cfg.hook_name, sae.cfg.hook_layer, sae.cfg.model_name, sae.cfg.context_size) == (
+        "blocks.4.hook_resid_pre",
+        4,
+        "gpt2",
+        128,
+    )
 
 
 def test_saelens_batchtopk_training_save_uses_its_threshold(tmp_path):
@@ -105,12 +129,25 @@ def test_unsupported_saelens_options_are_refused_by_name(tmp_path):
 
 def _write_sparsify(folder, k=4, **cfg):
     g = torch.Generator().manual_seed(5)
-    tensors = {"encoder.weight": torch.randn(N, D, generator=g), "encoder.bias": torch.randn(N, generator=g) * 0.2,
-               "W_dec": torch.randn(N, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+    tensors = {
+        "encoder.weight": torch.randn(N, D, generator=g),
+        "encoder.bias": torch.randn(N, generator=g) * 0.2,
+        "W_dec": torch.randn(N, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+    }
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "sae.safetensors"))
-    body = {"activation": "topk", "expansion_factor": 3, "normalize_decoder": True, "num_latents": 0, "k": k, "multi_topk": False,
-            "skip_connection": False, "transcode": False, "d_in": D}
+    body = {
+        "activation": "topk",
+        "expansion_factor": 3,
+        "normalize_decoder": True,
+        "num_latents": 0,
+        "k": k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": D,
+    }
     body.update(cfg)
     (folder / "cfg.json").write_text(json.dumps(body))
     return folder, tensors

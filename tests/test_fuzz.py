@@ -26,14 +26,27 @@ from saelab.data.cache import CacheMeta, CacheWriter
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
 
 # No shrinking in the default run: a failure is reported at once, with the example that found it.
-FAST = settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck),
-                phases=[Phase.explicit, Phase.generate])
+FAST = settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 LONG = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 ROWS, D_IN = 240, 6
 BUDGETS = ("steps", "tokens", "epochs", "warmup_steps")
-CONFIG_KEYS = sorted(({f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(SAEConfig)}
-                      | set(param_names()) | {"sae", "unknown_key"}) - {"activations"})
+CONFIG_KEYS = sorted(
+    (
+        {f.name for f in dataclasses.fields(TrainConfig)}
+        | {f.name for f in dataclasses.fields(SAEConfig)}
+        | set(param_names())
+        | {"sae", "unknown_key"}
+    )
+    - {"activations"}
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +59,37 @@ def base(tmp_path_factory) -> dict:
     np.save(arena / "x.npy", x)
     save_file({"activations": x}, str(arena / "x.safetensors"))
     np.save(arena / "dictionary.npy", np.random.default_rng(1).standard_normal((10, D_IN)).astype(np.float32))
-    meta = CacheMeta(model="m", site="resid_post", layer=0, dtype="float32", d_in=D_IN, context=8, tokenizer="t", text_source="s")
+    meta = CacheMeta(
+        model="m", site="resid_post", layer=0, dtype="float32", d_in=D_IN, context=8, tokenizer="t", text_source="s"
+    )
     writer = CacheWriter(str(arena / "cache"), meta, shard_rows=100)
     for lo in range(0, ROWS, 100):
         writer.append(x[lo : lo + 100])
     writer.close()
     run = arena / "sae"
-    assert cli("train", "--activations", arena / "x.npy", "--n-latents", "8", "--steps", "3", "--batch-size", "16", "--method", "topk",
-               "--k", "2", "--checkpoint-every", "2", "--out", run, "--no-progress")[0] == 0
+    assert (
+        cli(
+            "train",
+            "--activations",
+            arena / "x.npy",
+            "--n-latents",
+            "8",
+            "--steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--method",
+            "topk",
+            "--k",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            run,
+            "--no-progress",
+        )[0]
+        == 0
+    )
     (arena / "cases").mkdir()
     return {"root": root, "arena": arena, "data": arena / "x.npy", "sae": run}
 
@@ -71,17 +107,42 @@ def _case(base: dict) -> Path:
 
 # ---- strategies ---------------------------------------------------------------------------------
 
-WORDS = ["none", "null", "true", "0.1", "../x", "/etc/passwd", "relu", "topk", "l1", "scalar", "cosine", "", "k=4", "a/b", "..",
-         *ACTIVATIONS, *PENALTIES]
+WORDS = [
+    "none",
+    "null",
+    "true",
+    "0.1",
+    "../x",
+    "/etc/passwd",
+    "relu",
+    "topk",
+    "l1",
+    "scalar",
+    "cosine",
+    "",
+    "k=4",
+    "a/b",
+    "..",
+    *ACTIVATIONS,
+    *PENALTIES,
+]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 40), st.floats(-2.0, 4.0),
-    st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -0.0, 2**63]), st.sampled_from(WORDS), st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.floats(-2.0, 4.0),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -0.0, 2**63]),
+    st.sampled_from(WORDS),
+    st.text(max_size=6),
 )
 values = st.one_of(
     scalars,
     st.lists(st.one_of(st.integers(-2, 5), st.floats(0, 1), st.sampled_from(WORDS)), max_size=3),
     st.dictionaries(st.sampled_from(["k", "p", "eps", "n_latents", "method", "x"]), scalars, max_size=2),
-    st.lists(st.dictionaries(st.sampled_from(["n_latents", "method", "k", "name", "penalty", "alpha"]), scalars, max_size=3), max_size=2),
+    st.lists(
+        st.dictionaries(st.sampled_from(["n_latents", "method", "k", "name", "penalty", "alpha"]), scalars, max_size=3),
+        max_size=2,
+    ),
 )
 
 
@@ -89,7 +150,12 @@ def _bounded(mapping: dict) -> bool:
     # Budgets above a few dozen steps are valid requests that only cost time; keep examples quick.
     for key in BUDGETS:
         v = mapping.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > (1 if key == "epochs" else 40):
+        if (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v > (1 if key == "epochs" else 40)
+        ):
             return False
     return True
 
@@ -122,8 +188,16 @@ def _write_config(path: Path, mapping: dict, fmt: str) -> Path:
 
 # ---- configs ------------------------------------------------------------------------------------
 
+
 def _config_case(base, changes, fmt):
-    mapping = {"activations": str(base["data"]), "steps": 3, "batch_size": 16, "n_latents": 8, "log_every": 1, **changes}
+    mapping = {
+        "activations": str(base["data"]),
+        "steps": 3,
+        "batch_size": 16,
+        "n_latents": 8,
+        "log_every": 1,
+        **changes,
+    }
     assume(_bounded(mapping))
     case = _case(base)
     cfg = _write_config(case / "run", mapping, fmt)
@@ -140,11 +214,48 @@ test_fuzz_config_files_long = pytest.mark.slow(LONG(given(changes=config_changes
 # ---- flags --------------------------------------------------------------------------------------
 
 FLAG_VALUES = ["0", "-1", "2", "0.5", "nan", "inf", "-inf", "none", "1e308", "abc", "", "../x", "topk", "l1", "scalar"]
-TRAIN_FLAGS = ["--n-latents", "--method", "--penalty", "--alpha", "--k", "--p", "--eps", "--p-threshold", "--lr", "--seed",
-               "--batch-size", "--steps", "--epochs", "--normalize", "--decay", "--decay-fraction", "--grad-clip", "--log-every",
-               "--checkpoint-every", "--shuffle-buffer-mb", "--eval-fraction", "--betas", "--auxk", "--k-aux", "--dead-tokens",
-               "--name", "--threads", "--resume", "--overwrite", "--bogus"]
-EVAL_FLAGS = ["--batch-size", "--k", "--eps-l0", "--true-dictionary", "--activations", "--all-rows", "--json", "--threads"]
+TRAIN_FLAGS = [
+    "--n-latents",
+    "--method",
+    "--penalty",
+    "--alpha",
+    "--k",
+    "--p",
+    "--eps",
+    "--p-threshold",
+    "--lr",
+    "--seed",
+    "--batch-size",
+    "--steps",
+    "--epochs",
+    "--normalize",
+    "--decay",
+    "--decay-fraction",
+    "--grad-clip",
+    "--log-every",
+    "--checkpoint-every",
+    "--shuffle-buffer-mb",
+    "--eval-fraction",
+    "--betas",
+    "--auxk",
+    "--k-aux",
+    "--dead-tokens",
+    "--name",
+    "--threads",
+    "--resume",
+    "--overwrite",
+    "--bogus",
+]
+EVAL_FLAGS = [
+    "--batch-size",
+    "--k",
+    "--eps-l0",
+    "--true-dictionary",
+    "--activations",
+    "--all-rows",
+    "--json",
+    "--threads",
+]
 TOY_FLAGS = ["--n-features", "--d", "--n-samples", "--mean-active", "--noise", "--decay", "--seed"]
 
 
@@ -154,10 +265,28 @@ def _flags(pairs) -> list[str]:
 
 def _train_flags_case(base, pairs):
     args = _flags(pairs)
-    assume("--epochs" not in args or args[args.index("--epochs") + 1] in ("0", "-1", "0.5", "nan", "inf", "-inf", "1e308", "abc", ""))
+    assume(
+        "--epochs" not in args
+        or args[args.index("--epochs") + 1] in ("0", "-1", "0.5", "nan", "inf", "-inf", "1e308", "abc", "")
+    )
     case = _case(base)
-    _guarded(base, case / "out", "train", "--activations", base["data"], "--n-latents", "8", "--steps", "3", "--batch-size", "16",
-             "--out", case / "out", "--no-progress", *args)
+    _guarded(
+        base,
+        case / "out",
+        "train",
+        "--activations",
+        base["data"],
+        "--n-latents",
+        "8",
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--out",
+        case / "out",
+        "--no-progress",
+        *args,
+    )
     shutil.rmtree(case)
 
 
@@ -167,7 +296,20 @@ def _eval_flags_case(base, pairs):
 
 def _toy_flags_case(base, pairs):
     case = _case(base)
-    _guarded(base, case / "toy", "toy", "--out", case / "toy", "--n-samples", "50", "--n-features", "16", "--d", "8", *_flags(pairs))
+    _guarded(
+        base,
+        case / "toy",
+        "toy",
+        "--out",
+        case / "toy",
+        "--n-samples",
+        "50",
+        "--n-features",
+        "16",
+        "--d",
+        "8",
+        *_flags(pairs),
+    )
     shutil.rmtree(case)
 
 
@@ -184,6 +326,7 @@ test_fuzz_toy_flags_long = pytest.mark.slow(LONG(given(pairs=_pairs(TOY_FLAGS))(
 
 
 # ---- files: truncated, bit-flipped, oversized ---------------------------------------------------
+
 
 def _corrupt(raw: bytes, how: str, where: float, bits: list[int], junk: bytes) -> bytes:
     at = int(where * len(raw))
@@ -212,11 +355,37 @@ def _file_case(base, target, how, where, bits, junk):
     if target in ("npy", "safetensors"):
         path = case / f"x.{target}"
         shutil.copy(arena / path.name, path)
-        argv = ["train", "--activations", path, "--n-latents", "8", "--steps", "3", "--batch-size", "16", "--out", run, "--no-progress"]
+        argv = [
+            "train",
+            "--activations",
+            path,
+            "--n-latents",
+            "8",
+            "--steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--out",
+            run,
+            "--no-progress",
+        ]
     elif target in ("manifest", "shard"):
         shutil.copytree(arena / "cache", case / "cache")
         path = case / "cache" / ("manifest.json" if target == "manifest" else "shard-00001.npy")
-        argv = ["train", "--activations", case / "cache", "--n-latents", "8", "--steps", "3", "--batch-size", "16", "--out", run, "--no-progress"]
+        argv = [
+            "train",
+            "--activations",
+            case / "cache",
+            "--n-latents",
+            "8",
+            "--steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--out",
+            run,
+            "--no-progress",
+        ]
     elif target == "dictionary":
         path = case / "dictionary.npy"
         shutil.copy(arena / path.name, path)
@@ -224,8 +393,27 @@ def _file_case(base, target, how, where, bits, junk):
     elif target == "checkpoint":
         shutil.copytree(base["sae"], run)
         path = run / "checkpoint.safetensors"
-        argv = ["train", "--activations", base["data"], "--n-latents", "8", "--steps", "5", "--batch-size", "16", "--method", "topk",
-                "--k", "2", "--checkpoint-every", "2", "--out", run, "--no-progress", "--resume"]
+        argv = [
+            "train",
+            "--activations",
+            base["data"],
+            "--n-latents",
+            "8",
+            "--steps",
+            "5",
+            "--batch-size",
+            "16",
+            "--method",
+            "topk",
+            "--k",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            run,
+            "--no-progress",
+            "--resume",
+        ]
     else:
         shutil.copytree(base["sae"], run)
         path = run / {"weights": "sae_weights.safetensors", "cfg": "cfg.json", "record": "saelab.json"}[target]
@@ -237,8 +425,11 @@ def _file_case(base, target, how, where, bits, junk):
 
 
 file_strategies = dict(
-    target=st.sampled_from(TARGETS), how=st.sampled_from(["truncate", "flip", "oversize", "length", "empty"]),
-    where=st.floats(0, 1), bits=st.lists(st.integers(0, 4095), min_size=1, max_size=4), junk=st.binary(min_size=1, max_size=8),
+    target=st.sampled_from(TARGETS),
+    how=st.sampled_from(["truncate", "flip", "oversize", "length", "empty"]),
+    where=st.floats(0, 1),
+    bits=st.lists(st.integers(0, 4095), min_size=1, max_size=4),
+    junk=st.binary(min_size=1, max_size=8),
 )
 test_fuzz_corrupted_files = FAST(given(**file_strategies)(_file_case))
 test_fuzz_corrupted_files_long = pytest.mark.slow(LONG(given(**file_strategies)(_file_case)))
@@ -246,10 +437,36 @@ test_fuzz_corrupted_files_long = pytest.mark.slow(LONG(given(**file_strategies)(
 
 # ---- hostile manifests --------------------------------------------------------------------------
 
-HOSTILE_PATHS = ["../x.npy", "/etc/passwd", "shard-00000.npy/../../x.npy", "..", "", ".", "sub/../../../x.npy", "\\..\\x.npy",
-                 "shard-00000.npy", "shard-00001.npy", "nul\x00.npy", "~/x.npy"]
-MANIFEST_KEYS = ["format", "model", "site", "layer", "dtype", "d_in", "context", "tokenizer", "text_source", "options", "n_rows",
-                 "shards", "complete", "cursor"]
+HOSTILE_PATHS = [
+    "../x.npy",
+    "/etc/passwd",
+    "shard-00000.npy/../../x.npy",
+    "..",
+    "",
+    ".",
+    "sub/../../../x.npy",
+    "\\..\\x.npy",
+    "shard-00000.npy",
+    "shard-00001.npy",
+    "nul\x00.npy",
+    "~/x.npy",
+]
+MANIFEST_KEYS = [
+    "format",
+    "model",
+    "site",
+    "layer",
+    "dtype",
+    "d_in",
+    "context",
+    "tokenizer",
+    "text_source",
+    "options",
+    "n_rows",
+    "shards",
+    "complete",
+    "cursor",
+]
 
 
 def _manifest_case(base, edits, shard_edits, drop):
@@ -267,15 +484,36 @@ def _manifest_case(base, edits, shard_edits, drop):
         manifest.pop(key, None)
     path.write_text(json.dumps(manifest))
     run = case / "run"
-    _guarded(base, run, "train", "--activations", case / "cache", "--n-latents", "8", "--steps", "3", "--batch-size", "16", "--out", run, "--no-progress")
+    _guarded(
+        base,
+        run,
+        "train",
+        "--activations",
+        case / "cache",
+        "--n-latents",
+        "8",
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--out",
+        run,
+        "--no-progress",
+    )
     shutil.rmtree(case)
 
 
 manifest_values = st.one_of(values, st.sampled_from(HOSTILE_PATHS))
 manifest_strategies = dict(
     edits=st.lists(st.tuples(st.sampled_from(MANIFEST_KEYS), manifest_values), max_size=2),
-    shard_edits=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["file", "rows", "sha256", "index_file", "extra"]),
-                                   st.one_of(st.sampled_from(HOSTILE_PATHS), values)), max_size=3),
+    shard_edits=st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.sampled_from(["file", "rows", "sha256", "index_file", "extra"]),
+            st.one_of(st.sampled_from(HOSTILE_PATHS), values),
+        ),
+        max_size=3,
+    ),
     drop=st.lists(st.sampled_from(MANIFEST_KEYS), max_size=2),
 )
 test_fuzz_hostile_manifests = FAST(given(**manifest_strategies)(_manifest_case))
@@ -284,15 +522,43 @@ test_fuzz_hostile_manifests_long = pytest.mark.slow(LONG(given(**manifest_strate
 
 # ---- hostile SAE names --------------------------------------------------------------------------
 
-names = st.one_of(st.text(max_size=12), st.sampled_from(["..", "../up", "/abs", "a/b", "a\\b", ".hidden", "TopK", "topk", "x" * 300,
-                                                         "café", "cafe\u0301", " ", "name\x00", "con"]))
+names = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "..",
+            "../up",
+            "/abs",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "TopK",
+            "topk",
+            "x" * 300,
+            "café",
+            "cafe\u0301",
+            " ",
+            "name\x00",
+            "con",
+        ]
+    ),
+)
 
 
 def _names_case(base, first, second):
     case = _case(base)
     cfg = case / "run.json"
-    cfg.write_text(json.dumps({"activations": str(base["data"]), "steps": 2, "batch_size": 16, "n_latents": 8,
-                               "sae": [{"name": first, "method": "topk", "k": 2}, {"name": second, "method": "topk", "k": 3}]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "activations": str(base["data"]),
+                "steps": 2,
+                "batch_size": 16,
+                "n_latents": 8,
+                "sae": [{"name": first, "method": "topk", "k": 2}, {"name": second, "method": "topk", "k": 3}],
+            }
+        )
+    )
     run = case / "out"
     _guarded(base, run, "train", "--config", cfg, "--out", run, "--no-progress")
     shutil.rmtree(case)

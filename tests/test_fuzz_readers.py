@@ -31,14 +31,24 @@ from safetensors.torch import save_file
 
 import saelab
 import saelab.util.atomic
-from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.experiments.sweep import PLAN, RESULTS
+from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 
-FAST = settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck),
-                phases=[Phase.explicit, Phase.generate])
+FAST = settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 # The loaded profile decides the long run's length (conftest's "long": 300 examples per class).
-LONG = settings(max_examples=max(settings.default.max_examples, 100), deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+LONG = settings(
+    max_examples=max(settings.default.max_examples, 100),
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 ROWS, D_IN = 240, 6
 NAMES_A_FILE_OR_FIELD = re.compile(r"(/|\w=|\.json|\.safetensors|\.npy)")
@@ -55,21 +65,47 @@ def base(tmp_path_factory) -> dict:
     run = arena / "run"
     assert cli(*train(arena / "x.npy", run, "--checkpoint-every", "2"))[0] == 0
     sweep_cfg = arena / "sweep.toml"
-    sweep_cfg.write_text(f"activations = {json.dumps(str(arena / 'x.npy'))}\nsteps = 3\nbatch_size = 16\nn_latents = 8\n"
-                         "[[sae]]\nmethod = \"topk\"\nk = [2, 3]\n")
+    sweep_cfg.write_text(
+        f"activations = {json.dumps(str(arena / 'x.npy'))}\nsteps = 3\nbatch_size = 16\nn_latents = 8\n"
+        '[[sae]]\nmethod = "topk"\nk = [2, 3]\n'
+    )
     assert cli("sweep", sweep_cfg, "--out", arena / "sweep", "--no-progress", "--no-report")[0] == 0
     harvest = arena / "harvest"
     harvest.mkdir()
     np.save(harvest / "acts.npy", x)
     (harvest / "source.json").write_text(json.dumps({"source": "user", "files": {"activations": "acts.npy"}}))
     (arena / "cases").mkdir()
-    return {"root": root, "arena": arena, "data": arena / "x.npy", "run": run, "sweep": arena / "sweep", "sweep_cfg": sweep_cfg,
-            "harvest": harvest}
+    return {
+        "root": root,
+        "arena": arena,
+        "data": arena / "x.npy",
+        "run": run,
+        "sweep": arena / "sweep",
+        "sweep_cfg": sweep_cfg,
+        "harvest": harvest,
+    }
 
 
 def train(data, out, *extra, steps=3):
-    return ["train", "--activations", data, "--n-latents", "8", "--steps", str(steps), "--batch-size", "16", "--method", "topk",
-            "--k", "2", "--out", out, "--no-progress", *extra]
+    return [
+        "train",
+        "--activations",
+        data,
+        "--n-latents",
+        "8",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "16",
+        "--method",
+        "topk",
+        "--k",
+        "2",
+        "--out",
+        out,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def case_dir(base) -> Path:
@@ -98,29 +134,82 @@ def guarded(base, writes: Path | None, *argv) -> bool:
 
 # ---- values -------------------------------------------------------------------------------------
 
-WORDS = ["", "none", "topk", "standard", "jumprelu", "gated", "batchtopk", "relu", "blocks.0.hook_resid_post", "../x", "/etc/passwd"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.floats(allow_nan=True, allow_infinity=True, width=32),
-                    st.sampled_from(WORDS), st.text(max_size=5))
-values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["a", "k", "name", "hook_name"]), scalars, max_size=2))
+WORDS = [
+    "",
+    "none",
+    "topk",
+    "standard",
+    "jumprelu",
+    "gated",
+    "batchtopk",
+    "relu",
+    "blocks.0.hook_resid_post",
+    "../x",
+    "/etc/passwd",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 12),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from(WORDS),
+    st.text(max_size=5),
+)
+values = st.one_of(
+    scalars,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.sampled_from(["a", "k", "name", "hook_name"]), scalars, max_size=2),
+)
 shapes = st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple)
 fills = st.sampled_from(["randn", "nan", "inf", "zero", "tiny"])
 dtypes = st.sampled_from([torch.float32, torch.float16, torch.int64, torch.bfloat16])
 
 
 def tensor(shape: tuple, fill: str, dtype) -> torch.Tensor:
-    t = {"randn": torch.randn(shape), "nan": torch.full(shape, math.nan), "inf": torch.full(shape, math.inf),
-         "zero": torch.zeros(shape), "tiny": torch.full(shape, 1e-42)}[fill]
+    t = {
+        "randn": torch.randn(shape),
+        "nan": torch.full(shape, math.nan),
+        "inf": torch.full(shape, math.inf),
+        "zero": torch.zeros(shape),
+        "tiny": torch.full(shape, 1e-42),
+    }[fill]
     return t.to(dtype) if dtype != torch.int64 else torch.zeros(shape, dtype=dtype)
 
 
-tensor_edits = st.lists(st.tuples(st.sampled_from(["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "r_mag", "b_mag", "b_gate",
-                                                   "topk_threshold", "encoder.weight", "encoder.bias"]),
-                                  st.one_of(st.none(), st.tuples(shapes, fills, dtypes))), max_size=3)
+tensor_edits = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "W_enc",
+                "b_enc",
+                "W_dec",
+                "b_dec",
+                "threshold",
+                "r_mag",
+                "b_mag",
+                "b_gate",
+                "topk_threshold",
+                "encoder.weight",
+                "encoder.bias",
+            ]
+        ),
+        st.one_of(st.none(), st.tuples(shapes, fills, dtypes)),
+    ),
+    max_size=3,
+)
 
 
 def good_tensors(n: int = 8, d: int = D_IN) -> dict[str, torch.Tensor]:
-    return {"W_enc": torch.randn(d, n), "b_enc": torch.zeros(n), "W_dec": torch.randn(n, d), "b_dec": torch.zeros(d),
-            "threshold": torch.full((n,), 0.1), "r_mag": torch.zeros(n), "b_mag": torch.zeros(n), "b_gate": torch.zeros(n)}
+    return {
+        "W_enc": torch.randn(d, n),
+        "b_enc": torch.zeros(n),
+        "W_dec": torch.randn(n, d),
+        "b_dec": torch.zeros(d),
+        "threshold": torch.full((n,), 0.1),
+        "r_mag": torch.zeros(n),
+        "b_mag": torch.zeros(n),
+        "b_gate": torch.zeros(n),
+    }
 
 
 def apply_tensor_edits(tensors: dict, edits) -> dict:
@@ -135,25 +224,48 @@ def apply_tensor_edits(tensors: dict, edits) -> dict:
 
 # ---- 1, 2. foreign folders ---------------------------------------------------------------------------
 
-SAELENS_KEYS = ["architecture", "d_in", "d_sae", "k", "apply_b_dec_to_input", "normalize_activations", "rescale_acts_by_decoder_norm",
-                "activation_fn_str", "activation_fn_kwargs", "metadata"]
+SAELENS_KEYS = [
+    "architecture",
+    "d_in",
+    "d_sae",
+    "k",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "rescale_acts_by_decoder_norm",
+    "activation_fn_str",
+    "activation_fn_kwargs",
+    "metadata",
+]
 
 
 def _saelens_case(base, arch, edits, t_edits):
     case = case_dir(base)
     folder = case / "sae"
     folder.mkdir()
-    cfg = {"architecture": arch, "d_in": D_IN, "d_sae": 8, "k": 2, "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "metadata": {"hook_name": "blocks.0.hook_resid_post"}}
+    cfg = {
+        "architecture": arch,
+        "d_in": D_IN,
+        "d_sae": 8,
+        "k": 2,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": "blocks.0.hook_resid_post"},
+    }
     cfg.update(dict(edits))
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    save_file({k: v.contiguous() for k, v in apply_tensor_edits(good_tensors(), t_edits).items()}, str(folder / "sae_weights.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in apply_tensor_edits(good_tensors(), t_edits).items()},
+        str(folder / "sae_weights.safetensors"),
+    )
     guarded(base, None, "eval", "--sae", folder, "--activations", base["data"], "--json")
     shutil.rmtree(case)
 
 
-saelens_strategies = dict(arch=st.sampled_from(["standard", "topk", "batchtopk", "jumprelu", "gated", "bogus"]),
-                          edits=st.lists(st.tuples(st.sampled_from(SAELENS_KEYS), values), max_size=2), t_edits=tensor_edits)
+saelens_strategies = dict(
+    arch=st.sampled_from(["standard", "topk", "batchtopk", "jumprelu", "gated", "bogus"]),
+    edits=st.lists(st.tuples(st.sampled_from(SAELENS_KEYS), values), max_size=2),
+    t_edits=tensor_edits,
+)
 test_fuzz_saelens_folders = FAST(given(**saelens_strategies)(_saelens_case))
 test_fuzz_saelens_folders_long = pytest.mark.slow(LONG(given(**saelens_strategies)(_saelens_case)))
 
@@ -163,23 +275,47 @@ def _sparsify_case(base, edits, t_edits):
     folder = case / "sae"
     folder.mkdir()
     (folder / "cfg.json").write_text(json.dumps({"k": 2, "activation": "topk", **dict(edits)}))
-    good = {"encoder.weight": torch.randn(8, D_IN), "encoder.bias": torch.zeros(8), "W_dec": torch.randn(8, D_IN), "b_dec": torch.zeros(D_IN)}
-    save_file({k: v.contiguous() for k, v in apply_tensor_edits(good, t_edits).items()}, str(folder / "sae.safetensors"))
+    good = {
+        "encoder.weight": torch.randn(8, D_IN),
+        "encoder.bias": torch.zeros(8),
+        "W_dec": torch.randn(8, D_IN),
+        "b_dec": torch.zeros(D_IN),
+    }
+    save_file(
+        {k: v.contiguous() for k, v in apply_tensor_edits(good, t_edits).items()}, str(folder / "sae.safetensors")
+    )
     guarded(base, None, "eval", "--sae", folder, "--activations", base["data"], "--json")
     shutil.rmtree(case)
 
 
-sparsify_strategies = dict(edits=st.lists(st.tuples(st.sampled_from(["k", "activation", "transcode", "skip_connection", "multi_topk", "d_in"]),
-                                                    values), max_size=2), t_edits=tensor_edits)
+sparsify_strategies = dict(
+    edits=st.lists(
+        st.tuples(st.sampled_from(["k", "activation", "transcode", "skip_connection", "multi_topk", "d_in"]), values),
+        max_size=2,
+    ),
+    t_edits=tensor_edits,
+)
 test_fuzz_sparsify_folders = FAST(given(**sparsify_strategies)(_sparsify_case))
 test_fuzz_sparsify_folders_long = pytest.mark.slow(LONG(given(**sparsify_strategies)(_sparsify_case)))
 
 
 # ---- 3. saelab's own folder: cfg.json and saelab.json --------------------------------------------------
 
-RECORD_PATHS = [("sae",), ("sae", "n_latents"), ("sae", "method"), ("sae", "method_params"), ("sae", "d_in"), ("sae", "normalize"),
-                ("sae", "normalization_factor"), ("files",), ("files", "sae_weights.safetensors"), ("source",), ("eval",), ("train",),
-                ("saelab_version",)]
+RECORD_PATHS = [
+    ("sae",),
+    ("sae", "n_latents"),
+    ("sae", "method"),
+    ("sae", "method_params"),
+    ("sae", "d_in"),
+    ("sae", "normalize"),
+    ("sae", "normalization_factor"),
+    ("files",),
+    ("files", "sae_weights.safetensors"),
+    ("source",),
+    ("eval",),
+    ("train",),
+    ("saelab_version",),
+]
 
 
 def _set(record: dict, path: tuple, value) -> None:
@@ -212,16 +348,30 @@ def _saelab_folder_case(base, target, edits):
     shutil.rmtree(case)
 
 
-saelab_folder_strategies = dict(target=st.sampled_from(["saelab.json", "cfg.json"]),
-                                edits=st.lists(st.tuples(st.sampled_from(RECORD_PATHS), st.one_of(values, st.just(_DROP))), min_size=1, max_size=3))
+saelab_folder_strategies = dict(
+    target=st.sampled_from(["saelab.json", "cfg.json"]),
+    edits=st.lists(st.tuples(st.sampled_from(RECORD_PATHS), st.one_of(values, st.just(_DROP))), min_size=1, max_size=3),
+)
 test_fuzz_saelab_folders = FAST(given(**saelab_folder_strategies)(_saelab_folder_case))
 test_fuzz_saelab_folders_long = pytest.mark.slow(LONG(given(**saelab_folder_strategies)(_saelab_folder_case)))
 
 
 # ---- 4. checkpoint indexes ------------------------------------------------------------------------------
 
-CHECKPOINT_PATHS = [("step",), ("run",), ("run", "train"), ("run", "train", "seed"), ("run", "saes"), ("members",), ("data",),
-                    ("data", "activations"), ("data", "activations", "sha256"), ("rng",), ("rng", "python"), ("rng", "numpy")]
+CHECKPOINT_PATHS = [
+    ("step",),
+    ("run",),
+    ("run", "train"),
+    ("run", "train", "seed"),
+    ("run", "saes"),
+    ("members",),
+    ("data",),
+    ("data", "activations"),
+    ("data", "activations", "sha256"),
+    ("rng",),
+    ("rng", "python"),
+    ("rng", "numpy"),
+]
 
 
 def _checkpoint_case(base, edits, member_edits):
@@ -249,8 +399,13 @@ def _checkpoint_case(base, edits, member_edits):
 
 checkpoint_strategies = dict(
     edits=st.lists(st.tuples(st.sampled_from(CHECKPOINT_PATHS), st.one_of(values, st.just(_DROP))), max_size=3),
-    member_edits=st.lists(st.tuples(st.sampled_from(["W_enc", "W_dec", "b_enc", "cfg", "tracker", "control"]),
-                                    st.one_of(values, st.tuples(shapes, fills, st.just(torch.float32)))), max_size=2),
+    member_edits=st.lists(
+        st.tuples(
+            st.sampled_from(["W_enc", "W_dec", "b_enc", "cfg", "tracker", "control"]),
+            st.one_of(values, st.tuples(shapes, fills, st.just(torch.float32))),
+        ),
+        max_size=2,
+    ),
 )
 test_fuzz_checkpoint_indexes = FAST(given(**checkpoint_strategies)(_checkpoint_case))
 test_fuzz_checkpoint_indexes_long = pytest.mark.slow(LONG(given(**checkpoint_strategies)(_checkpoint_case)))
@@ -258,8 +413,18 @@ test_fuzz_checkpoint_indexes_long = pytest.mark.slow(LONG(given(**checkpoint_str
 
 # ---- 5, 6. sweep.json and results.jsonl ---------------------------------------------------------------
 
-PLAN_PATHS = [("config",), ("saes",), ("inputs",), ("inputs", "activations"), ("inputs", "activations", "sha256"), ("inputs", "source"),
-              ("config", "steps"), ("config", "sae"), ("spread_over_ranks",), ("spread_deal",)]
+PLAN_PATHS = [
+    ("config",),
+    ("saes",),
+    ("inputs",),
+    ("inputs", "activations"),
+    ("inputs", "activations", "sha256"),
+    ("inputs", "source"),
+    ("config", "steps"),
+    ("config", "sae"),
+    ("spread_over_ranks",),
+    ("spread_deal",),
+]
 ROW_KEYS = ["name", "folder", "nmse", "l0", "ci", "seed", "method", "params", "good_findable", "steps"]
 
 
@@ -288,7 +453,9 @@ def _sweep_state_case(base, target, edits, row_edits, raw):
     ok = guarded(base, sweep, "sweep", base["sweep_cfg"], "--out", sweep, "--resume", "--no-progress", "--no-report")
     if ok:  # a resumed sweep's table says what its folders say, forged rows or not
         truth = _truth(sweep)
-        assert {json.loads(line)["name"]: json.loads(line)["nmse"] for line in (sweep / RESULTS).read_text().splitlines()} == truth
+        assert {
+            json.loads(line)["name"]: json.loads(line)["nmse"] for line in (sweep / RESULTS).read_text().splitlines()
+        } == truth
     shutil.rmtree(case)
 
 
@@ -296,13 +463,19 @@ sweep_state_strategies = dict(
     target=st.sampled_from([PLAN, RESULTS]),
     edits=st.lists(st.tuples(st.sampled_from(PLAN_PATHS), st.one_of(values, st.just(_DROP))), max_size=2),
     row_edits=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(ROW_KEYS), values), max_size=3),
-    raw=st.one_of(st.none(), st.sampled_from(["{", "[]", "[1, 2]", "null", '{"name": "x"}', "\x00", '{"name": "topk-k2-s0", "folder": "../x"}'])),
+    raw=st.one_of(
+        st.none(),
+        st.sampled_from(
+            ["{", "[]", "[1, 2]", "null", '{"name": "x"}', "\x00", '{"name": "topk-k2-s0", "folder": "../x"}']
+        ),
+    ),
 )
 test_fuzz_sweep_state = FAST(given(**sweep_state_strategies)(_sweep_state_case))
 test_fuzz_sweep_state_long = pytest.mark.slow(LONG(given(**sweep_state_strategies)(_sweep_state_case)))
 
 
 # ---- 7. source.json ------------------------------------------------------------------------------------
+
 
 def _source_case(base, files, extra, link):
     case = case_dir(base)
@@ -320,8 +493,16 @@ def _source_case(base, files, extra, link):
 
 
 source_strategies = dict(
-    files=st.one_of(values, st.fixed_dictionaries({"activations": st.one_of(values, st.sampled_from(["acts.npy", "../x.npy", "/etc/passwd",
-                                                                                                   "sub/../acts.npy", "acts.npy\x00"]))})),
+    files=st.one_of(
+        values,
+        st.fixed_dictionaries(
+            {
+                "activations": st.one_of(
+                    values, st.sampled_from(["acts.npy", "../x.npy", "/etc/passwd", "sub/../acts.npy", "acts.npy\x00"])
+                )
+            }
+        ),
+    ),
     extra=st.lists(st.tuples(st.sampled_from(["layer", "site", "model", "seed", "shards"]), values), max_size=2),
     link=st.booleans(),
 )
@@ -330,6 +511,7 @@ test_fuzz_source_json_long = pytest.mark.slow(LONG(given(**source_strategies)(_s
 
 
 # ---- 8, 9. full and read-only disks ---------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def failing_disk(after: int, code: int):
@@ -383,11 +565,21 @@ def _disk_case(base, command, after, code):
     shutil.rmtree(case)
 
 
-disk_strategies = dict(command=st.sampled_from(["new", "overwrite", "resume", "sweep", "report"]), after=st.integers(0, 25),
-                       code=st.sampled_from([errno.ENOSPC, errno.EROFS]))
+disk_strategies = dict(
+    command=st.sampled_from(["new", "overwrite", "resume", "sweep", "report"]),
+    after=st.integers(0, 25),
+    code=st.sampled_from([errno.ENOSPC, errno.EROFS]),
+)
 test_fuzz_full_and_read_only_disks = FAST(given(**disk_strategies)(_disk_case))
 test_fuzz_full_and_read_only_disks_long = pytest.mark.slow(LONG(given(**disk_strategies)(_disk_case)))
 
 # The input classes above, counted in the closing note of issue 35.
-INPUT_CLASSES = ("saelens_folders", "sparsify_folders", "saelab_folders", "checkpoint_indexes", "sweep_state", "source_json",
-                 "full_and_read_only_disks")
+INPUT_CLASSES = (
+    "saelens_folders",
+    "sparsify_folders",
+    "saelab_folders",
+    "checkpoint_indexes",
+    "sweep_state",
+    "source_json",
+    "full_and_read_only_disks",
+)

@@ -11,16 +11,24 @@ import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig, sae_from_flat
 from saelab.errors import ConfigError, DataError
 from saelab.formats.folder import save_sae
-from saelab.training.objective import compute_step
 from saelab.model.sae import SparseAutoencoder
 from saelab.training.l0_control import read_knob
+from saelab.training.objective import compute_step
 from saelab.training.trainer import Trainer
 
 D, N = 6, 10
 
 
 def _gated_sae(alpha=0.3, aux_weight=1.0, dtype=torch.float64, seed=0, **kw):
-    cfg = SAEConfig(n_latents=N, d_in=D, method="gated", method_params={"aux_weight": aux_weight}, alpha=alpha, b_dec_init="zero", **kw)
+    cfg = SAEConfig(
+        n_latents=N,
+        d_in=D,
+        method="gated",
+        method_params={"aux_weight": aux_weight},
+        alpha=alpha,
+        b_dec_init="zero",
+        **kw,
+    )
     sae = SparseAutoencoder(cfg.validate()).to(dtype)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -85,7 +93,10 @@ def test_the_gate_bias_learns_only_from_the_sparsity_and_auxiliary_terms():
     sae = _gated_sae()
     x = torch.randn(32, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     out = compute_step(sae, x, alpha=0.3, dead=None)
-    grads = {term: torch.autograd.grad(out.losses[term], _params(sae), allow_unused=True, retain_graph=True) for term in out.losses}
+    grads = {
+        term: torch.autograd.grad(out.losses[term], _params(sae), allow_unused=True, retain_graph=True)
+        for term in out.losses
+    }
     assert set(grads) == {"mse", "gate_l1", "gate_aux"}
     zero = lambda g: g is None or torch.count_nonzero(g) == 0
     W_enc, b_gate, W_dec, _, r_mag, b_mag = range(6)
@@ -122,8 +133,28 @@ def test_saelab_methods_lists_it():
 @pytest.mark.slow  # 88 s in the default run (2 cores, loaded): kept out of it to hold that run under 10 minutes
 def test_the_cli_learns_the_toy_dictionary(toy_dir, tmp_path):
     out = tmp_path / "run"
-    code, _, err = cli("train", "--activations", toy_dir / "activations.npy", "--method", "gated", "--alpha", "1", "--n-latents", "64",
-                       "--steps", "1000", "--batch-size", "128", "--lr", "1e-2", "--log-every", "250", "--out", out, "--no-progress")
+    code, _, err = cli(
+        "train",
+        "--activations",
+        toy_dir / "activations.npy",
+        "--method",
+        "gated",
+        "--alpha",
+        "1",
+        "--n-latents",
+        "64",
+        "--steps",
+        "1000",
+        "--batch-size",
+        "128",
+        "--lr",
+        "1e-2",
+        "--log-every",
+        "250",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0, err
     result = saelab.evaluate(out, toy_dir / "activations.npy", true_dictionary=toy_dir / "dictionary.npy", rows="all")
     # 32 true features, ~3 active per sample (see conftest): a good fit is sparse and finds them.
@@ -136,7 +167,10 @@ def test_the_cli_learns_the_toy_dictionary(toy_dir, tmp_path):
 def test_target_l0_steers_alpha(toy_dir, tmp_path):
     cfg = SAEConfig(name="g", n_latents=64, method="gated", target_l0=6.0, lr=1e-2).validate()
     assert cfg.sparsity_knob().param == "alpha"
-    run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), steps=800, batch_size=128, out=str(tmp_path / "run")), [cfg])
+    run = RunConfig(
+        TrainConfig(activations=str(toy_dir / "activations.npy"), steps=800, batch_size=128, out=str(tmp_path / "run")),
+        [cfg],
+    )
     Trainer(run, progress=False).fit()
     model = saelab.load(tmp_path / "run")
     record = json.loads((tmp_path / "run" / "saelab.json").read_text())
@@ -183,13 +217,31 @@ def _saelens_gated(w, x, apply_b_dec=True):
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_a_saelens_gated_folder_loads_with_saelens_outputs(tmp_path, apply_b_dec):
     g = torch.Generator().manual_seed(4)
-    w = {"W_enc": torch.randn(D, N, generator=g), "b_gate": torch.randn(N, generator=g) * 0.3, "r_mag": torch.randn(N, generator=g) * 0.3,
-         "b_mag": torch.randn(N, generator=g) * 0.3, "W_dec": torch.randn(N, D, generator=g) * 0.5, "b_dec": torch.randn(D, generator=g)}
+    w = {
+        "W_enc": torch.randn(D, N, generator=g),
+        "b_gate": torch.randn(N, generator=g) * 0.3,
+        "r_mag": torch.randn(N, generator=g) * 0.3,
+        "b_mag": torch.randn(N, generator=g) * 0.3,
+        "W_dec": torch.randn(N, D, generator=g) * 0.5,
+        "b_dec": torch.randn(D, generator=g),
+    }
     folder = tmp_path / "sl"
     folder.mkdir()
     save_file(w, str(folder / "sae_weights.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": D, "d_sae": N, "dtype": "float32", "device": "cpu",
-                                                 "apply_b_dec_to_input": apply_b_dec, "normalize_activations": "none", "metadata": {}}))
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "gated",
+                "d_in": D,
+                "d_sae": N,
+                "dtype": "float32",
+                "device": "cpu",
+                "apply_b_dec_to_input": apply_b_dec,
+                "normalize_activations": "none",
+                "metadata": {},
+            }
+        )
+    )
     sae = saelab.load(folder)
     assert sae.cfg.method == "gated"
     x = torch.randn(40, D, generator=g) * 2

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saelab.config import SAEConfig
-from saelab.training.objective import compute_step
 from saelab.model.sae import SparseAutoencoder
+from saelab.training.objective import compute_step
 
 
 def _sae(method, params, n=48, d=12, **kw):
@@ -128,7 +128,9 @@ def test_unit_norm_projection_removes_the_radial_gradient():
 
 
 @settings(max_examples=25, deadline=None)
-@given(rows=st.integers(1, 9), d=st.integers(1, 6), n=st.integers(1, 10), seed=st.integers(0, 2**16), x_grad=st.booleans())
+@given(
+    rows=st.integers(1, 9), d=st.integers(1, 6), n=st.integers(1, 10), seed=st.integers(0, 2**16), x_grad=st.booleans()
+)
 def test_pre_activations_equal_the_plain_formula_in_value_and_every_gradient(rows, d, n, seed, x_grad):
     # pre_activations routes b_dec's gradient around the [B, n]·[n, d] product; nothing else may change.
     sae = SparseAutoencoder(SAEConfig(n_latents=n, method="relu", d_in=d, b_dec_init="zero"))

@@ -83,7 +83,9 @@ def test_eval_command_reads_an_hf_address(tmp_path, fake_hub):
 
 
 def test_push_without_network_or_with_a_bad_repo_is_one_line(tmp_path, fake_hub, monkeypatch):
-    save_sae(SparseAutoencoder(SAEConfig(n_latents=16, method="topk", method_params={"k": 2}, d_in=4)), tmp_path / "sae")
+    save_sae(
+        SparseAutoencoder(SAEConfig(n_latents=16, method="topk", method_params={"k": 2}, d_in=4)), tmp_path / "sae"
+    )
     assert "repo=" in error_line(cli("push", tmp_path / "sae", "only-org"))
     assert "repo=" in error_line(cli("push", tmp_path / "sae", "a/b/c"))
 

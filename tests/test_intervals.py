@@ -12,8 +12,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saelab.errors import ConfigError, DataError
-from saelab.util.intervals import NOT_SEPARABLE, Interval, block_parts, bootstrap_sums, format_interval, normal_quantile, seeds_interval, unit_parts
-from saelab.util.comparisons import Comparison, adjust_family, compare_intervals, compare_seeds, holm, p_from_interval, paired_bootstrap, seeds_test
+from saelab.util.comparisons import (
+    Comparison,
+    adjust_family,
+    compare_intervals,
+    compare_seeds,
+    holm,
+    p_from_interval,
+    paired_bootstrap,
+    seeds_test,
+)
+from saelab.util.intervals import (
+    NOT_SEPARABLE,
+    Interval,
+    block_parts,
+    bootstrap_sums,
+    format_interval,
+    normal_quantile,
+    seeds_interval,
+    unit_parts,
+)
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -130,8 +148,9 @@ def test_bootstrap_vector_parts():
     assert iv.lo < iv.estimate < iv.hi
 
 
-@given(st.lists(st.floats(min_value=-100, max_value=100, allow_nan=False), min_size=1, max_size=30),
-       st.integers(0, 2**31))
+@given(
+    st.lists(st.floats(min_value=-100, max_value=100, allow_nan=False), min_size=1, max_size=30), st.integers(0, 2**31)
+)
 @settings(max_examples=40, deadline=None)
 def test_bootstrap_mean_brackets_estimate(values, seed):
     x = np.asarray(values)
@@ -288,8 +307,13 @@ def test_paired_bootstrap_uses_same_units():
     assert c.diff == pytest.approx(-0.002, rel=1e-9)
     assert c.lo == pytest.approx(-0.002) and c.hi == pytest.approx(-0.002)  # difference is exact per replicate
     assert c.verdict == "a beats b"
-    unpaired = compare_intervals(bootstrap_sums(pa, _ratio, n_boot=400), bootstrap_sums(pb, _ratio, n_boot=400, seed=1),
-                                 "a", "b", higher_is_better=False)
+    unpaired = compare_intervals(
+        bootstrap_sums(pa, _ratio, n_boot=400),
+        bootstrap_sums(pb, _ratio, n_boot=400, seed=1),
+        "a",
+        "b",
+        higher_is_better=False,
+    )
     assert unpaired.verdict == NOT_SEPARABLE
 
 
@@ -383,7 +407,10 @@ def test_evaluation_se_adds_to_the_seed_variance_hand_computed():
     sa, sb, ea = 1 / 3, 4 / 3, (0.09 + 0.16 + 0.25) / 3
     v = sa + sb + ea
     den = sa**2 / 2 + sb**2 / 2
-    sat, seed_only = (v, v**2 / den), (sa + sb, (sa + sb) ** 2 / den)  # Satterthwaite with ē² known; Welch on seeds alone
+    sat, seed_only = (
+        (v, v**2 / den),
+        (sa + sb, (sa + sb) ** 2 / den),
+    )  # Satterthwaite with ē² known; Welch on seeds alone
     half = max(t.ppf(0.975, df) * math.sqrt(var) for var, df in (sat, seed_only))
     assert c.hi - c.diff == pytest.approx(half, rel=1e-9)
     assert c.p == pytest.approx(max(2 * t.sf(3 / math.sqrt(var), df) for var, df in (sat, seed_only)), rel=1e-9)
@@ -391,8 +418,11 @@ def test_evaluation_se_adds_to_the_seed_variance_hand_computed():
     assert c.hi - c.lo >= wider.hi - wider.lo and c.p >= wider.p  # never narrower than without the evaluation's noise
 
 
-@given(st.lists(finite, min_size=2, max_size=6), st.lists(finite, min_size=2, max_size=6),
-       st.floats(min_value=0, max_value=1e3))
+@given(
+    st.lists(finite, min_size=2, max_size=6),
+    st.lists(finite, min_size=2, max_size=6),
+    st.floats(min_value=0, max_value=1e3),
+)
 @settings(max_examples=60, deadline=None)
 def test_p_agrees_with_the_interval(a, b, se):
     c = compare_seeds(a, b, "a", "b", True, a_eval_se=[se] * len(a), b_eval_se=[se] * len(b))

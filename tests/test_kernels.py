@@ -9,10 +9,17 @@ import torch
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.kernels import select, sparse_step, topk_encode, workspace
-from saelab.methods import supports
 from saelab.kernels.sparse_code import SparseCode
-from saelab.training.objective import active_per_row, compute_step, dense_step, fired_latents, nonzero_values, uses_sparse_kernel
+from saelab.methods import supports
 from saelab.model.sae import SparseAutoencoder
+from saelab.training.objective import (
+    active_per_row,
+    compute_step,
+    dense_step,
+    fired_latents,
+    nonzero_values,
+    uses_sparse_kernel,
+)
 from saelab.training.trainer import Trainer
 
 NAMES = ["W_enc", "b_enc", "W_dec", "b_dec"]
@@ -141,8 +148,17 @@ def test_auxk_and_multi_topk_reach_the_encoder_and_b_dec_as_plain_autograd_does(
 @pytest.mark.parametrize("auxk", [False, True])
 def test_matryoshka_prefix_losses_match_the_dense_path(n_prefixes, weight, auxk):
     n = 200  # prefixes 100, 50, 25, 12, 6: not powers of two all the way down
-    sae = _sae("matryoshka_batchtopk", {"k": 4, "n_prefixes": n_prefixes, "prefix_weight": weight}, n=n, d=12, seed=7,
-               auxk=auxk, k_aux=6, normalize="scalar", normalization_factor=0.7)
+    sae = _sae(
+        "matryoshka_batchtopk",
+        {"k": 4, "n_prefixes": n_prefixes, "prefix_weight": weight},
+        n=n,
+        d=12,
+        seed=7,
+        auxk=auxk,
+        k_aux=6,
+        normalize="scalar",
+        normalization_factor=0.7,
+    )
     assert supports(sae)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(40, 12, generator=g) * 2 + 0.3
@@ -198,13 +214,26 @@ def test_leaky_topk_with_a_leak_keeps_the_dense_path():
         compute_step(sae, torch.randn(4, 8), 0.0, None)
 
 
-@pytest.mark.parametrize("penalty,penalty_params,decoder_norm", [(None, {}, False), ("l1", {}, False), ("l1", {}, True),
-                                                                 ("lp", {"p": 0.5}, True), ("lp", {"p": 1.7, "c": 0.3}, False),
-                                                                 ("smoothed_l0", {"eps": 0.05, "delta": 0.8}, True),
-                                                                 ("freshman", {"p": 2.0}, False), ("freshman", {"p": 1.5}, True)])
+@pytest.mark.parametrize(
+    "penalty,penalty_params,decoder_norm",
+    [
+        (None, {}, False),
+        ("l1", {}, False),
+        ("l1", {}, True),
+        ("lp", {"p": 0.5}, True),
+        ("lp", {"p": 1.7, "c": 0.3}, False),
+        ("smoothed_l0", {"eps": 0.05, "delta": 0.8}, True),
+        ("freshman", {"p": 2.0}, False),
+        ("freshman", {"p": 1.5}, True),
+    ],
+)
 @pytest.mark.parametrize("auxk", [False, True])
 def test_relu_with_an_entrywise_penalty_matches_the_dense_path(penalty, penalty_params, decoder_norm, auxk):
-    kw = {"penalty": penalty, "penalty_params": penalty_params, "alpha": 0.7, "penalty_decoder_norm": decoder_norm} if penalty else {}
+    kw = (
+        {"penalty": penalty, "penalty_params": penalty_params, "alpha": 0.7, "penalty_decoder_norm": decoder_norm}
+        if penalty
+        else {}
+    )
     sae = _sae("relu", {}, n=200, d=12, seed=5, auxk=auxk, k_aux=6, normalize="scalar", normalization_factor=0.7, **kw)
     assert supports(sae)
     g = torch.Generator().manual_seed(1)
@@ -213,7 +242,11 @@ def test_relu_with_an_entrywise_penalty_matches_the_dense_path(penalty, penalty_
     x = torch.randn(48, 12, generator=g)
     dead = torch.rand(200, generator=g) < 0.3 if auxk else None
     dense, sparse = dense_step(sae, x, 0.7, dead), sparse_step(sae, x, 0.7, dead)
-    assert list(sparse.losses) == list(dense.losses) == ["mse"] + (["penalty"] if penalty else []) + (["auxk"] if auxk else [])
+    assert (
+        list(sparse.losses)
+        == list(dense.losses)
+        == ["mse"] + (["penalty"] if penalty else []) + (["auxk"] if auxk else [])
+    )
     for name in dense.losses:
         _close(sparse.losses[name].detach(), dense.losses[name].detach(), f"loss {name}")
     gd, gs = _grads(dense.total, sae), _grads(sparse.total, sae)
@@ -221,7 +254,9 @@ def test_relu_with_an_entrywise_penalty_matches_the_dense_path(penalty, penalty_
         _close(gs[name], gd[name], f"grad {name}")
     assert torch.allclose(sparse.z.to_dense(200).detach(), dense.z.detach())
     assert torch.equal(active_per_row(sparse.z), active_per_row(dense.z))
-    assert 0 < sparse.z.nnz < 0.5 * 48 * 200 and bool((sparse.z.values > 0).all())  # the positive entries, no stored zeros
+    assert 0 < sparse.z.nnz < 0.5 * 48 * 200 and bool(
+        (sparse.z.values > 0).all()
+    )  # the positive entries, no stored zeros
 
 
 def test_a_dense_relu_code_takes_the_dense_path_for_that_step():
@@ -303,20 +338,46 @@ def test_sparse_code_reports_like_a_dense_code():
 def test_training_with_the_sparse_kernel_gives_the_dense_weights(toy_dir, tmp_path):
     saes = [
         dict(name="a", n_latents=64, method="topk", method_params={"k": 3}, auxk=True, k_aux=8, dead_tokens=256),
-        dict(name="b", n_latents=48, method="multi_topk", method_params={"k": 2}, auxk=True, k_aux=6, dead_tokens=256, normalize="unit"),
+        dict(
+            name="b",
+            n_latents=48,
+            method="multi_topk",
+            method_params={"k": 2},
+            auxk=True,
+            k_aux=6,
+            dead_tokens=256,
+            normalize="unit",
+        ),
         dict(name="c", n_latents=40, method="batchtopk", method_params={"k": 3}, auxk=True, k_aux=8, dead_tokens=256),
         dict(name="d", n_latents=32, method="leaky_topk", method_params={"k": 2, "eps": 0.0}, normalize="scalar"),
-        dict(name="e", n_latents=64, method="matryoshka_batchtopk", method_params={"k": 3}, auxk=True, k_aux=8, dead_tokens=256),
+        dict(
+            name="e",
+            n_latents=64,
+            method="matryoshka_batchtopk",
+            method_params={"k": 3},
+            auxk=True,
+            k_aux=8,
+            dead_tokens=256,
+        ),
     ]
     weights = {}
     for kernel in ("dense", "sparse"):
-        t = TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / kernel), batch_size=128, log_every=10, steps=25)
+        t = TrainConfig(
+            activations=str(toy_dir / "activations.npy"),
+            out=str(tmp_path / kernel),
+            batch_size=128,
+            log_every=10,
+            steps=25,
+        )
         members = Trainer(RunConfig(t, [SAEConfig(lr=2e-3, kernel=kernel, **s) for s in saes]), progress=False).fit()
         weights[kernel] = {m.cfg.name: {n: getattr(m.sae, n).detach().clone() for n in NAMES} for m in members}
         weights[kernel]["threshold"] = members[2].sae.activation.threshold.clone()
     for name in "abcde":
         for p in NAMES:
-            assert torch.allclose(weights["sparse"][name][p], weights["dense"][name][p], rtol=1e-4, atol=1e-5), (name, p)
+            assert torch.allclose(weights["sparse"][name][p], weights["dense"][name][p], rtol=1e-4, atol=1e-5), (
+                name,
+                p,
+            )
     assert torch.allclose(weights["sparse"]["threshold"], weights["dense"]["threshold"], rtol=1e-5)
 
 
@@ -352,7 +413,9 @@ def test_encoder_gradient_summed_block_by_block_matches_the_dense_path(monkeypat
 # reference taken on the support the bf16 step selected, and the selection itself is checked to be
 # a top-k of the float32 P up to P's bfloat16 rounding.
 BF16_LOSS_RTOL = 1e-2  # loss terms: relative error
-BF16_GRAD_RTOL = 3e-2  # gradients: ‖g_bf16 − g_fp32‖ / ‖g_fp32‖ (bfloat16 keeps 8 significant bits: 2⁻⁸ ≈ 0.4 % per rounding)
+BF16_GRAD_RTOL = (
+    3e-2  # gradients: ‖g_bf16 − g_fp32‖ / ‖g_fp32‖ (bfloat16 keeps 8 significant bits: 2⁻⁸ ≈ 0.4 % per rounding)
+)
 
 
 def _support(code, n):
@@ -385,7 +448,9 @@ def _bf16_step(monkeypatch, sae, x, dead):
 @pytest.mark.parametrize("aux_density", [None, 0.0, math.inf])  # no AuxK; AuxK as a dense block; as listed entries
 @pytest.mark.parametrize("method,params", [("topk", {"k": 4}), ("batchtopk", {"k": 4})])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bfloat16_sparse_step_matches_the_float32_reference_on_its_support(monkeypatch, aux_density, method, params, seed):
+def test_bfloat16_sparse_step_matches_the_float32_reference_on_its_support(
+    monkeypatch, aux_density, method, params, seed
+):
     from saelab.losses import auxk_term, squared_error
 
     auxk = aux_density is not None
@@ -430,13 +495,17 @@ def test_bfloat16_sparse_step_matches_the_float32_reference_on_its_support(monke
         assert float(pre.masked_fill(main, -math.inf).max()) <= float(pre[main].min()) + float(slack.max())
 
 
-@pytest.mark.parametrize("method,params,penalty", [("multi_topk", {"k": 3}, None), ("matryoshka_batchtopk", {"k": 4}, None),
-                                                   ("relu", {}, "l1")])
+@pytest.mark.parametrize(
+    "method,params,penalty",
+    [("multi_topk", {"k": 3}, None), ("matryoshka_batchtopk", {"k": 4}, None), ("relu", {}, "l1")],
+)
 def test_bfloat16_sparse_step_stays_close_to_float32_for_every_planned_method(monkeypatch, method, params, penalty):
     # Losses and gradients within the bfloat16 tolerances when the selection has no near-ties to flip:
     # pre-activations with gaps far above bfloat16's rounding (a ReLU code has no selection to flip).
     n, d = 256, 16
-    extra = {"penalty": penalty, "kernel": "sparse"} if penalty else {}  # a ReLU code at init is dense: "auto" would take the dense path
+    extra = (
+        {"penalty": penalty, "kernel": "sparse"} if penalty else {}
+    )  # a ReLU code at init is dense: "auto" would take the dense path
     sae = _sae(method, params, n, d, seed=5, auxk=method != "relu", k_aux=8, **extra)
     if method != "relu":
         with torch.no_grad():  # latent i's pre-activation ≈ i·0.05 + small: the order is fixed, gaps ≫ rounding
@@ -448,7 +517,10 @@ def test_bfloat16_sparse_step_stays_close_to_float32_for_every_planned_method(mo
     out, _ = _bf16_step(monkeypatch, sae, x, dead)
     assert list(out.losses) == list(ref.losses)
     for name in ref.losses:
-        assert abs(float((out.losses[name] - ref.losses[name]).detach())) <= BF16_LOSS_RTOL * abs(float(ref.losses[name].detach())) + 1e-6, name
+        assert (
+            abs(float((out.losses[name] - ref.losses[name]).detach()))
+            <= BF16_LOSS_RTOL * abs(float(ref.losses[name].detach())) + 1e-6
+        ), name
     g_ref, g_out = _grads(ref.total, sae), _grads(out.total, sae)
     for name in NAMES:
         assert _rel(g_out[name], g_ref[name]) <= BF16_GRAD_RTOL, f"grad {name}: {_rel(g_out[name], g_ref[name]):.4f}"

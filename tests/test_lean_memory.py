@@ -11,11 +11,20 @@ import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.kernels import topk_encode, workspace
-from saelab.training.trainer import Trainer
 from saelab.training.member import build_member, train_step
+from saelab.training.trainer import Trainer
 
 CONFIGS = [
-    SAEConfig(n_latents=64, method="topk", method_params={"k": 4}, kernel="sparse", auxk=True, k_aux=8, dead_tokens=64, lr=3e-3),
+    SAEConfig(
+        n_latents=64,
+        method="topk",
+        method_params={"k": 4},
+        kernel="sparse",
+        auxk=True,
+        k_aux=8,
+        dead_tokens=64,
+        lr=3e-3,
+    ),
     SAEConfig(n_latents=64, method="batchtopk", method_params={"k": 4}, kernel="sparse", lr=3e-3),
     SAEConfig(n_latents=48, method="relu", penalty="l1", alpha=0.05, lr=3e-3, decoder_unit_norm=False),
     SAEConfig(n_latents=48, method="jumprelu", normalize="scalar", lr=3e-3),
@@ -100,8 +109,10 @@ def test_lean_memory_refuses_clipping_and_more_than_one_process(toy_dir, tmp_pat
         def check_batch(self, batch_size):
             return None
 
-    run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "r"), lean_memory=True, steps=2),
-                    [SAEConfig(n_latents=16, method="topk", method_params={"k": 2})])
+    run = RunConfig(
+        TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "r"), lean_memory=True, steps=2),
+        [SAEConfig(n_latents=16, method="topk", method_params={"k": 2})],
+    )
     with pytest.raises(ConfigError, match="one process"):
         Trainer(run, progress=False, world=TwoRanks(rank=0, size=2))
 
@@ -110,7 +121,29 @@ def test_lean_memory_trains_from_the_cli_and_records_it(toy_dir, tmp_path):
     from saelab.cli import main
 
     out = tmp_path / "lean"
-    assert main(["train", "--activations", str(toy_dir / "activations.npy"), "--out", str(out), "--method", "topk", "--k", "3",
-                 "--n-latents", "32", "--steps", "40", "--batch-size", "128", "--lean-memory", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(toy_dir / "activations.npy"),
+                "--out",
+                str(out),
+                "--method",
+                "topk",
+                "--k",
+                "3",
+                "--n-latents",
+                "32",
+                "--steps",
+                "40",
+                "--batch-size",
+                "128",
+                "--lean-memory",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     record = saelab.formats.folder.read_saelab_record(out)
     assert record["train"]["lean_memory"] is True and record["eval"]["nmse"] < 1.0

@@ -12,11 +12,11 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
+from saelab.commands import lm as lm_cli  # noqa: E402
 from saelab.errors import DataError, SaelabError  # noqa: E402
 from saelab.sources.lm import ablate_lowest as al  # noqa: E402
-from saelab.sources.lm.downstream import evaluate_downstream  # noqa: E402
-from saelab.commands import lm as lm_cli  # noqa: E402
 from saelab.sources.lm import model as hf  # noqa: E402
+from saelab.sources.lm.downstream import evaluate_downstream  # noqa: E402
 from saelab.sources.lm.text import TextConfig, iter_batches  # noqa: E402
 
 WORDS = ("the a cat dog sat ran on under mat log and then it was big small red blue "
@@ -88,7 +88,9 @@ def TinySAE(d_in, n_latents=64, seed=0, normalize="unit"):
     from saelab.config import SAEConfig
     from saelab.model.sae import SparseAutoencoder
 
-    sae = SparseAutoencoder(SAEConfig(n_latents=n_latents, method="relu", d_in=d_in, normalize=normalize, b_dec_init="zero"))
+    sae = SparseAutoencoder(
+        SAEConfig(n_latents=n_latents, method="relu", d_in=d_in, normalize=normalize, b_dec_init="zero")
+    )
     sae.reset_weights(torch.Generator().manual_seed(seed))
     with torch.no_grad():
         sae.W_enc.mul_(0.7)  # untie the decoder so reconstructions are imperfect, as a trained SAE's are
@@ -326,7 +328,18 @@ def test_eval_reads_layer_site_context_from_sae_folder(model_dirs, text_file, mo
     monkeypatch.setattr(saelab, "load", lambda path, device="cpu": TinySAE(32))
     sae_dir = tmp_path / "sae"
     sae_dir.mkdir()
-    argv = ["eval", "--sae", str(sae_dir), "--model", model_dirs["llama"], "--text", text_file, "--tokens", "40", "--json"]
+    argv = [
+        "eval",
+        "--sae",
+        str(sae_dir),
+        "--model",
+        model_dirs["llama"],
+        "--text",
+        text_file,
+        "--tokens",
+        "40",
+        "--json",
+    ]
     with pytest.raises(SaelabError, match="--layer is required"):
         _run(argv)
     source = {"layer": 2, "site": "attn_out", "context": 10, "options": {"outlier_factor": 10.0, "prepend_bos": True}}

@@ -58,7 +58,9 @@ def test_jsonl_and_folder_documents_joined_by_eos(tmp_path, tok):
     windows = list(iter_windows(tok, TextConfig(str(tmp_path / "corpus"), context=3, prepend_bos=False)))
     flat = sum(windows, [])
     eos = tok.eos_token_id
-    expected = _ids(tok, ["one", "two"]) + [eos] + _ids(tok, ["three"]) + [eos] + _ids(tok, ["four", "five", "six"]) + [eos]
+    expected = (
+        _ids(tok, ["one", "two"]) + [eos] + _ids(tok, ["three"]) + [eos] + _ids(tok, ["four", "five", "six"]) + [eos]
+    )
     assert flat == expected[: len(flat)] and len(flat) == 9
 
 

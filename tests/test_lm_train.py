@@ -20,8 +20,8 @@ import saelab
 from saelab.cli import build_parser
 from saelab.commands.lm_train import build_run
 from saelab.errors import ConfigError
-from saelab.sources.lm.online_trainer import OnlineTrainer
 from saelab.sources.lm.model import LMSpec, load_lm
+from saelab.sources.lm.online_trainer import OnlineTrainer
 from saelab.sources.lm.stream import OnlineConfig, OnlineStream, parse_sites
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -34,9 +34,38 @@ def lm_and_text(tmp_path_factory):
 
 
 def _argv(model: str, text: str, out: Path, *extra: str) -> list[str]:
-    return ["lm", "train", "--model", model, "--text", text, "--sites", "1,2:mlp_out", "--tokens", "1920", "--batch-size", "64",
-            "--n-latents", "48", "--method", "topk", "--k", "4", "--context", str(CTX), "--lm-batch-size", "4",
-            "--buffer-tokens", "256", "--eval-tokens", "120", "--no-progress", "--out", str(out), *extra]
+    return [
+        "lm",
+        "train",
+        "--model",
+        model,
+        "--text",
+        text,
+        "--sites",
+        "1,2:mlp_out",
+        "--tokens",
+        "1920",
+        "--batch-size",
+        "64",
+        "--n-latents",
+        "48",
+        "--method",
+        "topk",
+        "--k",
+        "4",
+        "--context",
+        str(CTX),
+        "--lm-batch-size",
+        "4",
+        "--buffer-tokens",
+        "256",
+        "--eval-tokens",
+        "120",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _trainer(argv: list[str]) -> tuple[OnlineTrainer, object]:
@@ -61,15 +90,32 @@ def test_lm_train_writes_one_folder_per_site_that_lm_eval_reads(lm_and_text, tmp
     for layer in (1, 2):
         folder = tmp_path / "run" / f"blocks.{layer}.hook_mlp_out"
         meta = json.loads((folder / "cfg.json").read_text())["metadata"]
-        assert meta["hook_name"] == f"blocks.{layer}.hook_mlp_out" and meta["model_name"] == "gpt2" and meta["context_size"] == CTX
+        assert (
+            meta["hook_name"] == f"blocks.{layer}.hook_mlp_out"
+            and meta["model_name"] == "gpt2"
+            and meta["context_size"] == CTX
+        )
         record = json.loads((folder / "saelab.json").read_text())
         assert record["dataset"] == text and record["tokens"] == 1920
         assert record["source"]["model_path"] == os.path.abspath(model) and record["source"]["site"] == "mlp_out"
         assert record["lm_tokens"] >= 1920  # BOS positions are read by the LM but never trained on
         sae = saelab.load(folder)
         assert sae.cfg.d_in == 32 and record["eval"]["l0"] == pytest.approx(4.0)
-    code, out, err = cli("lm", "eval", "--model", model, "--text", text, "--sae", tmp_path / "run" / "blocks.2.hook_mlp_out",
-                         "--tokens", "200", "--skip-windows", "300", "--json")
+    code, out, err = cli(
+        "lm",
+        "eval",
+        "--model",
+        model,
+        "--text",
+        text,
+        "--sae",
+        tmp_path / "run" / "blocks.2.hook_mlp_out",
+        "--tokens",
+        "200",
+        "--skip-windows",
+        "300",
+        "--json",
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["l0"] == pytest.approx(4.0) and 0 < result["nmse"] < 1
@@ -78,7 +124,9 @@ def test_lm_train_writes_one_folder_per_site_that_lm_eval_reads(lm_and_text, tmp
 def test_every_row_the_lm_yields_is_served_once_and_batches_mix_windows(lm_and_text):
     model, text = lm_and_text
     lm = load_lm(LMSpec(model))
-    cfg = OnlineConfig(model, text, ((1, "resid_post"),), context=CTX, windows_per_forward=4, buffer_tokens=240, eval_tokens=30)
+    cfg = OnlineConfig(
+        model, text, ((1, "resid_post"),), context=CTX, windows_per_forward=4, buffer_tokens=240, eval_tokens=30
+    )
     stream = OnlineStream(lm, cfg, batch_size=40, seed=3)
     served = torch.cat([torch.from_numpy(stream.batch(p)[0][0]) for p in range(12)])
     left = stream.buffers[0][: stream.fill[0]]
@@ -131,21 +179,65 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(lm_and_text, tmp_p
 
 def test_config_tables_name_their_site(lm_and_text, tmp_path):
     model, text = lm_and_text
-    (tmp_path / "sweep.toml").write_text('n_latents = 48\nmethod = "topk"\n[[sae]]\nname = "k4"\nk = 4\nsite = 1\n'
-                                         '[[sae]]\nname = "k8"\nk = 8\nsite = "blocks.1.hook_resid_post"\n[[sae]]\nname = "k2"\nk = 2\nsite = "2"\n')
-    code, _, err = cli("lm", "train", "--model", model, "--text", text, "--config", tmp_path / "sweep.toml", "--tokens", "640",
-                       "--batch-size", "64", "--context", str(CTX), "--lm-batch-size", "4", "--buffer-tokens", "256",
-                       "--eval-tokens", "60", "--no-progress", "--out", tmp_path / "run")
+    (tmp_path / "sweep.toml").write_text(
+        'n_latents = 48\nmethod = "topk"\n[[sae]]\nname = "k4"\nk = 4\nsite = 1\n'
+        '[[sae]]\nname = "k8"\nk = 8\nsite = "blocks.1.hook_resid_post"\n[[sae]]\nname = "k2"\nk = 2\nsite = "2"\n'
+    )
+    code, _, err = cli(
+        "lm",
+        "train",
+        "--model",
+        model,
+        "--text",
+        text,
+        "--config",
+        tmp_path / "sweep.toml",
+        "--tokens",
+        "640",
+        "--batch-size",
+        "64",
+        "--context",
+        str(CTX),
+        "--lm-batch-size",
+        "4",
+        "--buffer-tokens",
+        "256",
+        "--eval-tokens",
+        "60",
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 0, err
-    l0 = {p.parent.name + "/" + p.name: json.loads((p / "eval.json").read_text())["l0"]
-          for p in (tmp_path / "run").glob("blocks.*/*") if p.is_dir()}
+    l0 = {
+        p.parent.name + "/" + p.name: json.loads((p / "eval.json").read_text())["l0"]
+        for p in (tmp_path / "run").glob("blocks.*/*")
+        if p.is_dir()
+    }
     assert l0 == pytest.approx({"blocks.1.hook_resid_post/k4": 4.0, "blocks.1.hook_resid_post/k8": 8.0})
-    assert json.loads((tmp_path / "run" / "blocks.2.hook_resid_post" / "eval.json").read_text())["l0"] == pytest.approx(2.0)
+    assert json.loads((tmp_path / "run" / "blocks.2.hook_resid_post" / "eval.json").read_text())["l0"] == pytest.approx(
+        2.0
+    )
 
 
 def test_bad_input_is_one_line(lm_and_text, tmp_path):
     model, text = lm_and_text
-    assert "sites" in error_line(cli("lm", "train", "--model", model, "--text", text, "--tokens", "64", "--n-latents", "8", "--out", tmp_path / "a"))
+    assert "sites" in error_line(
+        cli(
+            "lm",
+            "train",
+            "--model",
+            model,
+            "--text",
+            text,
+            "--tokens",
+            "64",
+            "--n-latents",
+            "8",
+            "--out",
+            tmp_path / "a",
+        )
+    )
     assert "buffer_tokens" in error_line(cli(*_argv(model, text, tmp_path / "b", "--buffer-tokens", "100")))
     assert "text" in error_line(cli(*_argv(model, str(tmp_path / "missing.txt"), tmp_path / "c")))
 
@@ -153,8 +245,24 @@ def test_bad_input_is_one_line(lm_and_text, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
 def test_device_cuda_without_cuda_is_one_line_before_the_model_loads(lm_and_text, tmp_path):
     _, text = lm_and_text
-    line = error_line(cli("lm", "eval", "--model", tmp_path / "no-model-here", "--text", text, "--sae", tmp_path, "--layer", "1",
-                          "--site", "resid_post", "--device", "cuda"))
+    line = error_line(
+        cli(
+            "lm",
+            "eval",
+            "--model",
+            tmp_path / "no-model-here",
+            "--text",
+            text,
+            "--sae",
+            tmp_path,
+            "--layer",
+            "1",
+            "--site",
+            "resid_post",
+            "--device",
+            "cuda",
+        )
+    )
     assert "device" in line and "cuda" in line  # the model path does not exist: the device was checked first
 
 
@@ -165,10 +273,25 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "saelab",
-           *_argv(model, text, tmp_path / "two")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(saelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "saelab",
+        *_argv(model, text, tmp_path / "two"),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(saelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
@@ -180,7 +303,15 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
 def test_a_stream_that_ran_ahead_saves_the_state_of_an_earlier_batch(lm_and_text):
     model, text = lm_and_text
     lm = load_lm(LMSpec(model))
-    cfg = OnlineConfig(model, text, ((1, "resid_post"), (2, "attn_out")), context=CTX, windows_per_forward=4, buffer_tokens=120, eval_tokens=30)
+    cfg = OnlineConfig(
+        model,
+        text,
+        ((1, "resid_post"), (2, "attn_out")),
+        context=CTX,
+        windows_per_forward=4,
+        buffer_tokens=120,
+        eval_tokens=30,
+    )
     reference = OnlineStream(lm, cfg, batch_size=40, seed=5)
     uninterrupted = [reference.batch(p)[0] for p in range(12)]
     ahead = OnlineStream(lm, cfg, batch_size=40, seed=5)

@@ -42,14 +42,18 @@ class FakeLogger:
 @pytest.fixture
 def fake_backend(monkeypatch):
     FakeLogger.runs = []
-    monkeypatch.setitem(logging_backends._REGISTRY, "fake", logging_backends.Backend("json", "log", lambda: json, FakeLogger))
+    monkeypatch.setitem(
+        logging_backends._REGISTRY, "fake", logging_backends.Backend("json", "log", lambda: json, FakeLogger)
+    )
     return FakeLogger
 
 
 def test_each_sae_gets_one_run_with_its_records_and_config_once(toy_dir, tmp_path, fake_backend):
     config = tmp_path / "two.toml"
-    config.write_text(f'activations = "{toy_dir / "activations.npy"}"\nsteps = 30\nlog_every = 10\nbatch_size = 256\nlog = "fake"\n'
-                      'n_latents = 32\nmethod = "topk"\n[[sae]]\nk = 2\n[[sae]]\nk = 4\n')
+    config.write_text(
+        f'activations = "{toy_dir / "activations.npy"}"\nsteps = 30\nlog_every = 10\nbatch_size = 256\nlog = "fake"\n'
+        'n_latents = 32\nmethod = "topk"\n[[sae]]\nk = 2\n[[sae]]\nk = 4\n'
+    )
     code, _, err = cli("train", "--config", config, "--out", tmp_path / "run", "--no-progress")
     assert code == 0, err
     runs = fake_backend.runs
@@ -69,7 +73,20 @@ def test_tensorboard_gets_the_metrics(toy_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tb"
-    code, _, err = cli("train", "--activations", toy_dir / "activations.npy", "--out", out, *TOPK, "--steps", "30", "--log-every", "10", "--log", "tensorboard")
+    code, _, err = cli(
+        "train",
+        "--activations",
+        toy_dir / "activations.npy",
+        "--out",
+        out,
+        *TOPK,
+        "--steps",
+        "30",
+        "--log-every",
+        "10",
+        "--log",
+        "tensorboard",
+    )
     assert code == 0, err
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -81,7 +98,20 @@ def test_tensorboard_gets_the_metrics(toy_dir, tmp_path):
 
 
 def test_unknown_logger_is_a_one_line_error(toy_dir, tmp_path):
-    line = error_line(cli("train", "--activations", toy_dir / "activations.npy", "--out", tmp_path / "x", *TOPK, "--steps", "5", "--log", "mlflow"))
+    line = error_line(
+        cli(
+            "train",
+            "--activations",
+            toy_dir / "activations.npy",
+            "--out",
+            tmp_path / "x",
+            *TOPK,
+            "--steps",
+            "5",
+            "--log",
+            "mlflow",
+        )
+    )
     assert "log='mlflow'" in line and "wandb" in line and "tensorboard" in line
     assert not (tmp_path / "x").exists()
 
@@ -90,12 +120,31 @@ def test_missing_package_names_the_extra(toy_dir, tmp_path, monkeypatch):
     def missing():
         import saelab_no_such_logger  # noqa: F401
 
-    monkeypatch.setitem(logging_backends._REGISTRY, "gone", logging_backends.Backend("saelab_no_such_logger", "log", missing, FakeLogger))
-    line = error_line(cli("train", "--activations", toy_dir / "activations.npy", "--out", tmp_path / "x", *TOPK, "--steps", "5", "--log", "gone"))
+    monkeypatch.setitem(
+        logging_backends._REGISTRY,
+        "gone",
+        logging_backends.Backend("saelab_no_such_logger", "log", missing, FakeLogger),
+    )
+    line = error_line(
+        cli(
+            "train",
+            "--activations",
+            toy_dir / "activations.npy",
+            "--out",
+            tmp_path / "x",
+            *TOPK,
+            "--steps",
+            "5",
+            "--log",
+            "gone",
+        )
+    )
     assert "log='gone'" in line and "pip install 'saelab[log]'" in line
     monkeypatch.setitem(sys.modules, "trackio", None)  # as if trackio were not installed (import raises ImportError)
     sweep = tmp_path / "sweep.toml"
-    sweep.write_text(f'activations = "{toy_dir / "activations.npy"}"\nsteps = 5\nn_latents = 32\nmethod = "topk"\nk = [2, 4]\n')
+    sweep.write_text(
+        f'activations = "{toy_dir / "activations.npy"}"\nsteps = 5\nn_latents = 32\nmethod = "topk"\nk = [2, 4]\n'
+    )
     line = error_line(cli("sweep", sweep, "--out", tmp_path / "sweep", "--log", "trackio"))
     assert "log='trackio'" in line and "pip install 'saelab[trackio]'" in line
     assert not (tmp_path / "sweep").exists()  # refused before the sweep folder was claimed
@@ -104,7 +153,9 @@ def test_missing_package_names_the_extra(toy_dir, tmp_path, monkeypatch):
 def test_backends_are_imported_only_when_asked(toy_dir, tmp_path):
     heavy = ("wandb", "trackio", "tensorboard", "torch.utils.tensorboard")
     before = {m for m in heavy if m in sys.modules}
-    code, _, err = cli("train", "--activations", toy_dir / "activations.npy", "--out", tmp_path / "plain", *TOPK, "--steps", "5")
+    code, _, err = cli(
+        "train", "--activations", toy_dir / "activations.npy", "--out", tmp_path / "plain", *TOPK, "--steps", "5"
+    )
     assert code == 0, err
     assert {m for m in heavy if m in sys.modules} == before
 
@@ -114,7 +165,20 @@ def test_wandb_offline_writes_the_records_without_network(toy_dir, tmp_path, mon
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "wb"
-    code, _, err = cli("train", "--activations", toy_dir / "activations.npy", "--out", out, *TOPK, "--steps", "30", "--log-every", "10", "--log", "wandb")
+    code, _, err = cli(
+        "train",
+        "--activations",
+        toy_dir / "activations.npy",
+        "--out",
+        out,
+        *TOPK,
+        "--steps",
+        "30",
+        "--log-every",
+        "10",
+        "--log",
+        "wandb",
+    )
     assert code == 0, err
     files = glob.glob(str(out / "wandb" / "offline-run-*" / "*.wandb"))
     assert len(files) == 1

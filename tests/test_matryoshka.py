@@ -8,8 +8,8 @@ from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
 from saelab.methods.matryoshka import prefix_sizes
-from saelab.training.objective import compute_step
 from saelab.model.sae import SparseAutoencoder
+from saelab.training.objective import compute_step
 from saelab.training.trainer import Trainer
 
 
@@ -20,7 +20,13 @@ def test_prefix_sizes_halve_down_from_the_full_dictionary():
 
 
 def test_loss_and_gradients_match_a_hand_written_objective():
-    cfg = SAEConfig(n_latents=32, d_in=8, method="matryoshka_batchtopk", method_params={"k": 3, "n_prefixes": 3, "prefix_weight": 0.5}, b_dec_init="zero").validate()
+    cfg = SAEConfig(
+        n_latents=32,
+        d_in=8,
+        method="matryoshka_batchtopk",
+        method_params={"k": 3, "n_prefixes": 3, "prefix_weight": 0.5},
+        b_dec_init="zero",
+    ).validate()
     sae = SparseAutoencoder(cfg).train()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -56,7 +62,12 @@ def test_it_trains_and_its_first_prefix_reconstructs_better_than_plain_batchtopk
     results = {}
     for method in ("batchtopk", "matryoshka_batchtopk"):
         cfg = SAEConfig(name=method, n_latents=64, method=method, method_params={"k": 3}, lr=3e-3).validate()
-        run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), steps=300, batch_size=128, out=str(tmp_path / method)), [cfg])
+        run = RunConfig(
+            TrainConfig(
+                activations=str(toy_dir / "activations.npy"), steps=300, batch_size=128, out=str(tmp_path / method)
+            ),
+            [cfg],
+        )
         Trainer(run, progress=False).fit()
         sae = load_sae(tmp_path / method)
         x = torch.from_numpy(__import__("numpy").load(toy_dir / "activations.npy")[-2000:]).float()

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from saelab.errors import ConfigError
-from saelab.methods.registry import activation_class, build_params, penalty_class
 from saelab.methods.dimred import a_sequence, dimred_support
+from saelab.methods.registry import activation_class, build_params, penalty_class
 
 
 def make_activation(name, n, **params):
@@ -74,7 +74,11 @@ def test_batchtopk_averages_k_in_training_and_thresholds_at_inference():
 
 
 @settings(max_examples=40, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(5, 30)), elements=finite), st.integers(1, 4), st.floats(0, 0.5))
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(5, 30)), elements=finite),
+    st.integers(1, 4),
+    st.floats(0, 0.5),
+)
 def test_leaky_topk_non_top_entries_below_eps(pre, k, eps):
     pre = torch.from_numpy(pre)
     z = make_activation("leaky_topk", pre.shape[1], k=k, eps=eps)(pre)
@@ -193,7 +197,9 @@ def test_jumprelu_forward_and_pseudo_derivatives():
     theta = 0.5
     # ∂z/∂θ = −(θ/ε)·K((pre−θ)/ε), rectangle kernel: |pre − θ| < ε/2 = 0.1 → latents 0 and 1.
     k = lambda v: float(abs((v - theta) / 0.2) < 0.5)
-    expected_theta = torch.tensor([-(theta / 0.2) * (k(0.45) + k(0.2)), -(theta / 0.2) * (k(0.55) + k(0.58)), -(theta / 0.2) * (k(1.0) + k(-1.0))])
+    expected_theta = torch.tensor(
+        [-(theta / 0.2) * (k(0.45) + k(0.2)), -(theta / 0.2) * (k(0.55) + k(0.58)), -(theta / 0.2) * (k(1.0) + k(-1.0))]
+    )
     # log-threshold parameterization: ∂/∂logθ = θ·∂/∂θ.
     assert torch.allclose(act.log_threshold.grad, expected_theta * theta)
     assert torch.equal(pre.grad, (pre > theta).float())
@@ -203,7 +209,9 @@ def test_penalties_match_hand_computation():
     z = torch.tensor([[0.0, 1.0, 4.0, 0.25], [2.0, 0.0, 0.0, 0.0]])
     assert make_penalty("l1", 4)(z).item() == pytest.approx((5.25 + 2.0) / 2)
     assert make_penalty("lp", 4, p=0.5)(z).item() == pytest.approx(((1 + 2 + 0.5) + math.sqrt(2)) / 2)
-    assert make_penalty("lp", 4, p=0.5, c=0.1)(z).item() == pytest.approx(((0.1**0.5) * (1 + 2 + 0.5) + math.sqrt(0.2)) / 2)
+    assert make_penalty("lp", 4, p=0.5, c=0.1)(z).item() == pytest.approx(
+        ((0.1**0.5) * (1 + 2 + 0.5) + math.sqrt(0.2)) / 2
+    )
     assert make_penalty("lp", 4, p=1.0)(z).item() == pytest.approx(make_penalty("l1", 4)(z).item())
     fd = make_penalty("freshman", 4, p=2)(z).item()
     assert fd == pytest.approx(((5.25**2 / (1 + 16 + 0.0625)) / 4 + (4 / 4) / 4) / 2)
@@ -224,7 +232,9 @@ def test_smoothed_l0_endpoints_and_freshman_k_over_n():
     assert make_penalty("without_topk", 10, k=3)(k_sparse).item() == 0.0
 
 
-@pytest.mark.parametrize("name,params", [("lp", {"p": 0.5}), ("freshman", {"p": 2}), ("without_topk", {"k": 2, "p": 2}), ("smoothed_l0", {})])
+@pytest.mark.parametrize(
+    "name,params", [("lp", {"p": 0.5}), ("freshman", {"p": 2}), ("without_topk", {"k": 2, "p": 2}), ("smoothed_l0", {})]
+)
 def test_penalty_gradients_are_finite_at_zero(name, params):
     z = torch.tensor([[0.0, 0.0, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
     make_penalty(name, 4, **params)(z).backward()
@@ -319,8 +329,14 @@ def test_dimred_support_is_the_appendix_iteration(n, p, seed):
         assert set(np.flatnonzero(support[r].numpy())) == _appendix_iteration(list(xf[r]), a.tolist())
 
 
-ENTRYWISE = [("l1", {}), ("lp", {"p": 0.5}), ("lp", {"p": 1.7, "c": 0.3}), ("smoothed_l0", {"eps": 0.05, "delta": 0.8}),
-             ("freshman", {"p": 2.0}), ("freshman", {"p": 1.5})]
+ENTRYWISE = [
+    ("l1", {}),
+    ("lp", {"p": 0.5}),
+    ("lp", {"p": 1.7, "c": 0.3}),
+    ("smoothed_l0", {"eps": 0.05, "delta": 0.8}),
+    ("freshman", {"p": 2.0}),
+    ("freshman", {"p": 1.5}),
+]
 
 
 @pytest.mark.parametrize("name,params", ENTRYWISE)

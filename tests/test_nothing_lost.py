@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 
 import saelab
 import saelab.util.atomic
-from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.experiments.sweep import PLAN, RESULTS, run_sweep
+from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.training.run_lock import LOCK_FILE
 from saelab.training.trainer import Trainer
 
@@ -42,22 +42,45 @@ def data(tmp_path) -> Path:
 
 
 def train_args(data, out, *extra, steps=6):
-    return ["train", "--activations", data, "--n-latents", "8", "--steps", str(steps), "--batch-size", "32",
-            "--out", out, "--no-progress", "--method", "topk", "--k", "2", *extra]
+    return [
+        "train",
+        "--activations",
+        data,
+        "--n-latents",
+        "8",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "32",
+        "--out",
+        out,
+        "--no-progress",
+        "--method",
+        "topk",
+        "--k",
+        "2",
+        *extra,
+    ]
 
 
 def two_saes(tmp_path, data, out, a="a", b="b") -> Path:
     cfg = tmp_path / f"two-{a}-{b}.toml"
-    cfg.write_text(f"activations = {json.dumps(str(data))}\nout = {json.dumps(str(out))}\nsteps = 4\nbatch_size = 32\nn_latents = 8\n"
-                   f"[[sae]]\nname = {json.dumps(a)}\nmethod = \"topk\"\nk = 2\n[[sae]]\nname = {json.dumps(b)}\nmethod = \"topk\"\nk = 3\n")
+    cfg.write_text(
+        f"activations = {json.dumps(str(data))}\nout = {json.dumps(str(out))}\nsteps = 4\nbatch_size = 32\nn_latents = 8\n"
+        f'[[sae]]\nname = {json.dumps(a)}\nmethod = "topk"\nk = 2\n[[sae]]\nname = {json.dumps(b)}\nmethod = "topk"\nk = 3\n'
+    )
     return cfg
 
 
 def holder(folder: Path) -> subprocess.Popen:
     """Another process holding the run lock of `folder` (as a running training would)."""
     code = "import sys, time\nfrom saelab.training.run_lock import RunLock\nRunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)"
-    p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -66,14 +89,21 @@ def last_error_line(result) -> str:
     """A command that reports progress on stderr: exit 2, its last line the one `saelab: error:` line, no traceback."""
     code, _, err = result
     assert code == 2, (code, err)
-    assert err and err[-1].startswith("saelab: error: ") and not any("Traceback" in e or e.startswith("saelab: error: ") for e in err[:-1]), err
+    assert (
+        err
+        and err[-1].startswith("saelab: error: ")
+        and not any("Traceback" in e or e.startswith("saelab: error: ") for e in err[:-1])
+    ), err
     return err[-1]
 
 
 # ---- 1. --overwrite keeps the old run until the new one is complete ------------------------------
 
+
 @pytest.mark.parametrize("when", ["training", "finish"])
-def test_overwrite_keeps_the_old_run_whole_and_loadable_until_the_new_one_is_complete(data, tmp_path, monkeypatch, when):
+def test_overwrite_keeps_the_old_run_whole_and_loadable_until_the_new_one_is_complete(
+    data, tmp_path, monkeypatch, when
+):
     out = tmp_path / "run"
     assert cli(*train_args(data, out))[0] == 0
     old = snapshot(out)
@@ -119,10 +149,19 @@ def test_overwrite_of_a_multi_sae_run_keeps_every_old_folder_until_the_end(data,
 
 # ---- 2. a resumed sweep never mixes data ---------------------------------------------------------
 
+
 def sweep_config(tmp_path, data, **extra) -> Path:
     cfg = tmp_path / "sweep.toml"
-    lines = [f"activations = {json.dumps(str(data))}", "steps = 4", "batch_size = 32", "n_latents = 8",
-             *(f"{k} = {json.dumps(v)}" for k, v in extra.items()), "[[sae]]", 'method = "topk"', "k = [2, 3]"]
+    lines = [
+        f"activations = {json.dumps(str(data))}",
+        "steps = 4",
+        "batch_size = 32",
+        "n_latents = 8",
+        *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
+        "[[sae]]",
+        'method = "topk"',
+        "k = [2, 3]",
+    ]
     cfg.write_text("\n".join(lines) + "\n")
     return cfg
 
@@ -183,13 +222,16 @@ def test_a_repack_on_resume_reuses_finished_saes(data, tmp_path, monkeypatch):
 def test_a_sweep_that_failed_before_its_first_sae_does_not_block_the_corrected_rerun(data, tmp_path):
     out = tmp_path / "sweep"
     bad = tmp_path / "bad.toml"
-    bad.write_text(sweep_config(tmp_path, data).read_text().replace("n_latents = 8", "n_latents = 8\n[eval]\nbogus = 1"))
+    bad.write_text(
+        sweep_config(tmp_path, data).read_text().replace("n_latents = 8", "n_latents = 8\n[eval]\nbogus = 1")
+    )
     with pytest.raises(ConfigError):
         quiet_sweep(bad, out)
     assert len(quiet_sweep(sweep_config(tmp_path, data), out)) == 2
 
 
 # ---- 3. locks above and below ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("where", ["member", "other-subfolder", "parent"])
 def test_a_run_respects_locks_held_below_and_above_it(data, tmp_path, where):
@@ -230,17 +272,34 @@ def test_a_multi_sae_run_holds_the_lock_of_each_sae_folder(data, tmp_path, monke
 
 # ---- 4. the data fingerprint covers every byte ---------------------------------------------------
 
+
 def test_an_edit_anywhere_in_the_data_is_caught_on_resume(tmp_path):
     path = tmp_path / "big.npy"
     x = np.random.default_rng(1).standard_normal((327_680, 8)).astype(np.float32)  # 10 MB
     np.save(path, x)
     out = tmp_path / "run"
-    args = ["train", "--activations", path, "--n-latents", "8", "--batch-size", "32", "--out", out, "--no-progress",
-            "--method", "topk", "--k", "2", "--checkpoint-every", "2"]
+    args = [
+        "train",
+        "--activations",
+        path,
+        "--n-latents",
+        "8",
+        "--batch-size",
+        "32",
+        "--out",
+        out,
+        "--no-progress",
+        "--method",
+        "topk",
+        "--k",
+        "2",
+        "--checkpoint-every",
+        "2",
+    ]
     assert cli(*args, "--steps", "2")[0] == 0
     for lo in (100_000, 200_001, 327_000):  # between, across and at the end of any sampled blocks
         y = x.copy()
-        y[lo:lo + 300] *= -3
+        y[lo : lo + 300] *= -3
         np.save(path, y)
         assert "activations=" in error_line(cli(*args, "--steps", "4", "--resume"))
     np.save(path, x)
@@ -248,6 +307,7 @@ def test_an_edit_anywhere_in_the_data_is_caught_on_resume(tmp_path):
 
 
 # ---- 5. no writes through links out of the output folder ----------------------------------------
+
 
 def test_a_dangling_link_named_like_an_output_file_is_not_written_through(data, tmp_path):
     out, outside = tmp_path / "run", tmp_path / "outside.txt"
@@ -278,6 +338,7 @@ def test_a_plain_shard_folder_follows_the_same_link_rule_as_source_json(data, tm
 
 # ---- 6. folders are complete or recognisably partial ---------------------------------------------
 
+
 def test_a_folder_killed_before_its_saelab_json_is_refused_not_read_as_saelens(data, tmp_path):
     out = tmp_path / "run"
     assert cli(*train_args(data, out, "--normalize", "unit"))[0] == 0
@@ -297,11 +358,18 @@ def test_a_folder_holding_another_runs_weights_is_refused(data, tmp_path):
 
 # ---- 7. the remaining tracebacks and silent cases -----------------------------------------------
 
+
 def _saelens(folder: Path, arch: str, tensors: dict, **cfg) -> Path:
     folder.mkdir(parents=True)
     base = {"architecture": arch, "d_in": 4, "d_sae": 6, "apply_b_dec_to_input": True, "normalize_activations": "none"}
     (folder / "cfg.json").write_text(json.dumps({**base, **cfg}))
-    full = {"W_enc": torch.randn(4, 6), "b_enc": torch.zeros(6), "W_dec": torch.randn(6, 4), "b_dec": torch.zeros(4), **tensors}
+    full = {
+        "W_enc": torch.randn(4, 6),
+        "b_enc": torch.zeros(6),
+        "W_dec": torch.randn(6, 4),
+        "b_dec": torch.zeros(4),
+        **tensors,
+    }
     save_file({k: v for k, v in full.items() if v is not None}, str(folder / "sae_weights.safetensors"))
     return folder
 
@@ -309,8 +377,12 @@ def _saelens(folder: Path, arch: str, tensors: dict, **cfg) -> Path:
 FOREIGN = {
     "threshold-rank": lambda f: _saelens(f, "jumprelu", {"threshold": torch.ones(2, 3)}),
     "threshold-scalar": lambda f: _saelens(f, "jumprelu", {"threshold": torch.ones(())}),
-    "r_mag-shape": lambda f: _saelens(f, "gated", {"b_gate": torch.zeros(6), "b_enc": None, "r_mag": torch.zeros(5), "b_mag": torch.zeros(6)},
-                                      apply_b_dec_to_input=False),
+    "r_mag-shape": lambda f: _saelens(
+        f,
+        "gated",
+        {"b_gate": torch.zeros(6), "b_enc": None, "r_mag": torch.zeros(5), "b_mag": torch.zeros(6)},
+        apply_b_dec_to_input=False,
+    ),
     "hook_name-number": lambda f: _saelens(f, "standard", {}, metadata={"hook_name": 5}),
     "hook_name-list": lambda f: _saelens(f, "standard", {}, metadata={"hook_name": ["blocks.0"]}),
     "W_enc-rank": lambda f: _saelens(f, "standard", {"W_enc": torch.randn(24)}),
@@ -324,8 +396,10 @@ FOREIGN = {
 def _sparsify(folder: Path, enc: torch.Tensor) -> Path:
     folder.mkdir(parents=True)
     (folder / "cfg.json").write_text(json.dumps({"k": 2, "activation": "topk"}))
-    save_file({"encoder.weight": enc, "encoder.bias": torch.zeros(6), "W_dec": torch.randn(6, 4), "b_dec": torch.zeros(4)},
-              str(folder / "sae.safetensors"))
+    save_file(
+        {"encoder.weight": enc, "encoder.bias": torch.zeros(6), "W_dec": torch.randn(6, 4), "b_dec": torch.zeros(4)},
+        str(folder / "sae.safetensors"),
+    )
     return folder
 
 
@@ -337,12 +411,16 @@ def test_foreign_folders_of_the_wrong_shape_or_type_are_one_line(tmp_path, kind)
     assert str(folder) in line
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "{}", '{"config": 3, "saes": "x"}', '{"config": {}, "saes": [1]}'])
+@pytest.mark.parametrize(
+    "text", ["{not json", "[1, 2]", "{}", '{"config": 3, "saes": "x"}', '{"config": {}, "saes": [1]}']
+)
 def test_bad_sweep_state_files_are_one_line(data, tmp_path, text):
     out = tmp_path / "sweep"
     (out / "runs" / "seed0").mkdir(parents=True)  # a sweep that started: its state file is what a resume reads
     (out / PLAN).write_text(text)
-    line = last_error_line(cli("sweep", sweep_config(tmp_path, data), "--out", out, "--resume", "--no-progress", "--no-report"))
+    line = last_error_line(
+        cli("sweep", sweep_config(tmp_path, data), "--out", out, "--resume", "--no-progress", "--no-report")
+    )
     assert PLAN in line
 
 
@@ -373,8 +451,11 @@ def test_a_full_disk_during_a_sweep_is_one_line(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(saelab.util.atomic, "atomic_write_text", full)
     import saelab.experiments.sweep as sweep_module
+
     monkeypatch.setattr(sweep_module, "atomic_write_text", full)
-    line = last_error_line(cli("sweep", sweep_config(tmp_path, data), "--out", tmp_path / "sweep", "--no-progress", "--no-report"))
+    line = last_error_line(
+        cli("sweep", sweep_config(tmp_path, data), "--out", tmp_path / "sweep", "--no-progress", "--no-report")
+    )
     assert "No space left" in line and RESULTS in line
 
 

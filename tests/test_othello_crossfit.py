@@ -97,8 +97,12 @@ def test_duplicate_latents_inflate_the_naive_count_but_not_the_cross_fitted_one(
         single = codes[:, :48]  # copy 0 alone: the same pairs, one latent each
         counts = []
         for c in (single, codes):
-            counts.append((good_classifier_report(auroc_matrix(c, labels))["good_classifiers"],
-                           crossfit_good_counts(c, labels, games, n_boot=0)["good_classifiers"]))
+            counts.append(
+                (
+                    good_classifier_report(auroc_matrix(c, labels))["good_classifiers"],
+                    crossfit_good_counts(c, labels, games, n_boot=0)["good_classifiers"],
+                )
+            )
         naive.append(counts[1][0] - counts[0][0])
         crossfit.append(counts[1][1] - counts[0][1])
     naive, crossfit = np.array(naive, float), np.array(crossfit, float)
@@ -113,7 +117,10 @@ def test_duplicate_latents_do_not_inflate_the_cross_fitted_coverage():
     for seed in range(4):
         codes, labels, games = _duplicates(seed, copies=3, n_games=30, squares=8)
         single = codes[:, :24]
-        pair = [(coverage(c, labels)["coverage"], crossfit_coverage(c, labels, games, n_boot=0)["coverage"]) for c in (single, codes)]
+        pair = [
+            (coverage(c, labels)["coverage"], crossfit_coverage(c, labels, games, n_boot=0)["coverage"])
+            for c in (single, codes)
+        ]
         naive.append(pair[1][0] - pair[0][0])
         crossfit.append(pair[1][1] - pair[0][1])
     naive, crossfit = np.array(naive), np.array(crossfit)

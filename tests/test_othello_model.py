@@ -79,8 +79,14 @@ def test_save_load_roundtrip_and_config_json(tiny, tokens, tmp_path):
 
 
 def test_training_smoke_writes_checkpoint_and_log(tmp_path):
-    cfg = TrainConfig(model=OthelloGPTConfig(n_layer=1, d_model=32, n_head=2, d_mlp=64),
-                      steps=30, batch_size=16, warmup_steps=3, eval_every=15, eval_games=40)
+    cfg = TrainConfig(
+        model=OthelloGPTConfig(n_layer=1, d_model=32, n_head=2, d_mlp=64),
+        steps=30,
+        batch_size=16,
+        warmup_steps=3,
+        eval_every=15,
+        eval_games=40,
+    )
     model = train(cfg, tmp_path, log=lambda s: None)
     rows = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert rows[0]["event"] == "config" and rows[-1]["event"] == "final"
@@ -91,8 +97,7 @@ def test_training_smoke_writes_checkpoint_and_log(tmp_path):
     assert 0 <= ev["legal_move_accuracy"] <= 1 and len(ev["per_position"]) == 59
     assert ev["per_position"][0] >= 0  # after the first move there is always a legal reply
     # Continuing from the checkpoint keeps the earlier log and starts a new segment.
-    cont = TrainConfig(steps=5, batch_size=8, warmup_steps=1, eval_every=5, eval_games=10,
-                       init_from=str(tmp_path))
+    cont = TrainConfig(steps=5, batch_size=8, warmup_steps=1, eval_every=5, eval_games=10, init_from=str(tmp_path))
     train(cont, tmp_path, log=lambda s: None)
     rows = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in rows].count("config") == 2

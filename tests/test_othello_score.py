@@ -44,7 +44,10 @@ def test_an_sae_whose_latents_are_the_board_indicators_finds_every_pair():
     assert s.findable == 192 and s.count_method == "crossfit-2fold-games"
     assert s.coverage == pytest.approx(1.0) and s.coverage_naive == pytest.approx(1.0)
     # Perfect classifiers leave no evaluation noise in the counts (every resample finds them all).
-    assert s.good_classifiers_eval_se == 0.0 and s.ci["good_classifiers"]["lo"] == s.ci["good_classifiers"]["hi"] == s.good_classifiers
+    assert (
+        s.good_classifiers_eval_se == 0.0
+        and s.ci["good_classifiers"]["lo"] == s.ci["good_classifiers"]["hi"] == s.good_classifiers
+    )
     assert s.nmse == pytest.approx(0.0, abs=1e-10) and s.dead_fraction == pytest.approx(1 - varying.mean(), abs=1e-9)
     # Shuffling the latents against the labels destroys every classifier.
     rng = np.random.default_rng(0)

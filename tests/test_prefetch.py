@@ -14,8 +14,8 @@ from saelab.data.prefetch import Prefetcher
 from saelab.data.store import ActivationStore
 from saelab.data.stream import BatchStream
 from saelab.training.interrupt import TrainingInterrupted
-from saelab.training.trainer import Trainer
 from saelab.training.member import THROUGHPUT_KEYS
+from saelab.training.trainer import Trainer
 
 
 class _Broken(Exception):
@@ -105,7 +105,9 @@ def test_close_stops_a_thread_waiting_on_a_full_queue_or_inside_a_batch():
 
 # ---- in the trainer ---------------------------------------------------------------------------
 def _run(toy_dir, out, steps=30, **train):
-    t = TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(out), batch_size=128, log_every=10, steps=steps, **train)
+    t = TrainConfig(
+        activations=str(toy_dir / "activations.npy"), out=str(out), batch_size=128, log_every=10, steps=steps, **train
+    )
     return RunConfig(t, [SAEConfig(n_latents=32, method="topk", method_params={"k": 3}, lr=2e-3)])
 
 

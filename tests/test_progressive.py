@@ -3,19 +3,21 @@
 import numpy as np
 import pytest
 import torch
-
 from cli_harness import cli, error_line, strict_json
+
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
-from saelab.formats.folder import save_sae
 from saelab.evals.k_sweep import batch_topk_code, k_sweep, parse_ks
+from saelab.formats.folder import save_sae
 from saelab.model.sae import SparseAutoencoder
 from saelab.training.trainer import Trainer
 
 
 def _identity_sae(method: str, k: int, **params) -> SparseAutoencoder:
     """d_in = n = 4, W_enc = W_dec = I, no biases: the code is the activation of x itself."""
-    sae = SparseAutoencoder(SAEConfig(n_latents=4, d_in=4, method=method, method_params={"k": k, **params}, b_dec_init="zero").validate())
+    sae = SparseAutoencoder(
+        SAEConfig(n_latents=4, d_in=4, method=method, method_params={"k": k, **params}, b_dec_init="zero").validate()
+    )
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(4))
         sae.W_dec.copy_(torch.eye(4))
@@ -24,9 +26,7 @@ def _identity_sae(method: str, k: int, **params) -> SparseAutoencoder:
     return sae.eval()
 
 
-X = np.array([[3.0, 1.0, -2.0, 0.5],
-              [0.2, 4.0, 1.0, 2.0],
-              [1.0, 0.0, 0.0, -1.0]], dtype=np.float32)
+X = np.array([[3.0, 1.0, -2.0, 0.5], [0.2, 4.0, 1.0, 2.0], [1.0, 0.0, 0.0, -1.0]], dtype=np.float32)
 
 
 def _nmse(x, x_hat):
@@ -78,9 +78,13 @@ def test_non_topk_methods_are_refused(toy_dir, tmp_path):
 def trained(toy_dir, tmp_path_factory):
     """TopK and Multi-TopK at k=3, trained together on the toy data, 400 steps."""
     out = tmp_path_factory.mktemp("progressive") / "run"
-    saes = [SAEConfig(name="topk", n_latents=64, lr=3e-3, method="topk", method_params={"k": 3}),
-            SAEConfig(name="multi", n_latents=64, lr=3e-3, method="multi_topk", method_params={"k": 3})]
-    run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), steps=400, batch_size=128, out=str(out)), saes)
+    saes = [
+        SAEConfig(name="topk", n_latents=64, lr=3e-3, method="topk", method_params={"k": 3}),
+        SAEConfig(name="multi", n_latents=64, lr=3e-3, method="multi_topk", method_params={"k": 3}),
+    ]
+    run = RunConfig(
+        TrainConfig(activations=str(toy_dir / "activations.npy"), steps=400, batch_size=128, out=str(out)), saes
+    )
     Trainer(run, progress=False).fit()
     return out
 

@@ -22,7 +22,9 @@ from saelab.data.cache import CacheMeta, read_row_index, verify_cache
 from saelab.data.ranked_cache import RankedCacheWriter
 from saelab.util.distributed import World
 
-META = CacheMeta(model="m", site="resid_post", layer=0, dtype="float32", d_in=4, context=3, tokenizer="t", text_source="x")
+META = CacheMeta(
+    model="m", site="resid_post", layer=0, dtype="float32", d_in=4, context=3, tokenizer="t", text_source="x"
+)
 EXTRA = {"row_index": {"columns": ["token", "window", "position"]}}
 N_BATCHES, WINDOWS = 11, 2  # an odd count: in the last round rank 1's text has run out
 # Targets: mid-batch; never reached (the text ends); exactly the first two rounds (a resumable state).
@@ -56,7 +58,9 @@ def _write(world: World, folder: Path, target: int) -> dict:
 
 def _rank(rank: int, port: int, root: str) -> None:
     # A bounded timeout: a rank that died must fail the test, not leave its peer waiting for 30 minutes.
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=120)
+    )
     world, root = World(rank, 2), Path(root)
     try:
         _write(world, root / "mid", MID)

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_harness import cli, strict_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
-from cli_harness import cli, strict_json
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import evaluate
@@ -93,13 +93,18 @@ def test_result_does_not_depend_on_batching():
 
 # ---- the paper's finding, on toy data with a known dictionary ----------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(toy_dir, tmp_path_factory):
     """ReLU+L1 (sizeable alpha) and TopK trained together on the toy data, 400 steps."""
     out = tmp_path_factory.mktemp("refine") / "run"
-    saes = [SAEConfig(name="l1", n_latents=64, lr=3e-3, method="relu", penalty="l1", alpha=0.3),
-            SAEConfig(name="topk", n_latents=64, lr=3e-3, method="topk", method_params={"k": 3})]
-    run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), steps=400, batch_size=128, out=str(out)), saes)
+    saes = [
+        SAEConfig(name="l1", n_latents=64, lr=3e-3, method="relu", penalty="l1", alpha=0.3),
+        SAEConfig(name="topk", n_latents=64, lr=3e-3, method="topk", method_params={"k": 3}),
+    ]
+    run = RunConfig(
+        TrainConfig(activations=str(toy_dir / "activations.npy"), steps=400, batch_size=128, out=str(out)), saes
+    )
     Trainer(run, progress=False).fit()
     return out
 
@@ -119,7 +124,9 @@ def test_l1_shrinks_and_topk_does_not(trained, toy_dir):
 
 
 def test_eval_refine_cli(trained, toy_dir):
-    code, out, err = cli("eval", "--sae", trained / "l1", "--activations", toy_dir / "activations.npy", "--refine", "--json")
+    code, out, err = cli(
+        "eval", "--sae", trained / "l1", "--activations", toy_dir / "activations.npy", "--refine", "--json"
+    )
     assert code == 0, err
     d = strict_json(out)
     assert d["refine_nmse_before"] == pytest.approx(d["nmse"], rel=1e-9)

@@ -28,11 +28,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
-import saelab.util.atomic
 import saelab.training.run_lock
-from saelab.training.checkpoint import load_checkpoint, save_checkpoint
+import saelab.util.atomic
 from saelab.data.cache import CacheMeta, CacheWriter
 from saelab.errors import DataError
+from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.training.run_lock import LOCK_FILE
 from saelab.training.trainer import Trainer
 
@@ -48,8 +48,25 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_args(data, out, *extra, steps=6):
-    return ["train", "--activations", data, "--n-latents", "8", "--steps", str(steps), "--batch-size", "32",
-            "--out", out, "--no-progress", "--method", "topk", "--k", "2", *extra]
+    return [
+        "train",
+        "--activations",
+        data,
+        "--n-latents",
+        "8",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "32",
+        "--out",
+        out,
+        "--no-progress",
+        "--method",
+        "topk",
+        "--k",
+        "2",
+        *extra,
+    ]
 
 
 def weights(folder: Path) -> bytes:
@@ -71,6 +88,7 @@ class Payload:
 
 
 # ---- 1. nothing saelab reads can run code ---------------------------------------------------
+
 
 def test_the_payload_used_below_really_runs_when_unpickled(tmp_path):
     marker = tmp_path / "ran"
@@ -104,11 +122,15 @@ def _marker_in_index(path: Path, marker: Path) -> None:
     save_torch(tensors, str(path), metadata={**meta, "state": json.dumps(state)})
 
 
-@pytest.mark.parametrize("plant", [
-    lambda path, marker: torch.save({"step": 1, "x": Payload(marker)}, path),  # a pickle under the new name
-    _extra_tensor,  # hidden as an unnamed tensor beside the real ones
-    _marker_in_index,  # hidden in the JSON index under a marker no reader knows
-], ids=["renamed-pickle", "extra-tensor", "index-marker"])
+@pytest.mark.parametrize(
+    "plant",
+    [
+        lambda path, marker: torch.save({"step": 1, "x": Payload(marker)}, path),  # a pickle under the new name
+        _extra_tensor,  # hidden as an unnamed tensor beside the real ones
+        _marker_in_index,  # hidden in the JSON index under a marker no reader knows
+    ],
+    ids=["renamed-pickle", "extra-tensor", "index-marker"],
+)
 def test_a_pickle_hidden_in_or_posing_as_a_checkpoint_is_refused(data, tmp_path, plant):
     out, marker = tmp_path / "run", tmp_path / "pwned"
     assert cli(*train_args(data, out, "--checkpoint-every", "3"))[0] == 0
@@ -119,9 +141,15 @@ def test_a_pickle_hidden_in_or_posing_as_a_checkpoint_is_refused(data, tmp_path,
 
 
 def test_no_module_unpickles_anything():
-    banned = re.compile(r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|allow_pickle\s*=\s*True|import pickle")
-    hits = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
-            if banned.search(line)]
+    banned = re.compile(
+        r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|allow_pickle\s*=\s*True|import pickle"
+    )
+    hits = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in SRC.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if banned.search(line)
+    ]
     assert not hits, hits
 
 
@@ -129,10 +157,23 @@ def test_checkpoint_state_round_trips_with_its_python_types(tmp_path):
     torch.manual_seed(3)
     np.random.seed(4)
     state = {
-        "step": 7, "ratio": 0.1 + 0.2, "nan": float("nan"), "inf": float("-inf"), "none": None, "flag": True,
+        "step": 7,
+        "ratio": 0.1 + 0.2,
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "none": None,
+        "flag": True,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        "opt": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 3)}}, "param_groups": [{"betas": (0.9, 0.999), "params": [0]}]},
-        "tensors": [torch.zeros(0, dtype=torch.uint8), torch.arange(5), torch.tensor([True, False]), torch.randn(2, 2).double()],
+        "opt": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 3)}},
+            "param_groups": [{"betas": (0.9, 0.999), "params": [0]}],
+        },
+        "tensors": [
+            torch.zeros(0, dtype=torch.uint8),
+            torch.arange(5),
+            torch.tensor([True, False]),
+            torch.randn(2, 2).double(),
+        ],
         "__odd_key": {"__tensor__": "not a tensor"},
     }
     save_checkpoint(tmp_path / "c.safetensors", state)
@@ -154,7 +195,16 @@ def test_checkpoint_state_round_trips_with_its_python_types(tmp_path):
 
 
 def _cache(folder: Path, rows: np.ndarray) -> None:
-    meta = CacheMeta(model="m", site="resid_post", layer=0, dtype="float32", d_in=rows.shape[1], context=8, tokenizer="t", text_source="s")
+    meta = CacheMeta(
+        model="m",
+        site="resid_post",
+        layer=0,
+        dtype="float32",
+        d_in=rows.shape[1],
+        context=8,
+        tokenizer="t",
+        text_source="s",
+    )
     w = CacheWriter(str(folder), meta, shard_rows=len(rows))
     w.append(rows)
     w.close()
@@ -172,7 +222,20 @@ def test_cache_shard_paths_must_stay_inside_the_cache(tmp_path, name):
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     manifest["shards"][0]["file"] = name
     (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
-    line = error_line(cli("train", "--activations", tmp_path / "cache", "--n-latents", "8", "--steps", "2", "--out", tmp_path / "o", "--no-progress"))
+    line = error_line(
+        cli(
+            "train",
+            "--activations",
+            tmp_path / "cache",
+            "--n-latents",
+            "8",
+            "--steps",
+            "2",
+            "--out",
+            tmp_path / "o",
+            "--no-progress",
+        )
+    )
     assert "manifest.json" in line and "outside" in line
     assert not (tmp_path / "o").exists()
 
@@ -180,11 +243,25 @@ def test_cache_shard_paths_must_stay_inside_the_cache(tmp_path, name):
 def test_a_harvest_folder_cannot_point_its_activations_outside(tmp_path, data):
     (tmp_path / "h").mkdir()
     (tmp_path / "h" / "source.json").write_text(json.dumps({"files": {"activations": str(Path("..") / ".." / data)}}))
-    line = error_line(cli("train", "--activations", tmp_path / "h", "--n-latents", "8", "--steps", "2", "--out", tmp_path / "o", "--no-progress"))
+    line = error_line(
+        cli(
+            "train",
+            "--activations",
+            tmp_path / "h",
+            "--n-latents",
+            "8",
+            "--steps",
+            "2",
+            "--out",
+            tmp_path / "o",
+            "--no-progress",
+        )
+    )
     assert "source.json" in line and "outside" in line
 
 
 # ---- 2. no run is lost or overwritten without being asked -----------------------------------
+
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_checkpoints_the_current_step_and_resume_reaches_the_same_weights(data, tmp_path, sig, status):
@@ -192,7 +269,9 @@ def test_a_signal_checkpoints_the_current_step_and_resume_reaches_the_same_weigh
     args = lambda out: [str(a) for a in train_args(data, out, "--log-every", "2", "--decay", "cosine", steps=steps)]
     out = tmp_path / "cut"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "saelab", *args(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saelab", *args(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     metrics, deadline = out / "metrics.jsonl", time.time() + 180
     while proc.poll() is None and time.time() < deadline:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
@@ -267,8 +346,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(data, tmp_pat
 def test_a_second_training_into_the_same_folder_is_refused_and_a_stale_lock_is_taken_over(data, tmp_path):
     out = tmp_path / "run"
     hold = "import sys, time\nfrom saelab.training.run_lock import RunLock\nRunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)"
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         line = error_line(cli(*train_args(data, out)))
@@ -293,17 +371,29 @@ def test_the_lock_goes_when_training_fails_and_a_failed_first_run_leaves_no_fold
 
 def _two_saes_toml(tmp_path, data, a, b, out=None) -> Path:
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f"activations = {json.dumps(str(data))}\nout = {json.dumps(str(out or tmp_path / 'sweep'))}\n"
-                   "steps = 4\nbatch_size = 32\nn_latents = 8\n"
-                   f"[[sae]]\nname = {json.dumps(a)}\nmethod = \"topk\"\nk = 2\n"
-                   f"[[sae]]\nname = {json.dumps(b)}\nmethod = \"topk\"\nk = 3\n")
+    cfg.write_text(
+        f"activations = {json.dumps(str(data))}\nout = {json.dumps(str(out or tmp_path / 'sweep'))}\n"
+        "steps = 4\nbatch_size = 32\nn_latents = 8\n"
+        f'[[sae]]\nname = {json.dumps(a)}\nmethod = "topk"\nk = 2\n'
+        f'[[sae]]\nname = {json.dumps(b)}\nmethod = "topk"\nk = 3\n'
+    )
     return cfg
 
 
-@pytest.mark.parametrize("a,b", [
-    ("../evil", "ok"), ("ABSOLUTE", "ok"), ("a/b", "ok"), ("a\\b", "ok"), ("..", "ok"), (".hidden", "ok"),
-    ("TopK", "topk"), (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")), ("x" * 300, "ok"),
-])
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ("../evil", "ok"),
+        ("ABSOLUTE", "ok"),
+        ("a/b", "ok"),
+        ("a\\b", "ok"),
+        ("..", "ok"),
+        (".hidden", "ok"),
+        ("TopK", "topk"),
+        (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")),
+        ("x" * 300, "ok"),
+    ],
+)
 def test_sae_names_are_safe_distinct_folder_names(data, tmp_path, a, b):
     a = str(tmp_path.parent / "abs-target") if a == "ABSOLUTE" else a
     cfg = _two_saes_toml(tmp_path, data, a, b)
@@ -335,7 +425,10 @@ def test_a_partial_run_is_refused_unless_overwritten(data, tmp_path):
 def test_temporary_files_of_an_interrupted_write_are_cleaned_on_the_next_run(data, tmp_path):
     out = tmp_path / "run"
     assert cli(*train_args(data, out))[0] == 0
-    leftovers = [out / f"{saelab.util.atomic.TEMP_PREFIX}checkpoint.safetensors.x1y2", out / f"{saelab.util.atomic.TEMP_PREFIX}metrics.jsonl.z3"]
+    leftovers = [
+        out / f"{saelab.util.atomic.TEMP_PREFIX}checkpoint.safetensors.x1y2",
+        out / f"{saelab.util.atomic.TEMP_PREFIX}metrics.jsonl.z3",
+    ]
     for p in leftovers:
         p.write_bytes(b"half a file")
     assert cli(*train_args(data, out, "--resume", steps=8))[0] == 0
@@ -343,6 +436,7 @@ def test_temporary_files_of_an_interrupted_write_are_cleaned_on_the_next_run(dat
 
 
 # ---- 3. resume is the same run or a clear refusal -------------------------------------------
+
 
 def test_resume_refuses_fewer_steps_and_continues_to_more(data, tmp_path):
     out = tmp_path / "run"
@@ -379,20 +473,38 @@ def test_resume_checks_the_data_itself_and_a_moved_run_resumes(data, tmp_path):
 
 # ---- 4. configs are read exactly or refused -------------------------------------------------
 
+
 def _toml(tmp_path, data, extra: str, sae_table: str = "") -> Path:
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f"activations = {json.dumps(str(data))}\nout = {json.dumps(str(tmp_path / 'o'))}\n"
-                   f"steps = 3\nbatch_size = 32\nn_latents = 8\nmethod = \"topk\"\nk = 2\n{extra}\n{sae_table}")
+    cfg.write_text(
+        f"activations = {json.dumps(str(data))}\nout = {json.dumps(str(tmp_path / 'o'))}\n"
+        f'steps = 3\nbatch_size = 32\nn_latents = 8\nmethod = "topk"\nk = 2\n{extra}\n{sae_table}'
+    )
     return cfg
 
 
-@pytest.mark.parametrize("line,field", [
-    ('auxk = "false"', "auxk="), ('alpha = "0.1"', "alpha="), ("betas = 0.9", "betas="), ("betas = [0.9]", "betas="),
-    ("sae = 5", "sae="), ('method_params = "k=4"', "method_params="), ("steps = 1.5", "steps="), ("scan = 1", "scan="),
-    ('normalize = 3', "normalize="), ('lr = "1e-3"', "lr="), ('penalty_params = [1, 2]', "penalty_params="),
-    ('name = 7', "name="), ('seed = true', "seed="), ('batch_size = "32"', "batch_size="), ('k = "4"', "k="),
-    ('eval_activations = 3', "eval_activations="), ("checkpoint_every = 1979-05-27", "checkpoint_every="),
-])
+@pytest.mark.parametrize(
+    "line,field",
+    [
+        ('auxk = "false"', "auxk="),
+        ('alpha = "0.1"', "alpha="),
+        ("betas = 0.9", "betas="),
+        ("betas = [0.9]", "betas="),
+        ("sae = 5", "sae="),
+        ('method_params = "k=4"', "method_params="),
+        ("steps = 1.5", "steps="),
+        ("scan = 1", "scan="),
+        ("normalize = 3", "normalize="),
+        ('lr = "1e-3"', "lr="),
+        ("penalty_params = [1, 2]", "penalty_params="),
+        ("name = 7", "name="),
+        ("seed = true", "seed="),
+        ('batch_size = "32"', "batch_size="),
+        ('k = "4"', "k="),
+        ("eval_activations = 3", "eval_activations="),
+        ("checkpoint_every = 1979-05-27", "checkpoint_every="),
+    ],
+)
 def test_toml_values_of_the_wrong_type_name_their_field(data, tmp_path, line, field):
     key = line.split(" =")[0]
     cfg = _toml(tmp_path, data, "")
@@ -410,17 +522,35 @@ def test_sae_tables_are_type_checked_too(data, tmp_path):
     assert "sae=" in error_line(cli("train", "--config", cfg, "--no-progress"))
 
 
-@pytest.mark.parametrize("flags,field", [
-    (["--method", "relu", "--alpha", "0.1"], "alpha=0.1: has no effect without penalty"),
-    (["--method", "relu", "--penalty-decoder-norm"], "penalty_decoder_norm=True: has no effect without penalty"),
-    (["--method", "topk", "--k", "2", "--k-aux", "4"], "k_aux=4: has no effect without auxk"),
-    (["--method", "topk", "--k", "2", "--aux-coef", "0.5"], "aux_coef=0.5: has no effect without auxk"),
-    (["--method", "topk", "--k", "2", "--decay-fraction", "0.5"], "decay_fraction=0.5: has no effect without decay"),
-    (["--method", "topk", "--k", "2", "--l0-coef", "0.1"], "l0_coef=0.1: not a parameter of method 'topk'"),
-    (["--method", "relu", "--penalty", "l1", "--k", "3"], "k=3: not a parameter of method 'relu' or penalty 'l1'"),
-])
+@pytest.mark.parametrize(
+    "flags,field",
+    [
+        (["--method", "relu", "--alpha", "0.1"], "alpha=0.1: has no effect without penalty"),
+        (["--method", "relu", "--penalty-decoder-norm"], "penalty_decoder_norm=True: has no effect without penalty"),
+        (["--method", "topk", "--k", "2", "--k-aux", "4"], "k_aux=4: has no effect without auxk"),
+        (["--method", "topk", "--k", "2", "--aux-coef", "0.5"], "aux_coef=0.5: has no effect without auxk"),
+        (
+            ["--method", "topk", "--k", "2", "--decay-fraction", "0.5"],
+            "decay_fraction=0.5: has no effect without decay",
+        ),
+        (["--method", "topk", "--k", "2", "--l0-coef", "0.1"], "l0_coef=0.1: not a parameter of method 'topk'"),
+        (["--method", "relu", "--penalty", "l1", "--k", "3"], "k=3: not a parameter of method 'relu' or penalty 'l1'"),
+    ],
+)
 def test_a_flag_without_effect_is_refused_and_says_why(data, tmp_path, flags, field):
-    args = ["train", "--activations", data, "--n-latents", "8", "--steps", "2", "--out", tmp_path / "o", "--no-progress", *flags]
+    args = [
+        "train",
+        "--activations",
+        data,
+        "--n-latents",
+        "8",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "o",
+        "--no-progress",
+        *flags,
+    ]
     assert field in error_line(cli(*args))
 
 
@@ -430,8 +560,10 @@ def test_none_means_none_or_is_refused_never_the_default(data, tmp_path):
     assert cli(*base, "--out", tmp_path / "b", "--method", "dimred", "--p-threshold", "none")[0] == 0
     assert json.loads((tmp_path / "b" / "run.json").read_text())["saes"][0]["method_params"]["p_threshold"] is None
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'activations = {json.dumps(str(data))}\nn_latents = 8\nsteps = 2\nbatch_size = 32\nmethod = "dimred"\n'
-                   'p_threshold = "none"\npenalty = "none"\n')
+    cfg.write_text(
+        f'activations = {json.dumps(str(data))}\nn_latents = 8\nsteps = 2\nbatch_size = 32\nmethod = "dimred"\n'
+        'p_threshold = "none"\npenalty = "none"\n'
+    )
     assert cli("train", "--config", cfg, "--out", tmp_path / "c", "--no-progress")[0] == 0
     saved = json.loads((tmp_path / "c" / "run.json").read_text())["saes"][0]
     assert saved["method_params"]["p_threshold"] is None and saved["penalty"] is None
@@ -439,15 +571,21 @@ def test_none_means_none_or_is_refused_never_the_default(data, tmp_path):
 
 def test_a_config_without_out_takes_the_flag_and_run_json_reproduces_the_run(data, tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'activations = {json.dumps(str(data))}\nn_latents = 8\nsteps = 5\nbatch_size = 32\n'
-                   '[[sae]]\nmethod = "topk"\nk = 2\nauxk = true\nk_aux = 4\n[[sae]]\nmethod = "relu"\npenalty = "lp"\np = 0.5\nalpha = 0.01\n'
-                   'normalize = "scalar"\n')
+    cfg.write_text(
+        f"activations = {json.dumps(str(data))}\nn_latents = 8\nsteps = 5\nbatch_size = 32\n"
+        '[[sae]]\nmethod = "topk"\nk = 2\nauxk = true\nk_aux = 4\n[[sae]]\nmethod = "relu"\npenalty = "lp"\np = 0.5\nalpha = 0.01\n'
+        'normalize = "scalar"\n'
+    )
     assert "out=None: required" in error_line(cli("train", "--config", cfg, "--no-progress"))
     assert cli("train", "--config", cfg, "--out", tmp_path / "first", "--no-progress")[0] == 0
-    assert cli("train", "--config", tmp_path / "first" / "run.json", "--out", tmp_path / "again", "--no-progress")[0] == 0
+    assert (
+        cli("train", "--config", tmp_path / "first" / "run.json", "--out", tmp_path / "again", "--no-progress")[0] == 0
+    )
     for name in ("topk-k2", "relu-lp-p0.5-a0.01"):
         assert weights(tmp_path / "first" / name) == weights(tmp_path / "again" / name)
-    assert "already holds a run" in error_line(cli("train", "--config", tmp_path / "first" / "run.json", "--no-progress"))
+    assert "already holds a run" in error_line(
+        cli("train", "--config", tmp_path / "first" / "run.json", "--no-progress")
+    )
 
 
 def test_numeric_options_are_checked_at_the_edge(data, tmp_path):
@@ -458,12 +596,28 @@ def test_numeric_options_are_checked_at_the_edge(data, tmp_path):
     assert "seed=-1" in error_line(cli(*train_args(data, tmp_path / "s", "--seed", "-1")))
     assert "seed=-1" in error_line(cli("toy", "--out", tmp_path / "t", "--seed", "-1"))
     assert "noise=nan" in error_line(cli("toy", "--out", tmp_path / "t", "--noise", "nan"))
-    assert "epochs=" in error_line(cli("train", "--activations", data, "--n-latents", "8", "--epochs", "1e308", "--batch-size", "32",
-                                       "--out", tmp_path / "e", "--no-progress"))
+    assert "epochs=" in error_line(
+        cli(
+            "train",
+            "--activations",
+            data,
+            "--n-latents",
+            "8",
+            "--epochs",
+            "1e308",
+            "--batch-size",
+            "32",
+            "--out",
+            tmp_path / "e",
+            "--no-progress",
+        )
+    )
     np.save(tmp_path / "zero.npy", np.zeros((50, 0), np.float32))
     save_numpy({"activations": np.zeros((50, 0), np.float32)}, str(tmp_path / "zero.safetensors"))
     for f in ("zero.npy", "zero.safetensors"):
-        assert "zero columns" in error_line(cli("train", "--activations", tmp_path / f, "--n-latents", "4", "--out", tmp_path / "z", "--no-progress"))
+        assert "zero columns" in error_line(
+            cli("train", "--activations", tmp_path / f, "--n-latents", "4", "--out", tmp_path / "z", "--no-progress")
+        )
     dictionary = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
     dictionary[3, 2] = np.nan
     np.save(tmp_path / "dict.npy", dictionary)
@@ -474,8 +628,22 @@ def test_numeric_options_are_checked_at_the_edge(data, tmp_path):
 def test_json_outputs_never_hold_nan(tmp_path):
     np.save(tmp_path / "const.npy", np.ones((400, 6), np.float32))  # zero variance: NMSE is undefined
     out = tmp_path / "run"
-    code, stdout, _ = cli("train", "--activations", tmp_path / "const.npy", "--n-latents", "8", "--steps", "4", "--batch-size", "16",
-                          "--log-every", "1", "--out", out, "--no-progress")
+    code, stdout, _ = cli(
+        "train",
+        "--activations",
+        tmp_path / "const.npy",
+        "--n-latents",
+        "8",
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--log-every",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0 and "NMSE n/a" in stdout
     for line in (out / "metrics.jsonl").read_text().splitlines():
         record = strict_json(line)
@@ -494,36 +662,98 @@ def _header(tmp_path, name, header, data=b"") -> Path:
     return path
 
 
-@pytest.mark.parametrize("make", [
-    lambda t: (t / "short.safetensors").write_bytes(b"\x01\x02") and t / "short.safetensors",
-    lambda t: (t / "huge.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}") and t / "huge.safetensors",
-    lambda t: _header(t, "list.safetensors", [1, 2]),
-    lambda t: _header(t, "junk.safetensors", b"\xff\xfe not json"),
-    lambda t: _header(t, "noshape.safetensors", {"activations": {"dtype": "F32"}}),
-    lambda t: _header(t, "offsets.safetensors", {"activations": {"dtype": "F32", "shape": [10, 4], "data_offsets": [0, 10**9]}}, b"\0" * 160),
-    lambda t: _header(t, "mismatch.safetensors", {"activations": {"dtype": "F32", "shape": [50, 4], "data_offsets": [0, 160]}}, b"\0" * 160),
-    lambda t: _header(t, "negative.safetensors", {"activations": {"dtype": "F32", "shape": [-10, 4], "data_offsets": [0, 160]}}, b"\0" * 160),
-], ids=["short", "huge-length", "list", "junk", "no-shape", "offsets-past-end", "shape-vs-bytes", "negative-shape"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: (t / "short.safetensors").write_bytes(b"\x01\x02") and t / "short.safetensors",
+        lambda t: (t / "huge.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}") and t / "huge.safetensors",
+        lambda t: _header(t, "list.safetensors", [1, 2]),
+        lambda t: _header(t, "junk.safetensors", b"\xff\xfe not json"),
+        lambda t: _header(t, "noshape.safetensors", {"activations": {"dtype": "F32"}}),
+        lambda t: _header(
+            t,
+            "offsets.safetensors",
+            {"activations": {"dtype": "F32", "shape": [10, 4], "data_offsets": [0, 10**9]}},
+            b"\0" * 160,
+        ),
+        lambda t: _header(
+            t,
+            "mismatch.safetensors",
+            {"activations": {"dtype": "F32", "shape": [50, 4], "data_offsets": [0, 160]}},
+            b"\0" * 160,
+        ),
+        lambda t: _header(
+            t,
+            "negative.safetensors",
+            {"activations": {"dtype": "F32", "shape": [-10, 4], "data_offsets": [0, 160]}},
+            b"\0" * 160,
+        ),
+    ],
+    ids=["short", "huge-length", "list", "junk", "no-shape", "offsets-past-end", "shape-vs-bytes", "negative-shape"],
+)
 def test_malformed_safetensors_headers_are_one_line_naming_the_file(tmp_path, make):
     path = make(tmp_path)
-    line = error_line(cli("train", "--activations", path, "--n-latents", "4", "--steps", "2", "--out", tmp_path / "o", "--no-progress"))
+    line = error_line(
+        cli(
+            "train", "--activations", path, "--n-latents", "4", "--steps", "2", "--out", tmp_path / "o", "--no-progress"
+        )
+    )
     assert path.name in line
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda m: m.pop("shards"), lambda m: m.pop("d_in"), lambda m: m.update(shards="x"), lambda m: m.update(shards=[]),
-    lambda m: m.update(shards=["shard-00000.npy"]), lambda m: m["shards"][0].update(rows="300"), lambda m: m["shards"][0].pop("file"),
-    lambda m: m["shards"][0].update(file=5), lambda m: m.update(d_in="8"), lambda m: m.update(complete="yes"),
-    lambda m: m.update(dtype="int8"), lambda m: m.update(n_rows=-1), lambda m: m.update(options=[1]),
-], ids=["no-shards", "no-d_in", "shards-str", "shards-empty", "shard-str", "rows-str", "no-file", "file-int", "d_in-str",
-        "complete-str", "dtype", "n_rows-negative", "options-list"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.pop("shards"),
+        lambda m: m.pop("d_in"),
+        lambda m: m.update(shards="x"),
+        lambda m: m.update(shards=[]),
+        lambda m: m.update(shards=["shard-00000.npy"]),
+        lambda m: m["shards"][0].update(rows="300"),
+        lambda m: m["shards"][0].pop("file"),
+        lambda m: m["shards"][0].update(file=5),
+        lambda m: m.update(d_in="8"),
+        lambda m: m.update(complete="yes"),
+        lambda m: m.update(dtype="int8"),
+        lambda m: m.update(n_rows=-1),
+        lambda m: m.update(options=[1]),
+    ],
+    ids=[
+        "no-shards",
+        "no-d_in",
+        "shards-str",
+        "shards-empty",
+        "shard-str",
+        "rows-str",
+        "no-file",
+        "file-int",
+        "d_in-str",
+        "complete-str",
+        "dtype",
+        "n_rows-negative",
+        "options-list",
+    ],
+)
 def test_cache_manifests_of_the_wrong_shape_are_one_line_naming_the_manifest(tmp_path, mutate):
     _cache(tmp_path / "cache", np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32))
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     mutate(manifest)
     (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
-    line = error_line(cli("train", "--activations", tmp_path / "cache", "--n-latents", "8", "--steps", "2", "--out", tmp_path / "o", "--no-progress"))
+    line = error_line(
+        cli(
+            "train",
+            "--activations",
+            tmp_path / "cache",
+            "--n-latents",
+            "8",
+            "--steps",
+            "2",
+            "--out",
+            tmp_path / "o",
+            "--no-progress",
+        )
+    )
     assert "manifest.json" in line
 
 

@@ -19,6 +19,7 @@ SECTION_IDS = ("summary", "frontiers", "comparisons", "dead", "density", "active
 
 # ---- a fake sweep ----------------------------------------------------------------------------
 
+
 def _ci(estimate, lo, hi, n=200):
     return {"estimate": estimate, "lo": lo, "hi": hi, "n": n, "method": "bootstrap-games"}
 
@@ -26,16 +27,30 @@ def _ci(estimate, lo, hi, n=200):
 # Two methods x 3 seeds at target L0 32, plus one single-seed group at L0 128.
 # nmse is clearly separated (topk lower), dead_fraction overlaps; LM metrics only on seed 0 with a row-level ci.
 GROUPS = {
-    "relu-l1-a0.5": dict(method="relu", params={"alpha": 0.5, "penalty": "l1"}, target_l0=32,
-                         l0=[30.0, 33.0, 34.5], nmse=[0.20, 0.21, 0.22], dead_fraction=[0.06, 0.03, 0.09],
-                         good_classifiers=[30, 34, None],
-                         lm={"ce_recovered_zero": (0.80, 0.78, 0.82), "kl": (0.12, 0.08, 0.16)}),
-    "topk-k32": dict(method="topk", params={"k": 32}, target_l0=32,
-                     l0=[32.0, 32.0, 32.0], nmse=[0.10, 0.11, 0.12], dead_fraction=[0.05, 0.10, 0.02],
-                     good_classifiers=[40, 44, 42], coverage=[0.60, 0.62, 0.64],
-                     lm={"ce_recovered_zero": (0.95, 0.94, 0.96), "kl": (0.10, 0.05, 0.15)}),
-    "topk-k128": dict(method="topk", params={"k": 128}, target_l0=128, l0=[128.0], nmse=[0.05], dead_fraction=[0.01],
-                      no_curve=True),
+    "relu-l1-a0.5": dict(
+        method="relu",
+        params={"alpha": 0.5, "penalty": "l1"},
+        target_l0=32,
+        l0=[30.0, 33.0, 34.5],
+        nmse=[0.20, 0.21, 0.22],
+        dead_fraction=[0.06, 0.03, 0.09],
+        good_classifiers=[30, 34, None],
+        lm={"ce_recovered_zero": (0.80, 0.78, 0.82), "kl": (0.12, 0.08, 0.16)},
+    ),
+    "topk-k32": dict(
+        method="topk",
+        params={"k": 32},
+        target_l0=32,
+        l0=[32.0, 32.0, 32.0],
+        nmse=[0.10, 0.11, 0.12],
+        dead_fraction=[0.05, 0.10, 0.02],
+        good_classifiers=[40, 44, 42],
+        coverage=[0.60, 0.62, 0.64],
+        lm={"ce_recovered_zero": (0.95, 0.94, 0.96), "kl": (0.10, 0.05, 0.15)},
+    ),
+    "topk-k128": dict(
+        method="topk", params={"k": 128}, target_l0=128, l0=[128.0], nmse=[0.05], dead_fraction=[0.01], no_curve=True
+    ),
 }
 
 
@@ -43,12 +58,30 @@ def _eval_json(rng, l0, n_latents, dead):
     edges = np.linspace(-8.0, 0.0, 33).tolist()
     counts = rng.multinomial(n_latents - dead, np.ones(32) / 32).tolist()
     active = {str(int(k)): int(t) for k, t in zip(np.arange(int(l0) - 5, int(l0) + 6), rng.integers(10, 100, 11))}
-    return {"l0": l0, "firing_density_hist": {"log10_bin_edges": edges, "counts": counts, "dead": dead}, "active_latents_hist": active}
+    return {
+        "l0": l0,
+        "firing_density_hist": {"log10_bin_edges": edges, "counts": counts, "dead": dead},
+        "active_latents_hist": active,
+    }
 
 
 def _curve(nmse, l0):
-    return "".join(json.dumps({"step": s, "tokens": 1024 * s, "loss": 1.0 / s, "mse": 1.0 / s, "nmse": nmse * (1 + 4 / s),
-                               "l0": l0 * (1 + 1 / s), "dead_fraction": 0.0, "lr": 1e-3}) + "\n" for s in range(1, 6))
+    return "".join(
+        json.dumps(
+            {
+                "step": s,
+                "tokens": 1024 * s,
+                "loss": 1.0 / s,
+                "mse": 1.0 / s,
+                "nmse": nmse * (1 + 4 / s),
+                "l0": l0 * (1 + 1 / s),
+                "dead_fraction": 0.0,
+                "lr": 1e-3,
+            }
+        )
+        + "\n"
+        for s in range(1, 6)
+    )
 
 
 def write_sweep(root: Path, groups: dict, with_folders: bool = True) -> Path:
@@ -59,9 +92,20 @@ def write_sweep(root: Path, groups: dict, with_folders: bool = True) -> Path:
     for group, g in groups.items():
         for seed in range(len(g["l0"])):
             name = f"{group}-s{seed}"
-            row = {"name": name, "group": group, "method": g["method"], "params": g.get("params", {}), "n_latents": 256,
-                   "seed": seed, "l0": g["l0"][seed], "l0_eps": g["l0"][seed] - 0.5, "nmse": g["nmse"][seed],
-                   "dead_fraction": g["dead_fraction"][seed], "tokens": 4096, "folder": f"saes/{name}"}
+            row = {
+                "name": name,
+                "group": group,
+                "method": g["method"],
+                "params": g.get("params", {}),
+                "n_latents": 256,
+                "seed": seed,
+                "l0": g["l0"][seed],
+                "l0_eps": g["l0"][seed] - 0.5,
+                "nmse": g["nmse"][seed],
+                "dead_fraction": g["dead_fraction"][seed],
+                "tokens": 4096,
+                "folder": f"saes/{name}",
+            }
             if g.get("target_l0") is not None:
                 row["target_l0"] = g["target_l0"]
             for key in ("good_classifiers", "coverage"):
@@ -93,6 +137,7 @@ PLAIN = {
 
 
 # ---- reading the page back ---------------------------------------------------------------------
+
 
 class Page(HTMLParser):
     """Sections by id with their text, images and tables (cells keep their attributes), plus every URL attribute."""
@@ -143,7 +188,7 @@ class Page(HTMLParser):
 def _png(src: str) -> bytes:
     prefix = "data:image/png;base64,"
     assert src.startswith(prefix), src[:60]
-    return base64.b64decode(src[len(prefix):], validate=True)
+    return base64.b64decode(src[len(prefix) :], validate=True)
 
 
 def _table_rows(section: dict) -> list[dict]:
@@ -162,6 +207,7 @@ def built(tmp_path_factory):
 
 # ---- the full report ---------------------------------------------------------------------------
 
+
 def test_every_section_has_its_id_and_a_contents_entry(built):
     _, page = built
     for sid in SECTION_IDS:
@@ -171,7 +217,13 @@ def test_every_section_has_its_id_and_a_contents_entry(built):
 
 def test_figures_are_embedded_pngs(built):
     paths, page = built
-    expected = {"frontiers": 5, "dead": 1, "density": 1, "active": 1, "curves": 1}  # frontiers: nmse, CE, KL, classifiers, coverage
+    expected = {
+        "frontiers": 5,
+        "dead": 1,
+        "density": 1,
+        "active": 1,
+        "curves": 1,
+    }  # frontiers: nmse, CE, KL, classifiers, coverage
     for sid, n in expected.items():
         imgs = page.sections[sid]["imgs"]
         assert len(imgs) == n, (sid, len(imgs))
@@ -248,6 +300,7 @@ def test_notes_name_groups_whose_files_are_missing(built):
 
 # ---- absent data, bad input ------------------------------------------------------------------
 
+
 def test_absent_optional_data_is_noted_in_one_line(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", PLAIN, with_folders=False)
     paths = build_report([sweep], tmp_path / "out")
@@ -279,7 +332,9 @@ def test_bad_input_names_the_file_and_line(tmp_path):
     (sweep / "results.jsonl").write_text("\n".join([lines[0], lines[1][:-5], *lines[2:]]) + "\n")
     with pytest.raises(DataError, match=r"results\.jsonl:2: not valid JSON"):
         build_report([sweep], tmp_path / "out")
-    (sweep / "results.jsonl").write_text(lines[0] + "\n" + json.dumps({**json.loads(lines[1]), "nmse": float("nan")}) + "\n")
+    (sweep / "results.jsonl").write_text(
+        lines[0] + "\n" + json.dumps({**json.loads(lines[1]), "nmse": float("nan")}) + "\n"
+    )
     with pytest.raises(DataError, match=r"results\.jsonl:2: nmse is not finite"):
         build_report([sweep], tmp_path / "out")
     with pytest.raises(DataError, match="no results.jsonl") as e:
@@ -299,13 +354,16 @@ def test_the_same_seed_from_two_folders_is_refused(tmp_path):
 
 # ---- extension and the command ---------------------------------------------------------------
 
+
 def test_extra_sections_are_appended_with_their_figures(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", PLAIN, with_folders=False)
     from saelab.report.plots import figure_png, new_figure
 
     fig = new_figure(2, 2)
     fig.add_subplot().plot([0, 1], [0, 1])
-    ready = Section.from_blocks("scaling", "Scaling fits", [Paragraph("a fit"), Figure("scaling.png", figure_png(fig), "fit")])
+    ready = Section.from_blocks(
+        "scaling", "Scaling fits", [Paragraph("a fit"), Figure("scaling.png", figure_png(fig), "fit")]
+    )
     hook = lambda data: Section.from_blocks("counts", "Counts", [Note(f"{len(data.groups)} groups seen")])  # noqa: E731
     paths = build_report([sweep], tmp_path / "out", extra_sections=[ready, hook, lambda data: None])
     page = Page(paths.html.read_text(encoding="utf-8"))
@@ -336,7 +394,9 @@ def test_report_command_end_to_end(tmp_path, capsys):
 
 
 def test_legacy_markdown_table_is_unchanged():
-    text = markdown_table([{"name": "a", "l0": 31.96, "nmse": 0.123456}], [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE")])
+    text = markdown_table(
+        [{"name": "a", "l0": 31.96, "nmse": 0.123456}], [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE")]
+    )
     assert text == "| SAE | L0 | NMSE |\n|---|---|---|\n| a | 32.0 | 0.1235 |\n"
 
 
@@ -347,8 +407,10 @@ def test_report_reads_plain_run_folders(toy_dir, tmp_path):
     acts = toy_dir / "activations.npy"
     common = ["--activations", acts, "--steps", "10", "--batch-size", "128", "--n-latents", "32", "--no-progress"]
     assert cli("train", *common, "--method", "topk", "--k", "3", "--out", tmp_path / "one")[0] == 0
-    (tmp_path / "two.toml").write_text(f'activations = "{acts}"\nsteps = 10\nbatch_size = 128\nn_latents = 32\nmethod = "topk"\n'
-                                       '[[sae]]\nname = "k2"\nk = 2\n[[sae]]\nname = "k4"\nk = 4\n')
+    (tmp_path / "two.toml").write_text(
+        f'activations = "{acts}"\nsteps = 10\nbatch_size = 128\nn_latents = 32\nmethod = "topk"\n'
+        '[[sae]]\nname = "k2"\nk = 2\n[[sae]]\nname = "k4"\nk = 4\n'
+    )
     assert cli("train", "--config", tmp_path / "two.toml", "--out", tmp_path / "two", "--no-progress")[0] == 0
     code, _, err = cli("report", tmp_path / "one", tmp_path / "two", "--out", tmp_path / "rep")
     assert code == 0, err

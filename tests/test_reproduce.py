@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +14,16 @@ import pytest
 from saelab.cli import main
 from saelab.errors import ConfigError
 from saelab.experiments.reproduce.budget import QUICK, budget
-from saelab.experiments.reproduce.claims import (DOES_NOT_HOLD, HOLDS, JSON_KEYS, Claim, Evidence, claims_markdown,
-                                                 evaluate_claim, verdict)
+from saelab.experiments.reproduce.claims import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    JSON_KEYS,
+    Claim,
+    Evidence,
+    claims_markdown,
+    evaluate_claim,
+    verdict,
+)
 from saelab.experiments.reproduce.clock import TIME_FILE, WallClock, describe, read_segments
 from saelab.experiments.reproduce.measures import difference, exponent, frontier_difference, gap_change, metric
 from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, folder_suffix, rerun_command, run_reproduce
@@ -26,8 +34,11 @@ KEYS = {"claim", "paper", "ours", "ci", "verdict", "p", "p_adjusted", "measure",
 
 def _rows(values: dict[str, list[float]], key: str = "nmse", **extra) -> list[dict]:
     """Synthetic sweep rows: one row per (group, seed) holding `key`."""
-    return [{"name": f"{g}-s{s}", "group": g, "method": "topk", "seed": s, key: v, "ci": {}, **extra}
-            for g, vs in values.items() for s, v in enumerate(vs)]
+    return [
+        {"name": f"{g}-s{s}", "group": g, "method": "topk", "seed": s, key: v, "ci": {}, **extra}
+        for g, vs in values.items()
+        for s, v in enumerate(vs)
+    ]
 
 
 def _claim(measure, holds_if="<") -> Claim:
@@ -74,8 +85,18 @@ def test_a_missing_configuration_is_reported_not_raised():
     rows = _rows({"a": [0.1, 0.2]})
     got = evaluate_claim(_claim(difference("s", "a", "nope", "nmse")), Evidence({"s": rows}))
     assert got.verdict == NOT_SEPARABLE and got.interval is None and "nope" in got.error
-    assert got.to_json() == {"claim": "a beats b", "paper": "paper: 1 vs 2", "ours": None, "ci": None, "verdict": NOT_SEPARABLE,
-                             "p": None, "p_adjusted": None, "measure": "metric a − b", "paper_measure": "paper: 1 vs 2", "family": ""}
+    assert got.to_json() == {
+        "claim": "a beats b",
+        "paper": "paper: 1 vs 2",
+        "ours": None,
+        "ci": None,
+        "verdict": NOT_SEPARABLE,
+        "p": None,
+        "p_adjusted": None,
+        "measure": "metric a − b",
+        "paper_measure": "paper: 1 vs 2",
+        "family": "",
+    }
     missing_sweep = evaluate_claim(_claim(metric("other", "a", "nmse")), Evidence({"s": rows}))
     assert "other" in missing_sweep.error
 
@@ -98,9 +119,20 @@ def test_a_power_law_exponent_is_fitted_with_an_interval():
     rows = []
     for n in (64, 128, 256, 512):
         for s in range(3):
-            rows.append({"name": f"t{n}-s{s}", "group": f"t{n}", "method": "topk", "seed": s, "n_latents": n,
-                         "nmse": 2.0 * n ** -0.4 * math.exp(rng.normal(0, 0.02)), "ci": {}})
-    got = evaluate_claim(_claim(exponent("s", [f"t{n}" for n in (64, 128, 256, 512)], n_boot=200), "<"), Evidence({"s": rows}))
+            rows.append(
+                {
+                    "name": f"t{n}-s{s}",
+                    "group": f"t{n}",
+                    "method": "topk",
+                    "seed": s,
+                    "n_latents": n,
+                    "nmse": 2.0 * n**-0.4 * math.exp(rng.normal(0, 0.02)),
+                    "ci": {},
+                }
+            )
+    got = evaluate_claim(
+        _claim(exponent("s", [f"t{n}" for n in (64, 128, 256, 512)], n_boot=200), "<"), Evidence({"s": rows})
+    )
     assert got.verdict == HOLDS
     assert got.interval.lo < -0.4 < got.interval.hi
     too_few = evaluate_claim(_claim(exponent("s", ["t64", "t128"], n_boot=50)), Evidence({"s": rows}))
@@ -108,7 +140,9 @@ def test_a_power_law_exponent_is_fitted_with_an_interval():
 
 
 def test_a_gap_that_widens_with_scale_holds():
-    rows = _rows({"t1": [0.30, 0.31, 0.29], "r1": [0.32, 0.33, 0.31], "t2": [0.10, 0.11, 0.09], "r2": [0.30, 0.31, 0.29]})
+    rows = _rows(
+        {"t1": [0.30, 0.31, 0.29], "r1": [0.32, 0.33, 0.31], "t2": [0.10, 0.11, 0.09], "r2": [0.30, 0.31, 0.29]}
+    )
     got = evaluate_claim(_claim(gap_change("s", (("t1", "r1"), ("t2", "r2")), "nmse"), "<"), Evidence({"s": rows}))
     assert got.interval.estimate == pytest.approx(-0.18)
     assert got.verdict == HOLDS
@@ -138,7 +172,10 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
     assert e.value.code == 2 and "--budget" in capsys.readouterr().err
     # A model to harvest needs its text; the check runs before any harvesting, so nothing is written.
     out = tmp_path / "r"
-    assert main(["reproduce", "l1-sqrt", "--model", "gpt2", "--text", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert (
+        main(["reproduce", "l1-sqrt", "--model", "gpt2", "--text", str(tmp_path / "missing.txt"), "--out", str(out)])
+        == 2
+    )
     assert "text=" in capsys.readouterr().err and not out.exists()
     assert main(["reproduce", "scaling", "--model", "gpt2", "--out", str(out)]) == 2
     assert "no language-model claim" in capsys.readouterr().err and not out.exists()
@@ -158,20 +195,39 @@ def test_epochs_sets_every_papers_training_length_and_its_own_folder():
     b, changed = adjusted_budget(sm, full, epochs=4)  # the report's four passes: another folder
     assert (b.epochs, changed, b.train_games, folder_suffix(changed)) == (4.0, {"epochs": 4.0}, 100_000, "-e4")
     assert b.screen_training()["epochs"] == 1.0 and b.training()["epochs"] == 4.0
-    assert rerun_command("sparsity-methods", b, changed, None) == "saelab reproduce sparsity-methods --budget full --epochs 4"
+    assert (
+        rerun_command("sparsity-methods", b, changed, None)
+        == "saelab reproduce sparsity-methods --budget full --epochs 4"
+    )
     assert adjusted_budget(sm, full, epochs=1.0)[1] == {}  # the default length named explicitly is the same result
-    b, changed = adjusted_budget(PAPERS["scaling"], quick, layer=2, epochs=2)  # quick counts steps; --epochs replaces them
+    b, changed = adjusted_budget(
+        PAPERS["scaling"], quick, layer=2, epochs=2
+    )  # quick counts steps; --epochs replaces them
     assert (b.steps, b.epochs, b.layer, folder_suffix(changed)) == (None, 2.0, 2, "-layer2-e2")
     assert "steps" not in b.training() and b.training()["epochs"] == 2.0
-    assert rerun_command("scaling", b, changed, "m") == "saelab reproduce scaling --budget quick --layer 2 --epochs 2 --model m"
+    assert (
+        rerun_command("scaling", b, changed, "m")
+        == "saelab reproduce scaling --budget quick --layer 2 --epochs 2 --model m"
+    )
     assert adjusted_budget(PAPERS["scaling"], quick) == (quick, {})
     for bad in (0, -1.0, math.nan, math.inf, True):
         with pytest.raises(ConfigError, match="epochs"):
             adjusted_budget(sm, full, epochs=bad)
 
 
-MICRO = dataclasses.replace(QUICK, name="micro", train_games=60, eval_games=40, n_latents=64, target_l0=8, steps=20,
-                            batch_size=256, seeds=2, sizes=(16, 32, 64), n_boot=20)
+MICRO = dataclasses.replace(
+    QUICK,
+    name="micro",
+    train_games=60,
+    eval_games=40,
+    n_latents=64,
+    target_l0=8,
+    steps=20,
+    batch_size=256,
+    seeds=2,
+    sizes=(16, 32, 64),
+    n_boot=20,
+)
 
 
 def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(tmp_path):
@@ -189,7 +245,10 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
             assert (r.verdict != NOT_SEPARABLE) == (c["p_adjusted"] < 0.05) and c["family"] == "l1-sqrt"
     md = (out / "claims.md").read_text()
     assert "| claim | paper's figure |" in md and "## Sweep `penalties`" in md
-    assert "The OthelloGPT sweeps trained on 60 games (after block 3), 20 steps, batches of 256, Adam at lr 0.001, 2 seeds per setting." in md
+    assert (
+        "The OthelloGPT sweeps trained on 60 games (after block 3), 20 steps, batches of 256, Adam at lr 0.001, 2 seeds per setting."
+        in md
+    )
     weights = sorted(out.rglob("sae_weights.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in weights]
     said = []
@@ -201,7 +260,9 @@ def test_a_tiny_reproduction_writes_claims_and_a_rerun_resumes_without_training(
     runs = json.loads((out / "claims.json").read_text())["runs"]
     assert len(runs) == 2 and runs[0]["started"] == record["runs"][0]["started"]
     assert runs[0]["seconds"] == pytest.approx(record["runs"][0]["seconds"], abs=1.0)  # + writing the claims
-    assert json.loads((out / "claims.json").read_text())["seconds"] == pytest.approx(sum(r["seconds"] for r in runs), abs=0.11)
+    assert json.loads((out / "claims.json").read_text())["seconds"] == pytest.approx(
+        sum(r["seconds"] for r in runs), abs=0.11
+    )
     assert "over 2 runs (resumed once)" in (out / "claims.md").read_text()
 
 
@@ -210,7 +271,9 @@ def test_a_run_stopped_between_sweeps_leaves_the_claims_of_the_finished_ones(tmp
     from saelab.experiments.reproduce import run as run_module
 
     plain = l1_sqrt.sweeps
-    monkeypatch.setattr(l1_sqrt, "sweeps", lambda b, data, lm=None: {**plain(b, data), "later": plain(b, data)[l1_sqrt.SWEEP]})
+    monkeypatch.setattr(
+        l1_sqrt, "sweeps", lambda b, data, lm=None: {**plain(b, data), "later": plain(b, data)[l1_sqrt.SWEEP]}
+    )
     real_sweep = run_module.run_sweep
 
     def killed_at_the_second(cfg, out, **kw):
@@ -231,12 +294,16 @@ def test_a_run_stopped_between_sweeps_leaves_the_claims_of_the_finished_ones(tmp
     run_reproduce("l1-sqrt", MICRO, out=out, say=lambda m: None)  # resumed to its end
     done = json.loads((out / "claims.json").read_text())
     assert done["pending"] == [] and "Partial" not in (out / "claims.md").read_text()
-    assert [c["ours"] for c in done["claims"]] == [c["ours"] for c in record["claims"]]  # the finished sweep was not retrained
+    assert [c["ours"] for c in done["claims"]] == [
+        c["ours"] for c in record["claims"]
+    ]  # the finished sweep was not retrained
     assert [c["verdict"] for c in done["claims"]] == [c["verdict"] for c in record["claims"]]
 
 
 def test_the_wall_clock_keeps_a_killed_runs_time(tmp_path):
-    (tmp_path / TIME_FILE).write_text(json.dumps({"segments": [{"started": "2026-12-01T21:28:39+00:00", "seconds": 900.0}]}))
+    (tmp_path / TIME_FILE).write_text(
+        json.dumps({"segments": [{"started": "2026-12-01T21:28:39+00:00", "seconds": 900.0}]})
+    )
     with WallClock(tmp_path, tick=0.02):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the file is kept current while the run goes on
@@ -265,7 +332,10 @@ def test_quick_reproduction_runs_end_to_end(name, tmp_path, capsys):
         else:
             assert c["ci"][0] <= c["ours"] <= c["ci"][1] or None in c["ci"]
     assert any(c["ours"] is not None for c in printed)
-    assert "| claim | paper's figure | ours (mean ± 95% CI) | p (Holm-adjusted) | verdict |" in (tmp_path / name / "claims.md").read_text()
+    assert (
+        "| claim | paper's figure | ours (mean ± 95% CI) | p (Holm-adjusted) | verdict |"
+        in (tmp_path / name / "claims.md").read_text()
+    )
 
 
 def test_a_side_that_missed_its_target_l0_is_not_a_matched_comparison():
@@ -282,13 +352,29 @@ def test_a_side_that_missed_its_target_l0_is_not_a_matched_comparison():
     got = evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows}))
     assert got.verdict == NOT_SEPARABLE and "not matched" in got.error
     # A side without an adapted coefficient (TopK's k) is checked too: leaky TopK at k 32 with 279 above ε.
-    rows = _rows({"a": [0.10, 0.11, 0.12]}, target_l0=32, l0_eps=31.0) + _rows({"b": [0.20, 0.21, 0.22]}, target_l0=32, l0_eps=279.0)
-    assert "'b' reached L0 above ε 279" in evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows})).error
+    rows = _rows({"a": [0.10, 0.11, 0.12]}, target_l0=32, l0_eps=31.0) + _rows(
+        {"b": [0.20, 0.21, 0.22]}, target_l0=32, l0_eps=279.0
+    )
+    assert (
+        "'b' reached L0 above ε 279"
+        in evaluate_claim(_claim(difference("s", "a", "b", "nmse")), Evidence({"s": rows})).error
+    )
 
 
 def _grid_rows(name: str, alphas, l0s, nmses_by_seed) -> list[dict]:
-    return [{"name": f"{name} alpha{a}-s{s}", "group": f"{name} alpha{a}", "method": "relu", "seed": s, "l0_eps": l0, "nmse": v, "ci": {}}
-            for s, nmses in enumerate(nmses_by_seed) for a, l0, v in zip(alphas, l0s, nmses)]
+    return [
+        {
+            "name": f"{name} alpha{a}-s{s}",
+            "group": f"{name} alpha{a}",
+            "method": "relu",
+            "seed": s,
+            "l0_eps": l0,
+            "nmse": v,
+            "ci": {},
+        }
+        for s, nmses in enumerate(nmses_by_seed)
+        for a, l0, v in zip(alphas, l0s, nmses)
+    ]
 
 
 def test_frontiers_are_compared_at_the_target_l0_by_interpolation():
@@ -306,10 +392,14 @@ def test_frontiers_are_compared_at_the_target_l0_by_interpolation():
 
 def test_equal_k_with_unequal_measured_l0_is_not_matched():
     rows = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0_eps=23.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0_eps=32.0)
-    got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": rows}))
+    got = evaluate_claim(
+        _claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": rows})
+    )
     assert got.verdict == NOT_SEPARABLE and "'batchtopk' reached L0 above ε 23" in got.error
     near = _rows({"batchtopk": [0.30, 0.31, 0.32]}, l0_eps=30.0) + _rows({"topk": [0.20, 0.21, 0.22]}, l0_eps=32.0)
-    got = evaluate_claim(_claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": near}))
+    got = evaluate_claim(
+        _claim(difference("s", "batchtopk", "topk", "nmse", match_l0=True, target=32)), Evidence({"s": near})
+    )
     assert got.verdict == DOES_NOT_HOLD
 
 
@@ -321,7 +411,9 @@ def test_matched_difference_reads_a_matched_member_else_the_frontier_else_says_n
     # b: one member at 31 on every seed (matched, read directly), one far off.
     b = _grid_rows("b", (1, 2), (31, 90), [(0.5, 0.1), (0.52, 0.1), (0.48, 0.1)])
     ev = Evidence({"s": a + b})
-    got = evaluate_claim(_claim(matched_difference("s", ["a alpha1", "a alpha3"], ["b alpha1", "b alpha2"], "nmse", 32), "<"), ev)
+    got = evaluate_claim(
+        _claim(matched_difference("s", ["a alpha1", "a alpha3"], ["b alpha1", "b alpha2"], "nmse", 32), "<"), ev
+    )
     assert got.interval.estimate == pytest.approx(0.2 - 0.5, abs=0.01) and got.verdict == HOLDS
     assert "frontier vs b alpha1 (matched)" in got.interval.method
     alone = evaluate_claim(_claim(matched_difference("s", ["a alpha1"], ["b alpha1"], "nmse", 32)), ev)

@@ -11,10 +11,21 @@ from hypothesis import strategies as st
 
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.claims import DOES_NOT_HOLD, HOLDS, Claim, Evidence, evaluate_claim
-from saelab.experiments.reproduce.measures import against_extreme_other, rank_correlation, spearman, spearman_permutation_p
+from saelab.experiments.reproduce.measures import (
+    against_extreme_other,
+    rank_correlation,
+    spearman,
+    spearman_permutation_p,
+)
+from saelab.experiments.reproduce.search import (
+    COLLAPSED_NMSE,
+    Candidate,
+    choose_best,
+    mean_best_auroc,
+    run_search,
+    select_finalists,
+)
 from saelab.util.intervals import NOT_SEPARABLE
-from saelab.experiments.reproduce.search import (COLLAPSED_NMSE, Candidate, choose_best, mean_best_auroc, run_search,
-                                                 select_finalists)
 
 
 def _cands(spec: dict[str, list[str]]) -> list[Candidate]:
@@ -53,8 +64,11 @@ def test_finalists_are_never_dominated_nor_collapsed_and_each_live_method_has_on
     assert len(fin) <= per_method
     assert all(s.nmse < COLLAPSED_NMSE for s in fin)
     for s in fin:
-        assert not any(o.l0 <= s.l0 and o.nmse <= s.nmse and (o.l0 < s.l0 or o.nmse < s.nmse)
-                       for o in got if o.status != "collapsed" and o is not s)
+        assert not any(
+            o.l0 <= s.l0 and o.nmse <= s.nmse and (o.l0 < s.l0 or o.nmse < s.nmse)
+            for o in got
+            if o.status != "collapsed" and o is not s
+        )
     assert bool(fin) == any(nmse < COLLAPSED_NMSE for _, nmse in points)
 
 
@@ -64,8 +78,11 @@ def test_the_best_finalist_has_the_most_good_classifiers_ties_to_the_higher_mean
     scores = {"a1": {"good_findable": 5}, "a2": {"good_findable": 9}, "a3": {"good_findable": 9}}
     assert choose_best(screened, scores)["a"].name == "a3"  # no AUROC recorded: the lower NMSE
     # A short screen leaves every count near zero: the denser setting (lower NMSE) is not chosen for it.
-    scores = {"a1": {"good_findable": 0, "mean_best_auroc": 0.71}, "a2": {"good_findable": 0, "mean_best_auroc": 0.66},
-              "a3": {"good_findable": 0, "mean_best_auroc": 0.69}}
+    scores = {
+        "a1": {"good_findable": 0, "mean_best_auroc": 0.71},
+        "a2": {"good_findable": 0, "mean_best_auroc": 0.66},
+        "a3": {"good_findable": 0, "mean_best_auroc": 0.69},
+    }
     assert choose_best(screened, scores)["a"].name == "a1"
     scores["a2"]["good_findable"] = 1  # the count still comes first
     assert choose_best(screened, scores)["a"].name == "a2"
@@ -82,7 +99,11 @@ def test_mean_best_auroc_averages_the_findable_pairs_only():
 
 
 def _rows(values: dict[str, list[float]], key: str) -> list[dict]:
-    return [{"name": f"{g}-s{s}", "group": g, "method": "topk", "seed": s, key: v, "ci": {}} for g, vs in values.items() for s, v in enumerate(vs)]
+    return [
+        {"name": f"{g}-s{s}", "group": g, "method": "topk", "seed": s, key: v, "ci": {}}
+        for g, vs in values.items()
+        for s, v in enumerate(vs)
+    ]
 
 
 def test_against_the_best_other_compares_with_the_strongest_rival():
@@ -94,7 +115,9 @@ def test_against_the_best_other_compares_with_the_strongest_rival():
     got = evaluate_claim(Claim("a", "b", "c", measure, ">"), Evidence({"s": rows}))
     assert got.verdict == DOES_NOT_HOLD and got.interval.estimate == pytest.approx(-5.0)
     sparsest = against_extreme_other("s", "dimred", ["leaky", "l1"], "good_findable", "min")
-    assert evaluate_claim(Claim("a", "b", "c", sparsest, "<"), Evidence({"s": rows})).interval.estimate == pytest.approx(10.0)
+    assert evaluate_claim(
+        Claim("a", "b", "c", sparsest, "<"), Evidence({"s": rows})
+    ).interval.estimate == pytest.approx(10.0)
 
 
 def test_spearman_matches_hand_computed_ranks():
@@ -111,11 +134,15 @@ def test_spearman_matches_hand_computed_ranks():
 def test_the_ranking_claim_holds_when_our_order_follows_the_papers():
     ref = {"a": 45, "b": 30, "c": 10, "d": 1}
     agree = _rows({"a": [20, 21, 22], "b": [15, 16, 14], "c": [8, 9, 10], "d": [0, 1, 0]}, "good_findable")
-    got = evaluate_claim(Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": agree}))
+    got = evaluate_claim(
+        Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": agree})
+    )
     # Exact one-sided permutation p: 1 of the 4! = 24 pairings reaches ρ = 1.
     assert got.verdict == HOLDS and got.interval.estimate == pytest.approx(1.0) and got.p == pytest.approx(1 / 24)
     reverse = _rows({"a": [0, 1, 0], "b": [8, 9, 10], "c": [15, 16, 14], "d": [20, 21, 22]}, "good_findable")
-    got = evaluate_claim(Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": reverse}))
+    got = evaluate_claim(
+        Claim("r", "p", "m", rank_correlation("s", ref, "good_findable", n_boot=300), ">"), Evidence({"s": reverse})
+    )
     # One-sided: a reversed order is no evidence of agreement, and "does not hold" is not what the test asks.
     assert got.verdict == NOT_SEPARABLE and got.interval.estimate == pytest.approx(-1.0) and got.p == pytest.approx(1.0)
 
@@ -139,8 +166,15 @@ def test_a_search_screens_scores_finalists_and_resumes(tmp_path):
     write_harvest(harvest(HarvestConfig(games=40, layer=3, seed=0)), data)
     cands = [Candidate("topk", {"name": f"cand topk L0 {k}", "method": "topk", "target_l0": k}) for k in (4, 8)]
     cands.append(Candidate("none", {"name": "cand none", "method": "relu"}))
-    shared = {"activations": str(data), "steps": 10, "batch_size": 128, "lr": 1e-3, "normalize": "scalar", "n_latents": 32,
-              "eval_fraction": 0.1}
+    shared = {
+        "activations": str(data),
+        "steps": 10,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "normalize": "scalar",
+        "n_latents": 32,
+        "eval_fraction": 0.1,
+    }
     said: list[str] = []
     got = run_search(cands, shared, tmp_path / "search", 2, {"games": 20, "n_boot": 10}, say=said.append)
     assert set(got.chosen) == {"topk", "none"}
@@ -168,27 +202,44 @@ def test_a_matched_setting_the_best_sweep_trains_is_not_trained_twice(tmp_path):
     cands = {c.name: c for c in sm.candidates(QUICK)}
     t = QUICK.target_l0
     # none, and leaky and dimred at the target L0, are settings of the matched sweep; TopK at 2× is not.
-    chosen = {"none": cands["cand none"], "leaky": cands[f"cand leaky L0 {t}"], "dimred": cands[f"cand dimred L0 {t}"],
-              "topk": cands[f"cand topk L0 {2 * t}"]}
+    chosen = {
+        "none": cands["cand none"],
+        "leaky": cands[f"cand leaky L0 {t}"],
+        "dimred": cands[f"cand dimred L0 {t}"],
+        "topk": cands[f"cand topk L0 {2 * t}"],
+    }
     found = SearchResult(screened=[], scores={}, chosen=chosen)
     names = sm.names(QUICK)
-    assert sm.reused(QUICK, found) == {sm.SWEEP: [(names["none"], sm.BEST_SWEEP, "best none"),
-                                                  (names["leaky"], sm.BEST_SWEEP, "best leaky"),
-                                                  (names["dimred"], sm.BEST_SWEEP, "best dimred")]}
+    assert sm.reused(QUICK, found) == {
+        sm.SWEEP: [
+            (names["none"], sm.BEST_SWEEP, "best none"),
+            (names["leaky"], sm.BEST_SWEEP, "best leaky"),
+            (names["dimred"], sm.BEST_SWEEP, "best dimred"),
+        ]
+    }
     plans = sm.sweeps(QUICK, tmp_path, search=found)
     # The best sweep comes first and trains every chosen setting; the matched sweep trains the rest.
     assert list(plans) == [sm.BEST_SWEEP, sm.SWEEP]
     assert [t["name"] for t in plans[sm.BEST_SWEEP]["sae"]] == ["best none", "best leaky", "best dimred", "best topk"]
-    assert [t["name"] for t in plans[sm.SWEEP]["sae"]] == [t["name"] for t in sm.matched_tables(QUICK)
-                                                           if t["name"] not in {names["none"], names["leaky"], names["dimred"]}]
-    assert {k: v for k, v in plans[sm.BEST_SWEEP].items() if k != "sae"} == {k: v for k, v in plans[sm.SWEEP].items() if k != "sae"}
+    assert [t["name"] for t in plans[sm.SWEEP]["sae"]] == [
+        t["name"] for t in sm.matched_tables(QUICK) if t["name"] not in {names["none"], names["leaky"], names["dimred"]}
+    ]
+    assert {k: v for k, v in plans[sm.BEST_SWEEP].items() if k != "sae"} == {
+        k: v for k, v in plans[sm.SWEEP].items() if k != "sae"
+    }
     assert list(sm.sweeps(QUICK, tmp_path)) == [sm.SWEEP]  # no search: the matched sweep alone
     # A reused row keeps every number and points at the same SAE folder from the other sweep's root.
     row = {"name": "best none-s1", "group": "best none", "seed": 1, "folder": "runs/seed1/best none-s1", "nmse": 0.1}
     moved = _renamed(row, names["none"], tmp_path / "sweeps" / "best", tmp_path / "sweeps" / "methods")
-    assert moved == {**row, "name": f"{names['none']}-s1", "group": names["none"], "folder": "../best/runs/seed1/best none-s1"}
-    assert (tmp_path / "sweeps" / "methods" / moved["folder"]).resolve() == (tmp_path / "sweeps" / "best" / row["folder"]).resolve()
-
+    assert moved == {
+        **row,
+        "name": f"{names['none']}-s1",
+        "group": names["none"],
+        "folder": "../best/runs/seed1/best none-s1",
+    }
+    assert (tmp_path / "sweeps" / "methods" / moved["folder"]).resolve() == (
+        tmp_path / "sweeps" / "best" / row["folder"]
+    ).resolve()
 
 
 @pytest.mark.slow  # the search paper end to end at a tiny size, with the full budget's extra methods: ~45 s here
@@ -200,9 +251,23 @@ def test_the_full_budgets_extra_methods_go_through_the_search_and_the_best_sweep
     from saelab.experiments.reproduce.run import run_reproduce
 
     assert FULL.extra_methods and not QUICK.extra_methods
-    tiny = dataclasses.replace(QUICK, name="tiny-full", train_games=60, eval_games=40, n_latents=64, target_l0=8, steps=None,
-                               epochs=1.0, batch_size=256, seeds=2, sizes=(16, 32, 64), n_boot=20, screen_fraction=0.25,
-                               search_levels=(0.5, 1.0, 2.0, 3.0), extra_methods=True)
+    tiny = dataclasses.replace(
+        QUICK,
+        name="tiny-full",
+        train_games=60,
+        eval_games=40,
+        n_latents=64,
+        target_l0=8,
+        steps=None,
+        epochs=1.0,
+        batch_size=256,
+        seeds=2,
+        sizes=(16, 32, 64),
+        n_boot=20,
+        screen_fraction=0.25,
+        search_levels=(0.5, 1.0, 2.0, 3.0),
+        extra_methods=True,
+    )
     got = run_reproduce("sparsity-methods", tiny, out=tmp_path, say=lambda m: None)
     assert len(got) == len(sm.claims(tiny))
     search = json.loads((tmp_path / "search" / "search.json").read_text())
@@ -212,7 +277,9 @@ def test_the_full_budgets_extra_methods_go_through_the_search_and_the_best_sweep
     screen = json.loads((tmp_path / "search" / "screen" / "sweep.json").read_text())
     assert screen["config"]["epochs"] == 0.25
     # Each extra method's best setting trained with every seed (none of them is in the matched sweep).
-    rows = [json.loads(line) for line in (tmp_path / "sweeps" / sm.BEST_SWEEP / "results.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "sweeps" / sm.BEST_SWEEP / "results.jsonl").read_text().splitlines()
+    ]
     for role in sm.FULL_EXTRA:
         seeds = sorted(r["seed"] for r in rows if r["group"] == sm.best_name(role))
         assert seeds == [0, 1], role

@@ -25,7 +25,18 @@ def _torchrun(name: str, out: Path) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), str(WORKER), name, str(out)]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        str(WORKER),
+        name,
+        str(out),
+    ]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -46,7 +57,7 @@ def test_two_ranks_reproduce_the_one_process_claims_and_search(tmp_path):
     s_search, o_search = (json.loads((d / "search" / "search.json").read_text()) for d in (spread, one))
     assert s_search == o_search  # the same screen numbers, finalists, scores and choices
     # `best` trains only the chosen settings the matched sweep does not (ReLU without penalty never is).
-    for sweep in ("methods", "best")[:1 + (spread / "sweeps" / "best").exists()]:
+    for sweep in ("methods", "best")[: 1 + (spread / "sweeps" / "best").exists()]:
         rows = [json.loads(line) for line in (spread / "sweeps" / sweep / RESULTS).read_text().splitlines()]
         assert rows and all(r.get("good_findable") is not None for r in rows)  # each rank scored its own SAEs
         assert not list((spread / "sweeps" / sweep).glob("results.rank*.jsonl"))  # merged into results.jsonl

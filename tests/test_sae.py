@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import saelab
 from saelab.config import SAEConfig
-from saelab.model.initialization import geometric_median
 from saelab.formats.folder import save_sae
+from saelab.model.initialization import geometric_median
 from saelab.model.normalize import Normalizer
 from saelab.model.sae import SparseAutoencoder
 
@@ -56,7 +56,9 @@ def test_scalar_normalization_sets_mean_norm_to_sqrt_d():
 
 
 @pytest.mark.parametrize("normalize", ["none", "scalar", "unit"])
-@pytest.mark.parametrize("method,params", [("relu", {}), ("topk", {"k": 3}), ("batchtopk", {"k": 3}), ("jumprelu", {}), ("dimred", {})])
+@pytest.mark.parametrize(
+    "method,params", [("relu", {}), ("topk", {"k": 3}), ("batchtopk", {"k": 3}), ("jumprelu", {}), ("dimred", {})]
+)
 def test_saved_folder_loads_to_the_same_function(tmp_path, normalize, method, params):
     cfg = SAEConfig(n_latents=20, method=method, method_params=params, d_in=8, normalize=normalize)
     sae = SparseAutoencoder(cfg)

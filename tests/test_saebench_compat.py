@@ -24,14 +24,24 @@ SCRIPT = ROOT / "scripts" / "saebench_tiny.py"
 NORMALIZATIONS = ("none", "scalar", "unit")
 MODEL, HOOK, LAYER, CONTEXT, K = "saelab-tiny-gpt2", "blocks.1.hook_resid_post", 1, 32, 4
 
-pytestmark = [pytest.mark.compat,
-              pytest.mark.skipif(not HAS_SAEBENCH, reason="run scripts/setup_saebench_venv.sh (make test-compat does)")]
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not HAS_SAEBENCH, reason="run scripts/setup_saebench_venv.sh (make test-compat does)"),
+]
 
 
 def _compat(args, tmp, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HOME": str(tmp / "hf-home"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run([str(COMPAT_PYTHON), str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp / "hf-home"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    proc = subprocess.run(
+        [str(COMPAT_PYTHON), str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
     lines = proc.stdout.strip().splitlines()
     assert lines, proc.stderr[-3000:]
     return proc, json.loads(lines[-1])
@@ -43,15 +53,34 @@ def bench(tmp_path_factory):
     proc, made = _compat(["model", "--out", str(root / "model")], root)
     assert proc.returncode == 0 and made["d_model"] == 16, proc.stderr[-3000:]
     # What `saelab lm activations` records beside its activations (CacheMeta), for the site.
-    (root / "model" / "activations.source.json").write_text(json.dumps({
-        "model": MODEL, "site": "resid_post", "layer": LAYER, "dtype": "float32", "d_in": 16, "context": CONTEXT,
-        "tokenizer": "local BPE", "text_source": "texts.json",
-        "options": {"drop_first": True, "outlier_factor": None, "prepend_bos": True}}))
+    (root / "model" / "activations.source.json").write_text(
+        json.dumps(
+            {
+                "model": MODEL,
+                "site": "resid_post",
+                "layer": LAYER,
+                "dtype": "float32",
+                "d_in": 16,
+                "context": CONTEXT,
+                "tokenizer": "local BPE",
+                "text_source": "texts.json",
+                "options": {"drop_first": True, "outlier_factor": None, "prepend_bos": True},
+            }
+        )
+    )
     folders = []
     for norm in NORMALIZATIONS:
         out = root / f"sae-{norm}"
-        saelab.train(str(root / "model" / "activations.npy"), method="topk", k=K, n_latents=64, steps=150, batch_size=256,
-                     normalize=norm, out=str(out))
+        saelab.train(
+            str(root / "model" / "activations.npy"),
+            method="topk",
+            k=K,
+            n_latents=64,
+            steps=150,
+            batch_size=256,
+            normalize=norm,
+            out=str(out),
+        )
         folders += ["--sae", str(out)]
     proc, report = _compat(["check", *folders, "--model", str(root / "model"), "--out", str(root / "results")], root)
     report["_stderr"] = proc.stderr[-3000:]
@@ -61,7 +90,13 @@ def bench(tmp_path_factory):
 def test_saelab_folder_records_the_site(bench):
     root, _ = bench
     meta = json.loads((root / "sae-none" / "cfg.json").read_text())["metadata"]
-    assert (meta["model_name"], meta["hook_name"], meta["hook_layer"], meta["context_size"], meta["prepend_bos"]) == (MODEL, HOOK, LAYER, CONTEXT, True)
+    assert (meta["model_name"], meta["hook_name"], meta["hook_layer"], meta["context_size"], meta["prepend_bos"]) == (
+        MODEL,
+        HOOK,
+        LAYER,
+        CONTEXT,
+        True,
+    )
 
 
 @pytest.mark.parametrize("norm", NORMALIZATIONS)
@@ -74,8 +109,19 @@ def test_saebench_custom_sae_checks_pass(bench, norm):
     # saelab.load keeps the scalar factor in encode/decode, so the loaded decoder rows stay unit norm.
     assert checks["check_decoder_norms"] is True
     cfg = checks["custom_sae_contract"]
-    assert (cfg["model_name"], cfg["hook_name"], cfg["hook_layer"], cfg["context_size"]) == (MODEL, HOOK, LAYER, CONTEXT)
-    assert (cfg["d_in"], cfg["d_sae"], cfg["architecture"], cfg["dtype"], cfg["device"]) == (16, 64, "topk", "float32", "cpu")
+    assert (cfg["model_name"], cfg["hook_name"], cfg["hook_layer"], cfg["context_size"]) == (
+        MODEL,
+        HOOK,
+        LAYER,
+        CONTEXT,
+    )
+    assert (cfg["d_in"], cfg["d_sae"], cfg["architecture"], cfg["dtype"], cfg["device"]) == (
+        16,
+        64,
+        "topk",
+        "float32",
+        "cpu",
+    )
     assert checks["load_and_format_sae"] == {"hook_name": HOOK, "hook_layer": LAYER, "architecture_str": "topk"}
 
 

@@ -31,7 +31,10 @@ CASES = [
 @pytest.mark.parametrize("name,cfg,normalize", CASES, ids=[c[0] for c in CASES])
 def test_saelens_reconstructs_like_saelab(toy_dir, tmp_path, name, cfg, normalize):
     cfg.normalize = normalize
-    run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "sae"), steps=60, batch_size=128), [cfg])
+    run = RunConfig(
+        TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "sae"), steps=60, batch_size=128),
+        [cfg],
+    )
     Trainer(run, progress=False).fit()
     sae = saelab.load(tmp_path / "sae")
     x = torch.from_numpy(np.load(toy_dir / "activations.npy")[:500] * 3.0)
@@ -40,9 +43,25 @@ def test_saelens_reconstructs_like_saelab(toy_dir, tmp_path, name, cfg, normaliz
     for file, arr in (("x.npy", x), ("z.npy", z), ("xhat.npy", x_hat)):
         np.save(tmp_path / file, arr.numpy())
     proc = subprocess.run(
-        [str(SAELENS_PYTHON), str(ROOT / "scripts" / "saelens_check.py"), "--sae", str(tmp_path / "sae"), "--inputs", str(tmp_path / "x.npy"),
-         "--expected-latents", str(tmp_path / "z.npy"), "--expected-recon", str(tmp_path / "xhat.npy"), "--atol", "1e-5", "--rtol", "1e-5"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(SAELENS_PYTHON),
+            str(ROOT / "scripts" / "saelens_check.py"),
+            "--sae",
+            str(tmp_path / "sae"),
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--expected-latents",
+            str(tmp_path / "z.npy"),
+            "--expected-recon",
+            str(tmp_path / "xhat.npy"),
+            "--atol",
+            "1e-5",
+            "--rtol",
+            "1e-5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, (report, proc.stderr[-2000:])

@@ -13,11 +13,21 @@ import saelab
 ROOT = Path(__file__).resolve().parents[1]
 SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 
-pytestmark = [pytest.mark.compat,
-              pytest.mark.skipif(not SAELENS_PYTHON.exists(), reason="run scripts/setup_saelens_venv.sh (make test-compat does)")]
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not SAELENS_PYTHON.exists(), reason="run scripts/setup_saelens_venv.sh (make test-compat does)"),
+]
 
-EXPECTED = {"standard": "relu", "standard_no_bdec": "relu", "topk": "topk", "topk_rescaled": "topk", "jumprelu": "jumprelu",
-            "batchtopk_inference": "jumprelu", "gated": "gated", "gated_no_bdec": "gated"}
+EXPECTED = {
+    "standard": "relu",
+    "standard_no_bdec": "relu",
+    "topk": "topk",
+    "topk_rescaled": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk_inference": "jumprelu",
+    "gated": "gated",
+    "gated_no_bdec": "gated",
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +35,19 @@ def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("saelens-written")
     x = (np.random.default_rng(0).standard_normal((300, 16)) * 2).astype(np.float32)
     np.save(root / "x.npy", x)
-    proc = subprocess.run([str(SAELENS_PYTHON), str(ROOT / "scripts" / "saelens_write.py"), "--inputs", str(root / "x.npy"),
-                           "--out", str(root / "out")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(SAELENS_PYTHON),
+            str(ROOT / "scripts" / "saelens_write.py"),
+            "--inputs",
+            str(root / "x.npy"),
+            "--out",
+            str(root / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["written"] == list(EXPECTED)
     return root
@@ -44,4 +65,9 @@ def test_saelab_reproduces_a_folder_saelens_wrote(written, case):
         torch.testing.assert_close(sae(x), x_ref, rtol=1e-5, atol=1e-5)
     assert (z_ref != 0).any() and (z_ref == 0).any()
     assert sae.cfg.method == EXPECTED[case]
-    assert (sae.cfg.model_name, sae.cfg.hook_name, sae.cfg.hook_layer, sae.cfg.context_size) == ("tiny-gpt2", "blocks.1.hook_resid_post", 1, 32)
+    assert (sae.cfg.model_name, sae.cfg.hook_name, sae.cfg.hook_layer, sae.cfg.context_size) == (
+        "tiny-gpt2",
+        "blocks.1.hook_resid_post",
+        1,
+        32,
+    )

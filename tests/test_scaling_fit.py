@@ -34,7 +34,9 @@ def _joint_grid(noise=0.0, seed=0):
     n, k = n.ravel(), k.ravel()
     p = JOINT_TRUE
     ln, lk = np.log(n), np.log(k)
-    y = np.exp(p["alpha"] + p["beta_k"] * lk + p["beta_n"] * ln + p["gamma"] * lk * ln) + np.exp(p["zeta"] + p["eta"] * lk)
+    y = np.exp(p["alpha"] + p["beta_k"] * lk + p["beta_n"] * ln + p["gamma"] * lk * ln) + np.exp(
+        p["zeta"] + p["eta"] * lk
+    )
     return n, k, y * np.exp(np.random.default_rng(seed).normal(0.0, noise, y.size))
 
 
@@ -80,12 +82,15 @@ def test_power_const_recovers_known_law_with_noise():
     assert 0 <= f.irreducible < min(y)
 
 
-@pytest.mark.parametrize("a,b,e,x", [
-    (2.0, -0.4, 0.05, X),
-    (30.0, -0.25, 0.8, X),
-    (1e4, -0.3, 1e-3, np.geomspace(1e15, 1e20, 9)),  # compute-sized x
-    (0.02, 0.6, 5.0, np.geomspace(1e3, 1e6, 8)),     # increasing law, e.g. tokens to convergence
-])
+@pytest.mark.parametrize(
+    "a,b,e,x",
+    [
+        (2.0, -0.4, 0.05, X),
+        (30.0, -0.25, 0.8, X),
+        (1e4, -0.3, 1e-3, np.geomspace(1e15, 1e20, 9)),  # compute-sized x
+        (0.02, 0.6, 5.0, np.geomspace(1e3, 1e6, 8)),  # increasing law, e.g. tokens to convergence
+    ],
+)
 def test_power_const_matches_reference_solver(a, b, e, x):
     from scipy.optimize import curve_fit
 
@@ -259,9 +264,18 @@ def test_joint_gamma_measure_recovers_gamma_with_its_interval():
         for k in (8.0, 32.0):
             for s in range(3):
                 ln, lk = math.log(n), math.log(k)
-                y = math.exp(p["alpha"] + p["beta_k"] * lk + p["beta_n"] * ln + p["gamma"] * lk * ln) + math.exp(p["zeta"] + p["eta"] * lk)
-                rows.append({"group": f"topk k{k:g} n{n:g}", "n_latents": n, "params": {"k": k}, "seed": s,
-                             "nmse": y * math.exp(rng.normal(0.0, 0.005))})
+                y = math.exp(p["alpha"] + p["beta_k"] * lk + p["beta_n"] * ln + p["gamma"] * lk * ln) + math.exp(
+                    p["zeta"] + p["eta"] * lk
+                )
+                rows.append(
+                    {
+                        "group": f"topk k{k:g} n{n:g}",
+                        "n_latents": n,
+                        "params": {"k": k},
+                        "seed": s,
+                        "nmse": y * math.exp(rng.normal(0.0, 0.005)),
+                    }
+                )
     iv = joint_gamma("sizes", sorted({r["group"] for r in rows}), n_boot=100)(Evidence({"sizes": rows}))
     assert iv.estimate == pytest.approx(p["gamma"], abs=0.02)
     assert iv.lo < iv.estimate < iv.hi and iv.lo <= p["gamma"] <= iv.hi and iv.n == len(rows)
@@ -270,27 +284,33 @@ def test_joint_gamma_measure_recovers_gamma_with_its_interval():
 # --- bad input -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fit,x,y,match", [
-    (fit_power, [1.0], [1.0], "needs at least 2"),
-    (fit_power_const, [1.0, 2.0], [1.0, 0.5], "needs at least 3"),
-    (fit_power_const, [1.0, 1.0, 2.0, 2.0], [1.0, 1.1, 0.5, 0.6], "distinct x"),
-    (fit_power, [1.0, 0.0, 2.0], [1.0, 1.0, 1.0], r"x\[1\]=0.0"),
-    (fit_power, [1.0, 2.0, 3.0], [1.0, -1.0, 1.0], r"y\[1\]=-1.0"),
-    (fit_power, [1.0, 2.0, 3.0], [1.0, math.nan, 1.0], r"y\[1\]=nan"),
-    (fit_power, [1.0, 2.0, 3.0], [1.0, 2.0], "3 values but y has 2"),
-])
+@pytest.mark.parametrize(
+    "fit,x,y,match",
+    [
+        (fit_power, [1.0], [1.0], "needs at least 2"),
+        (fit_power_const, [1.0, 2.0], [1.0, 0.5], "needs at least 3"),
+        (fit_power_const, [1.0, 1.0, 2.0, 2.0], [1.0, 1.1, 0.5, 0.6], "distinct x"),
+        (fit_power, [1.0, 0.0, 2.0], [1.0, 1.0, 1.0], r"x\[1\]=0.0"),
+        (fit_power, [1.0, 2.0, 3.0], [1.0, -1.0, 1.0], r"y\[1\]=-1.0"),
+        (fit_power, [1.0, 2.0, 3.0], [1.0, math.nan, 1.0], r"y\[1\]=nan"),
+        (fit_power, [1.0, 2.0, 3.0], [1.0, 2.0], "3 values but y has 2"),
+    ],
+)
 def test_bad_data(fit, x, y, match):
     with pytest.raises(DataError, match=match):
         fit(x, y, n_boot=0)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"exclude": -1}, "exclude"),
-    ({"exclude": "some"}, "exclude"),
-    ({"exclude": 13}, "exclude"),
-    ({"n_boot": -1}, "n_boot"),
-    ({"level": 1.0}, "level"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"exclude": -1}, "exclude"),
+        ({"exclude": "some"}, "exclude"),
+        ({"exclude": 13}, "exclude"),
+        ({"n_boot": -1}, "n_boot"),
+        ({"level": 1.0}, "level"),
+    ],
+)
 def test_bad_options(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         fit_power(X, X**-0.5, **{"n_boot": 0, **kwargs})
@@ -314,10 +334,11 @@ def _rows(noise=0.002, seed=11):
     for k, (a, b, e) in {16: (3.0, -0.35, 0.08), 32: (2.0, -0.45, 0.04)}.items():
         for n in X:
             nmse = (a * n**b + e) * math.exp(rng.normal(0, noise))
-            rows.append({"n_latents": int(n), "flops": float(n) * 1e12, "nmse": nmse, "params": {"k": k},
-                         "method": "topk"})
+            rows.append(
+                {"n_latents": int(n), "flops": float(n) * 1e12, "nmse": nmse, "params": {"k": k}, "method": "topk"}
+            )
     rows.append({"n_latents": 1024, "params": {"k": 16}, "nmse": None})  # a run without a result
-    rows.append({"n_latents": 2048, "method": "relu", "nmse": 0.3})       # no k at all
+    rows.append({"n_latents": 2048, "method": "relu", "nmse": 0.3})  # no k at all
     return rows
 
 
@@ -441,7 +462,9 @@ def test_largest_stable_lr_tolerance_and_flags():
     # A finite nmse with a non-finite loss (NaN read back from JSON) is not finished.
     rows = [dict(r) for r in rows]
     for r in rows:
-        if not r.get("diverged") and r["lr"] == max(x["lr"] for x in rows if x["n_latents"] == r["n_latents"] and not x.get("diverged")):
+        if not r.get("diverged") and r["lr"] == max(
+            x["lr"] for x in rows if x["n_latents"] == r["n_latents"] and not x.get("diverged")
+        ):
             r["loss"] = math.nan
     assert largest_stable_lr(rows, n_boot=0).points[0].lr_max == pytest.approx(0.5 * 0.2 / 16)
     # Largest lr tried still stable: only a lower bound.
@@ -491,8 +514,24 @@ def test_command_fit_json(tmp_path, capsys):
     rows = [r for r in _rows() if "params" in r]
     _write_rows(a, rows[:10])
     _write_rows(b, rows[10:])
-    rc, out = _run(["scaling", "fit", str(a), str(b), "--by", "k", "--json", "--n-boot", "20", "--exclude", "auto",
-                    "--plot", str(tmp_path / "fit.png")], capsys)
+    rc, out = _run(
+        [
+            "scaling",
+            "fit",
+            str(a),
+            str(b),
+            "--by",
+            "k",
+            "--json",
+            "--n-boot",
+            "20",
+            "--exclude",
+            "auto",
+            "--plot",
+            str(tmp_path / "fit.png"),
+        ],
+        capsys,
+    )
     assert rc == 0
     d = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert list(d["groups"]) == ["16", "32"]
@@ -514,7 +553,9 @@ def test_command_fit_table_and_compute(tmp_path, capsys):
 def test_command_fit_joint_table(tmp_path, capsys):
     n, k, y = _joint_grid()
     path = tmp_path / "r.jsonl"
-    _write_rows(path, [{"n_latents": float(a), "params": {"k": float(b)}, "nmse": float(c)} for a, b, c in zip(n, k, y)])
+    _write_rows(
+        path, [{"n_latents": float(a), "params": {"k": float(b)}, "nmse": float(c)} for a, b, c in zip(n, k, y)]
+    )
     rc, out = _run(["scaling", "fit", str(path), "--form", "joint", "--n-boot", "0"], capsys)
     assert rc == 0 and "beta_n" in out and "gamma" in out
 

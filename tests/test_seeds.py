@@ -11,14 +11,23 @@ from saelab.training.trainer import Trainer, train
 def _every_method(d_in: int) -> list[SAEConfig]:
     """One SAE per registered activation (default parameters) and per penalty (on ReLU)."""
     cfgs = [SAEConfig.from_dict({"method": m, "n_latents": 48, "d_in": d_in, "name": m}) for m in sorted(ACTIVATIONS)]
-    cfgs += [SAEConfig.from_dict({"method": "relu", "penalty": p, "n_latents": 48, "d_in": d_in, "name": f"relu-{p}"})
-             for p in sorted(PENALTIES)]
+    cfgs += [
+        SAEConfig.from_dict({"method": "relu", "penalty": p, "n_latents": 48, "d_in": d_in, "name": f"relu-{p}"})
+        for p in sorted(PENALTIES)
+    ]
     return cfgs
 
 
 def _run(toy_dir, seed: int, out, steps: int = 4) -> RunConfig:
-    t = TrainConfig.from_dict({"activations": str(toy_dir / "activations.npy"), "steps": steps, "batch_size": 32, "seed": seed,
-                               "out": str(out)})
+    t = TrainConfig.from_dict(
+        {
+            "activations": str(toy_dir / "activations.npy"),
+            "steps": steps,
+            "batch_size": 32,
+            "seed": seed,
+            "out": str(out),
+        }
+    )
     return RunConfig(t, _every_method(16))
 
 
@@ -59,8 +68,13 @@ def test_sweep_rows_carry_distinct_init_hashes_per_seed(toy_dir, tmp_path):
     from saelab.experiments.sweep import run_sweep
 
     seeds = (0, 1)
-    cfg = {"activations": str(toy_dir / "activations.npy"), "steps": 4, "batch_size": 32, "seed": list(seeds),
-           "sae": [{"method": "dimred", "n_latents": 48}, {"method": "topk", "k": 2, "n_latents": 24}]}
+    cfg = {
+        "activations": str(toy_dir / "activations.npy"),
+        "steps": 4,
+        "batch_size": 32,
+        "seed": list(seeds),
+        "sae": [{"method": "dimred", "n_latents": 48}, {"method": "topk", "k": 2, "n_latents": 24}],
+    }
     rows = run_sweep(cfg, tmp_path / "sw", progress=False, say=lambda m: None, report=False)
     by_group: dict[str, set] = {}
     for r in rows:

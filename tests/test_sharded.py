@@ -25,13 +25,13 @@ from _sharded_worker import CASES, LR, N_LATENTS, build_case, kernel_path
 from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
-from saelab.util.distributed import World
 from saelab.errors import ConfigError
+from saelab.methods.topk import topk_relu
+from saelab.training.member import Member, train_step
+from saelab.training.objective import DeadLatentTracker
 from saelab.training.sharded.collectives import global_topk_mask, winning_candidates
 from saelab.training.sharded.model import ShardedSAE, join_shards, split_sae
-from saelab.methods.topk import topk_relu
-from saelab.training.objective import DeadLatentTracker
-from saelab.training.member import Member, train_step
+from saelab.util.distributed import World
 
 TOLERANCE = 1e-5
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -54,7 +54,17 @@ def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
     tmp = tmp_path_factory.mktemp("sharded")
     out = tmp / "ranks.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out)]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(WORKER),
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"tensors": load_file(str(out))}
@@ -93,7 +103,9 @@ def test_two_shards_equal_the_unsharded_sae(two_ranks, method, kernel):
     print(method, "max relative difference", max(diffs.values()), max(diffs, key=diffs.get))
     assert torch.equal(two_ranks["tensors"][f"{method}-{kernel}/dead_since"], ref["dead_since"])
     assert max(diffs.values()) <= TOLERANCE, diffs
-    assert float(two_ranks["tensors"][f"{method}-{kernel}/b_dec_grad_spread"]) == 0.0  # replicated b_dec: one gradient on every rank
+    assert (
+        float(two_ranks["tensors"][f"{method}-{kernel}/b_dec_grad_spread"]) == 0.0
+    )  # replicated b_dec: one gradient on every rank
 
 
 def _sae(method: str = "topk") -> torch.nn.Module:
@@ -155,11 +167,14 @@ def test_one_process_global_topk_is_torch_topk():
     assert torch.equal(global_topk_mask(dead_only, 5, World()).sum(dim=-1), torch.full((10,), 3))  # −inf never wins
 
 
-@pytest.mark.parametrize("field, changes", [
-    ("method", {"method": "relu", "method_params": {}}),
-    ("n_latents", {"n_latents": 63}),
-    ("penalty", {"penalty": "l1", "alpha": 0.1}),
-])
+@pytest.mark.parametrize(
+    "field, changes",
+    [
+        ("method", {"method": "relu", "method_params": {}}),
+        ("n_latents", {"n_latents": 63}),
+        ("penalty", {"penalty": "l1", "alpha": 0.1}),
+    ],
+)
 def test_unshardable_configs_are_refused(field, changes):
     cfg = SAEConfig(**{"n_latents": 64, "method": "topk", "method_params": {"k": 4}, "d_in": 16, **changes})
     with pytest.raises(ConfigError, match=field):
@@ -205,7 +220,10 @@ def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 6, generator=gen)
-    W_enc, W_dec = torch.randn(6, 10, generator=gen).requires_grad_(), torch.randn(10, 6, generator=gen).requires_grad_()
+    W_enc, W_dec = (
+        torch.randn(6, 10, generator=gen).requires_grad_(),
+        torch.randn(10, 6, generator=gen).requires_grad_(),
+    )
     b_enc, b_dec = torch.zeros(10, requires_grad=True), torch.zeros(6, requires_grad=True)
     plan = EncodePlan(k=3, dead=torch.tensor([1, 3, 5, 7]), k_aux=2)
     z_main, z_aux = encode(x, W_enc, b_enc, b_dec, plan)
@@ -214,5 +232,9 @@ def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
     decoded = decode(W_dec, [DecodeItem(plan.main), DecodeItem(plan.aux)], [z, z_a], plan)
     assert all(torch.equal(d, torch.zeros(8, 6)) for d in decoded)
     sum((d + b_dec - x).pow(2).sum() for d in decoded).backward()
-    assert float(W_enc.grad.abs().sum()) == 0.0 and float(W_dec.grad.abs().sum()) == 0.0 and float(b_enc.grad.abs().sum()) == 0.0
+    assert (
+        float(W_enc.grad.abs().sum()) == 0.0
+        and float(W_dec.grad.abs().sum()) == 0.0
+        and float(b_enc.grad.abs().sum()) == 0.0
+    )
     assert torch.allclose(b_dec.grad, -4 * x.sum(dim=0))  # only the bias reconstructs: d/db Σ 2·(b − x)² at b = 0

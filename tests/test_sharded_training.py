@@ -16,23 +16,48 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-
-from saelab.config import RunConfig, SAEConfig, TrainConfig
-from saelab.util.distributed import World
-from saelab.errors import ConfigError, DataError
-from saelab.training.sharded.trainer import SHARD_DIR, ShardedTrainer, shard_file
-from saelab.training.trainer import Trainer
-from saelab.training.factory import make_trainer
-
 from test_distributed import TOLERANCE, _torchrun
 
-FLAGS = ["--method", "topk", "--k", "4", "--auxk", "--k-aux", "16", "--dead-tokens", "256", "--n-latents", "64",
-         "--batch-size", "256", "--log-every", "50", "--grad-clip", "5", "--no-progress", "--shard-latents"]
+from saelab.config import RunConfig, SAEConfig, TrainConfig
+from saelab.errors import ConfigError, DataError
+from saelab.training.factory import make_trainer
+from saelab.training.sharded.trainer import SHARD_DIR, ShardedTrainer, shard_file
+from saelab.training.trainer import Trainer
+from saelab.util.distributed import World
+
+FLAGS = [
+    "--method",
+    "topk",
+    "--k",
+    "4",
+    "--auxk",
+    "--k-aux",
+    "16",
+    "--dead-tokens",
+    "256",
+    "--n-latents",
+    "64",
+    "--batch-size",
+    "256",
+    "--log-every",
+    "50",
+    "--grad-clip",
+    "5",
+    "--no-progress",
+    "--shard-latents",
+]
 
 
 def _run(toy_dir: Path, out: Path, steps: int, resume: bool = False, method: str = "topk") -> RunConfig:
-    train = TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(out), steps=steps, batch_size=256, log_every=50,
-                        grad_clip=5.0, shard_latents=True)
+    train = TrainConfig(
+        activations=str(toy_dir / "activations.npy"),
+        out=str(out),
+        steps=steps,
+        batch_size=256,
+        log_every=50,
+        grad_clip=5.0,
+        shard_latents=True,
+    )
     sae = SAEConfig(n_latents=64, method=method, method_params={"k": 4}, auxk=True, k_aux=16, dead_tokens=256)
     run = RunConfig(train, [sae])
     make_trainer(run, progress=False).fit(resume=resume)
@@ -40,7 +65,17 @@ def _run(toy_dir: Path, out: Path, steps: int, resume: bool = False, method: str
 
 
 def _cli(toy_dir: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "--activations", str(toy_dir / "activations.npy"), *FLAGS, "--steps", str(steps), "--out", str(out), *extra]
+    return [
+        "train",
+        "--activations",
+        str(toy_dir / "activations.npy"),
+        *FLAGS,
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -156,10 +191,13 @@ def _sharded_run(toy_dir: Path, **sae) -> RunConfig:
     return RunConfig(train, [SAEConfig(**{"n_latents": 64, "method": "topk", "method_params": {"k": 4}, **sae})])
 
 
-@pytest.mark.parametrize("field,changes", [
-    ("method", {"method": "relu", "method_params": {}, "penalty": "l1", "alpha": 0.1}),
-    ("n_latents", {"n_latents": 63}),
-])
+@pytest.mark.parametrize(
+    "field,changes",
+    [
+        ("method", {"method": "relu", "method_params": {}, "penalty": "l1", "alpha": 0.1}),
+        ("n_latents", {"n_latents": 63}),
+    ],
+)
 def test_unshardable_runs_are_refused_before_training(toy_dir, field, changes):
     with pytest.raises(ConfigError, match=field):
         ShardedTrainer(_sharded_run(toy_dir, **changes), progress=False, world=World(rank=0, size=2))
@@ -174,7 +212,9 @@ def test_sharding_trains_one_sae_and_the_plain_trainer_refuses_it(toy_dir):
         Trainer(run, progress=False)
 
 
-@pytest.mark.parametrize("field,changes", [("lean_memory", {"lean_memory": True}), ("until_converged", {"until_converged": True})])
+@pytest.mark.parametrize(
+    "field,changes", [("lean_memory", {"lean_memory": True}), ("until_converged", {"until_converged": True})]
+)
 def test_shard_latents_refuses_what_needs_the_whole_sae_between_steps(field, changes):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(activations="x.npy", out="o", steps=1, shard_latents=True, **changes).validate()

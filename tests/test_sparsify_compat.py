@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPAT_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 HAS_SPARSIFY = any(ROOT.glob(".venv-saelens/lib/python*/site-packages/sparsify/sparse_coder.py"))
 
-pytestmark = [pytest.mark.compat,
-              pytest.mark.skipif(not HAS_SPARSIFY, reason="run scripts/setup_saebench_venv.sh (make test-compat does)")]
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not HAS_SPARSIFY, reason="run scripts/setup_saebench_venv.sh (make test-compat does)"),
+]
 
 EXPECTED = {"topk": ("topk", 48, 6), "topk_expansion": ("topk", 48, 4), "multi_topk": ("multi_topk", 40, 5)}
 REFUSED = {"groupmax": "activation", "transcode": "transcode", "skip_connection": "skip_connection"}
@@ -27,8 +29,20 @@ def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparsify-written")
     x = (np.random.default_rng(0).standard_normal((300, 16)) * 2).astype(np.float32)
     np.save(root / "x.npy", x)
-    proc = subprocess.run([str(COMPAT_PYTHON), str(ROOT / "scripts" / "sparsify_write.py"), "--inputs", str(root / "x.npy"),
-                           "--out", str(root / "out")], check=False, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(COMPAT_PYTHON),
+            str(ROOT / "scripts" / "sparsify_write.py"),
+            "--inputs",
+            str(root / "x.npy"),
+            "--out",
+            str(root / "out"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["outputs"] == list(EXPECTED) and report["written"] == list(EXPECTED) + list(REFUSED)

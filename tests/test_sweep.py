@@ -28,27 +28,44 @@ def test_lists_expand_as_a_full_product_times_seeds():
 
 
 def test_zip_varies_lists_together_and_crosses_the_rest():
-    plan = plan_sweep(_base(sae=[{"method": "topk", "k": [2, 4], "n_latents": [32, 64], "lr": [1e-3, 3e-4, 1e-4], "zip": ["k", "n_latents"]}]))
+    plan = plan_sweep(
+        _base(
+            sae=[
+                {
+                    "method": "topk",
+                    "k": [2, 4],
+                    "n_latents": [32, 64],
+                    "lr": [1e-3, 3e-4, 1e-4],
+                    "zip": ["k", "n_latents"],
+                }
+            ]
+        )
+    )
     pairs = {(s.cfg.method_params["k"], s.cfg.n_latents) for s in plan.saes}
     assert pairs == {(2, 32), (4, 64)}
     assert len(plan.saes) == 2 * 3
 
 
 def test_several_tables_and_defaults_merge():
-    plan = plan_sweep(_base(n_latents=48, sae=[{"method": "topk", "k": 3}, {"method": "relu", "penalty": "l1", "alpha": [0.1, 1.0]}]))
+    plan = plan_sweep(
+        _base(n_latents=48, sae=[{"method": "topk", "k": 3}, {"method": "relu", "penalty": "l1", "alpha": [0.1, 1.0]}])
+    )
     assert [s.cfg.n_latents for s in plan.saes] == [48, 48, 48]
     assert sorted(s.cfg.method for s in plan.saes) == ["relu", "relu", "topk"]
 
 
-@pytest.mark.parametrize("data,field", [
-    (_base(sae=[{"method": "topk", "k": [2, 4], "n_latents": [32], "zip": ["k", "n_latents"]}]), "zip"),
-    (_base(sae=[{"method": "topk", "k": [2], "zip": ["lr"]}]), "zip"),
-    (_base(sae=[{"method": "topk", "k": []}]), "k"),
-    (_base(seed=[0, 0], sae=[{"method": "topk", "k": 2}]), "seed"),
-    (_base(seed=[-1], sae=[{"method": "topk", "k": 2}]), "seed"),
-    (_base(sae=[{"method": "topk", "k": 2, "name": "a"}, {"method": "topk", "k": 3, "name": "a"}]), "name"),
-    (_base(sae=[{"method": "topk", "k": [2, -1]}]), "method.k"),
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        (_base(sae=[{"method": "topk", "k": [2, 4], "n_latents": [32], "zip": ["k", "n_latents"]}]), "zip"),
+        (_base(sae=[{"method": "topk", "k": [2], "zip": ["lr"]}]), "zip"),
+        (_base(sae=[{"method": "topk", "k": []}]), "k"),
+        (_base(seed=[0, 0], sae=[{"method": "topk", "k": 2}]), "seed"),
+        (_base(seed=[-1], sae=[{"method": "topk", "k": 2}]), "seed"),
+        (_base(sae=[{"method": "topk", "k": 2, "name": "a"}, {"method": "topk", "k": 3, "name": "a"}]), "name"),
+        (_base(sae=[{"method": "topk", "k": [2, -1]}]), "method.k"),
+    ],
+)
 def test_bad_grids_name_the_field(data, field):
     with pytest.raises(ConfigError) as e:
         plan_sweep(data)
@@ -67,7 +84,9 @@ def test_memory_packing_keeps_order_and_respects_the_budget():
 def _sweep_config(toy_dir, seeds):
     return {
         "activations": str(toy_dir / "activations.npy"),
-        "steps": 60, "batch_size": 64, "seed": seeds,
+        "steps": 60,
+        "batch_size": 64,
+        "seed": seeds,
         "sae": [{"method": "topk", "k": [2, 4], "n_latents": 48}],
     }
 
@@ -78,7 +97,21 @@ def test_a_sweep_writes_one_row_per_sae_with_intervals(toy_dir, tmp_path):
     on_disk = [json.loads(line) for line in (tmp_path / "sw" / RESULTS).read_text().splitlines()]
     assert sorted(r["name"] for r in on_disk) == sorted(r["name"] for r in rows)
     for r in on_disk:
-        for key in ("name", "group", "method", "params", "n_latents", "seed", "l0", "nmse", "dead_fraction", "tokens", "flops", "folder", "ci"):
+        for key in (
+            "name",
+            "group",
+            "method",
+            "params",
+            "n_latents",
+            "seed",
+            "l0",
+            "nmse",
+            "dead_fraction",
+            "tokens",
+            "flops",
+            "folder",
+            "ci",
+        ):
             assert key in r, key
         assert r["method"] == "topk" and r["tokens"] == 60 * 64
         # TopK's L0 is k exactly; the bootstrap interval of NMSE contains its estimate.
@@ -146,7 +179,10 @@ def test_a_deleted_member_of_a_finished_part_trains_again_alone(toy_dir, tmp_pat
         return real(self, m, x, step)
 
     monkeypatch.setattr(Trainer, "_train_step", counting)
-    rows = {r["name"]: r for r in run_sweep(cfg, tmp_path / "sw", resume=True, progress=False, say=lambda m: None, report=False)}
+    rows = {
+        r["name"]: r
+        for r in run_sweep(cfg, tmp_path / "sw", resume=True, progress=False, say=lambda m: None, report=False)
+    }
     # Only the deleted SAE trained (60 steps of one member), into a run of its own; its neighbour was read back.
     assert counted["n"] == 60
     assert kept_weights.stat().st_mtime_ns == before and rows[kept_name] == first[kept_name]

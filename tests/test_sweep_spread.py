@@ -18,8 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
-from saelab.experiments.grid import (AUXK_STEP_SHARE, RELU_STEP_SHARE, SPARSE_STEP_SHARE, memory_estimate, plan_sweep, spread_over_ranks,
-                                    step_cost_estimate)
+from saelab.experiments.grid import (
+    AUXK_STEP_SHARE,
+    RELU_STEP_SHARE,
+    SPARSE_STEP_SHARE,
+    memory_estimate,
+    plan_sweep,
+    spread_over_ranks,
+    step_cost_estimate,
+)
 from saelab.experiments.sweep import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal, run_sweep
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -50,8 +57,24 @@ def _torchrun_sweep(config: Path, out: Path, *extra: str) -> subprocess.Complete
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "saelab",
-           "sweep", str(config), "--out", str(out), "--spread-over-ranks", "--no-progress", *extra]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "saelab",
+        "sweep",
+        str(config),
+        "--out",
+        str(out),
+        "--spread-over-ranks",
+        "--no-progress",
+        *extra,
+    ]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -66,8 +89,13 @@ def _weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_deal_balances_memory_and_keeps_plan_order(toy_dir):
-    plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-",
-                       "sae": [{"method": "topk", "k": 2, "n_latents": [512, 64, 80, 96, 112, 256]}]})
+    plan = plan_sweep(
+        {
+            "activations": str(toy_dir / "activations.npy"),
+            "out": "-",
+            "sae": [{"method": "topk", "k": 2, "n_latents": [512, 64, 80, 96, 112, 256]}],
+        }
+    )
     shares = spread_over_ranks(plan.saes, 16, 32, 2)
     assert sorted(s.name for share in shares for s in share) == sorted(s.name for s in plan.saes)
     # Largest first to the lighter rank: 512 | 256, 112, 96, 80 | then 64 to the 512; each share in plan order.
@@ -80,9 +108,16 @@ def test_deal_balances_memory_and_keeps_plan_order(toy_dir):
 def test_deal_weighs_a_dense_step_above_a_sparse_one(toy_dir):
     # A ReLU+L1 SAE trains on the dense path until its code is sparse, a TopK one (with or without AuxK)
     # on the sparse kernels: at equal size ReLU costs about 1.7 TopK steps, AuxK a quarter of a TopK step more.
-    plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-",
-                       "sae": [{"method": "relu", "penalty": "l1", "alpha": 1.0, "n_latents": 4096},
-                               {"method": "topk", "k": 8, "n_latents": [256, 512, 1024, 2048, 4096], "auxk": True}]})
+    plan = plan_sweep(
+        {
+            "activations": str(toy_dir / "activations.npy"),
+            "out": "-",
+            "sae": [
+                {"method": "relu", "penalty": "l1", "alpha": 1.0, "n_latents": 4096},
+                {"method": "topk", "k": 8, "n_latents": [256, 512, 1024, 2048, 4096], "auxk": True},
+            ],
+        }
+    )
     relu, *topk = [step_cost_estimate(s.cfg, 128, 2048) for s in plan.saes]
     assert relu == pytest.approx(topk[-1] * RELU_STEP_SHARE / (SPARSE_STEP_SHARE * (1 + AUXK_STEP_SHARE)))
     assert topk == pytest.approx([topk[0] * m for m in (1, 2, 4, 8, 16)])
@@ -96,19 +131,29 @@ def test_deal_weighs_a_dense_step_above_a_sparse_one(toy_dir):
 
 
 def test_the_recorded_deal_outlives_a_changed_cost_model(toy_dir, tmp_path):
-    plan = plan_sweep({"activations": str(toy_dir / "activations.npy"), "out": "-", "seed": [0, 1],
-                       "sae": [{"method": "topk", "k": 2, "n_latents": [512, 64, 80, 96, 112, 256]}]})
+    plan = plan_sweep(
+        {
+            "activations": str(toy_dir / "activations.npy"),
+            "out": "-",
+            "seed": [0, 1],
+            "sae": [{"method": "topk", "k": 2, "n_latents": [512, 64, 80, 96, 112, 256]}],
+        }
+    )
     (tmp_path / PLAN).write_text(json.dumps({"saes": [s.name for s in plan.saes]}))
     deal = _settle_deal(tmp_path, plan, None, 16, 32, 2)  # a new sweep: dealt by step time, recorded
     assert json.loads((tmp_path / PLAN).read_text())[DEAL] == deal
     assert sorted(n for names in deal["0"] for n in names) == sorted(s.name for s in plan.saes if s.seed == 0)
     # A resume takes the recorded deal whatever the estimate says now (here: another deal entirely).
-    mine = {"0": [[s.name for s in plan.saes if s.seed == 0][:1], [s.name for s in plan.saes if s.seed == 0][1:]],
-            "1": [[], [s.name for s in plan.saes if s.seed == 1]]}
+    mine = {
+        "0": [[s.name for s in plan.saes if s.seed == 0][:1], [s.name for s in plan.saes if s.seed == 0][1:]],
+        "1": [[], [s.name for s in plan.saes if s.seed == 1]],
+    }
     assert _settle_deal(tmp_path, plan, {DEAL: mine}, 16, 32, 2) == mine
     # A spread sweep saved before deals were recorded was dealt by memory; its resume deals the same way.
     legacy = _settle_deal(tmp_path, plan, {"saes": []}, 16, 32, 2)
-    assert legacy["0"] == [[s.name for s in share] for share in spread_over_ranks(plan.by_seed()[0], 16, 32, 2, memory_estimate)]
+    assert legacy["0"] == [
+        [s.name for s in share] for share in spread_over_ranks(plan.by_seed()[0], 16, 32, 2, memory_estimate)
+    ]
 
 
 @pytest.mark.slow  # two torchrun launches (a spread sweep and its resume) and a one-process sweep: ~60 s here
@@ -122,7 +167,12 @@ def test_two_ranks_spread_a_sweep_to_the_one_process_weights(toy_dir, tmp_path):
     assert [r["name"] for r in two] == [r["name"] for r in one]
     assert len({r["folder"] for r in two}) == 6
     assert len(list((tmp_path / "two" / "runs").rglob("sae_weights.safetensors"))) == 6
-    assert sorted(p.name for p in (tmp_path / "two" / "runs").iterdir()) == ["seed0-rank0", "seed0-rank1", "seed1-rank0", "seed1-rank1"]
+    assert sorted(p.name for p in (tmp_path / "two" / "runs").iterdir()) == [
+        "seed0-rank0",
+        "seed0-rank1",
+        "seed1-rank0",
+        "seed1-rank1",
+    ]
     assert (tmp_path / "two" / "report" / "report.html").exists()
     assert done.stdout.count("SAEs →") == 1
     wt, wo = _weights(tmp_path / "two"), _weights(tmp_path / "one")
@@ -147,7 +197,9 @@ def test_two_ranks_spread_a_sweep_to_the_one_process_weights(toy_dir, tmp_path):
     _torchrun_sweep(config, resumed, "--resume", "--no-report")
     merged = _rows(resumed)
     assert [r["name"] for r in merged] == [r["name"] for r in two]
-    assert sorted(r["name"] for r in merged if r.get("marker")) == sorted(r["name"] for r in rank0)  # kept, not re-evaluated
+    assert sorted(r["name"] for r in merged if r.get("marker")) == sorted(
+        r["name"] for r in rank0
+    )  # kept, not re-evaluated
     assert not list(resumed.glob("results.rank*.jsonl"))  # merged into results.jsonl
     for name, tensors in _weights(resumed).items():
         for key, t in tensors.items():

@@ -16,16 +16,24 @@ from saelab.training.trainer import Trainer
 
 def _train(toy_dir, tmp_path, steps, **sae):
     cfg = SAEConfig(name="s", n_latents=64, lr=3e-3, **sae).validate()
-    run = RunConfig(TrainConfig(activations=str(toy_dir / "activations.npy"), steps=steps, batch_size=128, out=str(tmp_path / "run")), [cfg])
+    run = RunConfig(
+        TrainConfig(
+            activations=str(toy_dir / "activations.npy"), steps=steps, batch_size=128, out=str(tmp_path / "run")
+        ),
+        [cfg],
+    )
     Trainer(run, progress=False).fit()
     return tmp_path / "run"
 
 
-@pytest.mark.parametrize("sae,steps,tol", [
-    (dict(method="relu", penalty="l1", target_l0=6.0), 900, 0.2),
-    # JumpReLU's threshold answers l0_coef slowly: it needs a longer warm phase than a penalty.
-    (dict(method="jumprelu", method_params={"bandwidth": 0.05, "init_threshold": 0.2}, target_l0=6.0), 2000, 0.25),
-])
+@pytest.mark.parametrize(
+    "sae,steps,tol",
+    [
+        (dict(method="relu", penalty="l1", target_l0=6.0), 900, 0.2),
+        # JumpReLU's threshold answers l0_coef slowly: it needs a longer warm phase than a penalty.
+        (dict(method="jumprelu", method_params={"bandwidth": 0.05, "init_threshold": 0.2}, target_l0=6.0), 2000, 0.25),
+    ],
+)
 def test_penalty_and_jumprelu_land_near_the_target(toy_dir, tmp_path, sae, steps, tol):
     folder = _train(toy_dir, tmp_path, steps, **sae)
     record = json.loads((folder / "saelab.json").read_text())
@@ -45,7 +53,9 @@ def test_topk_family_takes_k_from_the_target():
     assert e.value.field == "k"
 
 
-@pytest.mark.parametrize("bad", [dict(target_l0=-1.0), dict(target_l0=100.0), dict(target_l0=4.0, target_l0_warmup=1.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(target_l0=-1.0), dict(target_l0=100.0), dict(target_l0=4.0, target_l0_warmup=1.5)]
+)
 def test_bad_targets_name_the_field(bad):
     with pytest.raises(ConfigError) as e:
         SAEConfig(n_latents=64, method="relu", penalty="l1", **bad).validate()
@@ -70,12 +80,12 @@ def test_controller_converges_on_a_known_power_law():
     ctl = L0Controller.for_member(sae, total_steps=2000, eps=0.01)
     assert ctl is not None and isinstance(ctl.knob, SparsityKnob)
     for step in range(ctl.warm_steps):
-        l0 = 40 * sae.cfg.alpha ** -0.8 if sae.cfg.alpha > 0 else 64
+        l0 = 40 * sae.cfg.alpha**-0.8 if sae.cfg.alpha > 0 else 64
         l0 = min(l0, 64)
         z = torch.zeros(4, 64)
         z[:, : max(1, round(l0))] = 1.0
         ctl.update(sae, z, step)
-    final = min(64, 40 * sae.cfg.alpha ** -0.8)
+    final = min(64, 40 * sae.cfg.alpha**-0.8)
     assert abs(final - 5.0) <= 1.0
     # After the warm phase the coefficient is frozen.
     before = sae.cfg.alpha
@@ -88,13 +98,15 @@ def _l1_sae(alpha=0.0, target=6.0):
 
     cfg = SAEConfig(n_latents=16, method="relu", penalty="l1", alpha=alpha, target_l0=target, d_in=4).validate()
     sae = SparseAutoencoder(cfg)
-    sae.initialize_from_data(torch.randn(256, 4, generator=torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    sae.initialize_from_data(
+        torch.randn(256, 4, generator=torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1)
+    )
     return sae
 
 
 def test_calibrated_start_makes_the_penalty_a_fixed_share_of_the_reconstruction_loss():
-    from saelab.training.objective import dense_step
     from saelab.training.l0_control import START_SHARE
+    from saelab.training.objective import dense_step
 
     sae = _l1_sae()
     ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
@@ -186,7 +198,9 @@ def test_short_l1_run_from_the_default_start_lands_near_the_target_without_colla
 def test_smoothed_l0_target_counts_latents_past_half_its_step():
     from saelab.model.sae import SparseAutoencoder
 
-    sae = SparseAutoencoder(SAEConfig(d_in=4, n_latents=5, penalty="smoothed_l0", penalty_params={"delta": 2.0}, target_l0=2.0).validate())
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=4, n_latents=5, penalty="smoothed_l0", penalty_params={"delta": 2.0}, target_l0=2.0).validate()
+    )
     ctl = L0Controller.for_member(sae, total_steps=100, eps=0.01)
     assert ctl.level == 1.0 and ctl.record()["level"] == 1.0
     # δ/2 = 1: entries at 0.5 and 0.02 are not on (the step is below one half there), 1.5 and 3 are.
@@ -198,18 +212,26 @@ def test_jumprelu_target_init_starts_at_the_target():
     from saelab.model.sae import SparseAutoencoder
 
     x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)) * 5
-    sae = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", target_l0=8.0,
-                                      method_params={"threshold_init": "target"}).validate())
+    sae = SparseAutoencoder(
+        SAEConfig(
+            d_in=16, n_latents=128, method="jumprelu", target_l0=8.0, method_params={"threshold_init": "target"}
+        ).validate()
+    )
     sae.initialize_from_data(x, torch.Generator().manual_seed(1))
     with torch.no_grad():
         l0 = float((sae.encode(x) != 0).sum(dim=-1).float().mean())
     assert l0 == pytest.approx(8.0, rel=0.05)
-    fixed = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", target_l0=8.0,
-                                        method_params={"init_threshold": 0.01}).validate())
+    fixed = SparseAutoencoder(
+        SAEConfig(
+            d_in=16, n_latents=128, method="jumprelu", target_l0=8.0, method_params={"init_threshold": 0.01}
+        ).validate()
+    )
     fixed.initialize_from_data(x, torch.Generator().manual_seed(1))
     assert torch.allclose(fixed.activation.threshold, torch.full((128,), 0.01))
     # No target: nothing to start from, init_threshold it is.
-    free = SparseAutoencoder(SAEConfig(d_in=16, n_latents=128, method="jumprelu", method_params={"threshold_init": "target"}).validate())
+    free = SparseAutoencoder(
+        SAEConfig(d_in=16, n_latents=128, method="jumprelu", method_params={"threshold_init": "target"}).validate()
+    )
     free.initialize_from_data(x, torch.Generator().manual_seed(1))
     assert torch.allclose(free.activation.threshold, torch.full((128,), 0.001))
 
@@ -225,7 +247,9 @@ def test_evaluation_reports_the_l0_a_level_target_counts():
     from saelab.model.sae import SparseAutoencoder
 
     x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0)) * 3
-    sae = SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="smoothed_l0", penalty_params={"delta": 1.0}, target_l0=4.0).validate())
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=8, n_latents=32, penalty="smoothed_l0", penalty_params={"delta": 1.0}, target_l0=4.0).validate()
+    )
     sae.initialize_from_data(x, torch.Generator().manual_seed(1))
     result = evaluate_batches(sae, [x[:200], x[200:]])
     with torch.no_grad():
@@ -235,7 +259,9 @@ def test_evaluation_reports_the_l0_a_level_target_counts():
     assert result.l0_level < result.l0_eps  # the level is above ε, so fewer latents count
     assert target_measured_l0(result.to_dict()) == result.l0_level
     # Other methods keep the eval record as it was: no level, the target counted above ε.
-    plain = evaluate_batches(SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="l1", target_l0=4.0).validate()), [x])
+    plain = evaluate_batches(
+        SparseAutoencoder(SAEConfig(d_in=8, n_latents=32, penalty="l1", target_l0=4.0).validate()), [x]
+    )
     assert "l0_level" not in plain.to_dict() and target_measured_l0(plain.to_dict()) == plain.l0_eps
     # The first measure a row has decides, zero included: nothing above the level is a miss, not a fall-back.
     assert target_measured_l0({"l0_level": 0.0, "l0_eps": 30.0, "l0": 300.0}) == 0.0

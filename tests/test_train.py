@@ -18,7 +18,9 @@ def _run(toy_dir, out, saes, **train):
 
 
 def test_topk_sae_recovers_the_true_dictionary(toy_dir, tmp_path):
-    run = _run(toy_dir, tmp_path / "r", [SAEConfig(n_latents=64, method="topk", method_params={"k": 3}, lr=3e-3)], steps=800)
+    run = _run(
+        toy_dir, tmp_path / "r", [SAEConfig(n_latents=64, method="topk", method_params={"k": 3}, lr=3e-3)], steps=800
+    )
     (member,) = Trainer(run, progress=False).fit()
     dictionary = torch.from_numpy(np.load(toy_dir / "dictionary.npy"))
     from saelab.evals.reconstruction import mmcs
@@ -35,7 +37,9 @@ def test_an_sae_in_a_sweep_equals_the_same_sae_trained_alone(toy_dir, tmp_path):
     a = SAEConfig(n_latents=32, method="topk", method_params={"k": 2}, lr=1e-3)
     b = SAEConfig(n_latents=48, method="relu", penalty="l1", alpha=0.01, lr=1e-3)
     Trainer(_run(toy_dir, tmp_path / "sweep", [a, b], steps=30), progress=False).fit()
-    Trainer(_run(toy_dir, tmp_path / "alone", [SAEConfig(**{**a.to_dict(), "d_in": None})], steps=30), progress=False).fit()
+    Trainer(
+        _run(toy_dir, tmp_path / "alone", [SAEConfig(**{**a.to_dict(), "d_in": None})], steps=30), progress=False
+    ).fit()
     together = saelab.load(tmp_path / "sweep" / a.display_name())
     alone = saelab.load(tmp_path / "alone")
     assert torch.equal(together.W_enc, alone.W_enc) and torch.equal(together.W_dec, alone.W_dec)
@@ -49,7 +53,9 @@ class _Crash(Exception):
 @pytest.mark.parametrize(
     "sae",
     [
-        SAEConfig(n_latents=40, method="batchtopk", method_params={"k": 3}, auxk=True, dead_tokens=256, k_aux=8, lr=2e-3),
+        SAEConfig(
+            n_latents=40, method="batchtopk", method_params={"k": 3}, auxk=True, dead_tokens=256, k_aux=8, lr=2e-3
+        ),
         SAEConfig(n_latents=40, method="jumprelu", normalize="scalar", lr=2e-3),
     ],
 )
@@ -70,7 +76,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(toy_dir, tmp_path,
     with pytest.raises(_Crash):
         Trainer(_run(toy_dir, tmp_path / "cut", [SAEConfig.from_dict(sae.to_dict())], **kw), progress=False).fit()
     monkeypatch.setattr(Trainer, "_train_step", original)
-    Trainer(_run(toy_dir, tmp_path / "cut", [SAEConfig.from_dict(sae.to_dict())], **kw), progress=False).fit(resume=True)
+    Trainer(_run(toy_dir, tmp_path / "cut", [SAEConfig.from_dict(sae.to_dict())], **kw), progress=False).fit(
+        resume=True
+    )
 
     full, cut = saelab.load(tmp_path / "full"), saelab.load(tmp_path / "cut")
     for name, tensor in full.state_dict().items():
@@ -99,8 +107,27 @@ METHOD_ARGS = [
 @pytest.mark.parametrize("args", METHOD_ARGS, ids=lambda a: "-".join(a[1:4:2]))
 def test_every_method_trains_from_the_cli(toy_dir, tmp_path, args, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--activations", str(toy_dir / "activations.npy"), "--n-latents", "48", "--steps", "120",
-                 "--batch-size", "128", "--lr", "2e-3", "--log-every", "20", "--out", str(out), "--no-progress", *args])
+    code = main(
+        [
+            "train",
+            "--activations",
+            str(toy_dir / "activations.npy"),
+            "--n-latents",
+            "48",
+            "--steps",
+            "120",
+            "--batch-size",
+            "128",
+            "--lr",
+            "2e-3",
+            "--log-every",
+            "20",
+            "--out",
+            str(out),
+            "--no-progress",
+            *args,
+        ]
+    )
     assert code == 0
     log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["mse"] < log[0]["mse"]
@@ -113,8 +140,8 @@ def test_every_method_trains_from_the_cli(toy_dir, tmp_path, args, capsys):
 def test_toml_config_trains_several_saes_together(toy_dir, tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(f"""
-activations = "{toy_dir / 'activations.npy'}"
-out = "{tmp_path / 'sweep'}"
+activations = "{toy_dir / "activations.npy"}"
+out = "{tmp_path / "sweep"}"
 steps = 20
 batch_size = 128
 n_latents = 32

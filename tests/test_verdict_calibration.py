@@ -25,7 +25,11 @@ from saelab.experiments.reproduce.measures import difference
 from saelab.util.intervals import NOT_SEPARABLE
 
 SEEDS = 3
-SEED_SD, EVAL_SE, SHARED = 2.5, 1.5, 0.5  # pairs; SHARED: the evaluation variance's share common to a configuration's seeds
+SEED_SD, EVAL_SE, SHARED = (
+    2.5,
+    1.5,
+    0.5,
+)  # pairs; SHARED: the evaluation variance's share common to a configuration's seeds
 CLAIMS = 8  # the size of sparsity-methods' best-of-search family (its matched extension adds 6)
 FAMILIES = 300
 
@@ -47,8 +51,15 @@ def _side(rng, truth: float, group: str, l0s=None, target=None) -> list[dict]:
     for s in range(SEEDS):
         own = rng.normal(0.0, EVAL_SE * math.sqrt(1.0 - SHARED))
         count = float(max(0, round(truth + rng.normal(0.0, SEED_SD) + shared + own)))
-        row = {"name": f"{group}-s{s}", "group": group, "method": "m", "seed": s, "good_classifiers": count, "ci": {},
-               "good_classifiers_eval_se": EVAL_SE * float(rng.uniform(0.8, 1.2))}
+        row = {
+            "name": f"{group}-s{s}",
+            "group": group,
+            "method": "m",
+            "seed": s,
+            "good_classifiers": count,
+            "ci": {},
+            "good_classifiers_eval_se": EVAL_SE * float(rng.uniform(0.8, 1.2)),
+        }
         if l0s is not None:
             row.update(l0_eps=float(l0s[s]), target_l0=target)
         rows.append(row)
@@ -63,7 +74,11 @@ def _family(rng, effects: list[float], l0=None) -> list:
             rows += _side(rng, 30.0 + eff, f"a{i}") + _side(rng, 30.0, f"b{i}")
         else:
             rows += l0(rng, f"a{i}", eff) + l0(rng, f"b{i}", 0.0)
-        claims.append(Claim(f"a{i} beats b{i}", "paper", "count a − b", difference("s", f"a{i}", f"b{i}", "good_classifiers"), ">"))
+        claims.append(
+            Claim(
+                f"a{i} beats b{i}", "paper", "count a − b", difference("s", f"a{i}", f"b{i}", "good_classifiers"), ">"
+            )
+        )
     return evaluate_family(claims, Evidence({"s": rows}), family="sim")
 
 
@@ -75,8 +90,10 @@ def test_no_false_verdicts_beyond_five_percent_when_every_null_holds():
     rng = np.random.default_rng(31)
     fams = [_family(rng, [0.0] * CLAIMS) for _ in range(FAMILIES)]
     k = _false_families(fams)
-    print(f"\nnull families: {k}/{FAMILIES} with a false verdict = {k / FAMILIES:.3f} "
-          f"[{_lower(k, FAMILIES):.3f}, {_upper(k, FAMILIES):.3f}]")
+    print(
+        f"\nnull families: {k}/{FAMILIES} with a false verdict = {k / FAMILIES:.3f} "
+        f"[{_lower(k, FAMILIES):.3f}, {_upper(k, FAMILIES):.3f}]"
+    )
     assert _upper(k, FAMILIES) <= 0.05
 
 
@@ -85,10 +102,14 @@ def test_power_against_a_real_effect_of_known_size(effect):
     rng = np.random.default_rng(int(effect))
     fams = [_family(rng, [effect] + [0.0] * (CLAIMS - 1)) for _ in range(FAMILIES // 2)]
     hits = sum(f[0].verdict == HOLDS for f in fams)
-    wrong = sum(any(r.verdict != NOT_SEPARABLE for r in f[1:]) or f[0].verdict not in (HOLDS, NOT_SEPARABLE) for f in fams)
+    wrong = sum(
+        any(r.verdict != NOT_SEPARABLE for r in f[1:]) or f[0].verdict not in (HOLDS, NOT_SEPARABLE) for f in fams
+    )
     n = len(fams)
-    print(f"\neffect {effect:g} pairs (SD of one count ≈ {math.hypot(SEED_SD, EVAL_SE):.1f}): power {hits / n:.3f} "
-          f"[{_lower(hits, n):.3f}, {_upper(hits, n):.3f}]; families with a false verdict {wrong}/{n}")
+    print(
+        f"\neffect {effect:g} pairs (SD of one count ≈ {math.hypot(SEED_SD, EVAL_SE):.1f}): power {hits / n:.3f} "
+        f"[{_lower(hits, n):.3f}, {_upper(hits, n):.3f}]; families with a false verdict {wrong}/{n}"
+    )
     assert _upper(wrong, n) <= 0.05 + 0.03  # the nulls beside a true effect stay controlled (n is half the null test's)
     if effect >= 20.0:
         assert hits / n > 0.5  # a large effect is found
@@ -105,6 +126,7 @@ def _count_at(l0: float) -> float:
 
 def _matched_side(center_range: tuple[float, float]):
     """A side builder: its seeds' L0 scatter (SD 4%) around a centre drawn in center_range × target."""
+
     def build(rng, group: str, effect: float) -> list[dict]:
         center = TARGET * rng.uniform(*center_range)
         l0s = center * (1.0 + rng.normal(0.0, 0.04, SEEDS))
@@ -112,6 +134,7 @@ def _matched_side(center_range: tuple[float, float]):
         for r, l0 in zip(rows, l0s):
             r["good_classifiers"] = float(max(0, round(r["good_classifiers"] + _count_at(l0) + effect)))
         return rows
+
     return build
 
 
@@ -121,8 +144,10 @@ def test_the_matched_l0_check_keeps_off_target_sides_from_false_verdicts():
     fams = [_family(rng, [0.0] * 4, l0=_matched_side((0.75, 1.25))) for _ in range(FAMILIES)]
     k = _false_families(fams)
     unmatched = sum(r.interval is None and "not matched" in (r.error or "") for f in fams for r in f)
-    print(f"\nmatched-L0 null families: {k}/{FAMILIES} false = {k / FAMILIES:.3f} [{_lower(k, FAMILIES):.3f}, "
-          f"{_upper(k, FAMILIES):.3f}]; {unmatched}/{4 * FAMILIES} claims said not matched")
+    print(
+        f"\nmatched-L0 null families: {k}/{FAMILIES} false = {k / FAMILIES:.3f} [{_lower(k, FAMILIES):.3f}, "
+        f"{_upper(k, FAMILIES):.3f}]; {unmatched}/{4 * FAMILIES} claims said not matched"
+    )
     assert _upper(k, FAMILIES) <= 0.05
     assert unmatched > 0  # sides off target are refused, not compared
 
@@ -132,5 +157,7 @@ def test_power_at_matched_l0():
     fams = [_family(rng, [15.0] + [0.0] * 3, l0=_matched_side((0.97, 1.03))) for _ in range(FAMILIES // 2)]
     hits = sum(f[0].verdict == HOLDS for f in fams)
     n = len(fams)
-    print(f"\nmatched-L0 effect 15 pairs, family of 4: power {hits / n:.3f} [{_lower(hits, n):.3f}, {_upper(hits, n):.3f}]")
+    print(
+        f"\nmatched-L0 effect 15 pairs, family of 4: power {hits / n:.3f} [{_lower(hits, n):.3f}, {_upper(hits, n):.3f}]"
+    )
     assert hits / n > 0.3

@@ -66,9 +66,14 @@ def pages() -> dict[str, str]:
     """Page path → Markdown, one page per top-level command plus an index."""
     root = build_parser()
     result: dict[str, str] = {}
-    index = ["# Command reference", "",
-             "Generated from the `saelab` argument parsers when the site is built: what `--help` says.", "",
-             "| command | what it does |", "|---|---|"]
+    index = [
+        "# Command reference",
+        "",
+        "Generated from the `saelab` argument parsers when the site is built: what `--help` says.",
+        "",
+        "| command | what it does |",
+        "|---|---|",
+    ]
     for name, (sub, help_text) in _subcommands(root).items():
         body = _section(sub, f"saelab {name}", 1, help_text)
         result[f"{SECTION}/{name}.md"] = "\n".join(body) + "\n"

@@ -1,9 +1,9 @@
 """saelab: train, compare and evaluate sparse autoencoders on transformer activations."""
 
+from saelab.api import train
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
 from saelab.version import __version__
-from saelab.api import train
 
 
 def load(path, device="cpu"):

@@ -14,9 +14,9 @@ from saelab.config import SAE_FIELDS, TRAIN_FIELDS, run_from_mapping
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
-from saelab.util.atomic import atomic_write
 from saelab.methods import activation_class, penalty_class
 from saelab.training.factory import make_trainer
+from saelab.util.atomic import atomic_write
 
 __all__ = ["evaluate", "sparsity_warning", "train"]
 
@@ -34,9 +34,16 @@ def sparsity_warning(method: str, penalty: str | None, target_l0: float | None) 
     """The warning for a method that is not sparse by itself trained without a penalty (None when something makes it sparse)."""
     cls = activation_class(method)
     # Only ReLU has neither a k, a threshold nor its own sparsity coefficient: without a penalty it is a dense autoencoder.
-    if penalty is None and target_l0 is None and cls.sparsity_knob is None and not {f.name for f in dataclasses.fields(cls.Params)}:
-        return (f"method {method!r} without a penalty: nothing makes the code sparse "
-                "(add --penalty l1 --alpha A, or --target-l0 L, or use a TopK-family method)")
+    if (
+        penalty is None
+        and target_l0 is None
+        and cls.sparsity_knob is None
+        and not {f.name for f in dataclasses.fields(cls.Params)}
+    ):
+        return (
+            f"method {method!r} without a penalty: nothing makes the code sparse "
+            "(add --penalty l1 --alpha A, or --target-l0 L, or use a TopK-family method)"
+        )
     return None
 
 
@@ -54,7 +61,11 @@ def _activations_path(activations, scratch: Path) -> str:
         return str(activations)
     if isinstance(activations, torch.Tensor):
         # numpy has no bfloat16: widen half-precision tensors to float32 before the hand-over
-        activations = activations.detach().cpu().float().numpy() if activations.is_floating_point() else activations.detach().cpu().numpy()
+        activations = (
+            activations.detach().cpu().float().numpy()
+            if activations.is_floating_point()
+            else activations.detach().cpu().numpy()
+        )
     if isinstance(activations, np.ndarray):
         path = scratch / "activations.npy"
         array = np.ascontiguousarray(activations, dtype=np.float32)
@@ -63,8 +74,18 @@ def _activations_path(activations, scratch: Path) -> str:
     raise ConfigError("activations", type(activations).__name__, "expected a path, a numpy array or a tensor")
 
 
-def train(activations, method: str = "topk", k: int = DEFAULT_K, n_latents: int = 4096, out=None, *,
-          overwrite: bool = False, resume: bool = False, progress: bool = True, **options):
+def train(
+    activations,
+    method: str = "topk",
+    k: int = DEFAULT_K,
+    n_latents: int = 4096,
+    out=None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    **options,
+):
     """Train one SAE on `activations` (path, numpy array [N, d_in] or tensor) and return it loaded, as `saelab.load` does.
 
     `options` are SAEConfig / TrainConfig fields and method or penalty parameters (`steps`,
@@ -76,11 +97,17 @@ def train(activations, method: str = "topk", k: int = DEFAULT_K, n_latents: int 
     penalty = options.get("penalty")
     for name, value in options.items():
         if name not in _option_names(method, penalty):
-            raise ConfigError(name, value, "unknown option (expected a SAEConfig or TrainConfig field or a parameter of "
-                                           f"method {method!r}" + (f" or penalty {penalty!r})" if penalty else ")"))
+            raise ConfigError(
+                name,
+                value,
+                "unknown option (expected a SAEConfig or TrainConfig field or a parameter of "
+                f"method {method!r}" + (f" or penalty {penalty!r})" if penalty else ")"),
+            )
     takes_k = "k" in _option_names(method, penalty)
     if not takes_k and not isinstance(k, _DefaultK):
-        raise ConfigError("k", k, f"method {method!r}" + (f" and penalty {penalty!r} take" if penalty else " takes") + " no k")
+        raise ConfigError(
+            "k", k, f"method {method!r}" + (f" and penalty {penalty!r} take" if penalty else " takes") + " no k"
+        )
     mapping = {**options, "method": method, "n_latents": n_latents}
     if takes_k and "k" not in options:
         mapping["k"] = int(k)

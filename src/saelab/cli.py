@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 
-from saelab.util import distributed
 from saelab.commands import core, demo, features, hub, lm, othello, report, reproduce, scaling, sweep
 from saelab.commands.common import set_threads
 from saelab.errors import SaelabError
 from saelab.training.interrupt import TrainingInterrupted
+from saelab.util import distributed
 from saelab.util.progress import quiet_library_bars
 
 # Each group module exposes register(subparsers); the order is the order of `saelab --help`.

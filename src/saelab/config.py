@@ -24,8 +24,15 @@ DECAYS = ("none", "linear", "cosine")
 KERNELS = ("dense", "sparse", "auto")  # auto: sparse where the method has a sparse path
 
 
-def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple | None = None, cli: bool = True, factory=None,
-           aliases: tuple[str, ...] = ()):
+def option(
+    default=dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    cli: bool = True,
+    factory=None,
+    aliases: tuple[str, ...] = (),
+):
     """A config field whose metadata also describes its command-line flag (help, choices, extra flag aliases; cli=False hides it)."""
     meta = {"help": help, "choices": choices, "cli": cli, "aliases": aliases}
     if factory is not None:
@@ -40,7 +47,9 @@ class SAEConfig:
     n_latents: int = option(help="number of latents")
     method: str = option("relu", "sparsity method (see `saelab methods`)")
     method_params: dict[str, Any] = option(factory=dict, cli=False)
-    penalty: str | None = option(None, "sparsity penalty added to the loss (l1, lp, smoothed_l0, freshman, without_topk)")
+    penalty: str | None = option(
+        None, "sparsity penalty added to the loss (l1, lp, smoothed_l0, freshman, without_topk)"
+    )
     penalty_params: dict[str, Any] = option(factory=dict, cli=False)
     alpha: float = option(0.0, "sparsity coefficient: the penalty's, or gated's L1 on its gate")
     penalty_decoder_norm: bool = option(False, "weight the penalty by decoder row norms")
@@ -54,8 +63,15 @@ class SAEConfig:
     dead_tokens: int = option(10_000_000, "tokens without firing after which a latent counts as dead")
     lr: float | None = option(None, "learning rate (default 2e-4/sqrt(n/2^14))")
     name: str | None = option(None, "name of the SAE")
-    kernel: str = option("auto", "training kernel: dense (reference), sparse (TopK family incl. Matryoshka; ReLU with no penalty, l1, lp, smoothed_l0 or freshman), auto (sparse where it applies, ReLU only while its code is sparse)", choices=KERNELS)
-    target_l0: float | None = option(None, "adapt the sparsity coefficient (penalty or gated α, JumpReLU's l0_coef, dimred's p) to this L0 during a warm phase, then hold it; sets k for the TopK family")
+    kernel: str = option(
+        "auto",
+        "training kernel: dense (reference), sparse (TopK family incl. Matryoshka; ReLU with no penalty, l1, lp, smoothed_l0 or freshman), auto (sparse where it applies, ReLU only while its code is sparse)",
+        choices=KERNELS,
+    )
+    target_l0: float | None = option(
+        None,
+        "adapt the sparsity coefficient (penalty or gated α, JumpReLU's l0_coef, dimred's p) to this L0 during a warm phase, then hold it; sets k for the TopK family",
+    )
     target_l0_warmup: float = option(0.8, "fraction of training steps during which target_l0 adapts the coefficient")
     # Filled in from the data when training starts.
     d_in: int | None = option(None, cli=False)
@@ -86,7 +102,11 @@ class SAEConfig:
         elif self.penalty_params:
             raise ConfigError("penalty", None, f"parameters {sorted(self.penalty_params)} given without --penalty")
         if pen is not None and method_reads_alpha(self.method):
-            raise ConfigError("penalty", self.penalty, f"method {self.method!r} weights its own sparsity loss by alpha; it takes no penalty")
+            raise ConfigError(
+                "penalty",
+                self.penalty,
+                f"method {self.method!r} weights its own sparsity loss by alpha; it takes no penalty",
+            )
         _finite("alpha", self.alpha, minimum=0.0)
         _choice("normalize", self.normalize, NORMALIZATIONS)
         _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
@@ -115,10 +135,18 @@ class SAEConfig:
             return
         fields = {f.name for f in dataclasses.fields(activation_class(self.method).Params)}
         if "k" not in fields:
-            raise ConfigError("target_l0", self.target_l0, f"method {self.method!r} without a penalty has no coefficient, threshold or k that sets its sparsity")
+            raise ConfigError(
+                "target_l0",
+                self.target_l0,
+                f"method {self.method!r} without a penalty has no coefficient, threshold or k that sets its sparsity",
+            )
         k = max(1, int(round(self.target_l0)))
         if self.method_params.get("k", k) != k:
-            raise ConfigError("k", self.method_params["k"], f"conflicts with target_l0={self.target_l0:g} (which sets k={k}); give one of them")
+            raise ConfigError(
+                "k",
+                self.method_params["k"],
+                f"conflicts with target_l0={self.target_l0:g} (which sets k={k}); give one of them",
+            )
         self.method_params = {**self.method_params, "k": k}
 
     def sparsity_knob(self):
@@ -128,7 +156,9 @@ class SAEConfig:
         return activation_class(self.method).sparsity_knob
 
     def _method_key(self) -> str:
-        return json.dumps([self.method, self.method_params, self.penalty, self.penalty_params], sort_keys=True, default=str)
+        return json.dumps(
+            [self.method, self.method_params, self.penalty, self.penalty_params], sort_keys=True, default=str
+        )
 
     def _resolved(self) -> tuple:
         built = getattr(self, "_built", None)
@@ -189,25 +219,55 @@ class TrainConfig:
     epochs: float | None = option(None, "passes over the training rows (default 1 when no budget is given)")
     seed: int = option(0, "random seed")
     device: str = option("cpu", "where to train (batches and SAEs move there)", choices=DEVICES)
-    dtype: str = option("float32", "compute precision: bfloat16 autocasts the forward pass, weights and saved folders stay float32", choices=DTYPES)
-    log: str | None = option(None, "also send the metrics.jsonl records to an experiment logger (pip install 'saelab[log]' for wandb and tensorboard, 'saelab[trackio]' for trackio)", choices=LOGGERS)
+    dtype: str = option(
+        "float32",
+        "compute precision: bfloat16 autocasts the forward pass, weights and saved folders stay float32",
+        choices=DTYPES,
+    )
+    log: str | None = option(
+        None,
+        "also send the metrics.jsonl records to an experiment logger (pip install 'saelab[log]' for wandb and tensorboard, 'saelab[trackio]' for trackio)",
+        choices=LOGGERS,
+    )
     betas: tuple[float, float] = option((0.9, 0.999), "Adam betas")
     adam_eps: float = option(1e-8, "Adam epsilon")
     warmup_steps: int = option(0, "linear warm-up steps")
     decay: str = option("none", "learning-rate decay", choices=DECAYS)
     decay_fraction: float = option(0.2, "fraction of steps the decay spans")
     grad_clip: float | None = option(None, "clip the gradient norm to this value")
-    lean_memory: bool = option(False, "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks (no slowdown measured at 768×65,536 on CPU); one process, no grad_clip")
-    shard_latents: bool = option(False, "split the SAE's latents over the torchrun ranks (dictionaries that do not fit one device): each rank holds n/N latents and reads every whole batch; topk or batchtopk, one SAE")
-    latent_shards: int = option(0, "shard_latents on a grid: ranks per latent group (each holds n/latent_shards latents); the world size / latent_shards groups are data-parallel replicas, each on its slice of every batch (0: one group of all ranks)")
+    lean_memory: bool = option(
+        False,
+        "less peak memory for large dictionaries: each parameter's Adam step runs as soon as its gradient is complete (never two full gradients at once), no buffers cached between steps, smaller pre-activation chunks (no slowdown measured at 768×65,536 on CPU); one process, no grad_clip",
+    )
+    shard_latents: bool = option(
+        False,
+        "split the SAE's latents over the torchrun ranks (dictionaries that do not fit one device): each rank holds n/N latents and reads every whole batch; topk or batchtopk, one SAE",
+    )
+    latent_shards: int = option(
+        0,
+        "shard_latents on a grid: ranks per latent group (each holds n/latent_shards latents); the world size / latent_shards groups are data-parallel replicas, each on its slice of every batch (0: one group of all ranks)",
+    )
     log_every: int = option(100, "steps between metric log lines")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     shuffle_buffer_mb: int = option(1024, "memory for the shuffle buffer (MiB)")
     scan: bool = option(True, "scan the data for NaN/inf before training")
-    eps_l0: float = option(0.01, "l0_eps counts latents above this per token (reported beside l0; target_l0 uses it for leaky codes)")
-    until_converged: bool = option(False, "stop once every SAE's held-out NMSE improves by less than converge_tol (relative) over converge_window tokens; the budget is the cap")
-    converge_tol: float = option(0.01, aliases=("--tol",), help="until_converged: relative held-out NMSE improvement below which an SAE has converged")
-    converge_window: int = option(1_000_000, aliases=("--window",), help="until_converged: tokens over which the improvement is measured (held-out NMSE is measured 4 times per window)")
+    eps_l0: float = option(
+        0.01, "l0_eps counts latents above this per token (reported beside l0; target_l0 uses it for leaky codes)"
+    )
+    until_converged: bool = option(
+        False,
+        "stop once every SAE's held-out NMSE improves by less than converge_tol (relative) over converge_window tokens; the budget is the cap",
+    )
+    converge_tol: float = option(
+        0.01,
+        aliases=("--tol",),
+        help="until_converged: relative held-out NMSE improvement below which an SAE has converged",
+    )
+    converge_window: int = option(
+        1_000_000,
+        aliases=("--window",),
+        help="until_converged: tokens over which the improvement is measured (held-out NMSE is measured 4 times per window)",
+    )
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -221,7 +281,11 @@ class TrainConfig:
         require_positive_int("batch_size", self.batch_size)
         budgets = [b for b in ("steps", "tokens", "epochs") if getattr(self, b) is not None]
         if len(budgets) > 1:
-            raise ConfigError(budgets[1], getattr(self, budgets[1]), f"give only one of steps / tokens / epochs (also got {budgets[0]})")
+            raise ConfigError(
+                budgets[1],
+                getattr(self, budgets[1]),
+                f"give only one of steps / tokens / epochs (also got {budgets[0]})",
+            )
         if self.steps is not None:
             require_positive_int("steps", self.steps)
         if self.tokens is not None:
@@ -241,17 +305,33 @@ class TrainConfig:
         if not isinstance(self.lean_memory, bool):
             raise ConfigError("lean_memory", self.lean_memory, "must be true or false")
         if self.lean_memory and self.grad_clip is not None:
-            raise ConfigError("grad_clip", self.grad_clip, "lean_memory steps each parameter as soon as its gradient is complete; "
-                              "clipping the global norm needs every gradient at once (drop one of the two)")
+            raise ConfigError(
+                "grad_clip",
+                self.grad_clip,
+                "lean_memory steps each parameter as soon as its gradient is complete; "
+                "clipping the global norm needs every gradient at once (drop one of the two)",
+            )
         if not isinstance(self.shard_latents, bool):
             raise ConfigError("shard_latents", self.shard_latents, "must be true or false")
         _nonneg_int("latent_shards", self.latent_shards)
         if self.latent_shards and not self.shard_latents:
-            raise ConfigError("latent_shards", self.latent_shards, "sets the latent groups of a latent-sharded run; add shard_latents (--shard-latents)")
+            raise ConfigError(
+                "latent_shards",
+                self.latent_shards,
+                "sets the latent groups of a latent-sharded run; add shard_latents (--shard-latents)",
+            )
         if self.shard_latents and self.lean_memory:
-            raise ConfigError("lean_memory", True, "steps a whole SAE inside its backward; a latent-sharded step all-reduces across ranks first (drop one of the two)")
+            raise ConfigError(
+                "lean_memory",
+                True,
+                "steps a whole SAE inside its backward; a latent-sharded step all-reduces across ranks first (drop one of the two)",
+            )
         if self.shard_latents and self.until_converged:
-            raise ConfigError("until_converged", True, "measures the whole SAE's held-out NMSE between steps; a latent-sharded run has no whole SAE until the end (give a fixed budget)")
+            raise ConfigError(
+                "until_converged",
+                True,
+                "measures the whole SAE's held-out NMSE between steps; a latent-sharded run has no whole SAE until the end (give a fixed budget)",
+            )
         require_positive_int("log_every", self.log_every)
         _nonneg_int("checkpoint_every", self.checkpoint_every)
         require_positive_int("shuffle_buffer_mb", self.shuffle_buffer_mb)
@@ -303,14 +383,25 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         """Inverse of `to_dict`."""
-        if not isinstance(data, dict) or not isinstance(data.get("train"), dict) or not isinstance(data.get("saes"), list):
-            raise ConfigError("run", type(data).__name__, "must be a table with `train` (a table) and `saes` (a list of tables)")
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("train"), dict)
+            or not isinstance(data.get("saes"), list)
+        ):
+            raise ConfigError(
+                "run", type(data).__name__, "must be a table with `train` (a table) and `saes` (a list of tables)"
+            )
         for key in set(data) - {"train", "saes"}:
             raise ConfigError(f"run.{key}", data[key], "unknown key")
         return cls(TrainConfig.from_dict(data["train"]), [SAEConfig.from_dict(s) for s in data["saes"]])
 
 
-SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)} - {"method_params", "penalty_params", "d_in", "normalization_factor"}
+SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)} - {
+    "method_params",
+    "penalty_params",
+    "d_in",
+    "normalization_factor",
+}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -321,7 +412,11 @@ def split_method_params(method: str, penalty: str | None, flat: dict[str, Any]) 
     method_params, penalty_params = {}, {}
     for key, value in flat.items():
         if key in act_fields and key in pen_fields:
-            raise ConfigError(key, value, f"both method {method!r} and penalty {penalty!r} take it; use method_params / penalty_params in a TOML config")
+            raise ConfigError(
+                key,
+                value,
+                f"both method {method!r} and penalty {penalty!r} take it; use method_params / penalty_params in a TOML config",
+            )
         if key in act_fields:
             method_params[key] = value
         elif key in pen_fields:
@@ -345,7 +440,11 @@ def sae_from_flat(flat: dict[str, Any]) -> SAEConfig:
     m, p = split_method_params(method, penalty, flat)
     # Checked here as well as when built, so the recorded config holds None where the file said "none".
     method_params = check_fields(activation_class(method).Params, {**method_params, **m}, "method")
-    penalty_params = check_fields(penalty_class(penalty).Params, {**penalty_params, **p}, "penalty") if penalty else {**penalty_params, **p}
+    penalty_params = (
+        check_fields(penalty_class(penalty).Params, {**penalty_params, **p}, "penalty")
+        if penalty
+        else {**penalty_params, **p}
+    )
     cfg = build(SAEConfig, {**core, "method_params": method_params, "penalty_params": penalty_params})
     needs = {k: v for k, v in SAE_NEEDS.items() if k != "alpha"} if method_reads_alpha(method) else SAE_NEEDS
     _check_no_effect(cfg, needs, core)

@@ -31,13 +31,53 @@ def toy_suite(k: int, n_latents: int) -> list[SAEConfig]:
     lr = 2e-3
     return [
         SAEConfig(n_latents=n_latents, method="relu", penalty="l1", alpha=0.05, lr=lr, name="relu+l1"),
-        SAEConfig(n_latents=n_latents, method="relu", penalty="lp", penalty_params={"p": 0.5}, alpha=0.04, lr=lr, name="relu+l1(sqrt)"),
-        SAEConfig(n_latents=n_latents, method="relu", penalty="smoothed_l0", penalty_params={"delta": 0.5}, alpha=1.0, lr=lr, name="relu+smoothed_l0"),
-        SAEConfig(n_latents=n_latents, method="topk", method_params={"k": k}, auxk=True, dead_tokens=50_000, lr=lr, name=f"topk k={k}"),
-        SAEConfig(n_latents=n_latents, method="batchtopk", method_params={"k": k}, auxk=True, dead_tokens=50_000, lr=lr, name=f"batchtopk k={k}"),
-        SAEConfig(n_latents=n_latents, method="leaky_topk", method_params={"k": k, "eps": 0.01}, lr=lr, name=f"leaky_topk k={k}"),
+        SAEConfig(
+            n_latents=n_latents,
+            method="relu",
+            penalty="lp",
+            penalty_params={"p": 0.5},
+            alpha=0.04,
+            lr=lr,
+            name="relu+l1(sqrt)",
+        ),
+        SAEConfig(
+            n_latents=n_latents,
+            method="relu",
+            penalty="smoothed_l0",
+            penalty_params={"delta": 0.5},
+            alpha=1.0,
+            lr=lr,
+            name="relu+smoothed_l0",
+        ),
+        SAEConfig(
+            n_latents=n_latents,
+            method="topk",
+            method_params={"k": k},
+            auxk=True,
+            dead_tokens=50_000,
+            lr=lr,
+            name=f"topk k={k}",
+        ),
+        SAEConfig(
+            n_latents=n_latents,
+            method="batchtopk",
+            method_params={"k": k},
+            auxk=True,
+            dead_tokens=50_000,
+            lr=lr,
+            name=f"batchtopk k={k}",
+        ),
+        SAEConfig(
+            n_latents=n_latents,
+            method="leaky_topk",
+            method_params={"k": k, "eps": 0.01},
+            lr=lr,
+            name=f"leaky_topk k={k}",
+        ),
         SAEConfig(n_latents=n_latents, method="multi_topk", method_params={"k": k}, lr=lr, name=f"multi_topk k={k}"),
-        SAEConfig(n_latents=n_latents, method="dimred", method_params={"p": 0.15, "p_threshold": 10}, lr=lr, name="dimred"),
+        SAEConfig(
+            n_latents=n_latents, method="dimred", method_params={"p": 0.15, "p_threshold": 10}, lr=lr, name="dimred"
+        ),
         SAEConfig(n_latents=n_latents, method="jumprelu", method_params={"l0_coef": 0.02}, lr=lr, name="jumprelu"),
     ]
 
@@ -45,11 +85,19 @@ def toy_suite(k: int, n_latents: int) -> list[SAEConfig]:
 def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     """Sparse-superposition data with a known dictionary; every method, one pass, MMCS against the truth."""
 
-    toy = ToyConfig(n_features=256, d=64, n_samples=40_000 if quick else 200_000, mean_active=5.0, decay=1.0, noise=0.02, seed=0)
+    toy = ToyConfig(
+        n_features=256, d=64, n_samples=40_000 if quick else 200_000, mean_active=5.0, decay=1.0, noise=0.02, seed=0
+    )
     paths = write_toy(toy, out / "data")
     k = 5
     run = RunConfig(
-        TrainConfig(activations=str(paths["activations"]), out=str(out / "saes"), batch_size=512, epochs=1.0 if quick else 2.0, log_every=50),
+        TrainConfig(
+            activations=str(paths["activations"]),
+            out=str(out / "saes"),
+            batch_size=512,
+            epochs=1.0 if quick else 2.0,
+            log_every=50,
+        ),
         toy_suite(k, n_latents=512),
     )
     trainer = Trainer(run, progress=True)
@@ -58,7 +106,15 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     rows = []
     for m in members:
         r = evaluate(m.sae, trainer.store, rows=trainer.eval_range, true_dictionary=dictionary, scan=False).to_dict()
-        rows.append({"name": m.cfg.display_name(), "label": m.cfg.display_name(), "method": m.cfg.method, "params": {**m.cfg.method_params, **m.cfg.penalty_params}, **{k_: v for k_, v in r.items() if not isinstance(v, dict)}})
+        rows.append(
+            {
+                "name": m.cfg.display_name(),
+                "label": m.cfg.display_name(),
+                "method": m.cfg.method,
+                "params": {**m.cfg.method_params, **m.cfg.penalty_params},
+                **{k_: v for k_, v in r.items() if not isinstance(v, dict)},
+            }
+        )
     return rows
 
 
@@ -80,8 +136,12 @@ class OthelloDemoPlan:
 # steps × 2,048 or k = 10 almost no latent reaches AUROC 0.9; at 3,000 steps (≈ 6 epochs of 20k
 # games) TopK at k = 32 found ~21 pairs, k = 20 found 8, k = 64 found 15, and 512 latents did as
 # well as 1,024 in half the time.
-QUICK = OthelloDemoPlan(train_games=1500, eval_games=400, n_latents=256, target_l0=32, steps=150, batch_size=1024, leaky_eps=0.05, n_boot=50)
-FULL = OthelloDemoPlan(train_games=20_000, eval_games=2000, n_latents=512, target_l0=32, steps=3000, batch_size=2048, leaky_eps=0.05)
+QUICK = OthelloDemoPlan(
+    train_games=1500, eval_games=400, n_latents=256, target_l0=32, steps=150, batch_size=1024, leaky_eps=0.05, n_boot=50
+)
+FULL = OthelloDemoPlan(
+    train_games=20_000, eval_games=2000, n_latents=512, target_l0=32, steps=3000, batch_size=2048, leaky_eps=0.05
+)
 
 
 def othello_sweep(plan: OthelloDemoPlan, data: Path, seeds: int) -> dict:
@@ -116,14 +176,21 @@ def run_othello_demo(out: Path, quick: bool, seeds: int = 1) -> tuple[list[dict]
     say(f"harvesting {plan.train_games} games from the committed OthelloGPT")
     train_data = harvest(HarvestConfig(games=plan.train_games, seed=0))
     write_harvest(train_data, out / "data")
-    say(f"{len(train_data.activations):,} positions × d_model {train_data.activations.shape[1]} (layer {train_data.source['layer']}); "
-        f"4 methods at target L0 {plan.target_l0}, {seeds} seed(s), on one stream per seed")
+    say(
+        f"{len(train_data.activations):,} positions × d_model {train_data.activations.shape[1]} (layer {train_data.source['layer']}); "
+        f"4 methods at target L0 {plan.target_l0}, {seeds} seed(s), on one stream per seed"
+    )
     sweep_dir = out / "sweep"
     if sweep_dir.exists():
         shutil.rmtree(sweep_dir)  # the demo always starts over: its data was just harvested anew
     rows = run_sweep(othello_sweep(plan, out / "data", seeds), sweep_dir, say=say, report=False)
     plot_boards(rows_with_pairs(rows, sweep_dir), out / "boards.png")
-    build_report([sweep_dir], out, title="saelab demo: SAEs on OthelloGPT at matched L0", command="saelab demo" + (" --quick" if quick else ""))
+    build_report(
+        [sweep_dir],
+        out,
+        title="saelab demo: SAEs on OthelloGPT at matched L0",
+        command="saelab demo" + (" --quick" if quick else ""),
+    )
     shutil.copyfile(out / "frontier-nmse.png", out / "frontier.png")  # the README's name for the report's NMSE frontier
     return rows, demo_markdown(rows)
 
@@ -143,8 +210,14 @@ def rows_with_pairs(rows: list[dict], root: Path) -> list[dict]:
 def demo_markdown(rows: list[dict]) -> str:
     """The demo's table (mean ± 95% CI across seeds, or over games/rows with one seed) and its matched-L0 verdicts."""
     groups = summarize(rows)
-    columns = [("l0", "L0"), ("l0_eps", "L0 (>ε)"), ("nmse", "NMSE"), ("dead_fraction", "dead"),
-               ("good_findable", "good classifiers / findable"), ("coverage", "coverage")]
+    columns = [
+        ("l0", "L0"),
+        ("l0_eps", "L0 (>ε)"),
+        ("nmse", "NMSE"),
+        ("dead_fraction", "dead"),
+        ("good_findable", "good classifiers / findable"),
+        ("coverage", "coverage"),
+    ]
     head = "| SAE | seeds | " + " | ".join(h for _, h in columns) + " |\n|---|---|" + "---|" * len(columns) + "\n"
     body = ""
     for g in groups:
@@ -157,20 +230,33 @@ def demo_markdown(rows: list[dict]) -> str:
             cells[4] += f" / {findable.estimate:.0f}"
         body += f"| {g.group} | {g.n_seeds} | " + " | ".join(cells) + " |\n"
     verdicts = [c for c in matched_comparisons(groups) if c.metric in ("nmse", "good_findable", "coverage")]
-    lines = ["", ("Matched-L0 comparisons (95% interval of the difference over seeds, widened by each SAE's evaluation noise; "
-                  "all comparisons of the report are one Holm family, and a difference is only called when its adjusted p < 0.05):"), ""]
+    lines = [
+        "",
+        (
+            "Matched-L0 comparisons (95% interval of the difference over seeds, widened by each SAE's evaluation noise; "
+            "all comparisons of the report are one Holm family, and a difference is only called when its adjusted p < 0.05):"
+        ),
+        "",
+    ]
     if max(g.n_seeds for g in groups) < 2:
-        lines += ["One seed per method: a method comparison is **not separable** — an interval from one SAE's evaluation",
-                  "noise says nothing about its method (float rounding alone moved such a call between CPUs).",
-                  "`saelab demo --seeds 3` trains enough seeds to compare methods.", ""]
+        lines += [
+            "One seed per method: a method comparison is **not separable** — an interval from one SAE's evaluation",
+            "noise says nothing about its method (float rounding alone moved such a call between CPUs).",
+            "`saelab demo --seeds 3` trains enough seeds to compare methods.",
+            "",
+        ]
     for c in verdicts:
         cmp = c.comparison
         adj = "" if cmp.p_adjusted is None else f", p {cmp.p:.2g} (Holm {cmp.p_adjusted:.2g})"
         if cmp.lo is None or cmp.hi is None or not (math.isfinite(cmp.lo) and math.isfinite(cmp.hi)):
             why = "one seed" if min(a.n_seeds for a in groups if a.group in (cmp.a, cmp.b)) < 2 else "no noise measured"
-            lines.append(f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g}, no interval ({why}) → **not separable at this budget**")
+            lines.append(
+                f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g}, no interval ({why}) → **not separable at this budget**"
+            )
         else:
-            lines.append(f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g} [{cmp.lo:+.4g}, {cmp.hi:+.4g}]{adj} → **{cmp.verdict}**")
+            lines.append(
+                f"- {c.metric}: {cmp.a} − {cmp.b} = {cmp.diff:+.4g} [{cmp.lo:+.4g}, {cmp.hi:+.4g}]{adj} → **{cmp.verdict}**"
+            )
     return head + body + "\n".join(lines) + "\n"
 
 
@@ -181,7 +267,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, toy: bool = Fal
     start = time.time()
     if toy:
         rows = run_toy_demo(out, quick)
-        columns = [("name", "SAE"), ("l0", "L0"), ("nmse", "NMSE"), ("explained_variance", "expl. var."), ("dead_fraction", "dead"), ("dense_fraction", "dense"), ("mmcs", "MMCS")]
+        columns = [
+            ("name", "SAE"),
+            ("l0", "L0"),
+            ("nmse", "NMSE"),
+            ("explained_variance", "expl. var."),
+            ("dead_fraction", "dead"),
+            ("dense_fraction", "dense"),
+            ("mmcs", "MMCS"),
+        ]
         title = "saelab demo (toy data, known dictionary)"
         table = markdown_table(rows, columns)
         plot_frontier(rows, out / "frontier.png", label="name", title=title)
@@ -192,8 +286,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, toy: bool = Fal
         pictures = "![frontier](frontier.png)\n\n![boards](boards.png)\n\nFull report: report.html\n"
     atomic_write_json(out / "results.json", rows)
     note = "Metrics on held-out data, in each SAE's normalized input space; ± is a 95% interval"
-    write_markdown(out / "results.md", f"# {title}\n\n{note}; {time.time() - start:.0f} s on this machine.\n\n{table}\n{pictures}")
+    write_markdown(
+        out / "results.md", f"# {title}\n\n{note}; {time.time() - start:.0f} s on this machine.\n\n{table}\n{pictures}"
+    )
     print()
     print(table)
-    print(f"results in {out}/ (results.json, results.md, {'frontier.png' if toy else 'report.html, boards.png'}) after {time.time() - start:.0f} s")
+    print(
+        f"results in {out}/ (results.json, results.md, {'frontier.png' if toy else 'report.html, boards.png'}) after {time.time() - start:.0f} s"
+    )
     return rows

@@ -39,7 +39,11 @@ def check_device(name, field: str = "device") -> torch.device:
         raise ConfigError(field, name, f"must be one of {', '.join(DEVICES)}")
     if not device_available(name):
         probe = "torch.cuda.is_available()" if name == "cuda" else "torch.backends.mps.is_available()"
-        raise ConfigError(field, name, f"not available on this machine ({probe} is False; torch {torch.__version__}); use --{field} cpu")
+        raise ConfigError(
+            field,
+            name,
+            f"not available on this machine ({probe} is False; torch {torch.__version__}); use --{field} cpu",
+        )
     return torch.device(name)
 
 

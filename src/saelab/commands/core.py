@@ -16,12 +16,12 @@ from saelab.devices import DEVICES
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.evals.k_sweep import k_sweep, parse_ks, require_k
+from saelab.evals.reconstruction import EPS_L0
 from saelab.evals.refine import refine
 from saelab.formats.folder import load_sae
-from saelab.evals.reconstruction import EPS_L0
-from saelab.util.atomic import dumps_json
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
 from saelab.training.factory import make_trainer
+from saelab.util.atomic import dumps_json
 
 # Options of `saelab train` that are not config fields.
 COMMAND_OPTIONS = ("func", "command", "config", "resume", "overwrite", "no_progress", "threads")
@@ -53,17 +53,31 @@ def register(sub) -> None:
     p.add_argument("--true-dictionary", help=".npy [F, d_in] of true feature directions (adds mmcs)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--k", type=int, help="evaluate a TopK-family SAE at another k")
-    p.add_argument("--all-rows", action="store_true", help="use every row even when the file is the SAE's training file")
+    p.add_argument(
+        "--all-rows", action="store_true", help="use every row even when the file is the SAE's training file"
+    )
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--eps-l0", type=float, default=EPS_L0, help="l0_eps counts latents above this per token")
-    p.add_argument("--refine", action="store_true", help="also re-fit non-negative activations on each token's active set with the decoder fixed (refine_* keys)")
-    p.add_argument("--k-sweep", help="comma-separated k' values: NMSE and L0 of a TopK-family SAE at each (k_sweep key)")
-    p.add_argument("--device", metavar="{" + ",".join(DEVICES) + "}", default=None, help="where the SAE runs; batches follow it (default: cpu)")
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="also re-fit non-negative activations on each token's active set with the decoder fixed (refine_* keys)",
+    )
+    p.add_argument(
+        "--k-sweep", help="comma-separated k' values: NMSE and L0 of a TopK-family SAE at each (k_sweep key)"
+    )
+    p.add_argument(
+        "--device",
+        metavar="{" + ",".join(DEVICES) + "}",
+        default=None,
+        help="where the SAE runs; batches follow it (default: cpu)",
+    )
     add_threads(p)
     p.set_defaults(func=cmd_eval)
 
 
 # ---- methods ------------------------------------------------------------------------------
+
 
 def cmd_methods(args) -> int:
     """List every sparsity method with its parameters and description."""
@@ -71,7 +85,10 @@ def cmd_methods(args) -> int:
     for kind, table in (("activation", ACTIVATIONS), ("penalty", PENALTIES)):
         for name in sorted(table):
             cls = table[name]
-            params = {f.name: {"default": f.default, "help": f.metadata.get("help", "")} for f in dataclasses.fields(cls.Params)}
+            params = {
+                f.name: {"default": f.default, "help": f.metadata.get("help", "")}
+                for f in dataclasses.fields(cls.Params)
+            }
             rows.append({"name": name, "kind": kind, "description": cls.description, "params": params})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -87,13 +104,24 @@ def cmd_methods(args) -> int:
 
 TOY_FILES = ("activations.npy", "dictionary.npy", "codes.npy", "toy.json")  # what write_toy writes
 
+
 def cmd_toy(args) -> int:
     """Write sparse-superposition toy data and its true dictionary."""
 
-    cfg = ToyConfig(n_features=args.n_features, d=args.d, n_samples=args.n_samples, mean_active=args.mean_active, noise=args.noise, seed=args.seed, decay=args.decay)
+    cfg = ToyConfig(
+        n_features=args.n_features,
+        d=args.d,
+        n_samples=args.n_samples,
+        mean_active=args.mean_active,
+        noise=args.noise,
+        seed=args.seed,
+        decay=args.decay,
+    )
     held = [name for name in TOY_FILES if (Path(args.out) / name).exists() or (Path(args.out) / name).is_symlink()]
     if held and not args.overwrite:
-        raise ConfigError("out", str(args.out), f"already holds {held[0]}; pass --overwrite to replace the toy data there")
+        raise ConfigError(
+            "out", str(args.out), f"already holds {held[0]}; pass --overwrite to replace the toy data there"
+        )
     paths = write_toy(cfg, args.out)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
@@ -112,7 +140,12 @@ def _with_default(text: str, f: dataclasses.Field) -> str:
     return f"{text} (default: {value})"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = (), registry_choices: dict[str, tuple] | None = None) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    skip: tuple[str, ...] = (),
+    registry_choices: dict[str, tuple] | None = None,
+) -> None:
     """One flag per config field marked for the command line, from the field's type and metadata.
 
     Booleans become switches: `--name` when the default is False, `--no-name` when it is True.
@@ -129,7 +162,13 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tu
             meta = {**meta, "choices": registry_choices[f.name]}
         if type_name == "bool":
             if f.default is True:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None, help="do not " + text)
+                parser.add_argument(
+                    "--no-" + f.name.replace("_", "-"),
+                    dest=f.name,
+                    action="store_false",
+                    default=None,
+                    help="do not " + text,
+                )
             else:
                 parser.add_argument(*flags, dest=f.name, action="store_true", default=None, help=text)
         elif type_name.startswith("tuple["):
@@ -137,7 +176,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tu
         elif meta.get("choices"):
             # Shown, not enforced here: the config's own check names the field in its one-line error.
             choices = meta["choices"]
-            parser.add_argument(*flags, dest=f.name, type=_TYPES[type_name], metavar="{" + ",".join(choices) + "}", default=None, help=text)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                type=_TYPES[type_name],
+                metavar="{" + ",".join(choices) + "}",
+                default=None,
+                help=text,
+            )
         else:
             parser.add_argument(*flags, dest=f.name, type=_TYPES[type_name], default=None, help=text)
 
@@ -151,12 +197,19 @@ def add_train_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
     add_config_flags(p, TrainConfig)
-    add_config_flags(p, SAEConfig, registry_choices={"method": tuple(sorted(ACTIVATIONS)), "penalty": tuple(sorted(PENALTIES))})
+    add_config_flags(
+        p, SAEConfig, registry_choices={"method": tuple(sorted(ACTIVATIONS)), "penalty": tuple(sorted(PENALTIES))}
+    )
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name, users in sorted(param_names().items()):
         # SUPPRESS: a flag not given leaves no attribute, so `--k none` reaches the method as None instead of vanishing.
-        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=argparse.SUPPRESS,
-                           help="used by " + ", ".join(f"{u} (default {_param_default(u, name)})" for u in users))
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest="mp_" + name,
+            type=scalar,
+            default=argparse.SUPPRESS,
+            help="used by " + ", ".join(f"{u} (default {_param_default(u, name)})" for u in users),
+        )
     p.set_defaults(func=cmd_train)
 
 
@@ -168,12 +221,18 @@ def _param_default(method: str, name: str):
 
 def run_config_from_args(args):
     """Build the RunConfig a `saelab train` command line describes."""
-    given = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in COMMAND_OPTIONS}
+    given = {
+        k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in COMMAND_OPTIONS
+    }
     params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_")}
     if args.config:
         extra = sorted(set(given) - {"out"} | set(params))
         if extra:
-            raise ConfigError(extra[0], given.get(extra[0], params.get(extra[0])), "put it in the --config file (only --out, --resume, --overwrite combine with --config)")
+            raise ConfigError(
+                extra[0],
+                given.get(extra[0], params.get(extra[0])),
+                "put it in the --config file (only --out, --resume, --overwrite combine with --config)",
+            )
         return load_toml(args.config, out=args.out)
     if "activations" not in given:
         raise ConfigError("activations", None, "required (or use --config FILE.toml)")
@@ -202,7 +261,9 @@ def cmd_train(args) -> int:
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     for m in members if trainer.world.is_main else []:  # torchrun: one summary, from the rank that wrote it
         ev = json.loads((m.out / "eval.json").read_text())
-        print(f"{m.cfg.display_name()}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}")
+        print(
+            f"{m.cfg.display_name()}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}"
+        )
     if trainer.world.is_main and not args.no_progress and trainer.throughput is not None:
         print(trainer.throughput.summary())
     return 0
@@ -211,7 +272,18 @@ def cmd_train(args) -> int:
 # ---- eval ---------------------------------------------------------------------------------
 
 REFINE_KEYS = ("refine_nmse_before", "refine_nmse_after", "refine_scale", "refine_scale_sum", "refine_zeroed_fraction")
-EVAL_KEYS = ("l0", "l0_eps", "nmse", "explained_variance", "cos_sim", "l2_ratio", "relative_reconstruction_bias", "dead_fraction", "dense_fraction", "mmcs")
+EVAL_KEYS = (
+    "l0",
+    "l0_eps",
+    "nmse",
+    "explained_variance",
+    "cos_sim",
+    "l2_ratio",
+    "relative_reconstruction_bias",
+    "dead_fraction",
+    "dense_fraction",
+    "mmcs",
+)
 
 
 def cmd_eval(args) -> int:
@@ -224,8 +296,16 @@ def cmd_eval(args) -> int:
     if ks is not None:
         # Checked before the (longer) main evaluation, so a non-TopK SAE fails at once.
         require_k(load_sae(args.sae), args.k_sweep)
-    result = evaluate(args.sae, args.activations, true_dictionary=args.true_dictionary, rows=rows,
-                      k=args.k, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)
+    result = evaluate(
+        args.sae,
+        args.activations,
+        true_dictionary=args.true_dictionary,
+        rows=rows,
+        k=args.k,
+        batch_size=args.batch_size,
+        eps_l0=args.eps_l0,
+        device=args.device,
+    )
     out = result.to_dict()
     if args.refine:
         from saelab.util.progress import stage
@@ -233,17 +313,32 @@ def cmd_eval(args) -> int:
         with stage("eval: refine (non-negative re-fit on each token's active set)"):
             out.update(refine(args.sae, args.activations, rows=rows, device=args.device).to_dict())
     if ks is not None:
-        out["k_sweep"] = [p.to_dict() for p in k_sweep(args.sae, args.activations, ks, rows=rows, batch_size=args.batch_size, eps_l0=args.eps_l0, device=args.device)]
+        out["k_sweep"] = [
+            p.to_dict()
+            for p in k_sweep(
+                args.sae,
+                args.activations,
+                ks,
+                rows=rows,
+                batch_size=args.batch_size,
+                eps_l0=args.eps_l0,
+                device=args.device,
+            )
+        ]
     if args.json:
         print(dumps_json(out))
     else:
-        print(f"{args.sae} on {args.activations} ({result.rows} rows, {result.tokens} tokens, metrics in {result.normalization}-normalized space)")
+        print(
+            f"{args.sae} on {args.activations} ({result.rows} rows, {result.tokens} tokens, metrics in {result.normalization}-normalized space)"
+        )
         for key in EVAL_KEYS + (REFINE_KEYS if args.refine else ()):
             if key in out:
                 print(f"  {key:<30} {_num(out[key], '.4f')}")
         if args.refine:
-            print(f"  refinement: {out['refine_iterations']} iterations, max KKT residual {out['refine_max_residual']:.2e}"
-                  f" ({'converged' if out['refine_converged'] else 'NOT converged'})")
+            print(
+                f"  refinement: {out['refine_iterations']} iterations, max KKT residual {out['refine_max_residual']:.2e}"
+                f" ({'converged' if out['refine_converged'] else 'NOT converged'})"
+            )
         for p in out.get("k_sweep", ()):
             where = f" (top k'·B over batches of {p['batch_rows']} rows)" if "batch_rows" in p else ""
             print(f"  k'={p['k']:<8.4g} {p['mode']:<10} L0 {p['l0']:.2f}  NMSE {_num(p['nmse'], '.4f')}{where}")

@@ -69,7 +69,9 @@ def _choose_latents(args, sae, data: FeatureData, rows: tuple[int, int]) -> tupl
     n = sae.cfg.n_latents
     if args.latents is not None:
         return select_latents("list", n, parse_latents(args.latents)), "listed"
-    how, value = ("random", args.random) if args.random is not None else ("top-fired", args.top_fired or args.default_top)
+    how, value = (
+        ("random", args.random) if args.random is not None else ("top-fired", args.top_fired or args.default_top)
+    )
     require_positive_int(how.replace("-", "_"), value)
     counts = firing_counts(sae, data, rows)
     latents = select_latents(how, n, value, counts, seed=getattr(args, "seed", 0))
@@ -85,7 +87,9 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     from saelab.features.dashboard import write_dashboard
     from saelab.features.examples import ExamplesConfig, build_examples, unembedding
 
-    cfg = ExamplesConfig(n_top=args.top, before=args.before, after=args.after, max_rows=args.max_rows, seed=args.seed).validate()
+    cfg = ExamplesConfig(
+        n_top=args.top, before=args.before, after=args.after, max_rows=args.max_rows, seed=args.seed
+    ).validate()
     for name in ("examples.json", "dashboard.html"):
         if os.path.exists(os.path.join(args.out, name)) and not args.overwrite:
             raise SaelabError(f"out={args.out!r}: already holds {name}; choose another folder or pass --overwrite")
@@ -107,7 +111,9 @@ def _cmd_examples(args: argparse.Namespace) -> int:
             unembed, to_token = unembedding(load_model(data.model)), TOKEN_TO_SQUARE
         n = min(cfg.board_rows, data.store.n_rows)
         codes = codes_of_rows(sae, data.store, np.arange(n), latents, cfg.batch_size)
-        board = auroc_matrix(torch.from_numpy(codes), np.array(data.labels[:n])).numpy()  # a copy: the memmap is read-only
+        board = auroc_matrix(
+            torch.from_numpy(codes), np.array(data.labels[:n])
+        ).numpy()  # a copy: the memmap is read-only
     elif not args.no_logits:
         from saelab.sources.lm.model import LMSpec, load_lm
 
@@ -117,7 +123,9 @@ def _cmd_examples(args: argparse.Namespace) -> int:
                                 output_to_token=to_token, source={"sae": args.sae})  # fmt: skip
     result.seconds = time.perf_counter() - t0
     with stage("lm examples: write the dashboard"):
-        json_path, html_path = write_dashboard(result, args.out, title=args.title or f"Latents of {os.path.basename(os.path.normpath(args.sae))}")
+        json_path, html_path = write_dashboard(
+            result, args.out, title=args.title or f"Latents of {os.path.basename(os.path.normpath(args.sae))}"
+        )
     size = os.path.getsize(html_path)
     if args.json:
         print(dumps_json({"json": str(json_path), "html": str(html_path), "latents": len(latents), "html_bytes": size,
@@ -187,7 +195,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"  explanation reconstruction ({recon.tokens} predictions): CE clean {recon.ce_clean:.4f}  SAE {recon.ce_sae:.4f}  "
               f"explained {recon.ce_explained:.4f}  zeroed {recon.ce_ablated:.4f}  kept {f(recon.recovered)}")  # fmt: skip
     for s in scores[:20]:
-        print(f"  latent {s.latent:6d}  P {f(s.precision)}  R {f(s.recall)}  {' | '.join(repr(t) for t in s.patterns_text[:3])}")
+        print(
+            f"  latent {s.latent:6d}  P {f(s.precision)}  R {f(s.recall)}  {' | '.join(repr(t) for t in s.patterns_text[:3])}"
+        )
     return 0
 
 
@@ -220,7 +230,9 @@ def register_lm(sub: Any, common: Callable, sae_args: Callable, eval_setup: Call
     """Add `examples`, `explain` and `ablation-sparsity` to the `saelab lm` subparsers (helpers come from commands/lm.py)."""
     p = sub.add_parser("examples", help="top-activating examples of latents: JSON + one self-contained HTML dashboard")
     p.add_argument("--sae", required=True, help="trained SAE folder")
-    p.add_argument("--activations", required=True, help="LM activation cache (with its row index) or OthelloGPT harvest folder")
+    p.add_argument(
+        "--activations", required=True, help="LM activation cache (with its row index) or OthelloGPT harvest folder"
+    )
     _add_selection(p, default_top=50)
     p.add_argument("--out", required=True, help="folder for examples.json and dashboard.html")
     p.add_argument("--model", default=None, help="LM for token text and unembedding (default: the cache's)")
@@ -236,16 +248,22 @@ def register_lm(sub: Any, common: Callable, sae_args: Callable, eval_setup: Call
     add_threads(p)
     p.set_defaults(func=_cmd_examples)
 
-    p = sub.add_parser("explain", help="N2G explanations of latents: precision / recall on held-out rows, explanation reconstruction")
+    p = sub.add_parser(
+        "explain", help="N2G explanations of latents: precision / recall on held-out rows, explanation reconstruction"
+    )
     p.add_argument("--sae", required=True, help="trained SAE folder")
     p.add_argument("--activations", required=True, help="LM activation cache with its row index")
     _add_selection(p, default_top=None)
     p.add_argument("--model", default=None, help="the LM (default: the cache's)")
     p.add_argument("--n-build", type=int, default=16, help="activating examples per latent to build from")
-    p.add_argument("--sample", choices=("random", "top"), default="random", help="build from random non-zero or top activations")
+    p.add_argument(
+        "--sample", choices=("random", "top"), default="random", help="build from random non-zero or top activations"
+    )
     p.add_argument("--max-n", type=int, default=8, help="longest n-gram tried")
     p.add_argument("--keep-frac", type=float, default=0.5, help="share of the activation a pruned context must keep")
-    p.add_argument("--pad-token", type=int, default=None, help="token id standing in for a removed token (default: pad/unk/eos)")
+    p.add_argument(
+        "--pad-token", type=int, default=None, help="token id standing in for a removed token (default: pad/unk/eos)"
+    )
     p.add_argument("--eval-rows", type=int, default=100_000, help="held-out rows scored")
     p.add_argument("--windows", type=int, default=32, help="held-out windows for explanation reconstruction (0: skip)")
     p.add_argument("--seed", type=int, default=0)
@@ -293,13 +311,21 @@ def _probe_inputs(args, sae, record: dict | None):
 
         labels = np.stack([(hv.labels[:, sq] == st) for sq, st in pairs], axis=1).astype(np.int8)
         names = [f"{square_name(int(sq))}:{STATES[int(st)]}" for sq, st in pairs]
-        return codes, labels, names, hv.positions[:, 0], {"tasks": "othello", "games": args.games, "seed": seed, "rows": len(acts)}
+        return (
+            codes,
+            labels,
+            names,
+            hv.positions[:, 0],
+            {"tasks": "othello", "games": args.games, "seed": seed, "rows": len(acts)},
+        )
     if args.tasks == "text":
         from saelab.features.text_tasks import text_task_labels
 
         path = args.activations or ((record or {}).get("train") or {}).get("activations")
         if not path:
-            raise ConfigError("activations", None, "--tasks text needs --activations (the SAE folder records no training cache)")
+            raise ConfigError(
+                "activations", None, "--tasks text needs --activations (the SAE folder records no training cache)"
+            )
         data = load_feature_data(path, model=args.model)
         if data.kind != "lm":
             raise DataError(f"activations={path!r}: --tasks text needs an LM activation cache")
@@ -311,7 +337,13 @@ def _probe_inputs(args, sae, record: dict | None):
         rows = np.arange(lo, hi)
         with stage("text task labels"):
             tl = text_task_labels(data.grid, data.text(), rows)
-        return codes, tl.labels.astype(np.int8), list(tl.names), data.grid.row_window[rows], {"tasks": "text", "activations": path, "rows": [lo, hi], "held_out": how}
+        return (
+            codes,
+            tl.labels.astype(np.int8),
+            list(tl.names),
+            data.grid.row_window[rows],
+            {"tasks": "text", "activations": path, "rows": [lo, hi], "held_out": how},
+        )
     return _file_tasks(args, sae)
 
 
@@ -325,16 +357,24 @@ def _file_tasks(args, sae):
     try:
         with np.load(path, allow_pickle=False) as f:
             labels = np.asarray(f["labels"])
-            names = [str(n) for n in f["names"]] if "names" in f else [f"task_{k}" for k in range(labels.shape[1] if labels.ndim == 2 else 0)]
+            names = (
+                [str(n) for n in f["names"]]
+                if "names" in f
+                else [f"task_{k}" for k in range(labels.shape[1] if labels.ndim == 2 else 0)]
+            )
             groups = np.asarray(f["groups"]) if "groups" in f else None
     except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"tasks={path!r}: need an .npz with 'labels' [N, K] (1/0, -1 unlabelled), optional 'names', 'groups' ({e})") from None
+        raise DataError(
+            f"tasks={path!r}: need an .npz with 'labels' [N, K] (1/0, -1 unlabelled), optional 'names', 'groups' ({e})"
+        ) from None
     if not args.activations:
         raise ConfigError("activations", None, "--tasks FILE needs --activations with rows aligned to its labels")
     store = ActivationStore(args.activations)
     _check_width(sae, store.d_in, args.activations)
     if labels.ndim != 2 or labels.shape[0] != store.n_rows or len(names) != labels.shape[1]:
-        raise DataError(f"tasks={path!r}: labels {labels.shape} and {len(names)} names do not fit {store.n_rows} activation rows")
+        raise DataError(
+            f"tasks={path!r}: labels {labels.shape} and {len(names)} names do not fit {store.n_rows} activation rows"
+        )
     n = store.n_rows
     if groups is None:
         groups = np.minimum(np.arange(n) * 10 // n, 9)  # ten contiguous blocks: the last two are held out
@@ -362,26 +402,42 @@ def _cmd_probe1d(args: argparse.Namespace) -> int:
         return "n/a" if x is None else format(x, fmt)
 
     print(f"{len(names)} tasks ({source['tasks']}), {codes.n_rows} rows, {seconds:.1f}s")
-    print(f"  probe loss {f(report.probe_loss)}  (predicting the base rate: {f(report.baseline_loss)}; mean AUROC {f(report.mean_auroc, '.3f')})")
+    print(
+        f"  probe loss {f(report.probe_loss)}  (predicting the base rate: {f(report.baseline_loss)}; mean AUROC {f(report.mean_auroc, '.3f')})"
+    )
     for t in report.tasks:
         if t.skipped:
             print(f"  {t.task:22s} skipped: {t.skipped}")
         else:
-            print(f"  {t.task:22s} base {t.base_rate:.4f}  latent {t.latent:6d}  CE {t.test_ce:.4f} (base {t.baseline_ce:.4f})  AUROC {f(t.test_auroc, '.3f')}")
+            print(
+                f"  {t.task:22s} base {t.base_rate:.4f}  latent {t.latent:6d}  CE {t.test_ce:.4f} (base {t.baseline_ce:.4f})  AUROC {f(t.test_auroc, '.3f')}"
+            )
     return 0
 
 
 def register(subparsers: Any) -> None:
     """Add `saelab probe1d` to the top-level subparsers."""
-    p = subparsers.add_parser("probe1d", help="1-d logistic probes of every latent on binary tasks (the scaling paper's probe loss)")
+    p = subparsers.add_parser(
+        "probe1d", help="1-d logistic probes of every latent on binary tasks (the scaling paper's probe loss)"
+    )
     p.add_argument("--sae", required=True, help="trained SAE folder")
-    p.add_argument("--tasks", required=True, help="othello | text | FILE.npz ('labels' [N, K] of 1/0/-1, optional 'names', 'groups')")
-    p.add_argument("--activations", default=None, help="text: LM cache (default: the SAE's training cache); FILE: rows aligned to it")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="othello | text | FILE.npz ('labels' [N, K] of 1/0/-1, optional 'names', 'groups')",
+    )
+    p.add_argument(
+        "--activations",
+        default=None,
+        help="text: LM cache (default: the SAE's training cache); FILE: rows aligned to it",
+    )
     p.add_argument("--model", default=None, help="text: tokenizer source (default: the cache's model)")
     p.add_argument("--max-rows", type=int, default=100_000, help="text: held-out rows used")
     p.add_argument("--games", type=int, default=2000, help="othello: fresh held-out games")
     p.add_argument("--l2", type=float, default=1e-4, help="ridge on the weight, in units of the latent's spread")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share of windows / games held out for the reported CE")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of windows / games held out for the reported CE"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_threads(p)
     p.set_defaults(func=_cmd_probe1d)

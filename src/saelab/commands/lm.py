@@ -9,19 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import saelab
-from saelab.util import distributed
 from saelab.commands import features, lm_train
 from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import DataError, SaelabError
-from saelab.sources.lm.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
-from saelab.sources.lm.downstream import evaluate_downstream
 from saelab.evals.refine import RefinedSAE
 from saelab.formats.folder import read_saelab_record
-from saelab.util.atomic import dumps_json
-from saelab.sources.lm.model import SITES, LMSpec, load_lm
+from saelab.sources.lm.ablate_lowest import SweepGrid, sweep_ablations, write_sweep
+from saelab.sources.lm.downstream import evaluate_downstream
 from saelab.sources.lm.harvest import HarvestConfig, harvest
+from saelab.sources.lm.model import SITES, LMSpec, load_lm
 from saelab.sources.lm.text import TextConfig, iter_chunks, take_windows
+from saelab.util import distributed
+from saelab.util.atomic import dumps_json
 
 
 def _recorded_source(sae_dir: str) -> dict[str, Any]:
@@ -216,8 +216,12 @@ def _sae_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the `lm` command (activations, eval, ablate-lowest, examples, explain, ablation-sparsity) to the top-level saelab subparsers."""
-    lm = subparsers.add_parser("lm", help="Hugging Face causal LMs: harvest activations, downstream eval, readable features")
-    sub = lm.add_subparsers(dest="lm_command", metavar="{activations,train,eval,ablate-lowest,examples,explain,ablation-sparsity}")
+    lm = subparsers.add_parser(
+        "lm", help="Hugging Face causal LMs: harvest activations, downstream eval, readable features"
+    )
+    sub = lm.add_subparsers(
+        dest="lm_command", metavar="{activations,train,eval,ablate-lowest,examples,explain,ablation-sparsity}"
+    )
     sub.required = True
 
     p = sub.add_parser("activations", help="write an activation cache (shards + manifest)")
@@ -238,8 +242,11 @@ def register(subparsers: Any) -> None:
     _common(p, tokens=4096, batch_size=8, context=None)
     _sae_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--refine", action="store_true",
-                   help="also splice in the refined reconstruction (active set kept, values re-fitted): refine_ce_before/after")
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="also splice in the refined reconstruction (active set kept, values re-fitted): refine_ce_before/after",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ablate-lowest", help="sweep the four lowest-activation ablation schemes")

@@ -26,7 +26,16 @@ from saelab.sources.lm.online_trainer import OnlineTrainer, expand_saes
 from saelab.sources.lm.stream import OnlineConfig, parse_sites, site_of_table
 
 # TrainConfig fields that describe an activation file, not a text stream.
-NOT_ONLINE = ("activations", "eval_activations", "eval_fraction", "shuffle_buffer_mb", "scan", "shard_latents", "latent_shards", "epochs")
+NOT_ONLINE = (
+    "activations",
+    "eval_activations",
+    "eval_fraction",
+    "shuffle_buffer_mb",
+    "scan",
+    "shard_latents",
+    "latent_shards",
+    "epochs",
+)
 
 
 def build_run(args: argparse.Namespace) -> tuple[RunConfig, OnlineConfig, list[int]]:
@@ -43,8 +52,10 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, OnlineConfig, list[i
     table_sites: list[tuple[int, str] | None] = [None]
     if isinstance(tables, list):
         tables = [dict(t) if isinstance(t, dict) else t for t in tables]
-        table_sites = [site_of_table(t.pop("site"), f"sae[{i}].site") if isinstance(t, dict) and "site" in t else None
-                       for i, t in enumerate(tables)]
+        table_sites = [
+            site_of_table(t.pop("site"), f"sae[{i}].site") if isinstance(t, dict) and "site" in t else None
+            for i, t in enumerate(tables)
+        ]
         data["sae"] = tables
     sites = parse_sites(args.sites) if args.sites else ()
     sites = tuple(dict.fromkeys(sites + tuple(s for s in table_sites if s is not None)))
@@ -56,13 +67,28 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, OnlineConfig, list[i
     run = run_from_mapping(data)
     saes, index = expand_saes(run.saes, table_sites, sites)
     online = OnlineConfig(
-        model=args.model, text=args.text, sites=sites, context=args.context, windows_per_forward=args.lm_batch_size,
-        buffer_tokens=args.buffer_tokens, model_dtype=args.model_dtype, device=run.train.device, drop_first=not args.keep_first,
-        outlier_factor=args.drop_outliers, prepend_bos=not args.no_bos, text_field=args.text_field, split=args.split,
-        eval_tokens=args.eval_tokens, model_name=args.model_name,
+        model=args.model,
+        text=args.text,
+        sites=sites,
+        context=args.context,
+        windows_per_forward=args.lm_batch_size,
+        buffer_tokens=args.buffer_tokens,
+        model_dtype=args.model_dtype,
+        device=run.train.device,
+        drop_first=not args.keep_first,
+        outlier_factor=args.drop_outliers,
+        prepend_bos=not args.no_bos,
+        text_field=args.text_field,
+        split=args.split,
+        eval_tokens=args.eval_tokens,
+        model_name=args.model_name,
     ).validate()
     if online.buffer_tokens is not None and online.buffer_tokens < 2 * run.train.batch_size:
-        raise ConfigError("buffer_tokens", online.buffer_tokens, f"must hold at least two batches ({2 * run.train.batch_size} rows): it is refilled when half empty")
+        raise ConfigError(
+            "buffer_tokens",
+            online.buffer_tokens,
+            f"must hold at least two batches ({2 * run.train.batch_size} rows): it is refilled when half empty",
+        )
     return RunConfig(run.train, saes).validate(), online, index
 
 
@@ -85,43 +111,74 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
         return 0
     for m in members:
         ev = json.loads((m.out / "eval.json").read_text())
-        print(f"{m.cfg.display_name()}: L0 {ev['l0']:.2f}  NMSE {ev['nmse']:.4f}  dead {ev['dead_fraction']:.3f}  → {m.out}")
+        print(
+            f"{m.cfg.display_name()}: L0 {ev['l0']:.2f}  NMSE {ev['nmse']:.4f}  dead {ev['dead_fraction']:.3f}  → {m.out}"
+        )
     if trainer.throughput is not None:
         tp = trainer.throughput
-        print(f"throughput: {tp.tokens_per_s:,.0f} tokens/s end to end (LM forward included), "
-              f"{tp.step_tokens_per_s:,.0f} tokens/s in the SAE steps alone; {trainer.stream.tokens_seen:,} LM tokens read")
+        print(
+            f"throughput: {tp.tokens_per_s:,.0f} tokens/s end to end (LM forward included), "
+            f"{tp.step_tokens_per_s:,.0f} tokens/s in the SAE steps alone; {trainer.stream.tokens_seen:,} LM tokens read"
+        )
     print(f"peak RSS: {peak_rss_mib():,.0f} MiB")
     return 0
 
 
 def register(sub: Any) -> None:
     """Add `saelab lm train` to the `lm` subparsers."""
-    p = sub.add_parser("train", help="train SAEs on several sites of a live LM from streamed text (no activation cache)")
+    p = sub.add_parser(
+        "train", help="train SAEs on several sites of a live LM from streamed text (no activation cache)"
+    )
     p.add_argument("--model", required=True, help="hub name, local model folder, or path of a .gguf file")
-    p.add_argument("--model-name", default=None, help="hub name recorded in the SAE folders (default: --model, or its file name for a local path)")
-    p.add_argument("--text", required=True, help="local .txt/.jsonl file or folder, or a HF dataset NAME[:CONFIG] (streamed)")
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="hub name recorded in the SAE folders (default: --model, or its file name for a local path)",
+    )
+    p.add_argument(
+        "--text", required=True, help="local .txt/.jsonl file or folder, or a HF dataset NAME[:CONFIG] (streamed)"
+    )
     p.add_argument("--sites", default=None, help="layers to hook: 3,6,9 (resid_post), 3,6,9:mlp_out, or 3:attn_out,6")
     p.add_argument("--context", type=int, default=64, help="tokens per window, BOS included (default 64)")
     p.add_argument("--lm-batch-size", type=int, default=32, help="windows per LM forward (default 32)")
-    p.add_argument("--buffer-tokens", type=int, default=None,
-                   help="rows per site's shuffling buffer, refilled when half empty (default: a quarter of free memory, at most 262144)")
-    p.add_argument("--eval-tokens", type=int, default=4096, help="held-out rows per site, from the first windows of the text (default 4096)")
+    p.add_argument(
+        "--buffer-tokens",
+        type=int,
+        default=None,
+        help="rows per site's shuffling buffer, refilled when half empty (default: a quarter of free memory, at most 262144)",
+    )
+    p.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=4096,
+        help="held-out rows per site, from the first windows of the text (default 4096)",
+    )
     p.add_argument("--text-field", default="text", help="JSONL key / dataset column holding the text")
     p.add_argument("--split", default="train", help="dataset split (HF datasets)")
     p.add_argument("--no-bos", action="store_true", help="do not start each window with BOS")
     p.add_argument("--keep-first", action="store_true", help="keep position 0 (BOS); dropped by default")
-    p.add_argument("--drop-outliers", type=float, default=None, metavar="FACTOR",
-                   help="drop tokens whose norm exceeds FACTOR x the forward batch's median norm")
+    p.add_argument(
+        "--drop-outliers",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="drop tokens whose norm exceeds FACTOR x the forward batch's median norm",
+    )
     p.add_argument("--model-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    p.add_argument("--overlap", action="store_true",
-                   help="run the LM forward in a second thread while the SAEs step (more threads; see bench/README.md)")
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="run the LM forward in a second thread while the SAEs step (more threads; see bench/README.md)",
+    )
     p.add_argument("--config", help="TOML: train keys, SAE keys and [[sae]] tables, each optionally naming its `site`")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
     add_config_flags(p, TrainConfig, skip=NOT_ONLINE)
-    add_config_flags(p, SAEConfig, registry_choices={"method": tuple(sorted(ACTIVATIONS)), "penalty": tuple(sorted(PENALTIES))})
+    add_config_flags(
+        p, SAEConfig, registry_choices={"method": tuple(sorted(ACTIVATIONS)), "penalty": tuple(sorted(PENALTIES))}
+    )
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name in sorted(param_names()):
         group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=argparse.SUPPRESS)

@@ -11,7 +11,6 @@ import numpy as np
 
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, SaelabError
-from saelab.util.atomic import atomic_write, atomic_write_text, dumps_json
 from saelab.sources.othello.games import generate_games, replay_games
 from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
 from saelab.sources.othello.model import OthelloGPT, OthelloGPTConfig, load_default_model
@@ -19,6 +18,7 @@ from saelab.sources.othello.probes import train_probes
 from saelab.sources.othello.score import score_folder
 from saelab.sources.othello.train_model import TrainConfig, evaluate_legal, train
 from saelab.sources.othello.unfound import CANDIDATES, diagnose_folder
+from saelab.util.atomic import atomic_write, atomic_write_text, dumps_json
 
 DEFAULT_EVAL_SEED = 1  # training draws its seeds from SeedSequence([seed, step]); see train_model
 
@@ -46,8 +46,12 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     t.add_argument("--schedule", choices=("cosine", "linear"), default="cosine")
-    t.add_argument("--target", choices=("legal", "next"), default="legal",
-                   help="legal: uniform over legal next moves (same optimum, less noise); next: recorded move")
+    t.add_argument(
+        "--target",
+        choices=("legal", "next"),
+        default="legal",
+        help="legal: uniform over legal next moves (same optimum, less noise); next: recorded move",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch threads")
     t.add_argument("--time-limit", type=float, default=None, help="seconds; anneal and stop by then")
@@ -137,12 +141,23 @@ def cmd_train_model(args) -> int:
     if args.games_file:
         load_games_file(args.games_file)
     cfg = TrainConfig(
-        model=OthelloGPTConfig(n_layer=args.layers, d_model=args.d_model, n_head=args.heads,
-                               d_mlp=args.d_mlp, note=args.note),
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-        schedule=args.schedule, target=args.target, seed=args.seed, threads=args.threads,
-        time_limit_s=args.time_limit, eval_every=args.eval_every, eval_games=args.eval_games,
-        games_file=args.games_file, init_from=args.init_from, ema_decay=args.ema,
+        model=OthelloGPTConfig(
+            n_layer=args.layers, d_model=args.d_model, n_head=args.heads, d_mlp=args.d_mlp, note=args.note
+        ),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        schedule=args.schedule,
+        target=args.target,
+        seed=args.seed,
+        threads=args.threads,
+        time_limit_s=args.time_limit,
+        eval_every=args.eval_every,
+        eval_games=args.eval_games,
+        games_file=args.games_file,
+        init_from=args.init_from,
+        ema_decay=args.ema,
     )
     try:
         cfg.validate()
@@ -170,8 +185,10 @@ def cmd_eval_model(args) -> int:
     if args.json:
         print(dumps_json(res))
     else:
-        print(f"legal_move_accuracy {res['legal_move_accuracy']:.4%} over {res['n_positions']} positions "
-              f"of {res['n_games']} games")
+        print(
+            f"legal_move_accuracy {res['legal_move_accuracy']:.4%} over {res['n_positions']} positions "
+            f"of {res['n_games']} games"
+        )
         worst = min((a, t) for t, a in enumerate(res["per_position"]) if a is not None)
         print(f"worst position t={worst[1]}: {worst[0]:.4%}")
     return 0
@@ -184,12 +201,16 @@ def cmd_probes(args) -> int:
     model = _load_model(args.model)
     res = train_probes(model, generate_games(args.games, args.seed))
     if args.out:
-
         atomic_write_text(args.out, dumps_json(dict(res.to_dict(), games=args.games, seed=args.seed)) + "\n")
-    summary = {"layers": res.table(), "best_layer": res.best_layer(), "n_train_positions": res.n_train,
-               "n_test_positions": res.n_test}
+    summary = {
+        "layers": res.table(),
+        "best_layer": res.best_layer(),
+        "n_train_positions": res.n_train,
+        "n_test_positions": res.n_test,
+    }
     print(dumps_json(summary) if args.json else res.markdown())
     return 0
+
 
 def add_sae_commands(sub) -> None:
     """Register the harvest and score sub-commands on the `othello` sub-parser group."""
@@ -203,18 +224,25 @@ def add_sae_commands(sub) -> None:
     a.add_argument("--out", required=True)
     a.set_defaults(func=cmd_activations)
 
-    s = sub.add_parser("score", help="good classifiers, coverage, L0 and NMSE of an SAE trained on OthelloGPT activations")
+    s = sub.add_parser(
+        "score", help="good classifiers, coverage, L0 and NMSE of an SAE trained on OthelloGPT activations"
+    )
     s.add_argument("--sae", required=True)
     s.add_argument("--games", type=int, default=2000, help="held-out games to harvest")
     s.add_argument("--seed", type=int, default=None, help="their seed (default: the training seed + 1000003)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
 
-    u = sub.add_parser("unfound", help="why findable board-state pairs have no single-latent classifier: split over two latents, near, or absent")
+    u = sub.add_parser(
+        "unfound",
+        help="why findable board-state pairs have no single-latent classifier: split over two latents, near, or absent",
+    )
     u.add_argument("--sae", required=True)
     u.add_argument("--games", type=int, default=2000, help="held-out games to harvest")
     u.add_argument("--seed", type=int, default=None, help="their seed (default: the training seed + 1000003)")
-    u.add_argument("--candidates", type=int, default=CANDIDATES, help="best single latents per pair whose sums of two are tried")
+    u.add_argument(
+        "--candidates", type=int, default=CANDIDATES, help="best single latents per pair whose sums of two are tried"
+    )
     u.add_argument("--json", action="store_true", help="print one JSON object")
     u.set_defaults(func=cmd_unfound)
 
@@ -225,10 +253,26 @@ def cmd_activations(args) -> int:
     out = Path(args.out)
     if (out / "source.json").exists():
         raise ConfigError("out", args.out, "already holds a harvest; choose another folder")
-    cfg = HarvestConfig(layer=args.layer, games=args.games, seed=args.seed, trim_start=args.trim_start, trim_end=args.trim_end, model=args.model)
+    cfg = HarvestConfig(
+        layer=args.layer,
+        games=args.games,
+        seed=args.seed,
+        trim_start=args.trim_start,
+        trim_end=args.trim_end,
+        model=args.model,
+    )
     h = harvest(cfg)
     write_harvest(h, out)
-    print(json.dumps({"out": str(out), "rows": int(len(h.activations)), "d_model": int(h.activations.shape[1]), **{k: h.source[k] for k in ("layer", "trim_start", "trim_end", "games")}}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "rows": int(len(h.activations)),
+                "d_model": int(h.activations.shape[1]),
+                **{k: h.source[k] for k in ("layer", "trim_start", "trim_end", "games")},
+            }
+        )
+    )
     return 0
 
 
@@ -245,9 +289,11 @@ def cmd_score(args) -> int:
         keys = ("good_classifiers", "good_classifier_latents", "findable", "coverage", "l0", "nmse")
         print(dumps_json({**{k: result[k] for k in keys}, **{k: v for k, v in result.items() if k not in keys}}))
     else:
-        print(f"good classifiers {result['good_classifiers']:g} / {result['findable']} findable (cross-fitted; same games: "
-              f"{result['good_classifiers_naive']}), good latents {result['good_classifier_latents']}, "
-              f"coverage {result['coverage']:.3f}, L0 {result['l0']:.2f}, NMSE {result['nmse']:.4f} ({result['positions']} positions, {result['games']} games)")
+        print(
+            f"good classifiers {result['good_classifiers']:g} / {result['findable']} findable (cross-fitted; same games: "
+            f"{result['good_classifiers_naive']}), good latents {result['good_classifier_latents']}, "
+            f"coverage {result['coverage']:.3f}, L0 {result['l0']:.2f}, NMSE {result['nmse']:.4f} ({result['positions']} positions, {result['games']} games)"
+        )
     return 0
 
 

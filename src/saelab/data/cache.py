@@ -84,8 +84,21 @@ def read_manifest(folder: str) -> dict[str, Any]:
 
 
 # The type every manifest key must have; a hand-edited or foreign manifest is refused, not half-read.
-_MANIFEST_TYPES = {"model": str, "site": str, "layer": int, "dtype": str, "d_in": int, "context": int, "tokenizer": str,
-                   "text_source": str, "options": dict, "n_rows": int, "complete": bool, "shards": list, "cursor": dict}
+_MANIFEST_TYPES = {
+    "model": str,
+    "site": str,
+    "layer": int,
+    "dtype": str,
+    "d_in": int,
+    "context": int,
+    "tokenizer": str,
+    "text_source": str,
+    "options": dict,
+    "n_rows": int,
+    "complete": bool,
+    "shards": list,
+    "cursor": dict,
+}
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", list: "a list"}
 
 
@@ -118,7 +131,9 @@ def _check_manifest_types(path: str, folder: str, manifest: dict[str, Any]) -> N
     for i, entry in enumerate(manifest["shards"]):
         if not isinstance(entry, dict):
             raise DataError(f"{path}: shards[{i}] must be an object with file, rows and sha256")
-        for key, typ in (("file", str), ("rows", int), ("sha256", str)) + ((("index_file", str), ("index_sha256", str)) if "index_file" in entry else ()):
+        for key, typ in (("file", str), ("rows", int), ("sha256", str)) + (
+            (("index_file", str), ("index_sha256", str)) if "index_file" in entry else ()
+        ):
             if not _typed(entry.get(key), typ):
                 raise DataError(f"{path}: shards[{i}].{key}={entry.get(key)!r} must be {_TYPE_NAMES[typ]}")
         if entry["rows"] < 0:
@@ -287,7 +302,9 @@ class CacheWriter:
         if self.indexed:
             if index is None or index.shape != (len(rows), len(INDEX_COLUMNS)):
                 got = None if index is None else index.shape
-                raise ValueError(f"index of shape {got}, expected ({len(rows)}, {len(INDEX_COLUMNS)}) for this indexed cache")
+                raise ValueError(
+                    f"index of shape {got}, expected ({len(rows)}, {len(INDEX_COLUMNS)}) for this indexed cache"
+                )
             if len(rows):
                 self._index.append(np.ascontiguousarray(index, dtype=np.int32))
         if len(rows):

@@ -36,7 +36,9 @@ class Prefetcher(Generic[T]):
     and its thread count belong to the training steps.
     """
 
-    def __init__(self, produce: Callable[[int], T], start: int, stop: int, depth: int = DEPTH, name: str = "saelab-prefetch"):
+    def __init__(
+        self, produce: Callable[[int], T], start: int, stop: int, depth: int = DEPTH, name: str = "saelab-prefetch"
+    ):
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
         self._produce = produce

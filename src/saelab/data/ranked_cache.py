@@ -29,8 +29,16 @@ _NEVER = 1 << 62
 class RankedCacheWriter:
     """Appends one batch per rank per round to one cache until it holds `target_rows` rows or the text ends."""
 
-    def __init__(self, world: World, folder: str, meta: CacheMeta, target_rows: int, shard_rows: int = 65536,
-                 extra: dict[str, Any] | None = None, extend: bool = False):
+    def __init__(
+        self,
+        world: World,
+        folder: str,
+        meta: CacheMeta,
+        target_rows: int,
+        shard_rows: int = 65536,
+        extra: dict[str, Any] | None = None,
+        extend: bool = False,
+    ):
         self.world = world
         self.target_rows = target_rows
         self.shard_rows = shard_rows

@@ -40,7 +40,9 @@ def _read_safetensors_header(path: Path) -> tuple[int, dict]:
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
             if header_len > min(size - 8, MAX_HEADER_BYTES):
-                raise DataError(f"{path}: malformed .safetensors header (declares {header_len} header bytes in a {size}-byte file)")
+                raise DataError(
+                    f"{path}: malformed .safetensors header (declares {header_len} header bytes in a {size}-byte file)"
+                )
             header = json.loads(f.read(header_len))
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"{path}: unreadable .safetensors header ({e})") from None
@@ -52,14 +54,31 @@ def _read_safetensors_header(path: Path) -> tuple[int, dict]:
             continue
         shape = info.get("shape") if isinstance(info, dict) else None
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        ints = lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)  # noqa: E731
-        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or not ints(shape) or not ints(offsets) or len(offsets) != 2:
-            raise DataError(f"{path}: malformed .safetensors header (entry {name!r} lacks a dtype, shape or data_offsets)")
+        ints = lambda v: (
+            isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+        )  # noqa: E731
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("dtype"), str)
+            or not ints(shape)
+            or not ints(offsets)
+            or len(offsets) != 2
+        ):
+            raise DataError(
+                f"{path}: malformed .safetensors header (entry {name!r} lacks a dtype, shape or data_offsets)"
+            )
         begin, end = offsets
         if not begin <= end <= data_bytes:
-            raise DataError(f"{path}: malformed .safetensors header (tensor {name!r} spans bytes {begin}..{end}, the file holds {data_bytes})")
-        if info["dtype"] in DTYPES and end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[info["dtype"]]).itemsize:
-            raise DataError(f"{path}: malformed .safetensors header (tensor {name!r} has shape {shape} but {end - begin} bytes)")
+            raise DataError(
+                f"{path}: malformed .safetensors header (tensor {name!r} spans bytes {begin}..{end}, the file holds {data_bytes})"
+            )
+        if (
+            info["dtype"] in DTYPES
+            and end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[info["dtype"]]).itemsize
+        ):
+            raise DataError(
+                f"{path}: malformed .safetensors header (tensor {name!r} has shape {shape} but {end - begin} bytes)"
+            )
     return header_len, header
 
 
@@ -114,12 +133,14 @@ def _shard_paths(folder: Path) -> list[Path]:
         if named:
             return [Path(contained(str(folder), named, str(source)))]
     if (folder / "manifest.json").exists():
-
         manifest = verify_cache(folder)
         return [folder / s["file"] for s in manifest["shards"]]
     # The rule source.json and manifests follow: a shard that links outside the folder is refused.
-    paths = sorted(Path(contained(str(folder), p.name, str(folder / p.name))) for p in folder.iterdir()
-                   if p.suffix in (".npy", ".safetensors") and not p.name.startswith("."))
+    paths = sorted(
+        Path(contained(str(folder), p.name, str(folder / p.name)))
+        for p in folder.iterdir()
+        if p.suffix in (".npy", ".safetensors") and not p.name.startswith(".")
+    )
     if not paths:
         raise DataError(f"{folder}: folder holds no .npy or .safetensors shard")
     return paths

@@ -30,7 +30,9 @@ class BatchStream:
     of an epoch is dropped.
     """
 
-    def __init__(self, store: ActivationStore, row_range: tuple[int, int], batch_size: int, seed: int, buffer_rows: int):
+    def __init__(
+        self, store: ActivationStore, row_range: tuple[int, int], batch_size: int, seed: int, buffer_rows: int
+    ):
         self.store = store
         self.lo, self.hi = row_range
         self.batch_size = batch_size

@@ -133,7 +133,9 @@ def evaluate(
         for start in range(lo, hi, batch_size):
             yield torch.from_numpy(store.read_range(start, min(hi, start + batch_size))).to(device)
 
-    result = evaluate_batches(module, batches(), dictionary, on_codes=(lambda z, i: on_codes(z, lo + i)) if on_codes else None, eps_l0=eps_l0)
+    result = evaluate_batches(
+        module, batches(), dictionary, on_codes=(lambda z, i: on_codes(z, lo + i)) if on_codes else None, eps_l0=eps_l0
+    )
     result.rows = label
     result.method = module.cfg.method
     return result

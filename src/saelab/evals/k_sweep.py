@@ -30,7 +30,6 @@ from saelab.methods import activations_with_param
 from saelab.methods.batchtopk import BatchTopK
 
 
-
 @dataclass
 class KSweepPoint:
     """NMSE and L0 of the SAE evaluated at one k′ in one mode."""
@@ -104,7 +103,9 @@ def require_k(module, given) -> None:
     """ConfigError naming `k_sweep` unless the SAE's activation has a k (the TopK family)."""
     if not hasattr(module.activation.params, "k"):
         family = ", ".join(activations_with_param("k"))
-        raise ConfigError("k_sweep", given, f"method {module.cfg.method!r} has no k; --k-sweep needs a TopK-family SAE ({family})")
+        raise ConfigError(
+            "k_sweep", given, f"method {module.cfg.method!r} has no k; --k-sweep needs a TopK-family SAE ({family})"
+        )
 
 
 def _encoders(module, ks: Sequence[int]) -> list[tuple[int, str, Callable[[Tensor, Tensor], Tensor]]]:
@@ -120,7 +121,16 @@ def _encoders(module, ks: Sequence[int]) -> list[tuple[int, str, Callable[[Tenso
 
 
 @torch.no_grad()
-def k_sweep(sae, data, ks: Sequence[int], *, rows="auto", batch_size: int = 8192, eps_l0: float = EPS_L0, device: str | None = None) -> list[KSweepPoint]:
+def k_sweep(
+    sae,
+    data,
+    ks: Sequence[int],
+    *,
+    rows="auto",
+    batch_size: int = 8192,
+    eps_l0: float = EPS_L0,
+    device: str | None = None,
+) -> list[KSweepPoint]:
     """NMSE and L0 of a TopK-family SAE (module or folder) at each k′ in `ks`, on `data`'s held-out rows by default."""
     module, record = as_sae(sae, device)
     require_k(module, list(ks))

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from saelab.errors import DataError, SaelabError
-from saelab.util.intervals import bootstrap_sums
 from saelab.methods.knobs import target_level
+from saelab.util.intervals import bootstrap_sums
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of tokens counts as dense
 DENSITY_BINS = np.linspace(-8.0, 0.0, 33)  # log10 firing density
@@ -44,7 +44,9 @@ class ReconstructionResult:
     active_latents_hist: dict = field(default_factory=dict)  # number active → tokens
     activation_value_hist: dict = field(default_factory=dict)  # log10 |non-zero activation| bin edges → counts
     mmcs: float | None = None  # mean max cosine similarity to a true dictionary
-    dead_fraction_eps: float | None = None  # latents never above eps_l0: a relative leak makes every latent non-zero sometimes
+    dead_fraction_eps: float | None = (
+        None  # latents never above eps_l0: a relative leak makes every latent non-zero sometimes
+    )
     eps_l0: float = EPS_L0
     ci: dict = field(default_factory=dict)  # metric → 95% bootstrap interval over blocks of BLOCK_ROWS rows
     rows: str = "given"  # which rows: "held-out", "all", "lo:hi", or "given" (batches passed directly)
@@ -66,7 +68,9 @@ class ReconstructionAccumulator:
 
     def __init__(self, n_latents: int, d_in: int, eps: float = EPS_L0):
         self.eps = eps
-        self.blocks: dict[str, list[np.ndarray]] = {k: [] for k in ("err", "sq", "l0", "l0_eps", "cos", "ratio", "has_norm", "rows")}
+        self.blocks: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("err", "sq", "l0", "l0_eps", "cos", "ratio", "has_norm", "rows")
+        }
         self.block_sum_x: list[np.ndarray] = []
         self.n = 0
         self.sq_err = 0.0
@@ -192,7 +196,11 @@ class ReconstructionAccumulator:
         nmse = self.sq_err / total_var if total_var > 0 else math.nan
         density = self.fires.double() / n
         alive = density[density > 0]
-        hist, _ = np.histogram(np.log10(alive.numpy()), bins=DENSITY_BINS) if alive.numel() else (np.zeros(len(DENSITY_BINS) - 1, int), None)
+        hist, _ = (
+            np.histogram(np.log10(alive.numpy()), bins=DENSITY_BINS)
+            if alive.numel()
+            else (np.zeros(len(DENSITY_BINS) - 1, int), None)
+        )
         return ReconstructionResult(
             l0=self.active_total / n,
             l0_eps=float(sum(c.sum() for c in self.blocks["l0_eps"])) / n,
@@ -215,7 +223,11 @@ class ReconstructionAccumulator:
                 "dead": int((density == 0).sum()),
             },
             active_latents_hist={str(k): v for k, v in sorted(self.active_counts.items())},
-            activation_value_hist={"log10_bin_edges": VALUE_BINS.tolist(), "counts": self.value_counts.tolist(), **self.value_outside},
+            activation_value_hist={
+                "log10_bin_edges": VALUE_BINS.tolist(),
+                "counts": self.value_counts.tolist(),
+                **self.value_outside,
+            },
         )
 
 
@@ -230,7 +242,10 @@ def mmcs(decoder: Tensor, dictionary: Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_batches(
-    sae, batches: Iterable[Tensor], dictionary: Tensor | None = None, on_codes: Callable[[Tensor, int], None] | None = None,
+    sae,
+    batches: Iterable[Tensor],
+    dictionary: Tensor | None = None,
+    on_codes: Callable[[Tensor, int], None] | None = None,
     eps_l0: float = EPS_L0,
 ) -> ReconstructionResult:
     """Evaluate `sae` (in eval mode) on raw batches; metrics are in its normalized space.

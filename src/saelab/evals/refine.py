@@ -101,7 +101,9 @@ def _kkt_residual(G: Tensor, c: Tensor, z: Tensor, valid: Tensor) -> Tensor:
     return r.norm(dim=-1)
 
 
-def _solve_chunk(A: Tensor, target: Tensor, z0: Tensor, valid: Tensor, max_iter: int, tol: float) -> tuple[Tensor, int, float]:
+def _solve_chunk(
+    A: Tensor, target: Tensor, z0: Tensor, valid: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, int, float]:
     """FISTA with per-row gradient restart on min_{z≥0} ½‖target − z A‖², padded rows of A zero.
 
     Rows leave the iteration once their residual is below tol, so a few slow tokens do not keep
@@ -135,12 +137,23 @@ def _solve_chunk(A: Tensor, target: Tensor, z0: Tensor, valid: Tensor, max_iter:
             keep = res > tol
             if not keep.any():
                 break
-            todo, Gs, cs, Ls, vs, zs, y, t = todo[keep], Gs[keep], cs[keep], Ls[keep], vs[keep], zs[keep], y[keep], t[keep]
+            todo, Gs, cs, Ls, vs, zs, y, t = (
+                todo[keep],
+                Gs[keep],
+                cs[keep],
+                Ls[keep],
+                vs[keep],
+                zs[keep],
+                y[keep],
+                t[keep],
+            )
     return z, it, float(residual.max()) if residual.numel() else 0.0
 
 
 @torch.no_grad()
-def refine_active(W_dec: Tensor, target: Tensor, z: Tensor, max_iter: int = 10_000, tol: float = 1e-6) -> tuple[Tensor, SolveStats]:
+def refine_active(
+    W_dec: Tensor, target: Tensor, z: Tensor, max_iter: int = 10_000, tol: float = 1e-6
+) -> tuple[Tensor, SolveStats]:
     """Refined codes [B, n]: best non-negative z' on each row's support of `z` for target ≈ z' W_dec (float64)."""
     if (z < 0).any():
         raise DataError("refinement solves for non-negative activations, but the code has negative entries")
@@ -279,7 +292,9 @@ class RefinedSAE(torch.nn.Module):
         x_n, ctx = self.sae.normalizer.normalize(x)
         z = self.sae.encode_normalized(x_n)
         z_ref, stats = refine_active(self.sae.W_dec, x_n - self.sae.b_dec, z, self.config.max_iter, self.config.tol)
-        self.stats = SolveStats(max(self.stats.iterations, stats.iterations), max(self.stats.max_residual, stats.max_residual))
+        self.stats = SolveStats(
+            max(self.stats.iterations, stats.iterations), max(self.stats.max_residual, stats.max_residual)
+        )
         z_ref = z_ref.to(x_n.dtype)
         return self.sae.normalizer.denormalize(self.sae.decode_normalized(z_ref), ctx), z_ref
 

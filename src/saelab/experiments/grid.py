@@ -74,7 +74,9 @@ def expand_table(table: dict[str, Any], zip_keys: list[str]) -> list[tuple[dict[
         if len(set(lengths.values())) > 1:
             raise ConfigError("zip", zip_keys, f"zipped lists differ in length: {lengths}")
     crossed = [k for k in lists if k not in zipped]
-    axes = [[tuple((k, v) for k, v in zip(zipped, vals)) for vals in zip(*(lists[k] for k in zipped))]] if zipped else []
+    axes = (
+        [[tuple((k, v) for k, v in zip(zipped, vals)) for vals in zip(*(lists[k] for k in zipped))]] if zipped else []
+    )
     axes += [[((k, v),) for v in lists[k]] for k in crossed]
     out = []
     for combo in itertools.product(*axes) if axes else [()]:
@@ -131,7 +133,9 @@ def plan_sweep(data: dict[str, Any]) -> SweepPlan:
     names = [s.name for s in saes]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ConfigError("name", dup[0], "two SAEs of the sweep share this name; give each [[sae]] table a distinct `name`")
+        raise ConfigError(
+            "name", dup[0], "two SAEs of the sweep share this name; give each [[sae]] table a distinct `name`"
+        )
     return SweepPlan(train=train, saes=saes, seeds=[int(s) for s in seeds], eval=eval_opts)
 
 
@@ -178,11 +182,14 @@ def step_cost_estimate(cfg: SAEConfig, d_in: int, batch_size: int) -> float:
     plan = sparse_plan_for(cfg)
     if plan is None:
         return work
-    return work * (RELU_STEP_SHARE if plan.positive else SPARSE_STEP_SHARE) * (1 + (AUXK_STEP_SHARE if cfg.auxk else 0.0))
+    return (
+        work * (RELU_STEP_SHARE if plan.positive else SPARSE_STEP_SHARE) * (1 + (AUXK_STEP_SHARE if cfg.auxk else 0.0))
+    )
 
 
-def spread_over_ranks(saes: list[PlannedSAE], d_in: int, batch_size: int, ranks: int,
-                      cost=step_cost_estimate) -> list[list[PlannedSAE]]:
+def spread_over_ranks(
+    saes: list[PlannedSAE], d_in: int, batch_size: int, ranks: int, cost=step_cost_estimate
+) -> list[list[PlannedSAE]]:
     """Deal SAEs to `ranks` lists of about equal `cost` (estimated step time by default), each in plan order."""
     if ranks < 1:
         raise ConfigError("ranks", ranks, "must be ≥ 1")

@@ -58,7 +58,18 @@ from saelab.util.jsonl import jsonl_objects
 
 RESULTS = "results.jsonl"
 PLAN = "sweep.json"
-EVAL_KEYS = ("games", "downstream", "text", "tokens", "batch_size", "skip_windows", "n_boot", "model", "board", "games_seed")
+EVAL_KEYS = (
+    "games",
+    "downstream",
+    "text",
+    "tokens",
+    "batch_size",
+    "skip_windows",
+    "n_boot",
+    "model",
+    "board",
+    "games_seed",
+)
 CHECKPOINTS_PER_RUN = 10
 SPREAD = "spread_over_ranks"  # key of sweep.json: the number of ranks a spread sweep's SAEs were dealt to
 DEAL = "spread_deal"  # key of sweep.json: seed → each rank's SAE names (kept, so a resume finds every folder)
@@ -80,10 +91,21 @@ def available_memory_bytes() -> int:
 
 def _read_rows(path: Path) -> dict[str, dict]:
     # A row without a name says nothing a folder can confirm: its SAE is evaluated again.
-    return {row["name"]: row for _, row in jsonl_objects(path) if isinstance(row.get("name"), str)} if path.exists() else {}
+    return (
+        {row["name"]: row for _, row in jsonl_objects(path) if isinstance(row.get("name"), str)}
+        if path.exists()
+        else {}
+    )
 
 
-OTHELLO_ROW_KEYS = ("good_classifiers", "good_findable", "findable", "good_classifier_latents", "coverage", "good_classifiers_frac")
+OTHELLO_ROW_KEYS = (
+    "good_classifiers",
+    "good_findable",
+    "findable",
+    "good_classifier_latents",
+    "coverage",
+    "good_classifiers_frac",
+)
 
 
 def _agrees(prior: dict, fresh: dict, folder: Path) -> bool:
@@ -139,7 +161,11 @@ def _split_removed(run_dir: Path, part: list[PlannedSAE]) -> list[tuple[Path, li
 def _started(root: Path) -> bool:
     """Whether a sweep in `root` got as far as training or evaluating anything (else a rerun starts it over)."""
     runs = root / "runs"
-    return (runs.is_dir() and any(runs.iterdir())) or (root / RESULTS).exists() or any(root.glob(RANK_RESULTS.format(rank="*")))
+    return (
+        (runs.is_dir() and any(runs.iterdir()))
+        or (root / RESULTS).exists()
+        or any(root.glob(RANK_RESULTS.format(rank="*")))
+    )
 
 
 def _check_same_inputs(root: Path, saved: dict, inputs: dict) -> None:
@@ -152,8 +178,12 @@ def _check_same_inputs(root: Path, saved: dict, inputs: dict) -> None:
         if not isinstance(recorded, dict) or recorded.get(key) != now.get(key):
             field = "eval_activations" if key == "eval_activations" else "activations"
             what = "its source record" if key == "source" else "its content (a fingerprint of every byte)"
-            raise ConfigError(field, saved.get("config", {}).get(field), f"not the data the sweep in {root} was trained on ({what} differs); "
-                              "resume needs the same data, or start a new sweep in another folder")
+            raise ConfigError(
+                field,
+                saved.get("config", {}).get(field),
+                f"not the data the sweep in {root} was trained on ({what} differs); "
+                "resume needs the same data, or start a new sweep in another folder",
+            )
 
 
 def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> dict | None:
@@ -164,16 +194,22 @@ def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> d
         if not _started(root):
             saved = None  # it stopped before its first SAE (a bad option, missing data): nothing to keep or match
         elif not resume:
-            raise ConfigError("out", str(root), "already holds a sweep; pass --resume to continue it or choose another folder")
+            raise ConfigError(
+                "out", str(root), "already holds a sweep; pass --resume to continue it or choose another folder"
+            )
     if saved is not None:
         if saved.get("saes") != plan_record["saes"] or saved.get("config") != json.loads(json.dumps(data)):
-            raise ConfigError("config", str(config), f"differs from the sweep in {root} (its {PLAN}); resume needs the same config")
+            raise ConfigError(
+                "config", str(config), f"differs from the sweep in {root} (its {PLAN}); resume needs the same config"
+            )
         _check_same_inputs(root, saved, plan_record[INPUTS])
         if saved.get(SPREAD) != plan_record.get(SPREAD):
             # Which rank trains which SAE, and so each run's folder, depends on the number of ranks.
             was, now = saved.get(SPREAD), plan_record.get(SPREAD)
             how = lambda n: f"spread over {n} ranks" if n else "not spread over ranks"  # noqa: E731
-            raise ConfigError(SPREAD, now, f"the sweep in {root} was {how(was)}, this run is {how(now)}; resume it as it started")
+            raise ConfigError(
+                SPREAD, now, f"the sweep in {root} was {how(was)}, this run is {how(now)}; resume it as it started"
+            )
         if DEAL in saved:
             plan_record = {**plan_record, DEAL: saved[DEAL]}
     elif root.exists() and any(p.name != PLAN for p in root.iterdir()) and not resume:
@@ -183,22 +219,35 @@ def _claim(root: Path, plan_record: dict, data: dict, config, resume: bool) -> d
     return saved
 
 
-def _settle_deal(root: Path, plan: SweepPlan, saved: dict | None, d_in: int, batch_size: int, ranks: int) -> dict[str, list[list[str]]]:
+def _settle_deal(
+    root: Path, plan: SweepPlan, saved: dict | None, d_in: int, batch_size: int, ranks: int
+) -> dict[str, list[list[str]]]:
     """Which rank trains which SAE, seed by seed: the deal sweep.json holds, else a new one by estimated step time, recorded."""
     if saved is not None and DEAL in saved:
         return saved[DEAL]
     # A spread sweep started before deals were recorded was dealt by memory; its resume must find the same folders.
     cost = memory_estimate if saved is not None else step_cost_estimate
-    deal = {str(seed): [[s.name for s in share] for share in spread_over_ranks(saes, d_in, batch_size, ranks, cost)]
-            for seed, saes in plan.by_seed().items()}
+    deal = {
+        str(seed): [[s.name for s in share] for share in spread_over_ranks(saes, d_in, batch_size, ranks, cost)]
+        for seed, saes in plan.by_seed().items()
+    }
     atomic_write_json(root / PLAN, {**read_json_object(root / PLAN), DEAL: deal})
     return deal
 
 
-def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, max_memory_gb: float | None = None,
-              progress: bool = True, say: Callable[[str], None] = print, report: bool = True,
-              device: str | None = None, dtype: str | None = None, log: str | None = None,
-              spread: bool = False) -> list[dict]:
+def run_sweep(
+    config: str | Path | dict,
+    out: str | Path,
+    resume: bool = False,
+    max_memory_gb: float | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    report: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    log: str | None = None,
+    spread: bool = False,
+) -> list[dict]:
     """Train and evaluate every SAE of a sweep config into `out`; return the results rows.
 
     `spread`: under torchrun, each rank trains and evaluates a share of the SAEs alone instead of
@@ -215,7 +264,14 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         data["dtype"] = dtype
     placement = {k: v for k, v in (("device", device), ("log", log)) if v is not None}
     # Checked before the sweep folder is claimed: a machine without the device leaves nothing behind.
-    TrainConfig.from_dict({**{k: v for k, v in data.items() if k in ("device", "dtype", "log")}, **placement, "activations": "-", "out": "-"}).validate()
+    TrainConfig.from_dict(
+        {
+            **{k: v for k, v in data.items() if k in ("device", "dtype", "log")},
+            **placement,
+            "activations": "-",
+            "out": "-",
+        }
+    ).validate()
     plan: SweepPlan = plan_sweep({**data, "out": str(out)})
     if "activations" not in plan.train:
         raise ConfigError("activations", None, "required in the sweep config")
@@ -231,14 +287,18 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
         say = lambda message: None  # noqa: E731 — rank 0 reports
     unknown = sorted(set(plan.eval) - set(EVAL_KEYS))
     if unknown:
-        raise ConfigError(f"eval.{unknown[0]}", plan.eval[unknown[0]], f"unknown [eval] option (known: {', '.join(EVAL_KEYS)})")
+        raise ConfigError(
+            f"eval.{unknown[0]}", plan.eval[unknown[0]], f"unknown [eval] option (known: {', '.join(EVAL_KEYS)})"
+        )
     store = ActivationStore(plan.train["activations"])
     plan_record[INPUTS] = world.on_main(lambda: _inputs(store, plan.train))
     saved = world.on_main(lambda: _claim(root, plan_record, data, config, resume))
     # Rank 0's budget on every rank: the SAEs must be packed into the same parts everywhere. Spread
     # ranks train at once, so those on one machine share its budget.
     sharing = int(os.environ.get("LOCAL_WORLD_SIZE", world.size)) if spread else 1
-    budget = world.on_main(lambda: int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2) // sharing)
+    budget = world.on_main(
+        lambda: int((max_memory_gb * 2**30) if max_memory_gb is not None else available_memory_bytes() / 2) // sharing
+    )
     batch_size = int(plan.train.get("batch_size", TrainConfig.__dataclass_fields__["batch_size"].default))
     done = {}
     if resume:
@@ -266,16 +326,23 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
             row.update({k: _finite(v) for k, v in extra.items()})
             rows.append(row)
             # One process keeps the earlier run's rows in results.jsonl; a spread rank's file holds its own rows.
-            _write_rows(rows_file, rows if spread else rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}])
+            _write_rows(
+                rows_file, rows if spread else rows + [r for n, r in done.items() if n not in {x["name"] for x in rows}]
+            )
             say(_summary(row))
 
-    deal = world.on_main(lambda: _settle_deal(root, plan, saved, store.d_in, batch_size, world.size)) if spread else None
+    deal = (
+        world.on_main(lambda: _settle_deal(root, plan, saved, store.d_in, batch_size, world.size)) if spread else None
+    )
     runs = _runs(plan, root, store.d_in, batch_size, budget, deal)
     if spread:
         shares = [sum(len(part) for owner, _, _, part in runs if owner == r) for r in range(world.size)]
         say(f"spreading {len(plan.saes)} SAEs over {world.size} ranks: {', '.join(map(str, shares))} SAE(s) each")
-    pieces = [(owner, seed, piece) for owner, seed, run_dir, part in runs
-              for piece in (_split_removed(run_dir, part) if resume else [(run_dir, part, _member_folders(run_dir, part))])]
+    pieces = [
+        (owner, seed, piece)
+        for owner, seed, run_dir, part in runs
+        for piece in (_split_removed(run_dir, part) if resume else [(run_dir, part, _member_folders(run_dir, part))])
+    ]
     if resume:  # another packing (memory budget) than the first run's: SAEs finished anywhere are kept where they are
         found = world.on_main(lambda: _finished_folders(root))
         pieces = [(owner, seed, p) for owner, seed, piece in pieces for p in _reuse(root, *piece, found)]
@@ -286,8 +353,11 @@ def run_sweep(config: str | Path | dict, out: str | Path, resume: bool = False, 
                 say(f"training {len(part)} SAE(s) with seed {seed} into {run_dir}")
                 train = TrainConfig.from_dict({**plan.train, "seed": seed, "out": str(run_dir), **placement})
                 # Spread: this rank trains the part alone (its own one-process World), on the batches every rank reads.
-                trainer = Trainer(RunConfig(train, [dataclasses.replace(p.cfg) for p in part]),
-                                  progress=progress and world.is_main, world=distributed.World() if spread else None)
+                trainer = Trainer(
+                    RunConfig(train, [dataclasses.replace(p.cfg) for p in part]),
+                    progress=progress and world.is_main,
+                    world=distributed.World() if spread else None,
+                )
                 if train.checkpoint_every == 0:
                     trainer.run.train.checkpoint_every = max(1, trainer.total_steps // CHECKPOINTS_PER_RUN)
                 # A part that never reached its first checkpoint leaves a partial folder: start it over.
@@ -331,7 +401,10 @@ def _finished_folders(root: Path) -> dict[str, Path]:
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
         if not run_dir.is_dir() or run_dir.is_symlink():
             continue
-        for folder in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))]:
+        for folder in [
+            run_dir,
+            *sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")),
+        ]:
             if not _finished(folder):
                 continue
             try:
@@ -352,8 +425,9 @@ def _saes_of_run(run_dir: Path) -> list[str] | None:
         return None
 
 
-def _reuse(root: Path, run_dir: Path, part: list[PlannedSAE], folders: list[Path],
-           found: dict[str, Path]) -> list[tuple[Path, list[PlannedSAE], list[Path]]]:
+def _reuse(
+    root: Path, run_dir: Path, part: list[PlannedSAE], folders: list[Path], found: dict[str, Path]
+) -> list[tuple[Path, list[PlannedSAE], list[Path]]]:
     """`part` with its SAEs finished elsewhere in the sweep read from there, the rest trained in a run folder of their own.
 
     The rest resume a run folder that holds exactly them, else train in `run_dir` or, when that holds
@@ -368,11 +442,15 @@ def _reuse(root: Path, run_dir: Path, part: list[PlannedSAE], folders: list[Path
     if rest:
         names = [p.name for p in rest]
         runs = root / "runs"
-        holding = [d for d in sorted(runs.iterdir()) if d.is_dir() and _saes_of_run(d) == names and (d / CHECKPOINT).exists()]
+        holding = [
+            d for d in sorted(runs.iterdir()) if d.is_dir() and _saes_of_run(d) == names and (d / CHECKPOINT).exists()
+        ]
         target = holding[0] if holding else None
         i = 0
         while target is None:
-            candidate = run_dir.with_name(run_dir.name + (REDO_SUFFIX + (str(i) if i else "") if i or run_dir.exists() else ""))
+            candidate = run_dir.with_name(
+                run_dir.name + (REDO_SUFFIX + (str(i) if i else "") if i or run_dir.exists() else "")
+            )
             if not candidate.exists():
                 target = candidate
             i += 1
@@ -380,8 +458,9 @@ def _reuse(root: Path, run_dir: Path, part: list[PlannedSAE], folders: list[Path
     return pieces
 
 
-def _runs(plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int,
-          deal: dict[str, list[list[str]]] | None) -> list[tuple[int | None, int, Path, list[PlannedSAE]]]:
+def _runs(
+    plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int, deal: dict[str, list[list[str]]] | None
+) -> list[tuple[int | None, int, Path, list[PlannedSAE]]]:
     """Every training run of the sweep: (the rank that trains it, None for all together; seed; folder; SAEs).
 
     `deal` (a spread sweep's) names each rank's SAEs per seed; None trains every SAE on all ranks together.
@@ -389,13 +468,24 @@ def _runs(plan: SweepPlan, root: Path, d_in: int, batch_size: int, budget: int,
     runs: list[tuple[int | None, int, Path, list[PlannedSAE]]] = []
     for seed, saes in plan.by_seed().items():
         owners = None if deal is None else {name: r for r, names in enumerate(deal[str(seed)]) for name in names}
-        shares = [saes] if deal is None else [[s for s in saes if owners.get(s.name) == r] for r in range(len(deal[str(seed)]))]
+        shares = (
+            [saes]
+            if deal is None
+            else [[s for s in saes if owners.get(s.name) == r] for r in range(len(deal[str(seed)]))]
+        )
         ranks = 1 if deal is None else len(shares)
         for rank, share in enumerate(shares):
             parts = pack_by_memory(share, d_in, batch_size, budget)
             name = f"seed{seed}" + (f"-rank{rank}" if ranks > 1 else "")
             for i, part in enumerate(parts):
-                runs.append((rank if ranks > 1 else None, seed, root / "runs" / (name + (f"-part{i}" if len(parts) > 1 else "")), part))
+                runs.append(
+                    (
+                        rank if ranks > 1 else None,
+                        seed,
+                        root / "runs" / (name + (f"-part{i}" if len(parts) > 1 else "")),
+                        part,
+                    )
+                )
     return runs
 
 

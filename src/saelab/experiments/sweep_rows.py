@@ -96,12 +96,29 @@ class Evaluators:
             data = harvest(config_from_source(self.source, games=games, seed=seed))
             self._othello = (data, findable_on_positions(data.activations, data.labels, data.positions[:, 0]))
         data, findable = self._othello
-        s = score_sae(sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))).to_dict()
+        s = score_sae(
+            sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))
+        ).to_dict()
         atomic_write_json(folder / OTHELLO_SCORE, s)  # the full score (per-pair AUROC, pairs found) beside the SAE
-        keys = ("good_classifiers", "good_findable", "findable", "good_classifier_latents", "coverage", "good_classifiers_frac",
-                "count_method", "good_classifiers_naive", "good_findable_naive", "coverage_naive",
-                "good_classifiers_eval_se", "good_findable_eval_se", "coverage_eval_se")
-        return {**{k: s[k] for k in keys}, "ci": {k: v for k, v in s["ci"].items() if k.startswith("good") or k == "coverage"}}
+        keys = (
+            "good_classifiers",
+            "good_findable",
+            "findable",
+            "good_classifier_latents",
+            "coverage",
+            "good_classifiers_frac",
+            "count_method",
+            "good_classifiers_naive",
+            "good_findable_naive",
+            "coverage_naive",
+            "good_classifiers_eval_se",
+            "good_findable_eval_se",
+            "coverage_eval_se",
+        )
+        return {
+            **{k: s[k] for k in keys},
+            "ci": {k: v for k, v in s["ci"].items() if k.startswith("good") or k == "coverage"},
+        }
 
     def lm(self, sae) -> dict[str, Any]:
         """Downstream CE/KL with the SAE spliced into the recorded model, on text after the harvested windows."""
@@ -114,7 +131,11 @@ class Evaluators:
             model = self.options.get("model", src.get("model"))
             text = self.options.get("text", str(src.get("text_source", "")).split(" [")[0])
             if not model or not text:
-                raise ConfigError("eval.text", text, "downstream evaluation needs the model and text (recorded in the cache, or [eval] model/text)")
+                raise ConfigError(
+                    "eval.text",
+                    text,
+                    "downstream evaluation needs the model and text (recorded in the cache, or [eval] model/text)",
+                )
             lm = load_lm(LMSpec(model))
             opts = src.get("options") or {}
             context = int(src.get("context", 64))

@@ -106,8 +106,17 @@ def _tail_logits(lm, ids: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ablate_at(lm, site, sae, ids: torch.Tensor, x: torch.Tensor, t: int, latents: torch.Tensor, future: int,
-              batch_latents: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def ablate_at(
+    lm,
+    site,
+    sae,
+    ids: torch.Tensor,
+    x: torch.Tensor,
+    t: int,
+    latents: torch.Tensor,
+    future: int,
+    batch_latents: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(s [k], v-length) for ablating each of `latents` at position t of one window ids [1, >= t+future+1] whose site activation there is x [d].
 
     s is NaN for an ablation that changes no logit.
@@ -141,8 +150,14 @@ def ablate_at(lm, site, sae, ids: torch.Tensor, x: torch.Tensor, t: int, latents
 
 
 @torch.no_grad()
-def ablation_sparsity(lm, site, sae, batches: Iterable[torch.Tensor], cfg: AblationConfig = AblationConfig(),
-                      outlier_factor: float | None = None) -> AblationSparsityResult:
+def ablation_sparsity(
+    lm,
+    site,
+    sae,
+    batches: Iterable[torch.Tensor],
+    cfg: AblationConfig = AblationConfig(),
+    outlier_factor: float | None = None,
+) -> AblationSparsityResult:
     """Mean ablation sparsity of the SAE's latents at sampled tokens of the windows in `batches`."""
     cfg.validate()
     t0 = time.perf_counter()
@@ -197,4 +212,6 @@ def ablation_section(results: dict[str, AblationSparsityResult], id: str = "abla
             for name, r in results.items()]  # fmt: skip
     table = make_table(["SAE", "sparsity (pairs)", "sparsity (token means)", "effective logits", "pairs", "tokens", "active / token"],
                        rows, numeric=[False, True, True, True, True, True, True])  # fmt: skip
-    return Section.from_blocks(id, "Ablation sparsity", [Paragraph("Sparsity of one latent's ablation effect: " + DEFINITION + "."), table])
+    return Section.from_blocks(
+        id, "Ablation sparsity", [Paragraph("Sparsity of one latent's ablation effect: " + DEFINITION + "."), table]
+    )

@@ -146,12 +146,16 @@ def render_dashboard(data: dict, title: str = "Latent dashboard") -> str:
 """
 
 
-def write_dashboard(result: ExamplesResult | dict, out: str | Path, title: str = "Latent dashboard") -> tuple[Path, Path]:
+def write_dashboard(
+    result: ExamplesResult | dict, out: str | Path, title: str = "Latent dashboard"
+) -> tuple[Path, Path]:
     """Write out/examples.json and out/dashboard.html (atomically); returns both paths."""
     data = result.to_dict() if isinstance(result, ExamplesResult) else result
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / EXAMPLES_JSON, out / DASHBOARD_HTML
-    atomic_write_text(json_path, dumps_json(data, separators=(",", ":")) + "\n")  # compact: a third of the indented size
+    atomic_write_text(
+        json_path, dumps_json(data, separators=(",", ":")) + "\n"
+    )  # compact: a third of the indented size
     atomic_write_text(html_path, render_dashboard(data, title))
     return json_path, html_path

@@ -150,14 +150,20 @@ def load_feature_data(path: str | Path, model: str | None = None) -> FeatureData
     """An LM activation cache with its row index, or an OthelloGPT harvest folder with regenerated games."""
     folder = Path(path)
     if not folder.is_dir():
-        raise DataError(f"activations={str(path)!r}: not a folder (need an LM activation cache or an OthelloGPT harvest)")
+        raise DataError(
+            f"activations={str(path)!r}: not a folder (need an LM activation cache or an OthelloGPT harvest)"
+        )
     if (folder / "source.json").exists():
         return _othello_data(folder)
     if not (folder / "manifest.json").exists():
-        raise DataError(f"activations={str(path)!r}: holds neither manifest.json (LM cache) nor source.json (OthelloGPT harvest)")
+        raise DataError(
+            f"activations={str(path)!r}: holds neither manifest.json (LM cache) nor source.json (OthelloGPT harvest)"
+        )
     manifest = verify_cache(str(folder), checksums=False)
     index = read_row_index(str(folder), manifest)
-    grid = TokenGrid.from_index(index, int(manifest["context"]), (manifest.get("row_index") or {}).get("first_token_id"))
+    grid = TokenGrid.from_index(
+        index, int(manifest["context"]), (manifest.get("row_index") or {}).get("first_token_id")
+    )
     return FeatureData(str(folder), "lm", ActivationStore(folder), grid, manifest, model=model or manifest["model"])
 
 
@@ -188,7 +194,9 @@ def _othello_data(folder: Path) -> FeatureData:
 
 
 @torch.no_grad()
-def iter_codes(sae, store: ActivationStore, lo: int, hi: int, batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+def iter_codes(
+    sae, store: ActivationStore, lo: int, hi: int, batch_size: int = 4096
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(first row, codes [b, n_latents]) of rows lo..hi-1 in batches, encoded from raw activations."""
     for start in range(lo, hi, batch_size):
         x = torch.from_numpy(store.read_range(start, min(hi, start + batch_size)))
@@ -196,7 +204,9 @@ def iter_codes(sae, store: ActivationStore, lo: int, hi: int, batch_size: int = 
 
 
 @torch.no_grad()
-def codes_of_rows(sae, store: ActivationStore, rows: np.ndarray, latents: Sequence[int], batch_size: int = 4096) -> np.ndarray:
+def codes_of_rows(
+    sae, store: ActivationStore, rows: np.ndarray, latents: Sequence[int], batch_size: int = 4096
+) -> np.ndarray:
     """Codes [len(rows), len(latents)] of the given rows (any order, repeats allowed)."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros((len(rows), len(latents)), dtype=np.float32)
@@ -215,7 +225,9 @@ def window_aligned(grid: TokenGrid, row: int) -> int:
     return min(row, n)
 
 
-def split_rows(record: dict | None, data: FeatureData, held_out_fraction: float = 0.1) -> tuple[tuple[int, int], tuple[int, int], str]:
+def split_rows(
+    record: dict | None, data: FeatureData, held_out_fraction: float = 0.1
+) -> tuple[tuple[int, int], tuple[int, int], str]:
     """(build rows, held-out rows, how chosen): the SAE's own held-out rows when `data` is its training file, else the last fraction."""
     if not 0 < held_out_fraction < 1:
         raise ConfigError("held_out_fraction", held_out_fraction, "must lie strictly between 0 and 1")

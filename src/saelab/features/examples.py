@@ -80,8 +80,15 @@ class Context:
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
-        return {"row": self.row, "window": self.window, "position": self.position, "activation": _r(self.activation),
-                "tokens": list(self.tokens), "acts": [_r(a) for a in self.acts], "focus": self.focus}
+        return {
+            "row": self.row,
+            "window": self.window,
+            "position": self.position,
+            "activation": _r(self.activation),
+            "tokens": list(self.tokens),
+            "acts": [_r(a) for a in self.acts],
+            "focus": self.focus,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,13 @@ class QuantileSample:
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
-        return {"q_lo": self.q_lo, "q_hi": self.q_hi, "lo": _r(self.lo), "hi": _r(self.hi),
-                "contexts": [c.to_dict() for c in self.contexts]}
+        return {
+            "q_lo": self.q_lo,
+            "q_hi": self.q_hi,
+            "lo": _r(self.lo),
+            "hi": _r(self.hi),
+            "contexts": [c.to_dict() for c in self.contexts],
+        }
 
 
 @dataclass(frozen=True)
@@ -142,9 +154,16 @@ class ExamplesResult:
 
     def to_dict(self) -> dict:
         """JSON-ready dict; the format name lets a reader check what it holds."""
-        return {"format": "saelab-latent-examples/1", "source": self.source, "rows_scanned": self.rows_scanned,
-                "selection": self.selection, "seconds": round(self.seconds, 3), "notes": list(self.notes),
-                "tokens": self.tokens, "latents": [l.to_dict() for l in self.latents]}
+        return {
+            "format": "saelab-latent-examples/1",
+            "source": self.source,
+            "rows_scanned": self.rows_scanned,
+            "selection": self.selection,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
+            "tokens": self.tokens,
+            "latents": [l.to_dict() for l in self.latents],
+        }
 
 
 # ---- choosing latents -----------------------------------------------------------------------
@@ -201,7 +220,9 @@ class LatentScan:
 
 
 @torch.no_grad()
-def scan_latents(sae, data: FeatureData, latents: Sequence[int], rows: tuple[int, int], cfg: ExamplesConfig) -> LatentScan:
+def scan_latents(
+    sae, data: FeatureData, latents: Sequence[int], rows: tuple[int, int], cfg: ExamplesConfig
+) -> LatentScan:
     """One pass over rows lo..hi-1 collecting everything the examples need (no contexts yet)."""
     L = len(latents)
     cols = torch.as_tensor(list(latents), dtype=torch.long)
@@ -272,7 +293,9 @@ def unembedding(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
 
 
 @torch.no_grad()
-def direct_logit_effect(W_U: torch.Tensor, gamma: torch.Tensor | None, directions: torch.Tensor, n: int) -> list[tuple[list, list]]:
+def direct_logit_effect(
+    W_U: torch.Tensor, gamma: torch.Tensor | None, directions: torch.Tensor, n: int
+) -> list[tuple[list, list]]:
     """Per direction: ([(token, effect)] of the n largest, [(token, effect)] of the n most negative), unit-norm directions."""
     d = directions.float()
     d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -297,7 +320,9 @@ def decoder_directions(sae, latents: Sequence[int]) -> torch.Tensor:
 # ---- assembling the examples --------------------------------------------------------------------
 
 
-def _contexts(data: FeatureData, sae, latents: Sequence[int], picks: list[list[tuple[int, float]]], cfg: ExamplesConfig) -> list[list[Context]]:
+def _contexts(
+    data: FeatureData, sae, latents: Sequence[int], picks: list[list[tuple[int, float]]], cfg: ExamplesConfig
+) -> list[list[Context]]:
     """Contexts of the picked (row, activation) pairs of each latent, with the latent's activation on every shown token."""
     spans = [[data.grid.context_of(r, cfg.before, cfg.after) for r, _ in pl] for pl in picks]
     out: list[list[Context]] = [[] for _ in latents]
@@ -315,7 +340,9 @@ def _contexts(data: FeatureData, sae, latents: Sequence[int], picks: list[list[t
     return out
 
 
-def _quantile_picks(vals: np.ndarray, rows: np.ndarray, cfg: ExamplesConfig) -> list[tuple[float, float, float, float, list[tuple[int, float]]]]:
+def _quantile_picks(
+    vals: np.ndarray, rows: np.ndarray, cfg: ExamplesConfig
+) -> list[tuple[float, float, float, float, list[tuple[int, float]]]]:
     """Equal-count bins of the sampled non-zero activations, `per_quantile` evenly spaced picks in each."""
     order = np.argsort(vals, kind="stable")
     vals, rows = vals[order], rows[order]
@@ -360,7 +387,9 @@ def build_examples(
         q_picks.append(_quantile_picks(scan.sample_vals[j][have].numpy(), scan.sample_rows[j][have].numpy(), cfg))
     flat_q = [[p for _, _, _, _, ps in qs for p in ps] for qs in q_picks]
     ctx = _contexts(data, sae, latents, [t + q for t, q in zip(top_picks, flat_q)], cfg)
-    effects = direct_logit_effect(unembed[0], unembed[1], decoder_directions(sae, latents), cfg.n_logits) if unembed else None
+    effects = (
+        direct_logit_effect(unembed[0], unembed[1], decoder_directions(sae, latents), cfg.n_logits) if unembed else None
+    )
     if effects is not None and output_to_token is not None:
         effects = [tuple([(int(output_to_token[t]), v) for t, v in side] for side in e) for e in effects]
     results, used = [], set()

@@ -131,11 +131,14 @@ def _patterns_from(found: list[tuple[tuple[int, ...], float]]) -> list[Pattern]:
     groups: dict[tuple[int, ...], list[float]] = {}
     for toks, act in found:
         groups.setdefault(toks, []).append(act)
-    return [Pattern(t, float(np.mean(a)), len(a)) for t, a in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))]
+    return [
+        Pattern(t, float(np.mean(a)), len(a)) for t, a in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))
+    ]
 
 
-def build_patterns(examples: Sequence[Sequence[Example]], oracle: Oracle, lead: tuple[int, ...], pad: int,
-                   cfg: N2GConfig = N2GConfig()) -> list[list[Pattern]]:
+def build_patterns(
+    examples: Sequence[Sequence[Example]], oracle: Oracle, lead: tuple[int, ...], pad: int, cfg: N2GConfig = N2GConfig()
+) -> list[list[Pattern]]:
     """Patterns of each latent (examples[j] are latent j's), every latent's model runs batched together."""
     cfg.validate()
     n_lat = len(examples)
@@ -200,7 +203,9 @@ class ReconstructionCE:
     ce_sae: float  # SAE reconstruction spliced, every latent real
     ce_explained: float  # the explained latents simulated, the others real
     ce_ablated: float  # the explained latents zeroed, the others real
-    recovered: float | None  # (ce_ablated - ce_explained) / (ce_ablated - ce_sae): share of their effect the explanations keep
+    recovered: (
+        float | None
+    )  # (ce_ablated - ce_explained) / (ce_ablated - ce_sae): share of their effect the explanations keep
     tokens: int
     windows: int
 
@@ -282,7 +287,9 @@ def default_pad(tokenizer) -> int:
     raise ConfigError("pad_token", None, "the tokenizer has no pad, unk or eos token; pass one")
 
 
-def collect_examples(sae, data: FeatureData, latents: Sequence[int], rows: tuple[int, int], cfg: N2GConfig) -> list[list[Example]]:
+def collect_examples(
+    sae, data: FeatureData, latents: Sequence[int], rows: tuple[int, int], cfg: N2GConfig
+) -> list[list[Example]]:
     """Per latent, up to n_build activating rows of the build range (random non-zero or top), as Examples."""
     from saelab.features.examples import ExamplesConfig, scan_latents
 
@@ -295,7 +302,11 @@ def collect_examples(sae, data: FeatureData, latents: Sequence[int], rows: tuple
         if cfg.sample == "top":
             picks = [(int(r), float(v)) for r, v in zip(scan.top_rows[j], scan.top_vals[j]) if v > 0]
         else:
-            picks = [(int(r), float(v)) for r, v, k in zip(scan.sample_rows[j], scan.sample_vals[j], scan.sample_keys[j]) if math.isfinite(k)]
+            picks = [
+                (int(r), float(v))
+                for r, v, k in zip(scan.sample_rows[j], scan.sample_vals[j], scan.sample_keys[j])
+                if math.isfinite(k)
+            ]
         exs = []
         for r, v in picks:
             w, p = int(data.grid.row_window[r]), int(data.grid.row_position[r])
@@ -306,8 +317,16 @@ def collect_examples(sae, data: FeatureData, latents: Sequence[int], rows: tuple
     return out
 
 
-def explain_latents(sae, data: FeatureData, latents: Sequence[int], oracle: Oracle, build_rows: tuple[int, int],
-                    eval_rows: tuple[int, int], cfg: N2GConfig = N2GConfig(), pad: int = 0) -> tuple[list[Trie], list[ExplanationScore]]:
+def explain_latents(
+    sae,
+    data: FeatureData,
+    latents: Sequence[int],
+    oracle: Oracle,
+    build_rows: tuple[int, int],
+    eval_rows: tuple[int, int],
+    cfg: N2GConfig = N2GConfig(),
+    pad: int = 0,
+) -> tuple[list[Trie], list[ExplanationScore]]:
     """Build each latent's trie from the build rows and score it on the held-out rows."""
     cfg.validate()
     examples = collect_examples(sae, data, latents, build_rows, cfg)
@@ -335,8 +354,16 @@ def explain_latents(sae, data: FeatureData, latents: Sequence[int], oracle: Orac
 
 
 @torch.no_grad()
-def explanation_reconstruction(lm, site, sae, windows: torch.Tensor, latents: Sequence[int], tries: Sequence[Trie],
-                               outlier_factor: float | None = None, batch_size: int = 8) -> ReconstructionCE:
+def explanation_reconstruction(
+    lm,
+    site,
+    sae,
+    windows: torch.Tensor,
+    latents: Sequence[int],
+    tries: Sequence[Trie],
+    outlier_factor: float | None = None,
+    batch_size: int = 8,
+) -> ReconstructionCE:
     """CE of the LM on token windows [W, T] with the SAE spliced in, the explained latents simulated / zeroed / real.
 
     Positions spliced and predictions averaged follow saelab.sources.lm.downstream (BOS and outliers
@@ -378,8 +405,13 @@ def complete_windows(data: FeatureData, rows: tuple[int, int], n: int) -> torch.
     return torch.from_numpy(toks[ok][:n].astype(np.int64))
 
 
-def explain_report(scores: list[ExplanationScore], source: dict, cfg: N2GConfig, reconstruction: ReconstructionCE | None = None,
-                   seconds: float = 0.0) -> ExplainReport:
+def explain_report(
+    scores: list[ExplanationScore],
+    source: dict,
+    cfg: N2GConfig,
+    reconstruction: ReconstructionCE | None = None,
+    seconds: float = 0.0,
+) -> ExplainReport:
     """Means over latents: precision over latents whose explanation predicts something, recall over latents that fire."""
     return ExplainReport(source, scores, _mean(s.precision for s in scores), _mean(s.recall for s in scores),
                          _mean(s.f1 for s in scores), reconstruction, asdict(cfg), seconds)  # fmt: skip
@@ -405,4 +437,3 @@ def explain_section(report: ExplainReport, max_latents: int = 20, id: str = "n2g
     blocks.append(make_table(["latent", "patterns (* = any token)", "precision", "recall", "F1"], rows,
                              numeric=[True, False, True, True, True]))  # fmt: skip
     return Section.from_blocks(id, "N2G explanations", blocks)
-

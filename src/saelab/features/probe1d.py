@@ -87,14 +87,18 @@ class SparseCodes:
             self._by_latent = True
             return self
         order = torch.from_numpy(np.argsort(c, kind="stable"))
-        return SparseCodes(self.n_rows, self.n_latents, self.rows[order], self.cols[order], self.vals[order], self._sums, True)
+        return SparseCodes(
+            self.n_rows, self.n_latents, self.rows[order], self.cols[order], self.vals[order], self._sums, True
+        )
 
     def subset(self, keep: np.ndarray) -> "SparseCodes":
         """The codes of the rows where keep [N] is true, renumbered."""
         keep_t = torch.as_tensor(np.asarray(keep, dtype=bool))
         new_id = torch.cumsum(keep_t.long(), 0) - 1
         m = keep_t[self.rows]
-        return SparseCodes(int(keep_t.sum()), self.n_latents, new_id[self.rows[m]], self.cols[m], self.vals[m], None, self._by_latent)
+        return SparseCodes(
+            int(keep_t.sum()), self.n_latents, new_id[self.rows[m]], self.cols[m], self.vals[m], None, self._by_latent
+        )
 
     def column(self, latent: int) -> np.ndarray:
         """Dense float64 [N] of one latent."""
@@ -193,7 +197,6 @@ def fit_probes(codes: SparseCodes, y, cfg: ProbeConfig = ProbeConfig()) -> Probe
     if N == 0:
         raise DataError("labels: no rows to fit")
     codes = codes.by_latent()
-    c = codes.cols.numpy()
     v = codes.vals.numpy().astype(np.float64, copy=False)
     yv = yt[codes.rows.numpy()]
     counts, sum_v, sum_vv = codes.latent_sums()
@@ -214,7 +217,9 @@ def fit_probes(codes: SparseCodes, y, cfg: ProbeConfig = ProbeConfig()) -> Probe
     def objective(ids, wl, bl, sg: _Segments, e_v):
         """J of latents ids at (wl, bl), over their entries e_v (runs sg)."""
         sp = sg.sum(_softplus(sg.spread(wl) * e_v + sg.spread(bl)))
-        return (sp - wl * syv[ids] - bl * sy[ids] + n0[ids] * _softplus(bl) - pos0[ids] * bl) / N + 0.5 * lam[ids] * wl**2
+        return (sp - wl * syv[ids] - bl * sy[ids] + n0[ids] * _softplus(bl) - pos0[ids] * bl) / N + 0.5 * lam[
+            ids
+        ] * wl**2
 
     def grad(ids, wl, bl, sg: _Segments, p, e_v):
         """(dJ/dw, dJ/db) of latents ids at (wl, bl) from the sigmoids p of their entries."""
@@ -282,7 +287,13 @@ def fit_probes(codes: SparseCodes, y, cfg: ProbeConfig = ProbeConfig()) -> Probe
         sv = s * ve
         hs, hsv, hsvv = seg.sum(s), seg.sum(sv), seg.sum(sv * ve)
     full_seg = _Segments(counts)
-    ce = (full_seg.sum(_softplus(full_seg.spread(w) * v + full_seg.spread(b))) - w * syv - b * sy + n0 * _softplus(b) - pos0 * b) / N
+    ce = (
+        full_seg.sum(_softplus(full_seg.spread(w) * v + full_seg.spread(b)))
+        - w * syv
+        - b * sy
+        + n0 * _softplus(b)
+        - pos0 * b
+    ) / N
     as_t = torch.from_numpy
     return Probes(as_t(w), as_t(b), as_t(ce + 0.5 * lam * w**2), as_t(ce), it)
 
@@ -356,7 +367,9 @@ def split_groups(groups: np.ndarray, test_fraction: float) -> np.ndarray:
     uniq = np.unique(groups)
     n_test = max(1, int(round(len(uniq) * test_fraction)))
     if len(uniq) < 2:
-        raise DataError(f"probe split: {len(uniq)} group(s) of rows; need at least 2 (windows or games) to hold some out")
+        raise DataError(
+            f"probe split: {len(uniq)} group(s) of rows; need at least 2 (windows or games) to hold some out"
+        )
     return np.isin(groups, uniq[len(uniq) - n_test :])
 
 
@@ -365,8 +378,15 @@ def _mean(xs: Sequence[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def run_probes(codes: SparseCodes, labels: np.ndarray, names: Sequence[str], groups: np.ndarray,
-               cfg: ProbeConfig = ProbeConfig(), source: dict | None = None, progress: bool = False) -> ProbeReport:
+def run_probes(
+    codes: SparseCodes,
+    labels: np.ndarray,
+    names: Sequence[str],
+    groups: np.ndarray,
+    cfg: ProbeConfig = ProbeConfig(),
+    source: dict | None = None,
+    progress: bool = False,
+) -> ProbeReport:
     """Fit every task's probes on the train groups; report each task's best latent on the test groups.
 
     labels: [N, K] with 1 / 0, or -1 where a row is not labelled for that task. progress: report
@@ -381,7 +401,9 @@ def run_probes(codes: SparseCodes, labels: np.ndarray, names: Sequence[str], gro
     test = split_groups(np.asarray(groups), cfg.test_fraction)
     results = []
     subsets: dict = {}
-    for k, name in track(enumerate(names), "probe1d fit", total=len(names), unit="task", enabled=None if progress else False):
+    for k, name in track(
+        enumerate(names), "probe1d fit", total=len(names), unit="task", enabled=None if progress else False
+    ):
         col = labels[:, k]
         known = col >= 0
         tr, te = known & ~test, known & test
@@ -393,7 +415,9 @@ def run_probes(codes: SparseCodes, labels: np.ndarray, names: Sequence[str], gro
         elif y_te.all() or not y_te.any():
             why = "one class in the test rows"
         if why:
-            results.append(TaskResult(name, None, None, None, None, None, None, None, rate, int(tr.sum()), int(te.sum()), why))
+            results.append(
+                TaskResult(name, None, None, None, None, None, None, None, rate, int(tr.sum()), int(te.sum()), why)
+            )
             continue
         key = (tr.tobytes(), te.tobytes())
         if key not in subsets:  # tasks labelled on the same rows (every Othello square) share one split

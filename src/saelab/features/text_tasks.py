@@ -50,15 +50,20 @@ TASKS: tuple[TextTask, ...] = (
     TextTask("capitalized_word", "a word token whose first letter is upper-case"),
     TextTask("all_caps", "a token of at least two letters, all upper-case (LORD)"),
     TextTask("word_start", "the token is whitespace followed by a letter (starts a word)"),
-    TextTask("word_continuation", "the token continues a word: starts with a letter, no space, after a token ending in a letter"),
+    TextTask(
+        "word_continuation",
+        "the token continues a word: starts with a letter, no space, after a token ending in a letter",
+    ),
     TextTask("punctuation", "the token holds only punctuation (no letter, digit or only-whitespace)"),
     TextTask("sentence_end", "the token contains . ! or ?"),
     TextTask("comma", "the token contains a comma"),
     TextTask("colon_semicolon", "the token contains : or ;"),
     TextTask("newline", "the token contains a line break"),
     TextTask("line_start", "the previous token contains a line break"),
-    TextTask("sentence_start", "a word token after a token ending a sentence (. ! ? then closing quotes) or a line break"),
-    TextTask("inside_quotes", "an odd number of \" or more \u201c than \u201d before it in the window"),
+    TextTask(
+        "sentence_start", "a word token after a token ending a sentence (. ! ? then closing quotes) or a line break"
+    ),
+    TextTask("inside_quotes", 'an odd number of " or more \u201c than \u201d before it in the window'),
     TextTask("inside_parentheses", "more ( than ) before it in the window"),
     *(TextTask(name, f"a complete word token, one of: {words}") for name, words in _WORDS.items()),
     TextTask("divine_name", "a complete word token, one of: " + " ".join(sorted(_DIVINE))),
@@ -210,5 +215,9 @@ def text_task_labels(grid: TokenGrid, text: TokenText, rows: np.ndarray) -> Task
     windows, where = np.unique(grid.row_window[rows], return_inverse=True)
     per_task = window_task_labels(grid.tokens[windows], text)
     pos = grid.row_position[rows]
-    labels = np.stack([per_task[n][where, pos] for n in TASK_NAMES], axis=1) if len(rows) else np.zeros((0, len(TASKS)), bool)
+    labels = (
+        np.stack([per_task[n][where, pos] for n in TASK_NAMES], axis=1)
+        if len(rows)
+        else np.zeros((0, len(TASKS)), bool)
+    )
     return TaskLabels(TASK_NAMES, labels)

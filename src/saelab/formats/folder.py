@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from saelab.config import SAEConfig
 from saelab.errors import DataError
 from saelab.formats.foreign import foreign_format, load_foreign
-from saelab.util.atomic import atomic_save_safetensors, atomic_write_json
-from saelab.model.site import ModelSite, site_from_source
 from saelab.model.sae import SparseAutoencoder
+from saelab.model.site import ModelSite, site_from_source
+from saelab.util.atomic import atomic_save_safetensors, atomic_write_json
 from saelab.version import __version__
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -69,7 +69,9 @@ def raw_space_tensors(sae) -> dict[str, torch.Tensor]:
         "b_dec": sae.b_dec.detach() / s,
     }
     tensors.update({k: v.detach() for k, v in sae.activation.export_tensors().items()})
-    return {k: v.float().cpu().contiguous() for k, v in tensors.items()}  # float32 on disk whatever the device and dtype trained
+    return {
+        k: v.float().cpu().contiguous() for k, v in tensors.items()
+    }  # float32 on disk whatever the device and dtype trained
 
 
 def save_sae(sae, folder: str | Path, extra: dict | None = None) -> Path:
@@ -80,8 +82,12 @@ def save_sae(sae, folder: str | Path, extra: dict | None = None) -> Path:
     sae.cfg.site = site
     atomic_save_safetensors(folder / WEIGHTS_FILE, raw_space_tensors(sae))
     atomic_write_json(folder / SAELENS_CFG, saelens_cfg(sae, site))
-    record = {"saelab_version": __version__, "sae": sae.cfg.to_dict(), **(extra or {}),
-              FILES_KEY: {name: _file_id(folder / name) for name in (WEIGHTS_FILE, SAELENS_CFG)}}
+    record = {
+        "saelab_version": __version__,
+        "sae": sae.cfg.to_dict(),
+        **(extra or {}),
+        FILES_KEY: {name: _file_id(folder / name) for name in (WEIGHTS_FILE, SAELENS_CFG)},
+    }
     atomic_write_json(folder / SAELAB_CFG, record)  # last: its presence marks a complete folder
     return folder
 
@@ -111,10 +117,14 @@ def check_complete(folder: str | Path, record: dict) -> None:
         try:
             have = _file_id(path)
         except OSError as e:
-            raise DataError(f"{path}: a partial SAE folder ({e.strerror or e}); retrain or resume the run that wrote it") from None
+            raise DataError(
+                f"{path}: a partial SAE folder ({e.strerror or e}); retrain or resume the run that wrote it"
+            ) from None
         if have != want:
-            raise DataError(f"{path}: not the file {SAELAB_CFG} was written with (a partial or mixed folder); "
-                            "retrain or resume the run that wrote it")
+            raise DataError(
+                f"{path}: not the file {SAELAB_CFG} was written with (a partial or mixed folder); "
+                "retrain or resume the run that wrote it"
+            )
 
 
 def partial_saelab_folder(folder: str | Path) -> bool:
@@ -147,8 +157,16 @@ def read_saelab_record(folder: str | Path) -> dict:
 
 
 # saelab.json entries every reader takes for objects (None: may be null), and the split's fields.
-_OBJECT_ENTRIES = {"sae": False, "train": False, "split": False, "eval": False, "files": False, "source": True,
-                   "target_l0": True, "convergence": True}
+_OBJECT_ENTRIES = {
+    "sae": False,
+    "train": False,
+    "split": False,
+    "eval": False,
+    "files": False,
+    "source": True,
+    "target_l0": True,
+    "convergence": True,
+}
 
 
 def _check_record_types(path: Path, record) -> None:
@@ -160,7 +178,9 @@ def _check_record_types(path: Path, record) -> None:
             raise DataError(f"{path}: {key}={str(record[key])[:40]!r} must be an object")
     split, train = record.get("split") or {}, record.get("train") or {}
     rows = split.get("eval_rows")
-    if "eval_rows" in split and not (isinstance(rows, list) and len(rows) == 2 and all(type(v) is int for v in rows) and 0 <= rows[0] <= rows[1]):
+    if "eval_rows" in split and not (
+        isinstance(rows, list) and len(rows) == 2 and all(type(v) is int for v in rows) and 0 <= rows[0] <= rows[1]
+    ):
         raise DataError(f"{path}: split.eval_rows={str(rows)[:40]!r} must be [lo, hi] with 0 ≤ lo ≤ hi")
     for where, entry, key in (("split", split, "eval_file"), ("train", train, "activations")):
         if entry.get(key) is not None and not isinstance(entry.get(key), str):
@@ -170,8 +190,10 @@ def _check_record_types(path: Path, record) -> None:
 def load_sae(folder: str | Path, device: str = "cpu"):
     """Rebuild a SparseAutoencoder from its folder (saelab's, or one SAELens or sparsify wrote), in eval mode."""
     if partial_saelab_folder(folder):
-        raise DataError(f"sae={str(folder)!r}: a partial saelab folder ({SAELENS_CFG} but no {SAELAB_CFG}: its save was cut short); "
-                        "retrain or resume the run that wrote it")
+        raise DataError(
+            f"sae={str(folder)!r}: a partial saelab folder ({SAELENS_CFG} but no {SAELAB_CFG}: its save was cut short); "
+            "retrain or resume the run that wrote it"
+        )
     if Path(folder).is_dir() and not (Path(folder) / SAELAB_CFG).exists() and foreign_format(folder) is not None:
         return load_foreign(folder).to(device)
     record = read_saelab_record(folder)
@@ -190,12 +212,19 @@ def load_sae(folder: str | Path, device: str = "cpu"):
     sae = SparseAutoencoder(cfg)
     s = float(sae.normalizer.factor) if cfg.normalize == "scalar" else 1.0
     b_enc = sae.activation.saelens_encoder_bias
-    expected = {"W_enc": (cfg.d_in, cfg.n_latents), b_enc: (cfg.n_latents,), "W_dec": (cfg.n_latents, cfg.d_in), "b_dec": (cfg.d_in,)}
+    expected = {
+        "W_enc": (cfg.d_in, cfg.n_latents),
+        b_enc: (cfg.n_latents,),
+        "W_dec": (cfg.n_latents, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
     for name, shape in expected.items():
         if name not in tensors:
             raise DataError(f"{Path(folder) / WEIGHTS_FILE}: missing tensor {name!r}")
         if tuple(tensors[name].shape) != shape:
-            raise DataError(f"{Path(folder) / WEIGHTS_FILE}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
+            raise DataError(
+                f"{Path(folder) / WEIGHTS_FILE}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}"
+            )
     with torch.no_grad():
         sae.W_enc.copy_(tensors["W_enc"] / s)
         sae.b_enc.copy_(tensors[b_enc])

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
-from saelab.model.site import ModelSite
 from saelab.model.sae import SparseAutoencoder
+from saelab.model.site import ModelSite
 
 CFG_FILE = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -44,7 +44,7 @@ class Imported:
 
 
 def foreign_format(folder: str | Path) -> str | None:
-    """"saelens", "sparsify", or None when the folder holds neither library's files."""
+    """ "saelens", "sparsify", or None when the folder holds neither library's files."""
     folder = Path(folder)
     if not (folder / CFG_FILE).is_file():
         return None
@@ -59,18 +59,27 @@ def load_foreign(folder: str | Path) -> SparseAutoencoder:
     """A SparseAutoencoder (eval mode, float32, CPU) equal to the SAELens or sparsify SAE in `folder`."""
     kind = foreign_format(folder)
     if kind is None:
-        raise DataError(f"sae={str(folder)!r}: neither a saelab folder (saelab.json) nor a SAELens ({CFG_FILE} + {SAELENS_WEIGHTS}) "
-                        f"or sparsify ({CFG_FILE} + {SPARSIFY_WEIGHTS}) folder")
+        raise DataError(
+            f"sae={str(folder)!r}: neither a saelab folder (saelab.json) nor a SAELens ({CFG_FILE} + {SAELENS_WEIGHTS}) "
+            f"or sparsify ({CFG_FILE} + {SPARSIFY_WEIGHTS}) folder"
+        )
     try:
         imported = read_saelens(folder) if kind == "saelens" else read_sparsify(folder)
-        for name, tensor in {"W_enc": imported.W_enc, "b_enc": imported.b_enc, "W_dec": imported.W_dec, "b_dec": imported.b_dec,
-                             **imported.extra}.items():
+        for name, tensor in {
+            "W_enc": imported.W_enc,
+            "b_enc": imported.b_enc,
+            "W_dec": imported.W_dec,
+            "b_dec": imported.b_dec,
+            **imported.extra,
+        }.items():
             if not bool(torch.isfinite(tensor).all()):
                 raise DataError(f"{folder}: {name} holds NaN or infinite values")
         return build_sae(imported)
     except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         # A value of a type or shape no check above foresaw: still one line naming the folder, never a traceback.
-        raise DataError(f"{folder}: unreadable {kind} folder ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+        raise DataError(
+            f"{folder}: unreadable {kind} folder ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+        ) from None
 
 
 def build_sae(imp: Imported) -> SparseAutoencoder:
@@ -79,12 +88,19 @@ def build_sae(imp: Imported) -> SparseAutoencoder:
         sae = SparseAutoencoder(imp.cfg)
     except ConfigError as e:
         raise DataError(f"{imp.source_format} folder: its config has no saelab equivalent ({e})") from None
-    expected = {"W_enc": (imp.cfg.d_in, imp.cfg.n_latents), "b_enc": (imp.cfg.n_latents,), "W_dec": (imp.cfg.n_latents, imp.cfg.d_in), "b_dec": (imp.cfg.d_in,)}
+    expected = {
+        "W_enc": (imp.cfg.d_in, imp.cfg.n_latents),
+        "b_enc": (imp.cfg.n_latents,),
+        "W_dec": (imp.cfg.n_latents, imp.cfg.d_in),
+        "b_dec": (imp.cfg.d_in,),
+    }
     with torch.no_grad():
         for name, shape in expected.items():
             value = getattr(imp, name)
             if tuple(value.shape) != shape:
-                raise DataError(f"{imp.source_format} folder: {name} has shape {tuple(value.shape)}, its config says {shape}")
+                raise DataError(
+                    f"{imp.source_format} folder: {name} has shape {tuple(value.shape)}, its config says {shape}"
+                )
             getattr(sae, name).copy_(value.float())
     sae.activation.import_tensors({k: v.float() for k, v in imp.extra.items()})
     sae.cfg.site = imp.site
@@ -130,6 +146,7 @@ def _int(cfg: dict, key: str, path: Path) -> int:
 
 # ---- SAELens ----------------------------------------------------------------------------------
 
+
 def read_saelens(folder: str | Path) -> Imported:
     """A SAELens folder: architecture standard / topk / batchtopk / jumprelu / gated (SAELens 6, or 5's flat cfg)."""
     folder = Path(folder)
@@ -139,7 +156,9 @@ def read_saelens(folder: str | Path) -> Imported:
     arch = cfg.get("architecture", "standard")
     norm = cfg.get("normalize_activations", "none")
     if norm not in IDENTITY_NORMALIZATIONS:
-        raise DataError(f"{cfg_path}: normalize_activations={norm!r} is not supported (saelab reads {', '.join(IDENTITY_NORMALIZATIONS)})")
+        raise DataError(
+            f"{cfg_path}: normalize_activations={norm!r} is not supported (saelab reads {', '.join(IDENTITY_NORMALIZATIONS)})"
+        )
     d_in, n = _int(cfg, "d_in", cfg_path), _int(cfg, "d_sae", cfg_path)
     # A gated SAE's gate bias plays saelab's b_enc (see methods/gated.py).
     W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, "b_gate" if arch == "gated" else "b_enc", w_path)
@@ -170,15 +189,21 @@ def read_saelens(folder: str | Path) -> Imported:
         extra["r_mag"] = _shaped(_need(tensors, "r_mag", w_path), "r_mag", (n,), w_path)
         extra["b_mag"] = _shaped(_need(tensors, "b_mag", w_path), "b_mag", (n,), w_path)
     else:
-        raise DataError(f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu, gated)")
+        raise DataError(
+            f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu, gated)"
+        )
     if not cfg.get("apply_b_dec_to_input", True):
         # SAELens encodes x·W_enc + b_enc; saelab (x − b_dec)·W_enc + b_enc', so b_enc' = b_enc + b_dec·W_enc.
         shift = b_dec @ W_enc
         b_enc = b_enc + shift
         if arch == "gated":  # the magnitude path sees the same shift through exp(r_mag)
             extra["b_mag"] = extra["b_mag"] + extra["r_mag"].exp() * shift
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg  # SAELens 5 kept these at the top level
-    sae_cfg = SAEConfig(n_latents=n, method=method, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None)
+    meta = (
+        cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg
+    )  # SAELens 5 kept these at the top level
+    sae_cfg = SAEConfig(
+        n_latents=n, method=method, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None
+    )
     try:
         site = ModelSite.from_metadata(meta)
     except DataError as e:
@@ -188,14 +213,17 @@ def read_saelens(folder: str | Path) -> Imported:
 
 # ---- EleutherAI sparsify ----------------------------------------------------------------------
 
+
 def read_sparsify(folder: str | Path) -> Imported:
     """A sparsify SparseCoder folder: encoder.weight [n, d], encoder.bias [n], W_dec [n, d], b_dec [d]; TopK at cfg k."""
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / SPARSIFY_WEIGHTS
     cfg = _read_json(cfg_path)
     tensors = _read_tensors(w_path)
-    for option, why in (("transcode", "a transcoder predicts another site, it is not an autoencoder"),
-                        ("skip_connection", "its W_skip term has no saelab equivalent")):
+    for option, why in (
+        ("transcode", "a transcoder predicts another site, it is not an autoencoder"),
+        ("skip_connection", "its W_skip term has no saelab equivalent"),
+    ):
         if cfg.get(option):
             raise DataError(f"{cfg_path}: {option}=true is not supported ({why})")
     if cfg.get("activation", "topk") != "topk":
@@ -205,12 +233,18 @@ def read_sparsify(folder: str | Path) -> Imported:
     if enc_w.ndim != 2:
         raise DataError(f"{w_path}: encoder.weight has shape {tuple(enc_w.shape)}, expected [n_latents, d_in]")
     n, d_in = enc_w.shape
-    _shaped(enc_b, "encoder.bias", (n,), w_path), _shaped(W_dec, "W_dec", (n, d_in), w_path), _shaped(b_dec, "b_dec", (d_in,), w_path)
+    (
+        _shaped(enc_b, "encoder.bias", (n,), w_path),
+        _shaped(W_dec, "W_dec", (n, d_in), w_path),
+        _shaped(b_dec, "b_dec", (d_in,), w_path),
+    )
     if "d_in" in cfg and cfg["d_in"] != d_in:
         raise DataError(f"{cfg_path}: d_in={cfg['d_in']!r}, but encoder.weight has shape {tuple(enc_w.shape)}")
     k = _int(cfg, "k", cfg_path)
     # Multi-TopK was trained with a second loss at 4k; its inference is TopK at k, as saelab's multi_topk.
     method = "multi_topk" if cfg.get("multi_topk") else "topk"
-    sae_cfg = SAEConfig(n_latents=n, method=method, method_params={"k": k}, d_in=d_in, decoder_unit_norm=False, name=folder.name or None)
+    sae_cfg = SAEConfig(
+        n_latents=n, method=method, method_params={"k": k}, d_in=d_in, decoder_unit_norm=False, name=folder.name or None
+    )
     # sparsify encodes relu((x − b_dec)·encoder.weightᵀ + encoder.bias) then keeps the top k: saelab's TopK map.
     return Imported(sae_cfg, enc_w.T.contiguous(), enc_b, W_dec, b_dec, {}, None, "sparsify")

@@ -21,7 +21,7 @@ def _hub():
 
 def parse(address: str) -> tuple[str, str | None]:
     """(repo_id "ORG/REPO", subfolder or None) of an `hf://ORG/REPO[/SUBFOLDER]` address."""
-    parts = [p for p in address[len(PREFIX):].split("/") if p] if address.startswith(PREFIX) else []
+    parts = [p for p in address[len(PREFIX) :].split("/") if p] if address.startswith(PREFIX) else []
     if len(parts) < 2 or any(p in (".", "..") for p in parts):
         raise ConfigError("sae", address, "expected hf://ORG/REPO or hf://ORG/REPO/SUBFOLDER")
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
@@ -34,7 +34,9 @@ def download(address: str) -> Path:
     try:
         root = Path(hub.snapshot_download(repo_id, allow_patterns=[f"{sub}/*"] if sub else None))
     except Exception as e:  # network, authentication, missing repository: one line naming the address
-        raise DataError(f"sae={address!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise DataError(
+            f"sae={address!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
     folder = root / sub if sub else root
     if not (folder / "cfg.json").is_file():
         raise DataError(f"sae={address!r}: no cfg.json there (name the subfolder holding the SAE)")
@@ -56,8 +58,13 @@ def push(folder: str | Path, repo_id: str, subfolder: str | None = None, private
     try:
         api = hub.HfApi()
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, path_in_repo=subfolder or None, allow_patterns=PUSHED_FILES,
-                          commit_message="Upload SAE with saelab")
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            path_in_repo=subfolder or None,
+            allow_patterns=PUSHED_FILES,
+            commit_message="Upload SAE with saelab",
+        )
     except Exception as e:  # no network, no token, no permission: one line naming the repository and the cause
         cause = str(e).splitlines()[0][:200] if str(e) else ""
         raise DataError(f"repo={repo_id!r}: push failed ({type(e).__name__}: {cause})") from None

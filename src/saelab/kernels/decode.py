@@ -55,7 +55,12 @@ def _forward_one(W_dec: Tensor, item: DecodeItem, z: Tensor) -> Tensor:
     if item.block is not None:
         out = dense_block(code, item.local, z, item.block.numel()) @ W_dec.index_select(0, item.block)
     elif code.width is not None:
-        out = F.embedding_bag(code.latents.view(code.n_rows, code.width), W_dec, mode="sum", per_sample_weights=z.reshape(code.n_rows, code.width))
+        out = F.embedding_bag(
+            code.latents.view(code.n_rows, code.width),
+            W_dec,
+            mode="sum",
+            per_sample_weights=z.reshape(code.n_rows, code.width),
+        )
     else:
         out = F.embedding_bag(code.latents, W_dec, code.crow[:-1], mode="sum", per_sample_weights=z.reshape(-1))
     return out if out.element_size() >= 4 else out.float()
@@ -68,7 +73,7 @@ class _SparseDecode(torch.autograd.Function):
         ctx.save_for_backward(W_dec, *values)
         ctx.set_materialize_grads(False)
         with threads.parallel(W_dec.device):
-            table, = narrow(getattr(plan, "low", None), W_dec)
+            (table,) = narrow(getattr(plan, "low", None), W_dec)
             return tuple(_forward_one(table, item, z) for item, z in zip(items, values))
 
     @staticmethod

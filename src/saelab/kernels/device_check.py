@@ -40,8 +40,11 @@ def _probe(sae) -> bool:
             sparse_step(probe, x, 0.0, dead).total.backward()
     except (RuntimeError, NotImplementedError, TypeError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        warnings.warn(f"saelab: the sparse kernels do not run on {device.type} ({reason}); "
-                      f"{sae.cfg.method} trains on the dense path there (same losses and gradients, more memory)", stacklevel=2)
+        warnings.warn(
+            f"saelab: the sparse kernels do not run on {device.type} ({reason}); "
+            f"{sae.cfg.method} trains on the dense path there (same losses and gradients, more memory)",
+            stacklevel=2,
+        )
         return False
     finally:
         del probe

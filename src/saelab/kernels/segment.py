@@ -47,7 +47,7 @@ class EntrySet:
 
     def sum_rows(self, table: Tensor, weights: Tensor) -> Tensor:
         """out[i] = Σ_{e: latent_e = i} weights[e] · table[row_e], as [n, d] (weights in entry order)."""
-        (_, _, out), = self.sum_rows_blocks(table, weights, self.n_latents)
+        ((_, _, out),) = self.sum_rows_blocks(table, weights, self.n_latents)
         return out
 
     def sum_rows_blocks(self, table: Tensor, weights: Tensor, block: int):
@@ -59,7 +59,13 @@ class EntrySet:
             hi = min(lo + block, self.n_latents)
             start, end = int(self.crow[lo]), int(self.crow[hi])
             offsets = self.crow[lo:hi] - start
-            yield lo, hi, F.embedding_bag(self.sorted_rows[start:end], table, offsets, mode="sum", per_sample_weights=w[start:end])
+            yield (
+                lo,
+                hi,
+                F.embedding_bag(
+                    self.sorted_rows[start:end], table, offsets, mode="sum", per_sample_weights=w[start:end]
+                ),
+            )
 
     def dots(self, by_latent: Tensor, by_row: Tensor) -> Tensor:
         """dot_e = ⟨by_latent[latent_e], by_row[row_e]⟩ for every entry, in entry order."""
@@ -67,8 +73,13 @@ class EntrySet:
             return by_row.new_zeros(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta": sampled_addmm is what we need
-            pattern = torch.sparse_csr_tensor(self.crow, self.sorted_rows, self._zeros(by_row),
-                                              (self.n_latents, by_row.shape[0]), check_invariants=False)
+            pattern = torch.sparse_csr_tensor(
+                self.crow,
+                self.sorted_rows,
+                self._zeros(by_row),
+                (self.n_latents, by_row.shape[0]),
+                check_invariants=False,
+            )
             by_latent_order = torch.sparse.sampled_addmm(pattern, by_latent, by_row.t(), beta=0.0).values()
         with threads.for_entries(self.order.numel(), by_row.device):
             out = torch.empty_like(by_latent_order)

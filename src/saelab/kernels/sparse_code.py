@@ -17,7 +17,9 @@ class SparseCode:
     entry whose pre-activation was ≤ 0) and count as inactive everywhere, as in the dense code.
     """
 
-    def __init__(self, n_rows: int, latents: Tensor, values: Tensor, rows: Tensor | None = None, width: int | None = None):
+    def __init__(
+        self, n_rows: int, latents: Tensor, values: Tensor, rows: Tensor | None = None, width: int | None = None
+    ):
         if rows is None and width is None:
             raise ValueError("a SparseCode needs its row ids or a fixed width")
         self.n_rows = n_rows

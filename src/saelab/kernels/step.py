@@ -33,15 +33,21 @@ from torch import Tensor
 
 from saelab.kernels import threads
 from saelab.kernels.decode import DecodeItem, decode
+from saelab.kernels.plan import SparsePlan
 from saelab.kernels.sparse_code import SparseCode
 from saelab.kernels.topk_encode import EncodePlan, encode, narrow, pre_activations
 from saelab.losses import auxk_term, squared_error
-from saelab.kernels.plan import SparsePlan
 from saelab.step_output import StepOutput
 
 
-def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: SparsePlan | None = None,
-                max_density: float | None = None) -> StepOutput | None:
+def sparse_step(
+    sae,
+    x_raw: Tensor,
+    alpha: float,
+    dead: Tensor | None,
+    spec: SparsePlan | None = None,
+    max_density: float | None = None,
+) -> StepOutput | None:
     """The sparse-path counterpart of objective.dense_step (same losses, same gradients).
 
     None (nothing computed that needs undoing) when a `positive` plan's code would fill more than
@@ -55,12 +61,21 @@ def sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Spa
         return _sparse_step(sae, x_raw, alpha, dead, spec, max_density, low)
 
 
-def _sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: SparsePlan | None,
-                 max_density: float | None, low: torch.dtype | None) -> StepOutput | None:
+def _sparse_step(
+    sae,
+    x_raw: Tensor,
+    alpha: float,
+    dead: Tensor | None,
+    spec: SparsePlan | None,
+    max_density: float | None,
+    low: torch.dtype | None,
+) -> StepOutput | None:
     cfg = sae.cfg
     spec = spec if spec is not None else sae.activation.sparse_plan()
     if spec is None:
-        raise ValueError(f"method {cfg.method!r} has no sparse plan in this mode")  # callers check methods.plans.supports first
+        raise ValueError(
+            f"method {cfg.method!r} has no sparse plan in this mode"
+        )  # callers check methods.plans.supports first
     k = spec.k
     x, _ = sae.normalizer.normalize(x_raw)
     n = cfg.n_latents
@@ -95,7 +110,10 @@ def _sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Sp
     if extra:
         # The k code is the first k columns of the sorted multiple·k code.
         cols = plan.main.latents.view(x.shape[0], -1)
-        items += [DecodeItem(plan.main.fixed_width(cols[:, :k].contiguous(), z_main[:, :k].detach())), DecodeItem(plan.main)]
+        items += [
+            DecodeItem(plan.main.fixed_width(cols[:, :k].contiguous(), z_main[:, :k].detach())),
+            DecodeItem(plan.main),
+        ]
         values += [z_main[:, :k], z_main]
     else:
         items.append(DecodeItem(plan.main))
@@ -120,7 +138,7 @@ def _sparse_step(sae, x_raw: Tensor, alpha: float, dead: Tensor | None, spec: Sp
         x_big = decoded[1] + sae.b_dec
         losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)
     if spec.prefixes:
-        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first_prefix:first_prefix + len(spec.prefixes)]]
+        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first_prefix : first_prefix + len(spec.prefixes)]]
         losses[spec.extra_name] = spec.extra_weight * sum(terms[1:], terms[0])
     if use_aux:
         if plan.aux is None:
@@ -136,6 +154,10 @@ def _on_latents_below(code: SparseCode, z: Tensor, m: int) -> tuple[SparseCode, 
     """The entries of `code` on latents < m (a ragged code) and their values, gathered from `z` with its gradient."""
     with threads.single(code.latents.device):
         keep = (code.latents < m).nonzero().squeeze(1)
-        sub = SparseCode(code.n_rows, code.latents.index_select(0, keep), code.values.index_select(0, keep),
-                         rows=code.rows.index_select(0, keep))
+        sub = SparseCode(
+            code.n_rows,
+            code.latents.index_select(0, keep),
+            code.values.index_select(0, keep),
+            rows=code.rows.index_select(0, keep),
+        )
     return sub, z.reshape(-1).index_select(0, keep)

@@ -1,5 +1,6 @@
 """Sparsity methods: activations and penalties, each registered by name."""
 
+from saelab.kernels.plan import SparsePlan
 from saelab.methods import (  # noqa: F401  (importing registers each method)
     batchtopk,
     dimred,
@@ -22,7 +23,6 @@ from saelab.methods.base import (
     Penalty,
     SparsityKnob,
 )
-from saelab.kernels.plan import SparsePlan
 from saelab.methods.plans import sparse_plan, sparse_plan_for, supports
 from saelab.methods.registry import (
     ACTIVATIONS,

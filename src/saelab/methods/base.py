@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from saelab.errors import ConfigError

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.util import distributed
 from saelab.kernels.plan import SparsePlan
 from saelab.methods.base import Activation, param, require
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams, topk_relu
+from saelab.util import distributed
 
 
 @register_activation("batchtopk")
@@ -25,7 +25,9 @@ class BatchTopK(Activation):
 
     @dataclass
     class Params(KParams):
-        threshold_momentum: float = param(0.99, "running-average weight of the inference threshold (0 = last batch only)")
+        threshold_momentum: float = param(
+            0.99, "running-average weight of the inference threshold (0 = last batch only)"
+        )
 
         def validate(self, field):
             super().validate(field)

@@ -103,14 +103,26 @@ class DimensionReduction(Activation):
         eps: float = param(0.01, "entries outside S_x are scaled by ε/b (b = min over S_x)")
         p: float = param(0.15, "proportion p in a_k = (1−p)a_{k−1} + p·k/(k−1)·a_{k−1}")
         p_threshold: int | None = param(10, "past this k, p_k rises as fast as concavity allows (None: constant p)")
-        support: str = param("iterative", "'iterative' (the report's S_j/b_j algorithm) or 'exact' (the geometric definition)")
+        support: str = param(
+            "iterative", "'iterative' (the report's S_j/b_j algorithm) or 'exact' (the geometric definition)"
+        )
 
         def validate(self, field):
             require(float(self.eps) >= 0.0, f"{field}.eps", self.eps, "must be ≥ 0")
             require(0.0 < float(self.p) < 1.0, f"{field}.p", self.p, "must be in (0, 1)")
             t = self.p_threshold
-            require(t is None or (isinstance(t, int) and t >= 2), f"{field}.p_threshold", t, "must be an integer ≥ 2 or None")
-            require(self.support in SUPPORT_ALGORITHMS, f"{field}.support", self.support, f"must be one of {sorted(SUPPORT_ALGORITHMS)}")
+            require(
+                t is None or (isinstance(t, int) and t >= 2),
+                f"{field}.p_threshold",
+                t,
+                "must be an integer ≥ 2 or None",
+            )
+            require(
+                self.support in SUPPORT_ALGORITHMS,
+                f"{field}.support",
+                self.support,
+                f"must be one of {sorted(SUPPORT_ALGORITHMS)}",
+            )
 
     def __init__(self, params, n_latents):
         super().__init__(params, n_latents)

@@ -29,19 +29,24 @@ class FreshmansDream(Penalty):
     def forward(self, z: Tensor) -> Tensor:
         """Batch mean; an all-zero row contributes 0."""
         mag = z.abs()
-        return self._mean_ratio(mag.sum(dim=-1), (mag ** self.params.p).sum(dim=-1), z.shape[-1])
+        return self._mean_ratio(mag.sum(dim=-1), (mag**self.params.p).sum(dim=-1), z.shape[-1])
 
     entrywise = True
 
     def on_entries(self, values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
         """forward from per-row sums over the entries (a row without entries contributes 0)."""
         mag = values.abs()
-        return self._mean_ratio(mag.new_zeros(n_rows).index_add(0, rows, mag),
-                                mag.new_zeros(n_rows).index_add(0, rows, mag ** self.params.p), self.n_latents)
+        return self._mean_ratio(
+            mag.new_zeros(n_rows).index_add(0, rows, mag),
+            mag.new_zeros(n_rows).index_add(0, rows, mag**self.params.p),
+            self.n_latents,
+        )
 
     def _mean_ratio(self, sums: Tensor, power_sums: Tensor, n: int) -> Tensor:
         """Batch mean of (Σ|z|)^p / Σ|z|^p / n from each row's two sums (0 where the row is all zero)."""
         alive = power_sums > 0
-        num = sums ** self.params.p
-        ratio = torch.where(alive, num / torch.where(alive, power_sums, torch.ones_like(power_sums)), torch.zeros_like(power_sums))
+        num = sums**self.params.p
+        ratio = torch.where(
+            alive, num / torch.where(alive, power_sums, torch.ones_like(power_sums)), torch.zeros_like(power_sums)
+        )
         return (ratio / n).mean()

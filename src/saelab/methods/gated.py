@@ -51,7 +51,9 @@ class Gated(Activation):
 
     @dataclass
     class Params(Params):
-        aux_weight: float = param(1.0, "weight of the auxiliary reconstruction from ReLU(pi_gate) through the frozen decoder")
+        aux_weight: float = param(
+            1.0, "weight of the auxiliary reconstruction from ReLU(pi_gate) through the frozen decoder"
+        )
 
         def validate(self, field):
             require(float(self.aux_weight) >= 0, f"{field}.aux_weight", self.aux_weight, "must be ≥ 0")
@@ -87,7 +89,9 @@ class Gated(Activation):
             if name not in tensors:
                 raise DataError(f"gated SAE weights: missing tensor {name!r}")
             if tuple(tensors[name].shape) != (self.n_latents,):
-                raise DataError(f"gated SAE weights: {name} has shape {tuple(tensors[name].shape)}, expected ({self.n_latents},)")
+                raise DataError(
+                    f"gated SAE weights: {name} has shape {tuple(tensors[name].shape)}, expected ({self.n_latents},)"
+                )
         with torch.no_grad():
             self.r_mag.copy_(tensors["r_mag"])
             self.b_mag.copy_(tensors["b_mag"])

@@ -69,11 +69,19 @@ class JumpReLU(Activation):
         init_threshold: float = param(0.001, "initial threshold of every latent")
         bandwidth: float = param(0.001, "width ε of the rectangle kernel in the pseudo-derivatives")
         l0_coef: float = param(1e-3, "coefficient of the L0 penalty (mean active latents per sample)")
-        threshold_init: str = param("fixed", "'fixed': θ starts at init_threshold; 'target': with target_l0 set, θ starts "
-                                             "at the init sample's pre-activation level that target_l0 latents per row pass")
+        threshold_init: str = param(
+            "fixed",
+            "'fixed': θ starts at init_threshold; 'target': with target_l0 set, θ starts "
+            "at the init sample's pre-activation level that target_l0 latents per row pass",
+        )
 
         def validate(self, field):
-            require(self.threshold_init in ("target", "fixed"), f"{field}.threshold_init", self.threshold_init, "must be 'target' or 'fixed'")
+            require(
+                self.threshold_init in ("target", "fixed"),
+                f"{field}.threshold_init",
+                self.threshold_init,
+                "must be 'target' or 'fixed'",
+            )
             require(float(self.init_threshold) > 0, f"{field}.init_threshold", self.init_threshold, "must be > 0")
             require(float(self.bandwidth) > 0, f"{field}.bandwidth", self.bandwidth, "must be > 0")
             require(float(self.l0_coef) >= 0, f"{field}.l0_coef", self.l0_coef, "must be ≥ 0")
@@ -98,7 +106,7 @@ class JumpReLU(Activation):
         if values.numel() == 0:
             return
         keep = min(max(float(target_l0) / self.n_latents, 0.0), 1.0)
-        level = torch.quantile(values[:2 ** 24], 1.0 - keep)  # torch.quantile's input limit
+        level = torch.quantile(values[: 2**24], 1.0 - keep)  # torch.quantile's input limit
         self.log_threshold.fill_(float(level.clamp_min(float(self.params.init_threshold)).log()))
 
     @property

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from saelab.losses import squared_error
 from saelab.kernels.plan import SparsePlan
+from saelab.losses import squared_error
 from saelab.methods.base import LossContext, param, require
 from saelab.methods.batchtopk import BatchTopK
 from saelab.methods.registry import register_activation
@@ -38,7 +38,12 @@ class MatryoshkaBatchTopK(BatchTopK):
         def validate(self, field):
             super().validate(field)
             p = self.n_prefixes
-            require(isinstance(p, int) and not isinstance(p, bool) and p >= 1, f"{field}.n_prefixes", p, "must be an integer ≥ 1")
+            require(
+                isinstance(p, int) and not isinstance(p, bool) and p >= 1,
+                f"{field}.n_prefixes",
+                p,
+                "must be an integer ≥ 1",
+            )
             require(float(self.prefix_weight) >= 0, f"{field}.prefix_weight", self.prefix_weight, "must be ≥ 0")
 
     def sparse_plan(self) -> SparsePlan | None:
@@ -47,7 +52,9 @@ class MatryoshkaBatchTopK(BatchTopK):
         if plan is None:
             return None
         sizes = prefix_sizes(self.n_latents, self.params.n_prefixes) if self.params.prefix_weight else []
-        return replace(plan, prefixes=tuple(sizes), extra_weight=float(self.params.prefix_weight), extra_name="matryoshka")
+        return replace(
+            plan, prefixes=tuple(sizes), extra_weight=float(self.params.prefix_weight), extra_name="matryoshka"
+        )
 
     def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
         """prefix_weight × Σ over proper prefixes m of ‖x − (z[:, :m] W_dec[:m] + b_dec)‖²."""

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from saelab.losses import squared_error
 from saelab.kernels.plan import SparsePlan
+from saelab.losses import squared_error
 from saelab.methods.base import Activation, LossContext, param, require
 from saelab.methods.registry import register_activation
 from saelab.methods.topk import KParams, topk_relu
@@ -28,7 +28,12 @@ class MultiTopK(Activation):
 
         def validate(self, field):
             super().validate(field)
-            require(isinstance(self.multiple, int) and self.multiple >= 1, f"{field}.multiple", self.multiple, "must be an integer ≥ 1")
+            require(
+                isinstance(self.multiple, int) and self.multiple >= 1,
+                f"{field}.multiple",
+                self.multiple,
+                "must be an integer ≥ 1",
+            )
             require(float(self.aux_weight) >= 0, f"{field}.aux_weight", self.aux_weight, "must be ≥ 0")
 
     def forward(self, pre: Tensor) -> Tensor:
@@ -37,7 +42,12 @@ class MultiTopK(Activation):
 
     def sparse_plan(self) -> SparsePlan:
         """Top-k, plus the weighted reconstruction at multiple·k as the loss `multi_topk`."""
-        return SparsePlan(k=self.params.k, extra_multiple=self.params.multiple, extra_weight=self.params.aux_weight, extra_name="multi_topk")
+        return SparsePlan(
+            k=self.params.k,
+            extra_multiple=self.params.multiple,
+            extra_weight=self.params.aux_weight,
+            extra_name="multi_topk",
+        )
 
     def extra_losses(self, ctx: LossContext) -> dict[str, Tensor]:
         """The weighted reconstruction loss of the code at multiple·k."""

@@ -34,7 +34,9 @@ def _plan(act, penalty) -> SparsePlan | None:
         # A penalty reads the code: only an entrywise one on a ReLU code, whose stored entries are
         # exactly its non-zeros (a TopK code may store zeros, where f's gradient need not exist).
         ok = plan is not None and plan.positive and getattr(penalty, "entrywise", False)
-        if not ok or not issubclass(_defining_class(type(penalty), "on_entries"), _defining_class(type(penalty), "forward")):
+        if not ok or not issubclass(
+            _defining_class(type(penalty), "on_entries"), _defining_class(type(penalty), "forward")
+        ):
             return None
     return plan
 

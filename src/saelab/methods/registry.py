@@ -62,7 +62,9 @@ def penalty_class(name: str) -> type:
 
 def activations_with_param(param: str) -> list[str]:
     """Names of the registered activations whose parameters include `param` (e.g. the TopK family's `k`)."""
-    return sorted(name for name, cls in ACTIVATIONS.items() if any(f.name == param for f in dataclasses.fields(cls.Params)))
+    return sorted(
+        name for name, cls in ACTIVATIONS.items() if any(f.name == param for f in dataclasses.fields(cls.Params))
+    )
 
 
 def build_params(cls: type, given: dict[str, Any], field: str):
@@ -71,7 +73,9 @@ def build_params(cls: type, given: dict[str, Any], field: str):
     for key in given:
         if key not in known:
             listed = ", ".join(known) or "none"
-            raise ConfigError(f"{field}.{key}", given[key], f"not a parameter of {cls.name!r} (its parameters: {listed})")
+            raise ConfigError(
+                f"{field}.{key}", given[key], f"not a parameter of {cls.name!r} (its parameters: {listed})"
+            )
     params = cls.Params(**check_fields(cls.Params, given, field))
     params.validate(f"{field}")
     return params

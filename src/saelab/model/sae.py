@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
-from saelab.model.initialization import initial_b_dec, unit_rows
 from saelab.methods.base import Activation, Penalty
+from saelab.model.initialization import initial_b_dec, unit_rows
 from saelab.model.normalize import Normalizer
 from saelab.model.site import SiteView
 
@@ -132,8 +132,11 @@ class SparseAutoencoder(nn.Module):
         if self.normalizer.mode == "unit":
             ctx = getattr(self, "_unit_context", None)
             if ctx is None or ctx[0].shape[:-1] != z.shape[:-1] or ctx[0].device != z.device:
-                warnings.warn("decode: with unit normalization the codes are not of the tokens last encoded, so the "
-                              "reconstruction stays in the normalized space (use forward/reconstruct for raw space)", stacklevel=2)
+                warnings.warn(
+                    "decode: with unit normalization the codes are not of the tokens last encoded, so the "
+                    "reconstruction stays in the normalized space (use forward/reconstruct for raw space)",
+                    stacklevel=2,
+                )
                 ctx = None
         return self.normalizer.denormalize(self.decode_normalized(z), ctx)
 
@@ -187,4 +190,6 @@ class SparseAutoencoder(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return f"d_in={c.d_in}, n_latents={c.n_latents}, method={c.method}, penalty={c.penalty}, normalize={c.normalize}"
+        return (
+            f"d_in={c.d_in}, n_latents={c.n_latents}, method={c.method}, penalty={c.penalty}, normalize={c.normalize}"
+        )

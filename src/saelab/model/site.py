@@ -8,7 +8,12 @@ from saelab.errors import DataError
 from saelab.methods import ACTIVATIONS
 
 # saelab's LM sites (saelab.sources.lm.model.SITES) → the TransformerLens hook of block L.
-TL_HOOKS = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
+TL_HOOKS = {
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "mlp_out": "hook_mlp_out",
+    "attn_out": "hook_attn_out",
+}
 OTHELLO_MODEL = "saelab-othellogpt"  # the committed model (saelab.sources.othello.harvest.load_model("default"))
 OTHELLO_CONTEXT = 59  # saelab.sources.othello.model.CONTEXT, not imported: this leaf must not pull in the testbed
 
@@ -35,8 +40,13 @@ class ModelSite:
         if not isinstance(meta["hook_name"], str):
             raise DataError(f"cfg.json metadata: hook_name={meta['hook_name']!r} must be a string")
         try:
-            return cls(str(meta.get("model_name") or ""), str(meta["hook_name"]), int(meta.get("hook_layer", _layer_of(meta["hook_name"]))),
-                       int(meta.get("context_size") or 0), bool(meta.get("prepend_bos", True)))
+            return cls(
+                str(meta.get("model_name") or ""),
+                str(meta["hook_name"]),
+                int(meta.get("hook_layer", _layer_of(meta["hook_name"]))),
+                int(meta.get("context_size") or 0),
+                bool(meta.get("prepend_bos", True)),
+            )
         except (TypeError, ValueError) as e:
             raise DataError(f"cfg.json metadata: unreadable hook fields ({e})") from None
 
@@ -49,7 +59,11 @@ def _layer_of(hook_name: str) -> int:
 
 def site_from_source(source: dict | None) -> ModelSite | None:
     """The ModelSite of activations from `saelab lm activations` or `saelab othello activations`; None for any other data."""
-    if not isinstance(source, dict) or isinstance(source.get("layer"), bool) or not isinstance(source.get("layer"), int):
+    if (
+        not isinstance(source, dict)
+        or isinstance(source.get("layer"), bool)
+        or not isinstance(source.get("layer"), int)
+    ):
         return None  # toy or user data, or a record too old or odd to say which hook
     if source.get("source") == "othello":
         # Layer 0 is the embeddings (block 0's input); layer i ≥ 1 is block i−1's output.
@@ -57,12 +71,20 @@ def site_from_source(source: dict | None) -> ModelSite | None:
         hook = "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
         model = source.get("model", "default")
         # No BOS: the model's tokens are moves only, position 0 is the first move.
-        return ModelSite(OTHELLO_MODEL if model == "default" else str(model), hook, max(layer - 1, 0), OTHELLO_CONTEXT, False)
+        return ModelSite(
+            OTHELLO_MODEL if model == "default" else str(model), hook, max(layer - 1, 0), OTHELLO_CONTEXT, False
+        )
     if source.get("site") in TL_HOOKS and isinstance(source.get("model"), str):
         layer = source["layer"]
         options = source.get("options") if isinstance(source.get("options"), dict) else {}
         context = source.get("context") if isinstance(source.get("context"), int) else 0
-        return ModelSite(source["model"], f"blocks.{layer}.{TL_HOOKS[source['site']]}", layer, context, bool(options.get("prepend_bos", True)))
+        return ModelSite(
+            source["model"],
+            f"blocks.{layer}.{TL_HOOKS[source['site']]}",
+            layer,
+            context,
+            bool(options.get("prepend_bos", True)),
+        )
     return None
 
 
@@ -171,7 +193,9 @@ class SiteView:
         if value == getattr(self, name):
             return
         if self._site is None:
-            raise AttributeError(f"cfg.{name}: this SAE has no model site (toy or user data); set cfg.site = ModelSite(...) instead")
+            raise AttributeError(
+                f"cfg.{name}: this SAE has no model site (toy or user data); set cfg.site = ModelSite(...) instead"
+            )
         self._site = replace(self._site, **{name: value})
 
     @property

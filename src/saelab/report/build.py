@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from saelab.errors import ConfigError, DataError
-from saelab.util.atomic import atomic_write_bytes, atomic_write_text
 from saelab.report.html import render_html
 from saelab.report.results import EVAL, ResultRow, read_all_results, read_curve, read_eval
 from saelab.report.section import Figure, Note, Paragraph, Section
 from saelab.report.summary import (
-    L0_TOLERANCE,
     KNOWN_METRICS,
+    L0_TOLERANCE,
     GroupSummary,
     MatchedComparison,
     matched_comparisons,
@@ -25,6 +24,7 @@ from saelab.report.summary import (
     summarize,
 )
 from saelab.report.tables import Cell, format_difference, format_params, make_table
+from saelab.util.atomic import atomic_write_bytes, atomic_write_text
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -72,10 +72,13 @@ def load_report_data(result_dirs: Sequence[str | Path], tolerance: float = L0_TO
     """Read every DIR/results.jsonl, summarize by group, and compare the L0-matched groups."""
     rows = read_all_results(result_dirs)
     groups = summarize([r.data for r in rows])
-    return ReportData(tuple(Path(d) for d in result_dirs), tuple(rows), tuple(groups), tuple(matched_comparisons(groups, tolerance)))
+    return ReportData(
+        tuple(Path(d) for d in result_dirs), tuple(rows), tuple(groups), tuple(matched_comparisons(groups, tolerance))
+    )
 
 
 # ---- sections ------------------------------------------------------------------------------
+
 
 def _estimate_cell(group: GroupSummary, key: str) -> Cell:
     """An interval cell with its numbers kept as data-* attributes for machines."""
@@ -84,7 +87,10 @@ def _estimate_cell(group: GroupSummary, key: str) -> Cell:
     iv = group.metrics.get(key)
     if iv is None:
         return Cell("–")
-    data = tuple((k, repr(float(getattr(iv, k)))) for k in ("estimate", "lo", "hi")) + (("n", str(iv.n)), ("method", iv.method))
+    data = tuple((k, repr(float(getattr(iv, k)))) for k in ("estimate", "lo", "hi")) + (
+        ("n", str(iv.n)),
+        ("method", iv.method),
+    )
     return Cell(format_interval(iv), data=(("metric", key),) + data)
 
 
@@ -94,15 +100,23 @@ def summary_section(data: ReportData) -> Section:
     headers = ["group", "method", "params", "seeds", *(m.label for m in specs)]
     numeric = [False, False, False, True, *(True for _ in specs)]
     rows = [
-        [Cell(g.group, data=(("group", g.group),)), g.method, format_params(g.params), str(g.n_seeds), *(_estimate_cell(g, m.key) for m in specs)]
+        [
+            Cell(g.group, data=(("group", g.group),)),
+            g.method,
+            format_params(g.params),
+            str(g.n_seeds),
+            *(_estimate_cell(g, m.key) for m in specs),
+        ]
         for g in data.groups
     ]
     dirs = ", ".join(str(d) for d in data.dirs)
     blocks = [
         Paragraph(f"{len(data.rows)} SAEs in {len(data.groups)} groups, read from {dirs}."),
-        Paragraph("Each cell is the mean over the group's seeds ± the half-width of its 95% Student-t interval. "
-                  "A group with a single seed shows that SAE's own bootstrap interval over evaluation data where "
-                  "the sweep computed one, else the bare value."),
+        Paragraph(
+            "Each cell is the mean over the group's seeds ± the half-width of its 95% Student-t interval. "
+            "A group with a single seed shows that SAE's own bootstrap interval over evaluation data where "
+            "the sweep computed one, else the bare value."
+        ),
         make_table(headers, rows, numeric, css="summary"),
     ]
     return Section.from_blocks("summary", "Summary across seeds", blocks)
@@ -120,7 +134,9 @@ def frontiers_section(data: ReportData) -> Section:
     """Each frontier metric against L0, with x and y error bars, one style per method."""
     from saelab.report.plots import frontier_png
 
-    blocks: list = [Paragraph("Group means with 95% intervals on both axes; lines join a method's groups in order of L0.")]
+    blocks: list = [
+        Paragraph("Group means with 95% intervals on both axes; lines join a method's groups in order of L0.")
+    ]
     for key, ylabel in FRONTIERS:
         label = spec_for(key).label
         groups = [g for g in data.groups if "l0" in g.metrics and key in g.metrics]
@@ -136,37 +152,59 @@ def comparisons_section(data: ReportData) -> Section:
     """Pairwise comparisons of L0-matched groups, metric by metric, with the verdict each interval supports."""
     lower = [m.label for m in KNOWN_METRICS if m.higher_is_better is False]
     higher = [m.label for m in KNOWN_METRICS if m.higher_is_better]
-    blocks: list = [Paragraph(
-        f"Groups count as matched in L0 when they share target_l0, or, where it is absent, when their mean L0 lie "
-        f"within ±{L0_TOLERANCE:.0%} of each other. A − B is given with its 95% interval: Welch t over seeds, each "
-        "side's variance of the mean widened by its SAEs' evaluation SE (games or row blocks resampled; the seeds share "
-        "those evaluation data, so that error does not average out); a side with one seed, or whose seeds agree with no "
-        "evaluation SE recorded, is not separable. All comparisons of the report form one family: a verdict names a "
-        "winner only when its Holm-adjusted p-value is below 0.05 (family-wise 5%), so it can say \"not separable\" "
-        "where the unadjusted 95% interval excludes zero. "
-        f"Lower is better for {', '.join(lower)}; higher is better for {', '.join(higher)}."
-    )]
+    blocks: list = [
+        Paragraph(
+            f"Groups count as matched in L0 when they share target_l0, or, where it is absent, when their mean L0 lie "
+            f"within ±{L0_TOLERANCE:.0%} of each other. A − B is given with its 95% interval: Welch t over seeds, each "
+            "side's variance of the mean widened by its SAEs' evaluation SE (games or row blocks resampled; the seeds share "
+            "those evaluation data, so that error does not average out); a side with one seed, or whose seeds agree with no "
+            "evaluation SE recorded, is not separable. All comparisons of the report form one family: a verdict names a "
+            'winner only when its Holm-adjusted p-value is below 0.05 (family-wise 5%), so it can say "not separable" '
+            "where the unadjusted 95% interval excludes zero. "
+            f"Lower is better for {', '.join(lower)}; higher is better for {', '.join(higher)}."
+        )
+    ]
     if not data.comparisons:
-        blocks.append(Note("Matched-L0 comparisons: not present (no two groups share a target_l0 or lie within "
-                           f"±{L0_TOLERANCE:.0%} in mean L0, or they have no comparable metric)."))
+        blocks.append(
+            Note(
+                "Matched-L0 comparisons: not present (no two groups share a target_l0 or lie within "
+                f"±{L0_TOLERANCE:.0%} in mean L0, or they have no comparable metric)."
+            )
+        )
         return Section.from_blocks("comparisons", "Matched-L0 comparisons", blocks)
     pairs = {(c.comparison.a, c.comparison.b) for c in data.comparisons}
     separable = sum(c.comparison.separable() for c in data.comparisons)
-    blocks.append(Paragraph(f"{len(data.comparisons)} comparisons between {len(pairs)} "
-                            f"{'pair' if len(pairs) == 1 else 'pairs'} of groups; {separable} separable."))
+    blocks.append(
+        Paragraph(
+            f"{len(data.comparisons)} comparisons between {len(pairs)} "
+            f"{'pair' if len(pairs) == 1 else 'pairs'} of groups; {separable} separable."
+        )
+    )
     rows = []
     for m in data.comparisons:
         c = m.comparison
         attrs = (("metric", m.metric), ("a", c.a), ("b", c.b))
-        rows.append([
-            m.basis, spec_for(m.metric).label, c.a, c.b,
-            Cell(format_difference(c.diff, c.lo, c.hi), data=attrs),
-            f"{c.p:.2g}", "–" if c.p_adjusted is None else f"{c.p_adjusted:.2g}",
-            Cell(c.verdict, data=attrs, css="win" if c.separable() else "tie"),
-            c.method,
-        ])
-    blocks.append(make_table(["matched at", "metric", "A", "B", "A − B [95% interval]", "p", "p (Holm)", "verdict", "test"], rows,
-                             [False, False, False, False, True, True, True, False, False], css="comparisons"))
+        rows.append(
+            [
+                m.basis,
+                spec_for(m.metric).label,
+                c.a,
+                c.b,
+                Cell(format_difference(c.diff, c.lo, c.hi), data=attrs),
+                f"{c.p:.2g}",
+                "–" if c.p_adjusted is None else f"{c.p_adjusted:.2g}",
+                Cell(c.verdict, data=attrs, css="win" if c.separable() else "tie"),
+                c.method,
+            ]
+        )
+    blocks.append(
+        make_table(
+            ["matched at", "metric", "A", "B", "A − B [95% interval]", "p", "p (Holm)", "verdict", "test"],
+            rows,
+            [False, False, False, False, True, True, True, False, False],
+            css="comparisons",
+        )
+    )
     return Section.from_blocks("comparisons", "Matched-L0 comparisons", blocks)
 
 
@@ -176,14 +214,26 @@ def dead_section(data: ReportData) -> Section:
 
     groups = [g for g in data.groups if "dead_fraction" in g.metrics]
     if not groups:
-        return Section.from_blocks("dead", "Dead latents", [Note("Dead fraction: not present in these results (no SAE has dead_fraction).")])
-    bars = [BarValue(g.group, g.method, iv.estimate, iv.lo, iv.hi) for g in groups for iv in [g.metrics["dead_fraction"]]]
-    png = bars_png(bars, "fraction of latents that never fire on the evaluation tokens", "Dead latents per group", floor=0.0)
-    return Section.from_blocks("dead", "Dead latents", [
-        Paragraph("Fraction of latents that never fire on the evaluation tokens: mean over seeds ± 95% interval "
-                  "(drawn only down to zero, which a fraction cannot go below)."),
-        Figure("dead.png", png, "Dead fraction per group"),
-    ])
+        return Section.from_blocks(
+            "dead", "Dead latents", [Note("Dead fraction: not present in these results (no SAE has dead_fraction).")]
+        )
+    bars = [
+        BarValue(g.group, g.method, iv.estimate, iv.lo, iv.hi) for g in groups for iv in [g.metrics["dead_fraction"]]
+    ]
+    png = bars_png(
+        bars, "fraction of latents that never fire on the evaluation tokens", "Dead latents per group", floor=0.0
+    )
+    return Section.from_blocks(
+        "dead",
+        "Dead latents",
+        [
+            Paragraph(
+                "Fraction of latents that never fire on the evaluation tokens: mean over seeds ± 95% interval "
+                "(drawn only down to zero, which a fraction cannot go below)."
+            ),
+            Figure("dead.png", png, "Dead fraction per group"),
+        ],
+    )
 
 
 def _missing_note(what: str, names: Sequence[str]) -> Note:
@@ -205,19 +255,31 @@ def density_section(data: ReportData) -> Section:
             continue
         edges, counts = hist.get("log10_bin_edges"), hist.get("counts")
         if not isinstance(edges, list) or not isinstance(counts, list) or len(edges) != len(counts) + 1:
-            raise DataError(f"{row.folder() / EVAL}: firing_density_hist needs log10_bin_edges with one more entry than counts")
+            raise DataError(
+                f"{row.folder() / EVAL}: firing_density_hist needs log10_bin_edges with one more entry than counts"
+            )
         dead = hist.get("dead")
         n = row.data.get("n_latents")
         note = "" if dead is None else (f"dead: {dead} of {n}" if n else f"dead: {dead}")
-        panels.append(HistPanel(f"{g.group} ({row.name})", tuple(map(float, edges)), tuple(map(float, counts)), g.method, note))
+        panels.append(
+            HistPanel(f"{g.group} ({row.name})", tuple(map(float, edges)), tuple(map(float, counts)), g.method, note)
+        )
     title = "Latent firing density"
     if not panels:
-        return Section.from_blocks("density", title, [Note("Firing-density histograms: not present (no SAE folder has an eval.json with firing_density_hist).")])
-    png = histogram_grid_png(panels, "log10 firing density", "latents", "Latent firing density (first seed of each group)")
+        return Section.from_blocks(
+            "density",
+            title,
+            [Note("Firing-density histograms: not present (no SAE folder has an eval.json with firing_density_hist).")],
+        )
+    png = histogram_grid_png(
+        panels, "log10 firing density", "latents", "Latent firing density (first seed of each group)"
+    )
     blocks: list = [
-        Paragraph("How many latents fire at each log10 density (the share of evaluation tokens on which a latent is "
-                  "non-zero), for the first seed of each group. Dead latents never fire and have no place on a log "
-                  "axis; each panel states their number."),
+        Paragraph(
+            "How many latents fire at each log10 density (the share of evaluation tokens on which a latent is "
+            "non-zero), for the first seed of each group. Dead latents never fire and have no place on a log "
+            "axis; each panel states their number."
+        ),
         Figure("density.png", png, "Firing-density histograms per group"),
     ]
     if missing:
@@ -261,15 +323,29 @@ def active_section(data: ReportData) -> Section:
             missing.append(g.group)
             continue
         edges, shares, mean = _active_hist(hist, str(row.folder() / EVAL))
-        panels.append(HistPanel(f"{g.group} ({row.name})", edges, shares, g.method, marker=mean, marker_label=f"mean {mean:.3g}"))
+        panels.append(
+            HistPanel(f"{g.group} ({row.name})", edges, shares, g.method, marker=mean, marker_label=f"mean {mean:.3g}")
+        )
     title = "Active latents per token"
     if not panels:
-        return Section.from_blocks("active", title, [Note("Active-latents histograms: not present (no SAE folder has an eval.json with active_latents_hist).")])
+        return Section.from_blocks(
+            "active",
+            title,
+            [Note("Active-latents histograms: not present (no SAE folder has an eval.json with active_latents_hist).")],
+        )
     # Each SAE's own range: a shared axis squeezes a TopK spike at k=32 next to one at k=128 into slivers.
-    png = histogram_grid_png(panels, "active latents per token", "share of tokens", "Active latents per token (first seed of each group)", sharex=False)
+    png = histogram_grid_png(
+        panels,
+        "active latents per token",
+        "share of tokens",
+        "Active latents per token (first seed of each group)",
+        sharex=False,
+    )
     blocks: list = [
-        Paragraph("Share of evaluation tokens with each number of non-zero latents, for the first seed of each group; "
-                  "the dashed line is the mean (the L0 of that SAE)."),
+        Paragraph(
+            "Share of evaluation tokens with each number of non-zero latents, for the first seed of each group; "
+            "the dashed line is the mean (the L0 of that SAE)."
+        ),
         Figure("active.png", png, "Active latents per token per group"),
     ]
     if missing:
@@ -290,7 +366,9 @@ def values_section(data: ReportData) -> Section:
             continue
         edges, counts = hist.get("log10_bin_edges"), hist.get("counts")
         if not isinstance(edges, list) or not isinstance(counts, list) or len(edges) != len(counts) + 1:
-            raise DataError(f"{row.folder() / EVAL}: activation_value_hist needs log10_bin_edges with one more entry than counts")
+            raise DataError(
+                f"{row.folder() / EVAL}: activation_value_hist needs log10_bin_edges with one more entry than counts"
+            )
         outside = {k: int(hist.get(k) or 0) for k in ("below", "above", "negative")}
         total = sum(counts) + outside["below"] + outside["above"]
         if total <= 0:
@@ -302,14 +380,28 @@ def values_section(data: ReportData) -> Section:
         panels.append(HistPanel(f"{g.group} ({row.name})", tuple(map(float, edges)), shares, g.method, note))
     title = "Activation values"
     if not panels:
-        return Section.from_blocks("values", title, [Note("Activation-value histograms: not present (no SAE folder has an eval.json with activation_value_hist).")])
-    png = histogram_grid_png(panels, "log10 activation value (normalized space)", "share of non-zero activations",
-                             "Non-zero activation values (first seed of each group)")
+        return Section.from_blocks(
+            "values",
+            title,
+            [
+                Note(
+                    "Activation-value histograms: not present (no SAE folder has an eval.json with activation_value_hist)."
+                )
+            ],
+        )
+    png = histogram_grid_png(
+        panels,
+        "log10 activation value (normalized space)",
+        "share of non-zero activations",
+        "Non-zero activation values (first seed of each group)",
+    )
     blocks: list = [
-        Paragraph("Share of the non-zero activations at each log10 value (0.2-decade bins, in the SAE's normalized input "
-                  "space), for the first seed of each group. A penalty such as L1 pulls mass toward small values "
-                  "(shrinkage); leaky codes show their leaked entries as a second mode far below the top-k ones. Values "
-                  "outside the axis (below, above) and negative ones (counted by magnitude) are noted in the panel."),
+        Paragraph(
+            "Share of the non-zero activations at each log10 value (0.2-decade bins, in the SAE's normalized input "
+            "space), for the first seed of each group. A penalty such as L1 pulls mass toward small values "
+            "(shrinkage); leaky codes show their leaked entries as a second mode far below the top-k ones. Values "
+            "outside the axis (below, above) and negative ones (counted by magnitude) are noted in the panel."
+        ),
         Figure("values.png", png, "Activation-value histograms per group"),
     ]
     if missing:
@@ -333,20 +425,36 @@ def curves_section(data: ReportData) -> Section:
                 missing.append(name)
     title = "Training curves"
     if not logs:
-        return Section.from_blocks("curves", title, [Note("Training curves: not present (no SAE folder has a metrics.jsonl).")])
+        return Section.from_blocks(
+            "curves", title, [Note("Training curves: not present (no SAE folder has a metrics.jsonl).")]
+        )
     # Tokens compare runs of different batch sizes; steps only when some log lacks tokens.
-    x_key = "tokens" if all(isinstance(s.get("tokens"), (int, float)) for _, _, steps in logs for s in steps) else "step"
-    keys = [(k, label) for k, label in (("nmse", "NMSE"), ("l0", "L0")) if any(s.get(k) is not None for _, _, steps in logs for s in steps)]
+    x_key = (
+        "tokens" if all(isinstance(s.get("tokens"), (int, float)) for _, _, steps in logs for s in steps) else "step"
+    )
+    keys = [
+        (k, label)
+        for k, label in (("nmse", "NMSE"), ("l0", "L0"))
+        if any(s.get(k) is not None for _, _, steps in logs for s in steps)
+    ]
     if not keys:
-        return Section.from_blocks("curves", title, [Note("Training curves: not present (the metrics.jsonl files log neither nmse nor l0).")])
+        return Section.from_blocks(
+            "curves", title, [Note("Training curves: not present (the metrics.jsonl files log neither nmse nor l0).")]
+        )
     curves = [
-        Curve(row.name, g.group, tuple(float(s.get(x_key) or 0) for s in steps),
-              {k: tuple(s.get(k) if isinstance(s.get(k), (int, float)) else math.nan for s in steps) for k, _ in keys})
+        Curve(
+            row.name,
+            g.group,
+            tuple(float(s.get(x_key) or 0) for s in steps),
+            {k: tuple(s.get(k) if isinstance(s.get(k), (int, float)) else math.nan for s in steps) for k, _ in keys},
+        )
         for g, row, steps in logs
     ]
     png = curves_png(curves, keys, "training tokens" if x_key == "tokens" else "training step", "Training curves")
     blocks: list = [
-        Paragraph(f"{', '.join(label for _, label in keys)} as logged during training, one line per SAE, colored by group."),
+        Paragraph(
+            f"{', '.join(label for _, label in keys)} as logged during training, one line per SAE, colored by group."
+        ),
         Figure("curves.png", png, "Training curves"),
     ]
     if missing:
@@ -355,11 +463,19 @@ def curves_section(data: ReportData) -> Section:
 
 
 DEFAULT_SECTIONS: tuple[SectionHook, ...] = (
-    summary_section, frontiers_section, comparisons_section, dead_section, density_section, active_section, values_section, curves_section,
+    summary_section,
+    frontiers_section,
+    comparisons_section,
+    dead_section,
+    density_section,
+    active_section,
+    values_section,
+    curves_section,
 )
 
 
 # ---- documents -----------------------------------------------------------------------------
+
 
 def render_markdown(title: str, sections: Sequence[Section], meta: Sequence[tuple[str, str]] = ()) -> str:
     """report.md: title, meta lines, contents, then each section under an anchor named by its id."""
@@ -407,7 +523,10 @@ def build_report(
             atomic_write_bytes(out / f.filename, f.png)
             figures.append(out / f.filename)
     built = datetime.now().astimezone().isoformat(timespec="seconds")
-    meta = [("Built", built), ("Command", command or shlex.join(["saelab", "report", *map(str, dirs), "--out", str(out)]))]
+    meta = [
+        ("Built", built),
+        ("Command", command or shlex.join(["saelab", "report", *map(str, dirs), "--out", str(out)])),
+    ]
     md_path, html_path = out / REPORT_MD, out / REPORT_HTML
     atomic_write_text(md_path, render_markdown(title, sections, meta))
     atomic_write_text(html_path, render_html(title, sections, meta))

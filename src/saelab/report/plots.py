@@ -27,7 +27,9 @@ def save_figure(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_frontier(rows: Sequence[dict], path: str | Path, x: str = "l0", y: str = "nmse", label: str = "label", title: str = "") -> Path:
+def plot_frontier(
+    rows: Sequence[dict], path: str | Path, x: str = "l0", y: str = "nmse", label: str = "label", title: str = ""
+) -> Path:
     """Scatter of sparsity against reconstruction error, one labelled point per SAE."""
     import matplotlib
 
@@ -73,10 +75,18 @@ def _annotate_without_overlap(ax, points: Sequence[tuple[float, float, str]]) ->
         while any(abs(dx - ox) < 60 and abs(dy + shift - oy) < 9 for ox, oy in placed):
             shift -= 10
         placed.append((dx, dy + shift))
-        ax.annotate(name, (px, py), textcoords="offset points", xytext=(4, 3 + shift * 72 / ax.figure.dpi), fontsize=7, alpha=0.8)
+        ax.annotate(
+            name,
+            (px, py),
+            textcoords="offset points",
+            xytext=(4, 3 + shift * 72 / ax.figure.dpi),
+            fontsize=7,
+            alpha=0.8,
+        )
 
 
 # ---- report figures: PNG bytes, drawn on a private Agg canvas (no pyplot state) ---------------
+
 
 def new_figure(width: float, height: float):
     """A matplotlib Figure on its own Agg canvas; pyplot's global figure list never sees it."""
@@ -102,7 +112,11 @@ def series_styles(names: Sequence[str]) -> dict[str, dict]:
     cmap = colormaps["tab10"]
     out = {}
     for i, name in enumerate(sorted(set(names))):
-        out[name] = {"color": cmap(i % 10), "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)]}
+        out[name] = {
+            "color": cmap(i % 10),
+            "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)],
+        }
     return out
 
 
@@ -136,8 +150,19 @@ def frontier_png(points: Sequence[ErrorPoint], xlabel: str, ylabel: str, title: 
         pts = sorted((p for p in points if p.series == series), key=lambda p: p.x)
         xerr = np.array([_err(p.x, p.x_lo, p.x_hi) for p in pts]).T
         yerr = np.array([_err(p.y, p.y_lo, p.y_hi) for p in pts]).T
-        ax.errorbar([p.x for p in pts], [p.y for p in pts], xerr=xerr, yerr=yerr, label=series, color=style["color"],
-                    marker=style["marker"], linestyle=style["linestyle"], capsize=3, markersize=5, alpha=0.9)
+        ax.errorbar(
+            [p.x for p in pts],
+            [p.y for p in pts],
+            xerr=xerr,
+            yerr=yerr,
+            label=series,
+            color=style["color"],
+            marker=style["marker"],
+            linestyle=style["linestyle"],
+            capsize=3,
+            markersize=5,
+            alpha=0.9,
+        )
     _maybe_log_x(ax, np.array([p.x for p in points], dtype=float))
     _annotate_without_overlap(ax, [(p.x, p.y, p.label) for p in points])
     ax.set_xlabel(xlabel)
@@ -166,15 +191,23 @@ def bars_png(bars: Sequence[BarValue], xlabel: str, title: str, floor: float | N
     styles = series_styles([b.series for b in bars])
     ys = np.arange(len(bars))[::-1]
     err = np.array([_err(b.value, b.lo if floor is None else max(b.lo, floor), b.hi) for b in bars]).T
-    ax.barh(ys, [b.value for b in bars], xerr=err, color=[styles[b.series]["color"] for b in bars], capsize=3, alpha=0.85)
+    ax.barh(
+        ys, [b.value for b in bars], xerr=err, color=[styles[b.series]["color"] for b in bars], capsize=3, alpha=0.85
+    )
     ax.set_yticks(ys, [b.label for b in bars], fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=s["color"], label=name) for name, s in styles.items()], fontsize=8, title="method",
-              title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars fill the whole plot area
+    ax.legend(
+        handles=[Patch(color=s["color"], label=name) for name, s in styles.items()],
+        fontsize=8,
+        title="method",
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )  # outside: bars fill the whole plot area
     return figure_png(fig)
 
 
@@ -191,7 +224,9 @@ class HistPanel:
     marker_label: str = ""
 
 
-def histogram_grid_png(panels: Sequence[HistPanel], xlabel: str, ylabel: str, title: str, ncols: int = 3, sharex: bool = True) -> bytes:
+def histogram_grid_png(
+    panels: Sequence[HistPanel], xlabel: str, ylabel: str, title: str, ncols: int = 3, sharex: bool = True
+) -> bytes:
     """One histogram panel per entry in a grid (sharing the x axis unless told not to)."""
     ncols = max(1, min(ncols, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
@@ -208,9 +243,9 @@ def histogram_grid_png(panels: Sequence[HistPanel], xlabel: str, ylabel: str, ti
             ax.text(0.02, 0.95, p.note, transform=ax.transAxes, fontsize=7, va="top")
         ax.set_title(p.title, fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    for ax in list(axes.flat)[:len(panels)]:
+    for ax in list(axes.flat)[: len(panels)]:
         ax.tick_params(labelbottom=True)  # sharex hides inner tick labels, also above an empty slot of the last row
         ax.set_xlabel(xlabel, fontsize=8)
     for ax in axes[:, 0]:
@@ -247,8 +282,14 @@ def curves_png(curves: Sequence[Curve], keys: Sequence[tuple[str, str]], xlabel:
             if not pts:
                 continue
             values.extend(y for _, y in pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[c.group], linewidth=1.2, alpha=0.8,
-                    label=None if c.group in named else c.group)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                color=colors[c.group],
+                linewidth=1.2,
+                alpha=0.8,
+                label=None if c.group in named else c.group,
+            )
             named.add(c.group)
         if values and min(values) > 0 and max(values) / min(values) > 10:  # early steps dwarf the end otherwise
             ax.set_yscale("log")

@@ -46,7 +46,9 @@ def read_results(result_dir: str | Path) -> list[ResultRow]:
         rows = run_folder_rows(result_dir)
         if rows:
             return rows
-        raise DataError(f"{result_dir}: no {RESULTS} and no SAE folder (saelab.json) in this folder (not a sweep or run output folder?)")
+        raise DataError(
+            f"{result_dir}: no {RESULTS} and no SAE folder (saelab.json) in this folder (not a sweep or run output folder?)"
+        )
     rows = []
     names: dict[str, int] = {}
     for lineno, data in jsonl_objects(path):
@@ -89,11 +91,33 @@ def run_folder_rows(run_dir: Path) -> list[ResultRow]:
         params = {**(sae.get("method_params") or {}), **(sae.get("penalty_params") or {})}
         if sae.get("penalty"):
             params.update(penalty=sae["penalty"], alpha=sae.get("alpha"))
-        data = {"name": name, "group": name, "method": sae.get("method") or "unknown", "params": params,
-                "n_latents": sae.get("n_latents"), "seed": None, "target_l0": sae.get("target_l0"),
-                **{k: ev.get(k) for k in ("l0", "l0_eps", "nmse", "mse", "explained_variance", "cos_sim", "dead_fraction", "dense_fraction")},
-                "tokens": record.get("tokens"), "steps": record.get("steps"), "flops": record.get("flops"), "folder": rel,
-                "ci": dict(ev.get("ci") or {})}
+        data = {
+            "name": name,
+            "group": name,
+            "method": sae.get("method") or "unknown",
+            "params": params,
+            "n_latents": sae.get("n_latents"),
+            "seed": None,
+            "target_l0": sae.get("target_l0"),
+            **{
+                k: ev.get(k)
+                for k in (
+                    "l0",
+                    "l0_eps",
+                    "nmse",
+                    "mse",
+                    "explained_variance",
+                    "cos_sim",
+                    "dead_fraction",
+                    "dense_fraction",
+                )
+            },
+            "tokens": record.get("tokens"),
+            "steps": record.get("steps"),
+            "flops": record.get("flops"),
+            "folder": rel,
+            "ci": dict(ev.get("ci") or {}),
+        }
         data = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
         rows.append(ResultRow(data, run_dir / RESULTS, lineno))
     return rows
@@ -112,7 +136,9 @@ def read_all_results(result_dirs: Sequence[str | Path]) -> list[ResultRow]:
         if key in seen:
             first = seen[key]
             # The same configuration and seed twice would count one run as two independent seeds.
-            raise DataError(f"{r.source}:{r.line}: group {key[0]!r} seed {r.data['seed']} already read from {first.source}:{first.line}")
+            raise DataError(
+                f"{r.source}:{r.line}: group {key[0]!r} seed {r.data['seed']} already read from {first.source}:{first.line}"
+            )
         seen[key] = r
     return rows
 

@@ -75,7 +75,9 @@ class Section:
 
     def __post_init__(self):
         if not _ID.match(self.id):
-            raise ValueError(f"section id {self.id!r} must start with a letter and hold only letters, digits, '-' and '_'")
+            raise ValueError(
+                f"section id {self.id!r} must start with a letter and hold only letters, digits, '-' and '_'"
+            )
 
     @classmethod
     def from_blocks(cls, id: str, title: str, blocks: Sequence[Block]) -> "Section":

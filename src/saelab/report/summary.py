@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from saelab.errors import DataError
-from saelab.util.intervals import Interval, normal_quantile, seeds_interval
 from saelab.util.comparisons import Comparison, adjust_family, compare_seeds
+from saelab.util.intervals import Interval, normal_quantile, seeds_interval
 
 L0_TOLERANCE = 0.10  # groups without a shared target_l0 are matched when their mean L0 differ by at most 10%
 EVAL_SE = "_eval_se"  # a row's `<metric>_eval_se`: the metric's standard error from its own evaluation's resampling
@@ -41,13 +41,33 @@ KNOWN_METRICS: tuple[MetricSpec, ...] = (
 )
 
 # Identity and bookkeeping fields: numbers that describe the run, not its quality.
-NOT_METRICS = frozenset({"name", "group", "method", "params", "n_latents", "seed", "tokens", "folder", "target_l0", "ci", "label",
-                         "d_in", "lr", "steps", "batch_size", "epochs"})
+NOT_METRICS = frozenset(
+    {
+        "name",
+        "group",
+        "method",
+        "params",
+        "n_latents",
+        "seed",
+        "tokens",
+        "folder",
+        "target_l0",
+        "ci",
+        "label",
+        "d_in",
+        "lr",
+        "steps",
+        "batch_size",
+        "epochs",
+    }
+)
 
 
 def metric_specs(rows: Sequence[dict]) -> list[MetricSpec]:
     """The metrics present (non-null in some row): known ones in their fixed order, then other numeric keys by name."""
-    present = {k for r in rows for k, v in r.items() if _is_number(v) and k not in NOT_METRICS and not k.endswith(EVAL_SE)}
+    present = {
+        k for r in rows for k, v in r.items() if _is_number(v) and k not in NOT_METRICS and not k.endswith(EVAL_SE)
+    }
     known = [m for m in KNOWN_METRICS if m.key in present]
     names = {m.key for m in KNOWN_METRICS}
     return known + [MetricSpec(k, k, None) for k in sorted(present - names)]
@@ -86,8 +106,14 @@ class GroupSummary:
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
         return {
-            "group": self.group, "method": self.method, "params": self.params, "n_latents": self.n_latents,
-            "target_l0": self.target_l0, "n_seeds": self.n_seeds, "names": list(self.names), "seeds": list(self.seeds),
+            "group": self.group,
+            "method": self.method,
+            "params": self.params,
+            "n_latents": self.n_latents,
+            "target_l0": self.target_l0,
+            "n_seeds": self.n_seeds,
+            "names": list(self.names),
+            "seeds": list(self.seeds),
             "metrics": {k: iv.to_dict() for k, iv in self.metrics.items()},
         }
 
@@ -107,8 +133,13 @@ def summarize(rows: Sequence[dict]) -> list[GroupSummary]:
     for group, members in by_group.items():
         methods = sorted({str(r.get("method")) for r in members})
         if len(methods) > 1:
-            raise DataError(f"group {group!r} mixes methods {', '.join(methods)}: seeds of one configuration share a method")
-        members = sorted(members, key=lambda r: (r.get("seed") is None, r.get("seed") if _is_number(r.get("seed")) else 0, str(r["name"])))
+            raise DataError(
+                f"group {group!r} mixes methods {', '.join(methods)}: seeds of one configuration share a method"
+            )
+        members = sorted(
+            members,
+            key=lambda r: (r.get("seed") is None, r.get("seed") if _is_number(r.get("seed")) else 0, str(r["name"])),
+        )
         metrics, values, eval_se = {}, {}, {}
         for spec in specs:
             have = [r for r in members if _is_number(r.get(spec.key))]
@@ -119,18 +150,20 @@ def summarize(rows: Sequence[dict]) -> list[GroupSummary]:
             eval_se[spec.key] = tuple(row_eval_se(r, spec.key) for r in have)
             metrics[spec.key] = _row_interval(have[0], spec.key) if len(have) == 1 else seeds_interval(list(vals))
         targets = [float(r["target_l0"]) for r in members if _is_number(r.get("target_l0"))]
-        out.append(GroupSummary(
-            group=group,
-            method=methods[0],
-            params=dict(members[0].get("params") or {}),
-            n_latents=members[0].get("n_latents"),
-            target_l0=targets[0] if targets else None,
-            names=tuple(str(r["name"]) for r in members),
-            seeds=tuple(r.get("seed") for r in members),
-            metrics=metrics,
-            values=values,
-            eval_se=eval_se,
-        ))
+        out.append(
+            GroupSummary(
+                group=group,
+                method=methods[0],
+                params=dict(members[0].get("params") or {}),
+                n_latents=members[0].get("n_latents"),
+                target_l0=targets[0] if targets else None,
+                names=tuple(str(r["name"]) for r in members),
+                seeds=tuple(r.get("seed") for r in members),
+                metrics=metrics,
+                values=values,
+                eval_se=eval_se,
+            )
+        )
     return sorted(out, key=lambda g: (g.method, _nan_last(g.estimate("l0")), g.group))
 
 
@@ -140,7 +173,9 @@ def _row_interval(row: dict, key: str) -> Interval:
     if ci is None:
         return seeds_interval([float(row[key])])
     if not isinstance(ci, dict):
-        raise DataError(f"SAE {row.get('name')!r}: ci[{key!r}] is not an interval object {{estimate, lo, hi, n, method}}")
+        raise DataError(
+            f"SAE {row.get('name')!r}: ci[{key!r}] is not an interval object {{estimate, lo, hi, n, method}}"
+        )
     try:
         return Interval.from_dict(ci)
     except DataError as e:
@@ -209,7 +244,7 @@ def matched_comparisons(groups: Sequence[GroupSummary], tolerance: float = L0_TO
     specs = [spec_for(k) for k in keys]
     out = []
     for i, a in enumerate(groups):
-        for b in groups[i + 1:]:
+        for b in groups[i + 1 :]:
             basis = l0_match(a, b, tolerance)
             if basis is None:
                 continue

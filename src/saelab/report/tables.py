@@ -100,6 +100,7 @@ class Table:
 
     def to_html(self) -> str:
         """An HTML table; numeric cells get class 'num' so the page's CSS right-aligns them."""
+
         def cls(i: int, extra: str = "") -> str:
             names = " ".join(n for n in ("num" if self.numeric[i] else "", extra) if n)
             return f' class="{names}"' if names else ""
@@ -113,11 +114,15 @@ class Table:
                 cells.append(f"<td{cls(i, c.css)}{data}>{html.escape(c.text)}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
         table_cls = f' class="{self.css}"' if self.css else ""
-        return (f'<div class="table-wrap"><table{table_cls}><thead><tr>{head}</tr></thead>'
-                f"<tbody>{''.join(body)}</tbody></table></div>")
+        return (
+            f'<div class="table-wrap"><table{table_cls}><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>"
+        )
 
 
-def make_table(headers: Sequence[str], rows: Sequence[Sequence[Cell | str]], numeric: Sequence[bool] | None = None, css: str = "") -> Table:
+def make_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Cell | str]], numeric: Sequence[bool] | None = None, css: str = ""
+) -> Table:
     """Build a Table, wrapping plain strings as cells; every row must have one cell per header."""
     numeric = tuple(numeric) if numeric is not None else (False,) * len(headers)
     if len(numeric) != len(headers):

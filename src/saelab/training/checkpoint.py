@@ -66,7 +66,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DataError(f"{path}: unreadable checkpoint (its index is not a JSON object)")
     unnamed = sorted(set(tensors) - used)
     if unnamed:
-        raise DataError(f"{path}: unreadable checkpoint (holds tensors its index does not name: {', '.join(unnamed[:3])})")
+        raise DataError(
+            f"{path}: unreadable checkpoint (holds tensors its index does not name: {', '.join(unnamed[:3])})"
+        )
     return state
 
 
@@ -74,8 +76,10 @@ def refuse_legacy(folder: str | Path) -> None:
     """DataError if `folder` holds a pickle checkpoint of an older saelab (it is never opened)."""
     legacy = Path(folder) / LEGACY_CHECKPOINT
     if legacy.exists():
-        raise DataError(f"{legacy}: unreadable checkpoint: saelab no longer loads pickle checkpoints (unpickling can run code); "
-                        "retrain with --overwrite, or delete the file if a newer checkpoint sits beside it")
+        raise DataError(
+            f"{legacy}: unreadable checkpoint: saelab no longer loads pickle checkpoints (unpickling can run code); "
+            "retrain with --overwrite, or delete the file if a newer checkpoint sits beside it"
+        )
 
 
 def _one_line(e: BaseException) -> str:
@@ -119,7 +123,7 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor], used: set[str]) -> Any:
     if not isinstance(obj, dict):
         return obj  # str, int, float, bool, None: all JSON can hold
     if len(obj) == 1:
-        (key, value), = obj.items()
+        ((key, value),) = obj.items()
         if key == "__tensor__":
             if not isinstance(value, str) or value not in tensors:
                 raise _Unreadable(f"its index names a tensor {value!r} the file does not hold")

@@ -58,14 +58,26 @@ class ConvergenceMonitor:
         self.history.append((int(tokens), float(nmse)))
         if self.converged_at is None:
             earlier = [v for t, v in self.history if t <= tokens - self.window]
-            if earlier and math.isfinite(earlier[-1]) and math.isfinite(nmse) and earlier[-1] - nmse < self.tol * earlier[-1]:
+            if (
+                earlier
+                and math.isfinite(earlier[-1])
+                and math.isfinite(nmse)
+                and earlier[-1] - nmse < self.tol * earlier[-1]
+            ):
                 self.converged_at = int(tokens)
         return self.converged
 
     def record(self) -> dict:
         """What saelab.json keeps: the criterion, the outcome and every measurement."""
-        return {"tol": self.tol, "window_tokens": self.window, "every_steps": self.every, "converged": self.converged,
-                "tokens_to_convergence": self.converged_at, "held_out_rows": MAX_ROWS, "history": [list(h) for h in self.history]}
+        return {
+            "tol": self.tol,
+            "window_tokens": self.window,
+            "every_steps": self.every,
+            "converged": self.converged,
+            "tokens_to_convergence": self.converged_at,
+            "held_out_rows": MAX_ROWS,
+            "history": [list(h) for h in self.history],
+        }
 
     def state_dict(self) -> dict:
         """Checkpointable state (plain numbers)."""

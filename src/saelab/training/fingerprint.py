@@ -96,17 +96,30 @@ def data_fingerprint(store: ActivationStore) -> dict:
             whole.update(f"{size}:{file_sha256(path)}\n".encode())
         except OSError as e:
             raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return {"n_rows": int(store.n_rows), "d_in": int(store.d_in), "dtype": str(store.dtype), "files": len(paths),
-            "bytes": total, "sample_sha256": digest.hexdigest(), "sha256": whole.hexdigest()}
+    return {
+        "n_rows": int(store.n_rows),
+        "d_in": int(store.d_in),
+        "dtype": str(store.dtype),
+        "files": len(paths),
+        "bytes": total,
+        "sample_sha256": digest.hexdigest(),
+        "sha256": whole.hexdigest(),
+    }
 
 
 def check_same_data(field: str, path: str, saved: dict | None, now: dict) -> None:
     """ConfigError naming `field` unless `now` is the fingerprint `saved` in the checkpoint."""
     if not isinstance(saved, dict):
-        raise ConfigError(field, path, "the checkpoint records no fingerprint of its data, so resume cannot check it is the same data")
+        raise ConfigError(
+            field, path, "the checkpoint records no fingerprint of its data, so resume cannot check it is the same data"
+        )
     # A fingerprint written before the full hash is compared on its sampled blocks, all it recorded.
     keys = COMPARED if "sha256" in saved else (*COMPARED[:-1], "sample_sha256")
     for key in keys:
         if saved.get(key) != now.get(key):
-            what = "content differs" if key.endswith("sha256") else f"{key} is {now.get(key)!r}, the checkpoint's data had {saved.get(key)!r}"
+            what = (
+                "content differs"
+                if key.endswith("sha256")
+                else f"{key} is {now.get(key)!r}, the checkpoint's data had {saved.get(key)!r}"
+            )
             raise ConfigError(field, path, f"not the data the checkpoint was trained on ({what})")

@@ -89,9 +89,15 @@ class L0Controller:
         unset = not start > 0
         if unset:
             start = knob.initial
-        controller = cls(cfg.target_l0, knob, max(1, math.ceil(cfg.target_l0_warmup * total_steps)), eps, min(max(start, knob.low), knob.high),
-                         calibrate=unset and knob.weights is not None,
-                         total_steps=total_steps)
+        controller = cls(
+            cfg.target_l0,
+            knob,
+            max(1, math.ceil(cfg.target_l0_warmup * total_steps)),
+            eps,
+            min(max(start, knob.low), knob.high),
+            calibrate=unset and knob.weights is not None,
+            total_steps=total_steps,
+        )
         controller.level = target_level(sae)
         write_knob(sae, knob, controller.value)
         return controller
@@ -100,7 +106,9 @@ class L0Controller:
         """START_SHARE · reconstruction / unweighted penalty of one step's loss terms (None when either is missing or zero)."""
         if "mse" not in losses or self.knob.weights not in losses:
             return None
-        mse, weighted = distributed.rank_mean([float(losses["mse"].detach()), float(losses[self.knob.weights].detach())])  # every rank starts alike
+        mse, weighted = distributed.rank_mean(
+            [float(losses["mse"].detach()), float(losses[self.knob.weights].detach())]
+        )  # every rank starts alike
         penalty = weighted / self.value  # the step ran with α = self.value
         if not (mse > 0 and penalty > 0 and math.isfinite(mse) and math.isfinite(penalty)):
             return None
@@ -178,14 +186,29 @@ class L0Controller:
 
     def record(self) -> dict:
         """What saelab.json keeps: the target, the parameter, the value it chose, the warm phase."""
-        return {"target": self.target, "parameter": self.knob.param, "value": self.value, "warm_steps": self.warm_steps,
-                "period": self.period, "measure": self.knob.measure, **({"level": self.level} if self.level is not None else {})}
+        return {
+            "target": self.target,
+            "parameter": self.knob.param,
+            "value": self.value,
+            "warm_steps": self.warm_steps,
+            "period": self.period,
+            "measure": self.knob.measure,
+            **({"level": self.level} if self.level is not None else {}),
+        }
 
     def state_dict(self) -> dict:
         """Checkpointable state (plain numbers)."""
-        return {"value": self.value, "l0_sum": self.l0_sum, "l0_count": self.l0_count, "last": list(self.last) if self.last else None,
-                "slope": self.slope, "calibrate": self.calibrate, "early_sum": self.early_sum, "early_count": self.early_count,
-                "history": list(self.history)}
+        return {
+            "value": self.value,
+            "l0_sum": self.l0_sum,
+            "l0_count": self.l0_count,
+            "last": list(self.last) if self.last else None,
+            "slope": self.slope,
+            "calibrate": self.calibrate,
+            "early_sum": self.early_sum,
+            "early_count": self.early_count,
+            "history": list(self.history),
+        }
 
     def load_state_dict(self, sae, state: dict) -> None:
         """Restore the state and put the value back into the SAE."""

@@ -86,8 +86,10 @@ class Throughput:
 
     def summary(self) -> str:
         """One line for the end of `saelab train`."""
-        return (f"throughput: {self.tokens_per_s:,.0f} tokens/s end to end, {self.ratio:.2f}× the bare step loop "
-                f"({self.step_tokens_per_s:,.0f} tokens/s in the steps alone)")
+        return (
+            f"throughput: {self.tokens_per_s:,.0f} tokens/s end to end, {self.ratio:.2f}× the bare step loop "
+            f"({self.step_tokens_per_s:,.0f} tokens/s in the steps alone)"
+        )
 
 
 def training_flops(cfg: SAEConfig, tokens: int) -> int:
@@ -120,8 +122,16 @@ def build_member(cfg: SAEConfig, train: TrainConfig, sample: torch.Tensor, init_
     lr = cfg.effective_lr
     # fused: one pass over the 2·n·d_in weights instead of a per-op loop (9× faster on CPU, bench/).
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
-    m = Member(cfg, sae, opt, DeadLatentTracker(cfg.n_latents, cfg.dead_tokens, train.device), out, lr, compute_dtype=train.dtype,
-               lean=bool(train.lean_memory))
+    m = Member(
+        cfg,
+        sae,
+        opt,
+        DeadLatentTracker(cfg.n_latents, cfg.dead_tokens, train.device),
+        out,
+        lr,
+        compute_dtype=train.dtype,
+        lean=bool(train.lean_memory),
+    )
     m.init_hash = init_hash
     if m.lean:
         step_in_backward(m)
@@ -169,7 +179,9 @@ def train_step(m: Member, x: torch.Tensor, lr: float, grad_clip: float | None = 
         if m.sae.activation.observes_codes:
             m.sae.activation.observe(nonzero_values(out.z).detach())
         # Data-parallel: a latent fired if it fired on any rank, and the global batch's tokens passed.
-        m.tracker.update(distributed.any_rank(fired_latents(out.z, m.cfg.n_latents)), distributed.global_rows(x.shape[0]))
+        m.tracker.update(
+            distributed.any_rank(fired_latents(out.z, m.cfg.n_latents)), distributed.global_rows(x.shape[0])
+        )
     return out
 
 
@@ -211,8 +223,10 @@ def check_representable(sample: torch.Tensor, where) -> None:
     """DataError when the data's largest magnitude is so small that float32 squares of it underflow (e.g. ~1e-42)."""
     peak = float(sample.abs().max()) if sample.numel() else 0.0
     if 0.0 < peak < SMALLEST_USABLE:
-        raise DataError(f"activations={str(where)!r}: the largest magnitude in a sample of {sample.shape[0]} rows is {peak:.3g}, too small "
-                        f"for float32 training (squares below {SMALLEST_USABLE:.2g} underflow); scale the data up")
+        raise DataError(
+            f"activations={str(where)!r}: the largest magnitude in a sample of {sample.shape[0]} rows is {peak:.3g}, too small "
+            f"for float32 training (squares below {SMALLEST_USABLE:.2g} underflow); scale the data up"
+        )
 
 
 def log_record(step: int, tokens: int, result: dict, m: Member, tokens_per_s: float, eps_l0: float) -> dict:

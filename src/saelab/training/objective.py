@@ -12,7 +12,16 @@ from saelab.losses import auxk_term, squared_error
 from saelab.methods.base import LossContext
 from saelab.step_output import StepOutput, active_per_row, fired_latents, nonzero_values
 
-__all__ = ["StepOutput", "active_per_row", "fired_latents", "nonzero_values", "compute_step", "dense_step", "auxk_loss", "DeadLatentTracker"]
+__all__ = [
+    "StepOutput",
+    "active_per_row",
+    "fired_latents",
+    "nonzero_values",
+    "compute_step",
+    "dense_step",
+    "auxk_loss",
+    "DeadLatentTracker",
+]
 
 
 def auxk_loss(sae, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
@@ -84,7 +93,9 @@ class DeadLatentTracker:
 
     def __init__(self, n_latents: int, dead_tokens: int, device: torch.device | str = "cpu"):
         self.dead_tokens = dead_tokens
-        self.since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)  # beside the codes it is updated from
+        self.since_fired = torch.zeros(
+            n_latents, dtype=torch.long, device=device
+        )  # beside the codes it is updated from
 
     @torch.no_grad()
     def update(self, fired: Tensor, n_tokens: int) -> None:

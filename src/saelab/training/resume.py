@@ -25,7 +25,17 @@ from saelab.util.atomic import atomic_write_text
 CHECKPOINT = CHECKPOINT_FILE
 # Fields a resumed run may change without changing what is computed.
 # `device` moves the same computation (bitwise equal only on the same device); `dtype` changes the arithmetic, so it may not.
-RESUMABLE_CHANGES = {"steps", "tokens", "epochs", "log_every", "checkpoint_every", "scan", "device", "log", "latent_shards"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "tokens",
+    "epochs",
+    "log_every",
+    "checkpoint_every",
+    "scan",
+    "device",
+    "log",
+    "latent_shards",
+}
 # Where the run and its data live: a moved run or data is the same run when the data's fingerprint matches.
 LOCATION_FIELDS = {"out", "activations", "eval_activations"}
 
@@ -57,11 +67,15 @@ class CheckpointedRun:
             "step": step,
             "run": self.run.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "members": [{**self._member_tensors(m),
-                         "cfg": m.cfg.to_dict(),
-                         "control": m.control.state_dict() if m.control is not None else None,
-                         "convergence": m.convergence.state_dict() if m.convergence is not None else None}
-                        for m in members],
+            "members": [
+                {
+                    **self._member_tensors(m),
+                    "cfg": m.cfg.to_dict(),
+                    "control": m.control.state_dict() if m.control is not None else None,
+                    "convergence": m.convergence.state_dict() if m.convergence is not None else None,
+                }
+                for m in members
+            ],
             "data": self._fingerprints(),
             **extra,
         }
@@ -87,16 +101,22 @@ class CheckpointedRun:
         step = self._check_saved_run(state, members)
         for m, saved in zip(members, state["members"]):
             if m.control is not None and saved.get("control") is not None:
-                m.control.load_state_dict(m.sae, saved["control"])  # the coefficient it had reached is part of the config
+                m.control.load_state_dict(
+                    m.sae, saved["control"]
+                )  # the coefficient it had reached is part of the config
             if m.convergence is not None and saved.get("convergence") is not None:
                 m.convergence.load_state_dict(saved["convergence"])
             saved_cfg = SAEConfig.from_dict(saved["cfg"])
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
-                raise ConfigError("sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run")
+                raise ConfigError(
+                    "sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run"
+                )
             for name, value in (saved.get("model") or {}).items():
                 if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                    raise DataError(f"{self.out / CHECKPOINT}: {m.cfg.display_name()}'s {name} holds NaN or infinite values")
+                    raise DataError(
+                        f"{self.out / CHECKPOINT}: {m.cfg.display_name()}'s {name} holds NaN or infinite values"
+                    )
             self._load_member_tensors(m, saved, state)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -115,9 +135,17 @@ class CheckpointedRun:
         mine, theirs = self.run.to_dict(), saved_run.to_dict()
         for key in mine["train"]:
             if key not in RESUMABLE_CHANGES | LOCATION_FIELDS and mine["train"][key] != theirs["train"].get(key):
-                raise ConfigError(key, mine["train"][key], f"differs from the checkpoint's {theirs['train'].get(key)!r}; resume needs the same run")
+                raise ConfigError(
+                    key,
+                    mine["train"][key],
+                    f"differs from the checkpoint's {theirs['train'].get(key)!r}; resume needs the same run",
+                )
         if (mine["train"]["eval_activations"] is None) != (theirs["train"].get("eval_activations") is None):
-            raise ConfigError("eval_activations", mine["train"]["eval_activations"], f"differs from the checkpoint's {theirs['train'].get('eval_activations')!r}; resume needs the same run")
+            raise ConfigError(
+                "eval_activations",
+                mine["train"]["eval_activations"],
+                f"differs from the checkpoint's {theirs['train'].get('eval_activations')!r}; resume needs the same run",
+            )
         saved_data = state.get("data") if isinstance(state.get("data"), dict) else {}
         for field, now in self._fingerprints().items():
             check_same_data(field, getattr(self.run.train, field), saved_data.get(field), now)
@@ -127,8 +155,12 @@ class CheckpointedRun:
         if step > self.total_steps:
             t = self.run.train
             budget = next((b for b in ("steps", "tokens", "epochs") if getattr(t, b) is not None), "steps")
-            raise ConfigError(budget, getattr(t, budget), f"the checkpoint already holds {step} steps, more than the {self.total_steps} this asks for; "
-                              "ask for at least as many (or start a new run)")
+            raise ConfigError(
+                budget,
+                getattr(t, budget),
+                f"the checkpoint already holds {step} steps, more than the {self.total_steps} this asks for; "
+                "ask for at least as many (or start a new run)",
+            )
         if len(members) != len(state["members"]):
             raise ConfigError("sae", len(members), f"the checkpoint holds {len(state['members'])} SAEs")
         return step

@@ -59,10 +59,16 @@ def check_no_links(out: Path, dirs: Iterable[Path], run_files: Iterable[str]) ->
     for d in dirs:
         d = Path(d)
         if d != out and d.is_symlink():
-            raise ConfigError("out", str(d), "is a symbolic link; saelab writes no output through links (remove it or choose another folder)")
+            raise ConfigError(
+                "out",
+                str(d),
+                "is a symbolic link; saelab writes no output through links (remove it or choose another folder)",
+            )
         for name in run_files:
             if (d / name).is_symlink():
-                raise ConfigError("out", str(d / name), "is a symbolic link; saelab writes no output through links (remove it)")
+                raise ConfigError(
+                    "out", str(d / name), "is a symbolic link; saelab writes no output through links (remove it)"
+                )
 
 
 # ---- --overwrite: the new run is built beside the old one and swapped in once complete -------------
@@ -100,10 +106,21 @@ def commit_staged(out: Path, member_names: list[str], run_files: Iterable[str], 
     out, staging = Path(out), Path(out) / STAGING
     old_names = [*run_files, *extra]
     levels = [""] + [name for name in member_names]
-    new = [f"{lvl}/{p.name}".lstrip("/") for lvl in levels for p in sorted((staging / lvl).iterdir())
-           if p.name != COMPLETE and not (lvl == "" and p.name in member_names and p.is_dir())]
-    aside = sorted({f"{lvl}/{n}".lstrip("/") for lvl in levels for n in old_names if (out / lvl / n).exists() or (out / lvl / n).is_symlink()}
-                   | {rel for rel in new if (out / rel).exists()})
+    new = [
+        f"{lvl}/{p.name}".lstrip("/")
+        for lvl in levels
+        for p in sorted((staging / lvl).iterdir())
+        if p.name != COMPLETE and not (lvl == "" and p.name in member_names and p.is_dir())
+    ]
+    aside = sorted(
+        {
+            f"{lvl}/{n}".lstrip("/")
+            for lvl in levels
+            for n in old_names
+            if (out / lvl / n).exists() or (out / lvl / n).is_symlink()
+        }
+        | {rel for rel in new if (out / rel).exists()}
+    )
     atomic_write_json(staging / COMPLETE, {"aside": aside, "in": new, "members": member_names})
     recover_swap(out)
 
@@ -123,7 +140,9 @@ def recover_swap(out: Path) -> bool:
         if not all(isinstance(p, str) and p and not os.path.isabs(p) and ".." not in p.split("/") for p in paths):
             raise ValueError("a path outside the run folder")
     except (ValueError, TypeError, KeyError, OSError) as e:
-        raise DataError(f"{plan_path}: unreadable swap plan ({e}); move the old run's files back by hand or delete {staging}") from None
+        raise DataError(
+            f"{plan_path}: unreadable swap plan ({e}); move the old run's files back by hand or delete {staging}"
+        ) from None
     new = set(plan["in"])
     aside_dir.mkdir(exist_ok=True)
     for i, rel in enumerate(plan["aside"]):
@@ -146,6 +165,8 @@ def append_no_follow(path: Path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError:
         if path.is_symlink():
-            raise ConfigError("out", str(path), "is a symbolic link; saelab writes no output through links (remove it)") from None
+            raise ConfigError(
+                "out", str(path), "is a symbolic link; saelab writes no output through links (remove it)"
+            ) from None
         raise
     return os.fdopen(fd, "a")

@@ -72,16 +72,24 @@ def check_nested(folder: Path) -> None:
     for above in Path(os.path.abspath(folder)).parents:
         info = _holder(above / LOCK_FILE)
         if info is not None:
-            raise ConfigError("out", str(folder), f"inside {above}, which another saelab training (pid {info.get('pid')}) is writing; "
-                              f"wait for it to finish (or delete {above / LOCK_FILE} if that process is not saelab)")
+            raise ConfigError(
+                "out",
+                str(folder),
+                f"inside {above}, which another saelab training (pid {info.get('pid')}) is writing; "
+                f"wait for it to finish (or delete {above / LOCK_FILE} if that process is not saelab)",
+            )
     if not folder.is_dir():
         return
     for dirpath, dirnames, filenames in os.walk(folder):  # links are not followed
         here = Path(dirpath)
         info = _holder(here / LOCK_FILE) if here != folder and LOCK_FILE in filenames else None
         if info is not None:
-            raise ConfigError("out", str(folder), f"holds {here}, which another saelab training (pid {info.get('pid')}) is writing; "
-                              f"wait for it to finish (or delete {here / LOCK_FILE} if that process is not saelab)")
+            raise ConfigError(
+                "out",
+                str(folder),
+                f"holds {here}, which another saelab training (pid {info.get('pid')}) is writing; "
+                f"wait for it to finish (or delete {here / LOCK_FILE} if that process is not saelab)",
+            )
 
 
 class RunLocks:
@@ -145,8 +153,12 @@ class RunLock:
             except FileExistsError:
                 info = self._read()
                 if info.get("starting") or _owner_alive(info):
-                    raise ConfigError("out", str(self.folder), f"another saelab training (pid {info.get('pid')}) is writing to this folder; "
-                                      f"wait for it to finish (or delete {self.path} if that process is not saelab)") from None
+                    raise ConfigError(
+                        "out",
+                        str(self.folder),
+                        f"another saelab training (pid {info.get('pid')}) is writing to this folder; "
+                        f"wait for it to finish (or delete {self.path} if that process is not saelab)",
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone
                 continue
             except OSError as e:
@@ -156,7 +168,9 @@ class RunLock:
                 f.write(json.dumps(me) + "\n")
             self.held = True
             return
-        raise ConfigError("out", str(self.folder), f"could not take the lock {self.path}; another training is starting there")
+        raise ConfigError(
+            "out", str(self.folder), f"could not take the lock {self.path}; another training is starting there"
+        )
 
     def _read(self) -> dict:
         try:

@@ -68,7 +68,16 @@ from saelab.util.loggers import LogTarget, RunLoggers
 RUN_CONFIG = "run.json"
 METRICS = "metrics.jsonl"
 # Everything a run writes into its folders: any of them present means a run is there.
-RUN_FILES = (CHECKPOINT, LEGACY_CHECKPOINT, METRICS, RUN_CONFIG, SAELAB_CFG, "cfg.json", "sae_weights.safetensors", "eval.json")
+RUN_FILES = (
+    CHECKPOINT,
+    LEGACY_CHECKPOINT,
+    METRICS,
+    RUN_CONFIG,
+    SAELAB_CFG,
+    "cfg.json",
+    "sae_weights.safetensors",
+    "eval.json",
+)
 INIT_SAMPLE_ROWS = 16384
 
 
@@ -89,7 +98,9 @@ class Trainer(CheckpointedRun):
         if t.eval_activations:
             self.eval_store = ActivationStore(t.eval_activations)
             if self.eval_store.d_in != self.store.d_in:
-                raise DataError(f"eval_activations={t.eval_activations!r}: d_in {self.eval_store.d_in} differs from the training data's {self.store.d_in}")
+                raise DataError(
+                    f"eval_activations={t.eval_activations!r}: d_in {self.eval_store.d_in} differs from the training data's {self.store.d_in}"
+                )
             if t.scan:
                 self.eval_store.scan_finite()
             self.split = split_rows(self.store.n_rows, 0.0)
@@ -110,13 +121,21 @@ class Trainer(CheckpointedRun):
     def _check_world(self, run: RunConfig) -> None:
         """Refuse what this trainer cannot do with these ranks (data-parallel: every rank an equal slice of each batch)."""
         if run.train.shard_latents:
-            raise ConfigError("shard_latents", True, "needs the latent-sharded trainer (saelab train, saelab.training.factory.make_trainer), "
-                              "which trains one SAE; sweeps do not shard latents")
+            raise ConfigError(
+                "shard_latents",
+                True,
+                "needs the latent-sharded trainer (saelab train, saelab.training.factory.make_trainer), "
+                "which trains one SAE; sweeps do not shard latents",
+            )
         self.world.check_batch(run.train.batch_size)
         if run.train.lean_memory and self.world.parallel:
             # Its hooks step each parameter mid-backward, before any all-reduce of the gradients could run.
-            raise ConfigError("lean_memory", True, f"trains in one process; this run has {self.world.size} ranks (drop --lean-memory, "
-                              "or shard the latents: --shard-latents)")
+            raise ConfigError(
+                "lean_memory",
+                True,
+                f"trains in one process; this run has {self.world.size} ranks (drop --lean-memory, "
+                "or shard the latents: --shard-latents)",
+            )
 
     def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's part of a global batch (data-parallel: its slice of the rows)."""
@@ -179,7 +198,11 @@ class Trainer(CheckpointedRun):
             return
         found = existing_run(dirs, RUN_FILES, CHECKPOINT)
         if found and not overwrite:
-            hint = "pass --resume to continue it or --overwrite to replace it" if ckpt.exists() else "pass --overwrite to replace it"
+            hint = (
+                "pass --resume to continue it or --overwrite to replace it"
+                if ckpt.exists()
+                else "pass --overwrite to replace it"
+            )
             raise ConfigError("out", str(self.out), f"already holds {found}; {hint}")
         self._replacing = found is not None
 
@@ -234,7 +257,9 @@ class Trainer(CheckpointedRun):
                     said = f"interrupted by {signal_name(e.signum)}" if staged else str(e)
                     raise TrainingInterrupted(e.signum, f"{said}; {self._resume_hint(staged)}") from None
                 if isinstance(e, OSError):
-                    raise DataError(f"{e.filename or self.out}: {e.strerror or e}; {self._resume_hint(staged)}") from None
+                    raise DataError(
+                        f"{e.filename or self.out}: {e.strerror or e}; {self._resume_hint(staged)}"
+                    ) from None
                 if staged and isinstance(e, SaelabError):
                     raise DataError(f"{e}; {self._resume_hint(staged)}") from None
                 raise
@@ -247,8 +272,11 @@ class Trainer(CheckpointedRun):
         return "no checkpoint was written: run the command again (with --overwrite if it reports a partial run)"
 
     def _interrupted(self, signum: int, step: int) -> TrainingInterrupted:
-        e = TrainingInterrupted(signum, f"interrupted by {signal_name(signum)} at step {step}; checkpoint saved in {self.out}; "
-                                        "run the same command with --resume to continue")
+        e = TrainingInterrupted(
+            signum,
+            f"interrupted by {signal_name(signum)} at step {step}; checkpoint saved in {self.out}; "
+            "run the same command with --resume to continue",
+        )
         e.checkpointed = True
         return e
 
@@ -279,7 +307,14 @@ class Trainer(CheckpointedRun):
             # Other ranks compute the same (global) records, and stop on the same non-finite loss, but write nowhere.
             logs.append(append_no_follow(m.out / METRICS) if self.world.is_main else open(os.devnull, "a"))
         loggers = self._open_loggers(members)
-        bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=start,
+            disable=not self.progress,
+            unit="step",
+            desc="train",
+            dynamic_ncols=True,
+        )
         stop = self._all_converged(members)  # a resumed run that had converged trains no further
         end = start if stop else self.total_steps
         # The thread reads, shuffles and slices the batches ahead; they are the ones stream.batch(step) gives.
@@ -303,25 +338,35 @@ class Trainer(CheckpointedRun):
                     now = time.perf_counter()
                     rate = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, done
-                    records = [log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)]
+                    records = [
+                        log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)
+                    ]
                     records = [self._global_record(rec) for rec in records]
                     for m, rec, log in zip(members, records, logs):
                         if not math.isfinite(rec["loss"]):
-                            raise DataError(f"{m.cfg.display_name()}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data")
+                            raise DataError(
+                                f"{m.cfg.display_name()}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data"
+                            )
                         log.write(dumps_json(rec) + "\n")
                         log.flush()
                         loggers.log(m.out, rec)
-                    bar.set_postfix(loss=f"{records[0]['loss']:.4g}", nmse=f"{records[0]['nmse']:.3f}", l0=f"{records[0]['l0']:.1f}")
+                    bar.set_postfix(
+                        loss=f"{records[0]['loss']:.4g}", nmse=f"{records[0]['nmse']:.3f}", l0=f"{records[0]['l0']:.1f}"
+                    )
                 if t.checkpoint_every and done % t.checkpoint_every == 0 and done < self.total_steps and not stop:
                     self._save_checkpoint(members, done)
                 bar.update(1)
-                if self.world.any_flag(self._stop.signum is not None):  # a signal to any rank stops all at the same step
+                if self.world.any_flag(
+                    self._stop.signum is not None
+                ):  # a signal to any rank stops all at the same step
                     self._save_checkpoint(members, done)
                     raise self._interrupted(self._stop.signum or signal.SIGTERM, done)
                 if stop:
                     break
             if done > start:
-                self.throughput = Throughput((done - start) * t.batch_size, time.perf_counter() - loop_start, step_s, wait_s)
+                self.throughput = Throughput(
+                    (done - start) * t.batch_size, time.perf_counter() - loop_start, step_s, wait_s
+                )
         finally:
             self._stop.armed = False
             batches.close()  # on every way out: the thread never outlives the loop
@@ -358,7 +403,11 @@ class Trainer(CheckpointedRun):
 
     def _split_record(self, m: Member) -> dict:
         """saelab.json's `split`: which rows trained member m and which evaluated it."""
-        return {"train_rows": list(self.split.train), "eval_rows": list(self.eval_range), "eval_file": self.run.train.eval_activations}
+        return {
+            "train_rows": list(self.split.train),
+            "eval_rows": list(self.eval_range),
+            "eval_file": self.run.train.eval_activations,
+        }
 
     def _eval_data(self, m: Member) -> tuple[ActivationStore, tuple[int, int]]:
         """The store and row range member m is evaluated on (held-out rows)."""
@@ -369,7 +418,13 @@ class Trainer(CheckpointedRun):
         t = self.run.train
         if t.log is None or not self.world.is_main:
             return RunLoggers()
-        targets = [(LogTarget(m.cfg.display_name(), self.out.resolve().name, m.out), {"train": t.to_dict(), "sae": m.cfg.to_dict()}) for m in members]
+        targets = [
+            (
+                LogTarget(m.cfg.display_name(), self.out.resolve().name, m.out),
+                {"train": t.to_dict(), "sae": m.cfg.to_dict()},
+            )
+            for m in members
+        ]
         return RunLoggers.open(t.log, targets)
 
     # ---- until_converged ----------------------------------------------------------------------
@@ -391,7 +446,9 @@ class Trainer(CheckpointedRun):
         store, (lo, hi) = self._eval_data(m)
         cache = self.__dict__.setdefault("_converge_cache", {})
         if id(store) not in cache:
-            cache[id(store)] = torch.from_numpy(store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(self.run.train.device)
+            cache[id(store)] = torch.from_numpy(store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(
+                self.run.train.device
+            )
         return cache[id(store)]
 
     def _finish(self, members: list[Member]) -> None:
@@ -428,4 +485,3 @@ class Trainer(CheckpointedRun):
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
     """Train every SAE of `run`; see Trainer (saelab.training.factory.train also takes latent-sharded runs)."""
     return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
-

@@ -87,7 +87,9 @@ def json_safe(data: Any) -> Any:
                 reasons[str(key)] = "holds non-finite numbers, written as null"
             out[key] = safe
         if reasons:
-            out["null_reasons"] = {**out.get("null_reasons", {}), **reasons} if isinstance(out.get("null_reasons"), dict) else reasons
+            out["null_reasons"] = (
+                {**out.get("null_reasons", {}), **reasons} if isinstance(out.get("null_reasons"), dict) else reasons
+            )
         return out
     if isinstance(data, (list, tuple)):
         return [json_safe(v) for v in data]
@@ -95,7 +97,10 @@ def json_safe(data: Any) -> Any:
 
 
 def _has_nonfinite(values) -> bool:
-    return any((isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, (list, tuple)) and _has_nonfinite(v)) for v in values)
+    return any(
+        (isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, (list, tuple)) and _has_nonfinite(v))
+        for v in values
+    )
 
 
 def dumps_json(data: Any, **kwargs) -> str:
@@ -103,7 +108,9 @@ def dumps_json(data: Any, **kwargs) -> str:
     return json.dumps(json_safe(data), allow_nan=False, **kwargs)
 
 
-def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def atomic_save_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """safetensors save through a temporary file and a rename."""
     with _replacing(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)

@@ -10,7 +10,20 @@ from statistics import NormalDist
 import numpy as np
 
 from saelab.errors import DataError
-from saelab.util.intervals import NOT_SEPARABLE, Interval, _apply_stat, _as_values, _check_level, _check_n_boot, _finite_or_none, _parts_matrix, _percentiles, _replicate_sums, _split, normal_quantile
+from saelab.util.intervals import (
+    NOT_SEPARABLE,
+    Interval,
+    _apply_stat,
+    _as_values,
+    _check_level,
+    _check_n_boot,
+    _finite_or_none,
+    _parts_matrix,
+    _percentiles,
+    _replicate_sums,
+    _split,
+    normal_quantile,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,7 @@ class Comparison:
 
 
 def _verdict(a: str, b: str, lo: float, hi: float, higher_is_better: bool) -> str:
-    """"a beats b" only when [lo, hi] of metric(a) - metric(b) excludes zero in a's favour."""
+    """ "a beats b" only when [lo, hi] of metric(a) - metric(b) excludes zero in a's favour."""
     if lo > 0.0:  # NaN compares False, so an unknown interval is never separable
         return f"{a} beats {b}" if higher_is_better else f"{b} beats {a}"
     if hi < 0.0:
@@ -57,13 +70,23 @@ def _verdict(a: str, b: str, lo: float, hi: float, higher_is_better: bool) -> st
     return NOT_SEPARABLE
 
 
-def _comparison(a: str, b: str, diff: float, lo: float, hi: float, higher_is_better: bool, method: str,
-                p: float | None = None) -> Comparison:
+def _comparison(
+    a: str, b: str, diff: float, lo: float, hi: float, higher_is_better: bool, method: str, p: float | None = None
+) -> Comparison:
     """Build a Comparison with its verdict (p: the test's own p-value, else read from the interval)."""
     if p is None:
         p = p_from_interval(diff, lo, hi)
-    return Comparison(str(a), str(b), float(diff), float(lo), float(hi), bool(higher_is_better), method,
-                      _verdict(str(a), str(b), lo, hi, higher_is_better), float(p))
+    return Comparison(
+        str(a),
+        str(b),
+        float(diff),
+        float(lo),
+        float(hi),
+        bool(higher_is_better),
+        method,
+        _verdict(str(a), str(b), lo, hi, higher_is_better),
+        float(p),
+    )
 
 
 def p_from_interval(estimate: float, lo: float, hi: float, null: float = 0.0, level: float = 0.95) -> float:
@@ -96,8 +119,9 @@ def _eval_variance(eval_se: Sequence[float | None] | None, n: int, field: str) -
     return float(np.mean(arr**2))
 
 
-def seed_eval_variance(values: Sequence[float], eval_se: Sequence[float | None] | None = None,
-                       field: str = "values") -> tuple[float, float, float | None]:
+def seed_eval_variance(
+    values: Sequence[float], eval_se: Sequence[float | None] | None = None, field: str = "values"
+) -> tuple[float, float, float | None]:
     """(mean, between-seed variance of the mean, evaluation variance of the mean or None) of one side."""
     v = _as_values(values, field)
     seed_var = float(v.var(ddof=1)) / v.size if v.size >= 2 else math.nan
@@ -144,8 +168,14 @@ def compare_seeds(
         return unbounded
     na, nb = len(list(a_values)), len(list(b_values))
     den = sa**2 / (na - 1) + sb**2 / (nb - 1)
-    half, p = _t_test(diff, [(se**2, (va + vb) ** 2 / den if den > 0.0 else math.inf),
-                             (sa + sb, (sa + sb) ** 2 / den if den > 0.0 else math.inf)], level)
+    half, p = _t_test(
+        diff,
+        [
+            (se**2, (va + vb) ** 2 / den if den > 0.0 else math.inf),
+            (sa + sb, (sa + sb) ** 2 / den if den > 0.0 else math.inf),
+        ],
+        level,
+    )
     return _comparison(a, b, diff, diff - half, diff + half, higher_is_better, method, p=p)
 
 
@@ -247,10 +277,12 @@ def paired_bootstrap(
     matrix, (lay_a, lay_b) = _parts_matrix([parts_a, parts_b])
     full = matrix.sum(axis=0, keepdims=True)
     diff = float(_apply_stat(stat, _split(full, lay_a), 1)[0] - _apply_stat(stat, _split(full, lay_b), 1)[0])
-    reps = np.concatenate([
-        _apply_stat(stat, _split(s, lay_a), s.shape[0]) - _apply_stat(stat, _split(s, lay_b), s.shape[0])
-        for s in _replicate_sums(matrix, n_boot, seed)
-    ])
+    reps = np.concatenate(
+        [
+            _apply_stat(stat, _split(s, lay_a), s.shape[0]) - _apply_stat(stat, _split(s, lay_b), s.shape[0])
+            for s in _replicate_sums(matrix, n_boot, seed)
+        ]
+    )
     lo, hi = _percentiles(reps, level, "paired_bootstrap")
     finite = reps[np.isfinite(reps)]
     # Two-sided bootstrap p: twice the smaller share of replicates on either side of 0 (+1 smoothing: never 0).

@@ -68,7 +68,11 @@ class World:
     def check_batch(self, batch_size: int) -> None:
         """ConfigError unless the global batch splits into equal slices (unequal ones would weight rows unequally)."""
         if batch_size % self.size:
-            raise ConfigError("batch_size", batch_size, f"must be a multiple of the {self.size} processes (each trains on an equal slice)")
+            raise ConfigError(
+                "batch_size",
+                batch_size,
+                f"must be a multiple of the {self.size} processes (each trains on an equal slice)",
+            )
 
     def barrier(self) -> None:
         """Wait for every rank (no-op in one process)."""

@@ -162,7 +162,9 @@ def seeds_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     return Interval(mean, mean - half, mean + half, n, "seeds-t")
 
 
-def _parts_matrix(parts_list: Sequence[Mapping[str, np.ndarray]]) -> tuple[np.ndarray, list[list[tuple[str, slice, tuple]]]]:
+def _parts_matrix(
+    parts_list: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[np.ndarray, list[list[tuple[str, slice, tuple]]]]:
     """Stack every part's columns into one [U, C] matrix so all replicate sums come from one matmul."""
     cols: list[np.ndarray] = []
     layouts: list[list[tuple[str, slice, tuple]]] = []

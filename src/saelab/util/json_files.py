@@ -7,7 +7,14 @@ from pathlib import Path
 
 from saelab.errors import DataError
 
-_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TYPE_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
 
 
 def read_json_object(path: str | Path, fields: dict[str, type | tuple[type, ...]] | None = None) -> dict:
@@ -28,7 +35,9 @@ def read_json_object(path: str | Path, fields: dict[str, type | tuple[type, ...]
             raise DataError(f"{path}: field {key!r} is missing")
         value, types = data[key], typ if isinstance(typ, tuple) else (typ,)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise DataError(f"{path}: {key}={_short(value)} must be {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)}")
+            raise DataError(
+                f"{path}: {key}={_short(value)} must be {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)}"
+            )
     return data
 
 

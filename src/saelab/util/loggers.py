@@ -59,7 +59,9 @@ class Backend:
 _REGISTRY: dict[str, Backend] = {}
 
 
-def register(name: str, package: str, extra: str, load: Callable[[], object], make: Callable[[LogTarget], Logger]) -> None:
+def register(
+    name: str, package: str, extra: str, load: Callable[[], object], make: Callable[[LogTarget], Logger]
+) -> None:
     """Make `name` a valid --log value: `load()` imports `package`, `make(target)` builds a Logger."""
     _REGISTRY[name] = Backend(package, extra, load, make)
 
@@ -72,7 +74,11 @@ def check_logger(name: str, field: str = "log") -> object:
     try:
         return backend.load()  # asked for: imported here, before anything trains
     except ImportError as e:
-        raise ConfigError(field, name, f"needs the {backend.package} package ({type(e).__name__}: {e}); pip install 'saelab[{backend.extra}]'") from None
+        raise ConfigError(
+            field,
+            name,
+            f"needs the {backend.package} package ({type(e).__name__}: {e}); pip install 'saelab[{backend.extra}]'",
+        ) from None
 
 
 def open_logger(name: str, target: LogTarget, config: dict) -> Logger:
@@ -85,7 +91,11 @@ def open_logger(name: str, target: LogTarget, config: dict) -> Logger:
 
 def scalars(record: dict) -> dict[str, float]:
     """The numeric entries of a record except `step`, NaN/inf included (the loggers plot them as gaps)."""
-    return {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class RunLoggers:
@@ -120,11 +130,14 @@ class RunLoggers:
             try:
                 logger.finish()
             except Exception as e:  # noqa: BLE001 — a logger's own error must not mask the training's outcome
-                warnings.warn(f"saelab: the logger of {folder} failed to finish ({type(e).__name__}: {e})", stacklevel=2)
+                warnings.warn(
+                    f"saelab: the logger of {folder} failed to finish ({type(e).__name__}: {e})", stacklevel=2
+                )
         self.loggers = {}
 
 
 # ---- the backends ---------------------------------------------------------------------------
+
 
 class WandbLogger:
     """Weights & Biases: one wandb run per SAE (WANDB_MODE=offline writes under the SAE folder, no network)."""
@@ -136,9 +149,16 @@ class WandbLogger:
     def start(self, config: dict) -> None:
         """wandb.init with the SAE's name, the run folder as group, files under the SAE folder."""
         import wandb
+
         # create_new: several SAEs of one run log at once, each to its own wandb run.
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=self.target.name, group=self.target.group,
-                              dir=str(self.target.folder), config=config, reinit="create_new")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", PROJECT),
+            name=self.target.name,
+            group=self.target.group,
+            dir=str(self.target.folder),
+            config=config,
+            reinit="create_new",
+        )
 
     def log(self, record: dict, step: int) -> None:
         """run.log at the trainer's step."""
@@ -160,7 +180,13 @@ class TrackioLogger:
     def start(self, config: dict) -> None:
         """trackio.init with the SAE's name and the run folder as group."""
         import trackio
-        self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=self.target.name, group=self.target.group, config=config)
+
+        self.run = trackio.init(
+            project=os.environ.get("TRACKIO_PROJECT", PROJECT),
+            name=self.target.name,
+            group=self.target.group,
+            config=config,
+        )
 
     def log(self, record: dict, step: int) -> None:
         """run.log at the trainer's step."""

@@ -36,6 +36,10 @@ def check_member_names(names: list[str]) -> None:
         key = normalized(name)
         if key in seen:
             other = seen[key]
-            why = "two SAEs share this name" if other == name else f"it names the same folder as {other!r} on case-insensitive file systems"
+            why = (
+                "two SAEs share this name"
+                if other == name
+                else f"it names the same folder as {other!r} on case-insensitive file systems"
+            )
             raise ConfigError("name", name, f"{why}; set a distinct `name` on each")
         seen[key] = name

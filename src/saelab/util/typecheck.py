@@ -107,7 +107,11 @@ def check_value(name: str, annotation: Any, value: Any) -> Any:
         args = typing.get_args(annotation)
         if args and args[0] is str and any(not isinstance(k, str) for k in value):
             raise ConfigError(name, value, "keys must be strings")
-        return value if not args or args[1] is Any else {k: check_value(f"{name}.{k}", args[1], v) for k, v in value.items()}
+        return (
+            value
+            if not args or args[1] is Any
+            else {k: check_value(f"{name}.{k}", args[1], v) for k, v in value.items()}
+        )
     return value  # a type this checker does not know (a nested dataclass): its own builder checks it
 
 
@@ -128,7 +132,9 @@ def _describe(annotation: Any) -> str:
         return "a list"
     if origin is dict or annotation is dict:
         return "a table of key = value pairs"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
 
 
 def _plural(annotation: Any) -> str:

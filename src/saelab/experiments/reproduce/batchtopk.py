@@ -25,8 +25,11 @@ def settings(b: Budget) -> list[tuple[int, int]]:
 
 
 def _tables(pairs: list[tuple[int, int]]) -> list[dict]:
-    return [{"name": f"{m} k{k} n{n}", "method": m, "k": k, "n_latents": n, "auxk": True, "dead_tokens": 200_000}
-            for k, n in pairs for m in ("topk", "batchtopk")]
+    return [
+        {"name": f"{m} k{k} n{n}", "method": m, "k": k, "n_latents": n, "auxk": True, "dead_tokens": 200_000}
+        for k, n in pairs
+        for m in ("topk", "batchtopk")
+    ]
 
 
 def sweeps(b: Budget, data: Path, lm: Path | None = None) -> dict[str, dict]:
@@ -39,15 +42,22 @@ def sweeps(b: Budget, data: Path, lm: Path | None = None) -> dict[str, dict]:
 
 
 def _claim(sweep: str, k: int, n: int, where: str, text: str, paper: str) -> Claim:
-    return Claim(text, paper, f"NMSE: BatchTopK − TopK, k={k}, n={n}, both at L0 above ε within ±10% of {k} on every seed ({where})",
-                 difference(sweep, f"batchtopk k{k} n{n}", f"topk k{k} n{n}", "nmse", match_l0=True, target=k), "<",
-                 paper_measure="normalized MSE of BatchTopK and TopK SAEs trained at the same k (BatchTopK's inference threshold "
-                               "set to give that L0)")
+    return Claim(
+        text,
+        paper,
+        f"NMSE: BatchTopK − TopK, k={k}, n={n}, both at L0 above ε within ±10% of {k} on every seed ({where})",
+        difference(sweep, f"batchtopk k{k} n{n}", f"topk k{k} n{n}", "nmse", match_l0=True, target=k),
+        "<",
+        paper_measure="normalized MSE of BatchTopK and TopK SAEs trained at the same k (BatchTopK's inference threshold "
+        "set to give that L0)",
+    )
 
 
 def claims(b: Budget, lm: bool = False) -> list[Claim]:
     """BatchTopK has lower NMSE than TopK at equal L0, across dictionary sizes and k."""
-    fixed_l0 = "For a fixed number of active features (L0=32) the BatchTopK SAE has a lower normalized MSE than the TopK SAE"
+    fixed_l0 = (
+        "For a fixed number of active features (L0=32) the BatchTopK SAE has a lower normalized MSE than the TopK SAE"
+    )
     fixed_n = "for fixed dictionary size (12288) BatchTopK outperforms TopK for different values of k"
     paper_l0 = "lower NMSE at L0 32, expansion 4–32 (GPT-2 small L8)"
     (t, small), (_, big), (half, _) = settings(b)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saelab.util import distributed
 from saelab.errors import ConfigError
+from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json
 from saelab.util.json_files import read_json_object
 
@@ -37,7 +37,9 @@ class Budget:
     seeds: int  # seeds per configuration (≥ 2 for an interval over seeds)
     sizes: tuple[int, ...]  # dictionary sizes of the scaling fits
     n_boot: int  # bootstrap replicates of the board-state intervals
-    layer: int = DEFAULT_LAYER  # `saelab reproduce --layer` changes it (layers 1–2 find the most pairs by single latents)
+    layer: int = (
+        DEFAULT_LAYER  # `saelab reproduce --layer` changes it (layers 1–2 find the most pairs by single latents)
+    )
     lr: float = 1e-3
     lm_tokens: int = 40_000  # rows harvested from --model when it names a model, not a cache
     lm_latents: int = 1024  # dictionary size of the --model sweeps
@@ -49,7 +51,18 @@ class Budget:
 
     def validate(self) -> "Budget":
         """Check the sizes (ConfigError naming the field)."""
-        for f in ("train_games", "eval_games", "n_latents", "target_l0", "batch_size", "seeds", "n_boot", "lm_tokens", "lm_latents", "lm_steps"):
+        for f in (
+            "train_games",
+            "eval_games",
+            "n_latents",
+            "target_l0",
+            "batch_size",
+            "seeds",
+            "n_boot",
+            "lm_tokens",
+            "lm_latents",
+            "lm_steps",
+        ):
             if int(getattr(self, f)) < 1:
                 raise ConfigError(f, getattr(self, f), "must be ≥ 1")
         if (self.steps is None) == (self.epochs is None):
@@ -67,28 +80,75 @@ class Budget:
     def training(self) -> dict:
         """The sweep's shared training keys."""
         length = {"steps": self.steps} if self.steps is not None else {"epochs": self.epochs}
-        return {**length, "batch_size": self.batch_size, "lr": self.lr, "normalize": "scalar", "log_every": 50,
-                "eval_fraction": 0.02, "seed": list(range(self.seeds))}
+        return {
+            **length,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "normalize": "scalar",
+            "log_every": 50,
+            "eval_fraction": 0.02,
+            "seed": list(range(self.seeds)),
+        }
 
     def screen_training(self) -> dict:
         """The search screen's shared training keys: one seed, `screen_fraction` of the training length."""
-        length = ({"steps": max(1, round(self.steps * self.screen_fraction))} if self.steps is not None
-                  else {"epochs": self.epochs * self.screen_fraction})
+        length = (
+            {"steps": max(1, round(self.steps * self.screen_fraction))}
+            if self.steps is not None
+            else {"epochs": self.epochs * self.screen_fraction}
+        )
         return {**self.training(), **length, "seed": [0]}
 
     def lm_training(self, cache: Path) -> dict:
         """The shared keys of a sweep on a language-model activation cache (`--model`)."""
-        return {"activations": str(cache), "steps": self.lm_steps, "batch_size": self.batch_size, "lr": self.lr, "normalize": "scalar",
-                "log_every": 50, "eval_fraction": 0.02, "seed": list(range(self.seeds)), "n_latents": self.lm_latents}
+        return {
+            "activations": str(cache),
+            "steps": self.lm_steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "normalize": "scalar",
+            "log_every": 50,
+            "eval_fraction": 0.02,
+            "seed": list(range(self.seeds)),
+            "n_latents": self.lm_latents,
+        }
 
 
-QUICK = Budget("quick", train_games=1500, eval_games=300, n_latents=256, target_l0=32, steps=400, epochs=None, batch_size=512,
-               seeds=3, sizes=(64, 128, 256, 512), n_boot=100).validate()
+QUICK = Budget(
+    "quick",
+    train_games=1500,
+    eval_games=300,
+    n_latents=256,
+    target_l0=32,
+    steps=400,
+    epochs=None,
+    batch_size=512,
+    seeds=3,
+    sizes=(64, 128, 256, 512),
+    n_boot=100,
+).validate()
 # finalists=4 at full: every candidate on a method's L0–NMSE front is scored (there are four levels); two,
 # the front's two ends, never scored the target L0 itself (2026-12-02, the first full search).
-FULL = Budget("full", train_games=100_000, eval_games=2000, n_latents=1024, target_l0=32, steps=None, epochs=4.0, batch_size=2048,
-              seeds=3, sizes=(256, 512, 1024, 2048, 4096), n_boot=200, lm_tokens=2_000_000, lm_latents=4608,
-              lm_steps=4000, screen_fraction=0.25, finalists=4, search_levels=(0.5, 1.0, 2.0, 3.0), extra_methods=True).validate()
+FULL = Budget(
+    "full",
+    train_games=100_000,
+    eval_games=2000,
+    n_latents=1024,
+    target_l0=32,
+    steps=None,
+    epochs=4.0,
+    batch_size=2048,
+    seeds=3,
+    sizes=(256, 512, 1024, 2048, 4096),
+    n_boot=200,
+    lm_tokens=2_000_000,
+    lm_latents=4608,
+    lm_steps=4000,
+    screen_fraction=0.25,
+    finalists=4,
+    search_levels=(0.5, 1.0, 2.0, 3.0),
+    extra_methods=True,
+).validate()
 
 
 def budget(name: str) -> Budget:
@@ -127,8 +187,16 @@ def lm_data(b: Budget, model: str, text: str, out: Path, say=print) -> Path:
     if not Path(text).exists():
         raise ConfigError("text", text, "no such text file for harvesting --model (see docs/offline_lm.md, step 2)")
     say(f"harvesting {b.lm_tokens:,} tokens of {model} (3/4 deep) into {out}")
-    cfg = HarvestConfig(model=model, layer=lm_layer(model), site="resid_post", text=text, tokens=b.lm_tokens, out=str(out),
-                        context=64, outlier_factor=10.0)
+    cfg = HarvestConfig(
+        model=model,
+        layer=lm_layer(model),
+        site="resid_post",
+        text=text,
+        tokens=b.lm_tokens,
+        out=str(out),
+        context=64,
+        outlier_factor=10.0,
+    )
     harvest(cfg, log=say)  # under torchrun each rank harvests its share of the windows
     if distributed.current().is_main:
         atomic_write_json(out / "reproduce.json", {"model": model, "text": text, "tokens": b.lm_tokens})

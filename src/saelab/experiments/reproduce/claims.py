@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from saelab.errors import ConfigError, DataError
-from saelab.util.intervals import NOT_SEPARABLE, Interval, format_interval
 from saelab.util.comparisons import Comparison, holm, p_from_interval
+from saelab.util.intervals import NOT_SEPARABLE, Interval, format_interval
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
@@ -87,7 +87,7 @@ class ClaimResult:
     family: str = ""  # the family it is adjusted in (the paper's name)
 
     def ours(self) -> str:
-        """"mean ± half-width" (the larger side of the 95% interval), or the reason there is none."""
+        """ "mean ± half-width" (the larger side of the 95% interval), or the reason there is none."""
         if self.interval is None:
             return f"– ({self.error})"
         return format_interval(self.interval)
@@ -112,8 +112,12 @@ class ClaimResult:
 
     def to_record(self) -> dict:
         """to_json plus how it was measured and the direction that counts as holding (claims.json)."""
-        return {**self.to_json(), "holds_if": f"{self.claim.holds_if} {self.claim.null:g}",
-                "interval": None if self.interval is None else self.interval.to_dict(), "error": self.error}
+        return {
+            **self.to_json(),
+            "holds_if": f"{self.claim.holds_if} {self.claim.null:g}",
+            "interval": None if self.interval is None else self.interval.to_dict(),
+            "error": self.error,
+        }
 
 
 def claim_p(iv: Interval, null: float = 0.0) -> float:
@@ -155,7 +159,9 @@ def judge_family(results: list[ClaimResult], family: str = "", alpha: float = FA
     return out
 
 
-def evaluate_family(claims: list[Claim], evidence: Evidence, family: str = "", alpha: float = FAMILY_ALPHA) -> list[ClaimResult]:
+def evaluate_family(
+    claims: list[Claim], evidence: Evidence, family: str = "", alpha: float = FAMILY_ALPHA
+) -> list[ClaimResult]:
     """Measure every claim of one paper and judge them as one Holm family."""
     return judge_family([measure_claim(c, evidence) for c in claims], family, alpha)
 
@@ -172,5 +178,7 @@ def claims_markdown(results: list[ClaimResult]) -> str:
     lines = ["| claim | paper's figure | ours (mean ± 95% CI) | p (Holm-adjusted) | verdict |", "|---|---|---|---|---|"]
     for r in results:
         ours = f"{r.ours()} — {r.claim.measure_text} ({r.claim.holds_if} {r.claim.null:g} holds)"
-        lines.append(f"| “{cell(r.claim.claim)}” | {cell(r.claim.paper)} | {cell(ours)} | {pf(r.p)} ({pf(r.p_adjusted)}) | **{r.verdict}** |")
+        lines.append(
+            f"| “{cell(r.claim.claim)}” | {cell(r.claim.paper)} | {cell(ours)} | {pf(r.p)} ({pf(r.p_adjusted)}) | **{r.verdict}** |"
+        )
     return "\n".join(lines) + "\n"

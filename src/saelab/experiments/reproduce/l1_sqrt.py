@@ -41,13 +41,24 @@ def grid_names(kind: str) -> list[str]:
 
 
 def _tables() -> list[dict]:
-    return [{"name": name, "method": "relu", **PENALTY[kind], "alpha": a}
-            for kind in GRIDS for name, a in zip(grid_names(kind), GRIDS[kind])]
+    return [
+        {"name": name, "method": "relu", **PENALTY[kind], "alpha": a}
+        for kind in GRIDS
+        for name, a in zip(grid_names(kind), GRIDS[kind])
+    ]
 
 
 def sweeps(b: Budget, data: Path, lm: Path | None = None) -> dict[str, dict]:
     """ReLU with L1 and with L1(sqrt), each over its α grid; on --model's cache too when given."""
-    out = {SWEEP: {"activations": str(data), **b.training(), "n_latents": b.n_latents, "eval": {"board": False}, "sae": _tables()}}
+    out = {
+        SWEEP: {
+            "activations": str(data),
+            **b.training(),
+            "n_latents": b.n_latents,
+            "eval": {"board": False},
+            "sae": _tables(),
+        }
+    }
     if lm is not None:
         out[LM_SWEEP] = {**b.lm_training(lm), "sae": _tables()}
     return out
@@ -56,17 +67,30 @@ def sweeps(b: Budget, data: Path, lm: Path | None = None) -> dict[str, dict]:
 def _claims(sweep: str, t: int, where: str) -> list[Claim]:
     sqrt, l1 = grid_names("l1(sqrt)"), grid_names("l1")
     return [
-        Claim("Maybe this method can get us better L0 for the same CE? In fact it does!", "L1(sqrt) pareto-better in CE at equal L0 (Pythia-70M L3)",
-              f"NMSE on each frontier at L0 above ε = {t}: L1(sqrt) − L1 ({where})", frontier_difference(sweep, sqrt, l1, "nmse", t), "<",
-              paper_measure="CE loss on the L0–CE frontier (Pythia-70M layer 3); ours is NMSE"),
-        Claim("Most strikingly, it helps with the L2 Ratio significantly", "L2 ratio closer to 1 with L1(sqrt)",
-              f"|1 − L2 ratio| on each frontier at L0 above ε = {t}: L1(sqrt) − L1 ({where})",
-              frontier_difference(sweep, sqrt, l1, "l2_ratio", t, transform=lambda v: max(abs(1.0 - v), 1e-9)), "<"),
-        Claim("these lower activations are important for [...] MSE", "halving L0 costs ~0.08 CE and raises MSE",
-              f"NMSE increase when one global threshold halves L0 of the L1 SAE nearest L0 {t} ({where}); only the MSE half of "
-              "the post's claim: CE is not measured here, so \"both similarly\" is not tested",
-              ablate_lowest_nmse(sweep, l1, target=t), ">",
-              paper_measure="CE and MSE increase when the lowest activations are removed (halving L0), Pythia-70M"),
+        Claim(
+            "Maybe this method can get us better L0 for the same CE? In fact it does!",
+            "L1(sqrt) pareto-better in CE at equal L0 (Pythia-70M L3)",
+            f"NMSE on each frontier at L0 above ε = {t}: L1(sqrt) − L1 ({where})",
+            frontier_difference(sweep, sqrt, l1, "nmse", t),
+            "<",
+            paper_measure="CE loss on the L0–CE frontier (Pythia-70M layer 3); ours is NMSE",
+        ),
+        Claim(
+            "Most strikingly, it helps with the L2 Ratio significantly",
+            "L2 ratio closer to 1 with L1(sqrt)",
+            f"|1 − L2 ratio| on each frontier at L0 above ε = {t}: L1(sqrt) − L1 ({where})",
+            frontier_difference(sweep, sqrt, l1, "l2_ratio", t, transform=lambda v: max(abs(1.0 - v), 1e-9)),
+            "<",
+        ),
+        Claim(
+            "these lower activations are important for [...] MSE",
+            "halving L0 costs ~0.08 CE and raises MSE",
+            f"NMSE increase when one global threshold halves L0 of the L1 SAE nearest L0 {t} ({where}); only the MSE half of "
+            'the post\'s claim: CE is not measured here, so "both similarly" is not tested',
+            ablate_lowest_nmse(sweep, l1, target=t),
+            ">",
+            paper_measure="CE and MSE increase when the lowest activations are removed (halving L0), Pythia-70M",
+        ),
     ]
 
 
@@ -74,9 +98,16 @@ def claims(b: Budget, lm: bool = False) -> list[Claim]:
     """L1(sqrt) beats L1 at the matched L0, loses below ~15; ablating the lowest activations costs MSE."""
     t, low = b.target_l0, low_l0(b)
     out = _claims(SWEEP, t, "OthelloGPT")
-    out.insert(1, Claim("Though, becomes pareto worse at around SAE's with ~15 L0 norm", "L1(sqrt) worse than L1 below L0 ≈ 15",
-                        f"NMSE on each frontier at L0 above ε = {low}: L1(sqrt) − L1 (OthelloGPT)",
-                        frontier_difference(SWEEP, grid_names("l1(sqrt)"), grid_names("l1"), "nmse", low), ">"))
+    out.insert(
+        1,
+        Claim(
+            "Though, becomes pareto worse at around SAE's with ~15 L0 norm",
+            "L1(sqrt) worse than L1 below L0 ≈ 15",
+            f"NMSE on each frontier at L0 above ε = {low}: L1(sqrt) − L1 (OthelloGPT)",
+            frontier_difference(SWEEP, grid_names("l1(sqrt)"), grid_names("l1"), "nmse", low),
+            ">",
+        ),
+    )
     if lm:
         out += _claims(LM_SWEEP, t, "--model")
     return out

@@ -22,13 +22,21 @@ from scipy.stats import rankdata
 
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
-from saelab.sources.lm.ablate_lowest import ablate_below
 from saelab.experiments.reproduce.claims import Evidence, comparison_interval
 from saelab.experiments.scaling import fit_power
 from saelab.formats.folder import load_sae, read_saelab_record
-from saelab.util.intervals import Interval, block_parts
+from saelab.report.summary import (
+    L0_TOLERANCE,
+    GroupSummary,
+    MetricSpec,
+    compare_metric,
+    l0_match,
+    row_eval_se,
+    summarize,
+)
+from saelab.sources.lm.ablate_lowest import ablate_below
 from saelab.util.comparisons import compare_intervals, compare_seeds, paired_bootstrap, seeds_test
-from saelab.report.summary import L0_TOLERANCE, GroupSummary, MetricSpec, compare_metric, l0_match, row_eval_se, summarize
+from saelab.util.intervals import Interval, block_parts
 
 # Every seed's L0 above ε within ±10% of the target: on our model TopK at k 24 / 32 / 40 finds 20 / 30 / 30
 # pairs, so the old ±25% on the mean was a large effect by itself (issue 31 item 4).
@@ -47,29 +55,41 @@ def group(rows: list[dict], name: str) -> GroupSummary:
 
 def metric(sweep: str, name: str, key: str) -> Callable[[Evidence], Interval]:
     """A measure: one configuration's metric, mean over seeds with its interval."""
+
     def measure(ev: Evidence) -> Interval:
         g = group(ev.sweep(sweep), name)
         if key not in g.metrics:
             raise DataError(f"{name!r} has no {key!r} (null on every seed)")
         return g.metrics[key]
+
     return measure
 
 
-def difference(sweep: str, a: str, b: str, key: str, match_l0: bool = False, targets: bool = True,
-               target: float | None = None) -> Callable[[Evidence], Interval]:
+def difference(
+    sweep: str, a: str, b: str, key: str, match_l0: bool = False, targets: bool = True, target: float | None = None
+) -> Callable[[Evidence], Interval]:
     """A measure: metric(a) − metric(b) between two configurations of one sweep.
 
     targets=True: every side with a target_l0 must be matched at it (every seed's l0_eps within ±10%).
     targets=False: compared wherever their settings ended (chosen by a search: best against best).
     match_l0=True with `target` (e.g. the k of a k-budgeted pair): both sides matched at `target`.
     """
+
     def measure(ev: Evidence) -> Interval:
         return group_difference(ev.sweep(sweep), a, b, key, match_l0, targets, target)
+
     return measure
 
 
-def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool = False, targets: bool = True,
-                     target: float | None = None) -> Interval:
+def group_difference(
+    rows: list[dict],
+    a: str,
+    b: str,
+    key: str,
+    match_l0: bool = False,
+    targets: bool = True,
+    target: float | None = None,
+) -> Interval:
     """metric(a) − metric(b) with its 95% interval (Welch over seeds + evaluation SE) and p-value."""
     for name in (a, b):
         mine = [r for r in rows if r.get("group") == name]
@@ -79,8 +99,10 @@ def group_difference(rows: list[dict], a: str, b: str, key: str, match_l0: bool 
             check_matched(mine, name, _row_target(mine))
     ga, gb = group(rows, a), group(rows, b)
     if match_l0 and target is None and l0_match(replace(ga, target_l0=None), replace(gb, target_l0=None)) is None:
-        raise DataError(f"L0 {ga.estimate('l0'):.3g} ({a!r}) vs {gb.estimate('l0'):.3g} ({b!r}) differ by more than "
-                        f"{L0_TOLERANCE:.0%}: not matched at this budget")
+        raise DataError(
+            f"L0 {ga.estimate('l0'):.3g} ({a!r}) vs {gb.estimate('l0'):.3g} ({b!r}) differ by more than "
+            f"{L0_TOLERANCE:.0%}: not matched at this budget"
+        )
     c = compare_metric(ga, gb, MetricSpec(key, key, True))  # the direction only words the Comparison's verdict
     if c is None:
         raise DataError(f"{key!r} is missing for {a!r} or {b!r}")
@@ -124,8 +146,10 @@ def check_matched(rows: list[dict], name: str, target: float, tolerance: float =
     ok, l0s = matched_seeds(rows, target, tolerance)
     if not ok:
         shown = ", ".join("–" if v is None else f"{v:.3g}" for v in l0s)
-        raise DataError(f"{name!r} reached L0 above ε {shown} over its seeds, not its target {target:g} (±{tolerance:.0%} "
-                        "on every seed): not matched at this budget")
+        raise DataError(
+            f"{name!r} reached L0 above ε {shown} over its seeds, not its target {target:g} (±{tolerance:.0%} "
+            "on every seed): not matched at this budget"
+        )
 
 
 def check_target_reached(rows: list[dict], name: str, tolerance: float = L0_MATCH) -> None:
@@ -135,7 +159,9 @@ def check_target_reached(rows: list[dict], name: str, tolerance: float = L0_MATC
         check_matched(rows, name, t, tolerance)
 
 
-def side_at_target(rows: list[dict], names: list[str], key: str, target: float) -> tuple[dict[int, float], dict[int, float | None], str]:
+def side_at_target(
+    rows: list[dict], names: list[str], key: str, target: float
+) -> tuple[dict[int, float], dict[int, float | None], str]:
     """Per seed: (key, its evaluation SE) of one method at L0 above ε = target, and how it was read.
 
     A member of the grid `names` matched on every seed (the nearest such) is read directly;
@@ -150,49 +176,73 @@ def side_at_target(rows: list[dict], names: list[str], key: str, target: float) 
             matched.append((float(np.mean([abs(math.log(v / target)) for v in l0s])), n, mine))
     if matched:
         _, n, mine = min(matched, key=lambda m: m[0])
-        return ({int(r.get("seed") or 0): float(r[key]) for r in mine},
-                {int(r.get("seed") or 0): row_eval_se(r, key) for r in mine}, f"{n} (matched)")
+        return (
+            {int(r.get("seed") or 0): float(r[key]) for r in mine},
+            {int(r.get("seed") or 0): row_eval_se(r, key) for r in mine},
+            f"{n} (matched)",
+        )
     if len(names) < 2:
         check_matched([r for r in rows if r.get("group") in names], names[0] if names else "?", target)
     values = frontier_value(rows, names, key, target, with_se=True)
     return {s: v for s, (v, _) in values.items()}, {s: se for s, (_, se) in values.items()}, "frontier"
 
 
-def matched_difference(sweep: str, a: list[str], b: list[str], key: str, target: float) -> Callable[[Evidence], Interval]:
+def matched_difference(
+    sweep: str, a: list[str], b: list[str], key: str, target: float
+) -> Callable[[Evidence], Interval]:
     """A measure: key(a) − key(b) at L0 above ε = target, each side matched or read off its frontier (side_at_target)."""
+
     def measure(ev: Evidence) -> Interval:
         rows = ev.sweep(sweep)
         va, ea, how_a = side_at_target(rows, a, key, target)
         vb, eb, how_b = side_at_target(rows, b, key, target)
         sa, sb = sorted(va), sorted(vb)
-        c = compare_seeds([va[s] for s in sa], [vb[s] for s in sb], a[0], b[0], True,
-                          a_eval_se=[ea[s] for s in sa], b_eval_se=[eb[s] for s in sb])
+        c = compare_seeds(
+            [va[s] for s in sa],
+            [vb[s] for s in sb],
+            a[0],
+            b[0],
+            True,
+            a_eval_se=[ea[s] for s in sa],
+            b_eval_se=[eb[s] for s in sb],
+        )
         iv = comparison_interval(c, min(len(sa), len(sb)))
         return replace(iv, method=f"{iv.method} ({how_a} vs {how_b})")
+
     return measure
 
 
 def gap_change(sweep: str, pairs: tuple[tuple[str, str], tuple[str, str]], key: str) -> Callable[[Evidence], Interval]:
     """A measure: [metric(a2) − metric(b2)] − [metric(a1) − metric(b1)], the two gaps' intervals combined as independent."""
     (a1, b1), (a2, b2) = pairs
+
     def measure(ev: Evidence) -> Interval:
         rows = ev.sweep(sweep)
         small, large = group_difference(rows, a1, b1, key), group_difference(rows, a2, b2, key)
         c = compare_intervals(large, small, "large", "small", True)
         return comparison_interval(c, min(small.n, large.n))
+
     return measure
 
 
-def exponent(sweep: str, names: list[str], x: str = "n_latents", y: str = "nmse", n_boot: int = 500) -> Callable[[Evidence], Interval]:
+def exponent(
+    sweep: str, names: list[str], x: str = "n_latents", y: str = "nmse", n_boot: int = 500
+) -> Callable[[Evidence], Interval]:
     """A measure: the exponent b of y = a·x^b over every seed of the named configurations (case bootstrap over points)."""
+
     def measure(ev: Evidence) -> Interval:
         return fitted_exponent(ev.sweep(sweep), names, x, y, n_boot)
+
     return measure
 
 
 def fitted_exponent(rows: list[dict], names: list[str], x: str, y: str, n_boot: int) -> Interval:
     """fit_power over the rows of the named groups; the exponent's bootstrap interval."""
-    pts = [(float(r[x]), float(r[y])) for r in rows if r.get("group") in names and _positive(r.get(x)) and _positive(r.get(y))]
+    pts = [
+        (float(r[x]), float(r[y]))
+        for r in rows
+        if r.get("group") in names and _positive(r.get(x)) and _positive(r.get(y))
+    ]
     if len({p[0] for p in pts}) < 3:
         raise DataError(f"a power law of {y} in {x} needs ≥ 3 distinct {x}; have {sorted({p[0] for p in pts})}")
     fit = fit_power([p[0] for p in pts], [p[1] for p in pts], n_boot=n_boot)
@@ -202,22 +252,31 @@ def fitted_exponent(rows: list[dict], names: list[str], x: str, y: str, n_boot: 
 
 def exponent_difference(sweep: str, a: list[str], b: list[str], n_boot: int = 500) -> Callable[[Evidence], Interval]:
     """A measure: exponent(a) − exponent(b) of NMSE in n_latents, the two bootstrap intervals combined as independent."""
+
     def measure(ev: Evidence) -> Interval:
         rows = ev.sweep(sweep)
         ea = fitted_exponent(rows, a, "n_latents", "nmse", n_boot)
         eb = fitted_exponent(rows, b, "n_latents", "nmse", n_boot)
         return comparison_interval(compare_intervals(ea, eb, "a", "b", True), min(ea.n, eb.n))
+
     return measure
 
 
-def ablate_lowest_nmse(sweep: str, name: str | list[str], keep: float = 0.5, max_rows: int = 50_000, n_boot: int = 500,
-                       target: float | None = None) -> Callable[[Evidence], Interval]:
+def ablate_lowest_nmse(
+    sweep: str,
+    name: str | list[str],
+    keep: float = 0.5,
+    max_rows: int = 50_000,
+    n_boot: int = 500,
+    target: float | None = None,
+) -> Callable[[Evidence], Interval]:
     """A measure: NMSE increase when one global threshold drops the lowest activations so that L0 falls to `keep`·L0.
 
     The threshold is the (1 − keep) quantile of the nonzero codes on held-out rows; the interval is a
     paired bootstrap over contiguous row blocks (positions of one game stay together), then
     averaged over seeds.
     """
+
     def measure(ev: Evidence) -> Interval:
         # A list of names is a grid: the member nearest the target L0 is ablated.
         chosen = nearest_to_target(ev.sweep(sweep), name, float(target)) if isinstance(name, list) else name
@@ -225,11 +284,14 @@ def ablate_lowest_nmse(sweep: str, name: str | list[str], keep: float = 0.5, max
         if not rows:
             raise DataError(f"no SAE named {chosen!r} in sweep {sweep!r}")
         check_target_reached(rows, chosen)  # halving the L0 of a collapsed code says nothing about the post's SAEs
-        ivs = [ablation_increase(ev.roots[sweep] / r["folder"], keep, max_rows, n_boot, seed=i) for i, r in enumerate(rows)]
+        ivs = [
+            ablation_increase(ev.roots[sweep] / r["folder"], keep, max_rows, n_boot, seed=i) for i, r in enumerate(rows)
+        ]
         # Between seeds (t over their increases) plus each SAE's block-bootstrap SE: the seeds share held-out rows.
         z = 2.0 * 1.959963984540054
         iv = seeds_test([iv.estimate for iv in ivs], [(iv.hi - iv.lo) / z for iv in ivs])
         return replace(iv, method=f"{iv.method} (paired-bootstrap-blocks)")
+
     return measure
 
 
@@ -250,7 +312,11 @@ def ablation_increase(folder: Path, keep: float, max_rows: int, n_boot: int, see
     nonzero = z[z > 0]
     if nonzero.numel() == 0:
         raise DataError(f"{folder}: the SAE encodes every held-out row to zero")
-    t = float(torch.quantile(nonzero[torch.randperm(nonzero.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]], 1.0 - keep))
+    t = float(
+        torch.quantile(
+            nonzero[torch.randperm(nonzero.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]], 1.0 - keep
+        )
+    )
     dev = ((x - x.mean(0)) ** 2).sum(1).numpy()
     sse = ((x - sae.decode(z)) ** 2).sum(1).numpy()
     sse_ab = ((x - sae.decode(ablate_below(z, t))) ** 2).sum(1).numpy()
@@ -278,7 +344,8 @@ def frontier_value(rows: list[dict], names: list[str], key: str, target: float, 
     for r in rows:
         if r.get("group") in names and _positive(r.get(MATCH_L0_KEY)) and _positive(r.get(key)):
             by_seed.setdefault(int(r.get("seed") or 0), []).append(
-                (math.log(float(r[MATCH_L0_KEY])), math.log(float(r[key])), row_eval_se(r, key)))
+                (math.log(float(r[MATCH_L0_KEY])), math.log(float(r[key])), row_eval_se(r, key))
+            )
     if not by_seed:
         raise DataError(f"no rows of {names} with both {MATCH_L0_KEY} and {key}")
     lt = math.log(target)
@@ -287,8 +354,10 @@ def frontier_value(rows: list[dict], names: list[str], key: str, target: float, 
         pts.sort()
         xs = [p[0] for p in pts]
         if not xs[0] <= lt <= xs[-1]:
-            raise DataError(f"seed {seed}: L0 above ε of {names[0].rsplit(' ', 1)[0]} spans {math.exp(xs[0]):.3g}–{math.exp(xs[-1]):.3g}, "
-                            f"not the target {target:g} (the grid does not bracket it at this budget): not matched")
+            raise DataError(
+                f"seed {seed}: L0 above ε of {names[0].rsplit(' ', 1)[0]} spans {math.exp(xs[0]):.3g}–{math.exp(xs[-1]):.3g}, "
+                f"not the target {target:g} (the grid does not bracket it at this budget): not matched"
+            )
         value = float(math.exp(np.interp(lt, xs, [p[1] for p in pts])))
         j = min(int(np.searchsorted(xs, lt)), len(xs) - 1)
         ses = [pts[i][2] for i in {max(j - 1, 0), j}]
@@ -296,32 +365,43 @@ def frontier_value(rows: list[dict], names: list[str], key: str, target: float, 
     return out
 
 
-def frontier_difference(sweep: str, a: list[str], b: list[str], key: str, target: float,
-                        transform: Callable[[float], float] | None = None) -> Callable[[Evidence], Interval]:
+def frontier_difference(
+    sweep: str, a: list[str], b: list[str], key: str, target: float, transform: Callable[[float], float] | None = None
+) -> Callable[[Evidence], Interval]:
     """A measure: key(a) − key(b) on each grid's frontier at L0 above ε = target, paired by seed (shared batches).
 
     t over the seeds' differences, widened by both sides' evaluation SEs (seeds_test). With a
     `transform` the SEs are unknown (the bootstrap was of the untransformed metric).
     """
+
     def measure(ev: Evidence) -> Interval:
         rows = ev.sweep(sweep)
         if transform is not None:
-            rows = [{**r, key: transform(r[key]), "ci": {}, key + "_eval_se": None} if _positive(r.get(key)) else r for r in rows]
+            rows = [
+                {**r, key: transform(r[key]), "ci": {}, key + "_eval_se": None} if _positive(r.get(key)) else r
+                for r in rows
+            ]
         va, vb = frontier_value(rows, a, key, target, with_se=True), frontier_value(rows, b, key, target, with_se=True)
         seeds = sorted(set(va) & set(vb))
         if not seeds:
             raise DataError(f"no seed has both {a[0]!r} and {b[0]!r}")
         se = [None if va[s][1] is None or vb[s][1] is None else math.hypot(va[s][1], vb[s][1]) for s in seeds]
         return seeds_test([va[s][0] - vb[s][0] for s in seeds], se)
+
     return measure
 
 
 def nearest_to_target(rows: list[dict], names: list[str], target: float, tolerance: float = 0.5) -> str:
     """The configuration of `names` whose mean L0 is nearest the target (DataError when none is within ±tolerance)."""
-    means = {n: float(np.mean([r["l0"] for r in rows if r.get("group") == n and _positive(r.get("l0"))] or [0.0])) for n in names}
+    means = {
+        n: float(np.mean([r["l0"] for r in rows if r.get("group") == n and _positive(r.get("l0"))] or [0.0]))
+        for n in names
+    }
     best = min(means, key=lambda n: abs(math.log(max(means[n], 1e-6) / target)))
     if abs(means[best] - target) > tolerance * target:
-        raise DataError(f"no configuration of {names} reached L0 {target:g} ± {tolerance:.0%} (nearest: {best!r} at {means[best]:.3g})")
+        raise DataError(
+            f"no configuration of {names} reached L0 {target:g} ± {tolerance:.0%} (nearest: {best!r} at {means[best]:.3g})"
+        )
     return best
 
 
@@ -345,10 +425,13 @@ def against_extreme_other(sweep: str, a: str, others: list[str], key: str, pick:
             means[name] = est
         other = (max if pick == "max" else min)(means, key=means.get)
         return group_difference(rows, a, other, key, targets=False)
+
     return measure
 
 
-def rank_correlation(sweep: str, reference: dict[str, float], key: str, n_boot: int = 2000, seed: int = 0) -> Callable[[Evidence], Interval]:
+def rank_correlation(
+    sweep: str, reference: dict[str, float], key: str, n_boot: int = 2000, seed: int = 0
+) -> Callable[[Evidence], Interval]:
     """A measure: Spearman ρ between a paper's figure per configuration and our mean `key`, with an exact permutation p.
 
     p is one-sided (ρ > 0: the rankings agree beyond chance), exact over every pairing of the
@@ -377,7 +460,15 @@ def rank_correlation(sweep: str, reference: dict[str, float], key: str, n_boot: 
         rng = np.random.default_rng(seed)
         boots = [spearman(ref, np.asarray([rng.choice(v, size=len(v)).mean() for v in per])) for _ in range(n_boot)]
         lo, hi = np.percentile(boots, [2.5, 97.5])
-        return Interval(est, float(min(lo, est)), float(max(hi, est)), len(names), "bootstrap-seeds; p exact permutation, one-sided", p=p)
+        return Interval(
+            est,
+            float(min(lo, est)),
+            float(max(hi, est)),
+            len(names),
+            "bootstrap-seeds; p exact permutation, one-sided",
+            p=p,
+        )
+
     return measure
 
 
@@ -397,7 +488,9 @@ def spearman_permutation_p(x: np.ndarray, y: np.ndarray) -> float:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, (rc * xc).sum(axis=axis) / np.where(den > 0, den, 1.0), 0.0)
 
-    res = permutation_test((y,), rho, permutation_type="pairings", alternative="greater", n_resamples=np.inf, vectorized=True)
+    res = permutation_test(
+        (y,), rho, permutation_type="pairings", alternative="greater", n_resamples=np.inf, vectorized=True
+    )
     return float(res.pvalue)
 
 

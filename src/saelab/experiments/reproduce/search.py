@@ -95,13 +95,19 @@ def select_finalists(candidates: list[Candidate], rows: list[dict], per_method: 
             l0 = target_measured_l0(r)
             nmse = r.get("nmse")
             if not (_finite(l0) and _finite(nmse)) or l0 <= 0 or nmse >= COLLAPSED_NMSE:
-                out[c.name] = Screened(c, l0 if _finite(l0) else None, nmse if _finite(nmse) else None, "collapsed", r.get("folder"))
+                out[c.name] = Screened(
+                    c, l0 if _finite(l0) else None, nmse if _finite(nmse) else None, "collapsed", r.get("folder")
+                )
             else:
                 alive.append((c, float(l0), float(nmse), r.get("folder")))
         front = []
         for c, l0, nmse, folder in alive:
             # Dominated: another candidate is at least as sparse and as accurate, and strictly better in one.
-            better = [o for o, ol0, onmse, _ in alive if o is not c and ol0 <= l0 and onmse <= nmse and (ol0 < l0 or onmse < nmse)]
+            better = [
+                o
+                for o, ol0, onmse, _ in alive
+                if o is not c and ol0 <= l0 and onmse <= nmse and (ol0 < l0 or onmse < nmse)
+            ]
             if better:
                 out[c.name] = Screened(c, l0, nmse, f"dominated by {better[0].name}", folder)
             else:
@@ -160,27 +166,47 @@ class SearchResult:
 
     def to_record(self) -> dict:
         """search.json: every candidate with its screen numbers, verdict and score, then the choice per method."""
-        cands = [{"method": s.candidate.method, "name": s.candidate.name, "table": s.candidate.table, "l0": s.l0, "nmse": s.nmse,
-                  "status": s.status, **({"score": self.scores[s.candidate.name]} if s.candidate.name in self.scores else {})}
-                 for s in self.screened]
+        cands = [
+            {
+                "method": s.candidate.method,
+                "name": s.candidate.name,
+                "table": s.candidate.table,
+                "l0": s.l0,
+                "nmse": s.nmse,
+                "status": s.status,
+                **({"score": self.scores[s.candidate.name]} if s.candidate.name in self.scores else {}),
+            }
+            for s in self.screened
+        ]
         return {"candidates": cands, "chosen": {m: c.name for m, c in self.chosen.items()}}
 
     def markdown(self) -> str:
         """The search table: method | candidate | L0 | NMSE | screen | good classifiers and mean best AUROC (finalists) | chosen."""
-        lines = ["| method | candidate | L0 | NMSE | screen | good / findable | mean best AUROC | chosen |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| method | candidate | L0 | NMSE | screen | good / findable | mean best AUROC | chosen |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         fmt = lambda v, spec: format(v, spec) if _finite(v) else "–"  # noqa: E731
         for s in self.screened:
             sc = self.scores.get(s.candidate.name)
             good = f"{sc['good_findable']} / {sc['findable']}" if sc else ""
             auroc = fmt(sc.get("mean_best_auroc"), ".4f") if sc else ""
             mark = "**best**" if self.chosen.get(s.candidate.method) is s.candidate else ""
-            lines.append(f"| {s.candidate.method} | {s.candidate.name} | {fmt(s.l0, '.1f')} | {fmt(s.nmse, '.4f')} | {s.status} | {good} | {auroc} | {mark} |")
+            lines.append(
+                f"| {s.candidate.method} | {s.candidate.name} | {fmt(s.l0, '.1f')} | {fmt(s.nmse, '.4f')} | {s.status} | {good} | {auroc} | {mark} |"
+            )
         return "\n".join(lines) + "\n"
 
 
-def run_search(candidates: list[Candidate], shared: dict, root: Path, per_method: int, eval_opts: dict,
-               say: Callable[[str], None] = print, progress: bool = False) -> SearchResult:
+def run_search(
+    candidates: list[Candidate],
+    shared: dict,
+    root: Path,
+    per_method: int,
+    eval_opts: dict,
+    say: Callable[[str], None] = print,
+    progress: bool = False,
+) -> SearchResult:
     """Screen every candidate (one seed, no board score), score the finalists, choose each method's best; resumable.
 
     `shared`: the screen sweep's shared keys (activations, training length, n_latents, …; its seed
@@ -210,11 +236,15 @@ def run_search(candidates: list[Candidate], shared: dict, root: Path, per_method
     scores: dict[str, dict] = {}
     for s in finalists:
         full = read_json_object(screen_root / str(s.folder) / OTHELLO_SCORE)
-        scores[s.candidate.name] = {**{k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")},
-                                    "mean_best_auroc": mean_best_auroc(full)}
+        scores[s.candidate.name] = {
+            **{k: full.get(k) for k in ("good_findable", "findable", "good_classifiers", "coverage")},
+            "mean_best_auroc": mean_best_auroc(full),
+        }
     result = SearchResult(screened, scores, choose_best(screened, scores))
     if world.is_main:
         atomic_write_json(root / SEARCH_FILE, result.to_record())
     for m, c in result.chosen.items():
-        say(f"search: {m} → {c.name} ({scores[c.name]['good_findable']} / {scores[c.name]['findable']} good classifiers at the screen)")
+        say(
+            f"search: {m} → {c.name} ({scores[c.name]['good_findable']} / {scores[c.name]['findable']} good classifiers at the screen)"
+        )
     return result

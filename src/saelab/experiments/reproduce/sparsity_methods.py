@@ -27,9 +27,16 @@ LEAKY_EPS = 0.05  # relative leak; the README's sweep found ε = 0.2 worse and 0
 def names(b: Budget) -> dict[str, str]:
     """Readable configuration names (the sweep's groups) by role."""
     t = b.target_l0
-    return {"none": "relu no penalty", "l1": f"relu+l1 L0 {t}", "sl0": f"smoothed_l0 L0 {t}", "fresh": f"freshman L0 {t}",
-            "wtk": f"without_topk L0 {t}", "leaky": f"leaky_topk eps{LEAKY_EPS:g} L0 {t}", "topk": f"topk L0 {t}",
-            "dimred": f"dimred L0 {t}"}
+    return {
+        "none": "relu no penalty",
+        "l1": f"relu+l1 L0 {t}",
+        "sl0": f"smoothed_l0 L0 {t}",
+        "fresh": f"freshman L0 {t}",
+        "wtk": f"without_topk L0 {t}",
+        "leaky": f"leaky_topk eps{LEAKY_EPS:g} L0 {t}",
+        "topk": f"topk L0 {t}",
+        "dimred": f"dimred L0 {t}",
+    }
 
 
 REPORT_METHODS = ("none", "l1", "sl0", "fresh", "wtk", "leaky", "topk", "dimred")
@@ -41,8 +48,10 @@ REPORT_BEST = {"none": 1, "l1": 29, "sl0": 38, "fresh": 21, "wtk": 28, "leaky": 
 BEST_SWEEP = "best"
 FRESH_GAMES = 1  # the sweeps' held-out games are another draw than the search's (chosen on one set, scored on another)
 # What the report computed, for every claim: its search's best SAE per method, scored on the games it was chosen on.
-REPORT_MEASURE = ("the report's single best SAE per method after its search (100,000 games × 4 epochs), good classifiers "
-                  "(AUROC ≥ 0.9) out of 192 board-state pairs, scored on the games its search chose it on")
+REPORT_MEASURE = (
+    "the report's single best SAE per method after its search (100,000 games × 4 epochs), good classifiers "
+    "(AUROC ≥ 0.9) out of 192 board-state pairs, scored on the games its search chose it on"
+)
 
 
 def table(role: str, l0: int) -> dict:
@@ -92,8 +101,12 @@ def sweeps(b: Budget, data: Path, lm: Path | None = None, search: SearchResult |
     into the matched sweep.
     """
     # games_seed 1: the sweeps score on held-out games the search (seed 0's games) never chose on.
-    common = {"activations": str(data), **b.training(), "n_latents": b.n_latents,
-              "eval": {"games": b.eval_games, "n_boot": b.n_boot, "games_seed": FRESH_GAMES}}
+    common = {
+        "activations": str(data),
+        **b.training(),
+        "n_latents": b.n_latents,
+        "eval": {"games": b.eval_games, "n_boot": b.n_boot, "games_seed": FRESH_GAMES},
+    }
     if search is None:
         return {SWEEP: {**common, "sae": matched_tables(b)}}
     out = {BEST_SWEEP: {**common, "sae": [{**c.table, "name": best_name(role)} for role, c in search.chosen.items()]}}
@@ -133,7 +146,9 @@ def candidates(b: Budget) -> list[Candidate]:
 def search(b: Budget, data: Path, root: Path, say=print, progress: bool = False) -> SearchResult:
     """Run (or resume) the report's search at this budget: screen, score the finalists, choose each method's best."""
     shared = {"activations": str(data), **b.screen_training(), "n_latents": b.n_latents}
-    return run_search(candidates(b), shared, root, b.finalists, {"games": b.eval_games, "n_boot": b.n_boot}, say, progress)
+    return run_search(
+        candidates(b), shared, root, b.finalists, {"games": b.eval_games, "n_boot": b.n_boot}, say, progress
+    )
 
 
 def claims(b: Budget, lm: bool = False) -> list[Claim]:
@@ -148,26 +163,54 @@ def matched_claims(b: Budget) -> list[Claim]:
     at = f"matched L0 {t} (L0 above ε, every seed ±10%)"
     paper = "best of search against best of search; the report never compared at matched L0"
     return [
-        Claim("I also trained another SAE without sparsity loss; it found only one good classifier",
-              "L1: 29 good classifiers, no sparsity loss: 1",
-              f"{EXTENSION}{good}: ReLU+L1 at {at} − ReLU without penalty", difference(SWEEP, n["l1"], n["none"], "good_findable"), ">",
-              paper_measure=paper),
-        Claim("Leaky top-k activation takes the cake with 45 good classifiers, compared to L1 sparsity loss's 29",
-              "45 vs 29 (+16)", f"{EXTENSION}{good}: leaky TopK ε={LEAKY_EPS:g} − ReLU+L1, {at}",
-              difference(SWEEP, n["leaky"], n["l1"], "good_findable"), ">", paper_measure=paper),
-        Claim("smoothed-L0 sparsity loss ... performed significantly better [than L1]", "38 vs 29 (+9)",
-              f"{EXTENSION}{good}: smoothed-L0 − ReLU+L1, {at}", difference(SWEEP, n["sl0"], n["l1"], "good_findable"), ">",
-              paper_measure=paper),
-        Claim("dimension reduction activation ... performed significantly better [than L1]", "43 vs 29 (+14)",
-              f"{EXTENSION}{good}: dimension reduction − ReLU+L1, {at}", difference(SWEEP, n["dimred"], n["l1"], "good_findable"), ">",
-              paper_measure=paper),
-        Claim("Out of those trained with ϵ=0 ..., the best one found 34 good classifiers", "leaky (ε>0) 45 vs TopK (ε=0) 34 (+11)",
-              f"{EXTENSION}{good}: leaky TopK − TopK, {at}", difference(SWEEP, n["leaky"], n["topk"], "good_findable"), ">",
-              paper_measure=paper),
-        Claim("[dimension reduction's best had] higher unexplained variance than the best SAEs trained with other methods",
-              "18.5% vs 7.7–13.2%", f"{EXTENSION}NMSE: dimension reduction − TopK, both at {at}",
-              difference(SWEEP, n["dimred"], n["topk"], "nmse"), ">",
-              paper_measure="unexplained variance of each method's best SAE (each at its own sparsity)"),
+        Claim(
+            "I also trained another SAE without sparsity loss; it found only one good classifier",
+            "L1: 29 good classifiers, no sparsity loss: 1",
+            f"{EXTENSION}{good}: ReLU+L1 at {at} − ReLU without penalty",
+            difference(SWEEP, n["l1"], n["none"], "good_findable"),
+            ">",
+            paper_measure=paper,
+        ),
+        Claim(
+            "Leaky top-k activation takes the cake with 45 good classifiers, compared to L1 sparsity loss's 29",
+            "45 vs 29 (+16)",
+            f"{EXTENSION}{good}: leaky TopK ε={LEAKY_EPS:g} − ReLU+L1, {at}",
+            difference(SWEEP, n["leaky"], n["l1"], "good_findable"),
+            ">",
+            paper_measure=paper,
+        ),
+        Claim(
+            "smoothed-L0 sparsity loss ... performed significantly better [than L1]",
+            "38 vs 29 (+9)",
+            f"{EXTENSION}{good}: smoothed-L0 − ReLU+L1, {at}",
+            difference(SWEEP, n["sl0"], n["l1"], "good_findable"),
+            ">",
+            paper_measure=paper,
+        ),
+        Claim(
+            "dimension reduction activation ... performed significantly better [than L1]",
+            "43 vs 29 (+14)",
+            f"{EXTENSION}{good}: dimension reduction − ReLU+L1, {at}",
+            difference(SWEEP, n["dimred"], n["l1"], "good_findable"),
+            ">",
+            paper_measure=paper,
+        ),
+        Claim(
+            "Out of those trained with ϵ=0 ..., the best one found 34 good classifiers",
+            "leaky (ε>0) 45 vs TopK (ε=0) 34 (+11)",
+            f"{EXTENSION}{good}: leaky TopK − TopK, {at}",
+            difference(SWEEP, n["leaky"], n["topk"], "good_findable"),
+            ">",
+            paper_measure=paper,
+        ),
+        Claim(
+            "[dimension reduction's best had] higher unexplained variance than the best SAEs trained with other methods",
+            "18.5% vs 7.7–13.2%",
+            f"{EXTENSION}NMSE: dimension reduction − TopK, both at {at}",
+            difference(SWEEP, n["dimred"], n["topk"], "nmse"),
+            ">",
+            paper_measure="unexplained variance of each method's best SAE (each at its own sparsity)",
+        ),
     ]
 
 
@@ -180,42 +223,90 @@ def best_claims(b: Budget) -> list[Claim]:
     searched = "each at its searched setting, chosen on the search's games and scored on fresh ones"
     ranking = {best[r]: v for r, v in REPORT_BEST.items()}
     return [
-        Claim("I also trained another SAE without sparsity loss; it found only one good classifier",
-              "L1: 29 good classifiers, no sparsity loss: 1", f"{good}: best ReLU+L1 − ReLU without penalty ({searched})",
-              diff("l1", "none", "good_findable"), ">", paper_measure=REPORT_MEASURE),
-        Claim("Leaky top-k activation takes the cake with 45 good classifiers", "45; next best: dimension reduction 43",
-              f"{good}: best leaky TopK − the best other method of the report ({searched})",
-              against_extreme_other(BEST_SWEEP, best["leaky"], others("leaky"), "good_findable", "max"), ">",
-              paper_measure=REPORT_MEASURE),
-        Claim("[ranking] leaky top-k 45, dimension reduction 43, smoothed-L0 38, top-k 34, L1 29, without top-k 28, freshman 21, none 1",
-              "the report's best count per method",
-              "Spearman ρ between the report's counts and our mean fraction, 8 methods at their searched settings "
-              "(exact one-sided permutation p over 8! pairings)",
-              rank_correlation(BEST_SWEEP, ranking, "good_findable"), ">", paper_measure=REPORT_MEASURE + "; a ranking, not tested"),
-        Claim("[ranking, without the no-penalty anchor] leaky top-k 45, dimension reduction 43, smoothed-L0 38, top-k 34, L1 29, "
-              "without top-k 28, freshman 21", "the report's best count per method, no penalty left out",
-              "Spearman ρ as above over the 7 methods with a sparsity method (exact one-sided permutation p over 7! pairings): "
-              "the no-penalty SAE's single pair is an easy anchor that alone makes ρ positive",
-              rank_correlation(BEST_SWEEP, {k: v for k, v in ranking.items() if k != best["none"]}, "good_findable"), ">",
-              paper_measure=REPORT_MEASURE + "; a ranking, not tested"),
-        Claim("smoothed-L0 sparsity loss ... performed significantly better [than L1]", "38 vs 29 (+9)",
-              f"{good}: best smoothed-L0 − best ReLU+L1", diff("sl0", "l1", "good_findable"), ">", paper_measure=REPORT_MEASURE),
-        Claim("dimension reduction activation ... performed significantly better [than L1]", "43 vs 29 (+14)",
-              f"{good}: best dimension reduction − best ReLU+L1", diff("dimred", "l1", "good_findable"), ">", paper_measure=REPORT_MEASURE),
-        Claim("Out of those trained with ϵ=0 ..., the best one found 34 good classifiers", "leaky (ε>0) 45 vs TopK (ε=0) 34 (+11)",
-              f"{good}: best leaky TopK − best TopK", diff("leaky", "topk", "good_findable"), ">", paper_measure=REPORT_MEASURE),
-        Claim("all of the SAEs trained with ϵ>0 had no dead neurons, whereas all of the SAEs trained with ϵ=0 had a significant number",
-              "dead: 0% (ε>0) vs 15.1% (ε=0, k=85)",
-              "dead above ε (latents never above ε = 0.01 on held-out rows; a relative leak makes every latent non-zero, so "
-              "plain dead fraction is 0 for ε > 0 by construction): best leaky TopK − best TopK (no AuxK)",
-              diff("leaky", "topk", "dead_fraction_eps"), "<",
-              paper_measure="share of latents that never fire, the report's own count (which its relative leak makes 0 for ε > 0)"),
-        Claim("the best SAEs using this method had much lower sparsity", "dimred 3.8% active vs 12.1–32.6% for the others",
-              "L0 above ε = 0.01 (the report's measure for it): best dimension reduction − the sparsest other method's best",
-              against_extreme_other(BEST_SWEEP, best["dimred"], others("dimred"), "l0_eps", "min"), "<",
-              paper_measure="share of latents active (above 0.01) of each method's best SAE"),
-        Claim("[and] higher unexplained variance than the best SAEs trained with other methods", "18.5% vs 7.7–13.2%",
-              "NMSE: best dimension reduction − the least accurate other method's best (no penalty excluded)",
-              against_extreme_other(BEST_SWEEP, best["dimred"], [o for o in others("dimred") if o != best["none"]], "nmse", "max"), ">",
-              paper_measure="unexplained variance of each method's best SAE"),
+        Claim(
+            "I also trained another SAE without sparsity loss; it found only one good classifier",
+            "L1: 29 good classifiers, no sparsity loss: 1",
+            f"{good}: best ReLU+L1 − ReLU without penalty ({searched})",
+            diff("l1", "none", "good_findable"),
+            ">",
+            paper_measure=REPORT_MEASURE,
+        ),
+        Claim(
+            "Leaky top-k activation takes the cake with 45 good classifiers",
+            "45; next best: dimension reduction 43",
+            f"{good}: best leaky TopK − the best other method of the report ({searched})",
+            against_extreme_other(BEST_SWEEP, best["leaky"], others("leaky"), "good_findable", "max"),
+            ">",
+            paper_measure=REPORT_MEASURE,
+        ),
+        Claim(
+            "[ranking] leaky top-k 45, dimension reduction 43, smoothed-L0 38, top-k 34, L1 29, without top-k 28, freshman 21, none 1",
+            "the report's best count per method",
+            "Spearman ρ between the report's counts and our mean fraction, 8 methods at their searched settings "
+            "(exact one-sided permutation p over 8! pairings)",
+            rank_correlation(BEST_SWEEP, ranking, "good_findable"),
+            ">",
+            paper_measure=REPORT_MEASURE + "; a ranking, not tested",
+        ),
+        Claim(
+            "[ranking, without the no-penalty anchor] leaky top-k 45, dimension reduction 43, smoothed-L0 38, top-k 34, L1 29, "
+            "without top-k 28, freshman 21",
+            "the report's best count per method, no penalty left out",
+            "Spearman ρ as above over the 7 methods with a sparsity method (exact one-sided permutation p over 7! pairings): "
+            "the no-penalty SAE's single pair is an easy anchor that alone makes ρ positive",
+            rank_correlation(BEST_SWEEP, {k: v for k, v in ranking.items() if k != best["none"]}, "good_findable"),
+            ">",
+            paper_measure=REPORT_MEASURE + "; a ranking, not tested",
+        ),
+        Claim(
+            "smoothed-L0 sparsity loss ... performed significantly better [than L1]",
+            "38 vs 29 (+9)",
+            f"{good}: best smoothed-L0 − best ReLU+L1",
+            diff("sl0", "l1", "good_findable"),
+            ">",
+            paper_measure=REPORT_MEASURE,
+        ),
+        Claim(
+            "dimension reduction activation ... performed significantly better [than L1]",
+            "43 vs 29 (+14)",
+            f"{good}: best dimension reduction − best ReLU+L1",
+            diff("dimred", "l1", "good_findable"),
+            ">",
+            paper_measure=REPORT_MEASURE,
+        ),
+        Claim(
+            "Out of those trained with ϵ=0 ..., the best one found 34 good classifiers",
+            "leaky (ε>0) 45 vs TopK (ε=0) 34 (+11)",
+            f"{good}: best leaky TopK − best TopK",
+            diff("leaky", "topk", "good_findable"),
+            ">",
+            paper_measure=REPORT_MEASURE,
+        ),
+        Claim(
+            "all of the SAEs trained with ϵ>0 had no dead neurons, whereas all of the SAEs trained with ϵ=0 had a significant number",
+            "dead: 0% (ε>0) vs 15.1% (ε=0, k=85)",
+            "dead above ε (latents never above ε = 0.01 on held-out rows; a relative leak makes every latent non-zero, so "
+            "plain dead fraction is 0 for ε > 0 by construction): best leaky TopK − best TopK (no AuxK)",
+            diff("leaky", "topk", "dead_fraction_eps"),
+            "<",
+            paper_measure="share of latents that never fire, the report's own count (which its relative leak makes 0 for ε > 0)",
+        ),
+        Claim(
+            "the best SAEs using this method had much lower sparsity",
+            "dimred 3.8% active vs 12.1–32.6% for the others",
+            "L0 above ε = 0.01 (the report's measure for it): best dimension reduction − the sparsest other method's best",
+            against_extreme_other(BEST_SWEEP, best["dimred"], others("dimred"), "l0_eps", "min"),
+            "<",
+            paper_measure="share of latents active (above 0.01) of each method's best SAE",
+        ),
+        Claim(
+            "[and] higher unexplained variance than the best SAEs trained with other methods",
+            "18.5% vs 7.7–13.2%",
+            "NMSE: best dimension reduction − the least accurate other method's best (no penalty excluded)",
+            against_extreme_other(
+                BEST_SWEEP, best["dimred"], [o for o in others("dimred") if o != best["none"]], "nmse", "max"
+            ),
+            ">",
+            paper_measure="unexplained variance of each method's best SAE",
+        ),
     ]

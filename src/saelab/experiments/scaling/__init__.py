@@ -31,7 +31,6 @@ n for the joint fit), so every point at one size goes or stays together:
 * the default ``exclude=0`` keeps every point.
 """
 
-
 from saelab.experiments.scaling.fits import JointFit, PowerFit, fit_joint, fit_power, fit_power_const
 from saelab.experiments.scaling.lr import LrFit, LrPoint, largest_stable_lr
 from saelab.experiments.scaling.models import (
@@ -46,4 +45,25 @@ from saelab.experiments.scaling.models import (
 from saelab.experiments.scaling.plot import plot_fit
 from saelab.experiments.scaling.rows import fit_rows, group_by, read_results, row_value
 
-__all__ = ["AUTO_ALPHA", "AUTO_FLOOR", "BOOT_METHOD", "FORMS", "JOINT_PARAMS", "JointFit", "KEY_ALIASES", "LrFit", "LrPoint", "MODELS", "PowerFit", "fit_joint", "fit_power", "fit_power_const", "fit_rows", "group_by", "largest_stable_lr", "plot_fit", "read_results", "row_value"]
+__all__ = [
+    "AUTO_ALPHA",
+    "AUTO_FLOOR",
+    "BOOT_METHOD",
+    "FORMS",
+    "JOINT_PARAMS",
+    "JointFit",
+    "KEY_ALIASES",
+    "LrFit",
+    "LrPoint",
+    "MODELS",
+    "PowerFit",
+    "fit_joint",
+    "fit_power",
+    "fit_power_const",
+    "fit_rows",
+    "group_by",
+    "largest_stable_lr",
+    "plot_fit",
+    "read_results",
+    "row_value",
+]

@@ -147,17 +147,19 @@ class JointFit:
         for name in JOINT_PARAMS:
             out[name] = _num(getattr(self, name))
             out[f"{name}_ci"] = _ci(self.intervals.get(name))
-        out.update({
-            "n_points": self.n_points,
-            "n_excluded": len(self.excluded_n),
-            "n_skipped": self.n_skipped,
-            "residual_rms": _num(self.residual_rms),
-            "n_boot": self.n_boot,
-            "n_boot_failed": self.n_boot_failed,
-            "intervals": {k: iv.to_dict() for k, iv in self.intervals.items()},
-            "points": {"n": list(self.n), "k": list(self.k), "y": list(self.y)},
-            "excluded": {"n": list(self.excluded_n), "k": list(self.excluded_k), "y": list(self.excluded_y)},
-        })
+        out.update(
+            {
+                "n_points": self.n_points,
+                "n_excluded": len(self.excluded_n),
+                "n_skipped": self.n_skipped,
+                "residual_rms": _num(self.residual_rms),
+                "n_boot": self.n_boot,
+                "n_boot_failed": self.n_boot_failed,
+                "intervals": {k: iv.to_dict() for k, iv in self.intervals.items()},
+                "points": {"n": list(self.n), "k": list(self.k), "y": list(self.y)},
+                "excluded": {"n": list(self.excluded_n), "k": list(self.excluded_k), "y": list(self.excluded_y)},
+            }
+        )
         return out
 
 
@@ -175,13 +177,17 @@ def _check_positive_array(values, field: str) -> np.ndarray:
     bad = ~(np.isfinite(arr) & (arr > 0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{field}[{i}]={float(arr[i])!r} is not a finite positive number; a fit in log space needs x, y > 0")
+        raise DataError(
+            f"{field}[{i}]={float(arr[i])!r} is not a finite positive number; a fit in log space needs x, y > 0"
+        )
     return arr
 
 
 def _check_options(exclude, n_boot, level) -> None:
     """Validate the options shared by every fit."""
-    if not (exclude == "auto" or (isinstance(exclude, (int, np.integer)) and not isinstance(exclude, bool) and exclude >= 0)):
+    if not (
+        exclude == "auto" or (isinstance(exclude, (int, np.integer)) and not isinstance(exclude, bool) and exclude >= 0)
+    ):
         raise ConfigError("exclude", exclude, 'must be a non-negative integer (smallest sizes to drop) or "auto"')
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ConfigError("n_boot", n_boot, "must be a non-negative integer (0: no intervals)")
@@ -193,7 +199,9 @@ def _fit_checked(model: _Model, X: np.ndarray, y: np.ndarray, what: str) -> np.n
     """Fit after checking the sample can determine the model; DataError naming what is missing."""
     n_params = len(model.names)
     if len(y) < n_params:
-        raise DataError(f"{what}: {len(y)} point(s), the {model.form} form needs at least {n_params} (one per parameter)")
+        raise DataError(
+            f"{what}: {len(y)} point(s), the {model.form} form needs at least {n_params} (one per parameter)"
+        )
     why = model.check(X)
     if why:
         raise DataError(f"{what}: {why} for the {model.form} form")
@@ -220,8 +228,15 @@ def _log_jacobian(model: _Model, p: np.ndarray, X: np.ndarray) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def _off_trend(model: _Model, p: np.ndarray, X_rest: np.ndarray, y_rest: np.ndarray, X_cand: np.ndarray, y_cand: np.ndarray,
-               alpha: float) -> bool:
+def _off_trend(
+    model: _Model,
+    p: np.ndarray,
+    X_rest: np.ndarray,
+    y_rest: np.ndarray,
+    X_cand: np.ndarray,
+    y_cand: np.ndarray,
+    alpha: float,
+) -> bool:
     """Whether the candidate size's points miss the larger sizes' fit p beyond its prediction interval (see the module doc)."""
     dof = len(y_rest) - len(p)
     if dof < 1:
@@ -294,8 +309,10 @@ def _fit(model: _Model, X: np.ndarray, y: np.ndarray, exclude, n_boot: int, seed
     else:
         lo = hi = np.full(len(params), math.nan)
     method = BOOT_METHOD if n_boot else "none"
-    intervals = {name: Interval(float(params[i]), float(lo[i]), float(hi[i]), len(yu), method)
-                 for i, name in enumerate(model.names)}
+    intervals = {
+        name: Interval(float(params[i]), float(lo[i]), float(hi[i]), len(yu), method)
+        for i, name in enumerate(model.names)
+    }
     return params, intervals, rms, keep, failed
 
 
@@ -316,25 +333,60 @@ def _power_result(form: str, x, y, exclude, n_boot, seed, level) -> PowerFit:
     params, intervals, rms, keep, failed = _fit(model, X, ya, exclude, n_boot, seed, level, what)
     irreducible = float(params[2]) if form == "power+const" else 0.0
     at_bound = form == "power+const" and irreducible >= (1.0 - 1e-6) * float(ya[keep].min())
-    return PowerFit(form, float(params[0]), float(params[1]), irreducible, intervals, int(keep.sum()), rms,
-                    _floats(xa[keep]), _floats(ya[keep]), _floats(xa[~keep]), _floats(ya[~keep]), n_boot, failed,
-                    irreducible_at_bound=at_bound)
+    return PowerFit(
+        form,
+        float(params[0]),
+        float(params[1]),
+        irreducible,
+        intervals,
+        int(keep.sum()),
+        rms,
+        _floats(xa[keep]),
+        _floats(ya[keep]),
+        _floats(xa[~keep]),
+        _floats(ya[~keep]),
+        n_boot,
+        failed,
+        irreducible_at_bound=at_bound,
+    )
 
 
-def fit_power(x: Sequence[float], y: Sequence[float], *, exclude: int | str = 0, n_boot: int = 500, seed: int = 0,
-              level: float = 0.95) -> PowerFit:
+def fit_power(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    exclude: int | str = 0,
+    n_boot: int = 500,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PowerFit:
     """Fit y = a x^b by linear least squares in log-log space, with bootstrap intervals."""
     return _power_result("power", x, y, exclude, n_boot, seed, level)
 
 
-def fit_power_const(x: Sequence[float], y: Sequence[float], *, exclude: int | str = 0, n_boot: int = 500,
-                    seed: int = 0, level: float = 0.95) -> PowerFit:
+def fit_power_const(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    exclude: int | str = 0,
+    n_boot: int = 500,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PowerFit:
     """Fit y = a x^b + e (0 <= e < min y) by least squares on log y, with bootstrap intervals."""
     return _power_result("power+const", x, y, exclude, n_boot, seed, level)
 
 
-def fit_joint(n: Sequence[float], k: Sequence[float], y: Sequence[float], *, exclude: int | str = 0,
-              n_boot: int = 500, seed: int = 0, level: float = 0.95) -> JointFit:
+def fit_joint(
+    n: Sequence[float],
+    k: Sequence[float],
+    y: Sequence[float],
+    *,
+    exclude: int | str = 0,
+    n_boot: int = 500,
+    seed: int = 0,
+    level: float = 0.95,
+) -> JointFit:
     """Fit the paper's L(n, k) (six parameters) by least squares on log L, with bootstrap intervals."""
     na = _check_positive_array(n, "n")
     ka = _check_positive_array(k, "k")
@@ -343,6 +395,17 @@ def fit_joint(n: Sequence[float], k: Sequence[float], y: Sequence[float], *, exc
         raise DataError(f"n, k and y differ in length ({na.size}, {ka.size}, {ya.size})")
     X = np.column_stack([na, ka])
     p, intervals, rms, keep, failed = _fit(MODELS["joint"], X, ya, exclude, n_boot, seed, level, "fit (joint)")
-    return JointFit(*(float(v) for v in p), intervals=intervals, n_points=int(keep.sum()), residual_rms=rms,
-                    n=_floats(na[keep]), k=_floats(ka[keep]), y=_floats(ya[keep]), excluded_n=_floats(na[~keep]),
-                    excluded_k=_floats(ka[~keep]), excluded_y=_floats(ya[~keep]), n_boot=n_boot, n_boot_failed=failed)
+    return JointFit(
+        *(float(v) for v in p),
+        intervals=intervals,
+        n_points=int(keep.sum()),
+        residual_rms=rms,
+        n=_floats(na[keep]),
+        k=_floats(ka[keep]),
+        y=_floats(ya[keep]),
+        excluded_n=_floats(na[~keep]),
+        excluded_k=_floats(ka[~keep]),
+        excluded_y=_floats(ya[~keep]),
+        n_boot=n_boot,
+        n_boot_failed=failed,
+    )

@@ -21,13 +21,19 @@ class LrPoint:
     lr_max: float
     n_runs: int
     n_stable: int
-    best: float          # best y (e.g. nmse) at this size
-    censored: bool       # the largest lr tried was stable: lr_max is only a lower bound
+    best: float  # best y (e.g. nmse) at this size
+    censored: bool  # the largest lr tried was stable: lr_max is only a lower bound
 
     def to_dict(self) -> dict:
         """JSON-safe dict."""
-        return {"n_latents": self.n_latents, "lr_max": self.lr_max, "n_runs": self.n_runs, "n_stable": self.n_stable,
-                "best": _num(self.best), "censored": self.censored}
+        return {
+            "n_latents": self.n_latents,
+            "lr_max": self.lr_max,
+            "n_runs": self.n_runs,
+            "n_stable": self.n_stable,
+            "best": _num(self.best),
+            "censored": self.censored,
+        }
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,12 @@ class LrFit:
 
     def to_dict(self) -> dict:
         """JSON-safe dict."""
-        return {"points": [p.to_dict() for p in self.points], "fit": self.fit.to_dict(),
-                "inverse_sqrt_in_ci": self.inverse_sqrt_in_ci, "n_skipped": self.n_skipped}
+        return {
+            "points": [p.to_dict() for p in self.points],
+            "fit": self.fit.to_dict(),
+            "inverse_sqrt_in_ci": self.inverse_sqrt_in_ci,
+            "n_skipped": self.n_skipped,
+        }
 
 
 def _present(row: Mapping, key: str) -> bool:
@@ -58,9 +68,19 @@ def _truthy(v) -> bool:
     return bool(v)
 
 
-def largest_stable_lr(rows: Sequence[Mapping], diverged_key: str = "diverged", *, lr_key: str = "lr",
-                      n_key: str = "n_latents", y_key: str = "nmse", loss_key: str = "loss", tolerance: float = 1.5,
-                      n_boot: int = 500, seed: int = 0, level: float = 0.95) -> LrFit:
+def largest_stable_lr(
+    rows: Sequence[Mapping],
+    diverged_key: str = "diverged",
+    *,
+    lr_key: str = "lr",
+    n_key: str = "n_latents",
+    y_key: str = "nmse",
+    loss_key: str = "loss",
+    tolerance: float = 1.5,
+    n_boot: int = 500,
+    seed: int = 0,
+    level: float = 0.95,
+) -> LrFit:
     """Largest lr per size whose run did not diverge, has finite loss and y <= tolerance * best y; fit lr_max = a n^b."""
     if not (isinstance(tolerance, numbers.Real) and tolerance >= 1.0):
         raise ConfigError("tolerance", tolerance, "must be a number >= 1 (a multiple of the best value at each size)")
@@ -88,8 +108,10 @@ def largest_stable_lr(rows: Sequence[Mapping], diverged_key: str = "diverged", *
         lr_max = max(stable)
         points.append(LrPoint(n, lr_max, len(runs), len(stable), best, lr_max >= max(lr for lr, _ in runs)))
     if len(points) < 2:
-        raise DataError(f"largest_stable_lr: {len(points)} size(s) with a finished run, need at least 2 "
-                        f"({skipped} row(s) lacked {n_key} or {lr_key})")
+        raise DataError(
+            f"largest_stable_lr: {len(points)} size(s) with a finished run, need at least 2 "
+            f"({skipped} row(s) lacked {n_key} or {lr_key})"
+        )
     fit = fit_power([p.n_latents for p in points], [p.lr_max for p in points], n_boot=n_boot, seed=seed, level=level)
     fit = replace(fit, x_key=n_key, y_key=f"max stable {lr_key}", n_skipped=skipped)
     in_ci = fit.intervals["exponent"].contains(-0.5) if fit.n_boot > fit.n_boot_failed else None

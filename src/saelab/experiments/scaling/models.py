@@ -11,7 +11,9 @@ import numpy as np
 FORMS = ("power", "power+const", "joint")
 # Command-line names of a quantity -> the key rows store it under.
 KEY_ALIASES = {"compute": "flops"}
-AUTO_ALPHA = 0.01  # per test: the false-exclusion rate of "auto" on an exact law (one test decides whether any size goes)
+AUTO_ALPHA = (
+    0.01  # per test: the false-exclusion rate of "auto" on an exact law (one test decides whether any size goes)
+)
 AUTO_FLOOR = 1e-4  # log-residual RMS below this is rounding, never "off trend"
 BOOT_METHOD = "bootstrap-points"
 JOINT_PARAMS = ("alpha", "beta_k", "beta_n", "gamma", "zeta", "eta")
@@ -64,7 +66,9 @@ def _best_least_squares(residual, jac, starts: Iterable[np.ndarray]) -> np.ndarr
         try:
             # Trial steps may overflow to inf/NaN; such solutions are discarded below, so their warnings are noise.
             with np.errstate(all="ignore"):
-                sol = least_squares(residual, p0, jac=jac, method="lm", xtol=1e-13, ftol=1e-13, gtol=1e-13, max_nfev=4000)
+                sol = least_squares(
+                    residual, p0, jac=jac, method="lm", xtol=1e-13, ftol=1e-13, gtol=1e-13, max_nfev=4000
+                )
         except (ValueError, np.linalg.LinAlgError):
             continue
         if np.all(np.isfinite(sol.x)) and np.isfinite(sol.cost) and (best is None or sol.cost < best.cost):
@@ -169,8 +173,18 @@ def _joint_fit(X: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) ->
     starts = []
     if start is not None:
         alpha, beta_k, beta_n, gamma, zeta, eta = start
-        starts.append(np.array([alpha + beta_k * mk + beta_n * mn + gamma * mk * mn,
-                                beta_k + gamma * mn, beta_n + gamma * mk, gamma, zeta + eta * mk, eta]))
+        starts.append(
+            np.array(
+                [
+                    alpha + beta_k * mk + beta_n * mn + gamma * mk * mn,
+                    beta_k + gamma * mn,
+                    beta_n + gamma * mk,
+                    gamma,
+                    zeta + eta * mk,
+                    eta,
+                ]
+            )
+        )
     else:
         ymin = float(y.min())
         for f in _E_FRACTIONS:
@@ -189,9 +203,11 @@ def _joint_log_predict(p: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 def _power_check(need: int) -> Callable[[np.ndarray], str | None]:
     """Why X cannot determine a one-variable form with `need` parameters."""
+
     def check(X):
         d = _distinct(X[:, 0])
         return None if d >= need else f"{d} distinct x value(s), need at least {need}"
+
     return check
 
 
@@ -205,7 +221,12 @@ def _joint_check(X: np.ndarray) -> str | None:
 
 MODELS = {
     "power": _Model("power", ("coefficient", "exponent"), _power_fit, _power_log_predict, _power_check(2)),
-    "power+const": _Model("power+const", ("coefficient", "exponent", "irreducible"), _power_const_fit,
-                          _power_const_log_predict, _power_check(3)),
+    "power+const": _Model(
+        "power+const",
+        ("coefficient", "exponent", "irreducible"),
+        _power_const_fit,
+        _power_const_log_predict,
+        _power_check(3),
+    ),
     "joint": _Model("joint", JOINT_PARAMS, _joint_fit, _joint_log_predict, _joint_check),
 }

@@ -20,8 +20,12 @@ def _curve_x(values: Sequence[float]) -> np.ndarray:
     return np.geomspace(lo, hi, 200) if hi > lo else np.array([lo])
 
 
-def plot_fit(results: Mapping[str, PowerFit | JointFit] | PowerFit | JointFit, rows: Sequence[Mapping] | None,
-             path: str | Path, title: str | None = None) -> None:
+def plot_fit(
+    results: Mapping[str, PowerFit | JointFit] | PowerFit | JointFit,
+    rows: Sequence[Mapping] | None,
+    path: str | Path,
+    title: str | None = None,
+) -> None:
     """Log-log plot of the points (excluded ones hollow grey) and fitted curves per group; atomic PNG write.
 
     The points come from the results (which keep the used and excluded points); rows, when given, only
@@ -51,8 +55,15 @@ def plot_fit(results: Mapping[str, PowerFit | JointFit] | PowerFit | JointFit, r
     def hollow(xs, ys):
         """Excluded points: hollow and grey, so the fit visibly ignores them."""
         if len(xs):
-            ax.scatter(xs, ys, facecolors="none", edgecolors="grey", s=22, zorder=3,
-                       label=excluded_label.pop() if excluded_label else None)
+            ax.scatter(
+                xs,
+                ys,
+                facecolors="none",
+                edgecolors="grey",
+                s=22,
+                zorder=3,
+                label=excluded_label.pop() if excluded_label else None,
+            )
 
     first = next(iter(results.values()))
     for label, res in results.items():

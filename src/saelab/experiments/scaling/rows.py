@@ -102,8 +102,18 @@ def _row_points(rows: Sequence[Mapping], keys: Sequence[str]) -> tuple[np.ndarra
     return np.array(points, dtype=np.float64).reshape(-1, len(keys)), skipped
 
 
-def fit_rows(rows: Sequence[Mapping], x: str, y: str, by: str | None = None, form: str = "power+const", *,
-             exclude: int | str = 0, n_boot: int = 500, seed: int = 0, level: float = 0.95) -> dict[str, PowerFit | JointFit]:
+def fit_rows(
+    rows: Sequence[Mapping],
+    x: str,
+    y: str,
+    by: str | None = None,
+    form: str = "power+const",
+    *,
+    exclude: int | str = 0,
+    n_boot: int = 500,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, PowerFit | JointFit]:
     """Fit y against x per group of rows (joint: x is n, k from params.k); rows lacking a value are skipped.
 
     Rows lacking the `by` key belong to no group and are not fitted (group_by(rows, by)["none"] holds them);

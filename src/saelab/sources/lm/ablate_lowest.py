@@ -19,11 +19,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from saelab.sources.lm.downstream import replace_at, token_ce
 from saelab.evals.reconstruction import ReconstructionAccumulator
-from saelab.util.atomic import atomic_write_bytes, dumps_json
+from saelab.sources.lm.downstream import replace_at, token_ce
 from saelab.sources.lm.model import LanguageModel, Site
 from saelab.sources.lm.text import keep_mask
+from saelab.util.atomic import atomic_write_bytes, dumps_json
 
 SCHEMES = ("lowest_k", "frac_of_max", "quantile", "global_threshold")
 
@@ -118,11 +118,15 @@ def global_thresholds(z: torch.Tensor, qs: Sequence[float]) -> list[float]:
     return [float(v) for v in np.quantile(pos, list(qs))]
 
 
-def _scheme_transforms(z: torch.Tensor, grid: SweepGrid) -> list[tuple[str, float, Callable[[torch.Tensor], torch.Tensor]]]:
+def _scheme_transforms(
+    z: torch.Tensor, grid: SweepGrid
+) -> list[tuple[str, float, Callable[[torch.Tensor], torch.Tensor]]]:
     """(scheme, param, transform of z) for every sweep point, with statistics taken from z."""
     fmax = z.max(dim=0).values
     fq = feature_quantiles(z, grid.quantile)
-    thresholds = grid.global_threshold if grid.global_threshold is not None else global_thresholds(z, grid.global_quantiles)
+    thresholds = (
+        grid.global_threshold if grid.global_threshold is not None else global_thresholds(z, grid.global_quantiles)
+    )
     plan: list[tuple[str, float, Callable[[torch.Tensor], torch.Tensor]]] = []
     plan += [("lowest_k", float(k), lambda t, k=k: ablate_lowest_k(t, k)) for k in grid.lowest_k]
     plan += [("frac_of_max", float(f), lambda t, f=f: ablate_below(t, f * fmax)) for f in grid.frac_of_max]
@@ -195,7 +199,9 @@ def plot_sweep(sweep: AblationSweep) -> bytes:
         ax_ce.plot([p.l0 for p in pts], [p.ce for p in pts], marker="o", ms=3, label=scheme)
         ax_mse.plot([p.l0 for p in pts], [p.mse for p in pts], marker="o", ms=3, label=scheme)
     for ax in (ax_ce, ax_mse):
-        ax.plot([sweep.baseline.l0], [sweep.baseline.ce if ax is ax_ce else sweep.baseline.mse], "k*", ms=10, label="SAE")
+        ax.plot(
+            [sweep.baseline.l0], [sweep.baseline.ce if ax is ax_ce else sweep.baseline.mse], "k*", ms=10, label="SAE"
+        )
         ax.set_xlabel("L0 (active latents per token)")
         ax.grid(alpha=0.3)
     ax_ce.axhline(sweep.ce_clean, color="gray", ls="--", label="clean CE")

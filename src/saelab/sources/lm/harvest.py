@@ -12,16 +12,16 @@ import os
 import time
 from dataclasses import dataclass
 
-from saelab.config import require_positive_int
 import numpy as np
 import torch
 
-from saelab.util import distributed
+from saelab.config import require_positive_int
 from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, check_out_folder
 from saelab.data.ranked_cache import RankedCacheWriter
 from saelab.errors import SaelabError
 from saelab.sources.lm.model import SITES, LMSpec, load_lm
 from saelab.sources.lm.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
+from saelab.util import distributed
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,19 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     )
     skip = int(existing.get("cursor", {}).get("windows", 0)) if existing else 0
     # Batch b goes to rank b mod N: the batches a single process forms, dealt out in turn.
-    mine = itertools.islice(iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip), world.rank, None, world.size)
+    mine = itertools.islice(
+        iter_batches(lm.tokenizer, text_cfg, cfg.batch_size, skip=skip), world.rank, None, world.size
+    )
     first = next(mine, None)  # an empty source raises here, before anything is written
 
     # Which token, window and position each row is, so contexts can be read back without the model.
-    index_info = {"columns": list(INDEX_COLUMNS), "first_token_id": first_token_id(lm.tokenizer) if cfg.prepend_bos else None}
-    writer = RankedCacheWriter(world, cfg.out, meta, cfg.tokens, shard_rows=cfg.shard_rows, extra={"row_index": index_info},
-                               extend=cfg.extend)
+    index_info = {
+        "columns": list(INDEX_COLUMNS),
+        "first_token_id": first_token_id(lm.tokenizer) if cfg.prepend_bos else None,
+    }
+    writer = RankedCacheWriter(
+        world, cfg.out, meta, cfg.tokens, shard_rows=cfg.shard_rows, extra={"row_index": index_info}, extend=cfg.extend
+    )
     writer.manifest["target_rows"] = cfg.tokens
     start_rows = writer.n_rows
     t0 = time.perf_counter()
@@ -143,5 +149,11 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
     seconds = time.perf_counter() - t0
     seen = (writer.windows - skip) * cfg.context  # every rank's windows through the model, dropped positions included
     return HarvestResult(
-        cfg.out, manifest["n_rows"], manifest["n_rows"] - start_rows, True, exhausted, seconds, seen / max(seconds, 1e-9)
+        cfg.out,
+        manifest["n_rows"],
+        manifest["n_rows"] - start_rows,
+        True,
+        exhausted,
+        seconds,
+        seen / max(seconds, 1e-9),
     )

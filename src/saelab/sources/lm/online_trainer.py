@@ -16,18 +16,20 @@ from pathlib import Path
 
 import torch
 
-from saelab.util import distributed
 from saelab.config import RunConfig, SAEConfig
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
 from saelab.sources.lm.model import LanguageModel, LMSpec, load_lm
 from saelab.sources.lm.stream import OnlineConfig, OnlineStream, buffer_bytes, hook_name
 from saelab.sources.lm.text import first_token_id, iter_chunks
-from saelab.training.trainer import INIT_SAMPLE_ROWS, Trainer
 from saelab.training.member import Member, build_member
+from saelab.training.trainer import INIT_SAMPLE_ROWS, Trainer
+from saelab.util import distributed
 
 
-def expand_saes(saes: list[SAEConfig], tables_sites: list[tuple[int, str] | None], sites: tuple[tuple[int, str], ...]) -> tuple[list[SAEConfig], list[int]]:
+def expand_saes(
+    saes: list[SAEConfig], tables_sites: list[tuple[int, str] | None], sites: tuple[tuple[int, str], ...]
+) -> tuple[list[SAEConfig], list[int]]:
     """One SAE config per (table, site): a table naming a site trains there, one naming none on every site.
 
     Each copy is named after its hook (blocks.6.hook_resid_post), followed by the table's own name
@@ -60,8 +62,17 @@ class OnlineTrainer(Trainer):
     PREFETCH_DEPTH = 0
     OVERLAP_DEPTH = 1
 
-    def __init__(self, run: RunConfig, online: OnlineConfig, site_index: list[int], progress: bool = True,
-                 world: distributed.World | None = None, log=None, lm: LanguageModel | None = None, overlap: bool = False):
+    def __init__(
+        self,
+        run: RunConfig,
+        online: OnlineConfig,
+        site_index: list[int],
+        progress: bool = True,
+        world: distributed.World | None = None,
+        log=None,
+        lm: LanguageModel | None = None,
+        overlap: bool = False,
+    ):
         self.run = run.validate()
         self.online = online.validate()
         if len(site_index) != len(run.saes):
@@ -75,10 +86,14 @@ class OnlineTrainer(Trainer):
             raise ConfigError("tokens", None, "required: how many training tokens (or --steps)")
         if t.epochs is not None:
             raise ConfigError("epochs", t.epochs, "a text stream has no epochs; give --tokens")
-        next(iter_chunks(online.text_config()), None)  # a missing file or unreachable dataset fails before the slow model load
+        next(
+            iter_chunks(online.text_config()), None
+        )  # a missing file or unreachable dataset fails before the slow model load
         if overlap and self.world.parallel:
             # The prefetch thread's all-gathers would interleave with the steps' all-reduces, in a different order on each rank.
-            raise ConfigError("overlap", True, f"runs in one process; this run has {self.world.size} ranks (drop --overlap)")
+            raise ConfigError(
+                "overlap", True, f"runs in one process; this run has {self.world.size} ranks (drop --overlap)"
+            )
         device = t.device
         if self.world.parallel and device == "cuda":  # one GPU per rank
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.world.rank)}"
@@ -86,10 +101,24 @@ class OnlineTrainer(Trainer):
         self.lm = lm if lm is not None else load_lm(LMSpec(online.model, device, online.model_dtype))
         self.stream = OnlineStream(self.lm, online, t.batch_size, t.seed, self.world)
         if log is not None and self.world.is_main:
-            mib = buffer_bytes(self.stream.buffer_tokens, len(online.sites), self.lm.d_model, online.windows_per_forward, online.context) / 2**20
-            log(f"{len(online.sites)} sites × {self.stream.buffer_tokens} buffered rows × d_model {self.lm.d_model}: {mib:.0f} MiB of buffers")
+            mib = (
+                buffer_bytes(
+                    self.stream.buffer_tokens,
+                    len(online.sites),
+                    self.lm.d_model,
+                    online.windows_per_forward,
+                    online.context,
+                )
+                / 2**20
+            )
+            log(
+                f"{len(online.sites)} sites × {self.stream.buffer_tokens} buffered rows × d_model {self.lm.d_model}: {mib:.0f} MiB of buffers"
+            )
         # Held-out rows of each site (the first windows of the text), for the final evaluation and until_converged.
-        self.eval_stores = [ActivationStore.from_array(rows, name=f"<held-out {hook_name(s)}>") for rows, s in zip(self.stream.held_out(), online.sites)]
+        self.eval_stores = [
+            ActivationStore.from_array(rows, name=f"<held-out {hook_name(s)}>")
+            for rows, s in zip(self.stream.held_out(), online.sites)
+        ]
         self.eval_range = (0, min(store.n_rows for store in self.eval_stores))  # what until_converged checks is there
         self.prefetch_depth = self.OVERLAP_DEPTH if overlap else self.PREFETCH_DEPTH
         self.throughput = None
@@ -151,7 +180,9 @@ class OnlineTrainer(Trainer):
 
     def _write_checkpoint(self, members: list[Member], step: int, **extra) -> None:
         # The prefetch thread may already have produced later batches: the state as of `step` is saved.
-        super()._write_checkpoint(members, step, online=self.online.identity(), stream=self.stream.state_dict(step), **extra)
+        super()._write_checkpoint(
+            members, step, online=self.online.identity(), stream=self.stream.state_dict(step), **extra
+        )
 
     def _check_saved_run(self, state: dict, members: list[Member]) -> int:
         saved = state.get("online")
@@ -160,14 +191,20 @@ class OnlineTrainer(Trainer):
         mine = self.online.identity()
         for key, value in mine.items():
             if saved.get(key) != value:
-                raise ConfigError(key, value, f"differs from the checkpoint's {saved.get(key)!r}; resume needs the same run")
+                raise ConfigError(
+                    key, value, f"differs from the checkpoint's {saved.get(key)!r}; resume needs the same run"
+                )
         return super()._check_saved_run(state, members)
 
     def _restore(self, state: dict, members: list[Member]) -> int:
         step = super()._restore(state, members)
         self.stream.load_state_dict(state["stream"])
         if self.stream.next != step:
-            raise ConfigError("resume", str(self.out), f"the checkpoint's stream stands at batch {self.stream.next}, its SAEs at step {step}")
+            raise ConfigError(
+                "resume",
+                str(self.out),
+                f"the checkpoint's stream stands at batch {self.stream.next}, its SAEs at step {step}",
+            )
         return step
 
     # ---- the folders --------------------------------------------------------------------------
@@ -177,7 +214,11 @@ class OnlineTrainer(Trainer):
 
     def _split_record(self, m: Member) -> dict:
         s = self.stream
-        return {"eval_windows": [0, s.eval_windows], "train_windows": [s.eval_windows, s.windows], "eval_rows": [0, self._eval_data(m)[0].n_rows]}
+        return {
+            "eval_windows": [0, s.eval_windows],
+            "train_windows": [s.eval_windows, s.windows],
+            "eval_rows": [0, self._eval_data(m)[0].n_rows],
+        }
 
     def _folder_extra(self, m: Member) -> dict:
         o = self.online
@@ -186,15 +227,27 @@ class OnlineTrainer(Trainer):
         if o.text_field != "text":
             options["text_field"] = o.text_field
         dataset = o.text if not o.split or o.split == "train" else f"{o.text} [{o.split}]"
-        source = {"source": "lm-online", "model": o.recorded_model_name(), "model_path": o.model_path(), "layer": layer, "site": kind,
-                  "context": o.context, "tokenizer": self.lm.tokenizer_name(), "text_source": dataset, "options": options,
-                  "first_token_id": first_token_id(self.lm.tokenizer) if o.prepend_bos else None}
+        source = {
+            "source": "lm-online",
+            "model": o.recorded_model_name(),
+            "model_path": o.model_path(),
+            "layer": layer,
+            "site": kind,
+            "context": o.context,
+            "tokenizer": self.lm.tokenizer_name(),
+            "text_source": dataset,
+            "options": options,
+            "first_token_id": first_token_id(self.lm.tokenizer) if o.prepend_bos else None,
+        }
         s = self.stream
         return {
             "source": source,
             "dataset": dataset,
             "lm_tokens": s.tokens_seen,  # window positions the LM read for training (BOS and dropped rows included)
-            "online": {"buffer_tokens": s.buffer_tokens, "windows_per_forward": o.windows_per_forward, "model_dtype": o.model_dtype,
-                       "sites": [hook_name(x) for x in o.sites]},
+            "online": {
+                "buffer_tokens": s.buffer_tokens,
+                "windows_per_forward": o.windows_per_forward,
+                "model_dtype": o.model_dtype,
+                "sites": [hook_name(x) for x in o.sites],
+            },
         }
-

@@ -79,7 +79,7 @@ def site_of_table(value, where: str) -> tuple[int, str]:
             text = f"{text.split('.')[1]}:{kind}"
     sites = parse_sites(text) if not isinstance(value, bool) else ()
     if len(sites) != 1:
-        raise ConfigError(where, value, "must name one site, e.g. 6 or \"6:mlp_out\"")
+        raise ConfigError(where, value, 'must name one site, e.g. 6 or "6:mlp_out"')
     return sites[0]
 
 
@@ -113,7 +113,9 @@ class OnlineConfig:
             raise ConfigError("context", self.context, "must be at least 2")
         if self.buffer_tokens is not None:
             require_positive_int("buffer_tokens", self.buffer_tokens)
-        if self.outlier_factor is not None and not (isinstance(self.outlier_factor, (int, float)) and self.outlier_factor > 0):
+        if self.outlier_factor is not None and not (
+            isinstance(self.outlier_factor, (int, float)) and self.outlier_factor > 0
+        ):
             raise ConfigError("drop_outliers", self.outlier_factor, "must be a number > 0")
         return self
 
@@ -162,7 +164,9 @@ def buffer_bytes(buffer_tokens: int, n_sites: int, d_model: int, windows_per_for
 class OnlineStream:
     """Batches [sites, batch_size, d_model] of shuffled LM activations, produced in order; resumable via state_dict."""
 
-    def __init__(self, lm: LanguageModel, cfg: OnlineConfig, batch_size: int, seed: int, world: distributed.World | None = None):
+    def __init__(
+        self, lm: LanguageModel, cfg: OnlineConfig, batch_size: int, seed: int, world: distributed.World | None = None
+    ):
         self.lm = lm
         self.cfg = cfg
         self.sites = [lm.site(layer, kind) for layer, kind in cfg.sites]
@@ -171,7 +175,11 @@ class OnlineStream:
         self.d_model = lm.d_model
         self.buffer_tokens = cfg.buffer_tokens or default_buffer_tokens(len(self.sites), self.d_model, batch_size)
         if self.buffer_tokens < 2 * batch_size:
-            raise ConfigError("buffer_tokens", self.buffer_tokens, f"must hold at least two batches ({2 * batch_size} rows): it is refilled when half empty")
+            raise ConfigError(
+                "buffer_tokens",
+                self.buffer_tokens,
+                f"must hold at least two batches ({2 * batch_size} rows): it is refilled when half empty",
+            )
         capacity = self.buffer_tokens + cfg.windows_per_forward * cfg.context
         self.buffers = [torch.empty(capacity, self.d_model) for _ in self.sites]
         self.fill = [0] * len(self.sites)
@@ -223,17 +231,23 @@ class OnlineStream:
 
     def held_out(self) -> list[np.ndarray]:
         """Each site's rows [n, d] from the first eval_windows windows of the text (never trained on)."""
-        batches = take_windows(self.lm.tokenizer, self.cfg.text_config(), self.cfg.windows_per_forward, self.eval_windows)
+        batches = take_windows(
+            self.lm.tokenizer, self.cfg.text_config(), self.cfg.windows_per_forward, self.eval_windows
+        )
         parts = [self._forward(ids) for ids in batches]
         return [torch.cat([p[i] for p in parts]).numpy() for i in range(len(self.sites))]
 
     def _next_ids(self) -> torch.Tensor:
         if self._batches is None:
-            self._batches = iter_batches(self.lm.tokenizer, self.cfg.text_config(), self.cfg.windows_per_forward, skip=self.windows)
+            self._batches = iter_batches(
+                self.lm.tokenizer, self.cfg.text_config(), self.cfg.windows_per_forward, skip=self.windows
+            )
         ids = next(self._batches, None)
         if ids is None:
-            raise DataError(f"text={self.cfg.text!r}: ran out after {self.windows} windows ({self.tokens_seen} training tokens); "
-                            "give more text or ask for fewer --tokens")
+            raise DataError(
+                f"text={self.cfg.text!r}: ran out after {self.windows} windows ({self.tokens_seen} training tokens); "
+                "give more text or ask for fewer --tokens"
+            )
         return ids
 
     def _refill(self) -> None:
@@ -278,8 +292,15 @@ class OnlineStream:
     def order_hash(self) -> str:
         """First 16 hex digits of a SHA-256 of what decides the batch order (seed, buffer and batch sizes, sites,
         windows per forward) and the first buffer's permutation, as the shuffle draws it; reads no text."""
-        layout = [self.seed, self.buffer_tokens, self.batch_size, self.cfg.context, self.cfg.windows_per_forward,
-                  self.eval_windows, [str(s) for s in self.cfg.sites]]
+        layout = [
+            self.seed,
+            self.buffer_tokens,
+            self.batch_size,
+            self.cfg.context,
+            self.cfg.windows_per_forward,
+            self.eval_windows,
+            [str(s) for s in self.cfg.sites],
+        ]
         digest = hashlib.sha256(json.dumps(layout).encode())
         perm = torch.randperm(self.buffer_tokens, generator=torch.Generator().manual_seed(self.seed))
         digest.update(perm.numpy().astype("int64").tobytes())
@@ -292,11 +313,18 @@ class OnlineStream:
             made = {**dict(self._recent), **self._pending}
             missing = [p for p in range(position, self.position) if p not in made]
             if position > self.position or missing:
-                raise RuntimeError(f"online stream: cannot save the state of batch {position} (produced {self.position})")
-            return {"position": self.position, "next": position, "windows": self.windows, "fill": list(self.fill),
-                    "buffers": [buf[:n].clone() for buf, n in zip(self.buffers, self.fill)],
-                    "pending": [torch.from_numpy(made[p]) for p in range(position, self.position)],
-                    "generator": self.generator.get_state()}
+                raise RuntimeError(
+                    f"online stream: cannot save the state of batch {position} (produced {self.position})"
+                )
+            return {
+                "position": self.position,
+                "next": position,
+                "windows": self.windows,
+                "fill": list(self.fill),
+                "buffers": [buf[:n].clone() for buf, n in zip(self.buffers, self.fill)],
+                "pending": [torch.from_numpy(made[p]) for p in range(position, self.position)],
+                "generator": self.generator.get_state(),
+            }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a state_dict (the same text, model and sites)."""
@@ -304,12 +332,16 @@ class OnlineStream:
         self.fill = [int(n) for n in state["fill"]]
         for buf, saved, n in zip(self.buffers, state["buffers"], self.fill):
             if tuple(saved.shape) != (n, self.d_model):
-                raise DataError(f"checkpoint: stream buffer of shape {tuple(saved.shape)}, expected ({n}, {self.d_model})")
+                raise DataError(
+                    f"checkpoint: stream buffer of shape {tuple(saved.shape)}, expected ({n}, {self.d_model})"
+                )
             buf[:n] = saved
         self.generator.set_state(state["generator"])
         self.next = int(state["next"])
         self._pending = {self.next + j: t.numpy() for j, t in enumerate(state["pending"])}
         if self.next + len(self._pending) != self.position:
-            raise DataError(f"checkpoint: {len(self._pending)} pending batches from batch {self.next}, but the stream stands at {self.position}")
+            raise DataError(
+                f"checkpoint: {len(self._pending)} pending batches from batch {self.next}, but the stream stands at {self.position}"
+            )
         self._recent.clear()
         self._batches = None  # reopened at the saved cursor

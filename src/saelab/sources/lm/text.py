@@ -28,11 +28,7 @@ class TextConfig:
 
 
 def _is_local(source: str) -> bool:
-    return (
-        os.path.exists(source)
-        or source.startswith((".", "/", "~"))
-        or source.endswith(LOCAL_SUFFIXES)
-    )
+    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.endswith(LOCAL_SUFFIXES)
 
 
 def _local_files(source: str) -> list[str]:
@@ -83,7 +79,9 @@ def _dataset_chunks(source: str, split: str, text_field: str) -> Iterator[tuple[
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SaelabError(f"text={source!r}: streaming a Hugging Face dataset needs the `datasets` extra: pip install 'saelab[datasets]' (a local file or folder needs nothing)") from exc
+        raise SaelabError(
+            f"text={source!r}: streaming a Hugging Face dataset needs the `datasets` extra: pip install 'saelab[datasets]' (a local file or folder needs nothing)"
+        ) from exc
     name, _, config = source.partition(":")
     try:
         rows = datasets.load_dataset(name, config or None, split=split, streaming=True)
@@ -149,16 +147,12 @@ def iter_windows(tokenizer: Any, cfg: TextConfig, skip: int = 0) -> Iterator[lis
                     yield window
             del buf[:start]
         if made == 0:
-            raise SaelabError(
-                f"text={cfg.source!r}: empty text source (fewer than {body} tokens for one window)"
-            )
+            raise SaelabError(f"text={cfg.source!r}: empty text source (fewer than {body} tokens for one window)")
 
     return gen()
 
 
-def iter_batches(
-    tokenizer: Any, cfg: TextConfig, batch_size: int, skip: int = 0
-) -> Iterator[torch.Tensor]:
+def iter_batches(tokenizer: Any, cfg: TextConfig, batch_size: int, skip: int = 0) -> Iterator[torch.Tensor]:
     """LongTensor batches [<=batch_size, context] of windows, after skipping `skip` windows."""
     windows = iter_windows(tokenizer, cfg, skip=skip)
 

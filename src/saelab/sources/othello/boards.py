@@ -45,5 +45,11 @@ def plot_boards(rows: Sequence[dict], path: str | Path) -> Path:
         label = f"{row['name']}\n{row['good_classifiers']} / {row['findable']} found"
         axes[r, 0].set_ylabel(label, fontsize=8, fontweight="bold")
     if image is not None:
-        fig.colorbar(image, ax=axes, orientation="horizontal", fraction=0.04, label="best latent AUROC (✓ ≥ 0.9; grey: no probe finds the pair)")
+        fig.colorbar(
+            image,
+            ax=axes,
+            orientation="horizontal",
+            fraction=0.04,
+            label="best latent AUROC (✓ ≥ 0.9; grey: no probe finds the pair)",
+        )
     return save_figure(fig, path)

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from saelab.errors import DataError
-from saelab.util.intervals import Interval
 from saelab.sources.othello.auroc import (
     GOOD_AUROC,
     KARVONEN_FRACTIONS,
@@ -32,6 +31,7 @@ from saelab.sources.othello.auroc import (
     pair_indicators,
 )
 from saelab.sources.othello.bootstrap import N_BOOT, _auroc_from_counts, _bin_column
+from saelab.util.intervals import Interval
 
 CANDIDATES = 3  # per pair and half
 CANDIDATE_AUROC = 0.8  # a pair whose candidates all sit below this on both halves is never good in a resample
@@ -77,11 +77,20 @@ def _summary(point: float, reps: np.ndarray | None, n_games: int, level: float) 
     if reps is None or len(reps) < 2:
         return None, Interval(point, float("nan"), float("nan"), n_games, METHOD).to_dict()
     lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(np.std(reps, ddof=1)), Interval(point, float(lo), float(hi), n_games, f"bootstrap-games-{METHOD}").to_dict()
+    return float(np.std(reps, ddof=1)), Interval(
+        point, float(lo), float(hi), n_games, f"bootstrap-games-{METHOD}"
+    ).to_dict()
 
 
-def crossfit_good_counts(codes, labels: np.ndarray, games: np.ndarray, findable: np.ndarray | None = None,
-                         n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict:
+def crossfit_good_counts(
+    codes,
+    labels: np.ndarray,
+    games: np.ndarray,
+    findable: np.ndarray | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Cross-fitted good_classifiers and good_findable (floats: the mean of the two directions).
 
     Returns {"good_classifiers", "good_findable", "<name>_eval_se" (None without a bootstrap),
@@ -96,8 +105,10 @@ def crossfit_good_counts(codes, labels: np.ndarray, games: np.ndarray, findable:
     choice = [_choice(a) for a in auc]
     # Direction h: chosen on half h, scored on the other.
     good = [_good(auc[1 - h], choice[h]) for h in (0, 1)]
-    points = {"good_classifiers": (good[0].sum() + good[1].sum()) / 2,
-              "good_findable": ((good[0] & mask).sum() + (good[1] & mask).sum()) / 2}
+    points = {
+        "good_classifiers": (good[0].sum() + good[1].sum()) / 2,
+        "good_findable": ((good[0] & mask).sum() + (good[1] & mask).sum()) / 2,
+    }
     reps = _good_replicates(x, labels, game_idx, half, n_games, auc, good, n_boot, seed) if n_boot else None
     out: dict = {"ci": {}}
     for name, m in (("good_classifiers", np.ones(N_PAIRS, bool)), ("good_findable", mask)):
@@ -144,8 +155,9 @@ def _good_replicates(x, labels, game_idx, half, n_games, auc, good, n_boot, seed
             ph, nh = pos[:, g], neg[:, g]  # [c, G_h, B]
             flat_p = ph.transpose(1, 0, 2).reshape(g.sum(), -1)
             flat_n = nh.transpose(1, 0, 2).reshape(g.sum(), -1)
-            rep = _auroc_from_counts((w[:, g] @ flat_p).reshape(n_boot, len(chunk), -1),
-                                     (w[:, g] @ flat_n).reshape(n_boot, len(chunk), -1))
+            rep = _auroc_from_counts(
+                (w[:, g] @ flat_p).reshape(n_boot, len(chunk), -1), (w[:, g] @ flat_n).reshape(n_boot, len(chunk), -1)
+            )
             binned = _auroc_from_counts(ph.sum(1), nh.sum(1))
             exact = np.array([a[h][l, p] for l, p in chunk])
             rep_auc[h, :, start : start + len(chunk)] = rep + (exact - binned)  # centre on the exact half AUROC
@@ -180,8 +192,14 @@ def _half_f1_candidates(x: torch.Tensor, labels: np.ndarray, fr: torch.Tensor, k
     return best_lat, torch.where(m > 0, fr[best_fr] * m, torch.full_like(m, float("inf"))), best_f1
 
 
-def _classifier_counts(x: torch.Tensor, target: np.ndarray, game_idx: np.ndarray, n_games: int,
-                       latents: torch.Tensor, thresholds: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _classifier_counts(
+    x: torch.Tensor,
+    target: np.ndarray,
+    game_idx: np.ndarray,
+    n_games: int,
+    latents: torch.Tensor,
+    thresholds: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-game (true positives, predicted positives) [G, k, 192] of the classifiers "x[:, latent] > threshold" for each pair."""
     k = latents.shape[0]
     tp = np.zeros((n_games, k, N_PAIRS))
@@ -202,8 +220,15 @@ def _weighted_f1(w: np.ndarray, games: np.ndarray, tp: np.ndarray, pred: np.ndar
     return 2 * t / np.maximum(pr + pos[:, None], 1e-12), pos
 
 
-def crossfit_coverage(codes, labels: np.ndarray, games: np.ndarray, fractions=KARVONEN_FRACTIONS,
-                      n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict:
+def crossfit_coverage(
+    codes,
+    labels: np.ndarray,
+    games: np.ndarray,
+    fractions=KARVONEN_FRACTIONS,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Cross-fitted Karvonen coverage: each pair's (latent, threshold) chosen by F1 on one half, its F1 taken on the other.
 
     A threshold is a fraction of the latent's maximum on the choosing half. Each direction averages
@@ -217,7 +242,9 @@ def crossfit_coverage(codes, labels: np.ndarray, games: np.ndarray, fractions=KA
     if fr.numel() == 0 or fr[0] < 0 or fr[-1] >= 1:
         raise ValueError(f"fractions={list(fractions)}: need at least one, each in [0, 1)")
     target = pair_indicators(labels).numpy().astype(bool)
-    npos = np.stack([np.bincount(game_idx, weights=target[:, p], minlength=n_games) for p in range(N_PAIRS)], 1)  # [G, 192]
+    npos = np.stack(
+        [np.bincount(game_idx, weights=target[:, p], minlength=n_games) for p in range(N_PAIRS)], 1
+    )  # [G, 192]
     game_half = np.zeros(n_games, dtype=bool)
     game_half[game_idx[half]] = True
     ht = torch.from_numpy(half)

@@ -216,5 +216,3 @@ def board_states(games: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def legal_moves(games: np.ndarray) -> np.ndarray:
     """Return bool [N, 60, 64]: legal squares for the side to move after each move."""
     return replay_games(games, labels=False, legal=True).legal
-
-

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from saelab.errors import ConfigError
-from saelab.util.atomic import atomic_write_bytes, atomic_write_json
 from saelab.sources.othello.games import board_states, generate_games
 from saelab.sources.othello.model import (
     CONTEXT,
@@ -19,6 +18,7 @@ from saelab.sources.othello.model import (
     games_to_tokens,
     load_default_model,
 )
+from saelab.util.atomic import atomic_write_bytes, atomic_write_json
 
 DEFAULT_LAYER = 3
 
@@ -42,7 +42,11 @@ class HarvestConfig:
         if self.games < 1:
             raise ConfigError("games", self.games, "must be ≥ 1")
         if self.trim_start < 0 or self.trim_end < 0 or self.trim_start + self.trim_end >= 59:
-            raise ConfigError("trim_start", (self.trim_start, self.trim_end), "trims must be ≥ 0 and leave at least one of the 59 positions")
+            raise ConfigError(
+                "trim_start",
+                (self.trim_start, self.trim_end),
+                "trims must be ≥ 0 and leave at least one of the 59 positions",
+            )
         if self.batch_games < 1:
             raise ConfigError("batch_games", self.batch_games, "must be ≥ 1")
         return self
@@ -78,8 +82,9 @@ def model_fingerprint(model) -> str:
 
 
 @torch.no_grad()
-def residuals_by_layer(model, games: np.ndarray, layers: list[int], lo: int, hi: int,
-                       batch_games: int = 512) -> tuple[dict[int, torch.Tensor], np.ndarray, np.ndarray]:
+def residuals_by_layer(
+    model, games: np.ndarray, layers: list[int], lo: int, hi: int, batch_games: int = 512
+) -> tuple[dict[int, torch.Tensor], np.ndarray, np.ndarray]:
     """Residuals {layer: [P, d_model]}, labels [P, 64] and (game, move) [P, 2] of the real positions lo..hi-1.
 
     Position t is the residual stream at token t (after move t was played), labelled with the
@@ -103,8 +108,11 @@ def residuals_by_layer(model, games: np.ndarray, layers: list[int], lo: int, hi:
         labels.append(labels_all[g0 : g0 + len(chunk), lo:hi][alive])
         g_idx, t_idx = np.nonzero(alive)
         positions.append(np.stack([g_idx + g0, t_idx + lo], axis=1))
-    return ({l: torch.cat(v) for l, v in acts.items()}, np.concatenate(labels).astype(np.uint8),
-            np.concatenate(positions).astype(np.int32))
+    return (
+        {l: torch.cat(v) for l, v in acts.items()},
+        np.concatenate(labels).astype(np.uint8),
+        np.concatenate(positions).astype(np.int32),
+    )
 
 
 def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> Harvest:
@@ -114,8 +122,9 @@ def harvest(cfg: HarvestConfig, model=None, games: np.ndarray | None = None) -> 
     cfg.validate(model.cfg.n_layer)
     if games is None:
         games = generate_games(cfg.games, cfg.seed)
-    acts, labels, positions = residuals_by_layer(model, games, [cfg.layer], cfg.trim_start,
-                                                 CONTEXT - cfg.trim_end, cfg.batch_games)
+    acts, labels, positions = residuals_by_layer(
+        model, games, [cfg.layer], cfg.trim_start, CONTEXT - cfg.trim_end, cfg.batch_games
+    )
     source = {
         "source": "othello",
         "model": cfg.model,
@@ -138,10 +147,24 @@ def write_harvest(h: Harvest, out: str | Path) -> Path:
         buf = io.BytesIO()
         np.save(buf, arr)
         atomic_write_bytes(out / f"{name}.npy", buf.getvalue())
-    atomic_write_json(out / "source.json", {**h.source, "rows": int(len(h.activations)), "files": {"activations": "activations.npy", "labels": "labels.npy", "positions": "positions.npy"}})
+    atomic_write_json(
+        out / "source.json",
+        {
+            **h.source,
+            "rows": int(len(h.activations)),
+            "files": {"activations": "activations.npy", "labels": "labels.npy", "positions": "positions.npy"},
+        },
+    )
     return out
 
 
 def config_from_source(source: dict, games: int, seed: int) -> HarvestConfig:
     """A HarvestConfig reading the same model, layer and trimming as a recorded source."""
-    return HarvestConfig(layer=int(source["layer"]), games=games, seed=seed, trim_start=int(source["trim_start"]), trim_end=int(source["trim_end"]), model=source.get("model", "default"))
+    return HarvestConfig(
+        layer=int(source["layer"]),
+        games=games,
+        seed=seed,
+        trim_start=int(source["trim_start"]),
+        trim_end=int(source["trim_end"]),
+        model=source.get("model", "default"),
+    )

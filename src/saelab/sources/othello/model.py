@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saelab.util.atomic import atomic_save_safetensors, atomic_write_text
 from saelab.sources.othello.engine import START_SQUARES
+from saelab.util.atomic import atomic_save_safetensors, atomic_write_text
 
 PAD_TOKEN = 0
 VOCAB_SIZE = 61

@@ -58,23 +58,30 @@ class ProbeResult:
         rows = []
         for l in self.layers:
             auc = self.auroc[l]
-            rows.append({
-                "layer": l,
-                "findable": int(self.findable[l].sum()),
-                "findable_by_state": {s: int(self.findable[l][:, i].sum()) for i, s in enumerate(STATE_NAMES)},
-                "defined_pairs": int(np.isfinite(auc).sum()),
-                "mean_auroc": round(float(np.nanmean(auc)), 4),
-                "accuracy": round(self.accuracy[l], 4),
-            })
+            rows.append(
+                {
+                    "layer": l,
+                    "findable": int(self.findable[l].sum()),
+                    "findable_by_state": {s: int(self.findable[l][:, i].sum()) for i, s in enumerate(STATE_NAMES)},
+                    "defined_pairs": int(np.isfinite(auc).sum()),
+                    "mean_auroc": round(float(np.nanmean(auc)), 4),
+                    "accuracy": round(self.accuracy[l], 4),
+                }
+            )
         return rows
 
     def to_dict(self) -> dict:
         """Return a JSON-ready dict; undefined AUROCs (pairs that never vary) become null."""
         return {
-            "layers": self.layers, "n_train": self.n_train, "n_test": self.n_test,
-            "table": self.table(), "best_layer": self.best_layer(),
-            "auroc": {str(l): [[None if np.isnan(v) else round(float(v), 5) for v in row] for row in a]
-                      for l, a in self.auroc.items()},
+            "layers": self.layers,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "table": self.table(),
+            "best_layer": self.best_layer(),
+            "auroc": {
+                str(l): [[None if np.isnan(v) else round(float(v), 5) for v in row] for row in a]
+                for l, a in self.auroc.items()
+            },
             "findable": {str(l): f.astype(int).tolist() for l, f in self.findable.items()},
             "accuracy": {str(l): a for l, a in self.accuracy.items()},
         }
@@ -87,17 +94,22 @@ class ProbeResult:
             auroc={int(l): np.array(a, dtype=float) for l, a in d["auroc"].items()},
             findable={int(l): np.array(f, dtype=bool) for l, f in d["findable"].items()},
             accuracy={int(l): float(a) for l, a in d["accuracy"].items()},
-            n_train=int(d["n_train"]), n_test=int(d["n_test"]),
+            n_train=int(d["n_train"]),
+            n_test=int(d["n_test"]),
         )
 
     def markdown(self) -> str:
         """Return the per-layer table as Markdown."""
-        lines = ["| layer | findable pairs | empty | mine | theirs | mean AUROC | square accuracy |",
-                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            "| layer | findable pairs | empty | mine | theirs | mean AUROC | square accuracy |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in self.table():
             b = r["findable_by_state"]
-            lines.append(f"| {r['layer']} | {r['findable']}/{r['defined_pairs']} | {b['empty']} | {b['mine']} "
-                         f"| {b['theirs']} | {r['mean_auroc']:.4f} | {r['accuracy']:.4f} |")
+            lines.append(
+                f"| {r['layer']} | {r['findable']}/{r['defined_pairs']} | {b['empty']} | {b['mine']} "
+                f"| {b['theirs']} | {r['mean_auroc']:.4f} | {r['accuracy']:.4f} |"
+            )
         return "\n".join(lines)
 
 
@@ -130,8 +142,9 @@ def fit_probe(x: torch.Tensor, labels: np.ndarray, cfg: ProbeConfig) -> torch.nn
     return probe
 
 
-def train_probes(model: OthelloGPT, games: np.ndarray, layers: list[int] | None = None,
-                 cfg: ProbeConfig | None = None) -> ProbeResult:
+def train_probes(
+    model: OthelloGPT, games: np.ndarray, layers: list[int] | None = None, cfg: ProbeConfig | None = None
+) -> ProbeResult:
     """Fit a probe per layer on a split of `games` and score AUROC [64, 3] on the held-out games."""
     cfg = cfg or ProbeConfig()
     layers = list(range(model.cfg.n_layer + 1)) if layers is None else list(layers)

@@ -39,13 +39,19 @@ class OthelloScore:
     dead_fraction: float
     positions: int
     games: int
-    good_findable: float = 0.0  # cross-fitted good pairs that are also findable (the numerator of good_classifiers_frac)
+    good_findable: float = (
+        0.0  # cross-fitted good pairs that are also findable (the numerator of good_classifiers_frac)
+    )
     l0_eps: float = 0.0
-    count_method: str = COUNT_METHOD  # how the three counts above were made; the *_naive ones choose and score on the same games
+    count_method: str = (
+        COUNT_METHOD  # how the three counts above were made; the *_naive ones choose and score on the same games
+    )
     good_classifiers_naive: int = 0  # pairs with some latent at AUROC ≥ 0.9, chosen and scored on all games (biased up)
     good_findable_naive: int = 0
     coverage_naive: float = float("nan")
-    good_classifiers_eval_se: float | None = None  # game-bootstrap standard error of the cross-fitted count (the evaluation's noise)
+    good_classifiers_eval_se: float | None = (
+        None  # game-bootstrap standard error of the cross-fitted count (the evaluation's noise)
+    )
     good_findable_eval_se: float | None = None
     coverage_eval_se: float | None = None
     ci: dict = field(default_factory=dict)  # metric → 95% interval (rows: blocks of positions; counts: games)
@@ -86,13 +92,24 @@ def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.
 def held_out_games(source: dict | None, games: int = 2000, seed: int | None = None) -> Harvest:
     """Harvest `games` held-out games from an SAE's recorded OthelloGPT source (model, layer, trimming)."""
     if source is None or source.get("source") != "othello":
-        raise ConfigError("sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)")
-    cfg = config_from_source(source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET)
+        raise ConfigError(
+            "sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)"
+        )
+    cfg = config_from_source(
+        source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET
+    )
     return harvest(cfg)
 
 
-def score_sae(sae, source: dict, games: int = 2000, seed: int | None = None, data: Harvest | None = None,
-              findable: np.ndarray | None = None, n_boot: int = N_BOOT) -> OthelloScore:
+def score_sae(
+    sae,
+    source: dict,
+    games: int = 2000,
+    seed: int | None = None,
+    data: Harvest | None = None,
+    findable: np.ndarray | None = None,
+    n_boot: int = N_BOOT,
+) -> OthelloScore:
     """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers.
 
     `findable` defaults to probes cross-fitted on these same positions. The counts and coverage are

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saelab.util.atomic import dumps_json
 from saelab.sources.othello.games import generate_games, replay_games
 from saelab.sources.othello.model import (
     CONTEXT,
@@ -29,6 +28,7 @@ from saelab.sources.othello.model import (
     OthelloGPTConfig,
     games_to_tokens,
 )
+from saelab.util.atomic import dumps_json
 
 LOG_FILE = "train_log.jsonl"
 EVAL_SEED = 2_000_000_007  # held-out games; training seeds come from SeedSequence([seed, step])
@@ -207,9 +207,15 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> OthelloGPT
                 for pe, p in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(p, 1 - cfg.ema_decay)
         if step % 25 == 0:
-            row = {"event": "train", "step": step, "elapsed_s": round(time.time() - t0, 2),
-                   "lr": lr, "loss": round(loss.item(), 5), "grad_norm": round(gnorm.item(), 4),
-                   "games_seen": (step + 1) * cfg.batch_size}
+            row = {
+                "event": "train",
+                "step": step,
+                "elapsed_s": round(time.time() - t0, 2),
+                "lr": lr,
+                "loss": round(loss.item(), 5),
+                "grad_norm": round(gnorm.item(), 4),
+                "games_seen": (step + 1) * cfg.batch_size,
+            }
             _append_jsonl(log_path, row)
         if (step + 1) % cfg.eval_every == 0:
             _checkpoint(keep, eval_games, out, log_path, step + 1, t0, log)
@@ -220,9 +226,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> OthelloGPT
 def _checkpoint(model, eval_games, out, log_path, step, t0, log, final=False) -> None:
     ev = evaluate_legal(model, eval_games)
     model.save(out)  # atomic: an interrupted run leaves the previous checkpoint intact
-    row = {"event": "final" if final else "eval", "step": step,
-           "elapsed_s": round(time.time() - t0, 2),
-           "legal_move_accuracy": round(ev["legal_move_accuracy"], 6),
-           "eval_games": ev["n_games"]}
+    row = {
+        "event": "final" if final else "eval",
+        "step": step,
+        "elapsed_s": round(time.time() - t0, 2),
+        "legal_move_accuracy": round(ev["legal_move_accuracy"], 6),
+        "eval_games": ev["n_games"],
+    }
     _append_jsonl(log_path, row)
     log(dumps_json(row))

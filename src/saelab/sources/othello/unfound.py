@@ -53,7 +53,9 @@ class PairDiagnosis:
     overlap: float  # share of the pair's positives on which both of the best two fire
     kind: str  # split | inverse | complement | near | absent
     inverse_auroc: float = float("nan")  # best AUROC of one latent read negatively (fires where the pair does not hold)
-    complement_auroc: float = float("nan")  # AUROC of −(scaled sum of the best latents of the square's other two states)
+    complement_auroc: float = float(
+        "nan"
+    )  # AUROC of −(scaled sum of the best latents of the square's other two states)
 
 
 @dataclass
@@ -94,11 +96,16 @@ class UnfoundReport:
         ]
         for state, c in self.by_state.items():
             lines.append(f"| {state} | " + " | ".join(str(c[k]) for k in KINDS) + " |")
-        lines += ["", "| square | state | best latent (AUROC) | best two (AUROC of sum) | overlap | inverse | complement | kind |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| square | state | best latent (AUROC) | best two (AUROC of sum) | overlap | inverse | complement | kind |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in sorted(self.pairs, key=lambda p: p.best_two_auroc):
-            lines.append(f"| {p.square} | {p.state} | {p.best_latent} ({p.best_auroc:.3f}) | {p.best_two[0]}+{p.best_two[1]} "
-                         f"({p.best_two_auroc:.3f}) | {p.overlap:.2f} | {p.inverse_auroc:.3f} | {p.complement_auroc:.3f} | {p.kind} |")
+            lines.append(
+                f"| {p.square} | {p.state} | {p.best_latent} ({p.best_auroc:.3f}) | {p.best_two[0]}+{p.best_two[1]} "
+                f"({p.best_two_auroc:.3f}) | {p.overlap:.2f} | {p.inverse_auroc:.3f} | {p.complement_auroc:.3f} | {p.kind} |"
+            )
         return "\n".join(lines)
 
 
@@ -114,8 +121,15 @@ def _check(codes: torch.Tensor, labels: np.ndarray, auc: torch.Tensor, findable:
     return mask
 
 
-def diagnose_unfound(codes, labels, auroc, findable, candidates: int = CANDIDATES, threshold: float = GOOD_AUROC,
-                     near: float = NEAR_AUROC) -> UnfoundReport:
+def diagnose_unfound(
+    codes,
+    labels,
+    auroc,
+    findable,
+    candidates: int = CANDIDATES,
+    threshold: float = GOOD_AUROC,
+    near: float = NEAR_AUROC,
+) -> UnfoundReport:
     """Diagnose every findable pair without a single-latent classifier (codes [P, n], auroc [n, 192])."""
     if candidates < 2:
         raise ValueError(f"candidates={candidates}: need at least 2 latents to try sums of two")
@@ -162,17 +176,40 @@ def diagnose_unfound(codes, labels, auroc, findable, candidates: int = CANDIDATE
             kind = "complement"
         else:
             kind = "near" if float(best_val[p]) >= near else "absent"
-        pairs.append(PairDiagnosis(square=p // 3, state=STATES[p % 3], best_latent=int(best_idx[p]), best_auroc=round(float(best_val[p]), 4),
-                                   best_two=[int(a), int(b)], best_two_auroc=round(two_auc, 4), overlap=round(overlap, 3), kind=kind,
-                                   inverse_auroc=round(inverse, 4), complement_auroc=round(complement, 4)))
+        pairs.append(
+            PairDiagnosis(
+                square=p // 3,
+                state=STATES[p % 3],
+                best_latent=int(best_idx[p]),
+                best_auroc=round(float(best_val[p]), 4),
+                best_two=[int(a), int(b)],
+                best_two_auroc=round(two_auc, 4),
+                overlap=round(overlap, 3),
+                kind=kind,
+                inverse_auroc=round(inverse, 4),
+                complement_auroc=round(complement, 4),
+            )
+        )
     counts = {k: sum(1 for d in pairs if d.kind == k) for k in KINDS}
     by_state = {s: {k: sum(1 for d in pairs if d.kind == k and d.state == s) for k in KINDS} for s in STATES}
     n_found = int((mask & found).sum())
-    return UnfoundReport(findable=int(mask.sum()), found=n_found, unfound=len(pairs), split=counts["split"], inverse=counts["inverse"],
-                         complement=counts["complement"], near=counts["near"], absent=counts["absent"],
-                         found_with_pairs=n_found + counts["split"],
-                         found_any_reading=n_found + counts["split"] + counts["inverse"] + counts["complement"], candidates=m,
-                         threshold=threshold, near_threshold=near, by_state=by_state, pairs=pairs)
+    return UnfoundReport(
+        findable=int(mask.sum()),
+        found=n_found,
+        unfound=len(pairs),
+        split=counts["split"],
+        inverse=counts["inverse"],
+        complement=counts["complement"],
+        near=counts["near"],
+        absent=counts["absent"],
+        found_with_pairs=n_found + counts["split"],
+        found_any_reading=n_found + counts["split"] + counts["inverse"] + counts["complement"],
+        candidates=m,
+        threshold=threshold,
+        near_threshold=near,
+        by_state=by_state,
+        pairs=pairs,
+    )
 
 
 def diagnose_folder(folder, games: int = 2000, seed: int | None = None, candidates: int = CANDIDATES) -> UnfoundReport:
@@ -181,7 +218,6 @@ def diagnose_folder(folder, games: int = 2000, seed: int | None = None, candidat
     from saelab.sources.othello.auroc import auroc_matrix
     from saelab.sources.othello.bootstrap import findable_on_positions
     from saelab.sources.othello.score import held_out_games, latent_activations
-
     from saelab.util.progress import stage
 
     with stage(f"unfound: harvest {games} held-out games"):

@@ -10,6 +10,7 @@ from saelab.util.distributed import World
 
 # ---- the two collectives of a step, with their backward --------------------------------------
 
+
 class _CopyToShards(torch.autograd.Function):
     """Identity forward; backward sums the gradient over ranks (each rank's covers only its own latents)."""
 
@@ -50,6 +51,7 @@ def sum_over_shards(partial: Tensor, world: World) -> Tensor:
 
 
 # ---- global selection -------------------------------------------------------------------------
+
 
 def _gather_candidates(cand: Tensor, world: World) -> Tensor:
     """Every rank's candidates stacked along a new first dimension [N, …] (no gradient)."""

@@ -57,6 +57,7 @@ INIT_BLOCK_LATENTS = 4096  # the init's unit of random draws: at most one block 
 
 # ---- the sharded model ------------------------------------------------------------------------
 
+
 def selection_plan(cfg: SAEConfig) -> SparsePlan | None:
     """The method's training-mode selection when a global top-k over shards computes it exactly, else None.
 
@@ -73,12 +74,20 @@ def selection_plan(cfg: SAEConfig) -> SparsePlan | None:
 def check_shardable(cfg: SAEConfig, world: World) -> None:
     """ConfigError unless `cfg` can be split into `world.size` latent shards."""
     if selection_plan(cfg) is None:
-        raise ConfigError("method", cfg.method, "latent sharding needs a method whose code is a plain top-k or batch top-k "
-                          "selection (a global top-k over shards)")
+        raise ConfigError(
+            "method",
+            cfg.method,
+            "latent sharding needs a method whose code is a plain top-k or batch top-k "
+            "selection (a global top-k over shards)",
+        )
     if cfg.penalty is not None:
-        raise ConfigError("penalty", cfg.penalty, "latent sharding supports no penalty (a TopK-family method sets the sparsity)")
+        raise ConfigError(
+            "penalty", cfg.penalty, "latent sharding supports no penalty (a TopK-family method sets the sparsity)"
+        )
     if cfg.n_latents % world.size:
-        raise ConfigError("n_latents", cfg.n_latents, f"must be a multiple of the {world.size} latent shards (equal shards)")
+        raise ConfigError(
+            "n_latents", cfg.n_latents, f"must be a multiple of the {world.size} latent shards (equal shards)"
+        )
     if cfg.d_in is None:
         raise ConfigError("d_in", None, "unknown; it is read from the activations")
 
@@ -148,10 +157,12 @@ class ShardedSAE(nn.Module):
             dec = unit_rows(size, self.cfg.d_in, gen)
             enc = dec if transpose else unit_rows(size, self.cfg.d_in, gen)
             lo, hi = max(first, self.lo), min(first + size, self.hi)  # this block's latents that are this shard's
-            self.W_dec[lo - self.lo:hi - self.lo] = dec[lo - first:hi - first]
-            self.W_enc[:, lo - self.lo:hi - self.lo] = enc[lo - first:hi - first].T
+            self.W_dec[lo - self.lo : hi - self.lo] = dec[lo - first : hi - first]
+            self.W_enc[:, lo - self.lo : hi - self.lo] = enc[lo - first : hi - first].T
         self.b_enc.zero_()
-        self.b_dec.copy_(initial_b_dec(self.cfg.b_dec_init, x_n, self.cfg.d_in))  # the same sample on every rank: the same b_dec
+        self.b_dec.copy_(
+            initial_b_dec(self.cfg.b_dec_init, x_n, self.cfg.d_in)
+        )  # the same sample on every rank: the same b_dec
 
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """This shard's (x_n − b_dec) W_enc + b_enc."""
@@ -199,6 +210,7 @@ class ShardedSAE(nn.Module):
 
 
 # ---- split and gather ---------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def split_sae(sae: SparseAutoencoder, world: World, data: World | None = None) -> ShardedSAE:

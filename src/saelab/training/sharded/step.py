@@ -31,6 +31,7 @@ from saelab.util.distributed import World
 
 # ---- the objective and one training step ------------------------------------------------------
 
+
 def sharded_auxk_loss(shard: ShardedSAE, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
     """AuxK over all shards' dead latents: the global top-k_aux, reconstructed through the summed partial decodes."""
     n_dead = _global_dead_count(dead, shard.world)
@@ -142,14 +143,18 @@ class ShardedMember:
 
 def sharded_member(shard: ShardedSAE, train: TrainConfig) -> ShardedMember:
     """A shard with the trainer's Adam settings and a tracker of its own latents."""
-    opt = torch.optim.Adam(shard.parameters(), lr=shard.cfg.effective_lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True)
+    opt = torch.optim.Adam(
+        shard.parameters(), lr=shard.cfg.effective_lr, betas=tuple(train.betas), eps=train.adam_eps, fused=True
+    )
     return ShardedMember(shard, opt, DeadLatentTracker(shard.n_local, shard.cfg.dead_tokens, shard.W_enc.device))
 
 
 def clip_sharded_grad_norm(shard: ShardedSAE, max_norm: float) -> Tensor:
     """Clip to the full SAE's gradient norm: the sharded squares summed over ranks, b_dec's counted once."""
     grads = [getattr(shard, n).grad for n in SHARDED_PARAMS if getattr(shard, n).grad is not None]
-    local = sum((g.double().pow(2).sum() for g in grads), torch.zeros((), dtype=torch.float64, device=shard.W_enc.device))
+    local = sum(
+        (g.double().pow(2).sum() for g in grads), torch.zeros((), dtype=torch.float64, device=shard.W_enc.device)
+    )
     if shard.world.parallel:
         dist.all_reduce(local, group=shard.world.group)
     if shard.b_dec.grad is not None:
@@ -183,7 +188,11 @@ def sharded_train_step(m: ShardedMember, x: Tensor, lr: float, grad_clip: float 
         if shard.cfg.decoder_unit_norm:
             shard.normalize_decoder()
         with torch.no_grad():
-            if shard.activation.observes_codes:  # the same class on every rank: all take part in its collective, or none
+            if (
+                shard.activation.observes_codes
+            ):  # the same class on every rank: all take part in its collective, or none
                 shard.observe(nonzero_values(out.z).detach())
-            m.tracker.update(distributed.any_rank(fired_latents(out.z, shard.n_local)), distributed.global_rows(x.shape[0]))
+            m.tracker.update(
+                distributed.any_rank(fired_latents(out.z, shard.n_local)), distributed.global_rows(x.shape[0])
+            )
     return out

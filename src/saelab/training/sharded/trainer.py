@@ -58,13 +58,23 @@ class ShardedTrainer(Trainer):
 
     def _check_world(self, run: RunConfig) -> None:
         if len(run.saes) != 1:
-            raise ConfigError("sae", len(run.saes), "a latent-sharded run trains one SAE (train several one after another, or drop --shard-latents)")
+            raise ConfigError(
+                "sae",
+                len(run.saes),
+                "a latent-sharded run trains one SAE (train several one after another, or drop --shard-latents)",
+            )
         t, cfg = run.train, run.saes[0]
         if t.dtype != "float32":
             raise ConfigError("dtype", t.dtype, "latent-sharded steps run in float32")
-        self.latent, self.data = distributed.grid(self.world, t.latent_shards or self.world.size)  # refuses G not dividing N
+        self.latent, self.data = distributed.grid(
+            self.world, t.latent_shards or self.world.size
+        )  # refuses G not dividing N
         if t.batch_size % self.data.size:
-            raise ConfigError("batch_size", t.batch_size, f"must be a multiple of the {self.data.size} data-parallel replicas (each trains on an equal slice)")
+            raise ConfigError(
+                "batch_size",
+                t.batch_size,
+                f"must be a multiple of the {self.data.size} data-parallel replicas (each trains on an equal slice)",
+            )
         check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), self.latent)  # method, penalty, n a multiple of G
 
     def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +118,14 @@ class ShardedTrainer(Trainer):
         try:
             if self.data.rank == 0:  # the replicas hold the same shards: the first one writes them
                 folder.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(folder / shard_file(self.latent.rank, self.latent.size), self._shard_state(members[0], step))
+                save_checkpoint(
+                    folder / shard_file(self.latent.rank, self.latent.size), self._shard_state(members[0], step)
+                )
         except OSError as e:
             failure = f"{e.filename or folder}: {e.strerror or e}"
-        if world.any_flag(failure is not None):  # no rank goes on, and rank 0 names nothing, unless every shard is on disk
+        if world.any_flag(
+            failure is not None
+        ):  # no rank goes on, and rank 0 names nothing, unless every shard is on disk
             raise DataError(failure or f"{folder}: another rank could not write its shard of the checkpoint")
 
         def commit() -> None:
@@ -132,8 +146,15 @@ class ShardedTrainer(Trainer):
         names = [name for name, _ in shard.named_parameters()]
         opt = m.optimizer.state_dict()
         adam = {names[i]: state for i, state in opt["state"].items()}
-        return {"step": step, "lo": shard.lo, "hi": shard.hi, "model": shard.state_dict(), "adam": adam,
-                "param_groups": opt["param_groups"], "tracker": m.tracker.state_dict()}
+        return {
+            "step": step,
+            "lo": shard.lo,
+            "hi": shard.hi,
+            "model": shard.state_dict(),
+            "adam": adam,
+            "param_groups": opt["param_groups"],
+            "tracker": m.tracker.state_dict(),
+        }
 
     def _load_member_tensors(self, m: Member, saved: dict, state: dict) -> None:
         info = state.get("latent_shards")
@@ -141,7 +162,9 @@ class ShardedTrainer(Trainer):
             raise DataError(f"{self.out}: the checkpoint holds an unsharded run; resume it without --shard-latents")
         saved_ranks, folder = int(info["ranks"]), self.out / SHARD_DIR / str(info["tag"])
         if saved_ranks < 1 or m.cfg.n_latents % saved_ranks:
-            raise DataError(f"{self.out / CHECKPOINT}: names {saved_ranks} latent shards, which do not split {m.cfg.n_latents} latents")
+            raise DataError(
+                f"{self.out / CHECKPOINT}: names {saved_ranks} latent shards, which do not split {m.cfg.n_latents} latents"
+            )
         shard: ShardedSAE = m.sae
         per = m.cfg.n_latents // saved_ranks
         ranks = range(shard.lo // per, (shard.hi - 1) // per + 1)  # the saved shards that hold this rank's latents
@@ -149,8 +172,10 @@ class ShardedTrainer(Trainer):
         for r in ranks:
             part = load_checkpoint(folder / shard_file(r, saved_ranks))
             if (part.get("lo"), part.get("hi"), part.get("step")) != (r * per, (r + 1) * per, state["step"]):
-                raise DataError(f"{folder / shard_file(r, saved_ranks)}: holds latents [{part.get('lo')}, {part.get('hi')}) at step "
-                                f"{part.get('step')}, not [{r * per}, {(r + 1) * per}) at step {state['step']}")
+                raise DataError(
+                    f"{folder / shard_file(r, saved_ranks)}: holds latents [{part.get('lo')}, {part.get('hi')}) at step "
+                    f"{part.get('step')}, not [{r * per}, {(r + 1) * per}) at step {state['step']}"
+                )
             parts.append(part)
         first = ranks[0] * per
 
