@@ -25,7 +25,8 @@ from saelab.experiments.reproduce.claims import (
     verdict,
 )
 from saelab.experiments.reproduce.clock import TIME_FILE, WallClock, describe, read_segments
-from saelab.experiments.reproduce.measures import difference, exponent, frontier_difference, gap_change, metric
+from saelab.experiments.reproduce.frontier import frontier_difference
+from saelab.experiments.reproduce.measures import difference, exponent, gap_change, metric
 from saelab.experiments.reproduce.run import PAPERS, adjusted_budget, folder_suffix, rerun_command, run_reproduce
 from saelab.util.intervals import NOT_SEPARABLE, Interval
 

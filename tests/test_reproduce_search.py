@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.claims import DOES_NOT_HOLD, HOLDS, Claim, Evidence, evaluate_claim
-from saelab.experiments.reproduce.measures import (
+from saelab.experiments.reproduce.frontier import (
     against_extreme_other,
     rank_correlation,
     spearman,

@@ -11,19 +11,12 @@ from typing import Any
 from saelab.api import sparsity_warning
 from saelab.commands.common import add_threads, scalar
 from saelab.commands.core import add_config_flags
-from saelab.config import (
-    SAE_FIELDS,
-    TRAIN_FIELDS,
-    RunConfig,
-    SAEConfig,
-    TrainConfig,
-    read_config,
-    run_from_mapping,
-)
+from saelab.config import SAE_FIELDS, TRAIN_FIELDS, RunConfig, SAEConfig, TrainConfig, run_from_mapping
 from saelab.errors import ConfigError
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
 from saelab.sources.lm.online_trainer import OnlineTrainer, expand_saes
 from saelab.sources.lm.stream import OnlineConfig, parse_sites, site_of_table
+from saelab.util.config_files import read_config
 
 # TrainConfig fields that describe an activation file, not a text stream.
 NOT_ONLINE = (

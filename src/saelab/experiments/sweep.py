@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from saelab.config import RunConfig, TrainConfig, read_config
+from saelab.config import RunConfig, TrainConfig
 from saelab.data.source_info import read_source_info
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
@@ -53,6 +53,7 @@ from saelab.training.fingerprint import data_fingerprint
 from saelab.training.trainer import CHECKPOINT, RUN_CONFIG, Trainer
 from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json, atomic_write_text
+from saelab.util.config_files import read_config
 from saelab.util.json_files import read_json_object
 from saelab.util.jsonl import jsonl_objects
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from saelab.experiments.reproduce.budget import Budget
 from saelab.experiments.reproduce.claims import Claim
-from saelab.experiments.reproduce.measures import ablate_lowest_nmse, frontier_difference
+from saelab.experiments.reproduce.frontier import frontier_difference
+from saelab.experiments.reproduce.measures import ablate_lowest_nmse
 
 NAME = "l1-sqrt"
 TITLE = "L1(sqrt) and ablating the lowest activations"

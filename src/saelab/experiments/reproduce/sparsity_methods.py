@@ -8,7 +8,8 @@ from pathlib import Path
 
 from saelab.experiments.reproduce.budget import Budget
 from saelab.experiments.reproduce.claims import EXTENSION, Claim
-from saelab.experiments.reproduce.measures import against_extreme_other, difference, rank_correlation
+from saelab.experiments.reproduce.frontier import against_extreme_other, rank_correlation
+from saelab.experiments.reproduce.measures import difference
 from saelab.experiments.reproduce.search import Candidate, SearchResult, run_search
 
 NAME = "sparsity-methods"
