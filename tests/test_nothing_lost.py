@@ -450,7 +450,7 @@ def test_a_full_disk_during_a_sweep_is_one_line(data, tmp_path, monkeypatch):
         return real(path, text)
 
     monkeypatch.setattr(saelab.util.atomic, "atomic_write_text", full)
-    import saelab.experiments.sweep as sweep_module
+    import saelab.experiments.sweep_state as sweep_module  # where the results rows are written
 
     monkeypatch.setattr(sweep_module, "atomic_write_text", full)
     line = last_error_line(

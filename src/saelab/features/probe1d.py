@@ -298,17 +298,6 @@ def fit_probes(codes: SparseCodes, y, cfg: ProbeConfig = ProbeConfig()) -> Probe
     return Probes(as_t(w), as_t(b), as_t(ce + 0.5 * lam * w**2), as_t(ce), it)
 
 
-def probe_ce(codes: SparseCodes, y, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean CE [L] of fixed probes on (codes, y)."""
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.float64)
-    yv = yt[codes.rows]
-    eta = w[codes.cols] * codes.vals + b[codes.cols]
-    n0 = codes.n_rows - codes._sum(torch.ones_like(codes.vals))
-    pos0 = float(yt.sum()) - codes._sum(yv)
-    total = codes._sum(torch.nn.functional.softplus(eta) - yv * eta) + n0 * torch.nn.functional.softplus(b) - pos0 * b
-    return total / max(codes.n_rows, 1)
-
-
 def auroc(scores: np.ndarray, y: np.ndarray) -> float | None:
     """Rank AUROC with ties averaged; None when y has one class only."""
     y = np.asarray(y, dtype=bool)

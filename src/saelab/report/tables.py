@@ -43,12 +43,6 @@ def format_number(value: float | int | None) -> str:
     return f"{value:.2e}"  # tiny values (KL near zero) would print as 0.0000
 
 
-def format_signed(value: float) -> str:
-    """A difference with its sign, so '+0.0100' and '-0.0100' read as directions."""
-    text = format_number(value)
-    return text if text.startswith(("-", "–")) else "+" + text
-
-
 def format_difference(diff: float, lo: float, hi: float) -> str:
     """'+0.100 [+0.077, +0.123]': one precision for all three, set by the interval's width; open ends as ±∞."""
     spread = max(diff - lo, hi - diff)

@@ -26,26 +26,23 @@ from saelab.data.source_info import read_source_info
 from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError, SaelabError
-from saelab.evals.evaluate import evaluate
-from saelab.formats.folder import SAELAB_CFG, save_sae
+from saelab.formats.folder import SAELAB_CFG
 from saelab.training.checkpoint import (
     LEGACY_CHECKPOINT,
     SHARD_CHECKPOINT_DIR,
     refuse_legacy,
 )
-from saelab.training.convergence import MAX_ROWS as CONVERGE_ROWS
-from saelab.training.convergence import ConvergenceMonitor, held_out_nmse
+from saelab.training.convergence import ConvergenceMonitor
+from saelab.training.final import FinishedRun
 from saelab.training.interrupt import StopSignals, TrainingInterrupted, signal_name
 from saelab.training.l0_control import L0Controller
 from saelab.training.member import (
-    THROUGHPUT_KEYS,
     Member,
     Throughput,
     build_member,
     check_representable,
     log_record,
     train_step,
-    training_flops,
 )
 from saelab.training.resume import CHECKPOINT, CheckpointedRun
 from saelab.training.run_folder import (
@@ -81,7 +78,7 @@ RUN_FILES = (
 INIT_SAMPLE_ROWS = 16384
 
 
-class Trainer(CheckpointedRun):
+class Trainer(CheckpointedRun, FinishedRun):
     """Trains every SAE of a RunConfig on the same batches."""
 
     def __init__(self, run: RunConfig, progress: bool = True, world: distributed.World | None = None):
@@ -117,6 +114,7 @@ class Trainer(CheckpointedRun):
         self.out = Path(t.out)
         self.source = read_source_info(t.activations)
         self._data_fp: dict | None = None  # the data's fingerprints, hashed once when a checkpoint or resume needs them
+        self._converge_cache: dict[int, torch.Tensor] = {}  # until_converged's held-out rows per store, read once
 
     def _check_world(self, run: RunConfig) -> None:
         """Refuse what this trainer cannot do with these ranks (data-parallel: every rank an equal slice of each batch)."""
@@ -426,60 +424,6 @@ class Trainer(CheckpointedRun):
             for m in members
         ]
         return RunLoggers.open(t.log, targets)
-
-    # ---- until_converged ----------------------------------------------------------------------
-    @staticmethod
-    def _all_converged(members: list[Member]) -> bool:
-        return all(m.convergence is not None and m.convergence.converged for m in members)
-
-    def _check_convergence(self, members: list[Member], done: int) -> bool:
-        """Measure held-out NMSE when due (until_converged); True once every SAE has converged."""
-        monitors = [m.convergence for m in members if m.convergence is not None]
-        if not monitors or not monitors[0].due(done):
-            return self._all_converged(members)
-        for m in members:
-            m.convergence.observe(done * self.run.train.batch_size, held_out_nmse(m.sae, self._converge_rows(m)))
-        return self._all_converged(members)
-
-    def _converge_rows(self, m: Member) -> torch.Tensor:
-        """The first CONVERGE_ROWS held-out rows of member m's evaluation data, read once, on the training device."""
-        store, (lo, hi) = self._eval_data(m)
-        cache = self.__dict__.setdefault("_converge_cache", {})
-        if id(store) not in cache:
-            cache[id(store)] = torch.from_numpy(store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(
-                self.run.train.device
-            )
-        return cache[id(store)]
-
-    def _finish(self, members: list[Member]) -> None:
-        for m in members:
-            m.sae.eval()
-            store, rows = self._eval_data(m)
-            result = evaluate(m.sae, store, rows=rows, scan=False, eps_l0=self.run.train.eps_l0)
-            result.rows = "held-out"
-            tokens = self.total_steps * self.run.train.batch_size
-            extra = {
-                "train": self.run.train.to_dict(),
-                "steps": self.total_steps,
-                "tokens": tokens,
-                "flops": training_flops(m.cfg, tokens),
-                "split": self._split_record(m),
-                "source": self.source,
-                "eval": result.to_dict(),
-                # Distinct seeds must give distinct starts and orders; these let a results table show it.
-                "init_hash": m.init_hash or None,
-                "data_order_hash": self.stream.order_hash(),
-                **self._folder_extra(m),
-            }
-            if m.control is not None:
-                extra["target_l0"] = m.control.record()
-            if m.convergence is not None:
-                extra["convergence"] = m.convergence.record()
-                extra["tokens_to_convergence"] = m.convergence.converged_at
-            # This process's loop (a resumed run: the steps since the resume); null when it ran none.
-            extra.update(self.throughput.record() if self.throughput is not None else dict.fromkeys(THROUGHPUT_KEYS))
-            save_sae(m.sae, m.out, extra)
-            atomic_write_json(m.out / "eval.json", result.to_dict())
 
 
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:

@@ -126,6 +126,7 @@ class OnlineTrainer(Trainer):
         self.out = Path(t.out)
         self.source = None
         self._data_fp = None  # unused: _fingerprints describes the text stream instead
+        self._converge_cache = {}
         self._resuming = False
 
     # ---- data -----------------------------------------------------------------------------
