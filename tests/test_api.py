@@ -142,18 +142,28 @@ def test_help_shows_defaults_and_choices():
     assert re.search(r"--k MP_K used by topk \(default \d+\)", text)
 
 
-def test_progress_bar_only_on_a_terminal(toy_dir, tmp_path, monkeypatch):
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_pipe(toy_dir, tmp_path, monkeypatch):
+    # Issue 32: a piped run (nohup, SLURM) reports progress as whole lines, never as \r-redrawn bar fragments.
+    import io
+
     from saelab.training.trainer import Trainer
 
     run = RunConfig(
-        TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "p"), steps=1),
+        TrainConfig(activations=str(toy_dir / "activations.npy"), out=str(tmp_path / "p"), steps=3),
         [SAEConfig(n_latents=8)],
     )
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    assert Trainer(run, progress=True).progress is False
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert Trainer(run, progress=True).progress is True
-    assert Trainer(run, progress=False).progress is False
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    Trainer(run, progress=True).fit()
+    text = piped.getvalue()
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if "train:" in line]
+    assert lines[0].endswith("train: start (3 step)") and "train: done 3/3 step" in lines[-1]
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    run.train.out = str(tmp_path / "q")
+    Trainer(run, progress=False).fit()
+    assert "train:" not in quiet.getvalue()
 
 
 @pytest.mark.parametrize("normalize", ["none", "unit", "scalar"])

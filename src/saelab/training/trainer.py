@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from saelab import devices
 from saelab.config import RunConfig
@@ -61,6 +60,7 @@ from saelab.training.schedule import lr_factor
 from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json, dumps_json
 from saelab.util.loggers import LogTarget, RunLoggers
+from saelab.util.progress import Progress
 
 RUN_CONFIG = "run.json"
 METRICS = "metrics.jsonl"
@@ -86,8 +86,8 @@ class Trainer(CheckpointedRun, FinishedRun):
         # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
         self.world = world if world is not None else distributed.init_from_env()
         self._check_world(run)
-        # A bar redrawn with \r fills a log file or a pipe with fragments: draw it on a terminal only.
-        self.progress = progress and self.world.is_main and sys.stderr.isatty()
+        # A bar on a terminal; piped (nohup, SLURM), a plain line every 30 s or 5 % (util.progress), rank 0 only.
+        self.progress = progress and self.world.is_main
         t = run.train
         self.store = ActivationStore(t.activations)
         if t.scan:
@@ -305,14 +305,7 @@ class Trainer(CheckpointedRun, FinishedRun):
             # Other ranks compute the same (global) records, and stop on the same non-finite loss, but write nowhere.
             logs.append(append_no_follow(m.out / METRICS) if self.world.is_main else open(os.devnull, "a"))
         loggers = self._open_loggers(members)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=start,
-            disable=not self.progress,
-            unit="step",
-            desc="train",
-            dynamic_ncols=True,
-        )
+        bar = Progress("train", self.total_steps, "step", enabled=self.progress, initial=start)
         stop = self._all_converged(members)  # a resumed run that had converged trains no further
         end = start if stop else self.total_steps
         # The thread reads, shuffles and slices the batches ahead; they are the ones stream.batch(step) gives.
@@ -348,8 +341,11 @@ class Trainer(CheckpointedRun, FinishedRun):
                         log.write(dumps_json(rec) + "\n")
                         log.flush()
                         loggers.log(m.out, rec)
-                    bar.set_postfix(
-                        loss=f"{records[0]['loss']:.4g}", nmse=f"{records[0]['nmse']:.3f}", l0=f"{records[0]['l0']:.1f}"
+                    bar.postfix(
+                        loss=f"{records[0]['loss']:.4g}",
+                        nmse=f"{records[0]['nmse']:.3f}",
+                        l0=f"{records[0]['l0']:.1f}",
+                        tokens_per_s=f"{rate:.0f}",
                     )
                 if t.checkpoint_every and done % t.checkpoint_every == 0 and done < self.total_steps and not stop:
                     self._save_checkpoint(members, done)

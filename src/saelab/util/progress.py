@@ -34,15 +34,17 @@ class Progress:
     """One stage of `total` steps (None: unknown). Use as a context manager; call update(n) per step."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", stream: IO | None = None,
-                 every_s: float = 30.0, every_frac: float = 0.05, min_gap_s: float = 1.0, enabled: bool | None = None):  # fmt: skip
+                 every_s: float = 30.0, every_frac: float = 0.05, min_gap_s: float = 1.0, enabled: bool | None = None,
+                 initial: int = 0):  # fmt: skip
         self.desc, self.total, self.unit = desc, total, unit
+        self.fields: dict[str, str] = {}  # the latest postfix (loss, L0, …), shown on the bar or in each line
         self.stream = stream if stream is not None else sys.stderr
         self.every_s, self.every_frac, self.min_gap_s = every_s, every_frac, min_gap_s
         quiet = os.environ.get("SAELAB_PROGRESS", "").lower() in ("0", "off", "none")
         self.enabled = (not quiet) if enabled is None else enabled
-        self.n = 0
+        self.n = self._start = initial  # a resumed stage counts its rate from where it resumed
         self._t0 = time.perf_counter()
-        self._last_t, self._last_n = self._t0, 0
+        self._last_t, self._last_n = self._t0, initial
         self._bar = None
         self._closed = False
         if not self.enabled:
@@ -50,16 +52,19 @@ class Progress:
         if _is_tty(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, leave=True
+            )
         else:
-            self._line(f"{desc}: start" + (f" ({total} {unit})" if total is not None else ""))
+            at = f", from {initial}" if initial else ""
+            self._line(f"{desc}: start" + (f" ({total} {unit}{at})" if total is not None else ""))
 
     def _line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
     def _status(self) -> str:
         elapsed = time.perf_counter() - self._t0
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        rate = (self.n - self._start) / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total is not None else "") + f" {self.unit}"]
         if self.total:
             parts.append(f"{100 * self.n / self.total:.0f}%")
@@ -67,7 +72,14 @@ class Progress:
         parts.append(f"elapsed {_clock(elapsed)}")
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"ETA {_clock((self.total - self.n) / rate)}")
+        parts += [f"{k} {v}" for k, v in self.fields.items()]
         return ", ".join(parts)
+
+    def postfix(self, **fields: str) -> None:
+        """Set the figures shown beside the count (the bar's postfix on a terminal, each line when piped)."""
+        self.fields = dict(fields)
+        if self.enabled and self._bar is not None:
+            self._bar.set_postfix(**fields)
 
     def update(self, n: int = 1) -> None:
         """Count n more steps done."""

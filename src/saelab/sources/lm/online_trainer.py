@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import zlib
 from pathlib import Path
 
@@ -80,7 +79,7 @@ class OnlineTrainer(Trainer):
         self.site_index = list(site_index)
         self.world = world if world is not None else distributed.init_from_env()
         self._check_world(run)
-        self.progress = progress and self.world.is_main and sys.stderr.isatty()
+        self.progress = progress and self.world.is_main
         t = run.train
         if t.steps is None and t.tokens is None:
             raise ConfigError("tokens", None, "required: how many training tokens (or --steps)")
