@@ -65,3 +65,26 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
         out.update({str((here / d).relative_to(root)) + "/": "dir" for d in dirnames if here / d != skip})
     return out
+
+
+def train_args(data, out, *extra, steps=6):
+    """Arguments of a tiny `saelab train` run (TopK k 2, 8 latents, batch 32) on `data` into `out`."""
+    return [
+        "train",
+        "--activations",
+        data,
+        "--n-latents",
+        "8",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "32",
+        "--out",
+        out,
+        "--no-progress",
+        "--method",
+        "topk",
+        "--k",
+        "2",
+        *extra,
+    ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_harness import cli, error_line, snapshot
+from cli_harness import cli, error_line, snapshot, train_args
 from safetensors.torch import load_file, save_file
 
 import saelab
@@ -39,28 +39,6 @@ def data(tmp_path) -> Path:
     path.parent.mkdir()
     np.save(path, np.random.default_rng(0).standard_normal((1200, 8)).astype(np.float32))
     return path
-
-
-def train_args(data, out, *extra, steps=6):
-    return [
-        "train",
-        "--activations",
-        data,
-        "--n-latents",
-        "8",
-        "--steps",
-        str(steps),
-        "--batch-size",
-        "32",
-        "--out",
-        out,
-        "--no-progress",
-        "--method",
-        "topk",
-        "--k",
-        "2",
-        *extra,
-    ]
 
 
 def two_saes(tmp_path, data, out, a="a", b="b") -> Path:

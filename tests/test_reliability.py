@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_harness import cli, error_line, snapshot, strict_json
+from cli_harness import cli, error_line, snapshot, strict_json, train_args
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
@@ -45,28 +45,6 @@ def data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "x.npy"
     np.save(path, np.random.default_rng(0).standard_normal((1200, 8)).astype(np.float32))
     return path
-
-
-def train_args(data, out, *extra, steps=6):
-    return [
-        "train",
-        "--activations",
-        data,
-        "--n-latents",
-        "8",
-        "--steps",
-        str(steps),
-        "--batch-size",
-        "32",
-        "--out",
-        out,
-        "--no-progress",
-        "--method",
-        "topk",
-        "--k",
-        "2",
-        *extra,
-    ]
 
 
 def weights(folder: Path) -> bytes:
