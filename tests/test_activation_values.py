@@ -6,7 +6,9 @@ import torch
 from test_report import GROUPS, write_sweep
 
 from saelab.evals.reconstruction import VALUE_BINS, ReconstructionAccumulator
-from saelab.report.build import DEFAULT_SECTIONS, load_report_data, values_section
+from saelab.report.build import DEFAULT_SECTIONS
+from saelab.report.data import load_report_data
+from saelab.report.distributions import values_section
 
 
 def test_value_histogram_by_hand():

@@ -18,12 +18,11 @@ from saelab.features.data import load_feature_data  # noqa: E402
 from saelab.features.examples import (  # noqa: E402
     ExamplesConfig,
     build_examples,
-    direct_logit_effect,
     examples_section,
     scan_latents,
     select_latents,
-    unembedding,
 )
+from saelab.features.logit_effect import direct_logit_effect, unembedding  # noqa: E402
 from saelab.sources.lm import model as hf  # noqa: E402
 
 

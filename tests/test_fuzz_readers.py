@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 import saelab
 import saelab.util.atomic
-from saelab.experiments.sweep import PLAN, RESULTS
+from saelab.experiments.sweep_state import PLAN, RESULTS
 from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = settings(

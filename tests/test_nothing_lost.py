@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 import saelab
 import saelab.util.atomic
 from saelab.errors import ConfigError, DataError, SaelabError
-from saelab.experiments.sweep import PLAN, RESULTS, run_sweep
+from saelab.experiments.sweep import run_sweep
+from saelab.experiments.sweep_state import PLAN, RESULTS
 from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.training.run_lock import LOCK_FILE
 from saelab.training.trainer import Trainer

@@ -15,7 +15,7 @@ import pytest
 from _reproduce_worker import TINY
 
 from saelab.experiments.reproduce.run import run_reproduce
-from saelab.experiments.sweep import RESULTS
+from saelab.experiments.sweep_state import RESULTS
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = Path(__file__).with_name("_reproduce_worker.py")

@@ -6,7 +6,8 @@ import pytest
 
 from saelab.errors import ConfigError
 from saelab.experiments.grid import memory_estimate, pack_by_memory, plan_sweep
-from saelab.experiments.sweep import RESULTS, run_sweep
+from saelab.experiments.sweep import run_sweep
+from saelab.experiments.sweep_state import RESULTS
 from saelab.training.trainer import Trainer
 
 

@@ -27,7 +27,8 @@ from saelab.experiments.grid import (
     spread_over_ranks,
     step_cost_estimate,
 )
-from saelab.experiments.sweep import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal, run_sweep
+from saelab.experiments.sweep import run_sweep
+from saelab.experiments.sweep_state import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 2 seeds × 3 SAEs of two sizes: each seed's SAEs are dealt to the two ranks.

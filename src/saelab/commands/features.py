@@ -85,7 +85,8 @@ def _choose_latents(args, sae, data: FeatureData, rows: tuple[int, int]) -> tupl
 
 def _cmd_examples(args: argparse.Namespace) -> int:
     from saelab.features.dashboard import write_dashboard
-    from saelab.features.examples import ExamplesConfig, build_examples, unembedding
+    from saelab.features.examples import ExamplesConfig, build_examples
+    from saelab.features.logit_effect import unembedding
 
     cfg = ExamplesConfig(
         n_top=args.top, before=args.before, after=args.after, max_rows=args.max_rows, seed=args.seed

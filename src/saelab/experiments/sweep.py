@@ -43,19 +43,14 @@ from saelab.experiments.grid import (
     plan_sweep,
 )
 from saelab.experiments.sweep_rows import Evaluators, _finite, _row
-from saelab.experiments.sweep_state import (  # noqa: F401  (re-exported)
+from saelab.experiments.sweep_state import (
     CHECKPOINTS_PER_RUN,
-    DEAL,
     EVAL_KEYS,
     INPUTS,
-    OTHELLO_ROW_KEYS,
-    PLAN,
     RANK_RESULTS,
-    REDO_SUFFIX,
     RESULTS,
     SPREAD,
     _agrees,
-    _check_same_inputs,
     _claim,
     _finished,
     _finished_folders,
@@ -63,10 +58,8 @@ from saelab.experiments.sweep_state import (  # noqa: F401  (re-exported)
     _member_folders,
     _read_rows,
     _reuse,
-    _saes_of_run,
     _settle_deal,
     _split_removed,
-    _started,
     _write_rows,
     available_memory_bytes,
 )

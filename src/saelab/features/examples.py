@@ -22,7 +22,7 @@ import torch
 
 from saelab.errors import ConfigError
 from saelab.features.data import UNKNOWN, FeatureData, codes_of_rows, iter_codes
-from saelab.features.logit_effect import _FINAL_NORMS, decoder_directions, direct_logit_effect, unembedding  # noqa: F401  (re-exported)
+from saelab.features.logit_effect import decoder_directions, direct_logit_effect
 
 HIST_PER_OCTAVE = 4
 HIST_LOW = -24  # log2 of the lowest bin edge; smaller non-zero activations fall into the first bin

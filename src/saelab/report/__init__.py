@@ -1,14 +1,7 @@
 """Reports from result rows: Markdown tables and PNG plots, and build_report for whole sweeps (report.md + report.html)."""
 
-from saelab.report.build import (
-    DEFAULT_SECTIONS,
-    ReportData,
-    ReportPaths,
-    build_report,
-    load_report_data,
-    render_markdown,
-    write_markdown,
-)
+from saelab.report.build import DEFAULT_SECTIONS, build_report, render_markdown, write_markdown
+from saelab.report.data import ReportData, ReportPaths, load_report_data
 from saelab.report.html import render_html
 from saelab.report.plots import plot_frontier, save_figure
 from saelab.report.section import Figure, Note, Paragraph, Section

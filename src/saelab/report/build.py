@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from saelab.errors import ConfigError
-from saelab.report.data import (  # noqa: F401  (re-exported)
-    ACTIVE_BINS,
+from saelab.report.data import (
     DEFAULT_TITLE,
     FRONTIERS,
     REPORT_HTML,
@@ -19,9 +18,7 @@ from saelab.report.data import (  # noqa: F401  (re-exported)
     SectionHook,
     load_report_data,
 )
-from saelab.report.distributions import (  # noqa: F401  (re-exported)
-    _active_hist,
-    _missing_note,
+from saelab.report.distributions import (
     active_section,
     curves_section,
     dead_section,
