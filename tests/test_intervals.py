@@ -360,6 +360,7 @@ def test_interval_contains_and_half_width():
         (Interval(123.456, 120.0, 125.0, 5, "seeds-t"), None, "123.5 ± 3.5"),
         (Interval(0.0930, 0.0889, 0.0971, 5, "seeds-t"), 2, "0.09 ± 0.00"),
         (Interval(0.123456, 0.123456, 0.123456, 1, "single"), None, "0.123"),
+        (Interval(0.0, 0.0, 0.0, 1, "single"), None, "0"),  # a count of zero, e.g. the demo's ReLU+L1
         (None, None, "–"),
         (Interval(math.nan, math.nan, math.nan, 0, "single"), None, "–"),
     ],

@@ -296,7 +296,7 @@ def _decimals(estimate: float, half: float) -> int:
     else:
         ref, sig = abs(estimate), 3  # no spread to size the digits by: three significant digits of the value
     if ref == 0.0:
-        return 4
+        return 0  # an exact zero with no spread (a count of 0): "0", not "0.0000"
     return int(min(10, max(0, sig - 1 - math.floor(math.log10(ref)))))
 
 
