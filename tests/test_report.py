@@ -2,6 +2,7 @@
 
 import argparse
 import base64
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -388,7 +389,9 @@ def test_report_command_end_to_end(tmp_path, capsys):
     assert str(out / "report.html") in printed and str(out / "report.md") in printed
     page_text = (out / "report.html").read_text(encoding="utf-8")
     assert "<title>My sweep</title>" in page_text
-    assert f"saelab report {sweep} --out {out} --title &#x27;My sweep&#x27;" in page_text
+    # the quotes are escaped (the entity's spelling is the template engine's choice)
+    assert "--title 'My sweep'" not in page_text
+    assert f"saelab report {sweep} --out {out} --title 'My sweep'" in html.unescape(page_text)
     with pytest.raises(SystemExit):
         parser.parse_args(["report", str(sweep)])  # --out is required
 
