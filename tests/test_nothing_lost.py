@@ -53,7 +53,7 @@ def two_saes(tmp_path, data, out, a="a", b="b") -> Path:
 
 def holder(folder: Path) -> subprocess.Popen:
     """Another process holding the run lock of `folder` (as a running training would)."""
-    code = "import sys, time\nfrom saelab.training.run_lock import RunLock\nRunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)"
+    code = "import sys, time\nfrom saelab.training.run_lock import RunLock\nlock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(300)"
     p = subprocess.Popen(
         [sys.executable, "-c", code, str(folder)],
         stdout=subprocess.PIPE,

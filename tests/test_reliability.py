@@ -323,7 +323,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(data, tmp_pat
 
 def test_a_second_training_into_the_same_folder_is_refused_and_a_stale_lock_is_taken_over(data, tmp_path):
     out = tmp_path / "run"
-    hold = "import sys, time\nfrom saelab.training.run_lock import RunLock\nRunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)"
+    hold = "import sys, time\nfrom saelab.training.run_lock import RunLock\nlock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(300)"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -335,6 +335,23 @@ def test_a_second_training_into_the_same_folder_is_refused_and_a_stale_lock_is_t
         holder.wait()
     assert (out / LOCK_FILE).exists()
     assert cli(*train_args(data, out))[0] == 0  # the owner is gone: stale, taken over
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_lock_from_another_host_or_a_malformed_one_is_respected_and_named(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    # filelock's marker: PID, host, process start; a process on another machine cannot be checked from here
+    (out / LOCK_FILE).write_text("4242\nsome-other-host\n1\n")
+    line = error_line(cli(*train_args(data, out)))
+    assert "pid 4242" in line and "out=" in line
+    (out / LOCK_FILE).write_text("not a lock record")
+    old = time.time() - 60
+    os.utime(out / LOCK_FILE, (old, old))  # no owner can be proven dead: the user is told which file to delete
+    line = error_line(cli(*train_args(data, out)))
+    assert "pid unknown" in line and f"delete {out / LOCK_FILE}" in line
+    (out / LOCK_FILE).unlink()
+    assert cli(*train_args(data, out))[0] == 0
     assert not (out / LOCK_FILE).exists()
 
 
