@@ -6,7 +6,7 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.claims import Evidence
@@ -135,8 +135,7 @@ def spearman_permutation_p(x: np.ndarray, y: np.ndarray) -> float:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rank correlation (ties get their average rank; 0 when either side is constant)."""
-    rx, ry = rankdata(np.asarray(x, dtype=np.float64)), rankdata(np.asarray(y, dtype=np.float64))
-    sx, sy = rx.std(), ry.std()
-    if sx == 0 or sy == 0:
-        return 0.0
-    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0  # scipy says nan: no ranking to agree with
+    return float(spearmanr(x, y).statistic)
