@@ -19,7 +19,7 @@ from saelab.config import require_positive_int
 from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, check_out_folder
 from saelab.data.ranked_cache import RankedCacheWriter
 from saelab.errors import SaelabError
-from saelab.model.site import SITE_FIELD
+from saelab.sources.base import with_site
 from saelab.sources.lm.model import SITES, LMSpec, load_lm
 from saelab.sources.lm.site import lm_site
 from saelab.sources.lm.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
@@ -118,7 +118,6 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
         "columns": list(INDEX_COLUMNS),
         "first_token_id": first_token_id(lm.tokenizer) if cfg.prepend_bos else None,
     }
-    site_of = lm_site(asdict(meta))
     writer = RankedCacheWriter(
         world,
         cfg.out,
@@ -126,7 +125,7 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
         cfg.tokens,
         shard_rows=cfg.shard_rows,
         # The hook, for readers that do not know this source (an older cache being extended keeps its manifest).
-        extra={"row_index": index_info, **({SITE_FIELD: site_of.to_dict()} if site_of else {})},
+        extra=with_site({"row_index": index_info}, lm_site(asdict(meta))),
         extend=cfg.extend,
     )
     writer.manifest["target_rows"] = cfg.tokens
