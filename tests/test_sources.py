@@ -77,6 +77,20 @@ def test_only_sources_of_a_model_have_a_site_and_the_recorded_site_wins():
         site_from_source({**LM_RECORD, SITE_FIELD: {"model_name": "gpt2"}})
 
 
+def test_a_damaged_lm_cache_is_read_by_the_lm_source_which_names_the_bad_field(tmp_path):
+    from saelab.data.cache import CACHE_FORMAT
+
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {"format": CACHE_FORMAT, **LM_RECORD, "tokenizer": "t", "text_source": "t.txt", "n_rows": 0, "shards": []}
+            | {"complete": True, "site": 3}
+        )
+    )
+    assert source_of(json.loads((tmp_path / "manifest.json").read_text())).name == "lm"
+    with pytest.raises(DataError, match="site=3"):
+        load_feature_data(tmp_path)
+
+
 def test_an_sae_folder_from_an_older_saelab_keeps_its_hook(tmp_path):
     """Folders written before harvests recorded model_site: the source's reader still names the hook."""
     sae = SparseAutoencoder(SAEConfig(n_latents=16, method="topk", method_params={"k": 2}, d_in=8))

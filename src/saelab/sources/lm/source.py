@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from saelab.data.cache import read_row_index, verify_cache
+from saelab.data.cache import CACHE_FORMAT, read_row_index, verify_cache
 from saelab.data.store import ActivationStore
 from saelab.data.token_grid import TokenGrid
 from saelab.errors import ConfigError
@@ -22,8 +22,8 @@ class LMSource:
     description = "a Hugging Face causal LM read at one hook (resid_pre/resid_post/mlp_out/attn_out of block L)"
 
     def owns(self, record: dict) -> bool:
-        """An LM cache manifest or an online-training record (sources.lm.site.is_lm_record)."""
-        return is_lm_record(record)
+        """An LM cache manifest (a damaged one too: reading it then says what is wrong) or an online-training record."""
+        return is_lm_record(record) or record.get("format") == CACHE_FORMAT
 
     def harvest(self, config, out: Path) -> Path:
         """`saelab lm activations`: config is a sources.lm.harvest.HarvestConfig; its `out` is replaced by `out`."""
