@@ -111,6 +111,55 @@ def test_sources_hold_no_command_code_and_othello_is_a_source():
     assert (PACKAGE / "sources" / "othello" / "score.py").exists() and not (PACKAGE / "othello").exists()
 
 
+def _source_name_tests(path: Path, names) -> list[tuple[int, str]]:
+    """(line, name) of every comparison of a string constant in `names` (==, !=, in, not in, is, match/case)."""
+
+    def strings(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            for e in node.elts:
+                yield from strings(e)
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        sides = [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
+        sides += [node.value] if isinstance(node, ast.MatchValue) else []
+        found += [(node.lineno, s) for side in sides for s in strings(side) if s in names]
+    return found
+
+
+def test_a_source_name_is_tested_only_in_its_own_package_and_the_commands():
+    """No `source == "othello"` outside sources/othello (and commands/, which name the command groups): the
+    layers above ask the registry (saelab.sources.registry) which source owns a record. experiments/reproduce
+    needs no exemption: it imports sources.othello by name, it does not test a record's source string."""
+    from saelab.sources.registry import SOURCES
+
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("commands/"):
+            continue
+        for line, name in _source_name_tests(path, set(SOURCES)):
+            if not rel.startswith((f"sources/{name}/", f"sources/{name}.py")):
+                bad.append(f"{rel}:{line} tests {name!r}")
+    assert bad == []
+
+
+def test_the_source_name_check_finds_planted_tests(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "def f(s, k):\n"
+        '    a = s.get("source") == "othello"\n'
+        '    b = k in ("lm", "x")\n'
+        "    match k:\n"
+        '        case "toy":\n'
+        "            return a, b\n"
+        '    return {"othello": 1}, "othello".upper()\n'
+    )
+    assert _source_name_tests(planted, {"othello", "lm", "toy"}) == [(2, "othello"), (3, "lm"), (5, "toy")]
+
+
 # The floors of the house, top to bottom. A module imports only from its own group or from a floor
 # below; commands and the face may import anything. config sits above methods until its method
 # resolution moves into methods/ (issue 33's remaining step).

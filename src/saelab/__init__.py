@@ -3,6 +3,7 @@
 from saelab.api import train
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
+from saelab.sources import registry as _sources  # noqa: F401  registers the sources (they read older records' hooks)
 from saelab.version import __version__
 
 

@@ -16,11 +16,11 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.toy import ToyConfig, write_toy
 from saelab.evals.evaluate import evaluate
 from saelab.experiments.sweep import run_sweep
-from saelab.experiments.sweep_rows import OTHELLO_SCORE
 from saelab.report import build_report, markdown_table, plot_frontier, write_markdown
 from saelab.report.summary import matched_comparisons, summarize
 from saelab.sources.othello.boards import plot_boards
 from saelab.sources.othello.harvest import HarvestConfig, harvest, write_harvest
+from saelab.sources.othello.source import OTHELLO_SCORE
 from saelab.training.trainer import Trainer
 from saelab.util.atomic import atomic_write_json
 from saelab.util.intervals import format_interval

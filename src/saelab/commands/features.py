@@ -307,8 +307,8 @@ def _probe_inputs(args, sae, record: dict | None):
                                          len(acts), sae.cfg.n_latents)  # fmt: skip
         mask = np.asarray(findable_mask(int(source["layer"]))).reshape(64, 3)
         pairs = list(zip(*np.nonzero(mask)))
-        from saelab.features.data import square_name
         from saelab.sources.othello.boards import STATES
+        from saelab.sources.othello.source import square_name
 
         labels = np.stack([(hv.labels[:, sq] == st) for sq, st in pairs], axis=1).astype(np.int8)
         names = [f"{square_name(int(sq))}:{STATES[int(st)]}" for sq, st in pairs]

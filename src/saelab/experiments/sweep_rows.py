@@ -1,4 +1,4 @@
-"""What a sweep records about each SAE: its results row and the evaluations its data source adds (board score, CE/KL)."""
+"""What a sweep records about each SAE: its results row and the evaluations its data source adds (saelab.sources)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from saelab.errors import ConfigError
-from saelab.experiments.grid import (
-    PlannedSAE,
-)
-from saelab.util.atomic import atomic_write_json
-
-OTHELLO_SCORE = "othello_score.json"
+from saelab.experiments.grid import PlannedSAE
+from saelab.sources.registry import source_of
 
 
 def _finite(v):
@@ -73,89 +68,12 @@ def _ci_se(ci) -> float | None:
 
 
 class Evaluators:
-    """The held-out evaluations a source allows, set up once per sweep and shared by every SAE."""
+    """The evaluations beyond reconstruction that the data's source adds to each row, set up once per sweep and shared by every SAE."""
 
     def __init__(self, source: dict | None, options: dict[str, Any], say: Callable[[str], None]):
-        self.source = source or {}
-        self.options = options
-        self.say = say
-        self._othello = None
-        self._lm = None
-
-    def othello(self, sae, folder: Path) -> dict[str, Any]:
-        """Board-state score on held-out games (harvested once, findable pairs fitted once)."""
-        from saelab.sources.othello.bootstrap import findable_on_positions
-        from saelab.sources.othello.harvest import config_from_source, harvest
-        from saelab.sources.othello.score import EVAL_SEED_OFFSET, score_sae
-
-        if self._othello is None:
-            games = int(self.options.get("games", 2000))
-            self.say(f"harvesting {games} held-out games for the board-state score")
-            # games_seed: another draw of held-out games (a search's choice is then scored on games it never saw).
-            seed = int(self.source.get("seed", 0)) + EVAL_SEED_OFFSET + int(self.options.get("games_seed", 0))
-            data = harvest(config_from_source(self.source, games=games, seed=seed))
-            self._othello = (data, findable_on_positions(data.activations, data.labels, data.positions[:, 0]))
-        data, findable = self._othello
-        s = score_sae(
-            sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))
-        ).to_dict()
-        atomic_write_json(folder / OTHELLO_SCORE, s)  # the full score (per-pair AUROC, pairs found) beside the SAE
-        keys = (
-            "good_classifiers",
-            "good_findable",
-            "findable",
-            "good_classifier_latents",
-            "coverage",
-            "good_classifiers_frac",
-            "count_method",
-            "good_classifiers_naive",
-            "good_findable_naive",
-            "coverage_naive",
-            "good_classifiers_eval_se",
-            "good_findable_eval_se",
-            "coverage_eval_se",
-        )
-        return {
-            **{k: s[k] for k in keys},
-            "ci": {k: v for k, v in s["ci"].items() if k.startswith("good") or k == "coverage"},
-        }
-
-    def lm(self, sae) -> dict[str, Any]:
-        """Downstream CE/KL with the SAE spliced into the recorded model, on text after the harvested windows."""
-        from saelab.sources.lm.downstream import evaluate_downstream
-        from saelab.sources.lm.model import LMSpec, load_lm
-        from saelab.sources.lm.text import TextConfig, take_windows
-
-        src = self.source
-        if self._lm is None:
-            model = self.options.get("model", src.get("model"))
-            text = self.options.get("text", str(src.get("text_source", "")).split(" [")[0])
-            if not model or not text:
-                raise ConfigError(
-                    "eval.text",
-                    text,
-                    "downstream evaluation needs the model and text (recorded in the cache, or [eval] model/text)",
-                )
-            lm = load_lm(LMSpec(model))
-            opts = src.get("options") or {}
-            context = int(src.get("context", 64))
-            skip = int(self.options.get("skip_windows", (src.get("cursor") or {}).get("windows", 0)))
-            n_windows = max(1, int(self.options.get("tokens", 4096)) // context)
-            text_cfg = TextConfig(text, context, bool(opts.get("prepend_bos", True)))
-            batches = take_windows(lm.tokenizer, text_cfg, int(self.options.get("batch_size", 8)), n_windows, skip=skip)
-            self._lm = (lm, lm.site(int(src["layer"]), src["site"]), batches, opts.get("outlier_factor"))
-        lm, site, batches, outliers = self._lm
-        r = evaluate_downstream(lm, site, sae, batches, outliers).to_dict()
-        out = {k: r.get(k) for k in ("ce_clean", "ce_sae", "ce_zero", "ce_recovered_zero", "ce_recovered_mean", "kl")}
-        if out["ce_sae"] is not None and out["ce_clean"] is not None:
-            out["ce_delta"] = out["ce_sae"] - out["ce_clean"]
-        return out
+        found = source_of(source)
+        self._evaluate = found.sweep_evaluator(source, options, say) if found is not None else None
 
     def extra(self, sae, folder: Path) -> dict[str, Any]:
         """Every evaluation beyond reconstruction that this source and the [eval] options call for."""
-        if self.source.get("source") == "othello":
-            # `board = false`: a sweep that claims only reconstruction skips the costly board-state score.
-            return self.othello(sae, folder) if self.options.get("board", True) else {}
-        if self.options.get("downstream") and self.source.get("site"):
-            return self.lm(sae)
-        return {}
+        return self._evaluate(sae, folder) if self._evaluate is not None else {}

@@ -15,8 +15,8 @@ from saelab.experiments.grid import (
     spread_over_ranks,
     step_cost_estimate,
 )
-from saelab.experiments.sweep_rows import OTHELLO_SCORE
 from saelab.formats.folder import SAELAB_CFG, read_saelab_record
+from saelab.sources.othello.source import OTHELLO_SCORE
 from saelab.training.fingerprint import data_fingerprint
 from saelab.training.trainer import CHECKPOINT, RUN_CONFIG
 from saelab.util.atomic import atomic_write_json, atomic_write_text

@@ -1,16 +1,14 @@
 """What the feature analyses read: activation rows with the token, window and position of each, and an SAE's codes.
 
-Two sources give this. An LM activation cache (`saelab lm activations`) stores a row index
-beside every shard (token id, window index in the text, position in the window). An OthelloGPT
-harvest folder (`saelab othello activations`) stores (game, move) per row and the seed that
-regenerates the games, so the moves before every position are known. Either becomes a
-TokenGrid: windows x positions of token ids (-1 where unknown) and of row numbers (-1 where the
-position has no cached row: BOS, dropped outliers, positions outside the harvest).
+The source that wrote a folder (saelab.sources.registry) reads it: an LM activation cache
+(`saelab lm activations`) stores a row index beside every shard (token id, window index in the
+text, position in the window); an OthelloGPT harvest (`saelab othello activations`) stores
+(game, move) per row and the seed that regenerates the games. Either becomes a TokenGrid
+(saelab.data.token_grid): windows x positions of token ids and of row numbers.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -18,71 +16,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from saelab.data.cache import read_row_index, verify_cache
+from saelab.data.source_info import read_source_info
 from saelab.data.store import ActivationStore
+from saelab.data.token_grid import UNKNOWN, TokenGrid
 from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import held_out_rows
-
-UNKNOWN = -1  # token id where a grid position has no known token
-FILES = "abcdefgh"
-
-
-@dataclass
-class TokenGrid:
-    """Token ids and cached row numbers of every (window, position); rows map back by row_window/row_position."""
-
-    tokens: np.ndarray  # int64 [W, T], UNKNOWN where not known
-    rows: np.ndarray  # int64 [W, T], -1 where the position has no cached row
-    row_window: np.ndarray  # int64 [N]: grid window of each cached row
-    row_position: np.ndarray  # int64 [N]
-    first_window: int = 0  # window id (in the text) of grid window 0
-
-    @classmethod
-    def from_index(cls, index: np.ndarray, context: int, first_token_id: int | None = None) -> "TokenGrid":
-        """Grid from a cache's [N, 3] (token, window, position) index; position 0 gets first_token_id where given."""
-        index = np.asarray(index, dtype=np.int64)
-        if len(index) == 0:
-            raise DataError("activations: the cache holds no rows")
-        w0 = int(index[:, 1].min())
-        n_windows = int(index[:, 1].max()) - w0 + 1
-        if index[:, 2].max() >= context or index[:, 2].min() < 0:
-            raise DataError(f"activations: row index has positions outside 0..{context - 1}")
-        win = index[:, 1] - w0
-        tokens = np.full((n_windows, context), UNKNOWN, dtype=np.int64)
-        rows = np.full((n_windows, context), -1, dtype=np.int64)
-        tokens[win, index[:, 2]] = index[:, 0]
-        rows[win, index[:, 2]] = np.arange(len(index))
-        if first_token_id is not None:
-            # Every window of this cache began with this token; its row was dropped at harvest.
-            present = np.unique(win)
-            col0 = tokens[present, 0]
-            tokens[present, 0] = np.where(col0 == UNKNOWN, first_token_id, col0)
-        return cls(tokens, rows, win, index[:, 2].copy(), w0)
-
-    @property
-    def n_rows(self) -> int:
-        """Number of cached rows the grid maps."""
-        return int(len(self.row_window))
-
-    @property
-    def context(self) -> int:
-        """Positions per window."""
-        return int(self.tokens.shape[1])
-
-    def context_of(self, row: int, before: int, after: int) -> tuple[list[int], list[int], int]:
-        """(token ids, row numbers, index of `row` among them) of the positions around a cached row, within its window."""
-        w, p = int(self.row_window[row]), int(self.row_position[row])
-        lo, hi = max(0, p - before), min(self.context, p + after + 1)
-        return self.tokens[w, lo:hi].tolist(), self.rows[w, lo:hi].tolist(), p - lo
-
-    def windows_of_rows(self, lo: int, hi: int) -> np.ndarray:
-        """Grid windows (sorted, unique) that hold rows lo..hi-1."""
-        return np.unique(self.row_window[lo:hi])
-
-
-def square_name(square: int) -> str:
-    """Board square 0..63 (row-major from a1) as 'a1'..'h8'."""
-    return f"{FILES[square % 8]}{square // 8 + 1}"
+from saelab.sources.registry import get_source, source_of
 
 
 class TokenText:
@@ -113,11 +52,11 @@ class FeatureData:
     """Rows to read (store), their tokens (grid) and, where known, how to show tokens and which model made them."""
 
     path: str
-    kind: str  # "lm" or "othello"
+    kind: str  # the name of the source that wrote the folder (saelab.sources.registry)
     store: ActivationStore
     grid: TokenGrid
-    meta: dict  # the cache manifest or the OthelloGPT source.json
-    labels: np.ndarray | None = None  # OthelloGPT board labels [N, 64] (0 empty, 1 mine, 2 theirs)
+    meta: dict  # the provenance record: cache manifest, source.json
+    labels: np.ndarray | None = None  # per-row labels where the source has them (OthelloGPT: board state [N, 64])
     model: str | None = None  # LM the rows came from (from the manifest unless overridden)
     _text: TokenText | None = field(default=None, repr=False)
 
@@ -136,61 +75,27 @@ class FeatureData:
     def text(self) -> TokenText:
         """Token id -> display string (loads the LM's tokenizer on first use)."""
         if self._text is None:
-            if self.kind == "othello":
-                self._text = TokenText(square_name)
-            else:
-                from saelab.sources.lm.model import load_tokenizer
-
-                tok = load_tokenizer(self.model)
-                self._text = TokenText(lambda i: tok.decode([i]))
+            self._text = TokenText(get_source(self.kind).token_decoder(self.model))
         return self._text
 
 
 def load_feature_data(path: str | Path, model: str | None = None) -> FeatureData:
-    """An LM activation cache with its row index, or an OthelloGPT harvest folder with regenerated games."""
+    """The rows, tokens and labels of a data folder, read by the source that wrote it (an LM cache, an OthelloGPT harvest)."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(
             f"activations={str(path)!r}: not a folder (need an LM activation cache or an OthelloGPT harvest)"
         )
-    if (folder / "source.json").exists():
-        return _othello_data(folder)
-    if not (folder / "manifest.json").exists():
+    record = read_source_info(folder)
+    if record is None:
         raise DataError(
             f"activations={str(path)!r}: holds neither manifest.json (LM cache) nor source.json (OthelloGPT harvest)"
         )
-    manifest = verify_cache(str(folder), checksums=False)
-    index = read_row_index(str(folder), manifest)
-    grid = TokenGrid.from_index(
-        index, int(manifest["context"]), (manifest.get("row_index") or {}).get("first_token_id")
-    )
-    return FeatureData(str(folder), "lm", ActivationStore(folder), grid, manifest, model=model or manifest["model"])
-
-
-def _othello_data(folder: Path) -> FeatureData:
-    from saelab.sources.othello.games import generate_games
-
-    try:
-        source = json.loads((folder / "source.json").read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{folder / 'source.json'}: unreadable JSON ({e.msg})") from None
-    if source.get("source") != "othello":
-        raise DataError(f"{folder / 'source.json'}: source={source.get('source')!r}, expected 'othello'")
-    try:
-        positions = np.load(folder / "positions.npy").astype(np.int64)
-        labels = np.load(folder / "labels.npy", mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise DataError(f"{folder}: unreadable positions.npy or labels.npy ({e})") from None
-    # The harvest generated its games from (games, seed); regenerating gives the same moves.
-    games = generate_games(int(source["games"]), int(source["seed"])).astype(np.int64)
-    tokens = np.where(games >= 0, games, UNKNOWN)
-    rows = np.full(games.shape, -1, dtype=np.int64)
-    rows[positions[:, 0], positions[:, 1]] = np.arange(len(positions))
-    grid = TokenGrid(tokens, rows, positions[:, 0].copy(), positions[:, 1].copy(), 0)
-    store = ActivationStore(folder)
-    if store.n_rows != len(positions) or len(labels) != len(positions):
-        raise DataError(f"{folder}: {store.n_rows} activation rows, {len(positions)} positions, {len(labels)} labels")
-    return FeatureData(str(folder), "othello", store, grid, source, labels=labels, model=source.get("model", "default"))
+    source = source_of(record)
+    if source is None:
+        raise DataError(f"activations={str(path)!r}: source={record.get('source')!r} is no source saelab knows")
+    rows = source.feature_rows(folder, record, model)
+    return FeatureData(str(folder), source.name, rows.store, rows.grid, rows.meta, labels=rows.labels, model=rows.model)
 
 
 @torch.no_grad()

@@ -20,8 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from saelab.data.token_grid import UNKNOWN
 from saelab.errors import ConfigError
-from saelab.features.data import UNKNOWN, FeatureData, codes_of_rows, iter_codes
+from saelab.features.data import FeatureData, codes_of_rows, iter_codes
 from saelab.features.logit_effect import decoder_directions, direct_logit_effect
 
 HIST_PER_OCTAVE = 4

@@ -27,8 +27,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from saelab.data.token_grid import UNKNOWN
 from saelab.errors import ConfigError
-from saelab.features.data import UNKNOWN, FeatureData, iter_codes
+from saelab.features.data import FeatureData, iter_codes
 
 WILDCARD = -2  # a pattern position any token matches (distinct from UNKNOWN, which matches nothing)
 SAMPLES = ("random", "top")

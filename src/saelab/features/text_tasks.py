@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from saelab.features.data import UNKNOWN, TokenGrid, TokenText
+from saelab.data.token_grid import UNKNOWN, TokenGrid
+from saelab.features.data import TokenText
 
 _WORDS = {
     "determiner": "the a an this that these those",

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 from saelab.errors import DataError
 from saelab.methods import ACTIVATIONS
 
-# saelab's LM sites (saelab.sources.lm.model.SITES) → the TransformerLens hook of block L.
-TL_HOOKS = {
-    "resid_pre": "hook_resid_pre",
-    "resid_post": "hook_resid_post",
-    "mlp_out": "hook_mlp_out",
-    "attn_out": "hook_attn_out",
-}
-OTHELLO_MODEL = "saelab-othellogpt"  # the committed model (saelab.sources.othello.harvest.load_model("default"))
-OTHELLO_CONTEXT = 59  # saelab.sources.othello.model.CONTEXT, not imported: this leaf must not pull in the testbed
+SITE_FIELD = "model_site"  # the provenance record's key holding ModelSite.to_dict(), written by the source at harvest
 
 
 @dataclass(frozen=True)
@@ -57,35 +50,31 @@ def _layer_of(hook_name: str) -> int:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else -1
 
 
+# Readers of records written before sources recorded SITE_FIELD, by source name. The sources fill
+# this (saelab.sources.registry, imported by `import saelab`): only a source knows how its own
+# layers map to hooks, and this floor may not import the sources.
+_SITE_READERS: dict[str, Callable[[dict], "ModelSite | None"]] = {}
+
+
+def register_site_reader(name: str, read: Callable[[dict], "ModelSite | None"]) -> None:
+    """Let source `name` say the hook of an older record of its own (None for a record it does not own)."""
+    _SITE_READERS[name] = read
+
+
 def site_from_source(source: dict | None) -> ModelSite | None:
-    """The ModelSite of activations from `saelab lm activations` or `saelab othello activations`; None for any other data."""
-    if (
-        not isinstance(source, dict)
-        or isinstance(source.get("layer"), bool)
-        or not isinstance(source.get("layer"), int)
-    ):
-        return None  # toy or user data, or a record too old or odd to say which hook
-    if source.get("source") == "othello":
-        # Layer 0 is the embeddings (block 0's input); layer i ≥ 1 is block i−1's output.
-        layer = source["layer"]
-        hook = "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
-        model = source.get("model", "default")
-        # No BOS: the model's tokens are moves only, position 0 is the first move.
-        return ModelSite(
-            OTHELLO_MODEL if model == "default" else str(model), hook, max(layer - 1, 0), OTHELLO_CONTEXT, False
-        )
-    if source.get("site") in TL_HOOKS and isinstance(source.get("model"), str):
-        layer = source["layer"]
-        options = source.get("options") if isinstance(source.get("options"), dict) else {}
-        context = source.get("context") if isinstance(source.get("context"), int) else 0
-        return ModelSite(
-            source["model"],
-            f"blocks.{layer}.{TL_HOOKS[source['site']]}",
-            layer,
-            context,
-            bool(options.get("prepend_bos", True)),
-        )
-    return None
+    """The ModelSite a provenance record names (its SITE_FIELD, else its source's reader); None for toy or user data."""
+    if not isinstance(source, dict):
+        return None
+    if source.get(SITE_FIELD) is not None:
+        site = ModelSite.from_metadata(source[SITE_FIELD])
+        if site is None:
+            raise DataError(f"source record: {SITE_FIELD}={source[SITE_FIELD]!r} names no hook")
+        return site
+    for read in _SITE_READERS.values():
+        site = read(source)
+        if site is not None:
+            return site
+    return None  # toy or user data, or a record too old or odd to say which hook
 
 
 class SiteView:

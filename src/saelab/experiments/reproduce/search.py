@@ -31,8 +31,8 @@ from typing import Callable
 from saelab.errors import ConfigError, DataError
 from saelab.experiments.reproduce.measures import target_measured_l0
 from saelab.experiments.sweep import run_sweep
-from saelab.experiments.sweep_rows import OTHELLO_SCORE, Evaluators
 from saelab.formats.folder import load_sae, read_saelab_record
+from saelab.sources.othello.source import OTHELLO_SCORE, BoardScore
 from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json
 from saelab.util.json_files import read_json_object
@@ -224,14 +224,14 @@ def run_search(
     screened = select_finalists(candidates, rows, per_method)
     finalists = [s for s in screened if s.finalist]
     say(f"search: {len(finalists)} finalists of {len(candidates)} get the board-state score")
-    evaluators = None
+    board_score = None
     for i, s in enumerate(finalists):
         folder = screen_root / str(s.folder)
         # One scored before a kill is kept: the score is a pure function of the saved SAE.
         if i % world.size == world.rank and not (folder / OTHELLO_SCORE).exists():
-            if evaluators is None:
-                evaluators = Evaluators(read_saelab_record(folder).get("source"), eval_opts, say)
-            evaluators.othello(load_sae(folder), folder)  # writes OTHELLO_SCORE beside the SAE
+            if board_score is None:
+                board_score = BoardScore(read_saelab_record(folder).get("source"), eval_opts, say)
+            board_score(load_sae(folder), folder)  # writes OTHELLO_SCORE beside the SAE
     world.wait_for_all()
     scores: dict[str, dict] = {}
     for s in finalists:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -19,7 +19,9 @@ from saelab.config import require_positive_int
 from saelab.data.cache import CACHE_DTYPES, INDEX_COLUMNS, CacheMeta, check_out_folder
 from saelab.data.ranked_cache import RankedCacheWriter
 from saelab.errors import SaelabError
+from saelab.sources.base import with_site
 from saelab.sources.lm.model import SITES, LMSpec, load_lm
+from saelab.sources.lm.site import lm_site
 from saelab.sources.lm.text import TextConfig, first_token_id, iter_batches, iter_chunks, keep_mask
 from saelab.util import distributed
 
@@ -117,7 +119,14 @@ def harvest(cfg: HarvestConfig, log=None) -> HarvestResult:
         "first_token_id": first_token_id(lm.tokenizer) if cfg.prepend_bos else None,
     }
     writer = RankedCacheWriter(
-        world, cfg.out, meta, cfg.tokens, shard_rows=cfg.shard_rows, extra={"row_index": index_info}, extend=cfg.extend
+        world,
+        cfg.out,
+        meta,
+        cfg.tokens,
+        shard_rows=cfg.shard_rows,
+        # The hook, for readers that do not know this source (an older cache being extended keeps its manifest).
+        extra=with_site({"row_index": index_info}, lm_site(asdict(meta))),
+        extend=cfg.extend,
     )
     writer.manifest["target_rows"] = cfg.tokens
     start_rows = writer.n_rows

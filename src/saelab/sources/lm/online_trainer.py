@@ -18,7 +18,9 @@ import torch
 from saelab.config import RunConfig, SAEConfig
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
+from saelab.sources.base import with_site
 from saelab.sources.lm.model import LanguageModel, LMSpec, load_lm
+from saelab.sources.lm.site import lm_site
 from saelab.sources.lm.stream import OnlineConfig, OnlineStream, buffer_bytes, hook_name
 from saelab.sources.lm.text import first_token_id, iter_chunks
 from saelab.training.member import Member, build_member
@@ -241,7 +243,7 @@ class OnlineTrainer(Trainer):
         }
         s = self.stream
         return {
-            "source": source,
+            "source": with_site(source, lm_site(source)),
             "dataset": dataset,
             "lm_tokens": s.tokens_seen,  # window positions the LM read for training (BOS and dropped rows included)
             "online": {

@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, DataError
-from saelab.model.site import TL_HOOKS
 from saelab.sources.lm.model import SITES, LanguageModel
+from saelab.sources.lm.site import TL_HOOKS
 from saelab.sources.lm.text import TextConfig, iter_batches, keep_mask, take_windows
 from saelab.util import distributed
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from saelab.errors import ConfigError
+from saelab.sources.base import with_site
 from saelab.sources.othello.games import board_states, generate_games
 from saelab.sources.othello.model import (
     CONTEXT,
@@ -18,6 +19,7 @@ from saelab.sources.othello.model import (
     games_to_tokens,
     load_default_model,
 )
+from saelab.sources.othello.site import othello_site
 from saelab.util.atomic import atomic_write_bytes, atomic_write_json
 
 DEFAULT_LAYER = 3
@@ -150,7 +152,7 @@ def write_harvest(h: Harvest, out: str | Path) -> Path:
     atomic_write_json(
         out / "source.json",
         {
-            **h.source,
+            **with_site(h.source, othello_site(h.source)),  # the hook, for readers that do not know this source
             "rows": int(len(h.activations)),
             "files": {"activations": "activations.npy", "labels": "labels.npy", "positions": "positions.npy"},
         },
