@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -32,7 +31,8 @@ def _environment() -> Environment:
 
 def _asset(name: str) -> Markup:
     """A file of the page's own CSS or script, inserted unescaped."""
-    return Markup(files("saelab.features").joinpath("templates", name).read_text())
+    env = _environment()
+    return Markup(env.loader.get_source(env, name)[0])
 
 
 def _index_item(latent: dict, tokens: dict) -> dict:

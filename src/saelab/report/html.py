@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import cache
-from importlib.resources import files
 from typing import Sequence
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -25,6 +24,7 @@ def _environment() -> Environment:
 
 def render_html(title: str, sections: Sequence[Section], meta: Sequence[tuple[str, str]] = ()) -> str:
     """The whole page: title, a meta line per (label, value) such as the command and build time, contents, sections."""
-    css = Markup(files("saelab.report").joinpath("templates", "report.css").read_text())
-    page = _environment().get_template("report.html.j2")
+    env = _environment()
+    css = Markup(env.loader.get_source(env, "report.css")[0])  # the page's own stylesheet, unescaped
+    page = env.get_template("report.html.j2")
     return page.render(title=title, sections=sections, meta=list(meta), css=css)
