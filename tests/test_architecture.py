@@ -161,8 +161,7 @@ def test_the_source_name_check_finds_planted_tests(tmp_path):
 
 
 # The floors of the house, top to bottom. A module imports only from its own group or from a floor
-# below; commands and the face may import anything. config sits above methods until its method
-# resolution moves into methods/ (issue 33's remaining step).
+# below; commands and the face may import anything.
 FLOORS = [
     ("saelab", "saelab.__main__", "saelab.api", "saelab.cli", "saelab.demo", "saelab.commands"),
     ("saelab.experiments", "saelab.features"),
@@ -172,9 +171,9 @@ FLOORS = [
     ("saelab.evals",),
     ("saelab.data", "saelab.formats"),
     ("saelab.model",),
-    ("saelab.config",),
     ("saelab.methods",),
     ("saelab.kernels",),
+    ("saelab.config",),
     ("saelab.losses", "saelab.step_output", "saelab.devices", "saelab.version"),
     ("saelab.util",),
     ("saelab.errors",),
@@ -337,14 +336,15 @@ def test_a_subclass_that_redefines_forward_does_not_inherit_the_sparse_plan():
 
 def test_method_params_are_built_once_per_setting():
     from saelab.config import SAEConfig
+    from saelab.methods.resolve import resolve, resolve_sae
     from saelab.model.sae import SparseAutoencoder
 
-    cfg = SAEConfig(n_latents=32, method="topk", method_params={"k": 3}, d_in=8).validate()
-    cls, params = cfg.activation_spec()
-    assert cfg.activation_spec()[1] is params  # cached, not rebuilt
+    cfg = resolve_sae(SAEConfig(n_latents=32, method="topk", method_params={"k": 3}, d_in=8))
+    cls, params = resolve(cfg).activation
+    assert resolve(cfg).activation[1] is params  # cached, not rebuilt
     assert SparseAutoencoder(cfg).activation.params is params
     cfg.method_params = {"k": 5}
-    assert cfg.activation_spec()[1].k == 5  # a changed setting is rebuilt (and validated)
+    assert resolve(cfg).activation[1].k == 5  # a changed setting is rebuilt (and validated)
 
 
 # ---- one evaluation path -----------------------------------------------------------------------

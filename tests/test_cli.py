@@ -143,14 +143,15 @@ def test_console_script_runs_as_a_process(tmp_path):
 def test_documented_run_configs_are_valid():
     from pathlib import Path
 
-    from saelab.config import load_toml
+    from saelab.methods.mapping import load_toml
+    from saelab.methods.resolve import display_name
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     configs = sorted(docs.glob("*.toml"))
     assert configs, "docs/ should hold the run configs the README quotes"
     for path in configs:
         run = load_toml(str(path)).validate()
-        assert run.saes and len({s.display_name() for s in run.saes}) == len(run.saes)
+        assert run.saes and len({display_name(s) for s in run.saes}) == len(run.saes)
 
 
 def test_closed_output_pipe_ends_quietly():

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from saelab.config import RunConfig, SAEConfig, TrainConfig, run_from_mapping
+from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.experiments.grid import PlannedSAE
 from saelab.experiments.sweep_rows import _row
 from saelab.formats.folder import load_sae
+from saelab.methods.mapping import run_from_mapping
 from saelab.training.checkpoint import load_checkpoint
 from saelab.training.convergence import ConvergenceMonitor
 from saelab.training.trainer import CHECKPOINT, Trainer

@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saelab.config import load_toml
 from saelab.errors import ConfigError
+from saelab.methods.mapping import load_toml
 from saelab.training.trainer import Trainer
 from saelab.util.distributed import World
 

@@ -8,9 +8,11 @@ from cli_harness import cli
 from safetensors.torch import load_file, save_file
 
 import saelab
-from saelab.config import RunConfig, SAEConfig, TrainConfig, sae_from_flat
+from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError, DataError
 from saelab.formats.folder import save_sae
+from saelab.methods.mapping import sae_from_flat
+from saelab.methods.resolve import resolve_sae, sparsity_knob
 from saelab.model.sae import SparseAutoencoder
 from saelab.training.l0_control import read_knob
 from saelab.training.objective import compute_step
@@ -112,11 +114,11 @@ def test_the_gate_bias_learns_only_from_the_sparsity_and_auxiliary_terms():
 
 def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError) as e:
-        SAEConfig(n_latents=8, method="gated", method_params={"aux_weight": -1.0}).validate()
+        resolve_sae(SAEConfig(n_latents=8, method="gated", method_params={"aux_weight": -1.0}))
     assert e.value.field == "method.aux_weight"
     # alpha already weights gated's own sparsity loss, so a penalty would silently share it.
     with pytest.raises(ConfigError) as e:
-        SAEConfig(n_latents=8, method="gated", penalty="l1", alpha=0.1).validate()
+        resolve_sae(SAEConfig(n_latents=8, method="gated", penalty="l1", alpha=0.1))
     assert e.value.field == "penalty"
     # …while alpha alone is accepted without a penalty (for relu it is refused as having no effect).
     assert sae_from_flat({"n_latents": 8, "method": "gated", "alpha": 0.5}).alpha == 0.5
@@ -166,7 +168,7 @@ def test_the_cli_learns_the_toy_dictionary(toy_dir, tmp_path):
 @pytest.mark.slow  # 33 s in the default run (2 cores, loaded): kept out of it to hold that run under 10 minutes
 def test_target_l0_steers_alpha(toy_dir, tmp_path):
     cfg = SAEConfig(name="g", n_latents=64, method="gated", target_l0=6.0, lr=1e-2).validate()
-    assert cfg.sparsity_knob().param == "alpha"
+    assert sparsity_knob(cfg).param == "alpha"
     run = RunConfig(
         TrainConfig(activations=str(toy_dir / "activations.npy"), steps=800, batch_size=128, out=str(tmp_path / "run")),
         [cfg],
@@ -176,7 +178,7 @@ def test_target_l0_steers_alpha(toy_dir, tmp_path):
     record = json.loads((tmp_path / "run" / "saelab.json").read_text())
     l0 = saelab.evaluate(model, toy_dir / "activations.npy", rows="all").l0
     assert abs(l0 - 6.0) / 6.0 < 0.25, l0
-    assert read_knob(model, model.cfg.sparsity_knob()) == pytest.approx(record["target_l0"]["value"])
+    assert read_knob(model, sparsity_knob(model.cfg)) == pytest.approx(record["target_l0"]["value"])
 
 
 @pytest.mark.parametrize("normalize", ["none", "scalar"])

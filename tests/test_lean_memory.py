@@ -11,6 +11,7 @@ import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.kernels import topk_encode, workspace
+from saelab.methods.resolve import display_name
 from saelab.training.member import build_member, train_step
 from saelab.training.trainer import Trainer
 
@@ -36,7 +37,7 @@ def _member(cfg: SAEConfig, lean: bool, x: torch.Tensor):
     return build_member(cfg, TrainConfig(activations="-", out="-", lean_memory=lean), x[:256], 0, Path("-"))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.display_name())
+@pytest.mark.parametrize("cfg", CONFIGS, ids=display_name)
 def test_lean_steps_give_the_normal_steps_weights_and_adam_state(cfg):
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(128, 24, generator=g) @ torch.randn(24, 24, generator=g) for _ in range(8)]

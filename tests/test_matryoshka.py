@@ -8,6 +8,7 @@ from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
 from saelab.methods.matryoshka import prefix_sizes
+from saelab.methods.resolve import resolve_sae
 from saelab.model.sae import SparseAutoencoder
 from saelab.training.objective import compute_step
 from saelab.training.trainer import Trainer
@@ -53,7 +54,7 @@ def test_loss_and_gradients_match_a_hand_written_objective():
 
 def test_bad_parameters_name_the_field():
     with pytest.raises(ConfigError) as e:
-        SAEConfig(n_latents=32, method="matryoshka_batchtopk", method_params={"k": 3, "n_prefixes": 0}).validate()
+        resolve_sae(SAEConfig(n_latents=32, method="matryoshka_batchtopk", method_params={"k": 3, "n_prefixes": 0}))
     assert e.value.field == "method.n_prefixes"
 
 

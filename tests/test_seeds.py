@@ -5,6 +5,7 @@ import json
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.formats.folder import SAELAB_CFG
 from saelab.methods import ACTIVATIONS, PENALTIES
+from saelab.methods.resolve import display_name
 from saelab.training.trainer import Trainer, train
 
 
@@ -36,7 +37,7 @@ def test_every_method_starts_from_other_weights_under_another_seed_and_the_same_
     for seed, tag in ((0, "a"), (0, "b"), (1, "c"), (2, "d")):
         trainer = Trainer(_run(toy_dir, seed, tmp_path / tag), progress=False)
         members = trainer._build_members()
-        hashes[tag] = ({m.cfg.display_name(): m.init_hash for m in members}, trainer.stream.order_hash())
+        hashes[tag] = ({display_name(m.cfg): m.init_hash for m in members}, trainer.stream.order_hash())
     names = set(hashes["a"][0])
     assert len(names) == len(ACTIVATIONS) + len(PENALTIES) and "dimred" in names
     assert hashes["a"] == hashes["b"]  # a seed is a reproducible start and order
@@ -55,7 +56,7 @@ def test_saelab_json_records_the_initial_weights_hash_and_the_data_order(toy_dir
         members = train(run, progress=False)
         for m in members:
             rec = json.loads((m.out / SAELAB_CFG).read_text())
-            records[(seed, m.cfg.display_name())] = rec
+            records[(seed, display_name(m.cfg))] = rec
             assert rec["init_hash"] == m.init_hash and len(rec["init_hash"]) == 16
     for name in ("topk", "dimred"):
         assert records[(0, name)]["init_hash"] != records[(1, name)]["init_hash"]

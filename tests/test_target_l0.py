@@ -10,6 +10,7 @@ from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
 from saelab.methods.base import SparsityKnob
+from saelab.methods.resolve import resolve_sae, sparsity_knob
 from saelab.training.l0_control import L0Controller, read_knob
 from saelab.training.trainer import Trainer
 
@@ -42,14 +43,14 @@ def test_penalty_and_jumprelu_land_near_the_target(toy_dir, tmp_path, sae, steps
     l0 = evaluate(model, str(toy_dir / "activations.npy"), rows="all").l0
     assert abs(l0 - 6.0) / 6.0 < tol, l0
     # The chosen coefficient is what the saved SAE uses, so reloading reproduces the L0.
-    assert read_knob(model, model.cfg.sparsity_knob()) == pytest.approx(record["target_l0"]["value"])
+    assert read_knob(model, sparsity_knob(model.cfg)) == pytest.approx(record["target_l0"]["value"])
 
 
 def test_topk_family_takes_k_from_the_target():
-    assert SAEConfig(n_latents=64, method="topk", target_l0=7.4).validate().method_params["k"] == 7
-    assert SAEConfig(n_latents=64, method="batchtopk", target_l0=5).validate().method_params["k"] == 5
+    assert resolve_sae(SAEConfig(n_latents=64, method="topk", target_l0=7.4)).method_params["k"] == 7
+    assert resolve_sae(SAEConfig(n_latents=64, method="batchtopk", target_l0=5)).method_params["k"] == 5
     with pytest.raises(ConfigError) as e:
-        SAEConfig(n_latents=64, method="topk", method_params={"k": 3}, target_l0=8).validate()
+        resolve_sae(SAEConfig(n_latents=64, method="topk", method_params={"k": 3}, target_l0=8))
     assert e.value.field == "k"
 
 
@@ -64,7 +65,7 @@ def test_bad_targets_name_the_field(bad):
 
 def test_relu_without_a_penalty_has_nothing_to_adapt():
     with pytest.raises(ConfigError) as e:
-        SAEConfig(n_latents=64, method="relu", target_l0=4.0).validate()
+        resolve_sae(SAEConfig(n_latents=64, method="relu", target_l0=4.0))
     assert e.value.field == "target_l0"
 
 
@@ -143,7 +144,7 @@ def test_an_explicit_alpha_is_kept_as_the_start():
 
 
 def test_normalised_penalties_can_reach_far_larger_alpha_than_l1():
-    knob = lambda p: SAEConfig(n_latents=8, penalty=p).sparsity_knob()
+    knob = lambda p: sparsity_knob(SAEConfig(n_latents=8, penalty=p))
     assert knob("smoothed_l0").high >= 1e4 * knob("l1").high
     assert knob("freshman").high >= 1e4 * knob("l1").high
 
@@ -238,7 +239,7 @@ def test_jumprelu_target_init_starts_at_the_target():
 
 def test_jumprelu_threshold_init_is_checked():
     with pytest.raises(ConfigError, match="threshold_init"):
-        SAEConfig(n_latents=8, method="jumprelu", method_params={"threshold_init": "data"}).validate()
+        resolve_sae(SAEConfig(n_latents=8, method="jumprelu", method_params={"threshold_init": "data"}))
 
 
 def test_evaluation_reports_the_l0_a_level_target_counts():

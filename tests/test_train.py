@@ -9,6 +9,7 @@ import torch
 import saelab
 from saelab.cli import main
 from saelab.config import RunConfig, SAEConfig, TrainConfig
+from saelab.methods.resolve import display_name
 from saelab.training.trainer import Trainer
 
 
@@ -40,10 +41,10 @@ def test_an_sae_in_a_sweep_equals_the_same_sae_trained_alone(toy_dir, tmp_path):
     Trainer(
         _run(toy_dir, tmp_path / "alone", [SAEConfig(**{**a.to_dict(), "d_in": None})], steps=30), progress=False
     ).fit()
-    together = saelab.load(tmp_path / "sweep" / a.display_name())
+    together = saelab.load(tmp_path / "sweep" / display_name(a))
     alone = saelab.load(tmp_path / "alone")
     assert torch.equal(together.W_enc, alone.W_enc) and torch.equal(together.W_dec, alone.W_dec)
-    assert (tmp_path / "sweep" / b.display_name() / "cfg.json").exists()
+    assert (tmp_path / "sweep" / display_name(b) / "cfg.json").exists()
 
 
 class _Crash(Exception):

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelab.config import SAE_FIELDS, TRAIN_FIELDS, run_from_mapping
+from saelab.config import SAE_FIELDS, TRAIN_FIELDS
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
 from saelab.methods import activation_class, penalty_class
+from saelab.methods.mapping import run_from_mapping
 from saelab.training.factory import make_trainer
 from saelab.util.atomic import atomic_write
 

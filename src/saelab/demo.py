@@ -16,6 +16,7 @@ from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.data.toy import ToyConfig, write_toy
 from saelab.evals.evaluate import evaluate
 from saelab.experiments.sweep import run_sweep
+from saelab.methods.resolve import display_name
 from saelab.report import build_report, markdown_table, plot_frontier, write_markdown
 from saelab.report.summary import matched_comparisons, summarize
 from saelab.sources.othello.boards import plot_boards
@@ -108,8 +109,8 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
         r = evaluate(m.sae, trainer.store, rows=trainer.eval_range, true_dictionary=dictionary, scan=False).to_dict()
         rows.append(
             {
-                "name": m.cfg.display_name(),
-                "label": m.cfg.display_name(),
+                "name": display_name(m.cfg),
+                "label": display_name(m.cfg),
                 "method": m.cfg.method,
                 "params": {**m.cfg.method_params, **m.cfg.penalty_params},
                 **{k_: v for k_, v in r.items() if not isinstance(v, dict)},

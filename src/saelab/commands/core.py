@@ -10,7 +10,7 @@ from pathlib import Path
 
 from saelab.api import sparsity_warning
 from saelab.commands.common import add_threads, scalar
-from saelab.config import SAEConfig, TrainConfig, load_toml, run_from_mapping
+from saelab.config import SAEConfig, TrainConfig
 from saelab.data.toy import ToyConfig, write_toy
 from saelab.devices import DEVICES
 from saelab.errors import ConfigError
@@ -20,6 +20,8 @@ from saelab.evals.reconstruction import EPS_L0
 from saelab.evals.refine import refine
 from saelab.formats.folder import load_sae
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
+from saelab.methods.mapping import load_toml, run_from_mapping
+from saelab.methods.resolve import display_name
 from saelab.training.factory import make_trainer
 from saelab.util.atomic import dumps_json
 
@@ -257,12 +259,12 @@ def cmd_train(args) -> int:
     for cfg in run.saes:
         message = sparsity_warning(cfg.method, cfg.penalty, cfg.target_l0)
         if message is not None:
-            print(f"saelab: warning: {cfg.display_name()}: {message}", file=sys.stderr)
+            print(f"saelab: warning: {display_name(cfg)}: {message}", file=sys.stderr)
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     for m in members if trainer.world.is_main else []:  # torchrun: one summary, from the rank that wrote it
         ev = json.loads((m.out / "eval.json").read_text())
         print(
-            f"{m.cfg.display_name()}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}"
+            f"{display_name(m.cfg)}: L0 {_num(ev['l0'], '.2f')}  NMSE {_num(ev['nmse'], '.4f')}  dead {_num(ev['dead_fraction'], '.3f')}  → {m.out}"
         )
     if trainer.world.is_main and not args.no_progress and trainer.throughput is not None:
         print(trainer.throughput.summary())

@@ -11,9 +11,11 @@ from typing import Any
 from saelab.api import sparsity_warning
 from saelab.commands.common import add_threads, scalar
 from saelab.commands.core import add_config_flags
-from saelab.config import SAE_FIELDS, TRAIN_FIELDS, RunConfig, SAEConfig, TrainConfig, run_from_mapping
+from saelab.config import SAE_FIELDS, TRAIN_FIELDS, RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
 from saelab.methods import ACTIVATIONS, PENALTIES, param_names
+from saelab.methods.mapping import run_from_mapping
+from saelab.methods.resolve import display_name, resolve_run
 from saelab.sources.lm.online_trainer import OnlineTrainer, expand_saes
 from saelab.sources.lm.stream import OnlineConfig, parse_sites, site_of_table
 from saelab.util.config_files import read_config
@@ -82,7 +84,7 @@ def build_run(args: argparse.Namespace) -> tuple[RunConfig, OnlineConfig, list[i
             online.buffer_tokens,
             f"must hold at least two batches ({2 * run.train.batch_size} rows): it is refilled when half empty",
         )
-    return RunConfig(run.train, saes).validate(), online, index
+    return resolve_run(RunConfig(run.train, saes)), online, index
 
 
 def peak_rss_mib() -> float:
@@ -98,14 +100,14 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     for cfg in run.saes if trainer.world.is_main else []:
         message = sparsity_warning(cfg.method, cfg.penalty, cfg.target_l0)
         if message is not None:
-            say(f"saelab: warning: {cfg.display_name()}: {message}")
+            say(f"saelab: warning: {display_name(cfg)}: {message}")
     members = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     if not trainer.world.is_main:
         return 0
     for m in members:
         ev = json.loads((m.out / "eval.json").read_text())
         print(
-            f"{m.cfg.display_name()}: L0 {ev['l0']:.2f}  NMSE {ev['nmse']:.4f}  dead {ev['dead_fraction']:.3f}  → {m.out}"
+            f"{display_name(m.cfg)}: L0 {ev['l0']:.2f}  NMSE {ev['nmse']:.4f}  dead {ev['dead_fraction']:.3f}  → {m.out}"
         )
     if trainer.throughput is not None:
         tp = trainer.throughput

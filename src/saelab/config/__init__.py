@@ -1,27 +1,14 @@
-"""Typed configs for SAEs and training runs, validated at the edge, to and from JSON/TOML."""
+"""Typed configs for SAEs and training runs: plain values whose fields are checked at the edge, to and from JSON/TOML."""
 
-from saelab.config.fields import (
-    SAE_NEEDS,
-    TRAIN_NEEDS,
-    _from_dict,
-    method_reads_alpha,
-    option,
-    require_positive_int,
-)
-from saelab.config.mapping import (
-    SAE_FIELDS,
-    TRAIN_FIELDS,
-    load_toml,
-    run_from_mapping,
-    sae_from_flat,
-    split_method_params,
-)
+from saelab.config.fields import SAE_NEEDS, TRAIN_NEEDS, _from_dict, option, require_positive_int
 from saelab.config.values import (
     B_DEC_INITS,
     DECAYS,
     ENCODER_INITS,
     KERNELS,
     NORMALIZATIONS,
+    SAE_FIELDS,
+    TRAIN_FIELDS,
     RunConfig,
     SAEConfig,
     TrainConfig,
@@ -41,11 +28,6 @@ __all__ = [
     "TRAIN_NEEDS",
     "TrainConfig",
     "_from_dict",
-    "load_toml",
-    "method_reads_alpha",
     "option",
     "require_positive_int",
-    "run_from_mapping",
-    "sae_from_flat",
-    "split_method_params",
 ]

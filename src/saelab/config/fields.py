@@ -8,7 +8,6 @@ from dataclasses import field
 from typing import Any
 
 from saelab.errors import ConfigError
-from saelab.methods import activation_class
 from saelab.util.typecheck import build
 
 
@@ -65,12 +64,6 @@ def _finite(name: str, value, minimum: float | None = None, strict: bool = False
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(name, value, f"must be one of {', '.join(choices)}")
-
-
-def method_reads_alpha(method: str) -> bool:
-    """Whether the activation `method` weights its own sparsity loss by alpha (Gated), so alpha acts without a penalty."""
-    knob = activation_class(method).sparsity_knob
-    return knob is not None and knob.param == "alpha"
 
 
 def _from_dict(cls, data: dict, where: str):

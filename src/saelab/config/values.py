@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from saelab.config.fields import (
-    _choice,
-    _finite,
-    _from_dict,
-    _nonneg_int,
-    method_reads_alpha,
-    option,
-    require_positive_int,
-)
+from saelab.config.fields import _choice, _finite, _from_dict, _nonneg_int, option, require_positive_int
 from saelab.devices import DEVICES, DTYPES, check_device, check_dtype
 from saelab.errors import ConfigError
-from saelab.methods import activation_class, build_params, penalty_class
 from saelab.util.loggers import LOGGERS, check_logger
-from saelab.util.names import check_member_names
 
 NORMALIZATIONS = ("none", "unit", "scalar")
 B_DEC_INITS = ("geometric_median", "mean", "zero")
@@ -68,35 +57,17 @@ class SAEConfig:
     normalization_factor: float | None = option(None, cli=False)
 
     def validate(self) -> "SAEConfig":
-        """Check every field; raise ConfigError naming the first bad one."""
+        """Check every plain field; raise ConfigError naming the first bad one (methods.resolve checks the method fields)."""
         require_positive_int("n_latents", self.n_latents)
         if self.target_l0 is not None:
-            self._apply_target_l0()
-        built = getattr(self, "_built", None)
-        if built is not None and built[0] == self._method_key():
-            (act_cls, params), pen = built[1], built[2]  # already built from these very settings
-        else:
-            act_cls = activation_class(self.method)
-            params = build_params(act_cls, self.method_params, "method")
-            pen = None
-            if self.penalty is not None:
-                pen_cls = penalty_class(self.penalty)
-                pen = (pen_cls, build_params(pen_cls, self.penalty_params, "penalty"))
-        k = getattr(params, "k", None)
-        if k is not None and k > self.n_latents:
-            raise ConfigError("k", k, f"larger than n_latents={self.n_latents}")
-        if pen is not None:
-            pk = getattr(pen[1], "k", None)
-            if pk is not None and pk > self.n_latents:
-                raise ConfigError("k", pk, f"larger than n_latents={self.n_latents}")
-        elif self.penalty_params:
+            _finite("target_l0", self.target_l0, minimum=0.0, strict=True)
+            _finite("target_l0_warmup", self.target_l0_warmup, minimum=0.0, strict=True)
+            if self.target_l0_warmup > 1:
+                raise ConfigError("target_l0_warmup", self.target_l0_warmup, "must be ≤ 1")
+            if self.target_l0 > self.n_latents:
+                raise ConfigError("target_l0", self.target_l0, f"larger than n_latents={self.n_latents}")
+        if self.penalty is None and self.penalty_params:
             raise ConfigError("penalty", None, f"parameters {sorted(self.penalty_params)} given without --penalty")
-        if pen is not None and method_reads_alpha(self.method):
-            raise ConfigError(
-                "penalty",
-                self.penalty,
-                f"method {self.method!r} weights its own sparsity loss by alpha; it takes no penalty",
-            )
         _finite("alpha", self.alpha, minimum=0.0)
         _choice("normalize", self.normalize, NORMALIZATIONS)
         _choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
@@ -109,60 +80,7 @@ class SAEConfig:
             _finite("lr", self.lr, minimum=0.0, strict=True)
         if self.d_in is not None:
             require_positive_int("d_in", self.d_in)
-        # The built Params are kept, keyed by what they were built from, so the SAE does not build them again.
-        self._built = (self._method_key(), (act_cls, params), pen)
         return self
-
-    def _apply_target_l0(self) -> None:
-        """Check target_l0 against the method; for a method with a k (the TopK family) it sets k."""
-        _finite("target_l0", self.target_l0, minimum=0.0, strict=True)
-        _finite("target_l0_warmup", self.target_l0_warmup, minimum=0.0, strict=True)
-        if self.target_l0_warmup > 1:
-            raise ConfigError("target_l0_warmup", self.target_l0_warmup, "must be ≤ 1")
-        if self.target_l0 > self.n_latents:
-            raise ConfigError("target_l0", self.target_l0, f"larger than n_latents={self.n_latents}")
-        if self.sparsity_knob() is not None:
-            return
-        fields = {f.name for f in dataclasses.fields(activation_class(self.method).Params)}
-        if "k" not in fields:
-            raise ConfigError(
-                "target_l0",
-                self.target_l0,
-                f"method {self.method!r} without a penalty has no coefficient, threshold or k that sets its sparsity",
-            )
-        k = max(1, int(round(self.target_l0)))
-        if self.method_params.get("k", k) != k:
-            raise ConfigError(
-                "k",
-                self.method_params["k"],
-                f"conflicts with target_l0={self.target_l0:g} (which sets k={k}); give one of them",
-            )
-        self.method_params = {**self.method_params, "k": k}
-
-    def sparsity_knob(self):
-        """The SparsityKnob target_l0 adapts: the penalty's alpha, the method's own, or None (k-budgeted methods)."""
-        if self.penalty is not None:
-            return penalty_class(self.penalty).sparsity_knob
-        return activation_class(self.method).sparsity_knob
-
-    def _method_key(self) -> str:
-        return json.dumps(
-            [self.method, self.method_params, self.penalty, self.penalty_params], sort_keys=True, default=str
-        )
-
-    def _resolved(self) -> tuple:
-        built = getattr(self, "_built", None)
-        if built is None or built[0] != self._method_key():
-            self.validate()  # first use, or the method fields changed since the last validation
-        return self._built
-
-    def activation_spec(self) -> tuple[type, Any]:
-        """(Activation class, its validated Params), built once per method setting."""
-        return self._resolved()[1]
-
-    def penalty_spec(self) -> tuple[type, Any] | None:
-        """(Penalty class, its validated Params), or None without a penalty."""
-        return self._resolved()[2]
 
     def default_lr(self) -> float:
         """2e-4 / sqrt(n / 2^14): the scaling paper's 1/sqrt(n) rule anchored at 16k latents."""
@@ -172,18 +90,6 @@ class SAEConfig:
     def effective_lr(self) -> float:
         """The configured learning rate, or the default rule."""
         return self.lr if self.lr is not None else self.default_lr()
-
-    def display_name(self) -> str:
-        """`name`, or one made from the method and its parameters."""
-        if self.name:
-            return self.name
-        parts = [self.method] + [f"{k}{v}" for k, v in sorted(self.method_params.items())]
-        if self.penalty:
-            parts += [self.penalty] + [f"{k}{v}" for k, v in sorted(self.penalty_params.items())]
-            parts.append(f"a{self.alpha:g}")
-        elif method_reads_alpha(self.method):
-            parts.append(f"a{self.alpha:g}")
-        return "-".join(str(p) for p in parts).replace("/", "_")
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
@@ -357,13 +263,12 @@ class RunConfig:
     saes: list[SAEConfig]
 
     def validate(self) -> "RunConfig":
-        """Validate the training config and every SAE; names must be unique."""
+        """Validate the training config and every SAE's plain fields (methods.resolve.resolve_run adds the method checks and names)."""
         self.train.validate()
         if not self.saes:
             raise ConfigError("sae", [], "at least one SAE is required")
         for sae in self.saes:
             sae.validate()
-        check_member_names([s.display_name() for s in self.saes])
         return self
 
     def to_dict(self) -> dict:
@@ -384,3 +289,13 @@ class RunConfig:
         for key in set(data) - {"train", "saes"}:
             raise ConfigError(f"run.{key}", data[key], "unknown key")
         return cls(TrainConfig.from_dict(data["train"]), [SAEConfig.from_dict(s) for s in data["saes"]])
+
+
+# The keys a flat mapping (flags, a TOML table) may give for an SAE beside its method parameters, and for training.
+SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)} - {
+    "method_params",
+    "penalty_params",
+    "d_in",
+    "normalization_factor",
+}
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -17,8 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from saelab.config import TRAIN_FIELDS, SAEConfig, sae_from_flat
+from saelab.config import TRAIN_FIELDS, SAEConfig
 from saelab.errors import ConfigError
+from saelab.methods.mapping import sae_from_flat
+from saelab.methods.resolve import display_name, resolve_sae
 
 SWEEP_ONLY = ("zip", "eval", "sae", "seed")
 
@@ -123,12 +125,12 @@ def plan_sweep(data: dict[str, Any]) -> SweepPlan:
                 named = {"method", "penalty", "alpha", *cfg.method_params, *cfg.penalty_params}
                 shown = {k: v for k, v in varied.items() if k not in named}
             suffix = "_".join(f"{k}{_slug(v)}" for k, v in shown.items())
-            stem = base or cfg.display_name()
+            stem = base or display_name(cfg)
             group = f"{stem}_{suffix}" if suffix else stem
             for seed in seeds:
                 c = copy.deepcopy(cfg)
                 c.name = f"{group}-s{seed}"
-                c.validate()
+                c = resolve_sae(c)
                 saes.append(PlannedSAE(c, int(seed), group, c.name, varied))
     names = [s.name for s in saes]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from saelab.methods.base import SparsityKnob
+from saelab.methods.resolve import sparsity_knob
 
 
 def knob_owner(sae, knob: SparsityKnob):
@@ -13,7 +14,7 @@ def knob_owner(sae, knob: SparsityKnob):
 
 def target_level(sae) -> float | None:
     """The activation level above which the SAE's sparsity knob counts a latent as on, for knobs that measure "l0_level"."""
-    knob = sae.cfg.sparsity_knob()
+    knob = sparsity_knob(sae.cfg)
     if knob is None or knob.measure != "l0_level":
         return None
     return float(knob_owner(sae, knob).active_level())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from saelab.kernels.plan import SparsePlan
 from saelab.methods.base import Activation
+from saelab.methods.resolve import resolve
 
 
 def _defining_class(cls: type, attr: str) -> type:
@@ -17,8 +18,8 @@ def sparse_plan(sae) -> SparsePlan | None:
 
 def sparse_plan_for(cfg) -> SparsePlan | None:
     """The sparse plan an SAE built from `cfg` (an SAEConfig) would train with, without building its weights."""
-    act_cls, act_params = cfg.activation_spec()
-    penalty = cfg.penalty_spec()
+    parts = resolve(cfg)
+    (act_cls, act_params), penalty = parts.activation, parts.penalty
     return _plan(act_cls(act_params, cfg.n_latents), None if penalty is None else penalty[0](penalty[1], cfg.n_latents))
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
 from saelab.methods.base import Activation, Penalty
+from saelab.methods.resolve import resolve, resolve_sae
 from saelab.model.initialization import initial_b_dec, unit_rows
 from saelab.model.normalize import Normalizer
 from saelab.model.site import SiteView
@@ -50,7 +51,7 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         site = cfg.site if isinstance(cfg, SiteView) else None
         cfg = cfg.config if isinstance(cfg, SiteView) else cfg
-        cfg.validate()
+        cfg = resolve_sae(cfg)  # a new config where target_l0 sets k; the caller's is not changed
         if cfg.d_in is None:
             raise ConfigError("d_in", None, "unknown; it is read from the activations")
         self.cfg = SiteView(cfg, site)
@@ -59,10 +60,11 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        act_cls, act_params = cfg.activation_spec()
+        parts = resolve(cfg)
+        act_cls, act_params = parts.activation
         self.activation: Activation = act_cls(act_params, n)
         self.penalty: Penalty | None = None
-        penalty = cfg.penalty_spec()
+        penalty = parts.penalty
         if penalty is not None:
             pen_cls, pen_params = penalty
             self.penalty = pen_cls(pen_params, n)

@@ -39,6 +39,7 @@ import torch
 
 from saelab.methods.base import SparsityKnob
 from saelab.methods.knobs import read_knob, target_level, write_knob
+from saelab.methods.resolve import sparsity_knob
 from saelab.step_output import active_above, active_per_row
 from saelab.util import distributed
 
@@ -82,7 +83,7 @@ class L0Controller:
     def for_member(cls, sae, total_steps: int, eps: float) -> "L0Controller | None":
         """A controller for an SAE whose config asks for target_l0 through a knob (None otherwise)."""
         cfg = sae.cfg
-        knob = cfg.sparsity_knob() if cfg.target_l0 is not None else None
+        knob = sparsity_knob(cfg) if cfg.target_l0 is not None else None
         if knob is None:
             return None
         start = read_knob(sae, knob)

@@ -11,6 +11,7 @@ import torch
 
 from saelab.config import RunConfig, SAEConfig
 from saelab.errors import ConfigError, DataError, SaelabError
+from saelab.methods.resolve import display_name
 from saelab.training.checkpoint import (
     CHECKPOINT_FILE,
     load_checkpoint,
@@ -110,12 +111,12 @@ class CheckpointedRun:
             m.cfg.normalization_factor = saved_cfg.normalization_factor
             if saved_cfg.to_dict() != m.cfg.to_dict():
                 raise ConfigError(
-                    "sae", m.cfg.display_name(), "its config differs from the checkpoint's; resume needs the same run"
+                    "sae", display_name(m.cfg), "its config differs from the checkpoint's; resume needs the same run"
                 )
             for name, value in (saved.get("model") or {}).items():
                 if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     raise DataError(
-                        f"{self.out / CHECKPOINT}: {m.cfg.display_name()}'s {name} holds NaN or infinite values"
+                        f"{self.out / CHECKPOINT}: {display_name(m.cfg)}'s {name} holds NaN or infinite values"
                     )
             self._load_member_tensors(m, saved, state)
         torch.set_rng_state(state["rng"]["torch"])

@@ -26,6 +26,7 @@ from saelab.data.store import ActivationStore, split_rows
 from saelab.data.stream import BatchStream
 from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.formats.folder import SAELAB_CFG
+from saelab.methods.resolve import display_name, resolve_run
 from saelab.training.checkpoint import (
     LEGACY_CHECKPOINT,
     SHARD_CHECKPOINT_DIR,
@@ -82,7 +83,7 @@ class Trainer(CheckpointedRun, FinishedRun):
     """Trains every SAE of a RunConfig on the same batches."""
 
     def __init__(self, run: RunConfig, progress: bool = True, world: distributed.World | None = None):
-        self.run = run.validate()
+        self.run = run = resolve_run(run)  # method fields checked and target_l0's k set before anything trains
         # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
         self.world = world if world is not None else distributed.init_from_env()
         self._check_world(run)
@@ -155,7 +156,7 @@ class Trainer(CheckpointedRun, FinishedRun):
     def _member_dirs(self) -> list[Path]:
         if len(self.run.saes) == 1:
             return [self.out]
-        return [self.out / cfg.display_name() for cfg in self.run.saes]
+        return [self.out / display_name(cfg) for cfg in self.run.saes]
 
     def _init_sample(self) -> torch.Tensor:
         lo, hi = self.split.train
@@ -173,7 +174,7 @@ class Trainer(CheckpointedRun, FinishedRun):
                 raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
             cfg.d_in = self.store.d_in
             # Seeded by name, not position, so an SAE trained inside a sweep equals one trained alone.
-            init_seed = zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode())
+            init_seed = zlib.crc32(f"{t.seed}:{display_name(cfg)}".encode())
             members.append(build_member(cfg, t, sample, init_seed, out))
         return members
 
@@ -336,7 +337,7 @@ class Trainer(CheckpointedRun, FinishedRun):
                     for m, rec, log in zip(members, records, logs):
                         if not math.isfinite(rec["loss"]):
                             raise DataError(
-                                f"{m.cfg.display_name()}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data"
+                                f"{display_name(m.cfg)}: loss became {rec['loss']} at step {done}; lower the learning rate or check the data"
                             )
                         log.write(dumps_json(rec) + "\n")
                         log.flush()
@@ -378,7 +379,7 @@ class Trainer(CheckpointedRun, FinishedRun):
 
     def _swap_in(self, members: list[Member]) -> None:
         """--overwrite: the complete new run (in the staging folder) replaces the old one; the members point at their final folders."""
-        names = [cfg.display_name() for cfg in self.run.saes] if len(self.run.saes) > 1 else []
+        names = [display_name(cfg) for cfg in self.run.saes] if len(self.run.saes) > 1 else []
         final, staged = self._final_out, self.out
         # From here the new run is complete: a swap cut short is finished by the next run into the folder, never undone.
         self.out, self._final_out = final, None
@@ -414,7 +415,7 @@ class Trainer(CheckpointedRun, FinishedRun):
             return RunLoggers()
         targets = [
             (
-                LogTarget(m.cfg.display_name(), self.out.resolve().name, m.out),
+                LogTarget(display_name(m.cfg), self.out.resolve().name, m.out),
                 {"train": t.to_dict(), "sae": m.cfg.to_dict()},
             )
             for m in members

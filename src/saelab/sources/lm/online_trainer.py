@@ -18,6 +18,7 @@ import torch
 from saelab.config import RunConfig, SAEConfig
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
+from saelab.methods.resolve import display_name, resolve_run
 from saelab.sources.base import with_site
 from saelab.sources.lm.model import LanguageModel, LMSpec, load_lm
 from saelab.sources.lm.site import lm_site
@@ -48,7 +49,7 @@ def expand_saes(
     out, index = [], []
     for cfg, i in pairs:
         c = copy.deepcopy(cfg)
-        c.name = hook_name(sites[i]) if per_site[i] == 1 else f"{hook_name(sites[i])}.{cfg.display_name()}"
+        c.name = hook_name(sites[i]) if per_site[i] == 1 else f"{hook_name(sites[i])}.{display_name(cfg)}"
         out.append(c)
         index.append(i)
     return out, index
@@ -74,7 +75,7 @@ class OnlineTrainer(Trainer):
         lm: LanguageModel | None = None,
         overlap: bool = False,
     ):
-        self.run = run.validate()
+        self.run = run = resolve_run(run)
         self.online = online.validate()
         if len(site_index) != len(run.saes):
             raise ConfigError("sae", len(run.saes), f"{len(site_index)} site indices given")
@@ -140,7 +141,7 @@ class OnlineTrainer(Trainer):
         dirs = []
         for cfg, i in zip(self.run.saes, self.site_index):
             hook = hook_name(self.online.sites[i])
-            dirs.append(self.out / hook / cfg.display_name()[len(hook) + 1 :] if many[i] else self.out / hook)
+            dirs.append(self.out / hook / display_name(cfg)[len(hook) + 1 :] if many[i] else self.out / hook)
         return dirs
 
     def _build_members(self) -> list[Member]:
@@ -155,7 +156,7 @@ class OnlineTrainer(Trainer):
                 sample = torch.randn(256, cfg.d_in, generator=torch.Generator().manual_seed(0))
             else:
                 sample = self.stream.first_rows(i, INIT_SAMPLE_ROWS)  # normalization is estimated on the first buffer
-            init_seed = zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode())
+            init_seed = zlib.crc32(f"{t.seed}:{display_name(cfg)}".encode())
             m = build_member(cfg, t, sample, init_seed, out)
             members.append(m)
         self._site_of = {id(m): i for m, i in zip(members, self.site_index)}

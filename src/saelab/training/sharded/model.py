@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
 from saelab.kernels.plan import SparsePlan
+from saelab.methods.resolve import resolve, resolve_sae
 from saelab.model.initialization import initial_b_dec, unit_rows
 from saelab.model.normalize import Normalizer
 from saelab.model.sae import SparseAutoencoder, centered_linear
@@ -64,7 +65,7 @@ def selection_plan(cfg: SAEConfig) -> SparsePlan | None:
     That is a plain per-row top-k or batch top-k·B of ReLU'd pre-activations: no extra decodes
     (Multi-TopK, Matryoshka) and no ragged positive set (ReLU).
     """
-    act_cls, act_params = cfg.activation_spec()
+    act_cls, act_params = resolve(cfg).activation
     plan = act_cls(act_params, cfg.n_latents).train(True).sparse_plan()
     if plan is None or plan.positive or plan.extra_multiple is not None or plan.prefixes:
         return None
@@ -101,7 +102,7 @@ class ShardedSAE(nn.Module):
 
     def __init__(self, cfg: SAEConfig, world: World, data: World | None = None):
         super().__init__()
-        cfg.validate()
+        cfg = resolve_sae(cfg)
         check_shardable(cfg, world)
         # world: the ranks that split the latents (the same rows); data: the replicas of this shard
         # that train on the other slices of each batch (a 2-D grid; one process when not).
@@ -113,7 +114,7 @@ class ShardedSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_local))
         self.W_dec = nn.Parameter(torch.zeros(n_local, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        act_cls, act_params = cfg.activation_spec()
+        act_cls, act_params = resolve(cfg).activation
         self.activation = act_cls(act_params, cfg.n_latents)  # holds k and BatchTopK's replicated threshold
         self.plan = selection_plan(cfg)
         self.normalizer = Normalizer(cfg.normalize, cfg.normalization_factor)

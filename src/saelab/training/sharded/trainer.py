@@ -30,6 +30,7 @@ import torch
 
 from saelab.config import RunConfig
 from saelab.errors import ConfigError, DataError
+from saelab.methods.resolve import display_name
 from saelab.training.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from saelab.training.member import Member
 from saelab.training.schedule import lr_factor
@@ -87,7 +88,7 @@ class ShardedTrainer(Trainer):
             raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
         cfg.d_in = self.store.d_in
         shard = ShardedSAE(cfg, self.latent, self.data)  # holds cfg itself: the normalizer's fitted factor lands in it
-        shard.initialize_from_data(self._init_sample(), zlib.crc32(f"{t.seed}:{cfg.display_name()}".encode()))
+        shard.initialize_from_data(self._init_sample(), zlib.crc32(f"{t.seed}:{display_name(cfg)}".encode()))
         shard.to(t.device).train()
         sm = sharded_member(shard, t)
         return [Member(cfg, shard, sm.optimizer, sm.tracker, self._member_dirs()[0], cfg.effective_lr)]

@@ -1,4 +1,4 @@
-"""Configs from flags and files: flat keys split between a method and its penalty, TOML tables, run.json."""
+"""Configs from flags and files: flat keys split between a method and its penalty, TOML tables, run.json, resolved at this edge."""
 
 from __future__ import annotations
 
@@ -6,20 +6,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from saelab.config.fields import SAE_NEEDS, TRAIN_NEEDS, _check_no_effect, method_reads_alpha
-from saelab.config.values import RunConfig, SAEConfig, TrainConfig
+from saelab.config.fields import SAE_NEEDS, TRAIN_NEEDS, _check_no_effect
+from saelab.config.values import SAE_FIELDS, TRAIN_FIELDS, RunConfig, SAEConfig, TrainConfig
 from saelab.errors import ConfigError
-from saelab.methods import activation_class, penalty_class
+from saelab.methods.registry import activation_class, penalty_class
+from saelab.methods.resolve import method_reads_alpha, resolve_run
 from saelab.util.config_files import read_config
 from saelab.util.typecheck import build, check_fields
-
-SAE_FIELDS = {f.name for f in dataclasses.fields(SAEConfig)} - {
-    "method_params",
-    "penalty_params",
-    "d_in",
-    "normalization_factor",
-}
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def split_method_params(method: str, penalty: str | None, flat: dict[str, Any]) -> tuple[dict, dict]:
@@ -77,11 +70,11 @@ def load_toml(path: str | Path, out: str | None = None) -> RunConfig:
 
 
 def run_from_mapping(data: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from a TOML-shaped mapping, or from the {train, saes} record a run writes as run.json."""
+    """A resolved RunConfig from a TOML-shaped mapping, or from the {train, saes} record a run writes as run.json."""
     if not isinstance(data, dict):
         raise ConfigError("config", type(data).__name__, "must be a table of settings")
     if "train" in data and "saes" in data:
-        return RunConfig.from_dict(data).validate()
+        return resolve_run(RunConfig.from_dict(data))
     data = dict(data)
     sae_tables = data.pop("sae", None)
     train_keys = {k: data.pop(k) for k in list(data) if k in TRAIN_FIELDS}
@@ -95,4 +88,4 @@ def run_from_mapping(data: dict[str, Any]) -> RunConfig:
     train = build(TrainConfig, train_keys)
     _check_no_effect(train, TRAIN_NEEDS, train_keys)
     saes = [sae_from_flat({**shared, **table}) for table in sae_tables]
-    return RunConfig(train, saes).validate()
+    return resolve_run(RunConfig(train, saes))
