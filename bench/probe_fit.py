@@ -1,4 +1,4 @@
-"""The 1-d probe fit, today's against the previous one (tests/test_features_probe1d.py::_plain_fit), side by side.
+"""The 1-d probe fit, today's against the previous one (tests/features/test_features_probe1d.py::_plain_fit), side by side.
 
     .venv/bin/python bench/probe_fit.py --latents 512 --games 300 --tasks 6
 

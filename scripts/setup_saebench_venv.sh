@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Add SAEBench and EleutherAI sparsify to the SAELens venv (scripts/setup_saelens_venv.sh), for the
-# compat tests tests/test_saebench_compat.py and tests/test_sparsify_compat.py.
+# compat tests tests/compat/test_saebench_compat.py and tests/compat/test_sparsify_compat.py.
 #
 #   bash scripts/setup_saebench_venv.sh           # -> <repo>/.venv-saelens (built first if missing)
 #

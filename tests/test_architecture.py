@@ -425,3 +425,10 @@ def test_evaluate_rejects_bad_data_with_one_line_errors():
         saelab.evaluate(sae, np.zeros(4, np.float32))
     with pytest.raises(SaelabError, match="no held-out rows"):
         saelab.evaluate(sae, np.zeros((5, 4), np.float32), rows="held-out")
+
+
+def test_tests_mirror_the_package():
+    tests = Path(__file__).resolve().parent
+    folders = {p.parent.relative_to(tests).as_posix() for p in tests.rglob("test_*.py")} - {"."}
+    # compat/: checks against other libraries (SAELens, SAEBench, sparsify), not a part of saelab
+    assert {f for f in folders if f != "compat" and not (PACKAGE / f).is_dir()} == set()

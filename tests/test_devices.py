@@ -52,7 +52,7 @@ def test_bfloat16_forward_computes_in_bfloat16_with_float32_weights(toy_dir):
     with devices.autocast("cpu", "bfloat16"):
         assert uses_sparse_kernel(
             sae
-        )  # the kernels read autocast's dtype (tests/test_kernels.py checks them in bfloat16)
+        )  # the kernels read autocast's dtype (tests/kernels/test_kernels.py checks them in bfloat16)
         mixed = compute_step(sae, x, 0.0, None)
     mixed.total.backward()
     diff = (mixed.x_hat - exact.x_hat).abs().max().item()

@@ -91,7 +91,7 @@ class DimensionReduction(Activation):
     S_j / b_j iteration, as the report trained with; `support="exact"` solves the definition itself.
     The report states the two agree under its constraints on a_k; they agree whenever a_k / c_k
     (c_k: sum of the k largest entries) has a single local minimum in k, but the iteration can stop
-    at a larger local minimum otherwise (tests/test_methods.py shows such an input).
+    at a larger local minimum otherwise (tests/methods/test_methods.py shows such an input).
     """
 
     description = "leaky code on an input-dependent support S_x (report appendix; a_k from p or a p_k schedule)"

@@ -25,7 +25,7 @@ n for the joint fit), so every point at one size goes or stays together:
   Jacobian of log y, so extrapolation's own uncertainty counts), beyond the two-sided Student-t
   quantile at AUTO_ALPHA divided by the number of tests (Bonferroni); a misfit below 1e-4 in log is
   rounding, never off trend. On exact power laws with log-normal noise the chance that any size goes
-  is then at most about AUTO_ALPHA (tests/test_scaling_fit.py simulates it at the project's noise
+  is then at most about AUTO_ALPHA (tests/experiments/test_scaling_fit.py simulates it at the project's noise
   levels); the earlier rule (drop while the RMS residual exceeds 3x the rest's) dropped on-trend sizes
   in 38-65% of such fits;
 * the default ``exclude=0`` keeps every point.

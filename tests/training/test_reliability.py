@@ -36,7 +36,7 @@ from saelab.training.checkpoint import load_checkpoint, save_checkpoint
 from saelab.training.run_lock import LOCK_FILE
 from saelab.training.trainer import Trainer
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "saelab"
+SRC = Path(__file__).resolve().parents[2] / "src" / "saelab"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 import saelab
 from saelab.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPAT_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 HAS_SPARSIFY = any(ROOT.glob(".venv-saelens/lib/python*/site-packages/sparsify/sparse_coder.py"))
 

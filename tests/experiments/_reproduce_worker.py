@@ -1,4 +1,4 @@
-"""The torchrun side of tests/test_reproduce_spread.py: `torchrun --nproc-per-node 2 _reproduce_worker.py NAME OUT`.
+"""The torchrun side of tests/experiments/test_reproduce_spread.py: `torchrun --nproc-per-node 2 _reproduce_worker.py NAME OUT`.
 
 Runs one paper's reproduction at the tiny budget below; under torchrun its sweeps are spread over the ranks.
 """

@@ -17,7 +17,7 @@ import pytest
 
 import saelab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPAT_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 HAS_SAEBENCH = any(ROOT.glob(".venv-saelens/lib/python*/site-packages/sae_bench/evals/core/main.py"))
 SCRIPT = ROOT / "scripts" / "saebench_tiny.py"

@@ -12,7 +12,7 @@ import saelab
 from saelab.config import RunConfig, SAEConfig, TrainConfig
 from saelab.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 
 pytestmark = pytest.mark.compat

@@ -58,7 +58,7 @@ def holder(folder: Path) -> subprocess.Popen:
         [sys.executable, "-c", code, str(folder)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
     )
     assert p.stdout.readline().strip() == "held"
     return p

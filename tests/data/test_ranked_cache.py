@@ -1,7 +1,7 @@
 """RankedCacheWriter: 2 gloo ranks writing one cache hold the one-process writer's rows, cursor and row count.
 
 Synthetic batches of uneven size (as an outlier screen leaves them) stand in for the LM, so the
-lock-step bookkeeping is tested in seconds; tests/test_distributed_harvest.py runs the real
+lock-step bookkeeping is tested in seconds; tests/sources/lm/test_distributed_harvest.py runs the real
 harvest under torchrun (slow).
 """
 

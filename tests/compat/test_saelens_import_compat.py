@@ -10,7 +10,7 @@ import torch
 
 import saelab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 
 pytestmark = [

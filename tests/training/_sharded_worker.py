@@ -1,4 +1,4 @@
-"""The 2-rank side of tests/test_sharded.py: `torchrun --nproc-per-node 2 _sharded_worker.py OUT.safetensors FOLDER`.
+"""The 2-rank side of tests/training/test_sharded.py: `torchrun --nproc-per-node 2 _sharded_worker.py OUT.safetensors FOLDER`.
 
 Each rank trains its latent shard of the same SAE on the same batches; rank 0 writes what the
 one-process reference is compared with. `build_case` is shared with the test, so both start equal.

@@ -2,7 +2,7 @@
 
 The init draws latents in blocks (not per rank), so a run on N ranks starts from the weights of a
 run on 1 rank; they then differ only by float rounding of the split sums (the same 1e-5 bound as
-tests/test_distributed.py, measured here ≈ 4e-7). A checkpoint written by 2 ranks resumes on 1 and
+tests/training/test_distributed.py, measured here ≈ 4e-7). A checkpoint written by 2 ranks resumes on 1 and
 one written by 1 resumes on 2, re-slicing weights, Adam moments and dead-latent counters. On a
 grid of 4 ranks (2 data-parallel replicas × 2 latent shards) BatchTopK with AuxK — whose threshold
 spans every row and latent of the global batch — trains the 1-rank weights too (measured 5.1e-7).
