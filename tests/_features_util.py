@@ -27,7 +27,7 @@ def one_thread():
 
 def tiny_model_dir(root: Path, arch: str = "gpt2") -> str:
     """A tiny random causal LM (test_lm_model's shapes) and its word-level tokenizer, saved under root/arch."""
-    from test_lm_model import _configs, _tokenizer
+    from _lm_util import _configs, _tokenizer
 
     tok = _tokenizer()
     cls_name, cfg = _configs(len(tok))[arch]
@@ -42,7 +42,7 @@ def tiny_model_dir(root: Path, arch: str = "gpt2") -> str:
 
 def text_file(root: Path, lines: int = 200, seed: int = 0, words=None) -> str:
     """Random sentences over test_lm_model's word list, one per line."""
-    from test_lm_model import WORDS
+    from _lm_util import WORDS
 
     rng = np.random.default_rng(seed)
     path = root / "corpus.txt"

@@ -6,33 +6,16 @@ promoted tokens and (OthelloGPT) 8x8 board AUROC maps. Works offline from file:/
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from saelab.features.examples import ExamplesResult
 from saelab.util.atomic import atomic_write_text, dumps_json
+from saelab.util.templates import asset, environment
 
 EXAMPLES_JSON = "examples.json"
 DASHBOARD_HTML = "dashboard.html"
-
-
-@cache
-def _environment() -> Environment:
-    return Environment(
-        loader=PackageLoader("saelab.features", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-    )
-
-
-def _asset(name: str) -> Markup:
-    """A file of the page's own CSS or script, inserted unescaped."""
-    env = _environment()
-    return Markup(env.loader.get_source(env, name)[0])
 
 
 def _index_item(latent: dict, tokens: dict) -> dict:
@@ -53,19 +36,16 @@ def render_dashboard(data: dict, title: str = "Latent dashboard") -> str:
     src = data.get("source", {})
     meta = f"{len(data['latents'])} latents · {data['rows_scanned']} rows of {src.get('activations')} · SAE {src.get('sae', '?')}"
     # "</" inside the JSON would end the script element early; "<\/" parses to the same string.
-    payload = Markup(json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/"))
-    return (
-        _environment()
-        .get_template("dashboard.html.j2")
-        .render(
-            title=title,
-            meta=meta,
-            items=[_index_item(l, data["tokens"]) for l in data["latents"]],
-            examples_json=EXAMPLES_JSON,
-            payload=payload,
-            css=_asset("dashboard.css"),
-            js=_asset("dashboard.js"),
-        )
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    page = environment("saelab.features").get_template("dashboard.html.j2")
+    return page.render(
+        title=title,
+        meta=meta,
+        items=[_index_item(l, data["tokens"]) for l in data["latents"]],
+        examples_json=EXAMPLES_JSON,
+        payload=Markup(payload),
+        css=asset("saelab.features", "dashboard.css"),
+        js=asset("saelab.features", "dashboard.js"),
     )
 
 

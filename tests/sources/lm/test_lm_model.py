@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from _lm_util import WORDS, _configs, _tokenizer  # noqa: E402,F401 (shared with the features tests)
 
 from saelab.commands import lm as lm_cli  # noqa: E402
 from saelab.errors import DataError, SaelabError  # noqa: E402
@@ -19,36 +19,7 @@ from saelab.sources.lm import model as hf  # noqa: E402
 from saelab.sources.lm.downstream import evaluate_downstream  # noqa: E402
 from saelab.sources.lm.text import TextConfig, iter_batches  # noqa: E402
 
-WORDS = ("the a cat dog sat ran on under mat log and then it was big small red blue "
-         "house tree bird sang loud soft day night").split()  # fmt: skip
 CTX = 16
-
-
-def _tokenizer():
-    vocab = {w: i for i, w in enumerate(["[UNK]", "<s>", "</s>", *WORDS])}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="[UNK]"
-    )
-
-
-def _configs(vocab):
-    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2)
-    cfgs = {
-        "gpt2": ("GPT2LMHeadModel", transformers.GPT2Config(n_layer=3, n_embd=32, n_head=2, n_positions=64, **common)),
-        "neox": ("GPTNeoXForCausalLM", transformers.GPTNeoXConfig(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=64, **common)),
-        "llama": ("LlamaForCausalLM", transformers.LlamaConfig(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
-            intermediate_size=64, max_position_embeddings=64, **common)),
-    }  # fmt: skip
-    if hasattr(transformers, "Gemma2Config"):
-        cfgs["gemma2"] = ("Gemma2ForCausalLM", transformers.Gemma2Config(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-            intermediate_size=64, max_position_embeddings=64, **common))  # fmt: skip
-    return cfgs
 
 
 @pytest.fixture(scope="module")
