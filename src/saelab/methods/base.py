@@ -114,7 +114,7 @@ class Activation(nn.Module):
     # activation_fn_kwargs); formats.foreign reads such a folder as this method.
     saelens_activation_fn: ClassVar[str | None] = None
     # Inference keeps each pre-activation above one threshold shared by every latent, estimated in training
-    # (BatchTopK): evals then set the training rule (batch top-k) beside it, as `saelab eval --k-sweep` does.
+    # (BatchTopK): `saelab eval --k-sweep` then measures the training rule (batch top-k) beside it.
     has_global_threshold: ClassVar[bool] = False
 
     def __init__(self, params: Params, n_latents: int):
