@@ -256,6 +256,70 @@ def test_python_dash_m_saelab_works_like_the_script():
     assert any(m["name"] == "topk" for m in __import__("json").loads(out.stdout))
 
 
+# ---- method names live in methods/ ---------------------------------------------------------------
+
+# Where a registered method or penalty name may stand as a string outside methods/: path (a file, or a folder
+# ending in "/") → (the names allowed there, None for any; why).
+METHOD_NAME_EXEMPT = {
+    "experiments/reproduce/": (None, "experiment definitions: which methods each paper compares"),
+    "demo.py": (None, "the demo's definition: which methods it trains"),
+    "evals/k_sweep.py": ({"topk"}, "the per-token mode's label in the k-sweep JSON (an interface), not a method"),
+    "config/values.py": ({"relu"}, "SAEConfig's default method: plain schema data, below methods/ in the floors"),
+}
+
+
+def _method_name_strings(path: Path, names) -> list[tuple[int, str]]:
+    """(line, name) of every string constant in `path` that is exactly one of `names`."""
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+    ]
+
+
+def _method_names_outside_methods(package: Path, names, exempt) -> list[str]:
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("methods/"):
+            continue
+        keys = [key for key in exempt if rel == key or (key.endswith("/") and rel.startswith(key))]
+        allowed = exempt[keys[0]][0] if keys else set()
+        bad += [
+            f"{rel}:{line} {name!r}"
+            for line, name in _method_name_strings(path, names)
+            if allowed is not None and name not in allowed
+        ]
+    return bad
+
+
+def test_no_method_name_outside_methods():
+    """Which method a folder holds, which has a global threshold, the API's default: methods/ says (issue 33).
+    An exemption whose files exist but hold none of its names fails too, so the list stays what it claims."""
+    from saelab.methods.registry import ACTIVATIONS, PENALTIES
+
+    names = set(ACTIVATIONS) | set(PENALTIES)
+    assert _method_names_outside_methods(PACKAGE, names, METHOD_NAME_EXEMPT) == []
+    for key, (allowed, _) in METHOD_NAME_EXEMPT.items():
+        files = sorted(PACKAGE.glob(key + "**/*.py")) if key.endswith("/") else [PACKAGE / key]
+        held = {n for f in files if f.exists() for _, n in _method_name_strings(f, names)}
+        assert not any(f.exists() for f in files) or held & (allowed or names), f"exemption {key} is no longer needed"
+
+
+def test_the_method_name_scan_finds_a_planted_name(tmp_path):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "topk.py").write_text('NAME = "topk"\n')
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "x.py").write_text('"""topk docs."""\n\ndef f(m):\n    return m == "topk" or {"l1": 1}\n')
+    (tmp_path / "demo.py").write_text('METHODS = ("topk", "l1")\n')
+    exempt = {"demo.py": ({"topk"}, "planted")}
+    assert _method_names_outside_methods(tmp_path, {"topk", "l1"}, exempt) == [
+        "demo.py:1 'l1'",
+        "evals/x.py:4 'topk'",
+        "evals/x.py:4 'l1'",
+    ]
+
+
 # ---- a new TopK-family method is one file plus one registration ---------------------------------
 
 

@@ -16,6 +16,7 @@ from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
 from saelab.methods import activation_class, penalty_class
 from saelab.methods.mapping import run_from_mapping
+from saelab.methods.topk import TopK
 from saelab.training.factory import make_trainer
 from saelab.util.atomic import atomic_write
 
@@ -77,7 +78,7 @@ def _activations_path(activations, scratch: Path) -> str:
 
 def train(
     activations,
-    method: str = "topk",
+    method: str = TopK.name,
     k: int = DEFAULT_K,
     n_latents: int = 4096,
     out=None,

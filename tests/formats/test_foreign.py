@@ -182,3 +182,19 @@ def test_eval_command_on_foreign_folders(tmp_path):
         result = json.loads(out)
         assert result["rows"] == "all" and result["l0"] <= 4
     error_line(cli("eval", "--sae", tmp_path, "--activations", tmp_path / "x.npy"))  # neither format: one line
+
+
+def test_each_saelens_architecture_saelab_writes_is_read_by_one_method():
+    """Every name an activation exports under reads back through exactly one class; Multi-TopK's "topk" as TopK."""
+    from saelab.methods import ACTIVATIONS
+    from saelab.methods.multi_topk import MultiTopK
+    from saelab.methods.registry import SAELENS_READERS, reads_saelens, saelens_reader, sparsify_reader
+    from saelab.methods.topk import TopK
+
+    exported = {cls.saelens_name for cls in ACTIVATIONS.values() if cls.saelens_name is not None}
+    assert exported <= set(SAELENS_READERS) and saelens_reader("topk") is TopK
+    assert saelens_reader("standard", "topk") is TopK  # SAELens 5's layout of a TopK SAE
+    assert sparsify_reader({"k": 4}) is TopK and sparsify_reader({"k": 4, "multi_topk": True}) is MultiTopK
+    assert sparsify_reader({"activation": "groupmax"}) is None and saelens_reader("matching_pursuit") is None
+    with pytest.raises(ValueError, match="read by two classes"):
+        reads_saelens(MultiTopK)

@@ -27,7 +27,9 @@ from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import as_sae, as_store, resolve_rows
 from saelab.evals.reconstruction import EPS_L0
 from saelab.methods import activations_with_param
-from saelab.methods.batchtopk import BatchTopK
+
+# The per-token mode's label in every point (a JSON interface); it reads like the method's name, and is kept.
+PER_TOKEN = "topk"
 
 
 @dataclass
@@ -111,13 +113,13 @@ def require_k(module, given) -> None:
 def _encoders(module, ks: Sequence[int]) -> list[tuple[int, str, Callable[[Tensor, Tensor], Tensor]]]:
     """(k, mode, code(pre, the SAE's own code)) per point."""
     act = module.activation
-    if isinstance(act, BatchTopK):  # Matryoshka BatchTopK too: a global threshold at inference
+    if act.has_global_threshold:  # BatchTopK, Matryoshka BatchTopK: one threshold at inference, set in training
         points = [(act.params.k, "threshold", lambda pre, thr: thr)]
         batch_ks = list(dict.fromkeys([act.params.k, *ks]))
         points += [(k, "batch_topk", lambda pre, thr, k=k: batch_topk_code(pre, k * pre.shape[0])) for k in batch_ks]
         return points
     clones = [(k, act.with_params(k=k).eval()) for k in ks]
-    return [(k, "topk", lambda pre, thr, a=a: a(pre)) for k, a in clones]
+    return [(k, PER_TOKEN, lambda pre, thr, a=a: a(pre)) for k, a in clones]
 
 
 @torch.no_grad()

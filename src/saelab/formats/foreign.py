@@ -1,10 +1,11 @@
 """SAE folders written by SAELens or EleutherAI sparsify, rebuilt as saelab SparseAutoencoders.
 
-Both libraries' inference maps are saelab's for the architectures read here (standard = ReLU,
-topk, jumprelu, batchtopk, gated; sparsify's TopK), so the weights are copied as they are, except where a
-library option has an exact algebraic equivalent that is folded into them (SAELens's
-`apply_b_dec_to_input=False` and `rescale_acts_by_decoder_norm`). Anything else is refused with a
-DataError that names the option, never loaded approximately.
+Both libraries' inference maps are saelab's for the architectures read here, so the weights are
+copied as they are, except where a library option has an exact algebraic equivalent that is folded
+into them (SAELens's `apply_b_dec_to_input=False` here, a method's own options in its `from_saelens`).
+Which method a folder holds, and its own tensors, the methods say (methods.registry's readers): this
+module knows the files. Anything else is refused with a DataError that names the option, never
+loaded approximately.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
 from saelab.errors import ConfigError, DataError
+from saelab.methods.registry import saelens_architectures, saelens_reader, sparsify_reader
 from saelab.model.sae import SparseAutoencoder
 from saelab.model.site import ModelSite
 
@@ -147,8 +149,38 @@ def _int(cfg: dict, key: str, path: Path) -> int:
 # ---- SAELens ----------------------------------------------------------------------------------
 
 
+@dataclass
+class _SAELensFolder:
+    """methods.base.SAELensFolder: what a method's `from_saelens` reads, with errors naming the file."""
+
+    cfg: dict
+    n_latents: int
+    weights: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]
+    cfg_path: Path
+    w_path: Path
+
+    @property
+    def tensor_names(self) -> set[str]:
+        """Every tensor the weights file holds."""
+        return set(self.tensors)
+
+    def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Tensor `name` as float32, of `shape` when given."""
+        value = _need(self.tensors, name, self.w_path)
+        return value if shape is None else _shaped(value, name, shape, self.w_path)
+
+    def shaped(self, tensor: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """`tensor` when it has `shape`."""
+        return _shaped(tensor, name, shape, self.w_path)
+
+    def integer(self, key: str) -> int:
+        """cfg[key] as an integer ≥ 1."""
+        return _int(self.cfg, key, self.cfg_path)
+
+
 def read_saelens(folder: str | Path) -> Imported:
-    """A SAELens folder: architecture standard / topk / batchtopk / jumprelu / gated (SAELens 6, or 5's flat cfg)."""
+    """A SAELens folder of an architecture some method reads (methods.saelens_reader; SAELens 6, or 5's flat cfg)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / SAELENS_WEIGHTS
     cfg = _read_json(cfg_path)
@@ -160,49 +192,33 @@ def read_saelens(folder: str | Path) -> Imported:
             f"{cfg_path}: normalize_activations={norm!r} is not supported (saelab reads {', '.join(IDENTITY_NORMALIZATIONS)})"
         )
     d_in, n = _int(cfg, "d_in", cfg_path), _int(cfg, "d_sae", cfg_path)
-    # A gated SAE's gate bias plays saelab's b_enc (see methods/gated.py).
-    W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, "b_gate" if arch == "gated" else "b_enc", w_path)
+    # SAELens 5 saved some methods (TopK) as architecture "standard" with their activation_fn, k in its kwargs.
+    legacy_fn = cfg.get("activation_fn_str", cfg.get("activation_fn")) if arch == "standard" else None
+    cls = saelens_reader(arch, legacy_fn)
+    if cls is not None and cls.saelens_name != arch:
+        arch, cfg = cls.saelens_name, {**cfg, "k": (cfg.get("activation_fn_kwargs") or {}).get("k")}
+    bias = cls.saelens_encoder_bias if cls is not None else "b_enc"  # a gated SAE's b_gate plays saelab's b_enc
+    W_enc, b_enc = _need(tensors, "W_enc", w_path), _need(tensors, bias, w_path)
     W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
-    _shaped(W_enc, "W_enc", (d_in, n), w_path), _shaped(b_enc, "b_gate" if arch == "gated" else "b_enc", (n,), w_path)
+    _shaped(W_enc, "W_enc", (d_in, n), w_path), _shaped(b_enc, bias, (n,), w_path)
     _shaped(W_dec, "W_dec", (n, d_in), w_path), _shaped(b_dec, "b_dec", (d_in,), w_path)
-    # SAELens 5 wrote TopK as architecture "standard" with activation_fn "topk".
-    if arch == "standard" and cfg.get("activation_fn_str", cfg.get("activation_fn")) == "topk":
-        arch, cfg = "topk", {**cfg, "k": (cfg.get("activation_fn_kwargs") or {}).get("k")}
-    extra: dict[str, torch.Tensor] = {}
-    if arch == "standard":
-        method, params = "relu", {}
-    elif arch == "topk":
-        method, params = "topk", {"k": _int(cfg, "k", cfg_path)}
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            # SAELens ranks pre·‖W_dec row‖ and decodes with unit rows: the same map as these weights.
-            norms = W_dec.norm(dim=-1)
-            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms.clamp_min(1e-12).unsqueeze(1)
-    elif arch == "batchtopk":  # a SAELens training save: TopK at k per sample until a threshold is estimated
-        method, params = "batchtopk", {"k": _int(cfg, "k", cfg_path)}
-        if "topk_threshold" in tensors:
-            extra["threshold"] = _shaped(tensors["topk_threshold"].float().reshape(-1), "topk_threshold", (1,), w_path)
-    elif arch == "jumprelu":
-        method, params = "jumprelu", {}
-        extra["threshold"] = _shaped(_need(tensors, "threshold", w_path), "threshold", (n,), w_path)
-    elif arch == "gated":
-        method, params = "gated", {}
-        extra["r_mag"] = _shaped(_need(tensors, "r_mag", w_path), "r_mag", (n,), w_path)
-        extra["b_mag"] = _shaped(_need(tensors, "b_mag", w_path), "b_mag", (n,), w_path)
-    else:
+    if cls is None:
         raise DataError(
-            f"{cfg_path}: architecture={arch!r} is not supported (saelab reads standard, topk, batchtopk, jumprelu, gated)"
+            f"{cfg_path}: architecture={arch!r} is not supported (saelab reads {', '.join(saelens_architectures())})"
         )
+    weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    params, extra = cls.from_saelens(_SAELensFolder(cfg, n, weights, tensors, cfg_path, w_path))
+    W_enc, b_enc, W_dec = weights["W_enc"], weights["b_enc"], weights["W_dec"]
     if not cfg.get("apply_b_dec_to_input", True):
         # SAELens encodes x·W_enc + b_enc; saelab (x − b_dec)·W_enc + b_enc', so b_enc' = b_enc + b_dec·W_enc.
         shift = b_dec @ W_enc
         b_enc = b_enc + shift
-        if arch == "gated":  # the magnitude path sees the same shift through exp(r_mag)
-            extra["b_mag"] = extra["b_mag"] + extra["r_mag"].exp() * shift
+        extra = cls.shift_saelens_input(extra, shift)
     meta = (
         cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else cfg
     )  # SAELens 5 kept these at the top level
     sae_cfg = SAEConfig(
-        n_latents=n, method=method, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None
+        n_latents=n, method=cls.name, method_params=params, d_in=d_in, decoder_unit_norm=False, name=folder.name or None
     )
     try:
         site = ModelSite.from_metadata(meta)
@@ -226,8 +242,11 @@ def read_sparsify(folder: str | Path) -> Imported:
     ):
         if cfg.get(option):
             raise DataError(f"{cfg_path}: {option}=true is not supported ({why})")
-    if cfg.get("activation", "topk") != "topk":
-        raise DataError(f"{cfg_path}: activation={cfg.get('activation')!r} is not supported (saelab reads topk)")
+    cls = sparsify_reader(cfg)
+    if cls is None:
+        raise DataError(
+            f"{cfg_path}: activation={cfg.get('activation')!r} is not supported (saelab reads sparsify's top-k SAEs)"
+        )
     enc_w, enc_b = _need(tensors, "encoder.weight", w_path), _need(tensors, "encoder.bias", w_path)
     W_dec, b_dec = _need(tensors, "W_dec", w_path), _need(tensors, "b_dec", w_path)
     if enc_w.ndim != 2:
@@ -241,10 +260,13 @@ def read_sparsify(folder: str | Path) -> Imported:
     if "d_in" in cfg and cfg["d_in"] != d_in:
         raise DataError(f"{cfg_path}: d_in={cfg['d_in']!r}, but encoder.weight has shape {tuple(enc_w.shape)}")
     k = _int(cfg, "k", cfg_path)
-    # Multi-TopK was trained with a second loss at 4k; its inference is TopK at k, as saelab's multi_topk.
-    method = "multi_topk" if cfg.get("multi_topk") else "topk"
     sae_cfg = SAEConfig(
-        n_latents=n, method=method, method_params={"k": k}, d_in=d_in, decoder_unit_norm=False, name=folder.name or None
+        n_latents=n,
+        method=cls.name,
+        method_params={"k": k},
+        d_in=d_in,
+        decoder_unit_norm=False,
+        name=folder.name or None,
     )
     # sparsify encodes relu((x − b_dec)·encoder.weightᵀ + encoder.bias) then keeps the top k: saelab's TopK map.
     return Imported(sae_cfg, enc_w.T.contiguous(), enc_b, W_dec, b_dec, {}, None, "sparsify")

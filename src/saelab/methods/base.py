@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol
 
 from torch import Tensor, nn
 
@@ -71,6 +71,30 @@ class LossContext:
     alpha: float = 0.0  # the SAE's sparsity coefficient, for activations whose sparsity loss it weights (Gated)
 
 
+class SAELensFolder(Protocol):
+    """A SAELens folder being read, as an Activation's `from_saelens` sees it (saelab.formats.foreign builds it).
+
+    Its accessors raise DataError naming the file and the value, so a method names no path itself.
+    """
+
+    cfg: dict  # the folder's config (SAELens 5's flat keys or 6's)
+    n_latents: int  # d_sae
+    weights: dict[str, Tensor]  # W_enc [d_in, n], b_enc [n], W_dec [n, d_in], b_dec [d_in], float32, shapes checked
+    tensor_names: set[str]  # every tensor the weights file holds
+
+    def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> Tensor:
+        """The weights file's tensor `name` as float32, of `shape` when given."""
+        ...
+
+    def shaped(self, tensor: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
+        """`tensor` (read as `name`) when it has `shape`."""
+        ...
+
+    def integer(self, key: str) -> int:
+        """cfg[key] as an integer ≥ 1."""
+        ...
+
+
 class Activation(nn.Module):
     """Maps pre-activations [B, n] to a sparse code [B, n]; may carry state and extra losses."""
 
@@ -86,6 +110,12 @@ class Activation(nn.Module):
     saelens_encoder_bias: ClassVar[str] = "b_enc"
     # The architecture SAELens/SAEBench name in a config (`cfg.architecture`); None keeps saelab's name.
     saelens_name: ClassVar[str | None] = None
+    # SAELens 5 saved this method as architecture "standard" with this `activation_fn` (its parameters in
+    # activation_fn_kwargs); formats.foreign reads such a folder as this method.
+    saelens_activation_fn: ClassVar[str | None] = None
+    # Inference keeps each pre-activation above one threshold shared by every latent, estimated in training
+    # (BatchTopK): `saelab eval --k-sweep` then measures the training rule (batch top-k) beside it.
+    has_global_threshold: ClassVar[bool] = False
 
     def __init__(self, params: Params, n_latents: int):
         super().__init__()
@@ -127,6 +157,24 @@ class Activation(nn.Module):
     def saelens_architecture(self) -> tuple[str, dict] | None:
         """(SAELens architecture name, extra cfg keys) if SAELens can run this activation."""
         return None
+
+    # Reading foreign folders: a class marked `@reads_saelens` (methods.registry) is what a SAELens folder of
+    # architecture `saelens_name` becomes; one marked `@reads_sparsify` claims sparsify configs by `reads_sparsify_cfg`.
+
+    @classmethod
+    def from_saelens(cls, folder: SAELensFolder) -> tuple[dict, dict[str, Tensor]]:
+        """(method parameters, tensors for `import_tensors`) of a SAELens folder; may fold a cfg option into folder.weights."""
+        return {}, {}
+
+    @classmethod
+    def shift_saelens_input(cls, extra: dict[str, Tensor], shift: Tensor) -> dict[str, Tensor]:
+        """`extra` for an SAE whose b_enc moves by `shift` (= b_dec·W_enc: SAELens's apply_b_dec_to_input=False)."""
+        return extra
+
+    @classmethod
+    def reads_sparsify_cfg(cls, cfg: dict) -> bool:
+        """Whether an EleutherAI sparsify folder with config `cfg` holds this method (for `@reads_sparsify` classes)."""
+        return False
 
     def set_param(self, name: str, value) -> None:
         """Change one parameter in place (the target-L0 controller's knob); subclasses refresh what depends on it."""

@@ -7,12 +7,13 @@ from torch import Tensor
 
 from saelab.kernels.plan import SparsePlan
 from saelab.methods.base import Activation, param, require
-from saelab.methods.registry import register_activation
+from saelab.methods.registry import reads_saelens, register_activation
 from saelab.methods.topk import KParams, topk_relu
 from saelab.util import distributed
 
 
 @register_activation("batchtopk")
+@reads_saelens
 class BatchTopK(Activation):
     """Training: keep the k·B largest ReLU activations of the whole batch, so each sample averages k.
 
@@ -22,6 +23,7 @@ class BatchTopK(Activation):
 
     description = "top k·B activations over the flattened batch in training; a learned global threshold at inference"
     saelens_name = "batchtopk"
+    has_global_threshold = True
 
     @dataclass
     class Params(KParams):
@@ -82,6 +84,15 @@ class BatchTopK(Activation):
         """Read the global threshold back from the per-latent vector."""
         if "threshold" in tensors:
             self.threshold.copy_(tensors["threshold"].max())
+
+    @classmethod
+    def from_saelens(cls, folder):
+        """k from the cfg; SAELens's `topk_threshold` (absent until it estimated one: then per-sample TopK)."""
+        params = {"k": folder.integer("k")}
+        if "topk_threshold" not in folder.tensor_names:
+            return params, {}
+        stored = folder.tensor("topk_threshold").reshape(-1)
+        return params, {"threshold": folder.shaped(stored, "topk_threshold", (1,))}
 
     def saelens_architecture(self):
         """Exported as JumpReLU with a uniform threshold (identical at inference) once one is estimated."""

@@ -37,10 +37,11 @@ from saelab.methods.base import (
     param,
     require,
 )
-from saelab.methods.registry import register_activation
+from saelab.methods.registry import reads_saelens, register_activation
 
 
 @register_activation("gated")
+@reads_saelens
 class Gated(Activation):
     """f = 1[π_gate > 0] ⊙ ReLU(exp(r_mag) ⊙ u + b_mag), π_gate = u + b_enc; gate L1 (α) and auxiliary losses added."""
 
@@ -48,6 +49,7 @@ class Gated(Activation):
     sparsity_knob = SparsityKnob(param="alpha", initial=1e-4, weights="gate_l1")
     takes_encoder_bias = True
     saelens_encoder_bias = "b_gate"
+    saelens_name = "gated"
 
     @dataclass
     class Params(Params):
@@ -95,6 +97,17 @@ class Gated(Activation):
         with torch.no_grad():
             self.r_mag.copy_(tensors["r_mag"])
             self.b_mag.copy_(tensors["b_mag"])
+
+    @classmethod
+    def from_saelens(cls, folder):
+        """r_mag and b_mag (b_enc was read from b_gate)."""
+        n = folder.n_latents
+        return {}, {"r_mag": folder.tensor("r_mag", (n,)), "b_mag": folder.tensor("b_mag", (n,))}
+
+    @classmethod
+    def shift_saelens_input(cls, extra, shift):
+        """The magnitude path sees b_enc's shift through exp(r_mag)."""
+        return {**extra, "b_mag": extra["b_mag"] + extra["r_mag"].exp() * shift}
 
     def saelens_architecture(self):
         """SAELens 'gated'."""

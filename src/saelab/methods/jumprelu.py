@@ -14,7 +14,7 @@ from saelab.methods.base import (
     param,
     require,
 )
-from saelab.methods.registry import register_activation
+from saelab.methods.registry import reads_saelens, register_activation
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -57,6 +57,7 @@ class _StepFn(torch.autograd.Function):
 
 
 @register_activation("jumprelu")
+@reads_saelens
 class JumpReLU(Activation):
     """z_i = pre_i if pre_i > θ_i else 0; θ = exp(log θ) learned via pseudo-derivatives, L0 penalty added."""
 
@@ -131,6 +132,11 @@ class JumpReLU(Activation):
         """Read the threshold vector back."""
         with torch.no_grad():
             self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-30).log())
+
+    @classmethod
+    def from_saelens(cls, folder):
+        """The per-latent threshold vector."""
+        return {}, {"threshold": folder.tensor("threshold", (folder.n_latents,))}
 
     def saelens_architecture(self):
         """SAELens 'jumprelu'."""

@@ -7,11 +7,12 @@ from torch import Tensor
 from saelab.kernels.plan import SparsePlan
 from saelab.losses import squared_error
 from saelab.methods.base import Activation, LossContext, param, require
-from saelab.methods.registry import register_activation
+from saelab.methods.registry import reads_sparsify, register_activation
 from saelab.methods.topk import KParams, topk_relu
 
 
 @register_activation("multi_topk")
+@reads_sparsify
 class MultiTopK(Activation):
     """Train with L(k) + weight·L(multiple·k) so the code stays useful at other k (default 4k, 1/8).
 
@@ -19,6 +20,7 @@ class MultiTopK(Activation):
     """
 
     description = "TopK at k plus a 1/8-weighted reconstruction loss at 4k; evaluate at any k'"
+    # Exported as SAELens "topk"; such a folder reads back as TopK (methods/topk.py), the same inference map.
     saelens_name = "topk"
 
     @dataclass
@@ -58,3 +60,8 @@ class MultiTopK(Activation):
     def saelens_architecture(self):
         """At inference it is a plain TopK."""
         return "topk", {"k": self.params.k}
+
+    @classmethod
+    def reads_sparsify_cfg(cls, cfg):
+        """sparsify's TopK trained with its multi_topk loss (at 4k; inference is TopK at k, as here)."""
+        return cfg.get("activation", "topk") == "topk" and bool(cfg.get("multi_topk"))

@@ -89,3 +89,52 @@ def param_names() -> dict[str, list[str]]:
             for f in dataclasses.fields(cls.Params):
                 out.setdefault(f.name, []).append(name)
     return out
+
+
+# ---- reading foreign folders: which class a SAELens architecture or a sparsify config becomes ----------
+
+# One class per SAELens architecture, marked in its method's file: Multi-TopK exports as "topk" too, but a
+# "topk" folder holds no trace of its training loss, so it reads as TopK.
+SAELENS_READERS: dict[str, type] = {}
+SPARSIFY_READERS: list[type] = []
+
+
+def reads_saelens(cls: T) -> T:
+    """Class decorator: a SAELens folder of architecture `cls.saelens_name` is read as `cls` (one class per architecture)."""
+    arch = cls.saelens_name
+    if arch is None or arch in SAELENS_READERS:
+        raise ValueError(f"SAELens architecture {arch!r} has no name or is read by two classes")
+    SAELENS_READERS[arch] = cls
+    return cls
+
+
+def reads_sparsify(cls: T) -> T:
+    """Class decorator: a sparsify folder whose config `cls.reads_sparsify_cfg` accepts is read as `cls`."""
+    SPARSIFY_READERS.append(cls)
+    return cls
+
+
+def saelens_reader(architecture, activation_fn=None) -> type | None:
+    """The Activation class a SAELens folder of `architecture` is read as, or None.
+
+    `activation_fn` is SAELens 5's, given for its architecture "standard": a method it saved that way
+    (`saelens_activation_fn`) takes precedence over the architecture.
+    """
+    if activation_fn is not None:
+        for cls in SAELENS_READERS.values():
+            if cls.saelens_activation_fn == activation_fn:
+                return cls
+    return SAELENS_READERS.get(architecture) if isinstance(architecture, str) else None
+
+
+def saelens_architectures() -> list[str]:
+    """The SAELens architectures saelab reads."""
+    return sorted(SAELENS_READERS)
+
+
+def sparsify_reader(cfg: dict) -> type | None:
+    """The Activation class a sparsify folder with config `cfg` is read as, or None (ValueError if two claim it)."""
+    found = [cls for cls in SPARSIFY_READERS if cls.reads_sparsify_cfg(cfg)]
+    if len(found) > 1:
+        raise ValueError(f"sparsify config read by {len(found)} methods: {', '.join(c.name for c in found)}")
+    return found[0] if found else None

@@ -7,10 +7,11 @@ from torch import Tensor
 
 from saelab.kernels.plan import SparsePlan
 from saelab.methods.base import Activation, Params
-from saelab.methods.registry import register_activation
+from saelab.methods.registry import reads_saelens, register_activation
 
 
 @register_activation("relu")
+@reads_saelens
 class ReLU(Activation):
     """z = ReLU(pre); pair it with a penalty (l1, lp, smoothed_l0, …) for sparsity."""
 

@@ -14,7 +14,7 @@ from saelab.methods.base import (
     scatter_rows,
     topk_mask_values,
 )
-from saelab.methods.registry import register_activation
+from saelab.methods.registry import reads_saelens, reads_sparsify, register_activation
 
 
 @dataclass
@@ -34,11 +34,14 @@ def topk_relu(pre: Tensor, k: int) -> Tensor:
 
 
 @register_activation("topk")
+@reads_saelens
+@reads_sparsify
 class TopK(Activation):
     """z = ReLU(TopK_k(pre)): exactly k candidates per sample, negatives dropped."""
 
     description = "keep the k largest pre-activations per sample (ReLU after), the scaling paper's TopK"
     saelens_name = "topk"
+    saelens_activation_fn = "topk"
     Params = KParams
 
     def forward(self, pre: Tensor) -> Tensor:
@@ -52,3 +55,20 @@ class TopK(Activation):
     def saelens_architecture(self):
         """SAELens 'topk' with the same k."""
         return "topk", {"k": self.params.k}
+
+    @classmethod
+    def from_saelens(cls, folder):
+        """k from the cfg; `rescale_acts_by_decoder_norm` folded into the weights."""
+        k = folder.integer("k")
+        if folder.cfg.get("rescale_acts_by_decoder_norm"):
+            # SAELens ranks pre·‖W_dec row‖ and decodes with unit rows: the same map as these weights.
+            w = folder.weights
+            norms = w["W_dec"].norm(dim=-1)
+            w["W_enc"], w["b_enc"] = w["W_enc"] * norms, w["b_enc"] * norms
+            w["W_dec"] = w["W_dec"] / norms.clamp_min(1e-12).unsqueeze(1)
+        return {"k": k}, {}
+
+    @classmethod
+    def reads_sparsify_cfg(cls, cfg):
+        """sparsify's TopK (its default activation) trained without Multi-TopK's loss."""
+        return cfg.get("activation", "topk") == "topk" and not cfg.get("multi_topk")
