@@ -322,11 +322,12 @@ def _probe_inputs(args, sae, record: dict | None):
     if args.tasks == "text":
         from saelab.features.text_tasks import text_task_labels
 
-        path = args.activations or ((record or {}).get("train") or {}).get("activations")
+        online = ((record or {}).get("source") or {}).get("source") == "lm-online"  # `lm train`: text, no cache
+        path = args.activations or (None if online else ((record or {}).get("train") or {}).get("activations"))
         if not path:
-            raise ConfigError(
-                "activations", None, "--tasks text needs --activations (the SAE folder records no training cache)"
-            )
+            why = "it was trained online by `saelab lm train`; harvest one with `saelab lm activations`"
+            why = why if online else "the SAE folder records no training cache"
+            raise ConfigError("activations", None, f"--tasks text needs --activations ({why})")
         data = load_feature_data(path, model=args.model)
         if data.kind != "lm":
             raise DataError(f"activations={path!r}: --tasks text needs an LM activation cache")
