@@ -10,6 +10,7 @@ import torch
 import saelab
 from saelab.data.store import ActivationStore
 from saelab.data.toy import ToyConfig, make_toy
+from saelab.errors import ConfigError
 from saelab.training.fingerprint import data_fingerprint
 
 OPTIONS = dict(method="topk", k=4, n_latents=32, batch_size=128, progress=False)
@@ -89,3 +90,17 @@ def test_in_memory_fingerprint_follows_the_values(planted):
     changed = x.clone()
     changed[700, 3] += 1
     assert data_fingerprint(ActivationStore.from_array(changed))["sha256"] != same["sha256"]
+
+
+def test_a_tensor_run_resumes_on_the_same_values_and_refuses_others(planted, tmp_path):
+    x = planted[0][:2000].to(torch.bfloat16)
+    options = dict(checkpoint_every=5, seed=2, **OPTIONS)
+    straight = saelab.train(x, steps=20, out=tmp_path / "straight", **options)
+    saelab.train(x, steps=10, out=tmp_path / "run", **options)
+    resumed = saelab.train(x.clone(), steps=20, out=tmp_path / "run", resume=True, **options)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    edited = x.clone()
+    edited[5, 3] += 1
+    with pytest.raises(ConfigError, match=r"^activations='<bfloat16 Tensor \[2000, 16\]>'.*content differs"):
+        saelab.train(edited, steps=30, out=tmp_path / "run", resume=True, **options)
