@@ -55,6 +55,8 @@ def test_training_on_a_tensor_writes_nothing_outside_out(planted, tmp_path, monk
     scratch, cache = tmp_path / "tmp", tmp_path / "cache"
     scratch.mkdir()
     cache.mkdir()
+    import torch._dynamo  # noqa: F401  (Adam imports it; on import, torch makes its own empty cache dir in the temp dir)
+
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     monkeypatch.setenv("SAELAB_CACHE_DIR", str(cache))
 
