@@ -99,6 +99,9 @@ def test_lm_train_writes_one_folder_per_site_that_lm_eval_reads(lm_and_text, tmp
         assert record["dataset"] == text and record["tokens"] == 1920
         assert record["source"]["model_path"] == os.path.abspath(model) and record["source"]["site"] == "mlp_out"
         assert record["lm_tokens"] >= 1920  # BOS positions are read by the LM but never trained on
+        # The last refills read only what the remaining batches take: at most one forward (4 windows) past it,
+        # not the half buffer (128+ rows) a refill to the full buffer would leave unused.
+        assert record["lm_tokens"] <= (1920 // (CTX - 1) + 4) * CTX
         sae = saelab.load(folder)
         assert sae.cfg.d_in == 32 and record["eval"]["l0"] == pytest.approx(4.0)
     code, out, err = cli(
