@@ -148,6 +148,23 @@ def test_every_row_the_lm_yields_is_served_once_and_batches_mix_windows(lm_and_t
     assert len(sources) >= 6
 
 
+def test_a_stream_that_knows_the_run_length_reads_only_the_windows_it_trains_on(lm_and_text):
+    model, text = lm_and_text
+    lm = load_lm(LMSpec(model))
+    cfg = OnlineConfig(
+        model, text, ((1, "resid_post"),), context=CTX, windows_per_forward=4, buffer_tokens=240, eval_tokens=30
+    )
+    stream = OnlineStream(lm, cfg, batch_size=40, seed=3, total_batches=5)
+    served = [stream.batch(p)[0] for p in range(5)]
+    # 5 batches of 40 take 200 rows, 15 per window: 14 windows (the last forward cut from 4 windows to 2), not 16 or a buffer's 240.
+    assert stream.windows - stream.eval_windows == 14 and stream.fill == [10]
+    assert all(b.shape == (1, 40, 32) for b in served)
+    extra = stream.batch(5)[
+        0
+    ]  # asked past the end (a prefetch may): read on from the cursor, not from the cut batch's end
+    assert extra.shape == (1, 40, 32) and stream.windows - stream.eval_windows == 16
+
+
 @pytest.mark.parametrize("ahead", [0, 2])
 def test_resume_after_a_crash_gives_the_uninterrupted_weights(lm_and_text, tmp_path, monkeypatch, ahead):
     """The crashed run produces batches `ahead` in a thread (or none); its checkpoints hold the stream as of their step."""

@@ -20,7 +20,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def online_run(tmp_path_factory):
-    """(SAE folder from `lm train` on 640 tokens of block 1's residual stream, a 600-row cache of the same site)."""
+    """(SAE folder from `lm train` on 640 tokens of block 1's residual stream, a 600-row cache of the same site, model, text)."""
     root = tmp_path_factory.mktemp("online_folders")
     model, text = tiny_model_dir(root), text_file(root, lines=200)
     code, _, err = cli(
@@ -29,11 +29,11 @@ def online_run(tmp_path_factory):
         "--buffer-tokens", "256", "--eval-tokens", "120", "--no-progress", "--out", root / "run",
     )  # fmt: skip
     assert code == 0, err
-    return str(root / "run" / HOOK), harvest_cache(model, text, root / "cache", tokens=600, layer=1)
+    return str(root / "run" / HOOK), harvest_cache(model, text, root / "cache", tokens=600, layer=1), model, text
 
 
 def test_lm_examples_reads_an_lm_train_folder(online_run, tmp_path):
-    sae_dir, cache = online_run
+    sae_dir, cache, _, _ = online_run
     code, out, err = cli(
         "lm", "examples", "--sae", sae_dir, "--activations", cache, "--top-fired", "4", "--out", tmp_path / "dash",
         "--json",
@@ -54,7 +54,7 @@ def test_lm_examples_reads_an_lm_train_folder(online_run, tmp_path):
 
 
 def test_probe1d_text_reads_an_lm_train_folder(online_run):
-    sae_dir, cache = online_run
+    sae_dir, cache, _, _ = online_run
     code, out, err = cli("probe1d", "--sae", sae_dir, "--tasks", "text", "--activations", cache, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -64,3 +64,15 @@ def test_probe1d_text_reads_an_lm_train_folder(online_run):
     # The folder records text, not a cache: without --activations, one line saying what to give.
     code, _, err = cli("probe1d", "--sae", sae_dir, "--tasks", "text")
     assert code == 2 and len(err) == 1 and "saelab lm activations" in err[0] and "activations=None" in err[0]
+
+
+def test_a_cache_of_another_site_is_refused_in_one_line(online_run, tmp_path):
+    sae_dir, _, model, text = online_run
+    other = harvest_cache(model, text, tmp_path / "cache2", tokens=300, layer=2)  # same width, another block
+    for argv in (
+        ("lm", "examples", "--sae", sae_dir, "--activations", other, "--top-fired", "2", "--out", tmp_path / "d"),
+        ("probe1d", "--sae", sae_dir, "--tasks", "text", "--activations", other),
+    ):
+        code, _, err = cli(*argv)
+        assert code == 2 and len(err) == 1, err
+        assert "holds blocks.2.hook_resid_post, but the SAE was trained on blocks.1.hook_resid_post" in err[0]

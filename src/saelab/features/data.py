@@ -22,6 +22,7 @@ from saelab.data.cache import read_row_index, verify_cache
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import held_out_rows
+from saelab.model.site import TL_HOOKS, ModelSite
 
 UNKNOWN = -1  # token id where a grid position has no known token
 FILES = "abcdefgh"
@@ -242,3 +243,17 @@ def split_rows(
     if lo <= 0 or lo >= n:
         raise DataError(f"activations={data.path!r}: {n} rows are too few to hold out whole windows")
     return (0, lo), (lo, n), label
+
+
+def check_same_site(site: ModelSite | None, meta: dict | None, where: str) -> None:
+    """DataError when an LM cache (its manifest `meta`) holds another layer or site than the SAE's `site`.
+
+    Both have the same width, so nothing else would stop the analysis mixing one site's SAE with
+    another site's activations; an SAE or cache that names no site is not checked.
+    """
+    meta = meta or {}
+    if site is None or meta.get("site") not in TL_HOOKS or not isinstance(meta.get("layer"), int):
+        return
+    hook = f"blocks.{meta['layer']}.{TL_HOOKS[meta['site']]}"
+    if hook != site.hook_name:
+        raise DataError(f"activations={where!r}: holds {hook}, but the SAE was trained on {site.hook_name}")

@@ -269,8 +269,13 @@ class OnlineStream:
         """Read windows until every buffer holds buffer_tokens rows (or all the run still needs), then permute each buffer's rows."""
         # Rows read past the run's end would be computed and never trained on (up to a whole buffer).
         target = min(self.buffer_tokens, self._rows_needed())
+        per_window = self.cfg.context - int(self.cfg.drop_first)
         while min(self.fill) < target:
             ids = self._next_ids()
+            short = -(-(target - min(self.fill)) // per_window)  # windows the run's last rows take
+            if target < self.buffer_tokens and short < ids.shape[0]:
+                # The run's last forward reads only those; the cursor stays after them, so the text is reopened there if read on.
+                ids, self._batches = ids[:short], None
             rows = self._forward(ids)
             self.windows += ids.shape[0]
             for i, r in enumerate(rows):
