@@ -31,11 +31,6 @@ class TensorRows:
             key = torch.from_numpy(np.ascontiguousarray(key, dtype=np.int64))
         return self.tensor[key].to(torch.float32).numpy()
 
-    def raw_bytes(self, lo: int, hi: int) -> bytes:
-        """The stored bytes of rows [lo, hi), in the tensor's own dtype (for fingerprints)."""
-        rows = self.tensor[lo:hi].contiguous()
-        return rows.view(torch.uint8).numpy().tobytes() if rows.numel() else b""
-
 
 def rows_of_tensor(tensor: torch.Tensor) -> np.ndarray | TensorRows:
     """A CPU tensor's rows without a copy: its numpy view, or TensorRows where numpy lacks the dtype (bfloat16)."""
