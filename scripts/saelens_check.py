@@ -12,7 +12,7 @@ DIR holds `cfg.json` and `sae_weights.safetensors`. The script loads it with
 
 It prints exactly one JSON line on stdout:
 
-    {"architecture": ..., "max_abs_latent_diff": ..., "max_abs_recon_diff": ..., "ok": true/false, ...}
+    {"architecture": ..., "hook_name": ..., "max_abs_latent_diff": ..., "max_abs_recon_diff": ..., "ok": true/false, ...}
 
 Exit status: 0 when every element is within atol (+ rtol*|expected| if --rtol is given), 1 when they are not (or shapes differ,
 or a value is NaN), 2 when the folder could not be loaded or run at all ("error" says why).
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             sae.eval()
             result["architecture"] = sae.cfg.architecture()
             result["dtype"] = str(sae.cfg.dtype)
+            metadata = getattr(sae.cfg, "metadata", None)  # SAELens 6: where the model and hook are named
+            result["hook_name"] = getattr(metadata, "hook_name", None)
+            result["model_name"] = getattr(metadata, "model_name", None)
             with torch.no_grad():
                 z = sae.encode(torch.from_numpy(np.ascontiguousarray(x)))
                 x_hat = sae.decode(z)

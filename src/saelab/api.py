@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import warnings
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from saelab.config import SAE_FIELDS, TRAIN_FIELDS
+from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.formats.folder import load_sae
@@ -18,7 +20,6 @@ from saelab.methods import activation_class, penalty_class
 from saelab.methods.mapping import run_from_mapping
 from saelab.methods.topk import TopK
 from saelab.training.factory import make_trainer
-from saelab.util.atomic import atomic_write
 
 __all__ = ["evaluate", "sparsity_warning", "train"]
 
@@ -57,22 +58,14 @@ def _option_names(method: str, penalty: str | None) -> set[str]:
     return names
 
 
-def _activations_path(activations, scratch: Path) -> str:
-    """A path the trainer can stream: paths as given, arrays and tensors written to `scratch` first."""
+def _activations_store(activations) -> tuple[str, ActivationStore | None]:
+    """(what the run records as its activations, the in-memory store or None for a path)."""
     if isinstance(activations, (str, Path)):
-        return str(activations)
-    if isinstance(activations, torch.Tensor):
-        # numpy has no bfloat16: widen half-precision tensors to float32 before the hand-over
-        activations = (
-            activations.detach().cpu().float().numpy()
-            if activations.is_floating_point()
-            else activations.detach().cpu().numpy()
-        )
-    if isinstance(activations, np.ndarray):
-        path = scratch / "activations.npy"
-        array = np.ascontiguousarray(activations, dtype=np.float32)
-        atomic_write(path, lambda fh: np.save(fh, array))
-        return str(path)
+        return str(activations), None
+    if isinstance(activations, (np.ndarray, torch.Tensor)):
+        dtype = str(activations.dtype).removeprefix("torch.")
+        label = f"<{dtype} {type(activations).__name__} {list(activations.shape)}>"
+        return label, ActivationStore.from_array(activations, name=label)
     raise ConfigError("activations", type(activations).__name__, "expected a path, a numpy array or a tensor")
 
 
@@ -92,9 +85,16 @@ def train(
 
     `options` are SAEConfig / TrainConfig fields and method or penalty parameters (`steps`,
     `batch_size`, `lr`, `normalize`, `penalty`, `alpha`, `auxk`, `eps`, …); an unknown one is a
-    ConfigError naming it. With `out` the run folder is written there (as `saelab train --out`);
-    without, training runs in a temporary folder that is removed. An array or tensor is written to
-    a temporary .npy first, which is the path saelab.json then records.
+    ConfigError naming it. With `out` the run folder is written there (as `saelab train --out`)
+    and nothing is written elsewhere; without, training runs in a temporary folder that is removed.
+
+    An array or tensor (float32, float16 or bfloat16; a tensor on an accelerator is copied to the
+    CPU first) is trained on in place, through the same Trainer as a file: it is never written to
+    disk and never widened whole. Each batch is gathered and converted to float32 on its own, so
+    the memory used beyond the data itself is a few batches, the initialization sample (16,384
+    rows) and the evaluation's chunks, all float32; float64 input is converted to float32 once.
+    saelab.json records the data as a label such as `<bfloat16 Tensor [N, d_in]>`. The same
+    values saved as .npy train the same SAE with the same seed.
     """
     penalty = options.get("penalty")
     for name, value in options.items():
@@ -116,10 +116,14 @@ def train(
     message = sparsity_warning(method, penalty, options.get("target_l0"))
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
-    with tempfile.TemporaryDirectory(prefix="saelab-train-") as scratch:
-        mapping["activations"] = _activations_path(activations, Path(scratch))
-        folder = Path(out) if out is not None else Path(scratch) / "sae"
+    mapping["activations"], store = _activations_store(activations)
+    with contextlib.ExitStack() as scratch:
+        folder = (
+            Path(out)
+            if out is not None
+            else Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="saelab-train-"))) / "sae"
+        )
         mapping["out"] = str(folder)
         run = run_from_mapping(mapping)
-        make_trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+        make_trainer(run, progress=progress, store=store).fit(resume=resume, overwrite=overwrite)
         return load_sae(folder)

@@ -18,7 +18,7 @@ import saelab
 from saelab.commands.common import add_threads
 from saelab.config import require_positive_int
 from saelab.errors import ConfigError, DataError, SaelabError
-from saelab.features.data import FeatureData, iter_codes, load_feature_data, split_rows
+from saelab.features.data import FeatureData, check_same_site, iter_codes, load_feature_data, split_rows
 from saelab.formats.folder import read_saelab_record
 from saelab.util.atomic import atomic_write_json, dumps_json
 from saelab.util.progress import stage, track
@@ -50,9 +50,10 @@ def _load_sae(path: str):
     return saelab.load(path).eval()
 
 
-def _check_width(sae, data_d_in: int, where: str) -> None:
+def _check_width(sae, data_d_in: int, where: str, meta: dict | None = None) -> None:
     if sae.cfg.d_in != data_d_in:
         raise DataError(f"activations={where!r}: d_in is {data_d_in}, the SAE expects {sae.cfg.d_in}")
+    check_same_site(getattr(sae.cfg, "site", None), meta, where)
 
 
 def _add_selection(p: argparse.ArgumentParser, default_top: int | None) -> None:
@@ -96,7 +97,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
             raise SaelabError(f"out={args.out!r}: already holds {name}; choose another folder or pass --overwrite")
     sae = _load_sae(args.sae)
     data = load_feature_data(args.activations, model=args.model)
-    _check_width(sae, data.store.d_in, args.activations)
+    _check_width(sae, data.store.d_in, args.activations, data.meta if data.kind == "lm" else None)
     t0 = time.perf_counter()
     hi = data.store.n_rows if cfg.max_rows is None else min(cfg.max_rows, data.store.n_rows)
     with stage("lm examples: choose latents"):
@@ -160,7 +161,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     data = load_feature_data(args.activations, model=args.model)
     if data.kind != "lm":
         raise DataError(f"activations={args.activations!r}: N2G explanations need an LM activation cache")
-    _check_width(sae, data.store.d_in, args.activations)
+    _check_width(sae, data.store.d_in, args.activations, data.meta if data.kind == "lm" else None)
     t0 = time.perf_counter()
     build, held, how = split_rows(_record(args.sae), data)
     with stage("lm explain: choose latents"):
@@ -322,15 +323,16 @@ def _probe_inputs(args, sae, record: dict | None):
     if args.tasks == "text":
         from saelab.features.text_tasks import text_task_labels
 
-        path = args.activations or ((record or {}).get("train") or {}).get("activations")
+        online = ((record or {}).get("source") or {}).get("source") == "lm-online"  # `lm train`: text, no cache
+        path = args.activations or (None if online else ((record or {}).get("train") or {}).get("activations"))
         if not path:
-            raise ConfigError(
-                "activations", None, "--tasks text needs --activations (the SAE folder records no training cache)"
-            )
+            why = "it was trained online by `saelab lm train`; harvest one with `saelab lm activations`"
+            why = why if online else "the SAE folder records no training cache"
+            raise ConfigError("activations", None, f"--tasks text needs --activations ({why})")
         data = load_feature_data(path, model=args.model)
         if data.kind != "lm":
             raise DataError(f"activations={path!r}: --tasks text needs an LM activation cache")
-        _check_width(sae, data.store.d_in, path)
+        _check_width(sae, data.store.d_in, path, data.meta)
         _, (lo, hi), how = split_rows(record, data)
         hi = min(hi, lo + args.max_rows)
         codes = SparseCodes.from_batches(((s - lo, z) for s, z in track(iter_codes(sae, data.store, lo, hi), "encode", unit="batch")),

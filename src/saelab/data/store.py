@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from saelab.data.cache import NPY_LOAD_ERRORS, contained, verify_cache
+from saelab.data.tensor_rows import TensorRows, rows_of_tensor
 from saelab.errors import DataError
 
 DTYPES = {"F32": np.float32, "F16": np.float16}
@@ -149,6 +150,8 @@ def _shard_paths(folder: Path) -> list[Path]:
 class ActivationStore:
     """Rows of one or more memory-mapped files seen as a single [N, d_in] array."""
 
+    in_memory = False  # from_array: no file behind it; a batch stream reads its rows per batch, holding no buffer
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
@@ -175,20 +178,26 @@ class ActivationStore:
 
     @classmethod
     def from_array(cls, array, name: str = "<array>") -> "ActivationStore":
-        """A store over an in-memory [N, d_in] array (numpy or a CPU tensor); same checks as a file."""
-        arr = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+        """A store over an in-memory [N, d_in] array or tensor, never copied whole; same checks as a file.
+
+        float32 and float16 are read in place (a tensor through its numpy view), bfloat16 through
+        TensorRows; each read widens only the rows it returns. Other float dtypes (float64) are
+        converted to float32 once, up front. A tensor on an accelerator is first copied to the CPU.
+        """
+        arr = rows_of_tensor(array.detach().cpu()) if hasattr(array, "detach") else np.asarray(array)
         if arr.ndim != 2:
             raise DataError(f"activations={name}: shape {tuple(arr.shape)}; expected [N, d_in]")
         if arr.shape[0] == 0:
             raise DataError(f"activations={name}: holds no rows (empty input)")
         if arr.shape[1] == 0:
             raise DataError(f"activations={name}: has zero columns (d_in = 0)")
-        if arr.dtype not in SUPPORTED:
+        if not isinstance(arr, TensorRows) and arr.dtype not in SUPPORTED:
             if not np.issubdtype(arr.dtype, np.floating):
                 raise DataError(f"activations={name}: dtype {arr.dtype}; expected floating point")
             arr = arr.astype(np.float32)
         store = cls.__new__(cls)
         store.path = Path(name)
+        store.in_memory = True
         store.shards = [Shard(Path(name), arr, 0)]
         store.n_rows, store.d_in = int(arr.shape[0]), int(arr.shape[1])
         store._starts = np.zeros(1, dtype=np.int64)

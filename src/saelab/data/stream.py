@@ -24,8 +24,9 @@ class BatchStream:
 
     Each epoch permutes blocks of BLOCK_ROWS contiguous rows, groups consecutive blocks into
     buffers of about `buffer_rows` rows, and permutes rows within each buffer. Only one buffer is
-    held in memory, so memory stays bounded for stores larger than RAM; when the whole range fits
-    in one buffer the shuffle is a uniform permutation. The order depends only on (seed, epoch),
+    held in memory (of an in-memory store, only its row order: each batch reads its own rows), so
+    memory stays bounded for stores larger than RAM; when the whole range fits in one buffer the
+    shuffle is a uniform permutation. The order depends only on (seed, epoch),
     so batch `position` can be produced without replaying earlier batches. The last partial batch
     of an epoch is dropped.
     """
@@ -79,9 +80,13 @@ class BatchStream:
         _, groups = self._epoch_layout(epoch)
         blocks = np.sort(groups[index])
         rows = np.concatenate([self.lo + b * BLOCK_ROWS + np.arange(self._block_len(b)) for b in blocks])
-        data = self.store.read(rows)  # sorted rows: sequential reads from the memory map
         perm = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(rows))
-        buf = _Buffer(rows=rows[perm], data=data[perm])
+        if self.store.in_memory:
+            # Rows already in RAM are read per batch: no float32 copy of a buffer (of a whole bf16 tensor) is held.
+            buf = _Buffer(rows=rows[perm])
+        else:
+            data = self.store.read(rows)  # sorted rows: sequential reads from the memory map
+            buf = _Buffer(rows=rows[perm], data=data[perm])
         self._buffer_cache = (epoch, index, buf)
         return buf
 
@@ -97,8 +102,9 @@ class BatchStream:
             buf = self._buffer(epoch, b)
             begin = lo - starts[b]
             take = min(hi - lo, len(buf.rows) - begin)
-            parts.append(buf.data[begin : begin + take])
-            rows.append(buf.rows[begin : begin + take])
+            picked = buf.rows[begin : begin + take]
+            parts.append(self.store.read(picked) if buf.data is None else buf.data[begin : begin + take])
+            rows.append(picked)
             lo += take
             b += 1
         return np.concatenate(parts), np.concatenate(rows)

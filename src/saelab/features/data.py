@@ -21,6 +21,7 @@ from saelab.data.store import ActivationStore
 from saelab.data.token_grid import UNKNOWN, TokenGrid
 from saelab.errors import ConfigError, DataError
 from saelab.evals.evaluate import held_out_rows
+from saelab.model.site import ModelSite
 from saelab.sources.registry import get_source, source_of
 
 
@@ -147,3 +148,15 @@ def split_rows(
     if lo <= 0 or lo >= n:
         raise DataError(f"activations={data.path!r}: {n} rows are too few to hold out whole windows")
     return (0, lo), (lo, n), label
+
+
+def check_same_site(site: ModelSite | None, meta: dict | None, where: str) -> None:
+    """DataError when a cache (its manifest `meta`) holds another hook than the SAE's `site`.
+
+    Both have the same width, so nothing else would stop the analysis mixing one site's SAE with
+    another site's activations; an SAE or cache that names no site is not checked.
+    """
+    source = source_of(meta)
+    theirs = source.site(meta) if source is not None and site is not None else None
+    if theirs is not None and theirs.hook_name != site.hook_name:
+        raise DataError(f"activations={where!r}: holds {theirs.hook_name}, but the SAE was trained on {site.hook_name}")

@@ -63,8 +63,27 @@ def file_sha256(path: str | Path) -> str:
     return value
 
 
+def _memory_fingerprint(store: ActivationStore) -> dict:
+    """The fingerprint of an in-memory store: a SHA-256 of its rows as float32, read a chunk at a time."""
+    digest = hashlib.sha256()
+    chunk = max(1, HASH_CHUNK // (4 * store.d_in))
+    for lo in range(0, store.n_rows, chunk):
+        digest.update(store.read_range(lo, min(lo + chunk, store.n_rows)).tobytes())
+    return {
+        "n_rows": int(store.n_rows),
+        "d_in": int(store.d_in),
+        "dtype": str(store.dtype),
+        "files": 0,
+        "bytes": 4 * store.n_rows * store.d_in,
+        "sample_sha256": digest.hexdigest(),
+        "sha256": digest.hexdigest(),
+    }
+
+
 def data_fingerprint(store: ActivationStore) -> dict:
-    """{n_rows, d_in, dtype, files, bytes, sample_sha256} of the files behind `store`."""
+    """{n_rows, d_in, dtype, files, bytes, sample_sha256} of the files behind `store` (or of its rows, in memory)."""
+    if store.in_memory:
+        return _memory_fingerprint(store)
     paths = [Path(s.path) for s in store.shards]
     try:
         sizes = [os.path.getsize(p) for p in paths]

@@ -82,7 +82,14 @@ INIT_SAMPLE_ROWS = 16384
 class Trainer(CheckpointedRun, FinishedRun):
     """Trains every SAE of a RunConfig on the same batches."""
 
-    def __init__(self, run: RunConfig, progress: bool = True, world: distributed.World | None = None):
+    def __init__(
+        self,
+        run: RunConfig,
+        progress: bool = True,
+        world: distributed.World | None = None,
+        store: ActivationStore | None = None,
+    ):
+        # `store`: in-memory rows (saelab.train on an array); run.train.activations then only labels them.
         self.run = run = resolve_run(run)  # method fields checked and target_l0's k set before anything trains
         # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
         self.world = world if world is not None else distributed.init_from_env()
@@ -90,7 +97,7 @@ class Trainer(CheckpointedRun, FinishedRun):
         # A bar on a terminal; piped (nohup, SLURM), a plain line every 30 s or 5 % (util.progress), rank 0 only.
         self.progress = progress and self.world.is_main
         t = run.train
-        self.store = ActivationStore(t.activations)
+        self.store = store if store is not None else ActivationStore(t.activations)
         if t.scan:
             self.store.scan_finite()
         if t.eval_activations:
@@ -113,7 +120,7 @@ class Trainer(CheckpointedRun, FinishedRun):
         self.throughput: Throughput | None = None  # set by fit when it ran at least one step
         self.total_steps = self._budget()
         self.out = Path(t.out)
-        self.source = read_source_info(t.activations)
+        self.source = None if store is not None else read_source_info(t.activations)
         self._data_fp: dict | None = None  # the data's fingerprints, hashed once when a checkpoint or resume needs them
         self._converge_cache: dict[int, torch.Tensor] = {}  # until_converged's held-out rows per store, read once
 

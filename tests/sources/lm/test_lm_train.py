@@ -99,6 +99,9 @@ def test_lm_train_writes_one_folder_per_site_that_lm_eval_reads(lm_and_text, tmp
         assert record["dataset"] == text and record["tokens"] == 1920
         assert record["source"]["model_path"] == os.path.abspath(model) and record["source"]["site"] == "mlp_out"
         assert record["lm_tokens"] >= 1920  # BOS positions are read by the LM but never trained on
+        # The last refills read only what the remaining batches take: at most one forward (4 windows) past it,
+        # not the half buffer (128+ rows) a refill to the full buffer would leave unused.
+        assert record["lm_tokens"] <= (1920 // (CTX - 1) + 4) * CTX
         sae = saelab.load(folder)
         assert sae.cfg.d_in == 32 and record["eval"]["l0"] == pytest.approx(4.0)
     code, out, err = cli(
@@ -143,6 +146,23 @@ def test_every_row_the_lm_yields_is_served_once_and_batches_mix_windows(lm_and_t
     first = served[:40]
     sources = {int(torch.cdist(r[None], truth).argmin()) // (CTX - 1) for r in first}
     assert len(sources) >= 6
+
+
+def test_a_stream_that_knows_the_run_length_reads_only_the_windows_it_trains_on(lm_and_text):
+    model, text = lm_and_text
+    lm = load_lm(LMSpec(model))
+    cfg = OnlineConfig(
+        model, text, ((1, "resid_post"),), context=CTX, windows_per_forward=4, buffer_tokens=240, eval_tokens=30
+    )
+    stream = OnlineStream(lm, cfg, batch_size=40, seed=3, total_batches=5)
+    served = [stream.batch(p)[0] for p in range(5)]
+    # 5 batches of 40 take 200 rows, 15 per window: 14 windows (the last forward cut from 4 windows to 2), not 16 or a buffer's 240.
+    assert stream.windows - stream.eval_windows == 14 and stream.fill == [10]
+    assert all(b.shape == (1, 40, 32) for b in served)
+    extra = stream.batch(5)[
+        0
+    ]  # asked past the end (a prefetch may): read on from the cursor, not from the cut batch's end
+    assert extra.shape == (1, 40, 32) and stream.windows - stream.eval_windows == 16
 
 
 @pytest.mark.parametrize("ahead", [0, 2])

@@ -101,7 +101,7 @@ class OnlineTrainer(Trainer):
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.world.rank)}"
         # `lm`: a model already loaded from online.model (a notebook or bench loads it once)
         self.lm = lm if lm is not None else load_lm(LMSpec(online.model, device, online.model_dtype))
-        self.stream = OnlineStream(self.lm, online, t.batch_size, t.seed, self.world)
+        self.stream = OnlineStream(self.lm, online, t.batch_size, t.seed, self.world, total_batches=self._budget())
         if log is not None and self.world.is_main:
             mib = (
                 buffer_bytes(

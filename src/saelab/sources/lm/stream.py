@@ -4,7 +4,8 @@ Each refill runs the LM (stopped after its deepest hooked block) on the next bat
 appends every site's kept rows (BOS and outliers dropped as `saelab lm activations` drops them) to
 that site's buffer, until each holds `buffer_tokens` rows; then each buffer is permuted and batches
 are taken from its end until it falls to half, so each batch mixes rows from about
-buffer_tokens / context windows. The state (text cursor, buffer rows, permutation RNG) goes into
+buffer_tokens / context windows. Given the run's length, the last refills read only the rows the
+remaining batches take, so no buffer of rows is computed at the end and never trained on. The state (text cursor, buffer rows, permutation RNG) goes into
 the training checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
 
 Memory: per site (buffer_tokens + windows_per_forward · context) · d_model float32 values, plus
@@ -165,9 +166,17 @@ class OnlineStream:
     """Batches [sites, batch_size, d_model] of shuffled LM activations, produced in order; resumable via state_dict."""
 
     def __init__(
-        self, lm: LanguageModel, cfg: OnlineConfig, batch_size: int, seed: int, world: distributed.World | None = None
+        self,
+        lm: LanguageModel,
+        cfg: OnlineConfig,
+        batch_size: int,
+        seed: int,
+        world: distributed.World | None = None,
+        total_batches: int | None = None,
     ):
         self.lm = lm
+        # The run's length in batches: the LM then reads only the rows those batches take (None: no end).
+        self.total_batches = total_batches
         self.cfg = cfg
         self.sites = [lm.site(layer, kind) for layer, kind in cfg.sites]
         self.batch_size = batch_size
@@ -250,10 +259,23 @@ class OnlineStream:
             )
         return ids
 
+    def _rows_needed(self) -> float:
+        """Rows still to hand out, this batch included (at least one batch: a prefetch may ask past the end)."""
+        if self.total_batches is None:
+            return math.inf
+        return max(self.total_batches - self.position, 1) * self.batch_size
+
     def _refill(self) -> None:
-        """Read windows until every buffer holds buffer_tokens rows, then permute each buffer's rows."""
-        while min(self.fill) < self.buffer_tokens:
+        """Read windows until every buffer holds buffer_tokens rows (or all the run still needs), then permute each buffer's rows."""
+        # Rows read past the run's end would be computed and never trained on (up to a whole buffer).
+        target = min(self.buffer_tokens, self._rows_needed())
+        per_window = self.cfg.context - int(self.cfg.drop_first)
+        while min(self.fill) < target:
             ids = self._next_ids()
+            short = -(-(target - min(self.fill)) // per_window)  # windows the run's last rows take
+            if target < self.buffer_tokens and short < ids.shape[0]:
+                # The run's last forward reads only those; the cursor stays after them, so the text is reopened there if read on.
+                ids, self._batches = ids[:short], None
             rows = self._forward(ids)
             self.windows += ids.shape[0]
             for i, r in enumerate(rows):
@@ -278,7 +300,8 @@ class OnlineStream:
             self.next += 1
             if position in self._pending:
                 return self._pending.pop(position), None
-            if any(n - self.batch_size < self.buffer_tokens // 2 for n in self.fill):
+            need = self._rows_needed()
+            if any(n - self.batch_size < self.buffer_tokens // 2 and n < need for n in self.fill):
                 self._refill()
             out = np.empty((len(self.sites), self.batch_size, self.d_model), dtype=np.float32)
             for i, buf in enumerate(self.buffers):
