@@ -16,7 +16,7 @@ from saelab.experiments.grid import (
     step_cost_estimate,
 )
 from saelab.formats.folder import SAELAB_CFG, read_saelab_record
-from saelab.sources.othello.source import OTHELLO_SCORE
+from saelab.sources.registry import score_files
 from saelab.training.fingerprint import data_fingerprint
 from saelab.training.trainer import CHECKPOINT, RUN_CONFIG
 from saelab.util.atomic import atomic_write_json, atomic_write_text
@@ -65,30 +65,22 @@ def _read_rows(path: Path) -> dict[str, dict]:
     )
 
 
-OTHELLO_ROW_KEYS = (
-    "good_classifiers",
-    "good_findable",
-    "findable",
-    "good_classifier_latents",
-    "coverage",
-    "good_classifiers_frac",
-)
-
-
 def _agrees(prior: dict, fresh: dict, folder: Path) -> bool:
-    """Whether an earlier results row says what the SAE's folder says (saelab.json, and othello_score.json when there)."""
+    """Whether an earlier results row says what the SAE's folder says (saelab.json, and each source's score file there)."""
     fresh = json.loads(json.dumps(fresh))
     ci = prior.get("ci")
     if not isinstance(ci, dict) or any(ci.get(k) != v for k, v in fresh.pop("ci", {}).items()):
         return False
     if any(prior.get(k) != v for k, v in fresh.items()):
         return False
-    if (folder / OTHELLO_SCORE).exists():
-        try:
-            score = read_json_object(folder / OTHELLO_SCORE)
-        except DataError:
-            return False
-        return all(prior.get(k) == score.get(k) for k in OTHELLO_ROW_KEYS)
+    for name, keys in score_files().items():
+        if (folder / name).exists():
+            try:
+                score = read_json_object(folder / name)
+            except DataError:
+                return False
+            if any(prior.get(k) != score.get(k) for k in keys):
+                return False
     return True
 
 

@@ -40,6 +40,9 @@ class Source(Protocol):
 
     name: ClassVar[str]  # the registry key; also FeatureData.kind
     description: ClassVar[str]
+    # Files its sweep evaluator writes beside an SAE → the row keys each file backs: a resumed sweep reuses
+    # a results row only when they agree with the file.
+    score_files: ClassVar[dict[str, tuple[str, ...]]]
 
     def owns(self, record: dict) -> bool:
         """Whether a provenance record (source.json, manifest.json, saelab.json's "source") came from this source."""

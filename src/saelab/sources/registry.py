@@ -35,5 +35,10 @@ def source_of(record: dict | None) -> Source | None:
     return next((s for s in SOURCES.values() if s.owns(record)), None)
 
 
+def score_files() -> dict[str, tuple[str, ...]]:
+    """Every registered source's score files beside an SAE → the sweep-row keys each backs."""
+    return {name: keys for s in SOURCES.values() for name, keys in s.score_files.items()}
+
+
 for _source in (LMSource(), OthelloSource(), ToySource()):
     register_source(_source)

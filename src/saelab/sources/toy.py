@@ -16,6 +16,7 @@ class ToySource:
 
     name = "toy"
     description = "sparse non-negative mixes of known unit features (the ground truth for MMCS)"
+    score_files: dict[str, tuple[str, ...]] = {}  # its sweeps add no evaluation beyond reconstruction
 
     def owns(self, record: dict) -> bool:
         """A record that names the toy source (`saelab toy` writes toy.json, which no provenance reader picks up)."""

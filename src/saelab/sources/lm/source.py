@@ -20,6 +20,7 @@ class LMSource:
 
     name = "lm"
     description = "a Hugging Face causal LM read at one hook (resid_pre/resid_post/mlp_out/attn_out of block L)"
+    score_files: dict[str, tuple[str, ...]] = {}  # downstream CE/KL lives in the row alone
 
     def owns(self, record: dict) -> bool:
         """An LM cache manifest (a damaged one too: reading it then says what is wrong) or an online-training record."""

@@ -16,6 +16,15 @@ from saelab.sources.othello.site import NAME, is_othello_record, othello_site
 from saelab.util.atomic import atomic_write_json
 
 OTHELLO_SCORE = "othello_score.json"  # the full board-state score a sweep writes beside each SAE
+# The score's headline columns in a sweep row, each checked against OTHELLO_SCORE when a sweep resumes.
+CONFIRMED_KEYS = (
+    "good_classifiers",
+    "good_findable",
+    "findable",
+    "good_classifier_latents",
+    "coverage",
+    "good_classifiers_frac",
+)
 FILES = "abcdefgh"
 
 
@@ -29,6 +38,7 @@ class OthelloSource:
 
     name = NAME
     description = "the committed OthelloGPT (or a trained one) on random legal games, with board-state labels"
+    score_files = {OTHELLO_SCORE: CONFIRMED_KEYS}
 
     def owns(self, record: dict) -> bool:
         """source.json of an OthelloGPT harvest."""
@@ -103,12 +113,7 @@ class BoardScore:
         ).to_dict()
         atomic_write_json(folder / OTHELLO_SCORE, s)
         keys = (
-            "good_classifiers",
-            "good_findable",
-            "findable",
-            "good_classifier_latents",
-            "coverage",
-            "good_classifiers_frac",
+            *CONFIRMED_KEYS,
             "count_method",
             "good_classifiers_naive",
             "good_findable_naive",
