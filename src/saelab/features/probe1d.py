@@ -193,7 +193,6 @@ def fit_probes(codes: SparseCodes, y, cfg: ProbeConfig = ProbeConfig()) -> Probe
     if N == 0:
         raise DataError("labels: no rows to fit")
     codes = codes.by_latent()
-    c = codes.cols.numpy()
     v = codes.vals.numpy().astype(np.float64, copy=False)
     yv = yt[codes.rows.numpy()]
     counts, sum_v, sum_vv = codes.latent_sums()

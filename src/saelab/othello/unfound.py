@@ -181,7 +181,6 @@ def diagnose_folder(folder, games: int = 2000, seed: int | None = None, candidat
     from saelab.othello.auroc import auroc_matrix
     from saelab.othello.bootstrap import findable_on_positions
     from saelab.othello.score import held_out_games, latent_activations
-
     from saelab.progress import stage
 
     with stage(f"unfound: harvest {games} held-out games"):
