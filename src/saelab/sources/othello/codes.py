@@ -1,0 +1,100 @@
+"""SAE codes [P, L] kept as their non-zero entries, column by column (a TopK code has k per row, not L).
+
+The board-state metrics only need each latent's non-zero entries: the zeros of a column share one
+rank (AUROC) and never clear a threshold ≥ 0 (F1), so storing them would cost P · L floats (1.6 GB at
+98k positions × 4,096 latents) for nothing. Rows are int32 and values float32, so the sparse form
+is no bigger than the dense one while at most half the entries are non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SparseCodes:
+    """Codes [P, L] by column: column l's non-zero entries are rows/values[col_ptr[l]:col_ptr[l+1]], rows ascending."""
+
+    rows: torch.Tensor  # int32 [nnz]
+    values: torch.Tensor  # float32 [nnz]
+    col_ptr: torch.Tensor  # int64 [L + 1]
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_entries(cls, rows, cols, values, shape: tuple[int, int]) -> SparseCodes:
+        """From (row, column, value) triplets in any order; zero values are dropped."""
+        rows, cols = torch.as_tensor(rows).long(), torch.as_tensor(cols).long()
+        values = torch.as_tensor(values).float()
+        if torch.isnan(values).any():
+            raise ValueError("acts: contains NaN")
+        keep = values != 0
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+        order = torch.argsort(cols * max(shape[0], 1) + rows)
+        counts = torch.bincount(cols, minlength=shape[1])
+        col_ptr = torch.zeros(shape[1] + 1, dtype=torch.long)
+        col_ptr[1:] = torch.cumsum(counts, 0)
+        return cls(rows[order].int(), values[order], col_ptr, (int(shape[0]), int(shape[1])))
+
+    @classmethod
+    def from_dense(cls, x) -> SparseCodes:
+        """The non-zero entries of a dense [P, L] array."""
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+        if x.ndim != 2:
+            raise ValueError(f"acts.shape={tuple(x.shape)}: expected [P, L]")
+        if torch.isnan(x).any():
+            raise ValueError("acts: contains NaN")
+        rows, cols = x.nonzero(as_tuple=True)
+        return cls.from_entries(rows, cols, x[rows, cols], tuple(x.shape))
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (non-zero) entries."""
+        return int(self.rows.numel())
+
+    def entry_cols(self) -> torch.Tensor:
+        """Column index int64 [nnz] of every stored entry."""
+        return torch.repeat_interleave(torch.arange(self.shape[1]), self.col_ptr.diff())
+
+    def select_rows(self, keep) -> SparseCodes:
+        """The codes of the rows where bool keep [P] holds, renumbered in order."""
+        keep = torch.as_tensor(np.asarray(keep)).bool()
+        new_row = torch.cumsum(keep, 0) - 1
+        hit = keep[self.rows.long()]
+        counts = torch.bincount(self.entry_cols()[hit], minlength=self.shape[1])
+        col_ptr = torch.zeros_like(self.col_ptr)
+        col_ptr[1:] = torch.cumsum(counts, 0)
+        return SparseCodes(
+            new_row[self.rows.long()[hit]].int(), self.values[hit], col_ptr, (int(keep.sum()), self.shape[1])
+        )
+
+    def columns(self, latents) -> torch.Tensor:
+        """Dense float32 [P, len(latents)] of the given columns."""
+        latents = torch.as_tensor(np.asarray(latents)).long().reshape(-1)
+        start, n = self.col_ptr[latents], self.col_ptr[latents + 1] - self.col_ptr[latents]
+        which = torch.repeat_interleave(torch.arange(len(latents)), n)  # output column of each gathered entry
+        first = torch.cumsum(n, 0) - n
+        entry = start[which] + torch.arange(int(n.sum())) - first[which]
+        out = torch.zeros(self.shape[0] * len(latents))
+        out[self.rows[entry].long() * len(latents) + which] = self.values[entry]
+        return out.view(self.shape[0], len(latents))
+
+    def col_max(self) -> torch.Tensor:
+        """Each column's maximum over all P rows, zeros included (0 for an empty matrix)."""
+        n = self.col_ptr.diff()
+        top = torch.full((self.shape[1],), -torch.inf)
+        top = top.scatter_reduce(0, self.entry_cols(), self.values, "amax")
+        return torch.where(n < self.shape[0], top.clamp(min=0.0), top) if self.shape[0] else torch.zeros(self.shape[1])
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense float32 [P, L]."""
+        out = torch.zeros(self.shape)
+        out[self.rows.long(), self.entry_cols()] = self.values
+        return out
+
+
+def as_sparse(codes) -> SparseCodes:
+    """SparseCodes as given, or built from a dense [P, L] array."""
+    return codes if isinstance(codes, SparseCodes) else SparseCodes.from_dense(codes)
