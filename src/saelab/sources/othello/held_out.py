@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def _read(path: Path, key: dict) -> tuple[Harvest, np.ndarray] | None:
                 return None
             data = Harvest(z["activations"], z["labels"], z["positions"], json.loads(str(z["source"])))
             return data, z["findable"].astype(bool)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 
