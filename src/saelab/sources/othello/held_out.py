@@ -3,7 +3,7 @@
 Both depend only on the OthelloGPT (its weights' fingerprint), the layer, the trimming, the number of
 games and their seed, not on the SAE: scoring many SAEs of one source (one `othello score` per
 folder of a sweep) harvests and fits the cross-fitted probes once. An entry is one .npz under
-cache_dir()/othello-held-out (≈ 200 MB at 2,000 games: the activations are what the SAE encodes),
+cache_dir()/othello-held-out (≈ 50 MB at 2,000 games of the committed model: the activations are what the SAE encodes),
 written atomically and named by a hash of everything it depends on, which it also stores and is
 checked on reading; an unreadable or mismatched entry is recomputed and replaced.
 """
