@@ -70,16 +70,22 @@ class SparseCodes:
             new_row[self.rows.long()[hit]].int(), self.values[hit], col_ptr, (int(keep.sum()), self.shape[1])
         )
 
-    def columns(self, latents) -> torch.Tensor:
-        """Dense float32 [P, len(latents)] of the given columns."""
+    def entries_of(self, latents) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(position in `latents` int64, row int64, value) of every stored entry of the given columns (repeats allowed)."""
         latents = torch.as_tensor(np.asarray(latents)).long().reshape(-1)
         start, n = self.col_ptr[latents], self.col_ptr[latents + 1] - self.col_ptr[latents]
-        which = torch.repeat_interleave(torch.arange(len(latents)), n)  # output column of each gathered entry
+        which = torch.repeat_interleave(torch.arange(len(latents)), n)
         first = torch.cumsum(n, 0) - n
         entry = start[which] + torch.arange(int(n.sum())) - first[which]
-        out = torch.zeros(self.shape[0] * len(latents))
-        out[self.rows[entry].long() * len(latents) + which] = self.values[entry]
-        return out.view(self.shape[0], len(latents))
+        return which, self.rows[entry].long(), self.values[entry]
+
+    def columns(self, latents) -> torch.Tensor:
+        """Dense float32 [P, len(latents)] of the given columns."""
+        which, rows, values = self.entries_of(latents)
+        width = int(np.asarray(latents).size)
+        out = torch.zeros(self.shape[0] * width)
+        out[rows * width + which] = values
+        return out.view(self.shape[0], width)
 
     def col_max(self) -> torch.Tensor:
         """Each column's maximum over all P rows, zeros included (0 for an empty matrix)."""

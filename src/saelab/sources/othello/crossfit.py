@@ -206,13 +206,14 @@ def _classifier_counts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-game (true positives, predicted positives) [G, k, 192] of the classifiers "x[:, latent] > threshold" for each pair."""
     k = latents.shape[0]
-    tp = np.zeros((n_games, k, N_PAIRS))
-    pred = np.zeros_like(tp)
-    for i in range(k):
-        fires = (x.columns(latents[i]) > thresholds[i]).numpy()  # [P, 192]
-        for p in range(N_PAIRS):
-            pred[:, i, p] = np.bincount(game_idx, weights=fires[:, p], minlength=n_games)
-            tp[:, i, p] = np.bincount(game_idx, weights=fires[:, p] & target[:, p], minlength=n_games)
+    # Thresholds are >= 0, so only stored entries can fire: gather the k · 192 classifiers' columns at once.
+    which, rows, values = x.entries_of(latents.reshape(-1))
+    fire = values > thresholds.reshape(-1)[which]
+    c, r = which[fire].numpy(), rows[fire].numpy()  # classifier i · 192 + pair, position
+    key = game_idx[r] * (k * N_PAIRS) + c
+    size = n_games * k * N_PAIRS
+    pred = np.bincount(key, minlength=size).reshape(n_games, k, N_PAIRS).astype(np.float64)
+    tp = np.bincount(key[target[r, c % N_PAIRS]], minlength=size).reshape(n_games, k, N_PAIRS).astype(np.float64)
     return tp, pred
 
 
