@@ -23,7 +23,7 @@ from saelab.sources.othello.auroc import (
     f1_chunks,
     pair_indicators,
 )
-from saelab.sources.othello.codes import SparseCodes, as_sparse
+from saelab.sources.othello.codes import DenseCodes, SparseCodes, as_codes
 from saelab.sources.othello.harvest import Harvest
 
 
@@ -60,7 +60,7 @@ def _hand_auroc(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def dense_auroc_reference(acts, labels) -> torch.Tensor:
     """The dense computation the sparse one replaced: centred ranks of every column times the indicators."""
-    a = as_sparse(acts).to_dense()
+    a = as_codes(acts).to_dense()
     y = pair_indicators(labels)
     P = a.shape[0]
     n_pos = y.sum(0).double()
@@ -72,7 +72,7 @@ def dense_auroc_reference(acts, labels) -> torch.Tensor:
 
 def dense_f1_reference(acts, labels, fr, chunk=None):
     """F1 of "act > f · max act" per (latent, fraction, pair) by direct counting on the dense codes."""
-    a = as_sparse(acts).to_dense()
+    a = as_codes(acts).to_dense()
     y = pair_indicators(labels).bool()
     top = a.amax(0) if a.shape[0] else torch.zeros(a.shape[1])
     fires = (a.unsqueeze(1) > fr.view(1, -1, 1) * top.view(1, 1, -1)) & (top > 0)  # [P, F, L]
@@ -113,6 +113,15 @@ def test_sparse_codes_hold_exactly_the_dense_codes(case):
     cols = [x.shape[1] - 1, 0, x.shape[1] - 1]
     np.testing.assert_array_equal(c.columns(cols).numpy(), x[:, cols])
     np.testing.assert_array_equal(c.col_max().numpy(), x.max(0))
+    d = DenseCodes(torch.from_numpy(x))
+    np.testing.assert_array_equal(d.select_rows(keep).to_dense().numpy(), x[keep])
+    np.testing.assert_array_equal(d.columns(cols).numpy(), x[:, cols])
+    for codes in (c, d):
+        which, rows, values = codes.entries_of(cols)
+        block = np.zeros((len(x), len(cols)), np.float32)
+        block[rows.numpy(), which.numpy()] = values.numpy()
+        np.testing.assert_array_equal(block, x[:, cols])
+        np.testing.assert_array_equal(codes.column_chunk(0, 1).to_dense().numpy(), x[:, :1])
 
 
 def _planted_data(games=40, moves=30, d_in=24, seed=0):
@@ -153,6 +162,41 @@ def test_the_score_on_sparse_codes_equals_the_dense_implementation(monkeypatch):
             assert new[key] == old[key], key
 
 
+def test_mostly_non_zero_codes_stay_dense_and_score_the_same():
+    data = _planted_data(games=20)
+    rng = np.random.default_rng(2)
+    x = np.abs(rng.normal(size=(len(data.labels), 12))).astype(np.float32) + 0.01  # leaky: nothing is zero
+    x[:, :4] += 2 * pair_indicators(data.labels).numpy()[:, 3 * np.arange(4) + 1]
+    x[:, 5] = 0.0  # one dead latent
+    assert isinstance(as_codes(x), DenseCodes) and isinstance(as_codes(x * (x > 1.5)), SparseCodes)
+    games = data.positions[:, 0]
+    dense, sparse = DenseCodes(torch.from_numpy(x)), SparseCodes.from_dense(x)
+    for f in (
+        lambda c: auroc_matrix(c, data.labels),
+        lambda c: crossfit_mod.crossfit_good_counts(c, data.labels, games, n_boot=20),
+        lambda c: crossfit_mod.crossfit_coverage(c, data.labels, games, n_boot=20),
+        lambda c: auroc_mod.coverage(c, data.labels),
+    ):
+        a, b = f(dense), f(sparse)
+        if isinstance(a, torch.Tensor):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, equal_nan=True)
+        else:
+            assert _flat(a) == pytest.approx(_flat(b), nan_ok=True)
+
+
+def _flat(d, path="") -> dict:
+    """Nested dicts and lists → {path: number} (strings kept out), for approximate comparison."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{path}{k}."))
+        elif isinstance(v, list):
+            out.update(_flat({str(i): x for i, x in enumerate(v)}, f"{path}{k}."))
+        elif not isinstance(v, str):
+            out[path + k] = float("nan") if v is None else v
+    return out
+
+
 def test_latent_activations_keep_every_non_zero_of_the_code():
     sae = SparseAutoencoder(SAEConfig(n_latents=32, method="topk", method_params={"k": 4}, d_in=8))
     sae.reset_weights(torch.Generator().manual_seed(1))
@@ -166,6 +210,12 @@ def test_latent_activations_keep_every_non_zero_of_the_code():
     codes, _ = score_mod.latent_activations(sae, acts, batch=64)
     assert codes.shape == (300, 32) and codes.nnz == int((dense != 0).sum()) <= 300 * 4
     np.testing.assert_array_equal(codes.to_dense().numpy(), dense.numpy())
+    relu = SparseAutoencoder(SAEConfig(n_latents=32, method="relu", d_in=8))  # about half the pre-activations > 0
+    relu.reset_weights(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        relu.b_enc.fill_(10.0)  # every latent fires everywhere: the dense form is the smaller one
+    codes, _ = score_mod.latent_activations(relu, acts, batch=64)
+    assert isinstance(codes, DenseCodes) and bool((codes.x > 0).all())
 
 
 def test_the_held_out_cache_returns_what_it_computed_and_recomputes_a_broken_entry(tmp_path, monkeypatch):

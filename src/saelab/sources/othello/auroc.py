@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from saelab.sources.othello.codes import SparseCodes, as_sparse
+from saelab.sources.othello.codes import CHUNK_ENTRIES, DenseCodes, SparseCodes, as_codes
 
 N_PAIRS = 192
 GOOD_AUROC = 0.9
@@ -133,6 +133,20 @@ def _within_column_ranks(codes: SparseCodes) -> torch.Tensor:
     return rank
 
 
+def _dense_auroc_matrix(x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """auroc_matrix of mostly non-zero codes x [P, L]: centred ranks of each column chunk times the indicators y [P, 192]."""
+    P = x.shape[0]
+    n_pos = y.sum(0).double()
+    out = torch.empty(x.shape[1], N_PAIRS, dtype=torch.float64)
+    for i in range(0, x.shape[1], chunk):
+        r = centered_ranks(x[:, i : i + chunk])
+        out[i : i + chunk] = (r.T @ y.to(r.dtype)).double()
+    denom = n_pos * (P - n_pos)
+    auc = 0.5 + out / denom
+    auc[:, denom == 0] = float("nan")
+    return auc.float()
+
+
 def auroc_matrix(acts, labels) -> torch.Tensor:
     """AUROC [L, 192] of every latent of acts [P, L] (dense, or othello.codes.SparseCodes) against every (square, state) indicator.
 
@@ -140,12 +154,14 @@ def auroc_matrix(acts, labels) -> torch.Tensor:
     positives' centred rank sum is (r0 - mid) · n_pos + Σ over non-zero positives of (rank - r0),
     and each position has exactly 64 ones among the 192 indicators: O(non-zeros · 64), not O(P · L · 192).
     """
-    codes = as_sparse(acts)
+    codes = as_codes(acts)
     lab = np.asarray(labels)
     y = pair_indicators(lab)
     P, L = codes.shape
     if y.shape[0] != P:
         raise ValueError(f"acts rows={P} != labels rows={y.shape[0]}")
+    if isinstance(codes, DenseCodes):
+        return _dense_auroc_matrix(codes.x, y)
     n_pos = y.sum(0).double()
     n_stored = codes.col_ptr.diff()
     n_below = torch.bincount(codes.entry_cols()[codes.values < 0], minlength=L)
@@ -220,7 +236,7 @@ def f1_chunks(acts, labels, fr: torch.Tensor, chunk: int = F1_CHUNK):
 
     Latents that never exceed 0 classify nothing (F1 0).
     """
-    codes = as_sparse(acts)
+    codes = as_codes(acts)
     lab = np.asarray(labels)
     y = pair_indicators(lab)
     P, L = codes.shape
@@ -228,16 +244,16 @@ def f1_chunks(acts, labels, fr: torch.Tensor, chunk: int = F1_CHUNK):
         raise ValueError(f"acts rows={P} != labels rows={y.shape[0]}")
     n_pos = y.sum(0)
     nf = fr.numel()
-    top_all = codes.col_max()
-    cols_all = codes.entry_cols()
     y_np = y.numpy()
+    if isinstance(codes, DenseCodes):  # turned sparse a block at a time
+        chunk = max(1, min(chunk, CHUNK_ENTRIES // max(P, 1)))
     for i in range(0, L, chunk):
         K = min(chunk, L - i)
-        lo, hi = int(codes.col_ptr[i]), int(codes.col_ptr[i + K])
-        vals, rows, cols = codes.values[lo:hi], codes.rows[lo:hi], cols_all[lo:hi] - i
+        block = codes.column_chunk(i, i + K)
+        vals, rows, cols = block.values, block.rows, block.entry_cols()
+        top = block.col_max()
         up = vals > 0
         vals, rows, cols = vals[up], rows[up], cols[up]
-        top = top_all[i : i + K]
         # bin = how many thresholds an activation clears (>= 1 for any positive activation):
         # classifier j fires exactly on entries with bin > j, so TP_j is a suffix sum over bins.
         top_of = top[cols]
@@ -268,7 +284,7 @@ def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: 
     (same-games) value; crossfit.crossfit_coverage chooses and scores on different games.
     Returns {"coverage", "best_f1" [192] (None where a pair is left out)}.
     """
-    a = as_sparse(acts)
+    a = as_codes(acts)
     y = pair_indicators(labels)
     if y.shape[0] != a.shape[0]:
         raise ValueError(f"acts rows={a.shape[0]} != labels rows={y.shape[0]}")

@@ -94,6 +94,12 @@ class SparseCodes:
         top = top.scatter_reduce(0, self.entry_cols(), self.values, "amax")
         return torch.where(n < self.shape[0], top.clamp(min=0.0), top) if self.shape[0] else torch.zeros(self.shape[1])
 
+    def column_chunk(self, start: int, stop: int) -> SparseCodes:
+        """Columns start..stop-1 as their own SparseCodes."""
+        lo, hi = int(self.col_ptr[start]), int(self.col_ptr[stop])
+        ptr = self.col_ptr[start : stop + 1] - lo
+        return SparseCodes(self.rows[lo:hi], self.values[lo:hi], ptr, (self.shape[0], stop - start))
+
     def to_dense(self) -> torch.Tensor:
         """Dense float32 [P, L]."""
         out = torch.zeros(self.shape)
@@ -101,6 +107,55 @@ class SparseCodes:
         return out
 
 
-def as_sparse(codes) -> SparseCodes:
-    """SparseCodes as given, or built from a dense [P, L] array."""
-    return codes if isinstance(codes, SparseCodes) else SparseCodes.from_dense(codes)
+DENSE_FRACTION = 0.5  # above this share of non-zero entries the sparse form is bigger than the dense one
+CHUNK_ENTRIES = 1 << 22  # entries of a dense code turned sparse at once (F1 counts): ~200 MB of temporaries
+
+
+@dataclass(frozen=True)
+class DenseCodes:
+    """Codes [P, L] that are mostly non-zero (leaky TopK), kept dense with the SparseCodes methods the scores use."""
+
+    x: torch.Tensor  # float32 [P, L]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(P, L)."""
+        return int(self.x.shape[0]), int(self.x.shape[1])
+
+    def select_rows(self, keep) -> DenseCodes:
+        """The codes of the rows where bool keep [P] holds."""
+        return DenseCodes(self.x[torch.as_tensor(np.asarray(keep)).bool()])
+
+    def columns(self, latents) -> torch.Tensor:
+        """Dense float32 [P, len(latents)] of the given columns."""
+        return self.x[:, torch.as_tensor(np.asarray(latents)).long().reshape(-1)]
+
+    def entries_of(self, latents) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(position in `latents`, row, value) of the non-zero entries of the given columns."""
+        block = self.columns(latents)
+        rows, which = block.nonzero(as_tuple=True)
+        return which, rows, block[rows, which]
+
+    def col_max(self) -> torch.Tensor:
+        """Each column's maximum (0 for an empty matrix)."""
+        return self.x.amax(0) if self.shape[0] else torch.zeros(self.shape[1])
+
+    def column_chunk(self, start: int, stop: int) -> SparseCodes:
+        """Columns start..stop-1 as SparseCodes."""
+        return SparseCodes.from_dense(self.x[:, start:stop])
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense float32 [P, L]."""
+        return self.x
+
+
+def as_codes(codes) -> SparseCodes | DenseCodes:
+    """SparseCodes or DenseCodes as given; a dense array becomes DenseCodes when mostly non-zero, else SparseCodes."""
+    if isinstance(codes, (SparseCodes, DenseCodes)):
+        return codes
+    x = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes).float()
+    if x.ndim == 2 and x.numel() and int(torch.count_nonzero(x)) > DENSE_FRACTION * x.numel():
+        if torch.isnan(x).any():
+            raise ValueError("acts: contains NaN")
+        return DenseCodes(x)
+    return SparseCodes.from_dense(x)

@@ -32,7 +32,7 @@ from saelab.sources.othello.auroc import (
     pair_indicators,
 )
 from saelab.sources.othello.bootstrap import N_BOOT, _auroc_from_counts, _bin_column
-from saelab.sources.othello.codes import SparseCodes, as_sparse
+from saelab.sources.othello.codes import DenseCodes, SparseCodes, as_codes
 from saelab.util.intervals import Interval
 
 CANDIDATES = 3  # per pair and half
@@ -98,7 +98,7 @@ def crossfit_good_counts(
     Returns {"good_classifiers", "good_findable", "<name>_eval_se" (None without a bootstrap),
     "ci": {name: Interval dict}}. `findable` is a bool [192] or [64, 3] mask (None: every pair).
     """
-    x = as_sparse(codes)
+    x = as_codes(codes)
     labels = np.asarray(labels)
     half, game_idx, n_games = game_halves(games)
     mask = np.ones(N_PAIRS, bool) if findable is None else np.asarray(findable).reshape(-1).astype(bool)
@@ -174,7 +174,9 @@ def _good_replicates(x, labels, game_idx, half, n_games, auc, good, n_boot, seed
     return reps
 
 
-def _half_f1_candidates(x: SparseCodes, labels: np.ndarray, fr: torch.Tensor, k: int, chunk: int = F1_CHUNK):
+def _half_f1_candidates(
+    x: SparseCodes | DenseCodes, labels: np.ndarray, fr: torch.Tensor, k: int, chunk: int = F1_CHUNK
+):
     """Each pair's k best (latent, threshold) classifiers on these positions: (latents [k, 192], thresholds [k, 192], F1 [k, 192])."""
     top = x.col_max()
     best_f1 = torch.full((0, N_PAIRS), -1.0)
@@ -197,7 +199,7 @@ def _half_f1_candidates(x: SparseCodes, labels: np.ndarray, fr: torch.Tensor, k:
 
 
 def _classifier_counts(
-    x: SparseCodes,
+    x: SparseCodes | DenseCodes,
     target: np.ndarray,
     game_idx: np.ndarray,
     n_games: int,
@@ -240,7 +242,7 @@ def crossfit_coverage(
     over the pairs that occur in its scoring half; the result is the mean of the two directions.
     Returns {"coverage", "coverage_eval_se", "ci": {"coverage": Interval dict}}.
     """
-    x = as_sparse(codes)
+    x = as_codes(codes)
     labels = np.asarray(labels)
     half, game_idx, n_games = game_halves(games)
     fr = torch.tensor(sorted(float(f) for f in fractions))

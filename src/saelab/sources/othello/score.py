@@ -13,7 +13,7 @@ from saelab.evals.reconstruction import ReconstructionResult
 from saelab.formats.folder import load_sae, read_saelab_record
 from saelab.sources.othello.auroc import auroc_matrix, coverage, good_classifier_report
 from saelab.sources.othello.bootstrap import N_BOOT, findable_on_positions
-from saelab.sources.othello.codes import SparseCodes
+from saelab.sources.othello.codes import DENSE_FRACTION, DenseCodes, SparseCodes
 from saelab.sources.othello.crossfit import crossfit_coverage, crossfit_good_counts
 from saelab.sources.othello.games import generate_games
 from saelab.sources.othello.harvest import Harvest, load_model
@@ -78,22 +78,39 @@ def findable_mask(layer: int, games: int = 3000) -> np.ndarray:
     return train_probes(load_model(), generate_games(games, seed=EVAL_SEED_OFFSET + 1), [layer]).findable[layer]
 
 
-def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[SparseCodes, ReconstructionResult]:
-    """Codes [P, n] of raw activations (their non-zero entries) and the reconstruction metrics of the same pass (evals.evaluate)."""
+def latent_activations(
+    sae, acts: np.ndarray, batch: int = 8192
+) -> tuple[SparseCodes | DenseCodes, ReconstructionResult]:
+    """Codes [P, n] of raw activations and the reconstruction metrics of the same pass (evals.evaluate).
+
+    The codes keep their non-zero entries (SparseCodes) unless more than half of them are non-zero
+    (leaky TopK), where the dense array is smaller (DenseCodes).
+    """
+    P, n = len(acts), sae.cfg.n_latents
     rows, cols, vals = [], [], []
+    dense: list[torch.Tensor] = []  # filled once the codes prove mostly non-zero
 
     def keep(z, first):
         z = z.detach().cpu().float()
+        if not dense and int(torch.count_nonzero(z)) > DENSE_FRACTION * z.numel():
+            dense.append(SparseCodes.from_entries(_cat(rows), _cat(cols), _cat(vals), (P, n)).to_dense())
+        if dense:
+            dense[0][first : first + z.shape[0]] = z
+            return
         r, c = z.nonzero(as_tuple=True)
         rows.append((r + first).int())
         cols.append(c.int())
         vals.append(z[r, c])
 
     result = evaluate(sae, acts, rows="all", batch_size=batch, scan=False, on_codes=keep)
-    if not rows:
-        return SparseCodes.from_entries([], [], [], (len(acts), sae.cfg.n_latents)), result
-    codes = SparseCodes.from_entries(torch.cat(rows), torch.cat(cols), torch.cat(vals), (len(acts), sae.cfg.n_latents))
-    return codes, result
+    if dense:
+        return DenseCodes(dense[0]), result
+    return SparseCodes.from_entries(_cat(rows), _cat(cols), _cat(vals), (P, n)), result
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat that accepts an empty list."""
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def score_sae(
