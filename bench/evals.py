@@ -132,11 +132,16 @@ def _setup(work: Path, sizes: list[int], text_tokens: int, refine_games: int) ->
     return paths
 
 
-def _run(argv: list[str], label: str) -> dict:
-    """Run one command under GNU time, stderr piped: wall and CPU seconds, peak RSS (MiB), exit code, last stderr lines."""
+def _run(argv: list[str], label: str, cache: str | None = None) -> dict:
+    """Run one command under GNU time, stderr piped: wall and CPU seconds, peak RSS (MiB), exit code, last stderr lines.
+
+    `cache`: the SAELAB_CACHE_DIR it sees (None: a fresh empty one, so nothing cached helps it).
+    """
     import tempfile
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    fresh = tempfile.TemporaryDirectory(prefix="saelab-bench-cache-") if cache is None else None
+    env["SAELAB_CACHE_DIR"] = fresh.name if fresh else cache
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -144,6 +149,8 @@ def _run(argv: list[str], label: str) -> dict:
         )
         wall = time.perf_counter() - t0
         fields = tf.read().split()[-3:]
+    if fresh:
+        fresh.cleanup()
     if proc.returncode != 0:
         print(f"{label}: exit {proc.returncode}\n{proc.stderr[-3000:]}", file=sys.stderr)
     rss_kib, user, sys_s = (float(x) for x in fields) if len(fields) == 3 else (0.0, 0.0, 0.0)
@@ -209,6 +216,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/saelab-bench-evals")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
+    ap.add_argument(
+        "--held-out-cache",
+        choices=("cold", "warm"),
+        default="cold",
+        help="cold: each command starts with an empty saelab cache (it harvests the held-out games and fits the "
+        "findable probes, as a first score does); warm: a cache under --work, filled by one untimed run first "
+        "(what every later SAE of a sweep pays)",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     only = [c for c in args.only.split(",") if c]
@@ -219,14 +234,20 @@ def main() -> int:
     t0 = time.perf_counter()
     paths = _setup(work, sizes, args.text_tokens, args.refine_games)
     print(f"# setup {time.perf_counter() - t0:.0f}s; cpu {json.dumps(_cpu())}", file=sys.stderr, flush=True)
+    cache = None
+    if args.held_out_cache == "warm":
+        cache = str(work / "saelab-cache")
+        for cmd in (c for c in only if c in ("othello-score", "othello-unfound")):
+            print(f"# filling the held-out cache ({cmd}, untimed) ...", file=sys.stderr, flush=True)
+            _run(_argv(cmd, sizes[0], paths, args, work)[0], f"fill {cmd}", cache)
     rows = []
     for cmd in only:
         for n in sizes:
             argv, per = _argv(cmd, n, paths, args, work)
             print(f"# {cmd} at {n} latents ...", file=sys.stderr, flush=True)
-            r = _run(argv, f"{cmd}@{n}")
+            r = _run(argv, f"{cmd}@{n}", cache)
             row = {"bench": "evals", "command": cmd, "latents": n, "games": args.games if "othello" in cmd else args.refine_games if cmd == "eval-refine" else None,
-                   "per": per, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mib": r["peak_rss_mib"], "rc": r["rc"],
+                   "per": per, "held_out_cache": args.held_out_cache, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mib": r["peak_rss_mib"], "rc": r["rc"],
                    "wall_s_per_unit": round(r["wall_s"] / per, 2), "progress_tail": r["stderr_tail"], "argv": argv[2:],
                    "cpu": _cpu(), "load_avg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
             rows.append(row)

@@ -49,7 +49,7 @@ def test_sparse_and_dense_rank_paths_match_scipy(density):
 
 def test_auroc_matrix_matches_mann_whitney():
     acts, labels = _data()
-    auc = auroc_matrix(acts, labels, chunk=4).numpy()
+    auc = auroc_matrix(acts, labels).numpy()
     assert auc.shape == (6, 192)
     for l in range(6):
         for p in range(192):

@@ -10,12 +10,18 @@ such as "centre square empty", have AUROC NaN and never count as found.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import torch
+
+from saelab.sources.othello.codes import CHUNK_ENTRIES, DenseCodes, SparseCodes, as_codes
 
 N_PAIRS = 192
 GOOD_AUROC = 0.9
 DENSE_FRACTION = 0.6  # above this share of non-minimum entries a per-column sort beats the flat one
 KARVONEN_FRACTIONS = tuple(i / 10 for i in range(10))  # thresholds as fractions of max activation
+F1_CHUNK = (
+    2048  # latents per F1 block: [2048, 10, 192] float64 is 31 MB; 256-latent blocks cost 3x more time (measured)
+)
 
 
 def pair_indicators(labels) -> torch.Tensor:
@@ -108,25 +114,70 @@ def average_ranks(x) -> torch.Tensor:
     return centered_ranks(x).to(torch.float64) + (x.shape[0] + 1) / 2
 
 
-def auroc_matrix(acts, labels, chunk: int = 256) -> torch.Tensor:
-    """AUROC [L, 192] of every latent of acts [P, L] against every (square, state) indicator."""
-    a = torch.as_tensor(acts)
-    if a.ndim != 2:
-        raise ValueError(f"acts.shape={tuple(a.shape)}: expected [P, L]")
-    y = pair_indicators(labels)
-    if y.shape[0] != a.shape[0]:
-        raise ValueError(f"acts rows={a.shape[0]} != labels rows={y.shape[0]}")
-    P = a.shape[0]
+def _within_column_ranks(codes: SparseCodes) -> torch.Tensor:
+    """Rank (1-based, float64) of each stored entry among its column's stored entries, ties averaged."""
+    cols = codes.entry_cols()
+    order = torch.sort((cols << 32) | _sortable_key(codes.values)).indices
+    c, v = cols[order], codes.values[order]
+    M = c.numel()
+    g = torch.arange(M)
+    first = torch.ones(M, dtype=torch.bool)
+    first[1:] = (c[1:] != c[:-1]) | (v[1:] != v[:-1])
+    last = torch.ones_like(first)
+    last[:-1] = first[1:]
+    # Each tie group spans sorted positions [start, end]; carry its bounds along the sorted order.
+    start = torch.cummax(torch.where(first, g, torch.zeros_like(g)), 0).values
+    end = torch.where(last, g, torch.full_like(g, M)).flip(0).cummin(0).values.flip(0)
+    rank = torch.empty(M, dtype=torch.float64)
+    rank[order] = (start + end).to(torch.float64) / 2 + 1 - codes.col_ptr[:-1][c].to(torch.float64)
+    return rank
+
+
+def _dense_auroc_matrix(x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """auroc_matrix of mostly non-zero codes x [P, L]: centred ranks of each column chunk times the indicators y [P, 192]."""
+    P = x.shape[0]
     n_pos = y.sum(0).double()
-    n_neg = P - n_pos
-    # With centred ranks, AUROC = 0.5 + sum_{positives}(rank - (P+1)/2) / (n_pos * n_neg), and
-    # the matmul's partial sums stay small enough for float32.
-    out = torch.empty(a.shape[1], N_PAIRS, dtype=torch.float64)
-    for i in range(0, a.shape[1], chunk):
-        r = centered_ranks(a[:, i : i + chunk])
+    out = torch.empty(x.shape[1], N_PAIRS, dtype=torch.float64)
+    for i in range(0, x.shape[1], chunk):
+        r = centered_ranks(x[:, i : i + chunk])
         out[i : i + chunk] = (r.T @ y.to(r.dtype)).double()
-    denom = n_pos * n_neg
+    denom = n_pos * (P - n_pos)
     auc = 0.5 + out / denom
+    auc[:, denom == 0] = float("nan")
+    return auc.float()
+
+
+def auroc_matrix(acts, labels) -> torch.Tensor:
+    """AUROC [L, 192] of every latent of acts [P, L] (dense, or othello.codes.SparseCodes) against every (square, state) indicator.
+
+    Only non-zero entries are ranked: a column's zeros share one tie-averaged rank r0, so the
+    positives' centred rank sum is (r0 - mid) · n_pos + Σ over non-zero positives of (rank - r0),
+    and each position has exactly 64 ones among the 192 indicators: O(non-zeros · 64), not O(P · L · 192).
+    """
+    codes = as_codes(acts)
+    lab = np.asarray(labels)
+    y = pair_indicators(lab)
+    P, L = codes.shape
+    if y.shape[0] != P:
+        raise ValueError(f"acts rows={P} != labels rows={y.shape[0]}")
+    if isinstance(codes, DenseCodes):
+        return _dense_auroc_matrix(codes.x, y)
+    n_pos = y.sum(0).double()
+    n_stored = codes.col_ptr.diff()
+    n_below = torch.bincount(codes.entry_cols()[codes.values < 0], minlength=L)
+    r0 = n_below.double() + (P - n_stored + 1).double() / 2  # the zeros' shared rank
+    cols = codes.entry_cols()
+    # A positive entry ranks above every zero; a negative one below them all.
+    rank = _within_column_ranks(codes) + torch.where(codes.values > 0, (P - n_stored)[cols], 0).double()
+    weights = (rank - r0[cols]).numpy()
+    by_latent = scipy.sparse.csr_matrix((weights, codes.rows.numpy(), codes.col_ptr.numpy()), shape=(L, P))
+    s = np.empty((L, N_PAIRS))
+    for state in range(3):  # pair 3·square + state: one sparse × dense product per state
+        s[:, state::3] = by_latent @ (lab == state).astype(np.float64)
+    n_neg = P - n_pos
+    centred = torch.from_numpy(s) + (r0 - (P + 1) / 2).unsqueeze(1) * n_pos
+    denom = n_pos * n_neg
+    auc = 0.5 + centred / denom
     auc[:, denom == 0] = float("nan")
     return auc.float()
 
@@ -180,40 +231,48 @@ def good_classifier_report(auroc, findable_mask=None, threshold: float = GOOD_AU
     }
 
 
-def f1_chunks(acts: torch.Tensor, labels, fr: torch.Tensor, chunk: int = 256):
-    """Yield (first latent, F1 [K, len(fr), 192]) for chunks of latents of acts [P, L]: F1 of "act > f * max act" per pair.
+def f1_chunks(acts, labels, fr: torch.Tensor, chunk: int = F1_CHUNK):
+    """Yield (first latent, F1 [K, len(fr), 192]) for chunks of latents of acts [P, L] (dense or SparseCodes): F1 of "act > f * max act" per pair.
 
     Latents that never exceed 0 classify nothing (F1 0).
     """
-    a = torch.as_tensor(acts).float()
-    y = pair_indicators(labels)
-    if y.shape[0] != a.shape[0]:
-        raise ValueError(f"acts rows={a.shape[0]} != labels rows={y.shape[0]}")
-    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    codes = as_codes(acts)
+    lab = np.asarray(labels)
+    y = pair_indicators(lab)
+    P, L = codes.shape
+    if y.shape[0] != P:
+        raise ValueError(f"acts rows={P} != labels rows={y.shape[0]}")
     n_pos = y.sum(0)
     nf = fr.numel()
-    sq_off = 3 * torch.arange(64)
-    for i in range(0, a.shape[1], chunk):
-        x = a[:, i : i + chunk].contiguous()
-        K = x.shape[1]
-        top = x.amax(0) if x.shape[0] else torch.zeros(K)
-        rows, cols = (x > 0).nonzero(as_tuple=True)
+    y_np = y.numpy()
+    if isinstance(codes, DenseCodes):  # turned sparse a block at a time
+        chunk = max(1, min(chunk, CHUNK_ENTRIES // max(P, 1)))
+    for i in range(0, L, chunk):
+        K = min(chunk, L - i)
+        block = codes.column_chunk(i, i + K)
+        vals, rows, cols = block.values, block.rows, block.entry_cols()
+        top = block.col_max()
+        up = vals > 0
+        vals, rows, cols = vals[up], rows[up], cols[up]
         # bin = how many thresholds an activation clears (>= 1 for any positive activation):
         # classifier j fires exactly on entries with bin > j, so TP_j is a suffix sum over bins.
-        bins = (x[rows, cols].unsqueeze(1) > fr * top[cols].unsqueeze(1)).sum(1) - 1
-        cell = cols * nf + bins
-        hist = torch.zeros(K * nf * N_PAIRS, dtype=torch.long)
-        # Each position holds exactly one state per square, so its indicator row is 64 ones:
-        # counting (cell, pair) hits directly replaces a dense [P, 192] matmul per threshold.
-        for j in range(0, rows.numel(), 500_000):
-            idx = (cell[j : j + 500_000] * N_PAIRS).unsqueeze(1) + sq_off + lab[rows[j : j + 500_000]]
-            hist += torch.bincount(idx.flatten(), minlength=K * nf * N_PAIRS)
-        tp = hist.view(K, nf, N_PAIRS).flip(1).cumsum(1).flip(1).double()
-        pred = torch.bincount(cell, minlength=K * nf).view(K, nf).flip(1).cumsum(1).flip(1).double()
+        top_of = top[cols]
+        bins = torch.full_like(cols, -1)
+        for f in fr:  # one pass per threshold: a [n, len(fr)] bool matrix's row sums cost ~5x more
+            bins += vals > f * top_of
+        cell = (cols * nf + bins).numpy()
+        # Hits per (cell, pair) as a sparse (cell × position) by dense indicator product: each
+        # position's row holds 64 ones, so this is O(entries · 192) multiply-adds, no [P, K] matrix.
+        hits = scipy.sparse.csr_matrix(
+            (np.ones(len(cell), np.float32), (cell, rows.numpy())), shape=(K * nf, P)
+        )  # float32 counts stay exact below 2**24 > P
+        hist = torch.from_numpy(np.asarray(hits @ y_np)).to(torch.float64)
+        tp = hist.view(K, nf, N_PAIRS).flip(1).cumsum(1).flip(1)
+        pred = torch.bincount(torch.from_numpy(cell), minlength=K * nf).view(K, nf).flip(1).cumsum(1).flip(1).double()
         yield i, 2 * tp / (pred.unsqueeze(-1) + n_pos.double()).clamp(min=1)
 
 
-def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: int = 256) -> dict:
+def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: int = F1_CHUNK) -> dict:
     """Karvonen et al. board-state coverage: mean over pairs of the best F1 of any (latent, threshold).
 
     Each latent l with max activation m_l > 0 (over the P positions) and each fraction f in
@@ -225,7 +284,7 @@ def coverage(acts, labels, fractions=KARVONEN_FRACTIONS, pair_mask=None, chunk: 
     (same-games) value; crossfit.crossfit_coverage chooses and scores on different games.
     Returns {"coverage", "best_f1" [192] (None where a pair is left out)}.
     """
-    a = torch.as_tensor(acts).float()
+    a = as_codes(acts)
     y = pair_indicators(labels)
     if y.shape[0] != a.shape[0]:
         raise ValueError(f"acts rows={a.shape[0]} != labels rows={y.shape[0]}")

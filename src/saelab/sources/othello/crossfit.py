@@ -23,6 +23,7 @@ import torch
 
 from saelab.errors import DataError
 from saelab.sources.othello.auroc import (
+    F1_CHUNK,
     GOOD_AUROC,
     KARVONEN_FRACTIONS,
     N_PAIRS,
@@ -31,6 +32,7 @@ from saelab.sources.othello.auroc import (
     pair_indicators,
 )
 from saelab.sources.othello.bootstrap import N_BOOT, _auroc_from_counts, _bin_column
+from saelab.sources.othello.codes import DenseCodes, SparseCodes, as_codes
 from saelab.util.intervals import Interval
 
 CANDIDATES = 3  # per pair and half
@@ -96,12 +98,14 @@ def crossfit_good_counts(
     Returns {"good_classifiers", "good_findable", "<name>_eval_se" (None without a bootstrap),
     "ci": {name: Interval dict}}. `findable` is a bool [192] or [64, 3] mask (None: every pair).
     """
-    x = torch.as_tensor(codes).float()
+    x = as_codes(codes)
     labels = np.asarray(labels)
     half, game_idx, n_games = game_halves(games)
     mask = np.ones(N_PAIRS, bool) if findable is None else np.asarray(findable).reshape(-1).astype(bool)
-    ht = torch.from_numpy(half)
-    auc = [auroc_matrix(x[~ht], labels[~half]), auroc_matrix(x[ht], labels[half])]  # [L, 192] on halves A, B
+    auc = [
+        auroc_matrix(x.select_rows(~half), labels[~half]),
+        auroc_matrix(x.select_rows(half), labels[half]),
+    ]  # [L, 192] on halves A, B
     choice = [_choice(a) for a in auc]
     # Direction h: chosen on half h, scored on the other.
     good = [_good(auc[1 - h], choice[h]) for h in (0, 1)]
@@ -138,15 +142,15 @@ def _good_replicates(x, labels, game_idx, half, n_games, auc, good, n_boot, seed
     w = _stratified_weights(game_idx, half, n_games, n_boot, seed)
     rep_auc = np.empty((2, n_boot, len(cols)))  # replicate AUROC on half A / B of every candidate column
     target = pair_indicators(labels).numpy().astype(bool)
-    codes_np = x.numpy()
     game_half = np.zeros(n_games, dtype=bool)
     game_half[game_idx[half]] = True
     for start in range(0, len(cols), COLUMN_CHUNK):
         chunk = cols[start : start + COLUMN_CHUNK]
         pos = np.zeros((len(chunk), n_games, BINS + 1))
         neg = np.zeros_like(pos)
+        dense = x.columns([l for l, _ in chunk]).numpy()  # [P, chunk]: a few columns at a time
         for c, (l, p) in enumerate(chunk):
-            key = game_idx * (BINS + 1) + _bin_column(codes_np[:, l], BINS)
+            key = game_idx * (BINS + 1) + _bin_column(dense[:, c], BINS)
             t = target[:, p]
             pos[c] = np.bincount(key[t], minlength=n_games * (BINS + 1)).reshape(n_games, BINS + 1)
             neg[c] = np.bincount(key[~t], minlength=n_games * (BINS + 1)).reshape(n_games, BINS + 1)
@@ -170,9 +174,11 @@ def _good_replicates(x, labels, game_idx, half, n_games, auc, good, n_boot, seed
     return reps
 
 
-def _half_f1_candidates(x: torch.Tensor, labels: np.ndarray, fr: torch.Tensor, k: int, chunk: int = 256):
+def _half_f1_candidates(
+    x: SparseCodes | DenseCodes, labels: np.ndarray, fr: torch.Tensor, k: int, chunk: int = F1_CHUNK
+):
     """Each pair's k best (latent, threshold) classifiers on these positions: (latents [k, 192], thresholds [k, 192], F1 [k, 192])."""
-    top = x.amax(0) if x.shape[0] else torch.zeros(x.shape[1])
+    top = x.col_max()
     best_f1 = torch.full((0, N_PAIRS), -1.0)
     best_lat = torch.zeros((0, N_PAIRS), dtype=torch.long)
     best_fr = torch.zeros((0, N_PAIRS), dtype=torch.long)
@@ -193,7 +199,7 @@ def _half_f1_candidates(x: torch.Tensor, labels: np.ndarray, fr: torch.Tensor, k
 
 
 def _classifier_counts(
-    x: torch.Tensor,
+    x: SparseCodes | DenseCodes,
     target: np.ndarray,
     game_idx: np.ndarray,
     n_games: int,
@@ -202,13 +208,14 @@ def _classifier_counts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-game (true positives, predicted positives) [G, k, 192] of the classifiers "x[:, latent] > threshold" for each pair."""
     k = latents.shape[0]
-    tp = np.zeros((n_games, k, N_PAIRS))
-    pred = np.zeros_like(tp)
-    for i in range(k):
-        fires = (x[:, latents[i]] > thresholds[i]).numpy()  # [P, 192]
-        for p in range(N_PAIRS):
-            pred[:, i, p] = np.bincount(game_idx, weights=fires[:, p], minlength=n_games)
-            tp[:, i, p] = np.bincount(game_idx, weights=fires[:, p] & target[:, p], minlength=n_games)
+    # Thresholds are >= 0, so only stored entries can fire: gather the k · 192 classifiers' columns at once.
+    which, rows, values = x.entries_of(latents.reshape(-1))
+    fire = values > thresholds.reshape(-1)[which]
+    c, r = which[fire].numpy(), rows[fire].numpy()  # classifier i · 192 + pair, position
+    key = game_idx[r] * (k * N_PAIRS) + c
+    size = n_games * k * N_PAIRS
+    pred = np.bincount(key, minlength=size).reshape(n_games, k, N_PAIRS).astype(np.float64)
+    tp = np.bincount(key[target[r, c % N_PAIRS]], minlength=size).reshape(n_games, k, N_PAIRS).astype(np.float64)
     return tp, pred
 
 
@@ -235,7 +242,7 @@ def crossfit_coverage(
     over the pairs that occur in its scoring half; the result is the mean of the two directions.
     Returns {"coverage", "coverage_eval_se", "ci": {"coverage": Interval dict}}.
     """
-    x = torch.as_tensor(codes).float()
+    x = as_codes(codes)
     labels = np.asarray(labels)
     half, game_idx, n_games = game_halves(games)
     fr = torch.tensor(sorted(float(f) for f in fractions))
@@ -247,12 +254,11 @@ def crossfit_coverage(
     )  # [G, 192]
     game_half = np.zeros(n_games, dtype=bool)
     game_half[game_idx[half]] = True
-    ht = torch.from_numpy(half)
     k = CANDIDATES if n_boot else 1
     counts = []  # per choosing half: (tp, pred) [G, k, 192] of its candidates on every game
     for h in (0, 1):
-        sel = ht if h else ~ht
-        lat, thr, _ = _half_f1_candidates(x[sel], labels[sel.numpy()], fr, k)
+        sel = half if h else ~half
+        lat, thr, _ = _half_f1_candidates(x.select_rows(sel), labels[sel], fr, k)
         counts.append(_classifier_counts(x, target, game_idx, n_games, lat, thr))
 
     def stat(w: np.ndarray) -> np.ndarray:

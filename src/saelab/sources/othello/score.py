@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelab.errors import ConfigError
 from saelab.evals.evaluate import evaluate
 from saelab.evals.reconstruction import ReconstructionResult
 from saelab.formats.folder import load_sae, read_saelab_record
 from saelab.sources.othello.auroc import auroc_matrix, coverage, good_classifier_report
 from saelab.sources.othello.bootstrap import N_BOOT, findable_on_positions
+from saelab.sources.othello.codes import DENSE_FRACTION, DenseCodes, SparseCodes
 from saelab.sources.othello.crossfit import crossfit_coverage, crossfit_good_counts
 from saelab.sources.othello.games import generate_games
-from saelab.sources.othello.harvest import Harvest, config_from_source, harvest, load_model
+from saelab.sources.othello.harvest import Harvest, load_model
+from saelab.sources.othello.held_out import EVAL_SEED_OFFSET, held_out_data
 from saelab.sources.othello.model import ASSETS_DIR
 from saelab.sources.othello.probes import PROBES_FILE, load_probe_report, train_probes
 
-EVAL_SEED_OFFSET = 1_000_003  # held-out games: a seed no training harvest uses by default
 COUNT_METHOD = "crossfit-2fold-games"  # how good_classifiers, good_findable and coverage are counted (othello.crossfit)
 
 
@@ -78,27 +78,39 @@ def findable_mask(layer: int, games: int = 3000) -> np.ndarray:
     return train_probes(load_model(), generate_games(games, seed=EVAL_SEED_OFFSET + 1), [layer]).findable[layer]
 
 
-def latent_activations(sae, acts: np.ndarray, batch: int = 8192) -> tuple[torch.Tensor, ReconstructionResult]:
-    """Codes [P, n] of raw activations and the reconstruction metrics of the same pass (evals.evaluate)."""
-    codes = torch.empty(len(acts), sae.cfg.n_latents)
+def latent_activations(
+    sae, acts: np.ndarray, batch: int = 8192
+) -> tuple[SparseCodes | DenseCodes, ReconstructionResult]:
+    """Codes [P, n] of raw activations and the reconstruction metrics of the same pass (evals.evaluate).
+
+    The codes keep their non-zero entries (SparseCodes) unless more than half of them are non-zero
+    (leaky TopK), where the dense array is smaller (DenseCodes).
+    """
+    P, n = len(acts), sae.cfg.n_latents
+    rows, cols, vals = [], [], []
+    dense: list[torch.Tensor] = []  # filled once the codes prove mostly non-zero
 
     def keep(z, first):
-        codes[first : first + z.shape[0]] = z.cpu()
+        z = z.detach().cpu().float()
+        if not dense and int(torch.count_nonzero(z)) > DENSE_FRACTION * z.numel():
+            dense.append(SparseCodes.from_entries(_cat(rows), _cat(cols), _cat(vals), (P, n)).to_dense())
+        if dense:
+            dense[0][first : first + z.shape[0]] = z
+            return
+        r, c = z.nonzero(as_tuple=True)
+        rows.append((r + first).int())
+        cols.append(c.int())
+        vals.append(z[r, c])
 
     result = evaluate(sae, acts, rows="all", batch_size=batch, scan=False, on_codes=keep)
-    return codes, result
+    if dense:
+        return DenseCodes(dense[0]), result
+    return SparseCodes.from_entries(_cat(rows), _cat(cols), _cat(vals), (P, n)), result
 
 
-def held_out_games(source: dict | None, games: int = 2000, seed: int | None = None) -> Harvest:
-    """Harvest `games` held-out games from an SAE's recorded OthelloGPT source (model, layer, trimming)."""
-    if source is None or source.get("source") != "othello":
-        raise ConfigError(
-            "sae", source, "was not trained on OthelloGPT activations (its saelab.json has no othello source)"
-        )
-    cfg = config_from_source(
-        source, games=games, seed=seed if seed is not None else int(source.get("seed", 0)) + EVAL_SEED_OFFSET
-    )
-    return harvest(cfg)
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat that accepts an empty list."""
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def score_sae(
@@ -112,12 +124,15 @@ def score_sae(
 ) -> OthelloScore:
     """Harvest held-out games from the SAE's own source (or use `data`) and count what it recovers.
 
-    `findable` defaults to probes cross-fitted on these same positions. The counts and coverage are
+    `findable` defaults to probes cross-fitted on these same positions; without `data`, both come
+    from the held-out cache (othello.held_out), computed once per source, games and seed. The counts and coverage are
     cross-fitted over two halves of the games (othello.crossfit; the same-games values are kept as
     *_naive); `n_boot` game-bootstrap replicates give their intervals and *_eval_se (0: none).
     """
 
-    data = data if data is not None else held_out_games(source, games, seed)
+    if data is None:
+        data, cached = held_out_data(source, games, seed)
+        findable = cached if findable is None else findable
     codes, recon = latent_activations(sae, data.activations)
     games = data.positions[:, 0]
     mask = findable if findable is not None else findable_on_positions(data.activations, data.labels, games)

@@ -216,17 +216,15 @@ def diagnose_folder(folder, games: int = 2000, seed: int | None = None, candidat
     """Diagnose a saved OthelloGPT SAE on held-out games (findable: probes cross-fitted on the same positions)."""
     from saelab.formats.folder import load_sae, read_saelab_record
     from saelab.sources.othello.auroc import auroc_matrix
-    from saelab.sources.othello.bootstrap import findable_on_positions
-    from saelab.sources.othello.score import held_out_games, latent_activations
+    from saelab.sources.othello.held_out import held_out_data
+    from saelab.sources.othello.score import latent_activations
     from saelab.util.progress import stage
 
-    with stage(f"unfound: harvest {games} held-out games"):
-        data = held_out_games(read_saelab_record(folder).get("source"), games, seed)
+    with stage(f"unfound: harvest {games} held-out games and their findable pairs (cross-fitted probes; cached)"):
+        data, mask = held_out_data(read_saelab_record(folder).get("source"), games, seed)
     with stage("unfound: encode"):
         codes, _ = latent_activations(load_sae(folder), data.activations)
-    with stage("unfound: findable pairs (cross-fitted probes)"):
-        mask = findable_on_positions(data.activations, data.labels, data.positions[:, 0])
     with stage("unfound: AUROC of every latent"):
         auc = auroc_matrix(codes, data.labels)
     with stage("unfound: diagnose the unfound pairs"):
-        return diagnose_unfound(codes, data.labels, auc, mask, candidates=candidates)
+        return diagnose_unfound(codes.to_dense(), data.labels, auc, mask, candidates=candidates)
