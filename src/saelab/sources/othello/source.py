@@ -96,17 +96,15 @@ class BoardScore:
 
     def __call__(self, sae, folder: Path) -> dict[str, Any]:
         """The score's row columns; the full score (per-pair AUROC, pairs found) goes to OTHELLO_SCORE beside the SAE."""
-        from saelab.sources.othello.bootstrap import findable_on_positions
-        from saelab.sources.othello.harvest import config_from_source, harvest
+        from saelab.sources.othello.held_out import held_out_data
         from saelab.sources.othello.score import EVAL_SEED_OFFSET, score_sae
 
         if self._data is None:
             games = int(self.options.get("games", 2000))
-            self.say(f"harvesting {games} held-out games for the board-state score")
+            self.say(f"{games} held-out games for the board-state score (harvested, or from the cache)")
             # games_seed: another draw of held-out games (a search's choice is then scored on games it never saw).
             seed = int(self.source.get("seed", 0)) + EVAL_SEED_OFFSET + int(self.options.get("games_seed", 0))
-            data = harvest(config_from_source(self.source, games=games, seed=seed))
-            self._data = (data, findable_on_positions(data.activations, data.labels, data.positions[:, 0]))
+            self._data = held_out_data(self.source, games, seed)  # cached across sweeps and processes
         data, findable = self._data
         s = score_sae(
             sae, self.source, data=data, findable=findable, n_boot=int(self.options.get("n_boot", 200))
