@@ -13,7 +13,7 @@ The SAEs are TopK (k 32) with random weights (encoder = decoder transpose, unit-
 these commands cost depends on the shapes and the number of non-zeros, not on training, and a
 random TopK SAE fires exactly k latents per row as a trained one does. The Othello SAEs read
 OthelloGPT layer 3 (the committed model); the text SAEs read a tiny random GPT-2 (tests/
-test_lm_model.py's, d_model 32) on a random word corpus. Work files go to --work (reused).
+_lm_util.py's, d_model 32) on a random word corpus. Work files go to --work (reused).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(
     0, str(ROOT / "tests")
-)  # the tiny LM and its tokenizer (test_lm_model), as the feature tests build them
+)  # the tiny LM and its tokenizer (tests/_lm_util.py), as the feature tests build them
 
 COMMANDS = (
     "probe1d-othello",

@@ -21,7 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the features tests import tests/ helpers
+sys.path.insert(0, str(ROOT / "tests" / "features"))  # the plain fit the tests check against
 
 
 def main() -> int:
