@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import socket
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -88,3 +90,28 @@ def train_args(data, out, *extra, steps=6):
         "2",
         *extra,
     ]
+
+
+# Seen this stop in about one full-suite run in three, never in isolation: a torchrun rank dies by
+# SIGABRT printing only this line (no Python traceback), at start-up or teardown, in different 2-rank
+# tests. Not understood yet (noted in the closing note of issue 32/33); such a run is tried once more,
+# from a reset state, with a warning; any other failure fails at once.
+NATIVE_ABORT = "terminate called without an active exception"
+
+
+def run_torchrun(make_cmd, reset=None, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run of make_cmd(free port); once more after reset() when a rank died in the native abort above."""
+    done = subprocess.run(make_cmd(free_port()), **kwargs)
+    if done.returncode != 0 and NATIVE_ABORT in (done.stderr or ""):
+        warnings.warn(f"a torchrun rank aborted ({NATIVE_ABORT!r}); tried once more")
+        if reset is not None:
+            reset()
+        done = subprocess.run(make_cmd(free_port()), **kwargs)
+    return done
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_harness import run_torchrun
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
@@ -70,21 +71,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], nproc: int = 2, reset=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        "-m",
-        "saelab",
-        *args,
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    def cmd(port: int) -> list[str]:
+        return [
+            str(TORCHRUN),
+            "--nproc-per-node",
+            str(nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "saelab",
+            *args,
+        ]
+
+    done = run_torchrun(cmd, reset, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

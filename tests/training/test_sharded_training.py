@@ -92,14 +92,19 @@ def _max_rel_diff(a: Path, b: Path) -> float:
 def runs(tmp_path_factory, toy_dir):
     """2 ranks for 200 steps; 1 rank for 200 and 250; each 200-step run resumed to 250 on the other number of ranks."""
     tmp = tmp_path_factory.mktemp("sharded")
-    two = _torchrun(_cli(toy_dir, tmp / "two", 200))
+    two = _torchrun(_cli(toy_dir, tmp / "two", 200), reset=lambda: shutil.rmtree(tmp / "two", ignore_errors=True))
     _run(toy_dir, tmp / "one200", 200)
     _run(toy_dir, tmp / "one250", 250)
     shutil.copytree(tmp / "two", tmp / "two-then-one")
     _run(toy_dir, tmp / "two-then-one", 250, resume=True)
-    shutil.copytree(tmp / "one200", tmp / "one-then-two")
-    (tmp / "one-then-two" / SHARD_DIR / "step999-interrupted").mkdir()  # a save that was killed before rank 0 named it
-    _torchrun(_cli(toy_dir, tmp / "one-then-two", 250, "--resume"))
+
+    def one_then_two() -> None:
+        shutil.rmtree(tmp / "one-then-two", ignore_errors=True)
+        shutil.copytree(tmp / "one200", tmp / "one-then-two")
+        (tmp / "one-then-two" / SHARD_DIR / "step999-interrupted").mkdir()  # a save killed before rank 0 named it
+
+    one_then_two()
+    _torchrun(_cli(toy_dir, tmp / "one-then-two", 250, "--resume"), reset=one_then_two)
     return {"tmp": tmp, "two": two}
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 from _features_util import CTX, one_thread, text_file, tiny_model_dir  # noqa: F401
-from cli_harness import cli, error_line
+from cli_harness import cli, error_line, run_torchrun
 
 import saelab
 from saelab.cli import build_parser
@@ -290,21 +289,21 @@ def test_device_cuda_without_cuda_is_one_line_before_the_model_loads(lm_and_text
 def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
     model, text = lm_and_text
     _trainer(_argv(model, text, tmp_path / "one"))[0].fit()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
-        "-m",
-        "saelab",
-        *_argv(model, text, tmp_path / "two"),
-    ]
+
+    def cmd(port: int) -> list[str]:
+        return [
+            str(TORCHRUN),
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "saelab",
+            *_argv(model, text, tmp_path / "two"),
+        ]
+
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -312,7 +311,8 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(Path(saelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    reset = lambda: shutil.rmtree(tmp_path / "two", ignore_errors=True)
+    done = run_torchrun(cmd, reset, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
         a, b = saelab.load(tmp_path / "one" / site), saelab.load(tmp_path / "two" / site)
