@@ -112,7 +112,10 @@ def runs(tmp_path_factory, toy_dir):
     """One process for 200 and 250 steps, and 2 torchrun ranks for 200 steps, on the same global batches."""
     tmp = tmp_path_factory.mktemp("dp")
     c200, c250 = _config(tmp, toy_dir, 200), _config(tmp, toy_dir, 250)
-    two = _torchrun(["train", "--config", str(c200), "--out", str(tmp / "two"), "--no-progress"])
+    two = _torchrun(
+        ["train", "--config", str(c200), "--out", str(tmp / "two"), "--no-progress"],
+        reset=lambda: shutil.rmtree(tmp / "two", ignore_errors=True),
+    )
     _train_here(c200, tmp / "one200")
     _train_here(c250, tmp / "one250")
     return {"tmp": tmp, "c250": c250, "two": two}

@@ -145,7 +145,7 @@ def grid(tmp_path_factory, toy_dir):
     tmp = tmp_path_factory.mktemp("grid")
     cli = _cli(toy_dir, tmp / "grid", 200, "--latent-shards", "2")
     cli[cli.index("topk")] = "batchtopk"
-    done = _torchrun(cli, nproc=4)
+    done = _torchrun(cli, nproc=4, reset=lambda: shutil.rmtree(tmp / "grid", ignore_errors=True))
     _run(toy_dir, tmp / "one200", 200, method="batchtopk")
     _run(toy_dir, tmp / "one250", 250, method="batchtopk")
     shutil.copytree(tmp / "grid", tmp / "grid-then-one")
