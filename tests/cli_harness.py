@@ -100,8 +100,17 @@ NATIVE_ABORT = "terminate called without an active exception"
 
 
 def run_torchrun(make_cmd, reset=None, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run of make_cmd(free port); once more after reset() when a rank died in the native abort above."""
-    done = subprocess.run(make_cmd(free_port()), **kwargs)
+    """subprocess.run of make_cmd(free port); once more after reset() when a rank died in the native abort above.
+
+    `make_cmd` may also be a finished command list: a retry then gets a fresh --master-port if it names one.
+    """
+    if not callable(make_cmd):
+        fixed = list(make_cmd)
+        at = fixed.index("--master-port") + 1 if "--master-port" in fixed else None
+        make_cmd = lambda port: fixed if at is None else [*fixed[:at], str(port), *fixed[at + 1 :]]
+        done = subprocess.run(fixed, **kwargs)
+    else:
+        done = subprocess.run(make_cmd(free_port()), **kwargs)
     if done.returncode != 0 and NATIVE_ABORT in (done.stderr or ""):
         warnings.warn(f"a torchrun rank aborted ({NATIVE_ABORT!r}); tried once more")
         if reset is not None:

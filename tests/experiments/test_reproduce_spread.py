@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from _reproduce_worker import TINY
+from cli_harness import run_torchrun
 
 from saelab.experiments.reproduce.run import run_reproduce
 from saelab.experiments.sweep_state import RESULTS
@@ -37,7 +39,10 @@ def _torchrun(name: str, out: Path) -> subprocess.CompletedProcess:
         name,
         str(out),
     ]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    reset = lambda: shutil.rmtree(out, ignore_errors=True)
+    done = run_torchrun(
+        cmd, reset, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

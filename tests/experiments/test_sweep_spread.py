@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_harness import run_torchrun
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
@@ -76,7 +77,10 @@ def _torchrun_sweep(config: Path, out: Path, *extra: str) -> subprocess.Complete
         "--no-progress",
         *extra,
     ]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    # no reset on a retry: some calls resume on purpose, and a sweep run again reuses what it finished
+    done = run_torchrun(
+        cmd, None, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import copy
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _sharded_worker import CASES, LR, N_LATENTS, build_case, kernel_path
+from cli_harness import run_torchrun
 from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
@@ -65,7 +65,7 @@ def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
         str(WORKER),
         str(out),
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = run_torchrun(cmd, lambda: out.unlink(missing_ok=True), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"tensors": load_file(str(out))}
 

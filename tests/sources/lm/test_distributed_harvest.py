@@ -20,6 +20,7 @@ import torch
 
 pytest.importorskip("transformers")
 from _features_util import CTX, text_file, tiny_model_dir  # noqa: E402
+from cli_harness import run_torchrun
 
 from saelab.data.cache import read_row_index, verify_cache  # noqa: E402
 from saelab.sources.lm.harvest import HarvestConfig, harvest  # noqa: E402
@@ -70,7 +71,8 @@ def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # no reset on a retry: some calls extend an existing cache on purpose
+    done = run_torchrun(cmd, None, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
