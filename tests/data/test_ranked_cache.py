@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import socket
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cli_harness import free_port
 
 from saelab.data.cache import CacheMeta, read_row_index, verify_cache
 from saelab.data.ranked_cache import RankedCacheWriter
@@ -94,9 +94,7 @@ def _assert_same(got: Path, want: Path) -> None:
 
 
 def test_two_ranks_write_the_one_process_cache(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # Rank 0 is this process (torch is imported already), rank 1 one spawned child.
     child = mp.get_context("spawn").Process(target=_rank, args=(1, port, str(tmp_path / "two")))
     child.start()

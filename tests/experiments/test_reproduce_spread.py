@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from _reproduce_worker import TINY
-from cli_harness import run_torchrun
+from cli_harness import free_port, run_torchrun
 
 from saelab.experiments.reproduce.run import run_reproduce
 from saelab.experiments.sweep_state import RESULTS
@@ -24,9 +23,7 @@ WORKER = Path(__file__).with_name("_reproduce_worker.py")
 
 
 def _torchrun(name: str, out: Path) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [
         str(TORCHRUN),
         "--nproc-per-node",

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_harness import run_torchrun
+from cli_harness import free_port, run_torchrun
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
@@ -56,9 +55,7 @@ def _config(tmp_path: Path, toy_dir: Path) -> Path:
 
 
 def _torchrun_sweep(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [
         str(TORCHRUN),
         "--nproc-per-node",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,12 +62,6 @@ def _config(tmp_path: Path, toy_dir: Path, steps: int) -> Path:
     path = tmp_path / f"run{steps}.toml"
     path.write_text(CONFIG.format(data=toy_dir / "activations.npy", steps=steps))
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(args: list[str], nproc: int = 2, reset=None) -> subprocess.CompletedProcess:

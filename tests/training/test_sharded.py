@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _sharded_worker import CASES, LR, N_LATENTS, build_case, kernel_path
-from cli_harness import run_torchrun
+from cli_harness import free_port, run_torchrun
 from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
@@ -36,12 +35,6 @@ from saelab.util.distributed import World
 TOLERANCE = 1e-5
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = Path(__file__).with_name("_sharded_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,7 +54,7 @@ def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         str(WORKER),
         str(out),
     ]

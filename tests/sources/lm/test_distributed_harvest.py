@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 pytest.importorskip("transformers")
 from _features_util import CTX, text_file, tiny_model_dir  # noqa: E402
-from cli_harness import run_torchrun
+from cli_harness import free_port, run_torchrun
 
 from saelab.data.cache import read_row_index, verify_cache  # noqa: E402
 from saelab.sources.lm.harvest import HarvestConfig, harvest  # noqa: E402
@@ -37,9 +36,7 @@ def lm_and_text(tmp_path_factory):
 
 
 def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [
         str(TORCHRUN),
         "--nproc-per-node",
