@@ -92,31 +92,14 @@ def train_args(data, out, *extra, steps=6):
     ]
 
 
-# Seen this stop in about one full-suite run in three, never in isolation: a torchrun rank dies by
-# SIGABRT printing only this line (no Python traceback), at start-up or teardown, in different 2-rank
-# tests. Not understood yet (noted in the closing note of issue 32/33); such a run is tried once more,
-# from a reset state, with a warning; any other failure fails at once.
+# What a torchrun rank printed when it died at exit still in gloo's process group (fixed by
+# util.distributed leaving the group at exit; tests/util/test_distributed_exit.py).
 NATIVE_ABORT = "terminate called without an active exception"
 
 
-def run_torchrun(make_cmd, reset=None, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run of make_cmd(free port); once more after reset() when a rank died in the native abort above.
-
-    `make_cmd` may also be a finished command list: a retry then gets a fresh --master-port if it names one.
-    """
-    if not callable(make_cmd):
-        fixed = list(make_cmd)
-        at = fixed.index("--master-port") + 1 if "--master-port" in fixed else None
-        make_cmd = lambda port: fixed if at is None else [*fixed[:at], str(port), *fixed[at + 1 :]]
-        done = subprocess.run(fixed, **kwargs)
-    else:
-        done = subprocess.run(make_cmd(free_port()), **kwargs)
-    if done.returncode != 0 and NATIVE_ABORT in (done.stderr or ""):
-        warnings.warn(f"a torchrun rank aborted ({NATIVE_ABORT!r}); tried once more")
-        if reset is not None:
-            reset()
-        done = subprocess.run(make_cmd(free_port()), **kwargs)
-    return done
+def run_torchrun(make_cmd, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run of make_cmd(a free port), or of `make_cmd` itself when it is a finished command list."""
+    return subprocess.run(make_cmd(free_port()) if callable(make_cmd) else list(make_cmd), **kwargs)
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +35,7 @@ def _torchrun(name: str, out: Path) -> subprocess.CompletedProcess:
         name,
         str(out),
     ]
-    reset = lambda: shutil.rmtree(out, ignore_errors=True)
-    done = run_torchrun(
-        cmd, reset, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900
-    )
+    done = run_torchrun(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -74,10 +74,7 @@ def _torchrun_sweep(config: Path, out: Path, *extra: str) -> subprocess.Complete
         "--no-progress",
         *extra,
     ]
-    # no reset on a retry: some calls resume on purpose, and a sweep run again reuses what it finished
-    done = run_torchrun(
-        cmd, None, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
+    done = run_torchrun(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -64,7 +64,7 @@ def _config(tmp_path: Path, toy_dir: Path, steps: int) -> Path:
     return path
 
 
-def _torchrun(args: list[str], nproc: int = 2, reset=None) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 
     def cmd(port: int) -> list[str]:
@@ -81,7 +81,7 @@ def _torchrun(args: list[str], nproc: int = 2, reset=None) -> subprocess.Complet
             *args,
         ]
 
-    done = run_torchrun(cmd, reset, env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -107,7 +107,6 @@ def runs(tmp_path_factory, toy_dir):
     c200, c250 = _config(tmp, toy_dir, 200), _config(tmp, toy_dir, 250)
     two = _torchrun(
         ["train", "--config", str(c200), "--out", str(tmp / "two"), "--no-progress"],
-        reset=lambda: shutil.rmtree(tmp / "two", ignore_errors=True),
     )
     _train_here(c200, tmp / "one200")
     _train_here(c250, tmp / "one250")

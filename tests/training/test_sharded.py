@@ -58,7 +58,7 @@ def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
         str(WORKER),
         str(out),
     ]
-    done = run_torchrun(cmd, lambda: out.unlink(missing_ok=True), env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"tensors": load_file(str(out))}
 

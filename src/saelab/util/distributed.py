@@ -21,6 +21,7 @@ ranks into latent groups (each holds one SAE split by latents, see latent_shardi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass, field
@@ -146,6 +147,10 @@ def init_from_env() -> World:
         # The trainer keeps its tensors on the CPU; NCCL needs CUDA tensors, so gloo unless asked.
         backend = os.environ.get("SAELAB_DIST_BACKEND", "gloo")
         dist.init_process_group(backend=backend)
+        # Leave the group before the interpreter finalizes: a process that exits still in it lets
+        # gloo's worker threads die mid-teardown (SIGABRT, "terminate called without an active
+        # exception", after a complete run; pytorch/pytorch#190489).
+        atexit.register(shutdown)
     _world = World(rank=dist.get_rank(), size=dist.get_world_size())
     return _world
 

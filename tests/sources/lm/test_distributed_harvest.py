@@ -69,7 +69,7 @@ def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     # no reset on a retry: some calls extend an existing cache on purpose
-    done = run_torchrun(cmd, None, env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

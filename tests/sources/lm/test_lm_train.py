@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -311,8 +310,7 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(Path(saelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     }
-    reset = lambda: shutil.rmtree(tmp_path / "two", ignore_errors=True)
-    done = run_torchrun(cmd, reset, check=False, env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
         a, b = saelab.load(tmp_path / "one" / site), saelab.load(tmp_path / "two" / site)
