@@ -209,6 +209,7 @@ def add_train_parser(sub) -> None:
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
+            metavar="MP_" + name.upper(),  # the help text's metavar as it has been (tests/test_api pins it)
             type=scalar,
             default=argparse.SUPPRESS,
             help="used by " + ", ".join(f"{u} (default {_param_default(u, name)})" for u in users),

@@ -177,5 +177,11 @@ def register(sub: Any) -> None:
     )
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name in sorted(param_names()):
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=scalar, default=argparse.SUPPRESS)
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar="MP_" + name.upper(),
+            type=scalar,
+            default=argparse.SUPPRESS,
+        )
     p.set_defaults(func=cmd_lm_train)

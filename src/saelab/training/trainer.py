@@ -39,6 +39,7 @@ from saelab.training.l0_control import L0Controller
 from saelab.training.member import (
     Member,
     Throughput,
+    build_member,
     log_record,
 )
 from saelab.training.resume import CHECKPOINT, CheckpointedRun
@@ -388,3 +389,6 @@ class Trainer(CheckpointedRun, FinishedRun):
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
     """Train every SAE of `run`; see Trainer (saelab.training.factory.train also takes latent-sharded runs)."""
     return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+
+
+__all__ = ["Trainer", "train", "build_member", "RUN_CONFIG", "METRICS", "RUN_FILES", "INIT_SAMPLE_ROWS", "CHECKPOINT"]
