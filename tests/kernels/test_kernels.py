@@ -429,7 +429,7 @@ def _rel(a, b):
 
 
 def _bf16_step(monkeypatch, sae, x, dead):
-    """The sparse step under bfloat16 autocast, and the EncodePlan it selected with."""
+    """The sparse step under bfloat16 autocast, and the EncodeState it selected with."""
     from saelab.kernels import step as step_module
 
     plans = []

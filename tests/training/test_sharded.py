@@ -208,7 +208,8 @@ def test_shard_init_is_the_same_dictionary_for_any_number_of_shards(monkeypatch,
 def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
     """Every candidate of a rank can lose (a shard whose latents never win a row): empty codes must still run."""
     from saelab.kernels.decode import DecodeItem, decode
-    from saelab.kernels.topk_encode import EncodePlan, encode
+    from saelab.kernels.plan import SparsePlan
+    from saelab.kernels.topk_encode import EncodeState, encode
     from saelab.training.sharded.step import _winners
 
     gen = torch.Generator().manual_seed(0)
@@ -218,7 +219,7 @@ def test_a_shard_with_no_winners_decodes_zeros_and_gets_no_gradient():
         torch.randn(10, 6, generator=gen).requires_grad_(),
     )
     b_enc, b_dec = torch.zeros(10, requires_grad=True), torch.zeros(6, requires_grad=True)
-    plan = EncodePlan(k=3, dead=torch.tensor([1, 3, 5, 7]), k_aux=2)
+    plan = EncodeState(SparsePlan(k=3), dead=torch.tensor([1, 3, 5, 7]), k_aux=2)
     z_main, z_aux = encode(x, W_enc, b_enc, b_dec, plan)
     plan.main, z, plan.main_keep = _winners(plan.main, z_main, torch.zeros_like(z_main, dtype=torch.bool))
     plan.aux, z_a, plan.aux_keep = _winners(plan.aux, z_aux, torch.zeros_like(z_aux, dtype=torch.bool))

@@ -204,10 +204,12 @@ def add_train_parser(sub) -> None:
     )
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name, users in sorted(param_names().items()):
-        # SUPPRESS: a flag not given leaves no attribute, so `--k none` reaches the method as None instead of vanishing.
+        # Under its own name (`--k` is args.k); SUPPRESS: a flag not given leaves no attribute, so
+        # `--k none` reaches the method as None instead of vanishing.
         group.add_argument(
             "--" + name.replace("_", "-"),
-            dest="mp_" + name,
+            dest=name,
+            metavar="MP_" + name.upper(),  # the help text's metavar as it has been (tests/test_api pins it)
             type=scalar,
             default=argparse.SUPPRESS,
             help="used by " + ", ".join(f"{u} (default {_param_default(u, name)})" for u in users),
@@ -223,10 +225,11 @@ def _param_default(method: str, name: str):
 
 def run_config_from_args(args):
     """Build the RunConfig a `saelab train` command line describes."""
+    method_params = param_names()
     given = {
-        k: v for k, v in vars(args).items() if v is not None and not k.startswith("mp_") and k not in COMMAND_OPTIONS
+        k: v for k, v in vars(args).items() if v is not None and k not in method_params and k not in COMMAND_OPTIONS
     }
-    params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_")}
+    params = {k: v for k, v in vars(args).items() if k in method_params}
     if args.config:
         extra = sorted(set(given) - {"out"} | set(params))
         if extra:

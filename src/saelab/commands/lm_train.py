@@ -36,7 +36,8 @@ NOT_ONLINE = (
 def build_run(args: argparse.Namespace) -> tuple[RunConfig, OnlineConfig, list[int]]:
     """The RunConfig (one SAE per table and site), the OnlineConfig and each SAE's site index, from flags and --config."""
     given = {k: v for k, v in vars(args).items() if v is not None and k in (TRAIN_FIELDS | SAE_FIELDS)}
-    params = {k[3:]: v for k, v in vars(args).items() if k.startswith("mp_")}
+    method_params = param_names()
+    params = {k: v for k, v in vars(args).items() if k in method_params}
     data: dict[str, Any] = read_config(args.config) if args.config else {}
     for key in NOT_ONLINE:
         if key in data:
@@ -176,5 +177,11 @@ def register(sub: Any) -> None:
     )
     group = p.add_argument_group("method parameters (see `saelab methods`)")
     for name in sorted(param_names()):
-        group.add_argument("--" + name.replace("_", "-"), dest="mp_" + name, type=scalar, default=argparse.SUPPRESS)
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar="MP_" + name.upper(),
+            type=scalar,
+            default=argparse.SUPPRESS,
+        )
     p.set_defaults(func=cmd_lm_train)

@@ -12,7 +12,7 @@ position), so one latent sort and one `sum_rows` write the [n, d] decoder gradie
 codes (k, Multi-TopK's 4k, AuxK) share it.
 A block code (AuxK over a dense share of the dead latents D) uses matrix products over D instead:
   Y = Z_D·W_dec[D],  ∂L/∂Z_D = dY·W_dec[D]ᵀ (read at the code's entries),  ∂L/∂W_dec[D] += Z_Dᵀ·dY.
-Under bfloat16 autocast (plan.low) the forward gathers rows of a bfloat16 copy of W_dec (made
+Under bfloat16 autocast (EncodeState.low) the forward gathers rows of a bfloat16 copy of W_dec (made
 once per step: half the bytes per entry, which is what bounds the decode) with bfloat16 weights;
 embedding_bag sums them in float32 and rounds the [B, d] result once. The block code's products
 run in bfloat16 too. The row-gather backward stays float32 (dots and sums over the entries).
@@ -43,7 +43,7 @@ class DecodeItem:
 def decode(W_dec: Tensor, items: list[DecodeItem], values: list[Tensor], plan) -> list[Tensor]:
     """[Σ_e z_e · W_dec[latent_e] per row] for each item, z = the matching `values` (differentiable).
 
-    `plan` (an EncodePlan) caches the latent sort shared with the encoder's backward.
+    `plan` (an EncodeState) caches the latent sort shared with the encoder's backward.
     """
     return list(_SparseDecode.apply(W_dec, items, plan, *values))
 

@@ -1,8 +1,10 @@
-"""SparsePlan: the selection a method publishes and the sparse kernels compute exactly."""
+"""SparsePlan: the selection a method publishes and the sparse kernels compute exactly (the one plan type of both)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,7 @@ class SparsePlan:
     for each size m, the code's entries on latents < m alone and add `extra_weight` × the sum of
     their squared errors as `extra_name` (Matryoshka). An activation that returns a plan promises
     its dense forward equals this selection in training mode, and its `extra_losses` these terms.
+    The kernels read the plan as published (kernels/topk_encode.py): k is not copied or renamed on the way.
     """
 
     k: int
@@ -25,3 +28,16 @@ class SparsePlan:
     prefixes: tuple[int, ...] = ()
     extra_weight: float = 0.0
     extra_name: str = ""
+
+    @property
+    def sorted(self) -> bool:
+        """Whether the per-row code comes sorted by decreasing pre-activation (so its first k columns are the k code)."""
+        return self.extra_multiple is not None
+
+    def width(self, n_latents: int) -> int:
+        """Entries per row of the per-row selection among `n_latents` latents: k, or k·extra_multiple, at most n_latents."""
+        return min(self.k * (self.extra_multiple or 1), n_latents)
+
+    def leading(self, code: Tensor) -> Tensor:
+        """The k code's columns of a sorted per-row selection [B, width]: its first k."""
+        return code[:, : self.k]

@@ -21,7 +21,7 @@ positive), so `max_density` lets the caller take the dense path for a step whose
 than that: P is computed first, outside the autograd Function, and reused by it when the step stays sparse.
 
 Under autocast (saelab's `--dtype bfloat16`) the step reads the autocast dtype and hands it to the
-kernels as EncodePlan.low: the encoder's product, the selection's reads and the decoder's row
+kernels as EncodeState.low: the encoder's product, the selection's reads and the decoder's row
 gathers run in bfloat16, and every loss, sum and gradient is float32. Autocast itself is switched
 off inside, so no op here is silently recast: each narrowing is explicit in the kernels.
 """
@@ -35,7 +35,7 @@ from saelab.kernels import threads
 from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.plan import SparsePlan
 from saelab.kernels.sparse_code import SparseCode
-from saelab.kernels.topk_encode import EncodePlan, encode, narrow, pre_activations
+from saelab.kernels.topk_encode import EncodeState, encode, narrow, pre_activations
 from saelab.losses import auxk_term, squared_error
 from saelab.step_output import StepOutput
 
@@ -45,7 +45,7 @@ def sparse_step(
     x_raw: Tensor,
     alpha: float,
     dead: Tensor | None,
-    spec: SparsePlan | None = None,
+    plan: SparsePlan | None = None,
     max_density: float | None = None,
 ) -> StepOutput | None:
     """The sparse-path counterpart of objective.dense_step (same losses, same gradients).
@@ -55,10 +55,10 @@ def sparse_step(
     """
     kind = sae.W_enc.device.type
     if not torch.is_autocast_enabled(kind):
-        return _sparse_step(sae, x_raw, alpha, dead, spec, max_density, None)
+        return _sparse_step(sae, x_raw, alpha, dead, plan, max_density, None)
     low = torch.get_autocast_dtype(kind)
     with torch.autocast(kind, enabled=False):
-        return _sparse_step(sae, x_raw, alpha, dead, spec, max_density, low)
+        return _sparse_step(sae, x_raw, alpha, dead, plan, max_density, low)
 
 
 def _sparse_step(
@@ -66,82 +66,74 @@ def _sparse_step(
     x_raw: Tensor,
     alpha: float,
     dead: Tensor | None,
-    spec: SparsePlan | None,
+    plan: SparsePlan | None,
     max_density: float | None,
     low: torch.dtype | None,
 ) -> StepOutput | None:
     cfg = sae.cfg
-    spec = spec if spec is not None else sae.activation.sparse_plan()
-    if spec is None:
+    plan = plan if plan is not None else sae.activation.sparse_plan()
+    if plan is None:
         raise ValueError(
             f"method {cfg.method!r} has no sparse plan in this mode"
         )  # callers check methods.plans.supports first
-    k = spec.k
     x, _ = sae.normalizer.normalize(x_raw)
-    n = cfg.n_latents
 
-    extra = spec.extra_multiple is not None
-    plan = EncodePlan(low=low)
-    if spec.positive:
-        plan.positive = True
+    extra = plan.extra_multiple is not None
+    state = EncodeState(plan, low=low)
+    if plan.positive:
         with torch.no_grad():
-            plan.pre = pre_activations(*narrow(low, x - sae.b_dec, sae.W_enc, sae.b_enc))
+            state.pre = pre_activations(*narrow(low, x - sae.b_dec, sae.W_enc, sae.b_enc))
         if max_density is not None:
-            with threads.parallel(plan.pre.device):
-                plan.pre_positive = plan.pre > 0
-                filled = int(torch.count_nonzero(plan.pre_positive))
-            if filled > max_density * plan.pre.numel():
-                plan.pre = plan.pre_positive = None
+            with threads.parallel(state.pre.device):
+                state.pre_positive = state.pre > 0
+                filled = int(torch.count_nonzero(state.pre_positive))
+            if filled > max_density * state.pre.numel():
+                state.pre = state.pre_positive = None
                 return None
-    elif spec.batch:
-        plan.batch_k = k
-    elif extra:
-        plan.k = min(k * spec.extra_multiple, n)
-        plan.sorted = True
-    else:
-        plan.k = k
     use_aux = cfg.auxk and dead is not None
     if use_aux and bool(dead.any()):
-        plan.dead = dead.nonzero().squeeze(1).to(x.device)
-        plan.k_aux = cfg.k_aux
+        state.dead = dead.nonzero().squeeze(1).to(x.device)
+        state.k_aux = cfg.k_aux
 
-    z_main, z_aux = encode(x, sae.W_enc, sae.b_enc, sae.b_dec, plan)
+    z_main, z_aux = encode(x, sae.W_enc, sae.b_enc, sae.b_dec, state)
     items, values = [], []
     if extra:
         # The k code is the first k columns of the sorted multiple·k code.
-        cols = plan.main.latents.view(x.shape[0], -1)
+        cols = state.main.latents.view(x.shape[0], -1)
         items += [
-            DecodeItem(plan.main.fixed_width(cols[:, :k].contiguous(), z_main[:, :k].detach())),
-            DecodeItem(plan.main),
+            DecodeItem(state.main.fixed_width(plan.leading(cols).contiguous(), plan.leading(z_main).detach())),
+            DecodeItem(state.main),
         ]
-        values += [z_main[:, :k], z_main]
+        values += [plan.leading(z_main), z_main]
     else:
-        items.append(DecodeItem(plan.main))
+        items.append(DecodeItem(state.main))
         values.append(z_main)
     first_prefix = len(items)
-    for m in spec.prefixes:
-        code, z_m = _on_latents_below(plan.main, z_main, m)
+    for m in plan.prefixes:
+        code, z_m = _on_latents_below(state.main, z_main, m)
         items.append(DecodeItem(code))
         values.append(z_m)
-    if plan.aux is not None:
-        block = plan.dead if plan.aux_block else None
-        items.append(DecodeItem(plan.aux, block, plan.aux_local if block is not None else None))
+    if state.aux is not None:
+        block = state.dead if state.aux_block else None
+        items.append(DecodeItem(state.aux, block, state.aux_local if block is not None else None))
         values.append(z_aux)
-    decoded = decode(sae.W_dec, items, values, plan)
+    decoded = decode(sae.W_dec, items, values, state)
 
     x_hat = decoded[0] + sae.b_dec
     losses = {"mse": squared_error(x_hat, x)}
     if sae.penalty is not None:
-        scored = z_main * sae.decoder_norms().index_select(0, plan.main.latents) if cfg.penalty_decoder_norm else z_main
-        losses["penalty"] = alpha * sae.penalty.on_entries(scored, plan.main.rows, x.shape[0])
+        scored = (
+            z_main * sae.decoder_norms().index_select(0, state.main.latents) if cfg.penalty_decoder_norm else z_main
+        )
+        losses["penalty"] = alpha * sae.penalty.on_entries(scored, state.main.rows, x.shape[0])
     if extra:
         x_big = decoded[1] + sae.b_dec
-        losses[spec.extra_name] = spec.extra_weight * squared_error(x_big, x)
-    if spec.prefixes:
-        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first_prefix : first_prefix + len(spec.prefixes)]]
-        losses[spec.extra_name] = spec.extra_weight * sum(terms[1:], terms[0])
+        losses[plan.extra_name] = plan.extra_weight * squared_error(x_big, x)
+    if plan.prefixes:
+        terms = [squared_error(y + sae.b_dec, x) for y in decoded[first_prefix : first_prefix + len(plan.prefixes)]]
+        losses[plan.extra_name] = plan.extra_weight * sum(terms[1:], terms[0])
     if use_aux:
-        if plan.aux is None:
+        if state.aux is None:
             losses["auxk"] = cfg.aux_coef * x.new_zeros(())
         else:
             residual = (x - x_hat).detach()

@@ -7,7 +7,7 @@ every code the step needs is selected from it:
            code), BatchTopK's k·B largest positive entries of the batch, or (ReLU) every positive
            entry (both ragged rows);
   - aux:   AuxK's per-row top-k_aux among the dead latents.
-It returns z_e = ReLU(P_e) at the selected entries only; the positions go into the plan.
+It returns z_e = ReLU(P_e) at the selected entries only; the positions go into the state.
 
 Backward, given ∂L/∂z_e: g_e = ∂L/∂z_e · 1[P_e > 0] (the ReLU), zero off the selected entries;
 with G the sparse [B, n] matrix of the g_e:
@@ -20,7 +20,7 @@ An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ AUX_B
 the CPU's vector width) adds x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density
 a blocked product beats per-entry row gathers. Both give the same sums.
 
-Under bfloat16 autocast (plan.low = torch.bfloat16) P is computed in bfloat16 — x_c and W_enc
+Under bfloat16 autocast (state.low = torch.bfloat16) P is computed in bfloat16 — x_c and W_enc
 rounded once per step, the product accumulated in float32 inside the GEMM and stored in bfloat16,
 half the bytes for the selection to read — and the selected values come back as exact float32
 upcasts. The backward stays float32 (x_c, W_enc and the entries' gradients): it touches only the
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.kernels import threads, workspace
+from saelab.kernels.plan import SparsePlan
 from saelab.kernels.segment import EntrySet
 from saelab.kernels.select import batch_topk, row_topk
 from saelab.kernels.sparse_code import SparseCode, dense_block
@@ -49,7 +50,7 @@ def _aux_block_density() -> float:
     (B, d) = (4096, 768), k_aux 384: with AVX-512 one gathered row cost about as much as 16
     multiply-adds of a blocked product (break-even near 1/16); on an AVX2 CPU the gathers won up to
     a share of about 0.4 (at 0.078 the block took 451 ms a product, the gathers 174 ms). GPUs'
-    blocked products are faster still (EncodePlan.aux_block uses 1/16 there). The choice follows the
+    blocked products are faster still (EncodeState.aux_block uses 1/16 there). The choice follows the
     machine, not the run, so results are reproducible on one machine; both layouts give the same
     sums up to rounding.
     """
@@ -75,13 +76,10 @@ LEAN_SUM_BLOCK_BYTES = 1 << 23
 
 
 @dataclass
-class EncodePlan:
-    """What to select (set by the caller) and what was selected (set by the forward)."""
+class EncodeState:
+    """One step's selection: what to select (`plan`, as the method published it, and AuxK's dead latents) and what was selected (set by the forward)."""
 
-    k: int = 0  # per-row top-k of the main code (ignored when batch_k is set)
-    sorted: bool = False  # main code sorted by decreasing pre-activation (Multi-TopK)
-    batch_k: int | None = None  # BatchTopK: keep the k·B largest positive entries of the batch
-    positive: bool = False  # ReLU: keep every positive entry (ragged rows)
+    plan: SparsePlan  # main code: per-row top-width (sorted for Multi-TopK), batch top-k·B, or every positive entry
     # P computed by the caller (ReLU checks its density first), reused by the forward instead of a
     # second product, and P > 0 if the caller formed it too.
     pre: Tensor | None = field(default=None, repr=False)
@@ -118,20 +116,20 @@ class EncodePlan:
         return self._entry_sets[key]
 
 
-def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
+def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, state: EncodeState) -> tuple[Tensor, Tensor]:
     """(ReLU(P) at the main code's entries, ReLU(P) at the aux code's entries — empty without AuxK)."""
-    return _TopKEncode.apply(x, W_enc, b_enc, b_dec, plan)
+    return _TopKEncode.apply(x, W_enc, b_enc, b_dec, state)
 
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, plan):
+    def forward(ctx, x, W_enc, b_enc, b_dec, state):
         x_c = x - b_dec
-        if plan.batch_k is not None or plan.positive:
-            z_main, z_aux = _encode_batch(x_c, W_enc, b_enc, plan)
+        if state.plan.batch or state.plan.positive:
+            z_main, z_aux = _encode_batch(x_c, W_enc, b_enc, state)
         else:
-            z_main, z_aux = _encode_by_rows(x_c, W_enc, b_enc, plan)
-        ctx.plan = plan
+            z_main, z_aux = _encode_by_rows(x_c, W_enc, b_enc, state)
+        ctx.state = state
         ctx.save_for_backward(x_c, W_enc, z_main, z_aux)
         ctx.set_materialize_grads(False)
         return z_main, z_aux
@@ -166,44 +164,44 @@ def row_chunks(rows: int, n: int, element_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
-def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
+def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, state: EncodeState) -> tuple[Tensor, Tensor]:
     """Per-row selections (TopK, Multi-TopK, AuxK), chunk of rows by chunk so P stays within budget."""
     main_v, main_c, aux_v, aux_l = [], [], [], []
-    x_op, W_op, b_op = narrow(plan.low, x_c, W_enc, b_enc)
+    x_op, W_op, b_op = narrow(state.low, x_c, W_enc, b_enc)
     for lo, hi in row_chunks(x_c.shape[0], W_enc.shape[1], W_op.element_size()):
         pre = pre_activations(x_op[lo:hi], W_op, b_op)
         with threads.parallel(pre.device):
-            v, cols = row_topk(pre, plan.k, sorted=plan.sorted)
+            v, cols = row_topk(pre, state.plan.width(W_enc.shape[1]), sorted=state.plan.sorted)
             main_v.append(v)
             main_c.append(cols)
-            if plan.dead is not None:
-                v, local = _aux_topk(pre, plan)
+            if state.dead is not None:
+                v, local = _aux_topk(pre, state)
                 aux_v.append(v)
                 aux_l.append(local)
     with threads.single(x_c.device):
         z_main = torch.relu_(_cat(main_v))
-        plan.main = SparseCode.fixed_width(_cat(main_c), z_main.detach())
-        z_aux = _select_aux(plan, _cat(aux_v), _cat(aux_l)) if plan.dead is not None else x_c.new_zeros(0)
+        state.main = SparseCode.fixed_width(_cat(main_c), z_main.detach())
+        z_aux = _select_aux(state, _cat(aux_v), _cat(aux_l)) if state.dead is not None else x_c.new_zeros(0)
     return z_main, z_aux
 
 
-def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
+def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, state: EncodeState) -> tuple[Tensor, Tensor]:
     """BatchTopK or ReLU (and AuxK) from the whole batch's P: ragged rows, so P is not chunked."""
-    pre = plan.pre if plan.pre is not None else pre_activations(*narrow(plan.low, x_c, W_enc, b_enc))
-    mask = plan.pre_positive
-    plan.pre = plan.pre_positive = None  # scratch memory: valid for this step only
+    pre = state.pre if state.pre is not None else pre_activations(*narrow(state.low, x_c, W_enc, b_enc))
+    mask = state.pre_positive
+    state.pre = state.pre_positive = None  # scratch memory: valid for this step only
     rows = pre.shape[0]
     with threads.parallel(pre.device):
         # Positive entries only: ReLU is the identity there.
-        r, c, v = positive_entries(pre, mask) if plan.positive else batch_topk(pre, plan.batch_k)
+        r, c, v = positive_entries(pre, mask) if state.plan.positive else batch_topk(pre, state.plan.k)
         v = v.to(x_c.dtype)  # a bfloat16 P's values, upcast exactly
-        # Positions only (values detached): the plan lives on ctx, holding outputs would make a cycle.
-        plan.main = SparseCode(rows, c, v.detach(), rows=r)
+        # Positions only (values detached): the state lives on ctx, holding outputs would make a cycle.
+        state.main = SparseCode(rows, c, v.detach(), rows=r)
         z_aux = pre.new_zeros(0)
-        if plan.dead is not None:
-            aux_v, aux_l = _aux_topk(pre, plan)
+        if state.dead is not None:
+            aux_v, aux_l = _aux_topk(pre, state)
             with threads.single(pre.device):
-                z_aux = _select_aux(plan, aux_v, aux_l)
+                z_aux = _select_aux(state, aux_v, aux_l)
     return v, z_aux
 
 
@@ -215,18 +213,18 @@ def positive_entries(pre: Tensor, mask: Tensor | None = None) -> tuple[Tensor, T
     return idx.div(n, rounding_mode="floor"), idx.remainder(n), flat.index_select(0, idx)
 
 
-def _aux_topk(pre: Tensor, plan: EncodePlan) -> tuple[Tensor, Tensor]:
-    """Each row's top-k_aux among the dead latents: (values in float32, columns within plan.dead)."""
-    dead_pre = workspace.scratch("block", (pre.shape[0], plan.dead.numel()), pre.dtype, pre.device)
-    torch.index_select(pre, 1, plan.dead, out=dead_pre)
-    return row_topk(dead_pre, min(plan.k_aux, plan.dead.numel()))
+def _aux_topk(pre: Tensor, state: EncodeState) -> tuple[Tensor, Tensor]:
+    """Each row's top-k_aux among the dead latents: (values in float32, columns within state.dead)."""
+    dead_pre = workspace.scratch("block", (pre.shape[0], state.dead.numel()), pre.dtype, pre.device)
+    torch.index_select(pre, 1, state.dead, out=dead_pre)
+    return row_topk(dead_pre, min(state.k_aux, state.dead.numel()))
 
 
-def _select_aux(plan: EncodePlan, values: Tensor, local: Tensor) -> Tensor:
-    """ReLU of the aux values; their positions go into plan.aux / plan.aux_local."""
+def _select_aux(state: EncodeState, values: Tensor, local: Tensor) -> Tensor:
+    """ReLU of the aux values; their positions go into state.aux / state.aux_local."""
     z_aux = torch.relu_(values)
-    plan.aux = SparseCode.fixed_width(plan.dead[local], z_aux.detach())
-    plan.aux_local = local
+    state.aux = SparseCode.fixed_width(state.dead[local], z_aux.detach())
+    state.aux_local = local
     return z_aux
 
 
@@ -239,19 +237,19 @@ def _cat(parts: list[Tensor]) -> Tensor:
 
 
 def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
-    plan: EncodePlan = ctx.plan
+    state: EncodeState = ctx.state
     n = W_enc.shape[1]
     with threads.single(x_c.device):
         # ReLU: the gradient passes where z > 0 (P > 0), as torch.relu's backward does.
         grads = []
         if dz_main is not None:
-            grads.append((plan.main, _kept(dz_main.mul(z_main > 0).reshape(-1), plan.main_keep)))
-        if plan.aux is not None and dz_aux is not None:
-            grads.append((plan.aux, _kept(dz_aux.mul(z_aux > 0).reshape(-1), plan.aux_keep)))
-        block = [(c, g) for c, g in grads if c is plan.aux and plan.aux_block]
-        listed = [(c, g) for c, g in grads if not (c is plan.aux and plan.aux_block)]
+            grads.append((state.main, _kept(dz_main.mul(z_main > 0).reshape(-1), state.main_keep)))
+        if state.aux is not None and dz_aux is not None:
+            grads.append((state.aux, _kept(dz_aux.mul(z_aux > 0).reshape(-1), state.aux_keep)))
+        block = [(c, g) for c, g in grads if c is state.aux and state.aux_block]
+        listed = [(c, g) for c, g in grads if not (c is state.aux and state.aux_block)]
         if listed and ctx.needs_input_grad[1]:
-            entries = plan.entries([c for c, _ in listed], n, [0] * len(listed))
+            entries = state.entries([c for c, _ in listed], n, [0] * len(listed))
             weights = listed[0][1] if len(listed) == 1 else torch.cat([g for _, g in listed])
         col_sums = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
@@ -278,8 +276,8 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
             else:
                 d_W_enc.zero_()
         for c, g in block:
-            g_dead, x_op = narrow(plan.low, dense_block(c, plan.aux_local, g, plan.dead.numel()), x_c)
-            d_W_enc.index_add_(1, plan.dead, (g_dead.t() @ x_op).t().to(d_W_enc.dtype))
+            g_dead, x_op = narrow(state.low, dense_block(c, state.aux_local, g, state.dead.numel()), x_c)
+            d_W_enc.index_add_(1, state.dead, (g_dead.t() @ x_op).t().to(d_W_enc.dtype))
     if col_sums is not None:
         d_b_enc = col_sums if ctx.needs_input_grad[2] else None
         d_b_dec = -(W_enc @ col_sums) if ctx.needs_input_grad[3] else None

@@ -44,7 +44,7 @@ LOCATION_FIELDS = {"out", "activations", "eval_activations"}
 class CheckpointedRun:
     """Saving and restoring a run's state; the Trainer mixes it in, and sharded or online runs override its parts.
 
-    Expects `self.run`, `self.world`, `self.out`, `self.store`, `self.eval_store`, `self.total_steps` and
+    Expects `self.run`, `self.world`, `self.strategy` (which ranks write what: training.strategy), `self.out`, `self.store`, `self.eval_store`, `self.total_steps` and
     `self._data_fp` (None until the data's fingerprint is first needed).
     """
 
@@ -58,10 +58,7 @@ class CheckpointedRun:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, members: list[Member], step: int) -> None:
-        # Every rank holds the same (global) state: rank 0 writes it, and no rank goes on before it is on disk.
-        if self.world.is_main:
-            self._write_checkpoint(members, step)
-        self.world.barrier()
+        self.strategy.save_checkpoint(self.out, members, step, self._write_checkpoint)
 
     def _write_checkpoint(self, members: list[Member], step: int, **extra) -> None:
         state = {
@@ -70,7 +67,7 @@ class CheckpointedRun:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "members": [
                 {
-                    **self._member_tensors(m),
+                    **self.strategy.member_tensors(m),
                     "cfg": m.cfg.to_dict(),
                     "control": m.control.state_dict() if m.control is not None else None,
                     "convergence": m.convergence.state_dict() if m.convergence is not None else None,
@@ -82,11 +79,6 @@ class CheckpointedRun:
         }
         save_checkpoint(self.out / CHECKPOINT, state)
         self._checkpointed = True
-
-    @staticmethod
-    def _member_tensors(m: Member) -> dict:
-        """What the checkpoint file holds of one SAE's trained state (weights, Adam, dead-latent counters)."""
-        return {"model": m.sae.state_dict(), "optimizer": m.optimizer.state_dict(), "tracker": m.tracker.state_dict()}
 
     def _load_checkpoint(self, members: list[Member]) -> int:
         path = self.out / CHECKPOINT
@@ -118,17 +110,11 @@ class CheckpointedRun:
                     raise DataError(
                         f"{self.out / CHECKPOINT}: {display_name(m.cfg)}'s {name} holds NaN or infinite values"
                     )
-            self._load_member_tensors(m, saved, state)
+            self.strategy.load_member_tensors(self.out, m, saved, state)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         return step
-
-    def _load_member_tensors(self, m: Member, saved: dict, state: dict) -> None:
-        """Load the trained state _member_tensors wrote (`state` is the whole checkpoint)."""
-        m.sae.load_state_dict(saved["model"])
-        m.optimizer.load_state_dict(saved["optimizer"])
-        m.tracker.load_state_dict(saved["tracker"])
 
     def _check_saved_run(self, state: dict, members: list[Member]) -> int:
         """The checkpoint's step, after checking it holds this run (config, data, budget, number of SAEs)."""

@@ -11,8 +11,8 @@ import os
 import signal
 import sys
 import time
-import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,9 +40,7 @@ from saelab.training.member import (
     Member,
     Throughput,
     build_member,
-    check_representable,
     log_record,
-    train_step,
 )
 from saelab.training.resume import CHECKPOINT, CheckpointedRun
 from saelab.training.run_folder import (
@@ -58,6 +56,7 @@ from saelab.training.run_folder import (
 )
 from saelab.training.run_lock import RunLocks
 from saelab.training.schedule import lr_factor
+from saelab.training.strategy import DataParallel, Strategy
 from saelab.util import distributed
 from saelab.util.atomic import atomic_write_json, dumps_json
 from saelab.util.loggers import LogTarget, RunLoggers
@@ -88,12 +87,14 @@ class Trainer(CheckpointedRun, FinishedRun):
         progress: bool = True,
         world: distributed.World | None = None,
         store: ActivationStore | None = None,
+        strategy: Callable[[RunConfig, distributed.World], Strategy] | None = None,
     ):
+        # `strategy`: how the SAEs and rows are split over the ranks (training.strategy); DataParallel unless given.
         # `store`: in-memory rows (saelab.train on an array); run.train.activations then only labels them.
         self.run = run = resolve_run(run)  # method fields checked and target_l0's k set before anything trains
         # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
         self.world = world if world is not None else distributed.init_from_env()
-        self._check_world(run)
+        self.strategy = (strategy or DataParallel)(run, self.world)  # refuses what it cannot do with these ranks
         # A bar on a terminal; piped (nohup, SLURM), a plain line every 30 s or 5 % (util.progress), rank 0 only.
         self.progress = progress and self.world.is_main
         t = run.train
@@ -124,28 +125,9 @@ class Trainer(CheckpointedRun, FinishedRun):
         self._data_fp: dict | None = None  # the data's fingerprints, hashed once when a checkpoint or resume needs them
         self._converge_cache: dict[int, torch.Tensor] = {}  # until_converged's held-out rows per store, read once
 
-    def _check_world(self, run: RunConfig) -> None:
-        """Refuse what this trainer cannot do with these ranks (data-parallel: every rank an equal slice of each batch)."""
-        if run.train.shard_latents:
-            raise ConfigError(
-                "shard_latents",
-                True,
-                "needs the latent-sharded trainer (saelab train, saelab.training.factory.make_trainer), "
-                "which trains one SAE; sweeps do not shard latents",
-            )
-        self.world.check_batch(run.train.batch_size)
-        if run.train.lean_memory and self.world.parallel:
-            # Its hooks step each parameter mid-backward, before any all-reduce of the gradients could run.
-            raise ConfigError(
-                "lean_memory",
-                True,
-                f"trains in one process; this run has {self.world.size} ranks (drop --lean-memory, "
-                "or shard the latents: --shard-latents)",
-            )
-
     def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """This rank's part of a global batch (data-parallel: its slice of the rows)."""
-        return self.world.shard(x)
+        """This rank's part of a global batch (the strategy's: data-parallel, a slice of the rows)."""
+        return self.strategy.local_batch(x)
 
     def _budget(self) -> int:
         t = self.run.train
@@ -172,18 +154,7 @@ class Trainer(CheckpointedRun, FinishedRun):
         return torch.from_numpy(self.store.read(rows))
 
     def _build_members(self) -> list[Member]:
-        t = self.run.train
-        sample = self._init_sample()
-        check_representable(sample, t.activations)
-        members = []
-        for cfg, out in zip(self.run.saes, self._member_dirs()):
-            if cfg.d_in is not None and cfg.d_in != self.store.d_in:
-                raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
-            cfg.d_in = self.store.d_in
-            # Seeded by name, not position, so an SAE trained inside a sweep equals one trained alone.
-            init_seed = zlib.crc32(f"{t.seed}:{display_name(cfg)}".encode())
-            members.append(build_member(cfg, t, sample, init_seed, out))
-        return members
+        return self.strategy.build_members(self.run, self.store.d_in, self._init_sample, self._member_dirs())
 
     def _run_dirs(self) -> list[Path]:
         return list(dict.fromkeys([self.out, *self._member_dirs()]))
@@ -216,23 +187,7 @@ class Trainer(CheckpointedRun, FinishedRun):
     def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
         t = self.run.train
         lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
-        with distributed.global_batch(self.world):  # x is this rank's slice; collectives see the whole batch
-            out = train_step(m, x, lr, t.grad_clip)
-            if m.control is not None:
-                m.control.update(m.sae, out.z, step, out.losses)
-        return {"out": out, "lr": lr}
-
-    def _global_record(self, record: dict) -> dict:
-        """Data-parallel: the loss terms, NMSE and L0 of a record as means over ranks (each measured its slice).
-
-        Loss terms and L0 are then the global batch's; NMSE is the mean of the per-rank NMSEs.
-        """
-        if not self.world.parallel:
-            return record
-        keys = [k for k in record if k not in ("step", "tokens", "dead_fraction", "lr", "tokens_per_s")]
-        with distributed.global_batch(self.world):
-            values = distributed.rank_mean([float(record[k]) for k in keys])
-        return {**record, **dict(zip(keys, values))}
+        return {"out": self.strategy.step(m, x, step, lr, t.grad_clip), "lr": lr}
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> list[Member]:
         """Train to the budget, writing logs, checkpoints and each SAE folder; return the members.
@@ -340,7 +295,7 @@ class Trainer(CheckpointedRun, FinishedRun):
                     records = [
                         log_record(done, done * t.batch_size, r, m, rate, t.eps_l0) for m, r in zip(members, results)
                     ]
-                    records = [self._global_record(rec) for rec in records]
+                    records = [self.strategy.global_record(rec) for rec in records]
                     for m, rec, log in zip(members, records, logs):
                         if not math.isfinite(rec["loss"]):
                             raise DataError(
@@ -396,12 +351,13 @@ class Trainer(CheckpointedRun, FinishedRun):
 
     def _complete(self, members: list[Member]) -> list[Member]:
         """Evaluate and write each SAE's folder (rank 0); the members, as the caller sees them."""
-        self.world.on_main(lambda: self._finish(members))
-        return members
+        whole = self.strategy.gather(members)
+        self.world.on_main(lambda: self._finish(whole))
+        return whole
 
     def _folder_extra(self, m: Member) -> dict:
         """Keys this trainer adds to (or replaces in) member m's saelab.json."""
-        return {}
+        return self.strategy.folder_extra()
 
     def _split_record(self, m: Member) -> dict:
         """saelab.json's `split`: which rows trained member m and which evaluated it."""
@@ -433,3 +389,6 @@ class Trainer(CheckpointedRun, FinishedRun):
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> list[Member]:
     """Train every SAE of `run`; see Trainer (saelab.training.factory.train also takes latent-sharded runs)."""
     return Trainer(run, progress=progress).fit(resume=resume, overwrite=overwrite)
+
+
+__all__ = ["Trainer", "train", "build_member", "RUN_CONFIG", "METRICS", "RUN_FILES", "INIT_SAMPLE_ROWS", "CHECKPOINT"]

@@ -25,6 +25,7 @@ from saelab.sources.lm.site import lm_site
 from saelab.sources.lm.stream import OnlineConfig, OnlineStream, buffer_bytes, hook_name
 from saelab.sources.lm.text import first_token_id, iter_chunks
 from saelab.training.member import Member, build_member
+from saelab.training.strategy import DataParallel
 from saelab.training.trainer import INIT_SAMPLE_ROWS, Trainer
 from saelab.util import distributed
 
@@ -81,7 +82,7 @@ class OnlineTrainer(Trainer):
             raise ConfigError("sae", len(run.saes), f"{len(site_index)} site indices given")
         self.site_index = list(site_index)
         self.world = world if world is not None else distributed.init_from_env()
-        self._check_world(run)
+        self.strategy = DataParallel(run, self.world)  # refuses what data-parallel ranks cannot do
         self.progress = progress and self.world.is_main
         t = run.train
         if t.steps is None and t.tokens is None:

@@ -171,7 +171,7 @@ class ShardedSAE(nn.Module):
 
     def code(self, pre: Tensor) -> Tensor:
         """This shard's part of the code, selected over all shards' latents."""
-        k = self.activation.params.k
+        k = self.plan.k
         acts = torch.relu(pre)
         if self.plan.batch:
             if self.training:

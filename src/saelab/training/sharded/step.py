@@ -11,7 +11,7 @@ from torch import Tensor
 from saelab.config import TrainConfig
 from saelab.kernels.decode import DecodeItem, decode
 from saelab.kernels.sparse_code import SparseCode
-from saelab.kernels.topk_encode import EncodePlan, encode
+from saelab.kernels.topk_encode import EncodeState, encode
 from saelab.losses import auxk_term, squared_error
 from saelab.step_output import StepOutput, fired_latents, nonzero_values
 from saelab.training.objective import DeadLatentTracker
@@ -69,7 +69,7 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
 
     Each rank encodes its latents with the one-process sparse encoder (`kernels.topk_encode`):
     its k largest per row (BatchTopK: its k·B largest of the batch), and AuxK's top-k_aux of its
-    dead latents. Only the candidates that win globally stay in its codes (EncodePlan.main_keep,
+    dead latents. Only the candidates that win globally stay in its codes (EncodeState.main_keep,
     aux_keep), so the one-process decoder and the encoder's backward run on this shard's winners
     alone: with N shards each rank decodes about 1/N of the k (and k_aux) entries per row. b_dec
     enters the encoder through copy_to_shards: its encoder-side gradient covers this shard's
@@ -77,34 +77,31 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
     """
     cfg, world = shard.cfg, shard.world
     x, _ = shard.normalizer.normalize(x_raw)
-    rows, k = x.shape[0], shard.activation.params.k
-    plan = EncodePlan()
-    if shard.plan.batch:
-        plan.batch_k = k
-    else:
-        plan.k = min(k, shard.n_local)
+    rows, k = x.shape[0], shard.plan.k
+    # This shard's candidates by the same plan: its top-min(k, n/N) per row, or its top k·B of the batch.
+    state = EncodeState(shard.plan)
     n_dead = _global_dead_count(dead, world) if cfg.auxk and dead is not None else 0
     if n_dead and bool(dead.any()):
-        plan.dead = dead.nonzero().squeeze(1).to(x.device)
-        plan.k_aux = min(cfg.k_aux, n_dead)
-    z_main, z_aux = encode(x, shard.W_enc, shard.b_enc, copy_to_shards(shard.b_dec, world), plan)
+        state.dead = dead.nonzero().squeeze(1).to(x.device)
+        state.k_aux = min(cfg.k_aux, n_dead)
+    z_main, z_aux = encode(x, shard.W_enc, shard.b_enc, copy_to_shards(shard.b_dec, world), state)
     if shard.plan.batch:
         threshold = global_batch_threshold(z_main, k * rows * shard.rows_factor, shard.everyone)
         won = torch.ones_like(z_main, dtype=torch.bool) if threshold is None else z_main.detach() >= threshold
     else:
         won = _won_per_row(z_main.view(rows, -1), k, world)
-    plan.main, z, plan.main_keep = _winners(plan.main, z_main, won)
-    items, values = [DecodeItem(plan.main)], [z]
+    state.main, z, state.main_keep = _winners(state.main, z_main, won)
+    items, values = [DecodeItem(state.main)], [z]
     if n_dead:
         k_aux = min(cfg.k_aux, n_dead)
-        if plan.aux is not None:
+        if state.aux is not None:
             won = _won_per_row(z_aux.view(rows, -1), k_aux, world)
-            plan.aux, z_aux, plan.aux_keep = _winners(plan.aux, z_aux, won)
-            items.append(DecodeItem(plan.aux))  # a ragged code: decoded by rows
+            state.aux, z_aux, state.aux_keep = _winners(state.aux, z_aux, won)
+            items.append(DecodeItem(state.aux))  # a ragged code: decoded by rows
             values.append(z_aux)
         else:  # no dead latent here: this rank still offers (no) candidates to the others' selection
             _won_per_row(x.new_empty(rows, 0), k_aux, world)
-    decoded = decode(shard.W_dec, items, values, plan)
+    decoded = decode(shard.W_dec, items, values, state)
     x_hat = sum_over_shards(decoded[0], world) + shard.b_dec
     losses = {"mse": squared_error(x_hat, x)}
     if cfg.auxk and dead is not None:
@@ -114,7 +111,7 @@ def sparse_sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -
             losses["auxk"] = cfg.aux_coef * auxk_term(sum_over_shards(aux_partial, world), residual, x)
         else:
             losses["auxk"] = cfg.aux_coef * x.new_zeros(())
-    return StepOutput(losses=losses, x=x, pre=None, z=plan.main.with_values(z), x_hat=x_hat)
+    return StepOutput(losses=losses, x=x, pre=None, z=state.main.with_values(z), x_hat=x_hat)
 
 
 def sharded_step(shard: ShardedSAE, x_raw: Tensor, dead: Tensor | None) -> StepOutput:

@@ -1,14 +1,14 @@
-"""The trainer of latent-sharded SAEs: `torchrun --nproc-per-node N -m saelab train --shard-latents …`.
+"""Latent-sharded SAEs: `torchrun --nproc-per-node N -m saelab train --shard-latents …`.
 
-It is the Trainer (the same stream, schedule, logs, signals, checkpoints, resume and final
-evaluation) with four things changed:
+It is the Trainer (the same loop: stream, schedule, logs, signals, checkpoints, resume and final
+evaluation) given the LatentSharded strategy (training.strategy), which changes four things:
 
 - the ranks of a latent group read each whole batch (no slicing by rows) and hold n/G latents each
-  of the one SAE (`latent_sharding.ShardedSAE`, initialized shard by shard, so no rank ever holds
+  of the one SAE (`sharded.model.ShardedSAE`, initialized shard by shard, so no rank ever holds
   the whole dictionary until the end). With `latent_shards` G < N the N/G groups are data-parallel
   replicas on a grid (`distributed.grid`): each trains on its slice of every batch, and the ranks
   holding the same shard average their gradients;
-- a step is `latent_sharding.sharded_train_step`; logged L0 and dead fraction are summed over the
+- a step is `sharded.step.sharded_train_step`; logged L0 and dead fraction are summed over the
   shards' latents (the loss terms and NMSE are the same on every rank already);
 - a checkpoint is one file per shard (written by the first replica) under `checkpoint.shards/<tag>/` plus rank 0's
   `checkpoint.safetensors`, which names the tag. The tag is new at every checkpoint and the old
@@ -25,17 +25,21 @@ import dataclasses
 import secrets
 import shutil
 import zlib
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from saelab.config import RunConfig
+from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
 from saelab.methods.resolve import display_name
+from saelab.step_output import StepOutput
 from saelab.training.checkpoint import SHARD_CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from saelab.training.member import Member
-from saelab.training.schedule import lr_factor
 from saelab.training.sharded.model import LATENT_DIM, ShardedSAE, check_shardable, gather_sae
 from saelab.training.sharded.step import ShardedMember, sharded_member, sharded_train_step
+from saelab.training.strategy import Strategy
 from saelab.training.trainer import CHECKPOINT, Trainer
 from saelab.util import distributed
 
@@ -54,10 +58,11 @@ def _latent_slice(parts: list[dict], key, name: str, first: int, lo: int, hi: in
     return whole.narrow(dim, lo - first, hi - lo).clone()
 
 
-class ShardedTrainer(Trainer):
-    """Trains one SAE whose latents are split over the torchrun ranks; see the module docstring."""
+class LatentSharded(Strategy):
+    """One SAE whose latents are split over the ranks (data-parallel replicas of that split when latent_shards < N)."""
 
-    def _check_world(self, run: RunConfig) -> None:
+    def __init__(self, run: RunConfig, world: distributed.World):
+        super().__init__(run, world)
         if len(run.saes) != 1:
             raise ConfigError(
                 "sae",
@@ -67,9 +72,7 @@ class ShardedTrainer(Trainer):
         t, cfg = run.train, run.saes[0]
         if t.dtype != "float32":
             raise ConfigError("dtype", t.dtype, "latent-sharded steps run in float32")
-        self.latent, self.data = distributed.grid(
-            self.world, t.latent_shards or self.world.size
-        )  # refuses G not dividing N
+        self.latent, self.data = distributed.grid(world, t.latent_shards or world.size)  # refuses G not dividing N
         if t.batch_size % self.data.size:
             raise ConfigError(
                 "batch_size",
@@ -78,28 +81,30 @@ class ShardedTrainer(Trainer):
             )
         check_shardable(dataclasses.replace(cfg, d_in=cfg.d_in or 1), self.latent)  # method, penalty, n a multiple of G
 
-    def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.data.shard(x)  # every shard of a replica encodes the replica's rows
+    def local_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The replica's rows: every shard of a replica encodes them."""
+        return self.data.shard(x)
 
-    def _build_members(self) -> list[Member]:
-        t = self.run.train
-        cfg = self.run.saes[0]
-        if cfg.d_in is not None and cfg.d_in != self.store.d_in:
-            raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={self.store.d_in}")
-        cfg.d_in = self.store.d_in
+    def build_members(
+        self, run: RunConfig, d_in: int, sample: Callable[[], torch.Tensor], dirs: list[Path]
+    ) -> list[Member]:
+        """This rank's shard of the one SAE, initialized shard by shard (no rank holds the whole dictionary)."""
+        t = run.train
+        cfg = run.saes[0]
+        if cfg.d_in is not None and cfg.d_in != d_in:
+            raise DataError(f"d_in={cfg.d_in} in the config, but {t.activations} has d_in={d_in}")
+        cfg.d_in = d_in
         shard = ShardedSAE(cfg, self.latent, self.data)  # holds cfg itself: the normalizer's fitted factor lands in it
-        shard.initialize_from_data(self._init_sample(), zlib.crc32(f"{t.seed}:{display_name(cfg)}".encode()))
+        shard.initialize_from_data(sample(), zlib.crc32(f"{t.seed}:{display_name(cfg)}".encode()))
         shard.to(t.device).train()
         sm = sharded_member(shard, t)
-        return [Member(cfg, shard, sm.optimizer, sm.tracker, self._member_dirs()[0], cfg.effective_lr)]
+        return [Member(cfg, shard, sm.optimizer, sm.tracker, dirs[0], cfg.effective_lr)]
 
-    def _train_step(self, m: Member, x: torch.Tensor, step: int) -> dict:
-        t = self.run.train
-        lr = m.base_lr * lr_factor(step, self.total_steps, t.warmup_steps, t.decay, t.decay_fraction)
-        out = sharded_train_step(ShardedMember(m.sae, m.optimizer, m.tracker), x, lr, t.grad_clip)
-        return {"out": out, "lr": lr}
+    def step(self, m: Member, x: torch.Tensor, step: int, lr: float, grad_clip: float | None) -> StepOutput:
+        """sharded_train_step (no target_l0 controller: a TopK-family method has none)."""
+        return sharded_train_step(ShardedMember(m.sae, m.optimizer, m.tracker), x, lr, grad_clip)
 
-    def _global_record(self, record: dict) -> dict:
+    def global_record(self, record: dict) -> dict:
         """Means over all ranks: loss terms and NMSE over the replicas; L0 × G the sum of a replica's shards; dead fraction over the shards."""
         if not self.world.parallel:
             return record
@@ -111,10 +116,11 @@ class ShardedTrainer(Trainer):
         return {**record, **values}
 
     # ---- checkpoints: one file per rank, named by rank 0's checkpoint -------------------------
-    def _save_checkpoint(self, members: list[Member], step: int) -> None:
+    def save_checkpoint(self, out: Path, members: list[Member], step: int, write: Callable[..., None]) -> None:
+        """One file per shard (the first replica's) under checkpoint.shards/<tag>/, then rank 0's file naming the tag."""
         world = self.world
         tag = world.on_main(lambda: f"step{step}-{secrets.token_hex(4)}")
-        folder = self.out / SHARD_DIR / tag
+        folder = out / SHARD_DIR / tag
         failure = None
         try:
             if self.data.rank == 0:  # the replicas hold the same shards: the first one writes them
@@ -130,16 +136,16 @@ class ShardedTrainer(Trainer):
             raise DataError(failure or f"{folder}: another rank could not write its shard of the checkpoint")
 
         def commit() -> None:
-            self._write_checkpoint(members, step, latent_shards={"ranks": self.latent.size, "tag": tag})
-            for old in (self.out / SHARD_DIR).iterdir():
+            write(members, step, latent_shards={"ranks": self.latent.size, "tag": tag})
+            for old in (out / SHARD_DIR).iterdir():
                 if old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
 
         world.on_main(commit)
 
-    @staticmethod
-    def _member_tensors(m: Member) -> dict:
-        return {}  # rank 0's file holds the run; each rank's shard file holds its tensors
+    def member_tensors(self, m: Member) -> dict:
+        """Nothing: rank 0's file holds the run; each rank's shard file holds its tensors."""
+        return {}
 
     @staticmethod
     def _shard_state(m: Member, step: int) -> dict:
@@ -157,14 +163,15 @@ class ShardedTrainer(Trainer):
             "tracker": m.tracker.state_dict(),
         }
 
-    def _load_member_tensors(self, m: Member, saved: dict, state: dict) -> None:
+    def load_member_tensors(self, out: Path, m: Member, saved: dict, state: dict) -> None:
+        """This rank's latents re-sliced from the saved shards: any number of ranks that divides n resumes."""
         info = state.get("latent_shards")
         if not isinstance(info, dict):
-            raise DataError(f"{self.out}: the checkpoint holds an unsharded run; resume it without --shard-latents")
-        saved_ranks, folder = int(info["ranks"]), self.out / SHARD_DIR / str(info["tag"])
+            raise DataError(f"{out}: the checkpoint holds an unsharded run; resume it without --shard-latents")
+        saved_ranks, folder = int(info["ranks"]), out / SHARD_DIR / str(info["tag"])
         if saved_ranks < 1 or m.cfg.n_latents % saved_ranks:
             raise DataError(
-                f"{self.out / CHECKPOINT}: names {saved_ranks} latent shards, which do not split {m.cfg.n_latents} latents"
+                f"{out / CHECKPOINT}: names {saved_ranks} latent shards, which do not split {m.cfg.n_latents} latents"
             )
         shard: ShardedSAE = m.sae
         per = m.cfg.n_latents // saved_ranks
@@ -202,15 +209,27 @@ class ShardedTrainer(Trainer):
         m.tracker.load_state_dict({**parts[0]["tracker"], "since_fired": since})
 
     # ---- the end: one normal folder, from rank 0 -----------------------------------------------
-    def _complete(self, members: list[Member]) -> list[Member]:
-        # The first replica's shards send, its rank 0 (global rank 0) receives the whole SAE on the CPU.
+    def gather(self, members: list[Member]) -> list[Member]:
+        """The first replica's shards send, its rank 0 (global rank 0) receives the whole SAE on the CPU."""
         full = gather_sae(members[0].sae) if self.data.rank == 0 else None
-        whole = [dataclasses.replace(members[0], sae=full)] if full is not None else members
-        self.world.on_main(lambda: self._finish(whole))
-        return whole
+        return [dataclasses.replace(members[0], sae=full)] if full is not None else members
 
-    def _folder_extra(self, m: Member) -> dict:
+    def folder_extra(self) -> dict:
+        """How the SAE was trained: its latent shards and data replicas."""
         return {"latent_shards": self.latent.size, "data_replicas": self.data.size}
 
 
-__all__ = ["ShardedTrainer", "SHARD_DIR", "shard_file"]
+class ShardedTrainer(Trainer):
+    """The Trainer with the LatentSharded strategy: trains one SAE whose latents are split over the torchrun ranks."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        progress: bool = True,
+        world: distributed.World | None = None,
+        store: ActivationStore | None = None,
+    ):
+        super().__init__(run, progress=progress, world=world, store=store, strategy=LatentSharded)
+
+
+__all__ = ["LatentSharded", "ShardedTrainer", "SHARD_DIR", "shard_file"]
