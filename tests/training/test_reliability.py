@@ -338,6 +338,23 @@ def test_a_second_training_into_the_same_folder_is_refused_and_a_stale_lock_is_t
     assert not (out / LOCK_FILE).exists()
 
 
+def test_a_lock_from_another_host_or_a_malformed_one_is_respected_and_named(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    # filelock's marker: PID, host, process start; a process on another machine cannot be checked from here
+    (out / LOCK_FILE).write_text("4242\nsome-other-host\n1\n")
+    line = error_line(cli(*train_args(data, out)))
+    assert "pid 4242" in line and "out=" in line
+    (out / LOCK_FILE).write_text("not a lock record")
+    old = time.time() - 60
+    os.utime(out / LOCK_FILE, (old, old))  # no owner can be proven dead: the user is told which file to delete
+    line = error_line(cli(*train_args(data, out)))
+    assert "pid unknown" in line and f"delete {out / LOCK_FILE}" in line
+    (out / LOCK_FILE).unlink()
+    assert cli(*train_args(data, out))[0] == 0
+    assert not (out / LOCK_FILE).exists()
+
+
 def test_the_lock_goes_when_training_fails_and_a_failed_first_run_leaves_no_folder(data, tmp_path, monkeypatch):
     def fail(self):
         raise DataError("planted failure")

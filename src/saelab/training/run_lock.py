@@ -1,93 +1,65 @@
-"""One training per output folder: a lock file holding the owner's PID, removed on exit, stale ones detected.
+"""One training per output folder: a lock file naming its owner, removed on exit, stale ones taken over.
 
 A run locks every folder it writes (its own and each SAE folder inside it) and respects locks held
 above and below them: a run into `parent/` refuses while another process trains into `parent/sub/`,
 and the other way round. A process never blocks itself (a sweep's trainings nest in one process).
-The lock is a PID file rather than an flock (filelock): it must say who holds it in the error, and
-survive on file systems where flock is advisory-only or absent; a lock whose owner is gone is stale
-and taken over.
+The lock is filelock's SoftFileLock, a marker file holding the owner's PID, host and process start
+time rather than an flock: the error must name the holder, and flock is advisory-only or absent on
+some network file systems. A marker whose owner on this host is gone is stale and taken over; one
+from another host is respected (it cannot be checked from here); a malformed one counts after 2 s.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import time
 from pathlib import Path
+
+from filelock import SoftFileLock, Timeout
 
 from saelab.errors import ConfigError
 
 LOCK_FILE = ".saelab-lock"
-YOUNG_LOCK_S = 5.0
 
 
-def _process_start(pid: int) -> str | None:
-    # The start time tells a live owner from an unrelated process that reused its PID (Linux /proc only).
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    return True
-
-
-def _owner_alive(info: dict) -> bool:
-    pid = info.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    if info.get("host") not in (None, socket.gethostname()):
-        return True  # another machine's process on a shared file system: cannot be checked, so respected
-    if not _alive(pid):
-        return False
-    started = info.get("started")
-    return started is None or _process_start(pid) in (None, started)
-
-
-def _holder(lock_path: Path) -> dict | None:
-    """The live owner's info of the lock file at `lock_path` when another process holds it, else None."""
+def _holder(lock_path: Path) -> int | str | None:
+    """The PID of another live process holding the lock at `lock_path` ("unknown" if unrecorded), else None."""
     if not lock_path.is_file():
         return None
-    info = RunLock(lock_path.parent)._read()
-    if info.get("pid") == os.getpid() and info.get("host") in (None, socket.gethostname()):
+    lock = SoftFileLock(str(lock_path), timeout=0)
+    if lock.is_lock_held_by_us:
         return None  # this process: a sweep's training nested in it
-    return info if info.get("starting") or _owner_alive(info) else None
+    try:
+        lock.acquire()  # free or stale: taken (a stale marker is removed) and let go at once
+    except Timeout:
+        return lock.pid or "unknown"
+    except OSError:
+        return None  # cannot be taken from here (read-only folder): nobody can be writing under it through us
+    lock.release()
+    return None
 
 
 def check_nested(folder: Path) -> None:
     """ConfigError when another live training holds a lock on a folder above `folder` or inside it."""
     folder = Path(folder)
     for above in Path(os.path.abspath(folder)).parents:
-        info = _holder(above / LOCK_FILE)
-        if info is not None:
+        pid = _holder(above / LOCK_FILE)
+        if pid is not None:
             raise ConfigError(
                 "out",
                 str(folder),
-                f"inside {above}, which another saelab training (pid {info.get('pid')}) is writing; "
+                f"inside {above}, which another saelab training (pid {pid}) is writing; "
                 f"wait for it to finish (or delete {above / LOCK_FILE} if that process is not saelab)",
             )
     if not folder.is_dir():
         return
     for dirpath, dirnames, filenames in os.walk(folder):  # links are not followed
         here = Path(dirpath)
-        info = _holder(here / LOCK_FILE) if here != folder and LOCK_FILE in filenames else None
-        if info is not None:
+        pid = _holder(here / LOCK_FILE) if here != folder and LOCK_FILE in filenames else None
+        if pid is not None:
             raise ConfigError(
                 "out",
                 str(folder),
-                f"holds {here}, which another saelab training (pid {info.get('pid')}) is writing; "
+                f"holds {here}, which another saelab training (pid {pid}) is writing; "
                 f"wait for it to finish (or delete {here / LOCK_FILE} if that process is not saelab)",
             )
 
@@ -128,6 +100,7 @@ class RunLock:
         self.path = self.folder / LOCK_FILE
         self.created_folder = False
         self.held = False
+        self.lock: SoftFileLock | None = None
 
     def __enter__(self) -> "RunLock":
         self.acquire()
@@ -146,54 +119,28 @@ class RunLock:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError("out", str(self.folder), f"cannot create the folder ({e.strerror or e})") from None
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                info = self._read()
-                if info.get("starting") or _owner_alive(info):
-                    raise ConfigError(
-                        "out",
-                        str(self.folder),
-                        f"another saelab training (pid {info.get('pid')}) is writing to this folder; "
-                        f"wait for it to finish (or delete {self.path} if that process is not saelab)",
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
-            except OSError as e:
-                self._remove_created_folder()
-                raise ConfigError("out", str(self.folder), f"cannot write in the folder ({e.strerror or e})") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me) + "\n")
-            self.held = True
-            return
-        raise ConfigError(
-            "out", str(self.folder), f"could not take the lock {self.path}; another training is starting there"
-        )
-
-    def _read(self) -> dict:
+        self.lock = SoftFileLock(str(self.path), timeout=0)
         try:
-            text = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except OSError:
-            return {}
-        try:
-            info = json.loads(text)
-        except ValueError:
-            info = None
-        if not isinstance(info, dict):
-            # Empty or garbage: a lock a moment old may be one another process has created and not yet
-            # written, so it is respected; an older one proves no owner and is stale.
-            return {"pid": "unknown", "starting": True} if age < YOUNG_LOCK_S else {}
-        return info
+            self.lock.acquire()
+        except Timeout:
+            self._remove_created_folder()
+            raise ConfigError(
+                "out",
+                str(self.folder),
+                f"another saelab training (pid {self.lock.pid or 'unknown'}) is writing to this folder; "
+                f"wait for it to finish (or delete {self.path} if that process is not saelab)",
+            ) from None
+        except OSError as e:
+            self._remove_created_folder()
+            raise ConfigError("out", str(self.folder), f"cannot write in the folder ({e.strerror or e})") from None
+        self.held = True
 
     def release(self) -> None:
         """Remove the lock (and the folder, if this lock created it and nothing else was written)."""
         if not self.held:
             return
         self.held = False
-        self.path.unlink(missing_ok=True)
+        self.lock.release()
         self._remove_created_folder()
 
     def _remove_created_folder(self) -> None:
