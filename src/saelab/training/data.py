@@ -111,7 +111,7 @@ class CachedData(TrainingData):
     The held-out rows are eval_activations when given, else the last eval_fraction of the rows.
     """
 
-    def __init__(self, run: RunConfig, world: distributed.World | None = None, store: ActivationStore | None = None):
+    def __init__(self, run: RunConfig, store: ActivationStore | None = None):
         # `store`: in-memory rows (saelab.train on an array); run.train.activations then only labels them.
         t = self.train = run.train
         self.store = store if store is not None else ActivationStore(t.activations)
@@ -139,7 +139,7 @@ class CachedData(TrainingData):
     @classmethod
     def given(cls, store: ActivationStore | None) -> Callable[[RunConfig, distributed.World], CachedData]:
         """The factory the Trainer builds it with, on `store` when given."""
-        return lambda run, world: cls(run, world, store)
+        return lambda run, world: cls(run, store)
 
     def budget(self, train: TrainConfig) -> int:
         """steps, tokens, or epochs (default one) passes over the training rows."""

@@ -349,3 +349,8 @@ def test_an_unreachable_dataset_is_one_line_naming_it(lm_and_text, tmp_path, mon
     model, _ = lm_and_text
     line = error_line(cli(*_argv(model, "no-such-org/no-such-dataset", tmp_path / "d")))
     assert "no-such-org/no-such-dataset" in line
+
+
+def test_the_online_trainer_is_the_trainer_given_online_data():
+    # It defines its constructor and nothing else: the data side plugs in through training.data's public seam.
+    assert [name for name, value in vars(OnlineTrainer).items() if callable(value)] == ["__init__"]
