@@ -302,8 +302,9 @@ class Trainer(CheckpointedRun, FinishedRun):
 
     def _swap_in(self, members: list[Member]) -> None:
         """--overwrite: the complete new run (in the staging folder) replaces the old one; the members point at their final folders."""
-        names = [display_name(cfg) for cfg in self.run.saes] if len(self.run.saes) > 1 else []
         final, staged = self._final_out, self.out
+        # Each SAE's folder as the data lays it out (<name>, or <hook>/<name> for a live LM's site).
+        names = [d.relative_to(staged).as_posix() for d in self._member_dirs()] if len(self.run.saes) > 1 else []
         # From here the new run is complete: a swap cut short is finished by the next run into the folder, never undone.
         self.out, self._final_out = final, None
         self.world.on_main(lambda: commit_staged(final, names, RUN_FILES, [SHARD_CHECKPOINT_DIR]))
