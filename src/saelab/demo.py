@@ -106,7 +106,9 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     dictionary = torch.from_numpy(np.load(paths["dictionary"]))
     rows = []
     for m in members:
-        r = evaluate(m.sae, trainer.store, rows=trainer.eval_range, true_dictionary=dictionary, scan=False).to_dict()
+        r = evaluate(
+            m.sae, trainer.data.store, rows=trainer.eval_range, true_dictionary=dictionary, scan=False
+        ).to_dict()
         rows.append(
             {
                 "name": display_name(m.cfg),

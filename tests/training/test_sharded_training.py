@@ -92,7 +92,7 @@ def _max_rel_diff(a: Path, b: Path) -> float:
 def runs(tmp_path_factory, toy_dir):
     """2 ranks for 200 steps; 1 rank for 200 and 250; each 200-step run resumed to 250 on the other number of ranks."""
     tmp = tmp_path_factory.mktemp("sharded")
-    two = _torchrun(_cli(toy_dir, tmp / "two", 200), reset=lambda: shutil.rmtree(tmp / "two", ignore_errors=True))
+    two = _torchrun(_cli(toy_dir, tmp / "two", 200))
     _run(toy_dir, tmp / "one200", 200)
     _run(toy_dir, tmp / "one250", 250)
     shutil.copytree(tmp / "two", tmp / "two-then-one")
@@ -104,7 +104,7 @@ def runs(tmp_path_factory, toy_dir):
         (tmp / "one-then-two" / SHARD_DIR / "step999-interrupted").mkdir()  # a save killed before rank 0 named it
 
     one_then_two()
-    _torchrun(_cli(toy_dir, tmp / "one-then-two", 250, "--resume"), reset=one_then_two)
+    _torchrun(_cli(toy_dir, tmp / "one-then-two", 250, "--resume"))
     return {"tmp": tmp, "two": two}
 
 
@@ -145,7 +145,7 @@ def grid(tmp_path_factory, toy_dir):
     tmp = tmp_path_factory.mktemp("grid")
     cli = _cli(toy_dir, tmp / "grid", 200, "--latent-shards", "2")
     cli[cli.index("topk")] = "batchtopk"
-    done = _torchrun(cli, nproc=4, reset=lambda: shutil.rmtree(tmp / "grid", ignore_errors=True))
+    done = _torchrun(cli, nproc=4)
     _run(toy_dir, tmp / "one200", 200, method="batchtopk")
     _run(toy_dir, tmp / "one250", 250, method="batchtopk")
     shutil.copytree(tmp / "grid", tmp / "grid-then-one")

@@ -19,8 +19,9 @@ from saelab.util.atomic import atomic_write_json
 class FinishedRun:
     """Mixed into the Trainer: convergence checks during the loop and the final evaluation after it.
 
-    Expects `self.run`, `self.total_steps`, `self.source`, `self.stream`, `self.throughput`, `self._converge_cache`
-    (held-out rows per store, read once) and the Trainer's `_eval_data`, `_split_record`, `_folder_extra`.
+    Expects `self.run`, `self.total_steps`, `self.stream`, `self.throughput`, `self._converge_cache`
+    (held-out rows per store, read once), `self.data` (which rows evaluate a member, and what its folder
+    records of them: training.data) and `self.strategy` (its own folder keys).
     """
 
     # ---- until_converged ----------------------------------------------------------------------
@@ -39,7 +40,7 @@ class FinishedRun:
 
     def _converge_rows(self, m: Member) -> torch.Tensor:
         """The first CONVERGE_ROWS held-out rows of member m's evaluation data, read once, on the training device."""
-        store, (lo, hi) = self._eval_data(m)
+        store, (lo, hi) = self.data.eval_data(m)
         cache = self._converge_cache
         if id(store) not in cache:
             cache[id(store)] = torch.from_numpy(store.read_range(lo, min(hi, lo + CONVERGE_ROWS))).to(
@@ -50,7 +51,7 @@ class FinishedRun:
     def _finish(self, members: list[Member]) -> None:
         for m in members:
             m.sae.eval()
-            store, rows = self._eval_data(m)
+            store, rows = self.data.eval_data(m)
             result = evaluate(m.sae, store, rows=rows, scan=False, eps_l0=self.run.train.eps_l0)
             result.rows = "held-out"
             tokens = self.total_steps * self.run.train.batch_size
@@ -59,13 +60,14 @@ class FinishedRun:
                 "steps": self.total_steps,
                 "tokens": tokens,
                 "flops": training_flops(m.cfg, tokens),
-                "split": self._split_record(m),
-                "source": self.source,
+                "split": self.data.split_record(m),
+                "source": self.data.source,
                 "eval": result.to_dict(),
                 # Distinct seeds must give distinct starts and orders; these let a results table show it.
                 "init_hash": m.init_hash or None,
                 "data_order_hash": self.stream.order_hash(),
-                **self._folder_extra(m),
+                **self.strategy.folder_extra(),
+                **self.data.folder_extra(m),
             }
             if m.control is not None:
                 extra["target_l0"] = m.control.record()

@@ -17,7 +17,7 @@ from saelab.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from saelab.training.fingerprint import check_same_data, data_fingerprint
+from saelab.training.fingerprint import check_same_data
 from saelab.training.member import (
     Member,
 )
@@ -42,19 +42,12 @@ LOCATION_FIELDS = {"out", "activations", "eval_activations"}
 
 
 class CheckpointedRun:
-    """Saving and restoring a run's state; the Trainer mixes it in, and sharded or online runs override its parts.
+    """Saving and restoring a run's state; the Trainer mixes it in.
 
-    Expects `self.run`, `self.world`, `self.strategy` (which ranks write what: training.strategy), `self.out`, `self.store`, `self.eval_store`, `self.total_steps` and
-    `self._data_fp` (None until the data's fingerprint is first needed).
+    Expects `self.run`, `self.world`, `self.strategy` (which ranks write what, and their tensors:
+    training.strategy), `self.data` (the data's fingerprints and own state: training.data),
+    `self.out` and `self.total_steps`.
     """
-
-    def _fingerprints(self) -> dict:
-        if self._data_fp is None:
-            fp = {"activations": data_fingerprint(self.store)}
-            if self.run.train.eval_activations:
-                fp["eval_activations"] = data_fingerprint(self.eval_store)
-            self._data_fp = fp
-        return self._data_fp
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, members: list[Member], step: int) -> None:
@@ -74,7 +67,8 @@ class CheckpointedRun:
                 }
                 for m in members
             ],
-            "data": self._fingerprints(),
+            "data": self.data.fingerprints(),
+            **self.data.checkpoint_extra(step),  # the data's own state (an online stream's cursor)
             **extra,
         }
         save_checkpoint(self.out / CHECKPOINT, state)
@@ -114,10 +108,12 @@ class CheckpointedRun:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+        self.data.restore(state, step, self.out)
         return step
 
     def _check_saved_run(self, state: dict, members: list[Member]) -> int:
         """The checkpoint's step, after checking it holds this run (config, data, budget, number of SAEs)."""
+        self.data.check_saved(state, self.out)
         saved_run = RunConfig.from_dict(state["run"])
         mine, theirs = self.run.to_dict(), saved_run.to_dict()
         for key in mine["train"]:
@@ -134,7 +130,7 @@ class CheckpointedRun:
                 f"differs from the checkpoint's {theirs['train'].get('eval_activations')!r}; resume needs the same run",
             )
         saved_data = state.get("data") if isinstance(state.get("data"), dict) else {}
-        for field, now in self._fingerprints().items():
+        for field, now in self.data.fingerprints().items():
             check_same_data(field, getattr(self.run.train, field), saved_data.get(field), now)
         step = state.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:

@@ -105,12 +105,13 @@ def commit_staged(out: Path, member_names: list[str], run_files: Iterable[str], 
     """
     out, staging = Path(out), Path(out) / STAGING
     old_names = [*run_files, *extra]
-    levels = [""] + [name for name in member_names]
+    # A member folder may be nested (<hook>/<name>): it and every folder above it are walked, not moved whole.
+    levels = [""] + sorted({"/".join(n.split("/")[: i + 1]) for n in member_names for i in range(n.count("/") + 1)})
     new = [
         f"{lvl}/{p.name}".lstrip("/")
         for lvl in levels
         for p in sorted((staging / lvl).iterdir())
-        if p.name != COMPLETE and not (lvl == "" and p.name in member_names and p.is_dir())
+        if p.name != COMPLETE and not (f"{lvl}/{p.name}".lstrip("/") in levels and p.is_dir())
     ]
     aside = sorted(
         {

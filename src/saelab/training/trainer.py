@@ -1,6 +1,9 @@
-"""The trainer: one shuffled activation stream, any number of SAEs, checkpoints that resume exactly.
+"""The trainer: one loop over a stream of batches, any number of SAEs, checkpoints that resume exactly.
 
 It knows the objective's interface (`compute_step`) and the SAE's, never a sparsity method's name.
+Two seams plug in the variants: its Strategy (training.strategy: how SAEs and rows are split over
+ranks) and its TrainingData (training.data: where the rows come from: a cache by default, a live LM
+for `saelab lm train`).
 """
 
 from __future__ import annotations
@@ -14,16 +17,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from saelab import devices
 from saelab.config import RunConfig
 from saelab.data.prefetch import DEPTH as PREFETCH_DEPTH
 from saelab.data.prefetch import Prefetcher
-from saelab.data.source_info import read_source_info
-from saelab.data.store import ActivationStore, split_rows
-from saelab.data.stream import BatchStream
+from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError, SaelabError
 from saelab.formats.folder import SAELAB_CFG
 from saelab.methods.resolve import display_name, resolve_run
@@ -33,6 +33,7 @@ from saelab.training.checkpoint import (
     refuse_legacy,
 )
 from saelab.training.convergence import ConvergenceMonitor
+from saelab.training.data import INIT_SAMPLE_ROWS, CachedData, TrainingData
 from saelab.training.final import FinishedRun
 from saelab.training.interrupt import StopSignals, TrainingInterrupted, signal_name
 from saelab.training.l0_control import L0Controller
@@ -75,7 +76,6 @@ RUN_FILES = (
     "sae_weights.safetensors",
     "eval.json",
 )
-INIT_SAMPLE_ROWS = 16384
 
 
 class Trainer(CheckpointedRun, FinishedRun):
@@ -88,73 +88,33 @@ class Trainer(CheckpointedRun, FinishedRun):
         world: distributed.World | None = None,
         store: ActivationStore | None = None,
         strategy: Callable[[RunConfig, distributed.World], Strategy] | None = None,
+        data: Callable[[RunConfig, distributed.World], TrainingData] | None = None,
     ):
         # `strategy`: how the SAEs and rows are split over the ranks (training.strategy); DataParallel unless given.
-        # `store`: in-memory rows (saelab.train on an array); run.train.activations then only labels them.
+        # `data`: where the rows come from (training.data); CachedData on run.train.activations unless given.
+        # `store`: in-memory rows for that CachedData (saelab.train on an array); run.train.activations then only labels them.
         self.run = run = resolve_run(run)  # method fields checked and target_l0's k set before anything trains
         # The processes that train this run together: every torchrun rank unless told (a spread sweep passes one).
         self.world = world if world is not None else distributed.init_from_env()
         self.strategy = (strategy or DataParallel)(run, self.world)  # refuses what it cannot do with these ranks
         # A bar on a terminal; piped (nohup, SLURM), a plain line every 30 s or 5 % (util.progress), rank 0 only.
         self.progress = progress and self.world.is_main
-        t = run.train
-        self.store = store if store is not None else ActivationStore(t.activations)
-        if t.scan:
-            self.store.scan_finite()
-        if t.eval_activations:
-            self.eval_store = ActivationStore(t.eval_activations)
-            if self.eval_store.d_in != self.store.d_in:
-                raise DataError(
-                    f"eval_activations={t.eval_activations!r}: d_in {self.eval_store.d_in} differs from the training data's {self.store.d_in}"
-                )
-            if t.scan:
-                self.eval_store.scan_finite()
-            self.split = split_rows(self.store.n_rows, 0.0)
-            self.eval_range = (0, self.eval_store.n_rows)
-        else:
-            self.eval_store = self.store
-            self.split = split_rows(self.store.n_rows, t.eval_fraction)
-            self.eval_range = self.split.eval
-        buffer_rows = t.shuffle_buffer_mb * 2**20 // (4 * self.store.d_in)
-        self.stream = BatchStream(self.store, self.split.train, t.batch_size, t.seed, buffer_rows)
+        self.data = (data or CachedData.given(store))(run, self.world)  # refuses what it cannot feed
+        self.stream = self.data.stream  # the batches (a test may wrap it)
+        self.eval_range = self.data.eval_range
         self.prefetch_depth = PREFETCH_DEPTH  # batches read ahead of the steps; 0 reads each one when its step starts
         self.throughput: Throughput | None = None  # set by fit when it ran at least one step
-        self.total_steps = self._budget()
-        self.out = Path(t.out)
-        self.source = None if store is not None else read_source_info(t.activations)
-        self._data_fp: dict | None = None  # the data's fingerprints, hashed once when a checkpoint or resume needs them
+        self.total_steps = self.data.budget(run.train)
+        self.out = Path(run.train.out)
+        self._resuming = False  # set by fit: the members' state then comes from the checkpoint
         self._converge_cache: dict[int, torch.Tensor] = {}  # until_converged's held-out rows per store, read once
-
-    def _local_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """This rank's part of a global batch (the strategy's: data-parallel, a slice of the rows)."""
-        return self.strategy.local_batch(x)
-
-    def _budget(self) -> int:
-        t = self.run.train
-        if t.steps is not None:
-            return t.steps
-        if t.tokens is not None:
-            return math.ceil(t.tokens / t.batch_size)
-        epochs = t.epochs if t.epochs is not None else 1.0
-        steps = epochs * self.stream.steps_per_epoch
-        if not math.isfinite(steps):
-            raise ConfigError("epochs", epochs, "asks for more steps than can be counted")
-        return max(1, math.ceil(steps))
 
     # ---- setup ------------------------------------------------------------------------------
     def _member_dirs(self) -> list[Path]:
-        if len(self.run.saes) == 1:
-            return [self.out]
-        return [self.out / display_name(cfg) for cfg in self.run.saes]
-
-    def _init_sample(self) -> torch.Tensor:
-        lo, hi = self.split.train
-        rng = np.random.default_rng([self.run.train.seed, 7])
-        rows = rng.choice(np.arange(lo, hi), size=min(INIT_SAMPLE_ROWS, hi - lo), replace=False)
-        return torch.from_numpy(self.store.read(rows))
+        return self.data.member_dirs(self.run, self.out)
 
     def _build_members(self) -> list[Member]:
-        return self.strategy.build_members(self.run, self.store.d_in, self._init_sample, self._member_dirs())
+        return self.data.build_members(self.run, self.strategy, self._member_dirs(), self._resuming)
 
     def _run_dirs(self) -> list[Path]:
         return list(dict.fromkeys([self.out, *self._member_dirs()]))
@@ -199,6 +159,7 @@ class Trainer(CheckpointedRun, FinishedRun):
         DataError naming its path.
         """
         self._final_out = None  # the run folder while an --overwrite run is built in its staging folder
+        self._resuming = resume
         dirs = self._run_dirs()
         if self.world.is_main:  # only rank 0 writes the folders
             check_no_links(self.out, dirs, RUN_FILES)
@@ -279,9 +240,9 @@ class Trainer(CheckpointedRun, FinishedRun):
         try:
             for step in range(start, end):
                 before = time.perf_counter()
-                x = self._local_batch(torch.from_numpy(batches.get(step))).to(t.device)
+                x = self.data.local_batch(torch.from_numpy(batches.get(step)), self.strategy).to(t.device)
                 began = time.perf_counter()
-                results = [self._train_step(m, x, step) for m in members]
+                results = [self._train_step(m, self.data.member_rows(m, x), step) for m in members]
                 devices.synchronize(t.device)  # queued device work belongs to the step it was queued by
                 finished = time.perf_counter()
                 wait_s += began - before
@@ -341,8 +302,9 @@ class Trainer(CheckpointedRun, FinishedRun):
 
     def _swap_in(self, members: list[Member]) -> None:
         """--overwrite: the complete new run (in the staging folder) replaces the old one; the members point at their final folders."""
-        names = [display_name(cfg) for cfg in self.run.saes] if len(self.run.saes) > 1 else []
         final, staged = self._final_out, self.out
+        # Each SAE's folder as the data lays it out (<name>, or <hook>/<name> for a live LM's site).
+        names = [d.relative_to(staged).as_posix() for d in self._member_dirs()] if len(self.run.saes) > 1 else []
         # From here the new run is complete: a swap cut short is finished by the next run into the folder, never undone.
         self.out, self._final_out = final, None
         self.world.on_main(lambda: commit_staged(final, names, RUN_FILES, [SHARD_CHECKPOINT_DIR]))
@@ -354,22 +316,6 @@ class Trainer(CheckpointedRun, FinishedRun):
         whole = self.strategy.gather(members)
         self.world.on_main(lambda: self._finish(whole))
         return whole
-
-    def _folder_extra(self, m: Member) -> dict:
-        """Keys this trainer adds to (or replaces in) member m's saelab.json."""
-        return self.strategy.folder_extra()
-
-    def _split_record(self, m: Member) -> dict:
-        """saelab.json's `split`: which rows trained member m and which evaluated it."""
-        return {
-            "train_rows": list(self.split.train),
-            "eval_rows": list(self.eval_range),
-            "eval_file": self.run.train.eval_activations,
-        }
-
-    def _eval_data(self, m: Member) -> tuple[ActivationStore, tuple[int, int]]:
-        """The store and row range member m is evaluated on (held-out rows)."""
-        return self.eval_store, self.eval_range
 
     def _open_loggers(self, members: list[Member]) -> RunLoggers:
         """--log: one experiment-logger run per SAE, grouped by the run folder, its config logged once (rank 0 only)."""

@@ -349,3 +349,31 @@ def test_an_unreachable_dataset_is_one_line_naming_it(lm_and_text, tmp_path, mon
     model, _ = lm_and_text
     line = error_line(cli(*_argv(model, "no-such-org/no-such-dataset", tmp_path / "d")))
     assert "no-such-org/no-such-dataset" in line
+
+
+def test_the_online_trainer_is_the_trainer_given_online_data():
+    # It defines its constructor and nothing else: the data side plugs in through training.data's public seam.
+    assert [name for name, value in vars(OnlineTrainer).items() if callable(value)] == ["__init__"]
+
+
+def test_overwrite_replaces_a_run_with_several_saes_on_one_site(lm_and_text, tmp_path):
+    # Their folders are nested (<hook>/<name>): the swap walks them instead of looking for <hook>.<name>.
+    model, text = lm_and_text
+    (tmp_path / "two.toml").write_text(
+        'n_latents = 48\nmethod = "topk"\n[[sae]]\nname = "k4"\nk = 4\n[[sae]]\nname = "k8"\nk = 8\n'
+    )
+    argv = ["lm", "train", "--model", model, "--text", text, "--config", tmp_path / "two.toml", "--sites", "1",
+            "--batch-size", "64", "--context", str(CTX), "--lm-batch-size", "4", "--buffer-tokens", "256",
+            "--eval-tokens", "60", "--no-progress", "--out", tmp_path / "run"]  # fmt: skip
+    assert cli(*argv, "--tokens", "320")[0] == 0
+    code, _, err = cli(*argv, "--tokens", "640", "--overwrite")
+    assert code == 0, err
+    site = tmp_path / "run" / "blocks.1.hook_resid_post"
+    assert sorted(p.name for p in site.iterdir()) == ["k4", "k8"]
+    for name in ("k4", "k8"):
+        assert json.loads((site / name / "saelab.json").read_text())["tokens"] == 640, name
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "blocks.1.hook_resid_post",
+        "checkpoint.safetensors",
+        "run.json",
+    ]
