@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -97,9 +98,13 @@ def train_args(data, out, *extra, steps=6):
 NATIVE_ABORT = "terminate called without an active exception"
 
 
-def run_torchrun(make_cmd, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run of make_cmd(a free port), or of `make_cmd` itself when it is a finished command list."""
-    return subprocess.run(make_cmd(free_port()) if callable(make_cmd) else list(make_cmd), **kwargs)
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def run_torchrun(args: list[str], nproc: int = 2, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run of `torchrun --nproc-per-node NPROC` on 127.0.0.1 at a free port, then `args` (a script or `-m module` and its arguments)."""
+    launcher = [str(TORCHRUN), "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
+    return subprocess.run([*launcher, "--master-port", str(free_port()), *args], **kwargs)
 
 
 def free_port() -> int:

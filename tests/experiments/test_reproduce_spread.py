@@ -7,35 +7,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from _reproduce_worker import TINY
-from cli_harness import free_port, run_torchrun
+from cli_harness import run_torchrun
 
 from saelab.experiments.reproduce.run import run_reproduce
 from saelab.experiments.sweep_state import RESULTS
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = Path(__file__).with_name("_reproduce_worker.py")
 
 
 def _torchrun(name: str, out: Path) -> subprocess.CompletedProcess:
-    port = free_port()
-    cmd = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
-        str(WORKER),
-        name,
-        str(out),
-    ]
-    done = run_torchrun(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    done = run_torchrun(
+        [str(WORKER), name, str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -9,12 +9,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_harness import free_port, run_torchrun
+from cli_harness import run_torchrun
 from safetensors.torch import load_file
 
 from saelab.errors import ConfigError
@@ -30,7 +29,6 @@ from saelab.experiments.grid import (
 from saelab.experiments.sweep import run_sweep
 from saelab.experiments.sweep_state import DEAL, PLAN, RANK_RESULTS, RESULTS, _settle_deal
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 2 seeds × 3 SAEs of two sizes: each seed's SAEs are dealt to the two ranks.
 CONFIG = """
 activations = "{data}"
@@ -55,15 +53,7 @@ def _config(tmp_path: Path, toy_dir: Path) -> Path:
 
 
 def _torchrun_sweep(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    port = free_port()
     cmd = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
         "-m",
         "saelab",
         "sweep",

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from saelab.training.trainer import Trainer
 from saelab.util.distributed import World
 
 TOLERANCE = 1e-5
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 # One run config, three SAEs on the same batches: the sparse TopK kernels with AuxK, the dense
 # path with a penalty, and BatchTopK (global threshold) with AuxK (global batch variances).
 CONFIG = """
@@ -67,21 +65,7 @@ def _config(tmp_path: Path, toy_dir: Path, steps: int) -> Path:
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 
-    def cmd(port: int) -> list[str]:
-        return [
-            str(TORCHRUN),
-            "--nproc-per-node",
-            str(nproc),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            "-m",
-            "saelab",
-            *args,
-        ]
-
-    done = run_torchrun(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(["-m", "saelab", *args], nproc, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _sharded_worker import CASES, LR, N_LATENTS, build_case, kernel_path
-from cli_harness import free_port, run_torchrun
+from cli_harness import run_torchrun
 from safetensors.torch import load_file
 
 from saelab.config import SAEConfig
@@ -33,7 +32,6 @@ from saelab.training.sharded.model import ShardedSAE, join_shards, split_sae
 from saelab.util.distributed import World
 
 TOLERANCE = 1e-5
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = Path(__file__).with_name("_sharded_worker.py")
 
 
@@ -47,18 +45,7 @@ def two_ranks(tmp_path_factory) -> dict[str, torch.Tensor]:
     tmp = tmp_path_factory.mktemp("sharded")
     out = tmp / "ranks.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        str(WORKER),
-        str(out),
-    ]
-    done = run_torchrun(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun([str(WORKER), str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"tensors": load_file(str(out))}
 

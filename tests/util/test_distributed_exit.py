@@ -1,10 +1,8 @@
 """A torchrun rank that joined the process group through saelab leaves it before the interpreter exits."""
 
-import subprocess
-import sys
 import textwrap
 
-from tests.cli_harness import NATIVE_ABORT, free_port
+from cli_harness import NATIVE_ABORT, run_torchrun
 
 # Collectives, then a plain exit: without leaving the group first, gloo's threads aborted the process
 # ("terminate called without an active exception") in 8 of 25 such runs on the 2-core machine.
@@ -25,11 +23,8 @@ SCRIPT = textwrap.dedent(
 def test_ranks_exit_cleanly_after_collectives(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     for _ in range(3):  # each run alone caught the abort about one time in three before the fix
-        done = subprocess.run(
-            [*torchrun, "--master-port", str(free_port()), str(script)], capture_output=True, text=True, timeout=120
-        )
+        done = run_torchrun([str(script)], capture_output=True, text=True, timeout=120)
         assert NATIVE_ABORT not in done.stderr, done.stderr[-2000:]
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.count("done") == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,11 @@ import torch
 
 pytest.importorskip("transformers")
 from _features_util import CTX, text_file, tiny_model_dir  # noqa: E402
-from cli_harness import free_port, run_torchrun
+from cli_harness import run_torchrun
 
 from saelab.data.cache import read_row_index, verify_cache  # noqa: E402
 from saelab.sources.lm.harvest import HarvestConfig, harvest  # noqa: E402
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 2 windows of 16 tokens per batch, position 0 dropped: 30 rows a batch, 60 a round of 2 ranks.
 BATCH, SHARD_ROWS = 2, 64
 
@@ -36,15 +34,7 @@ def lm_and_text(tmp_path_factory):
 
 
 def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str) -> subprocess.CompletedProcess:
-    port = free_port()
     cmd = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
         "-m",
         "saelab",
         "lm",
@@ -68,7 +58,6 @@ def _torchrun_harvest(model: str, text: str, out: Path, tokens: int, *extra: str
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    # no reset on a retry: some calls extend an existing cache on purpose
     done = run_torchrun(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

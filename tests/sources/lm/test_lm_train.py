@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 from _features_util import CTX, one_thread, text_file, tiny_model_dir  # noqa: F401
-from cli_harness import cli, error_line, run_torchrun
+from cli_harness import TORCHRUN, cli, error_line, run_torchrun
 
 import saelab
 from saelab.cli import build_parser
@@ -21,8 +20,6 @@ from saelab.errors import ConfigError
 from saelab.sources.lm.model import LMSpec, load_lm
 from saelab.sources.lm.online_trainer import OnlineTrainer
 from saelab.sources.lm.stream import OnlineConfig, OnlineStream, parse_sites
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.fixture(scope="module")
@@ -289,20 +286,6 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
     model, text = lm_and_text
     _trainer(_argv(model, text, tmp_path / "one"))[0].fit()
 
-    def cmd(port: int) -> list[str]:
-        return [
-            str(TORCHRUN),
-            "--nproc-per-node",
-            "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            "-m",
-            "saelab",
-            *_argv(model, text, tmp_path / "two"),
-        ]
-
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -310,7 +293,14 @@ def test_two_gloo_ranks_equal_one_process(lm_and_text, tmp_path):
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(Path(saelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     }
-    done = run_torchrun(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    done = run_torchrun(
+        ["-m", "saelab", *_argv(model, text, tmp_path / "two")],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for site in ("blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"):
         a, b = saelab.load(tmp_path / "one" / site), saelab.load(tmp_path / "two" / site)
