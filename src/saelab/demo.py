@@ -107,7 +107,7 @@ def run_toy_demo(out: Path, quick: bool) -> list[dict]:
     rows = []
     for m in members:
         r = evaluate(
-            m.sae, trainer.data.store, rows=trainer.eval_range, true_dictionary=dictionary, scan=False
+            m.sae, trainer.data.store, rows=trainer.data.eval_range, true_dictionary=dictionary, scan=False
         ).to_dict()
         rows.append(
             {

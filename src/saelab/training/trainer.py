@@ -101,7 +101,6 @@ class Trainer(CheckpointedRun, FinishedRun):
         self.progress = progress and self.world.is_main
         self.data = (data or CachedData.given(store))(run, self.world)  # refuses what it cannot feed
         self.stream = self.data.stream  # the batches (a test may wrap it)
-        self.eval_range = self.data.eval_range
         self.prefetch_depth = PREFETCH_DEPTH  # batches read ahead of the steps; 0 reads each one when its step starts
         self.throughput: Throughput | None = None  # set by fit when it ran at least one step
         self.total_steps = self.data.budget(run.train)
@@ -213,7 +212,7 @@ class Trainer(CheckpointedRun, FinishedRun):
         members = self._build_members()
         for m in members:
             m.control = L0Controller.for_member(m.sae, self.total_steps, t.eps_l0)
-            m.convergence = ConvergenceMonitor.for_run(t, self.eval_range)
+            m.convergence = ConvergenceMonitor.for_run(t, self.data.eval_range)
         start = 0
         if resume:
             start = self._load_checkpoint(members)
