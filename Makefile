@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.saelab-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo demo-quick test test-slow test-demo test-compat test-lower-bounds bench install clean lint docs
+.PHONY: demo demo-quick test test-torch-kernels test-slow test-demo test-compat test-lower-bounds bench install clean lint docs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,lm,docs]"
+	$(BIN)/python -m saelab.kernels.native
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA packages were pulled in; refusing" >&2; exit 1; fi
 	touch $(STAMP)
 
@@ -26,6 +27,10 @@ demo-quick: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The sparse kernels on torch's operators alone, as on a machine without a C++ compiler.
+test-torch-kernels: $(STAMP)
+	SAELAB_NATIVE=0 $(BIN)/python -m pytest -q tests/kernels tests/training/test_sharded.py
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --hypothesis-profile=long

@@ -22,17 +22,18 @@ from saelab.training.sharded.step import sharded_member, sharded_train_step
 from saelab.util import distributed
 
 METHODS = ("topk", "batchtopk")
-# The sharded step's reference path, its sparse-kernel path and that path with AuxK's code as
-# gathered rows instead of a dense block over the dead latents (which one a CPU picks depends on it).
-KERNELS = ("dense", "sparse", "sparse-rows")
+# The sharded step's reference path and its sparse-kernel path with AuxK's code as a dense block over
+# the dead latents and as gathered rows (which one a CPU picks depends on it and on the native kernels).
+KERNELS = ("dense", "sparse-block", "sparse-rows")
 CASES = [(m, kern) for m in METHODS for kern in KERNELS]
 
 
 @contextlib.contextmanager
 def kernel_path(kernel: str):
-    """Inside: AuxK's sparse code is decoded by rows when `kernel` is sparse-rows."""
+    """Inside: AuxK's sparse code is a dense block (sparse-block) or gathered rows (sparse-rows)."""
     saved = topk_encode.AUX_BLOCK_DENSITY
-    topk_encode.AUX_BLOCK_DENSITY = 2.0 if kernel == "sparse-rows" else saved  # a density no code reaches
+    # 0: every aux code is a block; 2: a density no code reaches.
+    topk_encode.AUX_BLOCK_DENSITY = {"sparse-block": 0.0, "sparse-rows": 2.0}.get(kernel, saved)
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ No bias is added here (AuxK's reconstruction has none); callers add b_dec themse
 Backward, given dY_c = ∂L/∂Y_c:
   ∂L/∂z_e   = ⟨W_dec[latent_e], dY_c[row_e]⟩             (EntrySet.dots, latent-major)
   ∂L/∂W_dec = Σ_c Z_cᵀ·dY_c — per latent i: Σ_{c, e: latent_e = i} z_e · dY_c[row_e]
+(both from one pass over the gathered dY rows: EntrySet.dots_and_sums)
 Every code's entries index one stacked table [dY_1; dY_2; …] (code c's rows offset by its
 position), so one latent sort and one `sum_rows` write the [n, d] decoder gradient however many
 codes (k, Multi-TopK's 4k, AuxK) share it.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.kernels import threads, workspace
+from saelab.kernels.native import ops as native
 from saelab.kernels.sparse_code import SparseCode, dense_block
 from saelab.kernels.topk_encode import narrow
 
@@ -83,6 +85,13 @@ class _SparseDecode(torch.autograd.Function):
             return (*_backward(ctx, W_dec, values, grads),)
 
 
+def _stacked(parts: list[Tensor]) -> Tensor:
+    """The parts one above the other, in the "stacked" scratch buffer (valid until the next call)."""
+    rows = sum(p.shape[0] for p in parts)
+    out = workspace.scratch("stacked", (rows, parts[0].shape[1]), parts[0].dtype, parts[0].device)
+    return torch.cat(parts, out=out)
+
+
 def _backward(ctx, W_dec, values, grads):
     items: list[DecodeItem] = ctx.items
     n = W_dec.shape[0]
@@ -98,12 +107,14 @@ def _backward(ctx, W_dec, values, grads):
             offsets = [i * dY.shape[0] for i, (_, _, _, dY) in enumerate(listed)]
             entries = ctx.plan.entries([item.code for _, item, _, _ in listed], n, offsets)
             weights = listed[0][2] if len(listed) == 1 else torch.cat([z.reshape(-1) for _, _, z, _ in listed])
-        table = listed[0][3] if len(listed) == 1 else torch.cat([dY for _, _, _, dY in listed])
-        if any(ctx.needs_input_grad[3 + j] for j, _, _, _ in listed):
-            for (j, _, z, _), dz in zip(listed, entries.split(entries.dots(W_dec, table))):
+        table = listed[0][3] if len(listed) == 1 else _stacked([dY for _, _, _, dY in listed])
+        want_dots = any(ctx.needs_input_grad[3 + j] for j, _, _, _ in listed)
+        # Reused gradient memory (no page faults) where the native pass fills it.
+        out = workspace.gradient_buffer(W_dec) if ctx.needs_input_grad[0] and native.usable(W_dec, table) else None
+        dots, d_W_dec = entries.dots_and_sums(W_dec, table, weights, want_dots, ctx.needs_input_grad[0], out)
+        if want_dots:
+            for (j, _, z, _), dz in zip(listed, entries.split(dots)):
                 d_values[j] = dz.view_as(z)
-        if ctx.needs_input_grad[0]:
-            d_W_dec = entries.sum_rows(table, weights)
     low = getattr(ctx.plan, "low", None)
     for j, item, z, dY in blocks:
         dY_op, W_block = narrow(low, dY, W_dec.index_select(0, item.block))

@@ -30,6 +30,7 @@ products (aux_block) run in bfloat16 like the encoder's, their sums added in flo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -37,27 +38,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.kernels import threads, workspace
+from saelab.kernels.native import ops as native
 from saelab.kernels.plan import SparsePlan
 from saelab.kernels.segment import EntrySet
-from saelab.kernels.select import batch_topk, row_topk
+from saelab.kernels.select import batch_topk, group_size, row_topk
 from saelab.kernels.sparse_code import SparseCode, dense_block
 
 
-def _aux_block_density() -> float:
+@functools.cache
+def machine_aux_block_density() -> float:
     """The share of dead latents per row above which AuxK's CPU products run on dense [B, |D|] blocks.
 
-    Where the blocked product is fast relative to row gathers, the block wins early. Measured at
-    (B, d) = (4096, 768), k_aux 384: with AVX-512 one gathered row cost about as much as 16
-    multiply-adds of a blocked product (break-even near 1/16); on an AVX2 CPU the gathers won up to
-    a share of about 0.4 (at 0.078 the block took 451 ms a product, the gathers 174 ms). GPUs'
-    blocked products are faster still (EncodeState.aux_block uses 1/16 there). The choice follows the
-    machine, not the run, so results are reproducible on one machine; both layouts give the same
-    sums up to rounding.
+    With the native row kernels (kernels/native) never: at (B, d) = (4096, 768), k_aux 384 of 4,915
+    dead latents (a share of 0.078), AVX-512, 2 threads, the row passes took 64 (selection) + 55
+    (decode) + 100 (decoder backward) + 52 ms (encoder sum) against the block's 164 + 196 + 427 +
+    180 ms. Without them, where the blocked product is fast relative to torch's row gathers the
+    block wins early: with AVX-512 one gathered row cost about as much as 16 multiply-adds of a
+    blocked product (break-even near 1/16); on an AVX2 CPU the gathers won up to a share of about
+    0.4 (at 0.078 the block took 451 ms a product, the gathers 174 ms). GPUs' blocked products are
+    faster still (EncodeState.aux_block uses 1/16 there). The choice follows the machine, not the
+    run, so results are reproducible on one machine; both layouts give the same sums up to rounding.
     """
+    if native.usable(torch.empty(0)):
+        return 2.0  # a share no code reaches
     return 1 / 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 3 / 8
 
 
-AUX_BLOCK_DENSITY = _aux_block_density()
+# None: by the machine (machine_aux_block_density); tests set a share to force one layout.
+AUX_BLOCK_DENSITY: float | None = None
 
 # The pre-activations of a per-row selection are computed in chunks of rows of at most this size, so
 # the step's largest temporary stays bounded however large the dictionary (at n = 65,536 and a batch
@@ -102,7 +110,10 @@ class EncodeState:
         """Whether the aux code is handled as a dense block over the dead latents."""
         if self.aux is None or self.aux.width is None:
             return False  # a ragged aux code (kept entries only) is decoded by rows
-        density = AUX_BLOCK_DENSITY if self.dead.device.type == "cpu" else 1 / 16
+        if self.dead.device.type != "cpu":
+            density = 1 / 16
+        else:
+            density = AUX_BLOCK_DENSITY if AUX_BLOCK_DENSITY is not None else machine_aux_block_density()
         return self.aux.width >= density * self.dead.numel()
 
     def entries(self, codes: list[SparseCode], n_latents: int, offsets: list[int]) -> EntrySet:
@@ -166,22 +177,36 @@ def row_chunks(rows: int, n: int, element_size: int) -> list[tuple[int, int]]:
 
 def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, state: EncodeState) -> tuple[Tensor, Tensor]:
     """Per-row selections (TopK, Multi-TopK, AuxK), chunk of rows by chunk so P stays within budget."""
-    main_v, main_c, aux_v, aux_l = [], [], [], []
+    main_v, main_c, aux = [], [], []
     x_op, W_op, b_op = narrow(state.low, x_c, W_enc, b_enc)
-    for lo, hi in row_chunks(x_c.shape[0], W_enc.shape[1], W_op.element_size()):
+    n = W_enc.shape[1]
+    width = state.plan.width(n)
+    fused = native.usable(x_op) and W_op.dtype in (torch.float32, torch.bfloat16)
+    for lo, hi in row_chunks(x_c.shape[0], n, W_op.element_size()):
+        if fused:
+            # The bias is added inside the selection, in the same read of each row of P.
+            pre = workspace.scratch("pre", (hi - lo, n), W_op.dtype, W_op.device)
+            torch.mm(x_op[lo:hi], W_op, out=pre)
+            k_aux = min(state.k_aux, state.dead.numel()) if state.dead is not None else 0
+            v, cols, selected = native.select_rows(
+                pre, b_op, width, group_size(n, width), state.plan.sorted, state.dead, k_aux
+            )
+            main_v.append(v)
+            main_c.append(cols)
+            if selected is not None:
+                aux.append(selected)
+            continue
         pre = pre_activations(x_op[lo:hi], W_op, b_op)
         with threads.parallel(pre.device):
-            v, cols = row_topk(pre, state.plan.width(W_enc.shape[1]), sorted=state.plan.sorted)
+            v, cols = row_topk(pre, width, sorted=state.plan.sorted)
             main_v.append(v)
             main_c.append(cols)
             if state.dead is not None:
-                v, local = _aux_topk(pre, state)
-                aux_v.append(v)
-                aux_l.append(local)
+                aux.append(_aux_topk(pre, state))
     with threads.single(x_c.device):
         z_main = torch.relu_(_cat(main_v))
         state.main = SparseCode.fixed_width(_cat(main_c), z_main.detach())
-        z_aux = _select_aux(state, _cat(aux_v), _cat(aux_l)) if state.dead is not None else x_c.new_zeros(0)
+        z_aux = _select_aux(state, *(_cat(list(p)) for p in zip(*aux))) if aux else x_c.new_zeros(0)
     return z_main, z_aux
 
 
@@ -199,9 +224,9 @@ def _encode_batch(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, state: EncodeState)
         state.main = SparseCode(rows, c, v.detach(), rows=r)
         z_aux = pre.new_zeros(0)
         if state.dead is not None:
-            aux_v, aux_l = _aux_topk(pre, state)
+            selected = _aux_topk(pre, state)
             with threads.single(pre.device):
-                z_aux = _select_aux(state, aux_v, aux_l)
+                z_aux = _select_aux(state, *selected)
     return v, z_aux
 
 
@@ -213,17 +238,21 @@ def positive_entries(pre: Tensor, mask: Tensor | None = None) -> tuple[Tensor, T
     return idx.div(n, rounding_mode="floor"), idx.remainder(n), flat.index_select(0, idx)
 
 
-def _aux_topk(pre: Tensor, state: EncodeState) -> tuple[Tensor, Tensor]:
-    """Each row's top-k_aux among the dead latents: (values in float32, columns within state.dead)."""
+def _aux_topk(pre: Tensor, state: EncodeState) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's top-k_aux among the dead latents: (values in float32, columns within state.dead, latent ids)."""
+    k = min(state.k_aux, state.dead.numel())
+    if native.usable(pre) and pre.dtype in (torch.float32, torch.bfloat16):
+        return native.topk_among(pre, state.dead, k)  # reads the dead columns in place: no [B, |D|] copy
     dead_pre = workspace.scratch("block", (pre.shape[0], state.dead.numel()), pre.dtype, pre.device)
     torch.index_select(pre, 1, state.dead, out=dead_pre)
-    return row_topk(dead_pre, min(state.k_aux, state.dead.numel()))
+    values, local = row_topk(dead_pre, k)
+    return values, local, state.dead[local]
 
 
-def _select_aux(state: EncodeState, values: Tensor, local: Tensor) -> Tensor:
+def _select_aux(state: EncodeState, values: Tensor, local: Tensor, latents: Tensor) -> Tensor:
     """ReLU of the aux values; their positions go into state.aux / state.aux_local."""
     z_aux = torch.relu_(values)
-    state.aux = SparseCode.fixed_width(state.dead[local], z_aux.detach())
+    state.aux = SparseCode.fixed_width(latents, z_aux.detach())
     state.aux_local = local
     return z_aux
 
@@ -270,7 +299,7 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
                 # needs a small temporary, not a second [n, d] gradient (201 MB at n = 65,536).
                 block_bytes = LEAN_SUM_BLOCK_BYTES if workspace.is_lean() else SUM_BLOCK_BYTES
                 for lo, hi, part in entries.sum_rows_blocks(
-                    x_c, weights, block_bytes // (x_c.shape[1] * x_c.element_size())
+                    x_c, weights, block_bytes // (x_c.shape[1] * x_c.element_size()), transient=True
                 ):
                     d_W_enc[:, lo:hi].copy_(part.t())
             else:

@@ -22,19 +22,13 @@ from pathlib import Path
 from saelab.data.store import ActivationStore
 from saelab.errors import ConfigError, DataError
 from saelab.util.atomic import atomic_write_json
+from saelab.util.cache_dir import cache_dir
 
 SAMPLED_BLOCKS = 32
 BLOCK_BYTES = 1 << 16
 EDGE_BYTES = 4096
 COMPARED = ("n_rows", "d_in", "dtype", "bytes", "sha256")
 HASH_CHUNK = 1 << 22
-
-
-def cache_dir() -> Path:
-    """Where saelab caches what it can recompute (file digests): SAELAB_CACHE_DIR, $XDG_CACHE_HOME/saelab or ~/.cache/saelab."""
-    if os.environ.get("SAELAB_CACHE_DIR"):
-        return Path(os.environ["SAELAB_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "saelab"
 
 
 def file_sha256(path: str | Path) -> str:

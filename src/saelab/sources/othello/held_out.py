@@ -30,8 +30,8 @@ from saelab.sources.othello.harvest import (
     model_fingerprint,
 )
 from saelab.sources.othello.probes import ProbeConfig
-from saelab.training.fingerprint import cache_dir
 from saelab.util.atomic import atomic_write
+from saelab.util.cache_dir import cache_dir
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out games: a seed no training harvest uses by default
 CACHE_VERSION = 1  # bump when the harvest or the findable probes change what they compute

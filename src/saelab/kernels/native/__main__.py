@@ -1,0 +1,8 @@
+"""`python -m saelab.kernels.native`: build the native kernels now (make install runs it) and say whether they load."""
+
+from __future__ import annotations
+
+from saelab.kernels.native.ops import why_unavailable
+
+reason = why_unavailable()
+print("saelab native row kernels: " + ("ready" if reason is None else f"not used ({reason}); torch's operators run"))

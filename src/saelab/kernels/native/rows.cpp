@@ -1,0 +1,398 @@
+// saelab's hand-written CPU kernels for the sparse path's row passes (loaded by ctypes, see build.py).
+//
+// Written by hand because torch's CPU operators measured slower for exactly these passes (numbers:
+// bench/README.md, "Native row kernels"): the top-k_aux among AuxK's dead columns of P, reading
+// them in place (torch: a [B, |D|] copy, then topk); the decoder's backward as one pass over the
+// gathered rows (torch: sampled_addmm for the dots, embedding_bag for the sums, each reading them);
+// the stable sort of entries by latent (a counting sort: the keys are small integers).
+//
+// Every pass is "for each segment (a latent's entries, or a row's), combine table rows": the
+// segment's sums are kept in registers one chunk of CH floats at a time while its rows stream by,
+// so no accumulator goes through memory. Work is split over threads by whole segments at fixed
+// boundaries and each sum runs in entry order, so every result is deterministic.
+// Built with -march=native for the machine it runs on (build.py keys the library by CPU flags).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+typedef int64_t i64;
+
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
+#endif
+#define NV 8             // vectors per chunk: enough independent sums to hide the multiply-add latency
+#define CH (VW * NV)     // floats per chunk
+#define PREFETCH_AHEAD 4 // entries
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
+typedef uint16_t vhu __attribute__((vector_size(VW * 2), aligned(2)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+
+// Runs fn(0), …, fn(nthreads − 1) on nthreads threads (shards a thread cannot be started for run here).
+template <class F>
+static void run_parallel(int nthreads, F fn) {
+  std::vector<std::thread> pool;
+  int started = 1;
+  for (; started < nthreads; ++started) {
+    try {
+      pool.emplace_back(fn, started);
+    } catch (...) {
+      break;
+    }
+  }
+  for (int t = started; t < nthreads; ++t) fn(t);
+  fn(0);
+  for (auto& th : pool) th.join();
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Table rows of float32 or bfloat16 (stored as uint16), read as float32 vectors.
+struct F32 {
+  typedef float T;
+  static inline vf load(const float* p) { return *(const vfu*)p; }
+  static inline float one(const float* p) { return *p; }
+};
+struct BF16 {
+  typedef uint16_t T;
+  static inline vf load(const uint16_t* p) {
+    vu u = __builtin_convertvector(*(const vhu*)p, vu) << 16;
+    return (vf)u;
+  }
+  static inline float one(const uint16_t* p) { return bf16_to_f32(*p); }
+};
+
+static inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < VW; ++i) s += v[i];
+  return s;
+}
+
+// One segment of `count` entries: entry e reads table row rows[e] with weight weights[ord(e)].
+//   out (if set):  out[0:d] = Σ_e weights[ord(e)] · table[rows[e]]
+//   dots (if set): dots[ord(e)] = ⟨w, table[rows[e]]⟩ (partial: scratch of `count` vectors)
+// ord(e) = order[e] when `order` is set, else first + e.
+template <class R>
+static void segment(const typename R::T* table, i64 ld, i64 d, const i64* rows, const i64* order, i64 first,
+                    i64 count, const float* weights, const float* w, float* out, float* dots, vf* partial) {
+  auto ord = [&](i64 e) { return order ? order[e] : first + e; };
+  if (dots)
+    for (i64 e = 0; e < count; ++e) partial[e] = vf{};
+  i64 c0 = 0;
+  for (; c0 + CH <= d; c0 += CH) {
+    vf acc[NV] = {}, wv[NV];
+    if (dots)
+      for (int q = 0; q < NV; ++q) wv[q] = F32::load(w + c0 + q * VW);
+    for (i64 e = 0; e < count; ++e) {
+      if (e + PREFETCH_AHEAD < count) {
+        const char* next = (const char*)(table + rows[e + PREFETCH_AHEAD] * ld + c0);
+        for (int line = 0; line < (int)(CH * sizeof(typename R::T)); line += 64) __builtin_prefetch(next + line);
+      }
+      const typename R::T* r = table + rows[e] * ld + c0;
+      vf g[NV];
+      for (int q = 0; q < NV; ++q) g[q] = R::load(r + q * VW);
+      if (out) {
+        float s = weights[ord(e)];
+        for (int q = 0; q < NV; ++q) acc[q] += s * g[q];
+      }
+      if (dots) {
+        vf p0 = wv[0] * g[0], p1 = wv[1] * g[1];
+        for (int q = 2; q < NV; q += 2) {
+          p0 += wv[q] * g[q];
+          p1 += wv[q + 1] * g[q + 1];
+        }
+        partial[e] += p0 + p1;
+      }
+    }
+    if (out)
+      for (int q = 0; q < NV; ++q) *(vfu*)(out + c0 + q * VW) = acc[q];
+  }
+  for (; c0 < d; ++c0) {  // the columns past the last whole chunk
+    float acc = 0.f;
+    for (i64 e = 0; e < count; ++e) {
+      float g = R::one(table + rows[e] * ld + c0);
+      if (out) acc += weights[ord(e)] * g;
+      if (dots) partial[e][0] += w[c0] * g;
+    }
+    if (out) out[c0] = acc;
+  }
+  if (dots)
+    for (i64 e = 0; e < count; ++e) dots[ord(e)] = hsum(partial[e]);
+}
+
+// Segments [a, b) of thread t's share of [lo, hi), split at segment boundaries into equal entry counts.
+static void share(const i64* crow, i64 lo, i64 hi, int t, int nthreads, i64* a, i64* b) {
+  i64 total = crow[hi] - crow[lo];
+  auto at = [&](int s) -> i64 {
+    if (s <= 0) return lo;
+    if (s >= nthreads) return hi;
+    i64 target = crow[lo] + total * s / nthreads;
+    return std::lower_bound(crow + lo, crow + hi + 1, target) - crow;
+  };
+  *a = at(t);
+  *b = at(t + 1);
+}
+
+static i64 longest(const i64* crow, i64 a, i64 b) {
+  i64 m = 0;
+  for (i64 i = a; i < b; ++i) m = std::max(m, crow[i + 1] - crow[i]);
+  return m;
+}
+
+extern "C" {
+
+// Stable counting sort of the entries by latent: order (entry ids, latent-major) and crow [n + 1].
+void sl_sort_by_latent(const i64* lat, i64 nnz, i64 n, i64* order, i64* crow) {
+  std::memset(crow, 0, sizeof(i64) * (n + 1));
+  for (i64 e = 0; e < nnz; ++e) crow[lat[e] + 1]++;
+  for (i64 i = 0; i < n; ++i) crow[i + 1] += crow[i];
+  std::vector<i64> next(crow, crow + n);
+  for (i64 e = 0; e < nnz; ++e) order[next[lat[e]]++] = e;
+}
+
+// out[i] = the row of entry order[i] of fixed-width codes stacked one after another; layout holds
+// (entries, width, row offset) per code: entry e of code c sits in row (e − start_c) / width_c + offset_c.
+void sl_rows_in_order(const i64* order, i64 nnz, const i64* layout, i64 n_codes, i64* out) {
+  std::vector<i64> start(n_codes + 1, 0);
+  for (i64 c = 0; c < n_codes; ++c) start[c + 1] = start[c] + layout[3 * c];
+  for (i64 i = 0; i < nnz; ++i) {
+    i64 e = order[i], c = 0;
+    while (e >= start[c + 1]) ++c;
+    out[i] = (e - start[c]) / layout[3 * c + 1] + layout[3 * c + 2];
+  }
+}
+
+// For each latent i in [lo, hi), over its entries e (positions crow[i]:crow[i + 1] of the sorted order):
+//   sums[i − lo] = Σ_e weights[order[e]] · table[sorted_rows[e]]      (if sums is set; [hi − lo, d])
+//   dots[order[e]] = ⟨by_latent[i], table[sorted_rows[e]]⟩            (if dots is set)
+void sl_segment_dots_sums(const float* by_latent, const float* table, i64 d, const i64* sorted_rows,
+                          const i64* order, const float* weights, const i64* crow, i64 lo, i64 hi, float* dots,
+                          float* sums, int nthreads) {
+  run_parallel(nthreads, [&](int t) {
+    i64 a, b;
+    share(crow, lo, hi, t, nthreads, &a, &b);
+    std::vector<vf> partial(dots ? longest(crow, a, b) : 0);
+    for (i64 i = a; i < b; ++i) {
+      i64 s = crow[i];
+      segment<F32>(table, d, d, sorted_rows + s, order + s, 0, crow[i + 1] - s, weights,
+                   by_latent ? by_latent + i * d : nullptr, sums ? sums + (i - lo) * d : nullptr, dots,
+                   partial.data());
+    }
+  });
+}
+
+// out[b] = Σ_{e in crow[b]:crow[b + 1]} values[e] · table[latents[e]]  (table float32 or bfloat16 [*, d])
+void sl_gather_sum(const void* table, int bf16, i64 d, const i64* latents, const float* values, const i64* crow,
+                   i64 n_rows, float* out, int nthreads) {
+  run_parallel(nthreads, [&](int t) {
+    i64 a, b;
+    share(crow, 0, n_rows, t, nthreads, &a, &b);
+    for (i64 r = a; r < b; ++r) {
+      i64 s = crow[r];
+      if (bf16)
+        segment<BF16>((const uint16_t*)table, d, d, latents + s, nullptr, s, crow[r + 1] - s, values, nullptr,
+                      out + r * d, nullptr, nullptr);
+      else
+        segment<F32>((const float*)table, d, d, latents + s, nullptr, s, crow[r + 1] - s, values, nullptr,
+                     out + r * d, nullptr, nullptr);
+    }
+  });
+}
+
+static inline uint32_t order_key(float f) {  // unsigned keys in the floats' order (NaN above +inf)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static inline float key_value(uint32_t key) {  // order_key's inverse
+  uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's bfloat16 arithmetic does
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Per-thread scratch of the selections.
+struct Selector {
+  static const int BITS = 11, SHIFT = 32 - BITS, BINS = 1 << BITS;
+  std::vector<uint32_t> row_keys, keys, cand, hist, keys_tmp;
+  std::vector<i64> kept;
+  std::vector<std::pair<uint32_t, i64>> pairs;
+
+  // The k largest of keys[0:m] (column j's key is keys[j]), by a radix select: writes values,
+  // positions j (ascending) and, if ids is set, cols[j]. Among equal keys at the k-th place the first
+  // positions win. Pass 1 counts the keys by their top bits (4 interleaved histograms, so runs of
+  // equal bins do not wait on each other's increments); pass 2 keeps, in order, the few entries at
+  // or above the bin that holds the k-th key; the k-th key comes from nth_element over that bin.
+  void radix(const uint32_t* keys, i64 m, i64 k, const i64* cols, float* values, i64* local, i64* ids) {
+    hist.assign(4 * BINS, 0u);
+    for (i64 j = 0; j < m; ++j) hist[(j & 3) * BINS + (keys[j] >> SHIFT)]++;
+    auto count = [&](i64 bin) -> i64 {
+      return (i64)hist[bin] + hist[BINS + bin] + hist[2 * BINS + bin] + hist[3 * BINS + bin];
+    };
+    i64 bin = BINS - 1, above = 0;
+    while (above + count(bin) < k) above += count(bin--);
+    const uint32_t floor_key = (uint32_t)bin << SHIFT;
+    kept.clear();
+    cand.clear();
+    for (i64 j = 0; j < m; ++j) {
+      if (keys[j] >= floor_key) {
+        kept.push_back(j);
+        if ((keys[j] >> SHIFT) == (uint32_t)bin) cand.push_back(keys[j]);
+      }
+    }
+    i64 need = k - above;
+    std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.end(), std::greater<uint32_t>());
+    uint32_t kth = cand[need - 1];
+    i64 strictly = above;
+    for (uint32_t c : cand) strictly += c > kth;
+    i64 ties = k - strictly, o = 0;
+    for (i64 j : kept) {
+      uint32_t key = keys[j];
+      if (key > kth || (key == kth && ties-- > 0)) {
+        values[o] = key_value(key);
+        if (ids) ids[o] = cols[j];
+        local[o++] = j;
+        if (o == k) break;
+      }
+    }
+  }
+
+  // The k largest of a whole row of n keys by group maxima (select.py's argument: every one of them
+  // lies in one of the k groups with the largest maxima; group j holds columns j, j + c, …, j + (g − 1)c,
+  // c = n / g). Writes values and columns: by decreasing value (ties: lower column first) if `sorted`,
+  // else by ascending column. g = 1: a radix select over the whole row.
+  void grouped(const uint32_t* keys, i64 n, i64 k, i64 g, int sorted, float* values, i64* cols) {
+    if (g <= 1) {
+      radix(keys, n, k, nullptr, values, cols, nullptr);
+      if (sorted) sort_by_value(values, cols, k);
+      return;
+    }
+    i64 c = n / g;
+    cand.assign(keys, keys + c);
+    for (i64 i = 1; i < g; ++i) {
+      const uint32_t* part = keys + i * c;
+      for (i64 j = 0; j < c; ++j) cand[j] = std::max(cand[j], part[j]);
+    }
+    // The k groups with the largest maxima (ties at the k-th: lower groups first), by the k-th maximum.
+    keys_tmp.assign(cand.begin(), cand.end());
+    std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (k - 1), keys_tmp.end(), std::greater<uint32_t>());
+    uint32_t kth_max = keys_tmp[k - 1];
+    i64 ties = k;
+    for (i64 j = 0; j < c; ++j) ties -= cand[j] > kth_max;
+    pairs.clear();
+    for (i64 j = 0; j < c; ++j) {
+      if (cand[j] > kth_max || (cand[j] == kth_max && ties-- > 0))
+        for (i64 i = 0; i < g; ++i) pairs.push_back({keys[j + i * c], j + i * c});
+    }
+    auto larger = [](const std::pair<uint32_t, i64>& a, const std::pair<uint32_t, i64>& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    };
+    std::nth_element(pairs.begin(), pairs.begin() + (k - 1), pairs.end(), larger);
+    pairs.resize(k);
+    if (sorted)
+      std::sort(pairs.begin(), pairs.end(), larger);
+    else
+      std::sort(pairs.begin(), pairs.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+    for (i64 q = 0; q < k; ++q) {
+      values[q] = key_value(pairs[q].first);
+      cols[q] = pairs[q].second;
+    }
+  }
+
+  static void sort_by_value(float* values, i64* cols, i64 k) {
+    std::vector<std::pair<uint32_t, i64>> p(k);
+    for (i64 q = 0; q < k; ++q) p[q] = {order_key(values[q]), cols[q]};
+    std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    for (i64 q = 0; q < k; ++q) {
+      values[q] = key_value(p[q].first);
+      cols[q] = p[q].second;
+    }
+  }
+};
+
+// Per row b of P (float32 or bfloat16, row stride ldp): the k largest of P[b, cols[0:m]] (a radix
+// select): values (float32), local (positions in cols, ascending) and, if set, ids (cols[local]).
+// Among equal values at the k-th place the first columns win.
+void sl_topk_among(const void* P, int bf16, i64 rows, i64 ldp, const i64* cols, i64 m, i64 k, float* values,
+                   i64* local, i64* ids, int nthreads) {
+  run_parallel(nthreads, [&](int t) {
+    Selector sel;
+    sel.keys.resize(m);
+    i64 lo = rows * t / nthreads, hi = rows * (t + 1) / nthreads;
+    for (i64 b = lo; b < hi; ++b) {
+      if (bf16) {
+        const uint16_t* row = (const uint16_t*)P + b * ldp;
+        for (i64 j = 0; j < m; ++j) sel.keys[j] = order_key(bf16_to_f32(row[cols[j]]));
+      } else {
+        const float* row = (const float*)P + b * ldp;
+        for (i64 j = 0; j < m; ++j) sel.keys[j] = order_key(row[cols[j]]);
+      }
+      sel.radix(sel.keys.data(), m, k, cols, values + b * k, local + b * k, ids ? ids + b * k : nullptr);
+    }
+  });
+}
+
+// The per-row selections of a TopK-family step from P = x·W (float32 or bfloat16 [rows, n], without
+// its bias), in one read of each row while it is in cache: P + bias (rounded to P's dtype, as
+// torch's add_ rounds it; P itself is left as it was), then the row's k largest by group maxima (g
+// per group, as select.group_size chose; values float32 and columns, sorted by decreasing value if
+// `sorted`, else by column) and, if dead is set, the k_aux largest among the dead columns
+// (as sl_topk_among: aux_values, aux_local, aux_ids).
+void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, i64 k, i64 g, int sorted,
+                    float* values, i64* cols, const i64* dead, i64 m, i64 k_aux, float* aux_values, i64* aux_local,
+                    i64* aux_ids, int nthreads) {
+  run_parallel(nthreads, [&](int t) {
+    Selector sel;
+    sel.row_keys.resize(n);
+    if (dead) sel.keys.resize(m);
+    i64 lo = rows * t / nthreads, hi = rows * (t + 1) / nthreads;
+    uint32_t* rk = sel.row_keys.data();
+    for (i64 b = lo; b < hi; ++b) {
+      if (bf16) {
+        const uint16_t* row = (const uint16_t*)P + b * n;
+        const uint16_t* bb = (const uint16_t*)bias;
+        if (bb)
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(row[j]) + bf16_to_f32(bb[j]))));
+        else
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(row[j]));
+      } else {
+        const float* row = (const float*)P + b * n;
+        const float* bb = (const float*)bias;
+        if (bb)
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(row[j] + bb[j]);
+        else
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(row[j]);
+      }
+      sel.grouped(rk, n, k, g, sorted, values + b * k, cols + b * k);
+      if (dead) {
+        for (i64 j = 0; j < m; ++j) sel.keys[j] = rk[dead[j]];
+        sel.radix(sel.keys.data(), m, k_aux, dead, aux_values + b * k_aux, aux_local + b * k_aux,
+                  aux_ids + b * k_aux);
+      }
+    }
+  });
+}
+}
