@@ -27,7 +27,7 @@ K_PATH = {
     "methods/topk.py",  # KParams.k (k ≥ 1); TopK.sparse_plan() → SparsePlan(k); the dense forward
     "kernels/plan.py",  # SparsePlan: the one plan type of methods and kernels (width: k per row)
     "kernels/topk_encode.py",  # row_topk(P, plan.width(n)): kernels/step.py hands the plan on untouched
-    "kernels/select.py",  # row_topk's k: the selection itself
+    "kernels/select.py",  # row_topk's k (row_topk_with_bias's with the native kernels): the selection itself
     "methods/base.py",  # topk_mask_values: the dense forward of the final evaluation, into row_topk
 }
 

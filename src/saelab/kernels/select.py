@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saelab.kernels.native import ops as native
 from saelab.util import distributed
 
 # Candidate groups must outnumber k by this factor for the grouped path to pay off.
@@ -53,6 +54,18 @@ def row_topk(mat: Tensor, k: int, sorted: bool = False) -> tuple[Tensor, Tensor]
     cand_cols = (groups.unsqueeze(-1) + members).view(rows, k * g)
     values, pos = torch.topk(_wide(mat.gather(1, cand_cols)), k, dim=1, sorted=sorted)
     return values, cand_cols.gather(1, pos)
+
+
+def row_topk_with_bias(
+    pre: Tensor, bias: Tensor, k: int, sorted: bool, dead: Tensor | None, k_aux: int
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """row_topk(P + bias, k) from P without its bias, by the native kernels (callers check native.usable):
+    (values, columns, and with `dead` each row's top-k_aux among those columns: values, positions, ids).
+
+    The bias is added inside the selection, in the same read of each row of P that selects (and the
+    dead columns are read while the row is in cache); torch's add_ would read and write P once more.
+    """
+    return native.select_rows(pre, bias, k, group_size(pre.shape[1], k), sorted, dead, k_aux)
 
 
 def _wide(t: Tensor) -> Tensor:

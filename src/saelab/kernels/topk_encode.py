@@ -41,7 +41,7 @@ from saelab.kernels import threads, workspace
 from saelab.kernels.native import ops as native
 from saelab.kernels.plan import SparsePlan
 from saelab.kernels.segment import EntrySet
-from saelab.kernels.select import batch_topk, group_size, row_topk
+from saelab.kernels.select import batch_topk, row_topk, row_topk_with_bias
 from saelab.kernels.sparse_code import SparseCode, dense_block
 
 
@@ -188,9 +188,7 @@ def _encode_by_rows(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, state: EncodeStat
             pre = workspace.scratch("pre", (hi - lo, n), W_op.dtype, W_op.device)
             torch.mm(x_op[lo:hi], W_op, out=pre)
             k_aux = min(state.k_aux, state.dead.numel()) if state.dead is not None else 0
-            v, cols, selected = native.select_rows(
-                pre, b_op, width, group_size(n, width), state.plan.sorted, state.dead, k_aux
-            )
+            v, cols, selected = row_topk_with_bias(pre, b_op, width, state.plan.sorted, state.dead, k_aux)
             main_v.append(v)
             main_c.append(cols)
             if selected is not None:

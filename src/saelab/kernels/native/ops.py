@@ -158,38 +158,40 @@ def topk_among(mat: Tensor, cols: Tensor, k: int) -> tuple[Tensor, Tensor, Tenso
 
 
 def select_rows(
-    pre: Tensor, bias: Tensor | None, k: int, group: int, sorted: bool, dead: Tensor | None = None, k_aux: int = 0
+    pre: Tensor,
+    bias: Tensor | None,
+    count: int,
+    group: int,
+    sorted: bool,
+    dead: Tensor | None = None,
+    count_aux: int = 0,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """A TopK-family step's per-row selections from P = x·W without its bias, one read of each row:
+    """Per-row selections from P = x·W without its bias, in one read of each row (select.row_topk_with_bias):
 
-    (values, columns) of each row's k largest entries of P + bias (the sum rounded to P's dtype as
-    torch's add_ rounds it; P is left unchanged), by group maxima with `group` columns per group
-    (select.group_size; 1 = whole rows), by decreasing value if `sorted`, else by column; and, with
-    `dead`, topk_among(P + bias, dead, k_aux)'s (values, positions in dead, latent ids).
+    (values, columns) of each row's `count` largest entries of P + bias (the sum rounded to P's dtype
+    as torch's add_ rounds it; P is left unchanged), by group maxima with `group` columns per group
+    (1 = whole rows), by decreasing value if `sorted`, else by column; and, with `dead`,
+    topk_among(P + bias, dead, count_aux)'s (values, positions in dead, latent ids).
     """
     if pre.dtype not in (torch.float32, torch.bfloat16) or not pre.is_contiguous():
         raise ValueError(f"select_rows reads a contiguous float32 or bfloat16 P, not {pre.dtype}")
     rows, n = pre.shape
-    if not 1 <= k <= n or group < 1 or (group > 1 and (n % group or n // group < k)):
-        raise ValueError(f"no selection of k={k} in groups of {group} from {n} columns")
+    if not 1 <= count <= n or group < 1 or (group > 1 and (n % group or n // group < count)):
+        raise ValueError(f"no selection of {count} in groups of {group} from {n} columns")
     if bias is not None:
         bias = bias.to(pre.dtype).contiguous()
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), not {tuple(bias.shape)}")
-    values, cols = torch.empty(rows, k), torch.empty(rows, k, dtype=torch.int64)
+    values, cols = torch.empty(rows, count), torch.empty(rows, count, dtype=torch.int64)
     aux = None
     if dead is not None:
         dead = _index(dead)
-        if not 1 <= k_aux <= dead.numel():
-            raise ValueError(f"k_aux must lie in [1, {dead.numel()}], not {k_aux}")
-        aux = (
-            torch.empty(rows, k_aux),
-            torch.empty(rows, k_aux, dtype=torch.int64),
-            torch.empty(rows, k_aux, dtype=torch.int64),
-        )
+        if not 1 <= count_aux <= dead.numel():
+            raise ValueError(f"count_aux must lie in [1, {dead.numel()}], not {count_aux}")
+        aux = tuple(torch.empty(rows, count_aux, dtype=t) for t in (torch.float32, torch.int64, torch.int64))
     build.load().sl_select_rows(
-        _ptr(pre), int(pre.dtype == torch.bfloat16), rows, n, _ptr(bias), k, group, int(sorted), _ptr(values),
-        _ptr(cols), _ptr(dead), dead.numel() if dead is not None else 0, k_aux,
+        _ptr(pre), int(pre.dtype == torch.bfloat16), rows, n, _ptr(bias), count, group, int(sorted), _ptr(values),
+        _ptr(cols), _ptr(dead), dead.numel() if dead is not None else 0, count_aux,
         *(_ptr(t) for t in (aux or (None, None, None))), threads.sparse_threads(),
     )  # fmt: skip
     return values, cols, aux
