@@ -141,15 +141,21 @@ def test_resume_reslices_for_another_number_of_ranks(runs, resumed):
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, toy_dir):
-    """BatchTopK on 4 ranks as 2 replicas × 2 latent shards for 200 steps, resumed on 1 rank to 250; the 1-rank runs."""
+    """BatchTopK on 4 ranks as 2 replicas × 2 latent shards for 200 steps, resumed on 1 rank to 210; the 1-rank runs.
+
+    Resumed for 10 steps, not 50: this toy BatchTopK+AuxK run meets a near-tie in its selection
+    between steps 200 and 250 that a rounding-sized change decides either way (weights perturbed by
+    7e-7 relative at step 200 ended 2.2e-3 apart at 250 in 3 of 6 trials, on the native kernels and
+    on torch's alike; none of 6 by step 210), so a 50-step horizon tests luck, not re-slicing.
+    """
     tmp = tmp_path_factory.mktemp("grid")
     cli = _cli(toy_dir, tmp / "grid", 200, "--latent-shards", "2")
     cli[cli.index("topk")] = "batchtopk"
     done = _torchrun(cli, nproc=4)
     _run(toy_dir, tmp / "one200", 200, method="batchtopk")
-    _run(toy_dir, tmp / "one250", 250, method="batchtopk")
+    _run(toy_dir, tmp / "one210", 210, method="batchtopk")
     shutil.copytree(tmp / "grid", tmp / "grid-then-one")
-    _run(toy_dir, tmp / "grid-then-one", 250, resume=True, method="batchtopk")
+    _run(toy_dir, tmp / "grid-then-one", 210, resume=True, method="batchtopk")
     return {"tmp": tmp, "done": done}
 
 
@@ -165,7 +171,7 @@ def test_a_grid_of_replicas_and_shards_trains_the_one_rank_weights(grid):
         assert a["l0"] == pytest.approx(b["l0"], rel=1e-4) and a["dead_fraction"] == b["dead_fraction"]
     (tag,) = list((tmp / "grid" / SHARD_DIR).iterdir())  # one file per shard, not per rank
     assert sorted(p.name for p in tag.iterdir()) == [shard_file(0, 2), shard_file(1, 2)]
-    assert _max_rel_diff(tmp / "grid-then-one", tmp / "one250") <= TOLERANCE
+    assert _max_rel_diff(tmp / "grid-then-one", tmp / "one210") <= TOLERANCE
     assert grid["done"].stdout.count("batchtopk-k4: L0") == 1
 
 

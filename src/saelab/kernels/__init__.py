@@ -11,6 +11,10 @@ selection touches only the k (or k·multiple, k_aux) selected entries per row. T
   sparse_code.py  the code object StepOutput.z holds on this path
   workspace.py    reused memory for P and for W_enc's gradient (no page faults every step)
   threads.py      thread counts for the sparse passes (SAELAB_SPARSE_THREADS)
+  native/         hand-written CPU kernels for the row passes (C++, built once per machine, loaded by
+                  ctypes): the fused bias + TopK + AuxK selection, the latent sort, the decoder
+                  backward's dots and sums in one pass; without a compiler (or SAELAB_NATIVE=0)
+                  the torch operators above run instead, with the same results up to rounding
 
 Which activations run here is each method's own fact: `Activation.sparse_plan()` returns the
 selection (per-row k, batch k·B, every positive entry, extra Multi-TopK-style or nested-prefix

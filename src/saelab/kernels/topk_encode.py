@@ -8,6 +8,9 @@ every code the step needs is selected from it:
            entry (both ragged rows);
   - aux:   AuxK's per-row top-k_aux among the dead latents.
 It returns z_e = ReLU(P_e) at the selected entries only; the positions go into the state.
+Where the native kernels load (CPU), the per-row selections take P without its bias and add it
+inside one pass over each row that also selects the main and the aux code (select.row_topk_with_bias):
+P is read once instead of four times (add_, group maxima, candidates, the dead columns).
 
 Backward, given ∂L/∂z_e: g_e = ∂L/∂z_e · 1[P_e > 0] (the ReLU), zero off the selected entries;
 with G the sparse [B, n] matrix of the g_e:
@@ -16,9 +19,10 @@ with G the sparse [B, n] matrix of the g_e:
   ∂L/∂b_enc = 1ᵀ·G            — per latent i: Σ_e g_e              (index_add over the entries)
   ∂L/∂b_dec = −W_enc·(1ᵀ·G)   — since ∂P[b, i]/∂b_dec = −W_enc[:, i]: one [d, n]·[n] product
   ∂L/∂x     =  G·W_encᵀ       — only if x requires grad (never in training)
-An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ AUX_BLOCK_DENSITY, set by
-the CPU's vector width) adds x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density
-a blocked product beats per-entry row gathers. Both give the same sums.
+An AuxK code that fills a large share of the dead latents D (k_aux/|D| ≥ the block density,
+machine_aux_block_density: never with the native kernels, else set by the CPU's vector width) adds
+x_cᵀ·G_D as a dense [|D|, B]·[B, d] product instead: past that density a blocked product beats
+torch's per-entry row gathers. Both give the same sums.
 
 Under bfloat16 autocast (state.low = torch.bfloat16) P is computed in bfloat16 — x_c and W_enc
 rounded once per step, the product accumulated in float32 inside the GEMM and stored in bfloat16,
