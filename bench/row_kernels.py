@@ -13,10 +13,7 @@ Each pass is timed on the same inputs both ways, interleaved repetition by repet
   enc-sums      the encoder's per-latent sums over the same entries: embedding_bag  vs  native
   decode-aux    the aux code's decode Σ z·W_dec[latent]: embedding_bag  vs  native gather_sum
                 (not adopted: no faster; listed so the comparison stays measured)
-Both sides use `--threads` threads. Results agree to rounding (checked here before timing). The
-native sums write into one reused [n, d] buffer, as the step does (W_dec's gradient buffer, the
-encoder's scratch blocks); embedding_bag has no `out=` and allocates its result every call, as it
-did in the step. A fresh 50 MB output written by two threads cost ≈ 60 ms of page faults here.
+Both sides use `--threads` threads. Results agree to rounding (checked here before timing).
 """
 
 from __future__ import annotations
@@ -91,8 +88,6 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
     pattern = torch.sparse_csr_tensor(crow, sorted_rows, torch.zeros(order.numel()), (n, 2 * B), check_invariants=False)
     w_sorted = values[order]
 
-    sums_out = torch.empty(n, d)
-
     def torch_dec_backward():
         dots = torch.sparse.sampled_addmm(pattern, W_dec, G.t(), beta=0.0).values()
         return dots, F.embedding_bag(sorted_rows, G, crow[:-1], mode="sum", per_sample_weights=w_sorted)
@@ -127,7 +122,7 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
         (
             "enc-sums",
             lambda: F.embedding_bag(enc_rows, x, crow[:-1], mode="sum", per_sample_weights=w_sorted),
-            lambda: ops.segment_dots_sums(None, x, enc_rows, order, values, crow, dots=False, out=sums_out),
+            lambda: ops.segment_dots_sums(None, x, enc_rows, order, values, crow, dots=False),
             lambda: True,
         ),
         (

@@ -17,9 +17,6 @@
 #include <functional>
 #include <thread>
 #include <vector>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 typedef int64_t i64;
 
@@ -78,26 +75,6 @@ struct BF16 {
   static inline float one(const uint16_t* p) { return bf16_to_f32(*p); }
 };
 
-// A store that bypasses the cache (p aligned to a vector); a plain store where there is no such instruction.
-static inline void stream_store(float* p, vf v) {
-#if defined(__AVX512F__)
-  _mm512_stream_ps(p, (__m512)v);
-#elif defined(__AVX__)
-  _mm256_stream_ps(p, (__m256)v);
-#elif defined(__SSE__)
-  _mm_stream_ps(p, (__m128)v);
-#else
-  *(vf*)p = v;
-#endif
-}
-
-// Orders this thread's streaming stores before whatever follows (a join, another pass).
-static inline void stream_fence() {
-#if defined(__SSE__)
-  _mm_sfence();
-#endif
-}
-
 static inline float hsum(vf v) {
   float s = 0.f;
   for (int i = 0; i < VW; ++i) s += v[i];
@@ -140,14 +117,8 @@ static void segment(const typename R::T* table, i64 ld, i64 d, const i64* rows, 
         partial[e] += p0 + p1;
       }
     }
-    if (out) {
-      // Each sum is written once and not read here again: streaming stores keep the cache for the
-      // table rows (a [n, d] output is larger than the L3 cache).
-      if (((uintptr_t)(out + c0) % sizeof(vf)) == 0)
-        for (int q = 0; q < NV; ++q) stream_store(out + c0 + q * VW, acc[q]);
-      else
-        for (int q = 0; q < NV; ++q) *(vfu*)(out + c0 + q * VW) = acc[q];
-    }
+    if (out)
+      for (int q = 0; q < NV; ++q) *(vfu*)(out + c0 + q * VW) = acc[q];
   }
   for (; c0 < d; ++c0) {  // the columns past the last whole chunk
     float acc = 0.f;
@@ -220,7 +191,6 @@ void sl_segment_dots_sums(const float* by_latent, const float* table, i64 d, con
                    by_latent ? by_latent + i * d : nullptr, sums ? sums + (i - lo) * d : nullptr, dots,
                    partial.data());
     }
-    stream_fence();
   });
 }
 
@@ -239,7 +209,6 @@ void sl_gather_sum(const void* table, int bf16, i64 d, const i64* latents, const
         segment<F32>((const float*)table, d, d, latents + s, nullptr, s, crow[r + 1] - s, values, nullptr,
                      out + r * d, nullptr, nullptr);
     }
-    stream_fence();
   });
 }
 
