@@ -82,6 +82,22 @@ def test_fused_dots_and_sums_match_the_dense_reference(d):
     assert into is out and torch.allclose(out, sums, atol=1e-6 * d**0.5)  # same sums (contraction may differ)
 
 
+@pytest.mark.parametrize("n", [5, 16, 37])  # fewer, exactly and not a multiple of the 16 latents stored at once
+def test_sums_written_as_columns_are_the_transposed_sums(monkeypatch, n):
+    g = torch.Generator().manual_seed(n)
+    rows, d, width = 21, 130, 3
+    lat, z = _entries(g, rows, n, width)
+    entries = EntrySet([SparseCode.fixed_width(lat, z)], n, [0])
+    table = torch.randn(rows, d, generator=g)
+    out = torch.full((d, n), float("nan"))
+    entries.sum_rows_into_columns(table, z, out, block=4)
+    assert torch.allclose(out, entries.sum_rows(table, z).t(), atol=1e-5)
+    monkeypatch.setattr(ops, "usable", lambda *t: False)  # the torch path: blocks of 4 latents
+    reference = torch.full((d, n), float("nan"))
+    EntrySet([SparseCode.fixed_width(lat, z)], n, [0]).sum_rows_into_columns(table, z, reference, block=4)
+    assert torch.allclose(out, reference, atol=1e-5)
+
+
 def test_two_codes_share_one_sort_and_index_their_own_blocks_of_a_stacked_table(monkeypatch):
     g = torch.Generator().manual_seed(0)
     rows, n, d = 16, 40, 130

@@ -113,6 +113,18 @@ class EntrySet:
             out[self.order] = by_latent_order
         return out
 
+    def sum_rows_into_columns(self, table: Tensor, weights: Tensor, out: Tensor, block: int) -> None:
+        """out[:, i] = sum_rows(table, weights)[i] for an [d, n] `out` (W_enc's gradient layout).
+
+        Natively in one pass that stores 16 latents at a time transposed; otherwise by blocks of
+        `block` latents (scratch memory) and a transposing copy of each.
+        """
+        if native.usable(table) and out.stride(1) == 1 and out.dtype == torch.float32:
+            native.segment_sums_columns(table, self.sorted_rows, self.order, weights.reshape(-1), self.crow, out)
+            return
+        for lo, hi, part in self.sum_rows_blocks(table, weights, block, transient=True):
+            out[:, lo:hi].copy_(part.t())
+
     def dots_and_sums(
         self, by_latent: Tensor, table: Tensor, weights: Tensor, dots: bool = True, sums: bool = True, out=None
     ):

@@ -297,13 +297,10 @@ def _backward(ctx, x_c, W_enc, z_main, z_aux, dz_main, dz_aux):
         else:
             d_W_enc = workspace.gradient_buffer(W_enc)
             if listed:
-                # Block by block of latents into W_enc's [d, n] layout: the transposing copy then
-                # needs a small temporary, not a second [n, d] gradient (201 MB at n = 65,536).
+                # Straight into W_enc's [d, n] layout (torch path: block by block of latents, so the
+                # transposing copy needs a small temporary, not a second [n, d] gradient: 201 MB at n = 65,536).
                 block_bytes = LEAN_SUM_BLOCK_BYTES if workspace.is_lean() else SUM_BLOCK_BYTES
-                for lo, hi, part in entries.sum_rows_blocks(
-                    x_c, weights, block_bytes // (x_c.shape[1] * x_c.element_size()), transient=True
-                ):
-                    d_W_enc[:, lo:hi].copy_(part.t())
+                entries.sum_rows_into_columns(x_c, weights, d_W_enc, block_bytes // (x_c.shape[1] * x_c.element_size()))
             else:
                 d_W_enc.zero_()
         for c, g in block:

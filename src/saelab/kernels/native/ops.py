@@ -118,6 +118,22 @@ def segment_dots_sums(
     return out_dots, out_sums
 
 
+def segment_sums_columns(
+    table: Tensor, sorted_rows: Tensor, order: Tensor, weights: Tensor, crow: Tensor, out: Tensor
+) -> Tensor:
+    """segment_dots_sums's sums for every latent, written transposed into `out` ([d, n], rows contiguous): out[:, i] = Σ_e weights[e] · table[row_e]."""
+    table, weights = _float(table), _float(weights)
+    sorted_rows, order, crow = _index(sorted_rows), _index(order), _index(crow)
+    n, d = crow.numel() - 1, table.shape[1]
+    if out.shape != (d, n) or out.dtype != torch.float32 or out.stride(1) != 1:
+        raise ValueError(f"out must be a float32 [{d}, {n}] tensor with contiguous rows")
+    build.load().sl_segment_sums_columns(
+        _ptr(table), d, _ptr(sorted_rows), _ptr(order), _ptr(weights), _ptr(crow), n, _ptr(out), out.stride(0),
+        threads.sparse_threads(),
+    )  # fmt: skip
+    return out
+
+
 def gather_sum(table: Tensor, latents: Tensor, values: Tensor, crow: Tensor) -> Tensor:
     """out[b] = Σ_{e in crow[b]:crow[b + 1]} values[e] · table[latents[e]] as float32 [B, d] (table float32 or bfloat16)."""
     if table.dtype not in (torch.float32, torch.bfloat16):

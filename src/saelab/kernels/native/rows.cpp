@@ -194,6 +194,35 @@ void sl_segment_dots_sums(const float* by_latent, const float* table, i64 d, con
   });
 }
 
+// The sums of sl_segment_dots_sums for every latent i < n, written as columns: out[q · ldo + i] =
+// Σ_e weights[order[e]] · table[sorted_rows[e]][q] (out: [d, n] row-major, e.g. W_enc's gradient).
+// Sixteen latents are summed into a small buffer, then stored transposed as 16-float runs, so no
+// [n, d] temporary and no separate transposing copy is needed.
+void sl_segment_sums_columns(const float* table, i64 d, const i64* sorted_rows, const i64* order,
+                             const float* weights, const i64* crow, i64 n, float* out, i64 ldo, int nthreads) {
+  const i64 G = 16;
+  run_parallel(nthreads, [&](int t) {
+    // Thread t's latents: whole groups of G, split by entry counts.
+    i64 groups = (n + G - 1) / G, a, b;
+    std::vector<i64> gcrow(groups + 1);
+    for (i64 g = 0; g <= groups; ++g) gcrow[g] = crow[std::min(g * G, n)];
+    share(gcrow.data(), 0, groups, t, nthreads, &a, &b);
+    std::vector<float> buf(G * d);
+    for (i64 g = a; g < b; ++g) {
+      i64 i0 = g * G, m = std::min(G, n - i0);
+      for (i64 j = 0; j < m; ++j) {
+        i64 s = crow[i0 + j];
+        segment<F32>(table, d, d, sorted_rows + s, order + s, 0, crow[i0 + j + 1] - s, weights, nullptr,
+                     buf.data() + j * d, nullptr, nullptr);
+      }
+      for (i64 q = 0; q < d; ++q) {
+        float* col = out + q * ldo + i0;
+        for (i64 j = 0; j < m; ++j) col[j] = buf[j * d + q];
+      }
+    }
+  });
+}
+
 // out[b] = Σ_{e in crow[b]:crow[b + 1]} values[e] · table[latents[e]]  (table float32 or bfloat16 [*, d])
 void sl_gather_sum(const void* table, int bf16, i64 d, const i64* latents, const float* values, const i64* crow,
                    i64 n_rows, float* out, int nthreads) {
