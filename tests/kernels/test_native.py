@@ -149,6 +149,29 @@ def test_topk_among_a_column_subset_is_torch_topk_of_those_columns(rows, m, data
     _check_topk(mat.bfloat16(), cols, k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,group", [(1024, 8, 16), (1024, 8, 1), (640, 5, 8), (96, 96, 1)])
+@pytest.mark.parametrize("sorted_", [False, True])
+def test_select_rows_is_topk_of_p_plus_bias_rounded_as_torch_adds(dtype, n, k, group, sorted_):
+    g = torch.Generator().manual_seed(n + k)
+    P = torch.randn(33, n, generator=g).to(dtype)
+    bias = (torch.randn(n, generator=g) / 3).to(dtype)
+    dead = torch.randperm(n, generator=g)[: n // 3].sort().values
+    before = P.clone()
+    values, cols, (aux_v, aux_l, aux_ids) = ops.select_rows(P, bias, k, group, sorted_, dead, 7)
+    assert torch.equal(P, before), "P itself is left without the bias"
+    full = (P + bias).float()  # torch's add in P's dtype, upcast exactly
+    assert torch.equal(full.gather(1, cols), values)
+    assert torch.equal(values.sort(1, descending=True).values, full.topk(k, dim=1).values)
+    if sorted_:
+        assert bool((values.diff(dim=1) <= 0).all()), "sorted by decreasing value"
+    else:
+        assert bool((cols.diff(dim=1) > 0).all()), "by ascending column"
+    sub = full[:, dead]
+    assert torch.equal(aux_v.sort(1).values, sub.topk(7, dim=1).values.sort(1).values)
+    assert torch.equal(sub.gather(1, aux_l), aux_v) and torch.equal(dead[aux_l], aux_ids)
+
+
 def test_topk_among_breaks_ties_by_the_first_columns_and_reads_wide_rows():
     values, local, _ = ops.topk_among(torch.zeros(3, 10), torch.arange(10), 4)
     assert torch.equal(local, torch.arange(4).expand(3, 4)) and not values.any()

@@ -241,6 +241,8 @@ void sl_gather_sum(const void* table, int bf16, i64 d, const i64* latents, const
   });
 }
 
+}  // extern "C"
+
 static inline uint32_t order_key(float f) {  // unsigned keys in the floats' order (NaN above +inf)
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -323,6 +325,13 @@ struct Selector {
       const uint32_t* part = keys + i * c;
       for (i64 j = 0; j < c; ++j) cand[j] = std::max(cand[j], part[j]);
     }
+    from_maxima([&](i64 col) { return keys[col]; }, n, k, g, sorted, values, cols);
+  }
+
+  // grouped's second half: `cand` holds the c = n / g group maxima; key_at(col) gives any column's key.
+  template <class KeyAt>
+  void from_maxima(KeyAt key_at, i64 n, i64 k, i64 g, int sorted, float* values, i64* cols) {
+    i64 c = n / g;
     // The k groups with the largest maxima (ties at the k-th: lower groups first), by the k-th maximum.
     keys_tmp.assign(cand.begin(), cand.end());
     std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (k - 1), keys_tmp.end(), std::greater<uint32_t>());
@@ -332,7 +341,7 @@ struct Selector {
     pairs.clear();
     for (i64 j = 0; j < c; ++j) {
       if (cand[j] > kth_max || (cand[j] == kth_max && ties-- > 0))
-        for (i64 i = 0; i < g; ++i) pairs.push_back({keys[j + i * c], j + i * c});
+        for (i64 i = 0; i < g; ++i) pairs.push_back({key_at(j + i * c), j + i * c});
     }
     auto larger = [](const std::pair<uint32_t, i64>& a, const std::pair<uint32_t, i64>& b) {
       return a.first != b.first ? a.first > b.first : a.second < b.second;
@@ -361,6 +370,8 @@ struct Selector {
     }
   }
 };
+
+extern "C" {
 
 // Per row b of P (float32 or bfloat16, row stride ldp): the k largest of P[b, cols[0:m]] (a radix
 // select): values (float32), local (positions in cols, ascending) and, if set, ids (cols[local]).
@@ -395,29 +406,57 @@ void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, 
                     i64* aux_ids, int nthreads) {
   run_parallel(nthreads, [&](int t) {
     Selector sel;
-    sel.row_keys.resize(n);
+    // A row of keys when it is read twice (whole-row radix select, or AuxK's dead columns too); else
+    // the group maxima are taken while converting and the few candidates' keys recomputed.
+    const bool keep_keys = g <= 1 || dead;
+    if (keep_keys) sel.row_keys.resize(n);
     if (dead) sel.keys.resize(m);
+    const float* bf = (const float*)bias;
+    const uint16_t* bh = (const uint16_t*)bias;
     i64 lo = rows * t / nthreads, hi = rows * (t + 1) / nthreads;
-    uint32_t* rk = sel.row_keys.data();
     for (i64 b = lo; b < hi; ++b) {
-      if (bf16) {
-        const uint16_t* row = (const uint16_t*)P + b * n;
-        const uint16_t* bb = (const uint16_t*)bias;
-        if (bb)
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(row[j]) + bf16_to_f32(bb[j]))));
+      const float* rf = (const float*)P + b * n;
+      const uint16_t* rh = (const uint16_t*)P + b * n;
+      // P + bias at one column, rounded as torch rounds it, as an order key.
+      auto key_at = [&](i64 j) -> uint32_t {
+        if (bf16) {
+          float v = bf16_to_f32(rh[j]);
+          return order_key(bh ? bf16_to_f32(f32_to_bf16(v + bf16_to_f32(bh[j]))) : v);
+        }
+        return order_key(bf ? rf[j] + bf[j] : rf[j]);
+      };
+      if (keep_keys) {
+        uint32_t* rk = sel.row_keys.data();
+        if (bf16 && bh)
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(rh[j]) + bf16_to_f32(bh[j]))));
+        else if (bf16)
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(rh[j]));
+        else if (bf)
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(rf[j] + bf[j]);
         else
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(row[j]));
+          for (i64 j = 0; j < n; ++j) rk[j] = order_key(rf[j]);
+        sel.grouped(rk, n, k, g, sorted, values + b * k, cols + b * k);
       } else {
-        const float* row = (const float*)P + b * n;
-        const float* bb = (const float*)bias;
-        if (bb)
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(row[j] + bb[j]);
-        else
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(row[j]);
+        // The group maxima while converting, so no row of keys is written and read back.
+        i64 c = n / g;
+        sel.cand.assign(c, 0u);
+        uint32_t* mx = sel.cand.data();
+        for (i64 i = 0; i < g; ++i) {
+          i64 o = i * c;
+          if (bf16 && bh)
+            for (i64 j = 0; j < c; ++j)
+              mx[j] = std::max(mx[j], order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(rh[o + j]) + bf16_to_f32(bh[o + j])))));
+          else if (bf16)
+            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], order_key(bf16_to_f32(rh[o + j])));
+          else if (bf)
+            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], order_key(rf[o + j] + bf[o + j]));
+          else
+            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], order_key(rf[o + j]));
+        }
+        sel.from_maxima(key_at, n, k, g, sorted, values + b * k, cols + b * k);
       }
-      sel.grouped(rk, n, k, g, sorted, values + b * k, cols + b * k);
       if (dead) {
-        for (i64 j = 0; j < m; ++j) sel.keys[j] = rk[dead[j]];
+        for (i64 j = 0; j < m; ++j) sel.keys[j] = sel.row_keys[dead[j]];
         sel.radix(sel.keys.data(), m, k_aux, dead, aux_values + b * k_aux, aux_local + b * k_aux,
                   aux_ids + b * k_aux);
       }
