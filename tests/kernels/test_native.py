@@ -180,6 +180,52 @@ def test_topk_among_breaks_ties_by_the_first_columns_and_reads_wide_rows():
     _check_topk(mat, torch.randperm(5000, generator=g)[:1500].sort().values, 384)
 
 
+def test_rows_alike_and_unlike_select_the_same_as_torch():
+    # top_k guesses each row's threshold from the row before: rows of wildly different scales and
+    # signs make the guess too high (fewer than k kept: the radix select runs) and too low (many kept).
+    g = torch.Generator().manual_seed(4)
+    scales = torch.tensor([1.0, 1e-20, 1e20, 1.0, -1.0, 1e-3, 1e3, 0.0]).repeat(4)
+    mat = torch.randn(scales.numel(), 3000, generator=g) * scales.unsqueeze(1)
+    cols = torch.randperm(3000, generator=g)[:1100].sort().values
+    for k in (1, 37, 384, 1100):
+        _check_topk(mat, cols, k)
+        _check_topk(mat.bfloat16(), cols, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sorted_", [False, True])
+def test_select_rows_is_the_exact_top_k_with_ties_to_the_lower_column(dtype, sorted_):
+    # Small integers: many ties at the k-th place; the rule is (value descending, column ascending).
+    g = torch.Generator().manual_seed(7)
+    P = torch.randint(-2, 3, (40, 512), generator=g).to(dtype)
+    P[0] = 0  # one row of a single value: the first k columns
+    k = 9
+    values, cols, _ = ops.select_rows(P, None, k, 16, sorted_)
+    key = P.float() * 1024 - torch.arange(512) / 512  # larger value first, then lower column
+    expected = key.topk(k, dim=1).indices
+    expected = expected if sorted_ else expected.sort(1).values
+    assert torch.equal(cols, expected)
+    assert torch.equal(values, P.float().gather(1, cols))
+
+
+@pytest.mark.parametrize("d", WIDTHS)
+def test_unit_rows_projects_and_normalizes_as_torch(d):
+    g = torch.Generator().manual_seed(d)
+    W = torch.randn(37, d, generator=g) * 3
+    W[5] = 0  # a zero row: the clamped norm leaves it (and its gradient) finite
+    G = torch.randn(37, d, generator=g)
+    sq = W.norm(dim=1).clamp_min(1e-12).square()
+    expected = G - ((G * W).sum(1) / sq).unsqueeze(1) * W
+    projected = G.clone()
+    ops.unit_rows(W, projected)
+    assert torch.allclose(projected, expected, rtol=1e-5, atol=1e-6)
+    unit = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ops.unit_rows(W)
+    assert torch.allclose(W, unit, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        ops.unit_rows(torch.zeros(4, 6).t())
+
+
 def test_topk_among_says_what_is_wrong():
     with pytest.raises(ValueError, match="k must lie in"):
         ops.topk_among(torch.zeros(2, 5), torch.arange(3), 4)

@@ -211,3 +211,14 @@ def select_rows(
         *(_ptr(t) for t in (aux or (None, None, None))), threads.sparse_threads(),
     )  # fmt: skip
     return values, cols, aux
+
+
+def unit_rows(rows: Tensor, grad: Tensor | None = None) -> None:
+    """In place, each row i of a float32 [n, d] `rows`: with `grad`, grad[i] −= (⟨grad[i], rows[i]⟩ / ‖rows[i]‖²)·rows[i];
+    without, rows[i] /= ‖rows[i]‖ (norms clamped at 1e-12). One visit per row."""
+    for name, t in (("rows", rows), ("grad", grad)):
+        if t is not None and (t.dtype != torch.float32 or t.dim() != 2 or not t.is_contiguous()):
+            raise ValueError(f"unit_rows: {name} must be a contiguous float32 matrix, not {t.dtype} {tuple(t.shape)}")
+    if grad is not None and grad.shape != rows.shape:
+        raise ValueError(f"unit_rows: grad {tuple(grad.shape)} and rows {tuple(rows.shape)} differ")
+    build.load().sl_unit_rows(_ptr(rows), _ptr(grad), rows.shape[0], rows.shape[1], threads.sparse_threads())

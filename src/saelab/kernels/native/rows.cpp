@@ -12,6 +12,7 @@
 // boundaries and each sum runs in entry order, so every result is deterministic.
 // Built with -march=native for the machine it runs on (build.py keys the library by CPU flags).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -75,10 +76,13 @@ struct BF16 {
   static inline float one(const uint16_t* p) { return bf16_to_f32(*p); }
 };
 
+// The lanes' sum as a tree of halves (log2 VW dependent adds, where a lane-by-lane loop made VW of them).
 static inline float hsum(vf v) {
-  float s = 0.f;
-  for (int i = 0; i < VW; ++i) s += v[i];
-  return s;
+  float t[VW];
+  std::memcpy(t, &v, sizeof v);
+  for (int w = VW / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
 }
 
 // One segment of `count` entries: entry e reads table row rows[e] with weight weights[ord(e)].
@@ -223,6 +227,41 @@ void sl_segment_sums_columns(const float* table, i64 d, const i64* sorted_rows, 
   });
 }
 
+// Σ_j a[j]·b[j] over one row, in VW lanes then a tree (a and b: float32, d long).
+static inline float row_dot(const float* a, const float* b, i64 d) {
+  vf s0 = {}, s1 = {};
+  i64 c = 0;
+  for (; c + 2 * VW <= d; c += 2 * VW) {
+    s0 += F32::load(a + c) * F32::load(b + c);
+    s1 += F32::load(a + c + VW) * F32::load(b + c + VW);
+  }
+  float s = hsum(s0 + s1);
+  for (; c < d; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// The decoder's unit-norm constraint, row by row, each row read and written in one visit (torch made
+// a pass for the norms, one for the dots and one for the update):
+//   project: G[i] −= (⟨G[i], W[i]⟩ / max(‖W[i]‖, 1e-12)²) · W[i]   (W, G: float32 [n, d])
+//   normalize (G null): W[i] /= max(‖W[i]‖, 1e-12)
+void sl_unit_rows(float* W, float* G, i64 n, i64 d, int nthreads) {
+  run_parallel(nthreads, [&](int t) {
+    i64 lo = n * t / nthreads, hi = n * (t + 1) / nthreads;
+    for (i64 i = lo; i < hi; ++i) {
+      float* w = W + i * d;
+      const float norm = std::max(std::sqrt(row_dot(w, w, d)), 1e-12f);
+      if (G) {
+        float* g = G + i * d;
+        const float coef = row_dot(g, w, d) / (norm * norm);
+        for (i64 c = 0; c < d; ++c) g[c] -= coef * w[c];
+      } else {
+        const float inv = 1.f / norm;
+        for (i64 c = 0; c < d; ++c) w[c] *= inv;
+      }
+    }
+  });
+}
+
 // out[b] = Σ_{e in crow[b]:crow[b + 1]} values[e] · table[latents[e]]  (table float32 or bfloat16 [*, d])
 void sl_gather_sum(const void* table, int bf16, i64 d, const i64* latents, const float* values, const i64* crow,
                    i64 n_rows, float* out, int nthreads) {
@@ -269,6 +308,48 @@ struct Selector {
   std::vector<uint32_t> row_keys, keys, cand, hist, keys_tmp;
   std::vector<i64> kept;
   std::vector<std::pair<uint32_t, i64>> pairs;
+  uint32_t guess = 0;  // top_k: a key at or below the k-th largest of the last row, for the next one
+  bool have_guess = false;
+
+  // As radix (same results), faster for rows alike: the keys at or above a guessed threshold (from the
+  // row before) are kept in order without branches; if they are at least k, the k-th key comes from
+  // nth_element over them alone, else radix runs. The guess only changes the time, never the result.
+  void top_k(const uint32_t* keys, i64 m, i64 k, const i64* cols, float* values, i64* local, i64* ids) {
+    if (have_guess) {
+      kept.resize(m);
+      i64 c = 0;
+      const uint32_t t = guess;
+      for (i64 j = 0; j < m; ++j) {
+        kept[c] = j;
+        c += keys[j] >= t;
+      }
+      if (c >= k) {
+        cand.resize(c);
+        for (i64 q = 0; q < c; ++q) cand[q] = keys[kept[q]];
+        // The next guess at about the (k + k/4)-th key of this row, when there are that many.
+        i64 spare = std::min(c, k + k / 4);
+        std::nth_element(cand.begin(), cand.begin() + (spare - 1), cand.end(), std::greater<uint32_t>());
+        const uint32_t next = cand[spare - 1];
+        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.begin() + spare, std::greater<uint32_t>());
+        const uint32_t kth = cand[k - 1];
+        i64 strictly = 0;
+        for (i64 q = 0; q < spare; ++q) strictly += cand[q] > kth;
+        i64 ties = k - strictly, o = 0;
+        for (i64 q = 0; q < c && o < k; ++q) {
+          i64 j = kept[q];
+          uint32_t key = keys[j];
+          if (key > kth || (key == kth && ties-- > 0)) {
+            values[o] = key_value(key);
+            if (ids) ids[o] = cols[j];
+            local[o++] = j;
+          }
+        }
+        guess = spare == k + k / 4 ? next : t;
+        return;
+      }
+    }
+    radix(keys, m, k, cols, values, local, ids);
+  }
 
   // The k largest of keys[0:m] (column j's key is keys[j]), by a radix select: writes values,
   // positions j (ascending) and, if ids is set, cols[j]. Among equal keys at the k-th place the first
@@ -284,6 +365,12 @@ struct Selector {
     i64 bin = BINS - 1, above = 0;
     while (above + count(bin) < k) above += count(bin--);
     const uint32_t floor_key = (uint32_t)bin << SHIFT;
+    {  // the next row's guess (top_k): the lower edge of the bin holding the (k + k/4)-th key
+      i64 b2 = bin, at = above + count(bin);
+      while (b2 > 0 && at < k + k / 4) at += count(--b2);
+      guess = (uint32_t)b2 << SHIFT;
+      have_guess = true;
+    }
     kept.clear();
     cand.clear();
     for (i64 j = 0; j < m; ++j) {
@@ -329,25 +416,31 @@ struct Selector {
   }
 
   // grouped's second half: `cand` holds the c = n / g group maxima; key_at(col) gives any column's key.
+  // With t the k-th largest maximum, the k groups with the largest maxima hold k entries ≥ t, so the
+  // row's k-th largest value is ≥ t: the k largest are among the entries ≥ t, all of them in groups
+  // whose maximum is ≥ t. Those few (about k) are ranked by decreasing key, ties to the lower column,
+  // which makes the result the row's exact top k under that order.
   template <class KeyAt>
   void from_maxima(KeyAt key_at, i64 n, i64 k, i64 g, int sorted, float* values, i64* cols) {
     i64 c = n / g;
-    // The k groups with the largest maxima (ties at the k-th: lower groups first), by the k-th maximum.
     keys_tmp.assign(cand.begin(), cand.end());
     std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (k - 1), keys_tmp.end(), std::greater<uint32_t>());
-    uint32_t kth_max = keys_tmp[k - 1];
-    i64 ties = k;
-    for (i64 j = 0; j < c; ++j) ties -= cand[j] > kth_max;
+    const uint32_t t = keys_tmp[k - 1];
     pairs.clear();
     for (i64 j = 0; j < c; ++j) {
-      if (cand[j] > kth_max || (cand[j] == kth_max && ties-- > 0))
-        for (i64 i = 0; i < g; ++i) pairs.push_back({key_at(j + i * c), j + i * c});
+      if (cand[j] < t) continue;
+      for (i64 i = 0; i < g; ++i) {
+        uint32_t key = key_at(j + i * c);
+        if (key >= t) pairs.push_back({key, j + i * c});
+      }
     }
     auto larger = [](const std::pair<uint32_t, i64>& a, const std::pair<uint32_t, i64>& b) {
       return a.first != b.first ? a.first > b.first : a.second < b.second;
     };
-    std::nth_element(pairs.begin(), pairs.begin() + (k - 1), pairs.end(), larger);
-    pairs.resize(k);
+    if ((i64)pairs.size() > k) {
+      std::nth_element(pairs.begin(), pairs.begin() + (k - 1), pairs.end(), larger);
+      pairs.resize(k);
+    }
     if (sorted)
       std::sort(pairs.begin(), pairs.end(), larger);
     else
@@ -390,7 +483,7 @@ void sl_topk_among(const void* P, int bf16, i64 rows, i64 ldp, const i64* cols, 
         const float* row = (const float*)P + b * ldp;
         for (i64 j = 0; j < m; ++j) sel.keys[j] = order_key(row[cols[j]]);
       }
-      sel.radix(sel.keys.data(), m, k, cols, values + b * k, local + b * k, ids ? ids + b * k : nullptr);
+      sel.top_k(sel.keys.data(), m, k, cols, values + b * k, local + b * k, ids ? ids + b * k : nullptr);
     }
   });
 }
@@ -407,57 +500,60 @@ void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, 
   run_parallel(nthreads, [&](int t) {
     Selector sel;
     // A row of keys when it is read twice (whole-row radix select, or AuxK's dead columns too); else
-    // the group maxima are taken while converting and the few candidates' keys recomputed.
+    // the few candidates' keys are recomputed. The group maxima are taken in the same pass.
     const bool keep_keys = g <= 1 || dead;
     if (keep_keys) sel.row_keys.resize(n);
     if (dead) sel.keys.resize(m);
     const float* bf = (const float*)bias;
     const uint16_t* bh = (const uint16_t*)bias;
+    const i64 c = g > 1 ? n / g : n;
     i64 lo = rows * t / nthreads, hi = rows * (t + 1) / nthreads;
     for (i64 b = lo; b < hi; ++b) {
       const float* rf = (const float*)P + b * n;
       const uint16_t* rh = (const uint16_t*)P + b * n;
-      // P + bias at one column, rounded as torch rounds it, as an order key.
-      auto key_at = [&](i64 j) -> uint32_t {
-        if (bf16) {
-          float v = bf16_to_f32(rh[j]);
-          return order_key(bh ? bf16_to_f32(f32_to_bf16(v + bf16_to_f32(bh[j]))) : v);
-        }
-        return order_key(bf ? rf[j] + bf[j] : rf[j]);
-      };
-      if (keep_keys) {
-        uint32_t* rk = sel.row_keys.data();
-        if (bf16 && bh)
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(rh[j]) + bf16_to_f32(bh[j]))));
-        else if (bf16)
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(bf16_to_f32(rh[j]));
-        else if (bf)
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(rf[j] + bf[j]);
-        else
-          for (i64 j = 0; j < n; ++j) rk[j] = order_key(rf[j]);
-        sel.grouped(rk, n, k, g, sorted, values + b * k, cols + b * k);
-      } else {
-        // The group maxima while converting, so no row of keys is written and read back.
-        i64 c = n / g;
-        sel.cand.assign(c, 0u);
-        uint32_t* mx = sel.cand.data();
-        for (i64 i = 0; i < g; ++i) {
-          i64 o = i * c;
-          if (bf16 && bh)
-            for (i64 j = 0; j < c; ++j)
-              mx[j] = std::max(mx[j], order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(rh[o + j]) + bf16_to_f32(bh[o + j])))));
-          else if (bf16)
-            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], order_key(bf16_to_f32(rh[o + j])));
-          else if (bf)
-            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], order_key(rf[o + j] + bf[o + j]));
+      uint32_t* rk = keep_keys ? sel.row_keys.data() : nullptr;
+      sel.cand.assign(c, 0u);
+      uint32_t* mx = sel.cand.data();
+      // One pass over the row: P + bias rounded as torch rounds it, as order keys, into the group
+      // maxima (and the row of keys if kept). One loop per case, so each vectorizes.
+      auto scan = [&](auto key) {
+        for (i64 o = 0; o < n; o += c) {
+          if (rk)
+            for (i64 j = 0; j < c; ++j) {
+              uint32_t v = key(o + j);
+              rk[o + j] = v;
+              mx[j] = std::max(mx[j], v);
+            }
           else
-            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], order_key(rf[o + j]));
+            for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], key(o + j));
         }
+      };
+      auto bf16_bias = [&](i64 j) { return order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(rh[j]) + bf16_to_f32(bh[j])))); };
+      auto bf16_only = [&](i64 j) { return order_key(bf16_to_f32(rh[j])); };
+      auto f32_bias = [&](i64 j) { return order_key(rf[j] + bf[j]); };
+      auto f32_only = [&](i64 j) { return order_key(rf[j]); };
+      if (bf16 && bh)
+        scan(bf16_bias);
+      else if (bf16)
+        scan(bf16_only);
+      else if (bf)
+        scan(f32_bias);
+      else
+        scan(f32_only);
+      if (g <= 1) {
+        sel.grouped(rk, n, k, 1, sorted, values + b * k, cols + b * k);
+      } else if (rk) {
+        sel.from_maxima([&](i64 j) { return rk[j]; }, n, k, g, sorted, values + b * k, cols + b * k);
+      } else {
+        auto key_at = [&](i64 j) -> uint32_t {
+          if (bf16) return bh ? bf16_bias(j) : bf16_only(j);
+          return bf ? f32_bias(j) : f32_only(j);
+        };
         sel.from_maxima(key_at, n, k, g, sorted, values + b * k, cols + b * k);
       }
       if (dead) {
         for (i64 j = 0; j < m; ++j) sel.keys[j] = sel.row_keys[dead[j]];
-        sel.radix(sel.keys.data(), m, k_aux, dead, aux_values + b * k_aux, aux_local + b * k_aux,
+        sel.top_k(sel.keys.data(), m, k_aux, dead, aux_values + b * k_aux, aux_local + b * k_aux,
                   aux_ids + b * k_aux);
       }
     }
