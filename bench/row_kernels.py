@@ -11,8 +11,12 @@ Each pass is timed on the same inputs both ways, interleaved repetition by repet
   dec-backward  ∂L/∂z dots and the decoder's per-latent sums over the main + aux entries:
                 sparse_sampled_addmm + embedding_bag  vs  the fused native pass
   enc-sums      the encoder's per-latent sums over the same entries: embedding_bag  vs  native
+  select-bf16, select-main-bf16
+                the two selections on a bfloat16 P (the bias add rounded to bfloat16 on both sides)
   decode-aux    the aux code's decode Σ z·W_dec[latent]: embedding_bag  vs  native gather_sum
                 (not adopted: no faster; listed so the comparison stays measured)
+  unit-project  the decoder gradient's projection off each unit-norm row: norms, bmm, addcmul_  vs  project_rows
+                (a native renormalization of the rows measured slower than torch's: 2.9 vs 2.2 ms)
 Both sides use `--threads` threads. Results agree to rounding (checked here before timing).
 """
 
@@ -64,18 +68,30 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
     W_dec, G = torch.randn(n, d, generator=g), torch.randn(2 * B, d, generator=g)
     dead = (torch.rand(n, generator=g) < dead_fraction).nonzero().squeeze(1)
     P = x @ W_enc
-    work = torch.empty_like(P)
+    P_low, b_low = P.bfloat16(), b_enc.bfloat16()
+    work, work_low = torch.empty_like(P), torch.empty_like(P_low)
     groups = group_size(n, k)
 
-    def torch_select(aux: bool):
-        work.copy_(P)  # the bias add's input, restored each time (timed on both sides: see native_select)
-        work.add_(b_enc)
-        out = row_topk(work, k)
-        return out + (row_topk(work.index_select(1, dead), k_aux) if aux else ())
+    def torch_select(aux: bool, low: bool = False):
+        # The bias add's input, restored each time (timed on both sides: see native_select).
+        buf = work_low.copy_(P_low) if low else work.copy_(P)
+        buf.add_(b_low if low else b_enc)
+        out = row_topk(buf, k)
+        return out + (row_topk(buf.index_select(1, dead), k_aux) if aux else ())
 
-    def native_select(aux: bool):
-        work.copy_(P)  # the same copy, so the two sides differ only by the selection
-        return ops.select_rows(work, b_enc, k, groups, False, dead if aux else None, k_aux if aux else 0)
+    def native_select(aux: bool, low: bool = False):
+        buf = work_low.copy_(P_low) if low else work.copy_(P)  # the same copy: the sides differ only by the selection
+        return ops.select_rows(
+            buf, b_low if low else b_enc, k, groups, False, dead if aux else None, k_aux if aux else 0
+        )
+
+    W_unit = W_dec / W_dec.norm(dim=1, keepdim=True)
+    grad_a, grad_b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+
+    def torch_project():  # model.sae's torch path: norms, batched dots, one update
+        sq = torch.linalg.vector_norm(W_unit, dim=-1).clamp_min(1e-12).square_()
+        coef = torch.bmm(grad_a.unsqueeze(1), W_unit.unsqueeze(2)).view(-1).div_(sq)
+        grad_a.addcmul_(W_unit, coef.unsqueeze(1), value=-1.0)
 
     main_vals, main = torch_select(False)
     aux_vals, aux_local = row_topk((P + b_enc).index_select(1, dead), k_aux)
@@ -96,9 +112,17 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
     aux_lat, aux_z = dead[aux_local].contiguous(), aux_vals.relu().contiguous()
     aux_crow = torch.arange(0, B * k_aux + 1, k_aux)
 
-    def check_select():
-        (tv, _), (nv, nc, _) = torch_select(False), native_select(False)
-        return torch.equal(tv.sort(1).values, nv.sort(1).values) and torch.equal((P + b_enc).gather(1, nc), nv)
+    def check_select(low: bool = False):
+        (tv, _), (nv, nc, _) = torch_select(False, low), native_select(False, low)
+        full = (P_low + b_low).float() if low else P + b_enc
+        return torch.equal(tv.sort(1).values, nv.sort(1).values) and torch.equal(full.gather(1, nc), nv)
+
+    def check_unit():
+        a, b = grad_a.clone(), grad_a.clone()
+        sq = W_unit.norm(dim=1).square()
+        a -= ((a * W_unit).sum(1) / sq).unsqueeze(1) * W_unit
+        ops.project_rows(W_unit, b)
+        return torch.allclose(a, b, atol=1e-5)
 
     def check_dec():
         (td, ts), (nd, ns) = torch_dec_backward(), ops.segment_dots_sums(W_dec, G, sorted_rows, order, values, crow)
@@ -107,6 +131,18 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
     return [
         ("select", lambda: torch_select(True), lambda: native_select(True), check_select),
         ("select-main", lambda: torch_select(False), lambda: native_select(False), check_select),
+        (
+            "select-bf16",
+            lambda: torch_select(True, True),
+            lambda: native_select(True, True),
+            lambda: check_select(True),
+        ),
+        (
+            "select-main-bf16",
+            lambda: torch_select(False, True),
+            lambda: native_select(False, True),
+            lambda: check_select(True),
+        ),
         (
             "sort",
             lambda: (torch.argsort(latents, stable=True), torch.bincount(latents, minlength=n).cumsum(0)),
@@ -135,6 +171,7 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
                 atol=1e-3,
             ),
         ),
+        ("unit-project", torch_project, lambda: ops.project_rows(W_unit, grad_b), check_unit),
     ]
 
 
@@ -160,7 +197,7 @@ def main() -> None:
         f"# (B, d, n) = ({B}, {d}, {n}), k {a.k}, k_aux {a.k_aux} of {a.dead_fraction:.0%} dead, reps {a.reps}",
         file=sys.stderr,
     )
-    print(f"{'pass':<14}{'torch ms':>10}{'native ms':>11}{'torch/native':>14}", file=sys.stderr)
+    print(f"{'pass':<18}{'torch ms':>10}{'native ms':>11}{'torch/native':>14}", file=sys.stderr)
     for name, torch_fn, native_fn, check in cases(B, d, n, a.k, a.k_aux, a.dead_fraction):
         if not check():
             sys.exit(f"{name}: the native result differs from torch's")
@@ -170,7 +207,7 @@ def main() -> None:
             t.append(once(torch_fn))
             nat.append(once(native_fn))
         tm, nm = statistics.median(t), statistics.median(nat)
-        print(f"{name:<14}{tm:>10.1f}{nm:>11.1f}{tm / nm:>13.2f}×", file=sys.stderr)
+        print(f"{name:<18}{tm:>10.1f}{nm:>11.1f}{tm / nm:>13.2f}×", file=sys.stderr)
         if a.json:
             rec = {"pass": name, "torch_ms": tm, "native_ms": nm, "ratio": tm / nm, "B": B, "d": d, "n": n}
             rec |= {

@@ -25,7 +25,9 @@ Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
 Every repetition runs every implementation once, in turn (peers as long-lived subprocesses that
 step on request), so drifting load on a shared machine hits all of them alike; the table gives
 medians. With AuxK on, `--dead-fraction` of the latents are marked dead before every step
-(untimed) and k_aux = d_in // 2 for everyone, the peers' own choice. peak_rss_mb is the peak
+(untimed) and k_aux = d_in // 2 for everyone, the peers' own choice. paired_ratio_to_floor(_bf16)
+is the median of the per-repetition ratios, steadier than a ratio of medians when the load shifts
+within a run. peak_rss_mb is the peak
 resident memory of a process that builds only that implementation and runs one step.
 """
 
@@ -342,6 +344,11 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
         }
         if floor_bf16:
             rec["ratio_to_floor_bf16"] = round(ms / floor_bf16, 3)
+        # The median of the per-repetition ratios: each repetition times every implementation back to
+        # back, so a slow spell of a shared machine cancels within a repetition instead of moving one median.
+        for key, base in (("paired_ratio_to_floor", "floor"), ("paired_ratio_to_floor_bf16", "floor-bf16")):
+            if base in times and len(times[base]) == len(ts):
+                rec[key] = round(statistics.median(t / b for t, b in zip(ts, times[base])), 3)
         if name in versions:
             rec["version"] = versions[name]
         if child and name != "floor":
@@ -366,7 +373,8 @@ def print_table(records: list[dict], out) -> None:
         file=out,
     )
     print(
-        f"{'impl':<20}{'ms/step':>10}{'× floor':>9}{'× bf16 fl':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}",
+        f"{'impl':<20}{'ms/step':>10}{'× floor':>9}{'× bf16 fl':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}"
+        f"{'paired × fl':>13}{'× bf16 fl':>10}",
         file=out,
     )
     for r in records:
@@ -375,10 +383,14 @@ def print_table(records: list[dict], out) -> None:
         ratio_bf16 = f"{r['ratio_to_floor_bf16']:.2f}" if "ratio_to_floor_bf16" in r else ""
         mem = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
         mem_g = f"{r['memory_ratio_with_grads']:.2f}" if "memory_ratio_with_grads" in r else ""
+        paired = f"{r['paired_ratio_to_floor']:.2f}" if "paired_ratio_to_floor" in r else ""
+        paired_bf16 = f"{r['paired_ratio_to_floor_bf16']:.2f}" if "paired_ratio_to_floor_bf16" in r else ""
         print(
-            f"{r['impl']:<20}{r['ms_per_step']:>10.1f}{ratio:>9}{ratio_bf16:>10}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}",
+            f"{r['impl']:<20}{r['ms_per_step']:>10.1f}{ratio:>9}{ratio_bf16:>10}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}"
+            f"{paired:>13}{paired_bf16:>10}",
             file=out,
         )
+    print("paired: the median over repetitions of each repetition's ratio (implementations run back to back)", file=out)
     if any("memory_ratio" in r for r in records):
         print(
             f"mem ×: (peak RSS − RSS before building) / (weights + Adam state + one batch = {next(r['state_mb'] for r in records if 'state_mb' in r)} MB);"

@@ -43,7 +43,7 @@ SIGNATURES = {
     "sl_gather_sum": [_P, _INT, _I, _P, _P, _P, _I, _P, _INT],
     "sl_segment_sums_columns": [_P, _I, _P, _P, _P, _P, _I, _P, _I, _INT],
     "sl_topk_among": [_P, _INT, _I, _I, _P, _I, _I, _P, _P, _P, _INT],
-    "sl_unit_rows": [_P, _P, _I, _I, _INT],
+    "sl_project_rows": [_P, _P, _I, _I, _INT],
     "sl_select_rows": [_P, _INT, _I, _I, _P, _I, _I, _INT, _P, _P, _P, _I, _I, _P, _P, _P, _INT],
 }
 

@@ -186,8 +186,9 @@ def select_rows(
 
     (values, columns) of each row's `count` largest entries of P + bias (the sum rounded to P's dtype
     as torch's add_ rounds it; P is left unchanged), by group maxima with `group` columns per group
-    (1 = whole rows), by decreasing value if `sorted`, else by column; and, with `dead`,
-    topk_among(P + bias, dead, count_aux)'s (values, positions in dead, latent ids).
+    (1 = whole rows), by decreasing value if `sorted`, else by column — the exact top `count` under
+    (value descending, column ascending), so among equal values at the last place the lower columns
+    win; and, with `dead`, topk_among(P + bias, dead, count_aux)'s (values, positions in dead, latent ids).
     """
     if pre.dtype not in (torch.float32, torch.bfloat16) or not pre.is_contiguous():
         raise ValueError(f"select_rows reads a contiguous float32 or bfloat16 P, not {pre.dtype}")
@@ -213,12 +214,14 @@ def select_rows(
     return values, cols, aux
 
 
-def unit_rows(rows: Tensor, grad: Tensor | None = None) -> None:
-    """In place, each row i of a float32 [n, d] `rows`: with `grad`, grad[i] −= (⟨grad[i], rows[i]⟩ / ‖rows[i]‖²)·rows[i];
-    without, rows[i] /= ‖rows[i]‖ (norms clamped at 1e-12). One visit per row."""
+def project_rows(rows: Tensor, grad: Tensor) -> None:
+    """In place, for each row i of float32 [n, d] matrices: grad[i] −= (⟨grad[i], rows[i]⟩ / ‖rows[i]‖²)·rows[i]
+    (the norm clamped at 1e-12), each row visited once."""
     for name, t in (("rows", rows), ("grad", grad)):
-        if t is not None and (t.dtype != torch.float32 or t.dim() != 2 or not t.is_contiguous()):
-            raise ValueError(f"unit_rows: {name} must be a contiguous float32 matrix, not {t.dtype} {tuple(t.shape)}")
-    if grad is not None and grad.shape != rows.shape:
-        raise ValueError(f"unit_rows: grad {tuple(grad.shape)} and rows {tuple(rows.shape)} differ")
-    build.load().sl_unit_rows(_ptr(rows), _ptr(grad), rows.shape[0], rows.shape[1], threads.sparse_threads())
+        if t.dtype != torch.float32 or t.dim() != 2 or not t.is_contiguous():
+            raise ValueError(
+                f"project_rows: {name} must be a contiguous float32 matrix, not {t.dtype} {tuple(t.shape)}"
+            )
+    if grad.shape != rows.shape:
+        raise ValueError(f"project_rows: grad {tuple(grad.shape)} and rows {tuple(rows.shape)} differ")
+    build.load().sl_project_rows(_ptr(rows), _ptr(grad), rows.shape[0], rows.shape[1], threads.sparse_threads())

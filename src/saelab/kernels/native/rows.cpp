@@ -240,24 +240,18 @@ static inline float row_dot(const float* a, const float* b, i64 d) {
   return s;
 }
 
-// The decoder's unit-norm constraint, row by row, each row read and written in one visit (torch made
-// a pass for the norms, one for the dots and one for the update):
-//   project: G[i] −= (⟨G[i], W[i]⟩ / max(‖W[i]‖, 1e-12)²) · W[i]   (W, G: float32 [n, d])
-//   normalize (G null): W[i] /= max(‖W[i]‖, 1e-12)
-void sl_unit_rows(float* W, float* G, i64 n, i64 d, int nthreads) {
+// The decoder gradient's projection off each decoder row, each row read and written in one visit
+// (torch made a pass for the norms, one for the dots and one for the update; W, G: float32 [n, d]):
+//   G[i] −= (⟨G[i], W[i]⟩ / max(‖W[i]‖, 1e-12)²) · W[i]
+void sl_project_rows(const float* W, float* G, i64 n, i64 d, int nthreads) {
   run_parallel(nthreads, [&](int t) {
     i64 lo = n * t / nthreads, hi = n * (t + 1) / nthreads;
     for (i64 i = lo; i < hi; ++i) {
-      float* w = W + i * d;
+      const float* w = W + i * d;
+      float* g = G + i * d;
       const float norm = std::max(std::sqrt(row_dot(w, w, d)), 1e-12f);
-      if (G) {
-        float* g = G + i * d;
-        const float coef = row_dot(g, w, d) / (norm * norm);
-        for (i64 c = 0; c < d; ++c) g[c] -= coef * w[c];
-      } else {
-        const float inv = 1.f / norm;
-        for (i64 c = 0; c < d; ++c) w[c] *= inv;
-      }
+      const float coef = row_dot(g, w, d) / (norm * norm);
+      for (i64 c = 0; c < d; ++c) g[c] -= coef * w[c];
     }
   });
 }
@@ -396,26 +390,15 @@ struct Selector {
     }
   }
 
-  // The k largest of a whole row of n keys by group maxima (select.py's argument: every one of them
-  // lies in one of the k groups with the largest maxima; group j holds columns j, j + c, …, j + (g − 1)c,
-  // c = n / g). Writes values and columns: by decreasing value (ties: lower column first) if `sorted`,
-  // else by ascending column. g = 1: a radix select over the whole row.
-  void grouped(const uint32_t* keys, i64 n, i64 k, i64 g, int sorted, float* values, i64* cols) {
-    if (g <= 1) {
-      radix(keys, n, k, nullptr, values, cols, nullptr);
-      if (sorted) sort_by_value(values, cols, k);
-      return;
-    }
-    i64 c = n / g;
-    cand.assign(keys, keys + c);
-    for (i64 i = 1; i < g; ++i) {
-      const uint32_t* part = keys + i * c;
-      for (i64 j = 0; j < c; ++j) cand[j] = std::max(cand[j], part[j]);
-    }
-    from_maxima([&](i64 col) { return keys[col]; }, n, k, g, sorted, values, cols);
+  // The k largest of a whole row of n keys (a radix select): by decreasing value (ties: lower column
+  // first) if `sorted`, else by ascending column.
+  void whole_row(const uint32_t* keys, i64 n, i64 k, int sorted, float* values, i64* cols) {
+    radix(keys, n, k, nullptr, values, cols, nullptr);
+    if (sorted) sort_by_value(values, cols, k);
   }
 
-  // grouped's second half: `cand` holds the c = n / g group maxima; key_at(col) gives any column's key.
+  // The k largest of a row from its group maxima (group j holds columns j, j + c, …, j + (g − 1)c,
+  // c = n / g): `cand` holds the c maxima; key_at(col) gives any column's key.
   // With t the k-th largest maximum, the k groups with the largest maxima hold k entries ≥ t, so the
   // row's k-th largest value is ≥ t: the k largest are among the entries ≥ t, all of them in groups
   // whose maximum is ≥ t. Those few (about k) are ranked by decreasing key, ties to the lower column,
@@ -492,8 +475,8 @@ void sl_topk_among(const void* P, int bf16, i64 rows, i64 ldp, const i64* cols, 
 // its bias), in one read of each row while it is in cache: P + bias (rounded to P's dtype, as
 // torch's add_ rounds it; P itself is left as it was), then the row's k largest by group maxima (g
 // per group, as select.group_size chose; values float32 and columns, sorted by decreasing value if
-// `sorted`, else by column) and, if dead is set, the k_aux largest among the dead columns
-// (as sl_topk_among: aux_values, aux_local, aux_ids).
+// `sorted`, else by column; among equal values at the k-th place the lower columns win) and, if
+// dead is set, the k_aux largest among the dead columns (as sl_topk_among: aux_values, aux_local, aux_ids).
 void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, i64 k, i64 g, int sorted,
                     float* values, i64* cols, const i64* dead, i64 m, i64 k_aux, float* aux_values, i64* aux_local,
                     i64* aux_ids, int nthreads) {
@@ -541,7 +524,7 @@ void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, 
       else
         scan(f32_only);
       if (g <= 1) {
-        sel.grouped(rk, n, k, 1, sorted, values + b * k, cols + b * k);
+        sel.whole_row(rk, n, k, sorted, values + b * k, cols + b * k);
       } else if (rk) {
         sel.from_maxima([&](i64 j) { return rk[j]; }, n, k, g, sorted, values + b * k, cols + b * k);
       } else {
