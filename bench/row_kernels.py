@@ -10,6 +10,9 @@ Each pass is timed on the same inputs both ways, interleaved repetition by repet
   sort          the stable sort of the main + aux entries by latent: argsort + bincount  vs  counting sort
   dec-backward  ∂L/∂z dots and the decoder's per-latent sums over the main + aux entries:
                 sparse_sampled_addmm + embedding_bag  vs  the fused native pass
+  dec-backward-hot
+                the same with every entry reading row 0, so the gathered rows stay in L1: what the
+                pass costs without memory stalls (torch side: the dots alone)
   enc-sums      the encoder's per-latent sums over the same entries: embedding_bag  vs  native
   select-bf16, select-main-bf16
                 the two selections on a bfloat16 P (the bias add rounded to bfloat16 on both sides)
@@ -108,6 +111,10 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
         dots = torch.sparse.sampled_addmm(pattern, W_dec, G.t(), beta=0.0).values()
         return dots, F.embedding_bag(sorted_rows, G, crow[:-1], mode="sum", per_sample_weights=w_sorted)
 
+    hot_rows = torch.zeros_like(sorted_rows)
+    hot_pattern = torch.sparse_csr_tensor(
+        crow, hot_rows, torch.zeros(order.numel()), (n, 2 * B), check_invariants=False
+    )
     enc_rows = torch.where(sorted_rows >= B, sorted_rows - B, sorted_rows)
     aux_lat, aux_z = dead[aux_local].contiguous(), aux_vals.relu().contiguous()
     aux_crow = torch.arange(0, B * k_aux + 1, k_aux)
@@ -154,6 +161,12 @@ def cases(B: int, d: int, n: int, k: int, k_aux: int, dead_fraction: float):
             torch_dec_backward,
             lambda: ops.segment_dots_sums(W_dec, G, sorted_rows, order, values, crow),
             check_dec,
+        ),
+        (
+            "dec-backward-hot",  # every entry reads row 0: the pass's cost with its gathered rows in L1
+            lambda: torch.sparse.sampled_addmm(hot_pattern, W_dec, G.t(), beta=0.0),
+            lambda: ops.segment_dots_sums(W_dec, G, hot_rows, order, values, crow),
+            lambda: True,
         ),
         (
             "enc-sums",
