@@ -374,7 +374,7 @@ def print_table(records: list[dict], out) -> None:
     )
     print(
         f"{'impl':<20}{'ms/step':>10}{'× floor':>9}{'× bf16 fl':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}{'mem ×':>7}{'+grads':>8}"
-        f"{'paired × fl':>13}{'× bf16 fl':>10}",
+        f"{'paired × fl':>13}{'paired bf16':>12}",
         file=out,
     )
     for r in records:
@@ -387,7 +387,7 @@ def print_table(records: list[dict], out) -> None:
         paired_bf16 = f"{r['paired_ratio_to_floor_bf16']:.2f}" if "paired_ratio_to_floor_bf16" in r else ""
         print(
             f"{r['impl']:<20}{r['ms_per_step']:>10.1f}{ratio:>9}{ratio_bf16:>10}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{rss:>13}{mem:>7}{mem_g:>8}"
-            f"{paired:>13}{paired_bf16:>10}",
+            f"{paired:>13}{paired_bf16:>12}",
             file=out,
         )
     print("paired: the median over repetitions of each repetition's ratio (implementations run back to back)", file=out)

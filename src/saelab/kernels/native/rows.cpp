@@ -342,7 +342,8 @@ struct Selector {
         return;
       }
     }
-    radix(keys, m, k, cols, values, local, ids);
+    radix(keys, m, k, cols, values, local, ids, &guess);
+    have_guess = true;
   }
 
   // The k largest of keys[0:m] (column j's key is keys[j]), by a radix select: writes values,
@@ -350,7 +351,9 @@ struct Selector {
   // positions win. Pass 1 counts the keys by their top bits (4 interleaved histograms, so runs of
   // equal bins do not wait on each other's increments); pass 2 keeps, in order, the few entries at
   // or above the bin that holds the k-th key; the k-th key comes from nth_element over that bin.
-  void radix(const uint32_t* keys, i64 m, i64 k, const i64* cols, float* values, i64* local, i64* ids) {
+  // If next_guess is set, it receives top_k's threshold for the next row of the same selection.
+  void radix(const uint32_t* keys, i64 m, i64 k, const i64* cols, float* values, i64* local, i64* ids,
+             uint32_t* next_guess = nullptr) {
     hist.assign(4 * BINS, 0u);
     for (i64 j = 0; j < m; ++j) hist[(j & 3) * BINS + (keys[j] >> SHIFT)]++;
     auto count = [&](i64 bin) -> i64 {
@@ -359,11 +362,10 @@ struct Selector {
     i64 bin = BINS - 1, above = 0;
     while (above + count(bin) < k) above += count(bin--);
     const uint32_t floor_key = (uint32_t)bin << SHIFT;
-    {  // the next row's guess (top_k): the lower edge of the bin holding the (k + k/4)-th key
+    if (next_guess) {  // the lower edge of the bin holding the (k + k/4)-th key
       i64 b2 = bin, at = above + count(bin);
       while (b2 > 0 && at < k + k / 4) at += count(--b2);
-      guess = (uint32_t)b2 << SHIFT;
-      have_guess = true;
+      *next_guess = (uint32_t)b2 << SHIFT;
     }
     kept.clear();
     cand.clear();
@@ -495,18 +497,20 @@ void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, 
       const float* rf = (const float*)P + b * n;
       const uint16_t* rh = (const uint16_t*)P + b * n;
       uint32_t* rk = keep_keys ? sel.row_keys.data() : nullptr;
-      sel.cand.assign(c, 0u);
-      uint32_t* mx = sel.cand.data();
+      if (g > 1) sel.cand.assign(c, 0u);
+      uint32_t* mx = g > 1 ? sel.cand.data() : nullptr;  // a whole-row selection needs no maxima
       // One pass over the row: P + bias rounded as torch rounds it, as order keys, into the group
-      // maxima (and the row of keys if kept). One loop per case, so each vectorizes.
+      // maxima and/or the row of keys. One loop per case, so each vectorizes.
       auto scan = [&](auto key) {
         for (i64 o = 0; o < n; o += c) {
-          if (rk)
+          if (rk && mx)
             for (i64 j = 0; j < c; ++j) {
               uint32_t v = key(o + j);
               rk[o + j] = v;
               mx[j] = std::max(mx[j], v);
             }
+          else if (rk)
+            for (i64 j = 0; j < c; ++j) rk[o + j] = key(o + j);
           else
             for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], key(o + j));
         }
