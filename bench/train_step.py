@@ -12,6 +12,10 @@ Implementations, all fp32 on `--threads` CPU threads, batch `--batch`:
   saelab-dense         the same with kernel="dense" (the reference path)
   floor-bf16           x @ W_enc in bfloat16 (operands cast beforehand, untimed): the floor of a
                        bfloat16-autocast step on a CPU with bfloat16 units
+  floor-buffer, floor-bf16-buffer
+                       the same products written into an output allocated once (torch.mm(out=)):
+                       without the fresh output's page faults, which saelab's step avoids by
+                       reusing its buffer; ask for them with --impls
   saelab-sparse-bf16   saelab-sparse with TrainConfig.dtype="bfloat16" (`--dtype bfloat16`): the
                        sparse kernels under autocast, weights and Adam float32
   saelab-dense-bf16    saelab-dense with dtype="bfloat16" (autocast over the dense reference path)
@@ -82,23 +86,21 @@ class Setup:
 
 
 # ---- in-process implementations ---------------------------------------------------------------
-def build_floor(s: Setup) -> Callable[[], None]:
-    """x @ W_enc alone."""
-    W_enc = torch.randn(s.d, s.n) / s.d**0.5
+def build_floor(s: Setup, buffer: bool = False) -> Callable[[], None]:
+    """x @ W_enc alone (with `buffer`, into an output allocated once)."""
+    return _product(s.x, torch.randn(s.d, s.n) / s.d**0.5, buffer)
+
+
+def build_floor_bf16(s: Setup, buffer: bool = False) -> Callable[[], None]:
+    """x @ W_enc in bfloat16, its operands rounded once outside the timed call (with `buffer`, into an output allocated once)."""
+    return _product(s.x.bfloat16(), (torch.randn(s.d, s.n) / s.d**0.5).bfloat16(), buffer)
+
+
+def _product(x: torch.Tensor, W: torch.Tensor, buffer: bool) -> Callable[[], None]:
+    out = torch.empty(x.shape[0], W.shape[1], dtype=W.dtype) if buffer else None
 
     def step():
-        return s.x @ W_enc
-
-    return step
-
-
-def build_floor_bf16(s: Setup) -> Callable[[], None]:
-    """x @ W_enc in bfloat16, its operands rounded once outside the timed call."""
-    W_enc = (torch.randn(s.d, s.n) / s.d**0.5).bfloat16()
-    x = s.x.bfloat16()
-
-    def step():
-        return x @ W_enc
+        return x @ W if out is None else torch.mm(x, W, out=out)
 
     return step
 
@@ -178,6 +180,10 @@ def build(impl: str, s: Setup) -> Callable[[], None]:
         return build_floor(s)
     if impl == "floor-bf16":
         return build_floor_bf16(s)
+    if impl == "floor-buffer":
+        return build_floor(s, buffer=True)
+    if impl == "floor-bf16-buffer":
+        return build_floor_bf16(s, buffer=True)
     if impl == "saelab-sparse":
         return build_saelab(s, "sparse")
     if impl == "saelab-sparse-bf16":
@@ -346,12 +352,17 @@ def run_case(s: Setup, impls: list[str], peers: list[str], reps: int, threads: i
             rec["ratio_to_floor_bf16"] = round(ms / floor_bf16, 3)
         # The median of the per-repetition ratios: each repetition times every implementation back to
         # back, so a slow spell of a shared machine cancels within a repetition instead of moving one median.
-        for key, base in (("paired_ratio_to_floor", "floor"), ("paired_ratio_to_floor_bf16", "floor-bf16")):
+        for key, base in (
+            ("paired_ratio_to_floor", "floor"),
+            ("paired_ratio_to_floor_bf16", "floor-bf16"),
+            ("paired_ratio_to_floor_buffer", "floor-buffer"),
+            ("paired_ratio_to_floor_bf16_buffer", "floor-bf16-buffer"),
+        ):
             if base in times and len(times[base]) == len(ts):
                 rec[key] = round(statistics.median(t / b for t, b in zip(ts, times[base])), 3)
         if name in versions:
             rec["version"] = versions[name]
-        if child and name != "floor":
+        if child and not name.startswith("floor"):
             # Memory the step added beyond the process it runs in, against what it must hold.
             added = child["peak"] - child["base"]
             rec.update(
@@ -545,7 +556,7 @@ def main() -> None:
                         "peak_rss_mb": child and round(child["peak"]),
                         "base_rss_mb": child and round(child["base"]),
                     }
-                    if child and impl != "floor":
+                    if child and not impl.startswith("floor"):
                         rec["memory_ratio"] = round((child["peak"] - child["base"]) / state_mb(s, grads=False), 3)
                         rec["memory_ratio_with_grads"] = round(
                             (child["peak"] - child["base"]) / state_mb(s, grads=True), 3

@@ -1,5 +1,7 @@
 """Reconstruction loss functions shared by the objective and by methods with extra terms."""
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.util import distributed
@@ -7,7 +9,11 @@ from saelab.util import distributed
 
 def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
     """Σ_d (x̂ − x)², averaged over rows: the per-token squared error every loss term uses."""
-    return (x_hat - x).pow(2).sum(dim=-1).mean()
+    wide = torch.promote_types(x_hat.dtype, x.dtype)
+    rows = x_hat.numel() // x_hat.shape[-1] if x_hat.shape[-1] else 0
+    # mse_loss: one fused pass forward and one backward; (x̂ − x).pow(2).sum(-1).mean() took 9.1 ms
+    # against 4.8 at [4096, 768] with its gradient (bench/README, "Threads from torch's pool").
+    return F.mse_loss(x_hat.to(wide), x.to(wide), reduction="sum") / rows
 
 
 def batch_variance(x: Tensor) -> Tensor:

@@ -1,5 +1,7 @@
 """The native row kernels (kernels/native) compute what the torch operators they replace compute, and fall back cleanly."""
 
+import multiprocessing
+import os
 import subprocess
 import sys
 import warnings
@@ -152,13 +154,14 @@ def test_topk_among_a_column_subset_is_torch_topk_of_those_columns(rows, m, data
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group", [(1024, 8, 16), (1024, 8, 1), (640, 5, 8), (96, 96, 1)])
 @pytest.mark.parametrize("sorted_", [False, True])
-def test_select_rows_is_topk_of_p_plus_bias_rounded_as_torch_adds(dtype, n, k, group, sorted_):
+@pytest.mark.parametrize("with_aux", [True, False])  # without AuxK, only the group maxima are rounded
+def test_select_rows_is_topk_of_p_plus_bias_rounded_as_torch_adds(dtype, n, k, group, sorted_, with_aux):
     g = torch.Generator().manual_seed(n + k)
     P = torch.randn(33, n, generator=g).to(dtype)
     bias = (torch.randn(n, generator=g) / 3).to(dtype)
     dead = torch.randperm(n, generator=g)[: n // 3].sort().values
     before = P.clone()
-    values, cols, (aux_v, aux_l, aux_ids) = ops.select_rows(P, bias, k, group, sorted_, dead, 7)
+    values, cols, aux = ops.select_rows(P, bias, k, group, sorted_, dead if with_aux else None, 7)
     assert torch.equal(P, before), "P itself is left without the bias"
     full = (P + bias).float()  # torch's add in P's dtype, upcast exactly
     assert torch.equal(full.gather(1, cols), values)
@@ -167,6 +170,10 @@ def test_select_rows_is_topk_of_p_plus_bias_rounded_as_torch_adds(dtype, n, k, g
         assert bool((values.diff(dim=1) <= 0).all()), "sorted by decreasing value"
     else:
         assert bool((cols.diff(dim=1) > 0).all()), "by ascending column"
+    if not with_aux:
+        assert aux is None
+        return
+    aux_v, aux_l, aux_ids = aux
     sub = full[:, dead]
     assert torch.equal(aux_v.sort(1).values, sub.topk(7, dim=1).values.sort(1).values)
     assert torch.equal(sub.gather(1, aux_l), aux_v) and torch.equal(dead[aux_l], aux_ids)
@@ -190,6 +197,12 @@ def test_rows_alike_and_unlike_select_the_same_as_torch():
     for k in (1, 37, 384, 1100):
         _check_topk(mat, cols, k)
         _check_topk(mat.bfloat16(), cols, k)
+    # The k-th group maximum is guessed the same way (from the previous row's maxima).
+    for k, group in ((1, 8), (8, 12), (40, 8), (100, 24)):
+        for P in (mat, mat.bfloat16()):
+            values, picked, _ = ops.select_rows(P.contiguous(), None, k, group, True)
+            expected = P.float().topk(k, dim=1)
+            assert torch.equal(values, expected.values) and torch.equal(P.float().gather(1, picked), values)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -206,6 +219,17 @@ def test_select_rows_is_the_exact_top_k_with_ties_to_the_lower_column(dtype, sor
     expected = expected if sorted_ else expected.sort(1).values
     assert torch.equal(cols, expected)
     assert torch.equal(values, P.float().gather(1, cols))
+
+
+@pytest.mark.parametrize("sorted_", [False, True])
+def test_select_rows_ranks_bfloat16_sums_after_rounding(sorted_):
+    # 1 + a bias below half a bfloat16 step rounds to 1 in every column: all tie, so the lowest
+    # columns win, though the unrounded sums grow with the column.
+    P = torch.ones(6, 512, dtype=torch.bfloat16)
+    bias = (torch.arange(512) * 2.0**-20).to(torch.bfloat16)
+    assert torch.equal(P + bias, P)
+    values, cols, _ = ops.select_rows(P, bias, 9, 16, sorted_)
+    assert torch.equal(cols, torch.arange(9).expand(6, 9)) and bool((values == 1).all())
 
 
 @pytest.mark.parametrize("d", WIDTHS)
@@ -298,6 +322,39 @@ def test_a_failing_build_leaves_no_partial_library(monkeypatch, tmp_path):
         assert not [p for p in (tmp_path / "native").iterdir() if p.suffix == ".so"]
     finally:
         build._load_once.cache_clear()
+
+
+def _select_matches_topk(P: torch.Tensor, k: int) -> bool:
+    values, cols, _ = ops.select_rows(P, None, k, 4, True)
+    expected = torch.topk(P, k)
+    return torch.equal(values, expected.values) and torch.equal(cols, expected.indices)
+
+
+def test_without_openmp_the_kernels_run_on_their_own_threads_and_agree(monkeypatch, tmp_path):
+    _fresh_load(monkeypatch, tmp_path, SAELAB_SPARSE_THREADS="2")
+    monkeypatch.setattr(build, "OPENMP", ["-fno-such-openmp-flag"])  # as a compiler without OpenMP refuses it
+    try:
+        assert ops.why_unavailable() is None and ops.threading() == "std::threads"
+        assert _select_matches_topk(torch.randn(64, 256, generator=torch.Generator().manual_seed(0)), 8)
+    finally:
+        build._load_once.cache_clear()
+
+
+def _child_selects(P: torch.Tensor) -> None:
+    os._exit(0 if _select_matches_topk(P, 8) else 1)
+
+
+def test_a_forked_child_runs_the_kernels_after_its_parent_did(monkeypatch):
+    # libgomp's pool does not survive a fork: the child must start threads of its own, not hang.
+    monkeypatch.setenv("SAELAB_SPARSE_THREADS", "2")
+    P = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    assert _select_matches_topk(P, 8)
+    child = multiprocessing.get_context("fork").Process(target=_child_selects, args=(P,))
+    child.start()
+    child.join(120)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from saelab.kernels.native.ops import why_unavailable
+from saelab.kernels.native.ops import threading, why_unavailable
 
 reason = why_unavailable()
-print("saelab native row kernels: " + ("ready" if reason is None else f"not used ({reason}); torch's operators run"))
+state = f"ready (threads: {threading()})" if reason is None else f"not used ({reason}); torch's operators run"
+print("saelab native row kernels: " + state)

@@ -7,7 +7,10 @@ same kernels, most of it parsing torch's headers). `make install` builds it ahea
 It is compiled with -march=native (the vector width is chosen at compile time), so the library's
 name carries a digest of the source, the compiler's version, the flags and this CPU's feature
 flags: a changed source, compiler or CPU (a home folder shared between machines) builds a new one.
-A compiler that refuses -march=native builds without it. A finished build is renamed into place,
+A compiler that refuses -march=native builds without it. It is built with OpenMP (-fopenmp) where the
+compiler has it, so its threads are the pool torch's CPU operators already keep (one runtime: the
+library asks for libgomp.so.1, which torch has loaded); if that build or its load fails, a build
+without OpenMP (on std::threads) is used. A finished build is renamed into place,
 so a concurrent or interrupted build never leaves a half-written library behind.
 
 SAELAB_NATIVE=0 switches the kernels off (the torch path runs, as it does without a compiler);
@@ -33,6 +36,7 @@ from saelab.util.cache_dir import cache_dir
 SOURCE = Path(__file__).with_name("rows.cpp")
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread"]
 NATIVE = ["-march=native"]
+OPENMP = ["-fopenmp"]
 BUILD_TIMEOUT_S = 300
 
 _P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -73,15 +77,15 @@ def cpu_flags() -> str:
         return platform.machine() + platform.processor()
 
 
-def library_path(cxx: str) -> Path:
-    """Where the library built by `cxx` from today's source for this CPU lives."""
+def library_path(cxx: str, extra: list[str] = OPENMP) -> Path:
+    """Where the library built by `cxx` (with the `extra` flags) from today's source for this CPU lives."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = SOURCE.read_bytes() + version.encode() + " ".join(FLAGS + NATIVE).encode() + cpu_flags().encode()
+    key = SOURCE.read_bytes() + version.encode() + " ".join(FLAGS + NATIVE + extra).encode() + cpu_flags().encode()
     return cache_dir() / "native" / f"saelab_rows-{hashlib.sha256(key).hexdigest()[:16]}.so"
 
 
-def build(cxx: str, target: Path) -> None:
-    """Compile rows.cpp into `target` (atomically; under a file lock so concurrent processes build once)."""
+def build(cxx: str, target: Path, extra: list[str] = OPENMP) -> None:
+    """Compile rows.cpp with the `extra` flags into `target` (atomically; under a file lock so concurrent processes build once)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if target.exists():
@@ -89,9 +93,9 @@ def build(cxx: str, target: Path) -> None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            for extra in (NATIVE, []):
+            for native in (NATIVE, []):
                 done = subprocess.run(
-                    [cxx, *FLAGS, *extra, "-o", tmp, str(SOURCE)],
+                    [cxx, *FLAGS, *native, *extra, "-o", tmp, str(SOURCE)],
                     capture_output=True,
                     text=True,
                     timeout=BUILD_TIMEOUT_S,
@@ -129,13 +133,22 @@ def _build_and_load() -> ctypes.CDLL:
     cxx = compiler()
     if cxx is None:
         raise Unavailable("no C++ compiler found (set CXX)")
-    try:
-        path = library_path(cxx)
-        build(cxx, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as err:
-        raise Unavailable(f"could not build or load the library: {err}") from None
+    failed: Unavailable | None = None
+    for extra in (OPENMP, []):  # without OpenMP only if its build or load fails
+        try:
+            path = library_path(cxx, extra)
+            build(cxx, path, extra)
+            lib = ctypes.CDLL(str(path))
+            break
+        except Unavailable as err:
+            failed = failed or err
+        except (OSError, subprocess.SubprocessError) as err:
+            failed = failed or Unavailable(f"could not build or load the library: {err}")
+    else:
+        assert failed is not None
+        raise failed
     for name, args in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, None
+    lib.sl_openmp.argtypes, lib.sl_openmp.restype = [], _INT
     return lib

@@ -42,6 +42,11 @@ def why_unavailable() -> str | None:
     return None
 
 
+def threading() -> str:
+    """How the loaded kernels run their threads: "OpenMP" (the pool torch's operators use) or "std::threads"."""
+    return "OpenMP" if build.load().sl_openmp() else "std::threads"
+
+
 def _ptr(t: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 

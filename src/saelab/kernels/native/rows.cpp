@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 typedef int64_t i64;
 
 #if defined(__AVX512F__)
@@ -37,9 +39,12 @@ typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
 typedef uint16_t vhu __attribute__((vector_size(VW * 2), aligned(2)));
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
-// Runs fn(0), …, fn(nthreads − 1) on nthreads threads (shards a thread cannot be started for run here).
-template <class F>
-static void run_parallel(int nthreads, F fn) {
+// Runs fn(0), …, fn(nthreads − 1), one call per thread. Built with OpenMP (build.py tries -fopenmp
+// first), the calls run in the process's OpenMP pool — torch's own: its workers spin for a while after
+// each torch operator, and threads of our own would compete with them for the cores (measured: the
+// bf16 selection after the encoder's product took 75 ms on std::threads, 32 ms in the pool; bench/README).
+// A forked child does not reuse a parent's pool (libgomp is not fork-safe): it starts std::threads.
+static void std_threads(int nthreads, const std::function<void(int)>& fn) {
   std::vector<std::thread> pool;
   int started = 1;
   for (; started < nthreads; ++started) {
@@ -52,6 +57,26 @@ static void run_parallel(int nthreads, F fn) {
   for (int t = started; t < nthreads; ++t) fn(t);
   fn(0);
   for (auto& th : pool) th.join();
+}
+
+#ifdef _OPENMP
+static const pid_t loaded_in = getpid();
+#endif
+
+template <class F>
+static void run_parallel(int nthreads, F fn) {
+  if (nthreads <= 1) {
+    fn(0);
+    return;
+  }
+#ifdef _OPENMP
+  if (getpid() == loaded_in) {
+#pragma omp parallel for num_threads(nthreads) schedule(static, 1)
+    for (int t = 0; t < nthreads; ++t) fn(t);
+    return;
+  }
+#endif
+  std_threads(nthreads, fn);
 }
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -157,6 +182,15 @@ static i64 longest(const i64* crow, i64 a, i64 b) {
 }
 
 extern "C" {
+
+// 1 if built with OpenMP (run_parallel uses the process's OpenMP pool), else 0 (std::threads).
+int sl_openmp() {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 // Stable counting sort of the entries by latent: order (entry ids, latent-major) and crow [n + 1].
 void sl_sort_by_latent(const i64* lat, i64 nnz, i64 n, i64* order, i64* crow) {
@@ -289,21 +323,33 @@ static inline float key_value(uint32_t key) {  // order_key's inverse
   return f;
 }
 
-static inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's bfloat16 arithmetic does
+static inline float round_to_bf16(float f) {  // to nearest even, as torch's bfloat16 arithmetic rounds
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
-  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  // Branch-free (a NaN stays a quiet NaN), so the loops that round vectorize.
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  u = nan ? ((u | 0x00400000u) & 0xffff0000u) : ((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline uint32_t round_key_to_bf16(uint32_t key) {  // the order key of key_value(key) rounded to bfloat16
+  const uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return order_key(round_to_bf16(f));
 }
 
 // Per-thread scratch of the selections.
 struct Selector {
   static const int BITS = 11, SHIFT = 32 - BITS, BINS = 1 << BITS;
   std::vector<uint32_t> row_keys, keys, cand, hist, keys_tmp;
-  std::vector<i64> kept;
+  std::vector<i64> kept, groups;
   std::vector<std::pair<uint32_t, i64>> pairs;
   uint32_t guess = 0;  // top_k: a key at or below the k-th largest of the last row, for the next one
   bool have_guess = false;
+  uint32_t max_guess = 0;  // from_maxima: the last row's (k + k/4)-th group maximum, for the next one
+  bool have_max_guess = false;
 
   // As radix (same results), faster for rows alike: the keys at or above a guessed threshold (from the
   // row before) are kept in order without branches; if they are at least k, the k-th key comes from
@@ -405,14 +451,46 @@ struct Selector {
   // row's k-th largest value is ≥ t: the k largest are among the entries ≥ t, all of them in groups
   // whose maximum is ≥ t. Those few (about k) are ranked by decreasing key, ties to the lower column,
   // which makes the result the row's exact top k under that order.
+  // t itself comes as top_k's does: the maxima at or above the previous row's (k + k/4)-th maximum
+  // are kept without branches, and nth_element runs over those ≈ 1.25 k, not over all c (measured: that
+  // nth_element was a third of the selection's time); when fewer than k are kept, over all c.
   template <class KeyAt>
   void from_maxima(KeyAt key_at, i64 n, i64 k, i64 g, int sorted, float* values, i64* cols) {
-    i64 c = n / g;
-    keys_tmp.assign(cand.begin(), cand.end());
-    std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (k - 1), keys_tmp.end(), std::greater<uint32_t>());
-    const uint32_t t = keys_tmp[k - 1];
+    const i64 c = n / g, spare_at = std::min(c, k + k / 4);
+    i64 m = 0;
+    if (have_max_guess) {
+      groups.resize(c);
+      const uint32_t guess_t = max_guess;
+      for (i64 j = 0; j < c; ++j) {
+        groups[m] = j;
+        m += cand[j] >= guess_t;
+      }
+    }
+    uint32_t t;
+    if (have_max_guess && m >= k) {
+      keys_tmp.resize(m);
+      for (i64 q = 0; q < m; ++q) keys_tmp[q] = cand[groups[q]];
+      const i64 spare = std::min(m, spare_at);
+      std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (spare - 1), keys_tmp.end(), std::greater<uint32_t>());
+      if (spare == spare_at) max_guess = keys_tmp[spare - 1];
+      std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (k - 1), keys_tmp.begin() + spare,
+                       std::greater<uint32_t>());
+      t = keys_tmp[k - 1];
+    } else {
+      keys_tmp.assign(cand.begin(), cand.end());
+      std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (spare_at - 1), keys_tmp.end(), std::greater<uint32_t>());
+      max_guess = keys_tmp[spare_at - 1];
+      have_max_guess = true;
+      std::nth_element(keys_tmp.begin(), keys_tmp.begin() + (k - 1), keys_tmp.begin() + spare_at,
+                       std::greater<uint32_t>());
+      t = keys_tmp[k - 1];
+      groups.resize(c);
+      for (i64 j = 0; j < c; ++j) groups[j] = j;
+      m = c;
+    }
     pairs.clear();
-    for (i64 j = 0; j < c; ++j) {
+    for (i64 q = 0; q < m; ++q) {
+      const i64 j = groups[q];
       if (cand[j] < t) continue;
       for (i64 i = 0; i < g; ++i) {
         uint32_t key = key_at(j + i * c);
@@ -482,6 +560,12 @@ void sl_topk_among(const void* P, int bf16, i64 rows, i64 ldp, const i64* cols, 
 void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, i64 k, i64 g, int sorted,
                     float* values, i64* cols, const i64* dead, i64 m, i64 k_aux, float* aux_values, i64* aux_local,
                     i64* aux_ids, int nthreads) {
+  std::vector<float> wide_bias;  // a bfloat16 bias widened once (exact), not once per row
+  if (bf16 && bias) {
+    wide_bias.resize(n);
+    for (i64 j = 0; j < n; ++j) wide_bias[j] = bf16_to_f32(((const uint16_t*)bias)[j]);
+  }
+  const float* bw = wide_bias.data();
   run_parallel(nthreads, [&](int t) {
     Selector sel;
     // A row of keys when it is read twice (whole-row radix select, or AuxK's dead columns too); else
@@ -515,11 +599,17 @@ void sl_select_rows(const void* P, int bf16, i64 rows, i64 n, const void* bias, 
             for (i64 j = 0; j < c; ++j) mx[j] = std::max(mx[j], key(o + j));
         }
       };
-      auto bf16_bias = [&](i64 j) { return order_key(bf16_to_f32(f32_to_bf16(bf16_to_f32(rh[j]) + bf16_to_f32(bh[j])))); };
+      auto bf16_bias = [&](i64 j) { return order_key(round_to_bf16(bf16_to_f32(rh[j]) + bw[j])); };
+      // Unrounded: rounding to bfloat16 is monotonic, so a group's largest rounded sum is its largest
+      // sum, rounded — the maxima-only scan rounds the c maxima, not all n sums.
+      auto bf16_sum = [&](i64 j) { return order_key(bf16_to_f32(rh[j]) + bw[j]); };
       auto bf16_only = [&](i64 j) { return order_key(bf16_to_f32(rh[j])); };
       auto f32_bias = [&](i64 j) { return order_key(rf[j] + bf[j]); };
       auto f32_only = [&](i64 j) { return order_key(rf[j]); };
-      if (bf16 && bh)
+      if (bf16 && bh && !rk) {
+        scan(bf16_sum);
+        for (i64 j = 0; j < c; ++j) mx[j] = round_key_to_bf16(mx[j]);
+      } else if (bf16 && bh)
         scan(bf16_bias);
       else if (bf16)
         scan(bf16_only);
