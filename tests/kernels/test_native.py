@@ -340,6 +340,20 @@ def test_without_openmp_the_kernels_run_on_their_own_threads_and_agree(monkeypat
         build._load_once.cache_clear()
 
 
+def test_where_torch_has_another_openmp_runtime_the_kernels_keep_their_own_threads(monkeypatch, tmp_path):
+    _fresh_load(monkeypatch, tmp_path)
+    monkeypatch.setattr(build, "torch_uses_libgomp", lambda: False)
+    try:
+        assert ops.why_unavailable() is None and ops.threading() == "std::threads"
+    finally:
+        build._load_once.cache_clear()
+
+
+def test_the_kernels_join_torchs_pool_exactly_when_it_is_libgomp():
+    # torch's Linux pip wheels (this project's pin) run on libgomp, and gcc and clang build with -fopenmp.
+    assert ops.threading() == ("OpenMP" if build.torch_uses_libgomp() else "std::threads")
+
+
 def _child_selects(P: torch.Tensor) -> None:
     os._exit(0 if _select_matches_topk(P, 8) else 1)
 

@@ -8,9 +8,10 @@ It is compiled with -march=native (the vector width is chosen at compile time), 
 name carries a digest of the source, the compiler's version, the flags and this CPU's feature
 flags: a changed source, compiler or CPU (a home folder shared between machines) builds a new one.
 A compiler that refuses -march=native builds without it. It is built with OpenMP (-fopenmp) where the
-compiler has it, so its threads are the pool torch's CPU operators already keep (one runtime: the
-library asks for libgomp.so.1, which torch has loaded); if that build or its load fails, a build
-without OpenMP (on std::threads) is used. A finished build is renamed into place,
+compiler has it and torch runs on GNU libgomp (its Linux wheels), so its threads are the pool torch's
+CPU operators already keep (one runtime: the library asks for libgomp.so.1, which torch has loaded).
+Where torch brings another OpenMP runtime, or that build or its load fails, a build without OpenMP
+(on std::threads) is used: two OpenMP pools would fight over the cores as threads of our own do. A finished build is renamed into place,
 so a concurrent or interrupted build never leaves a half-written library behind.
 
 SAELAB_NATIVE=0 switches the kernels off (the torch path runs, as it does without a compiler);
@@ -129,12 +130,23 @@ def _load_once() -> ctypes.CDLL | Unavailable:
         return err
 
 
+def torch_uses_libgomp() -> bool:
+    """Whether GNU libgomp is loaded in this process once torch is (Linux: /proc/self/maps)."""
+    import torch  # noqa: F401  (loads torch's OpenMP runtime if it has not been loaded yet)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
+
+
 def _build_and_load() -> ctypes.CDLL:
     cxx = compiler()
     if cxx is None:
         raise Unavailable("no C++ compiler found (set CXX)")
     failed: Unavailable | None = None
-    for extra in (OPENMP, []):  # without OpenMP only if its build or load fails
+    for extra in (OPENMP, []) if torch_uses_libgomp() else ([],):  # without OpenMP if its build or load fails
         try:
             path = library_path(cxx, extra)
             build(cxx, path, extra)
