@@ -183,6 +183,11 @@ def grid(world: World, latent_shards: int) -> tuple[World, World]:
     return latent, data
 
 
+def in_group() -> bool:
+    """Whether this process is in a torch.distributed process group (a torchrun rank that joined it)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown() -> None:
     """Leave the process group (after training), so the process exits without gloo's warnings."""
     global _world
