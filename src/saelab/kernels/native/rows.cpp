@@ -41,8 +41,8 @@ typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
 // Runs fn(0), …, fn(nthreads − 1), one call per thread. Built with OpenMP (build.py tries -fopenmp
 // first), the calls run in the process's OpenMP pool — torch's own: its workers spin for a while after
-// each torch operator, and threads of our own would compete with them for the cores (measured: the
-// bf16 selection after the encoder's product took 75 ms on std::threads, 32 ms in the pool; bench/README).
+// each torch operator, and threads of our own would compete with them for the cores (measured in one
+// bf16 step: the selection 41–46 ms on std::threads, 34–36 ms in the pool; bench/README).
 // A forked child does not reuse a parent's pool (libgomp is not fork-safe): it starts std::threads.
 static void std_threads(int nthreads, const std::function<void(int)>& fn) {
   std::vector<std::thread> pool;
@@ -334,10 +334,7 @@ static inline float round_to_bf16(float f) {  // to nearest even, as torch's bfl
 }
 
 static inline uint32_t round_key_to_bf16(uint32_t key) {  // the order key of key_value(key) rounded to bfloat16
-  const uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return order_key(round_to_bf16(f));
+  return order_key(round_to_bf16(key_value(key)));
 }
 
 // Per-thread scratch of the selections.
